@@ -1,0 +1,64 @@
+//! `renewal-window`: rotor's default renewal policy plugin.
+//!
+//! Settings (JSON, every field optional):
+//! - `mode`: `"window"` (default) or `"fraction"`.
+//! - `lifetime_days`: lifetime to request for renewed certificates (default: the host's 365 days).
+//! - window mode: `renew_before_days` (default 90): renew when expired or expiring within it.
+//! - fraction mode: `renew_at_fraction` (default 2/3), `jitter_fraction` (default 0.1, moves the
+//!   renewal earlier by up to this fraction of the lifetime, seeded by the serial),
+//!   `renew_before_seconds` or `renew_before_percentage` (of the lifetime remaining),
+//!   `min_renew_before_seconds` (default 300), `min_age_seconds` (default 300) and
+//!   `min_age_fraction` (default 0.1): the loop guard.
+//!
+//! CA certificates are always kept: rotor never renews a CA automatically.
+
+mod rules;
+
+use std::cell::RefCell;
+
+wit_bindgen::generate!({
+    world: "renewal-policy",
+    path: "../../wit",
+});
+
+use exports::rotor::policy::config::Guest as Config;
+use exports::rotor::policy::renewal::{
+    Guest as Renewal, KeepDecision, RenewDecision, RenewalDecision, RenewalRequest,
+};
+
+thread_local! {
+    static SETTINGS: RefCell<rules::Settings> = RefCell::new(rules::Settings::default());
+}
+
+struct Plugin;
+
+impl Config for Plugin {
+    fn configure(settings: String) -> Result<(), String> {
+        let parsed = rules::Settings::from_json(&settings)?;
+        SETTINGS.with(|s| *s.borrow_mut() = parsed);
+        Ok(())
+    }
+}
+
+impl Renewal for Plugin {
+    fn decide(request: RenewalRequest) -> RenewalDecision {
+        let cert = rules::Certificate {
+            is_ca: request.certificate.is_ca,
+            not_before: request.certificate.not_before,
+            not_after: request.certificate.not_after,
+            serial: request.certificate.serial,
+        };
+        let decision = SETTINGS
+            .with(|s| rules::decide(&s.borrow(), &cert, request.issuer_not_after, request.now));
+        match decision {
+            rules::Decision::Keep { reason, renew_at } => {
+                RenewalDecision::Keep(KeepDecision { reason, renew_at })
+            }
+            rules::Decision::Renew { reason, lifetime_seconds } => {
+                RenewalDecision::Renew(RenewDecision { reason, lifetime_seconds })
+            }
+        }
+    }
+}
+
+export!(Plugin);

@@ -1,0 +1,174 @@
+//! Command-line arguments (clap derive). These structs mirror the flags and do nothing else;
+//! the commands in the sibling modules turn them into work.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::facts::Usage;
+use crate::plugin::Hook;
+use crate::policy::request::SanStage;
+
+/// rotor: certificate rotation for k3s, RKE2 and kubeadm clusters, decided by sandboxed
+/// WebAssembly policy plugins.
+#[derive(Debug, Parser)]
+#[command(name = "rotor", version, about, long_about = None)]
+#[command(after_help = "Exit status: 0 success, 1 done but needs attention (e.g. failing policy tests), 2 error.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Policy bundle: a directory holding bundle.toml, or the manifest file.
+    #[arg(long, global = true, env = "ROTOR_BUNDLE", default_value = "policies/default")]
+    pub bundle: PathBuf,
+
+    /// Directory for precompiled plugins [default: $XDG_CACHE_HOME/rotor/plugins or
+    /// ~/.cache/rotor/plugins].
+    #[arg(long, global = true, env = "ROTOR_PLUGIN_CACHE")]
+    pub plugin_cache: Option<PathBuf>,
+
+    /// Compile plugins in memory on every run instead of caching them.
+    #[arg(long, global = true)]
+    pub no_plugin_cache: bool,
+
+    /// More logging (-v: info, -vv: debug, including plugin log messages).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load, inspect, evaluate and test policy bundles and their plugins.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load every plugin of the bundle, validate its settings, and print what was loaded.
+    #[command(after_help = "Example:\n  rotor policy check --bundle policies/strict")]
+    Check,
+
+    /// Ask one hook about a certificate, a CSR or a JSON fact record; print the decision as JSON.
+    #[command(after_help = "Examples:\n  \
+        rotor policy eval --hook renewal --input server.crt --now 2027-01-01T00:00:00Z\n  \
+        rotor policy eval --hook san --input node.csr --profile kubelet-serving --node-name a --node-ip 10.0.0.5\n  \
+        rotor policy eval --hook csr --input node.csr --signer kubernetes.io/kubelet-serving \\\n    \
+        --username system:node:a --group system:nodes --usage 'digital signature' --usage 'server auth'")]
+    Eval(EvalArgs),
+
+    /// Run fixture cases (*.json: input and expected decision) against the bundle.
+    #[command(after_help = "Example:\n  rotor policy test --bundle policies/default policies/fixtures/default")]
+    Test {
+        /// Directory of fixture files.
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum HookArg {
+    Renewal,
+    San,
+    Csr,
+}
+
+impl From<HookArg> for Hook {
+    fn from(h: HookArg) -> Hook {
+        match h {
+            HookArg::Renewal => Hook::Renewal,
+            HookArg::San => Hook::San,
+            HookArg::Csr => Hook::Csr,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum StageArg {
+    Configuration,
+    Csr,
+    Template,
+}
+
+impl From<StageArg> for SanStage {
+    fn from(s: StageArg) -> SanStage {
+        match s {
+            StageArg::Configuration => SanStage::Configuration,
+            StageArg::Csr => SanStage::Csr,
+            StageArg::Template => SanStage::Template,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Which hook to ask.
+    #[arg(long, value_enum)]
+    pub hook: HookArg,
+
+    /// PEM certificate (a leaf followed by its CA bundle is fine), PEM CSR, DER, or a JSON fact
+    /// record in the shape of the hook's request.
+    #[arg(long)]
+    pub input: PathBuf,
+
+    /// Evaluate at this instant (RFC 3339) instead of the system clock.
+    #[arg(long)]
+    pub now: Option<String>,
+
+    /// Renewal: the certificate's name in its layout (default: its CN).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Renewal: the issuing CA's notAfter (default: the next certificate in the PEM bundle).
+    #[arg(long)]
+    pub issuer_not_after: Option<String>,
+
+    /// SAN: rule profile (kubelet-serving, a certificate name, ...).
+    #[arg(long)]
+    pub profile: Option<String>,
+
+    /// SAN: where the names come from.
+    #[arg(long, value_enum)]
+    pub stage: Option<StageArg>,
+
+    /// SAN: the node the names must belong to.
+    #[arg(long)]
+    pub node_name: Option<String>,
+
+    /// SAN and CSR: an address the host holds as evidence for the node (repeatable).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<IpAddr>,
+
+    /// CSR: the signer name (spec.signerName).
+    #[arg(long)]
+    pub signer: Option<String>,
+
+    /// CSR: the requesting user (spec.username).
+    #[arg(long)]
+    pub username: Option<String>,
+
+    /// CSR: the requesting user's uid (spec.uid).
+    #[arg(long)]
+    pub uid: Option<String>,
+
+    /// CSR: a group of the requesting user (repeatable).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+
+    /// CSR: a requested usage, Kubernetes spelling (repeatable).
+    #[arg(long = "usage", value_parser = parse_usage)]
+    pub usages: Vec<Usage>,
+
+    /// CSR: requested lifetime (spec.expirationSeconds).
+    #[arg(long)]
+    pub expiration_seconds: Option<u64>,
+}
+
+fn parse_usage(s: &str) -> Result<Usage, String> {
+    s.parse()
+}

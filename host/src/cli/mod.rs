@@ -1,0 +1,75 @@
+//! The `rotor` command line: parse, run, map the result to an exit status.
+//!
+//! Exit status: 0 success; 1 completed but needs attention (failing policy tests); 2 error. Data
+//! goes to stdout, diagnostics to stderr as one `rotor: ...` line per failure.
+
+mod args;
+mod policy;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use args::Cli;
+use args::{Command, GlobalArgs};
+
+use crate::plugin::{EngineOptions, PluginEngine};
+
+/// How a command ended when it did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    /// Done, but something needs the operator's attention.
+    Attention,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    match run(cli) {
+        Ok(Exit::Success) => ExitCode::SUCCESS,
+        Ok(Exit::Attention) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("rotor: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Exit> {
+    match cli.command {
+        Command::Policy(cmd) => policy::run(&cli.global, cmd),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROTOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// The plugin engine for this run, with the precompiled cache unless disabled.
+fn engine(global: &GlobalArgs) -> anyhow::Result<PluginEngine> {
+    let cache_dir = if global.no_plugin_cache { None } else { global.plugin_cache.clone().or_else(default_cache_dir) };
+    Ok(PluginEngine::new(EngineOptions { cache_dir, ..EngineOptions::default() })?)
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("rotor").join("plugins"))
+}

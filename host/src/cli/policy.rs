@@ -1,0 +1,127 @@
+//! `rotor policy check | eval | test`.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::Exit;
+use super::args::{EvalArgs, GlobalArgs, PolicyCommand};
+use crate::clock;
+use crate::plugin::Hook;
+use crate::policy::input::{HookRequest, InputContext, build_request};
+use crate::policy::{Bundle, fixtures};
+
+pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exit> {
+    let engine = super::engine(global)?;
+    let bundle = Bundle::load(&engine, &global.bundle)?;
+    match cmd {
+        PolicyCommand::Check => check(&bundle),
+        PolicyCommand::Eval(args) => eval(&bundle, args),
+        PolicyCommand::Test { dir } => test(&bundle, &dir),
+    }
+}
+
+fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
+    println!("bundle {} ({})", bundle.name, bundle.path.display());
+    if let Some(d) = &bundle.description {
+        println!("  {d}");
+    }
+    for hook in Hook::ALL {
+        match bundle.hook(hook) {
+            None => {
+                let builtin = match hook {
+                    Hook::Renewal => format!(
+                        "built-in rule (renew when expired or within {} days)",
+                        bundle.fallback_window.as_secs() / 86_400
+                    ),
+                    Hook::San => "no policy: names are not validated".into(),
+                    Hook::Csr => "no policy: every CSR is left for manual approval".into(),
+                };
+                println!("{:<8} {builtin}", hook.as_str());
+            }
+            Some(hp) => {
+                let exports: Vec<_> = hp.plugin.hooks().iter().map(|h| h.as_str()).collect();
+                println!("{:<8} plugin {} ({})", hook.as_str(), hp.plugin.name(), hp.file);
+                println!("         sha256    {} (matches the pin)", hp.plugin.digest());
+                println!("         exports   {}", exports.join(", "));
+                println!("         settings  {} (accepted)", hp.settings);
+                println!(
+                    "         limits    {} ms, {} MiB; on failure: {}",
+                    hp.limits.timeout.as_millis(),
+                    hp.limits.memory / (1024 * 1024),
+                    serde_json::to_value(hp.failure_mode)?.as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
+    let now = match &args.now {
+        Some(s) => clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--now': {e}"))?,
+        None => clock::system_now(),
+    };
+    let issuer_not_after = match &args.issuer_not_after {
+        Some(s) => Some(clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--issuer-not-after': {e}"))?),
+        None => None,
+    };
+    let what = args.input.display().to_string();
+    let bytes = read_input(&args.input)?;
+    let ctx = InputContext {
+        name: args.name,
+        issuer_not_after,
+        profile: args.profile,
+        stage: args.stage.map(Into::into),
+        node_name: args.node_name,
+        node_addresses: args.node_ips,
+        signer_name: args.signer,
+        username: args.username,
+        uid: args.uid,
+        groups: args.groups,
+        usages: args.usages,
+        expiration_seconds: args.expiration_seconds,
+    };
+    let request = build_request(args.hook.into(), &what, &bytes, &ctx, now)?;
+    let (json, failure) = match &request {
+        HookRequest::Renewal(r) => {
+            let o = bundle.renewal(r)?;
+            (serde_json::to_string_pretty(&o)?, o.error.map(|e| e.to_string()))
+        }
+        HookRequest::San(r) => {
+            let o = bundle.validate_sans(r)?;
+            (serde_json::to_string_pretty(&o)?, o.error.map(|e| e.to_string()))
+        }
+        HookRequest::Csr(r) => {
+            let o = bundle.review_csr(r)?;
+            (serde_json::to_string_pretty(&o)?, o.error.map(|e| e.to_string()))
+        }
+    };
+    println!("{json}");
+    match failure {
+        // The failure mode decided, but the plugin failed: that is an evaluation error.
+        Some(e) => Err(anyhow::anyhow!("{e}")),
+        None => Ok(Exit::Success),
+    }
+}
+
+/// Read an input file named on the command line.
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{}", path.display()))
+}
+
+fn test(bundle: &Bundle, dir: &Path) -> anyhow::Result<Exit> {
+    let results = fixtures::run(bundle, dir)?;
+    let mut failed = 0;
+    for r in &results {
+        match &r.failure {
+            None => println!("ok    {}", r.name),
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {}\n      {why}", r.name);
+            }
+        }
+    }
+    println!("{} passed, {failed} failed ({} cases, bundle {})", results.len() - failed, results.len(), bundle.name);
+    Ok(if failed == 0 { Exit::Success } else { Exit::Attention })
+}

@@ -1,0 +1,108 @@
+//! Typed plugin failures. Every error names the plugin and the hook; a policy *denial* is never
+//! an error (it is a decision), only a plugin that could not answer is.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The hook (or load step) a plugin was serving when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Renewal,
+    San,
+    Csr,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Renewal, Hook::San, Hook::Csr];
+
+    /// The bundle section and CLI name: `renewal`, `san`, `csr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Renewal => "renewal",
+            Hook::San => "san",
+            Hook::Csr => "csr",
+        }
+    }
+
+    /// The WIT interface that implements it.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Hook::Renewal => "rotor:policy/renewal@0.1.0",
+            Hook::San => "rotor:policy/san-validation@0.1.0",
+            Hook::Csr => "rotor:policy/csr-approval@0.1.0",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} hook", self.as_str())
+    }
+}
+
+/// A plugin failed to load or to answer.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin '{plugin}' ({hook}): {kind}")]
+pub struct PluginError {
+    pub plugin: String,
+    pub hook: Hook,
+    pub kind: PluginErrorKind,
+}
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginErrorKind {
+    /// The epoch deadline interrupted it.
+    #[error("timed out: still running after its {}-ms deadline", .0.as_millis())]
+    Timeout(Duration),
+    /// It tried to grow its memory beyond the cap.
+    #[error("exceeded its memory limit of {} MiB", .limit / (1024 * 1024))]
+    MemoryExhausted { limit: u64 },
+    /// It trapped (a panic, an `unreachable`, an out-of-bounds access, ...).
+    #[error("trapped: {message}")]
+    Trap { message: String },
+    /// `configure` refused the operator's settings.
+    #[error("rejected its settings: {message}")]
+    InvalidSettings { message: String },
+    /// The answer broke the contract (e.g. a denial without any violation).
+    #[error("returned a malformed answer: {message}")]
+    InvalidAnswer { message: String },
+    /// It imports something other than `rotor:policy/host`.
+    #[error(
+        "imports {}: plugins may import only rotor:policy/host (no WASI, files, network, clock or environment)",
+        .imports.join(", ")
+    )]
+    ForbiddenImport { imports: Vec<String> },
+    /// It does not export an interface the bundle needs.
+    #[error("does not export {interface}")]
+    MissingExport { interface: String },
+    /// Its sha256 differs from the one pinned in the bundle.
+    #[error("sha256 {actual} does not match the pinned {expected}; refusing to load it")]
+    DigestMismatch { expected: String, actual: String },
+    /// It is not a valid component for this engine.
+    #[error("is not a loadable WebAssembly component: {message}")]
+    Invalid { message: String },
+    /// It could not be read.
+    #[error("{message}")]
+    Io { message: String },
+}
+
+impl PluginErrorKind {
+    /// Short machine-readable name, for JSON output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            PluginErrorKind::Timeout(_) => "timeout",
+            PluginErrorKind::MemoryExhausted { .. } => "memory_exhausted",
+            PluginErrorKind::Trap { .. } => "trap",
+            PluginErrorKind::InvalidSettings { .. } => "invalid_settings",
+            PluginErrorKind::InvalidAnswer { .. } => "invalid_answer",
+            PluginErrorKind::ForbiddenImport { .. } => "forbidden_import",
+            PluginErrorKind::MissingExport { .. } => "missing_export",
+            PluginErrorKind::DigestMismatch { .. } => "digest_mismatch",
+            PluginErrorKind::Invalid { .. } => "invalid_component",
+            PluginErrorKind::Io { .. } => "io",
+        }
+    }
+}

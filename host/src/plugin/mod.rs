@@ -1,0 +1,20 @@
+//! The WebAssembly plugin runtime: one engine, compiled plugins, and sandboxes per evaluation.
+//!
+//! Data flow: [`PluginEngine::load`] compiles a component (or takes it from the precompiled
+//! cache), refuses forbidden imports and links it into a [`LoadedPlugin`]; each evaluation then
+//! runs in a fresh [`Sandbox`] (new store, memory cap, deadline) that converts the host's request
+//! into WIT records, calls the hook, and validates the answer.
+
+pub mod bindings;
+mod cache;
+mod convert;
+mod engine;
+mod error;
+mod loaded;
+mod sandbox;
+
+pub use convert::MIN_LIFETIME_SECONDS;
+pub use engine::{EngineError, EngineOptions, MAX_MEMORY_LIMIT, PluginEngine};
+pub use error::{Hook, PluginError, PluginErrorKind};
+pub use loaded::LoadedPlugin;
+pub use sandbox::{PluginLog, Sandbox, SandboxLimits, sanitize};

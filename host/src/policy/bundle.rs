@@ -1,0 +1,349 @@
+//! Policy bundles: a directory with a `bundle.toml` manifest and the plugin files it pins.
+//!
+//! ```toml
+//! [bundle]
+//! name = "default"
+//! description = "The documents' behaviour"
+//!
+//! [renewal]                               # one table per hook: renewal, san, csr (each optional)
+//! plugin = "plugins/renewal-window.wasm"  # relative to the bundle directory, cannot leave it
+//! sha256 = "…"                            # required; a plugin whose digest differs is refused
+//! failure_mode = "fallback"               # what the host does when the plugin fails
+//! timeout_ms = 100                        # evaluation deadline (default 100)
+//! memory_limit_mib = 16                   # linear memory cap (default 16)
+//! [renewal.settings]                      # handed to the plugin's `configure` as JSON
+//! mode = "window"
+//! ```
+//!
+//! Failure modes (a plugin that traps, times out, runs out of memory or answers garbage):
+//! - `renewal`: `fallback` (default: the built-in rule, renew when expired or within
+//!   `fallback_renew_before_days`, default 90) or `error` (the operation stops);
+//! - `san`: `deny` (default) or `error`;
+//! - `csr`: `abstain` (default: the request stays pending), `deny` or `error`.
+//!
+//! A failing plugin never approves a CSR and never allows a name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::fs::{FsError, Root};
+use crate::plugin::{Hook, LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits};
+
+/// What the host does when a hook's plugin fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Renewal only: use the built-in rule and report the failure.
+    Fallback,
+    /// SAN and CSR: deny.
+    Deny,
+    /// CSR only: leave the request pending.
+    Abstain,
+    /// Stop the operation with the plugin's error.
+    Error,
+}
+
+impl FailureMode {
+    fn parse(hook: Hook, s: &str) -> Result<FailureMode, String> {
+        let allowed: &[(&str, FailureMode)] = match hook {
+            Hook::Renewal => &[("fallback", FailureMode::Fallback), ("error", FailureMode::Error)],
+            Hook::San => &[("deny", FailureMode::Deny), ("error", FailureMode::Error)],
+            Hook::Csr => &[
+                ("abstain", FailureMode::Abstain),
+                ("deny", FailureMode::Deny),
+                ("error", FailureMode::Error),
+            ],
+        };
+        allowed.iter().find(|(n, _)| *n == s).map(|(_, m)| *m).ok_or_else(|| {
+            let names: Vec<_> = allowed.iter().map(|(n, _)| format!("'{n}'")).collect();
+            format!("must be one of {} for the {} hook, got '{s}'", names.join(", "), hook.as_str())
+        })
+    }
+
+    fn default_for(hook: Hook) -> FailureMode {
+        match hook {
+            Hook::Renewal => FailureMode::Fallback,
+            Hook::San => FailureMode::Deny,
+            Hook::Csr => FailureMode::Abstain,
+        }
+    }
+}
+
+/// A bundle could not be loaded. Messages start with the file they concern.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BundleError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{}: {message}", .path.display())]
+    Manifest { path: PathBuf, message: String },
+    #[error("{}: [{hook}] '{field}' {message}", .path.display(), hook = .hook.as_str())]
+    Field { path: PathBuf, hook: Hook, field: &'static str, message: String },
+    #[error("{}: {source}", .path.display())]
+    Plugin {
+        path: PathBuf,
+        #[source]
+        source: PluginError,
+    },
+}
+
+impl BundleError {
+    /// The plugin error, when a plugin failed to load or refused its settings.
+    pub fn plugin_error(&self) -> Option<&PluginError> {
+        match self {
+            BundleError::Plugin { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    #[serde(default)]
+    bundle: BundleMeta,
+    renewal: Option<HookEntry>,
+    san: Option<HookEntry>,
+    csr: Option<HookEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BundleMeta {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookEntry {
+    plugin: String,
+    #[serde(default)]
+    sha256: String,
+    name: Option<String>,
+    failure_mode: Option<String>,
+    timeout_ms: Option<u64>,
+    memory_limit_mib: Option<u64>,
+    fallback_renew_before_days: Option<u32>,
+    #[serde(default)]
+    settings: toml::Table,
+}
+
+/// One hook's plugin, loaded and configured.
+#[derive(Clone, Debug)]
+pub struct HookPlugin {
+    pub plugin: LoadedPlugin,
+    /// Plugin file, relative to the bundle directory.
+    pub file: String,
+    /// Settings as the JSON object handed to `configure`.
+    pub settings: String,
+    pub limits: SandboxLimits,
+    pub failure_mode: FailureMode,
+}
+
+/// A loaded bundle: the plugins of each hook, ready to evaluate.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    pub name: String,
+    pub description: Option<String>,
+    /// The manifest file.
+    pub path: PathBuf,
+    pub renewal: Option<HookPlugin>,
+    pub san: Option<HookPlugin>,
+    pub csr: Option<HookPlugin>,
+    /// Window of the built-in renewal rule, used without a renewal plugin or when it fails.
+    pub fallback_window: Duration,
+}
+
+/// Default window of the built-in renewal rule: the documents' 90 days.
+pub const DEFAULT_FALLBACK_DAYS: u32 = 90;
+
+impl Bundle {
+    /// Load the bundle at `path`: a directory holding `bundle.toml`, or the manifest file
+    /// itself. Every plugin is read through the bundle directory (paths cannot leave it),
+    /// checked against its pin, compiled or taken from the cache, and configured once with its
+    /// settings, which the plugin may refuse.
+    pub fn load(engine: &PluginEngine, path: &Path) -> Result<Bundle, BundleError> {
+        let (dir, manifest_name) = if path.is_dir() {
+            (path.to_path_buf(), PathBuf::from("bundle.toml"))
+        } else {
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("bundle.toml"));
+            (dir.to_path_buf(), name)
+        };
+        let root = Root::open_ambient(&dir)?;
+        let manifest_path = root.display(&manifest_name);
+        let text = root.read(&manifest_name)?;
+        let text = String::from_utf8(text).map_err(|_| BundleError::Manifest {
+            path: manifest_path.clone(),
+            message: "not UTF-8 text".into(),
+        })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BundleError::Manifest {
+            path: manifest_path.clone(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+
+        let mut loaded: HashMap<String, LoadedPlugin> = HashMap::new();
+        let mut load_hook = |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
+            let Some(entry) = entry else { return Ok(None) };
+            load_hook(engine, &root, &manifest_path, hook, entry, &mut loaded).map(Some)
+        };
+        let renewal = load_hook(Hook::Renewal, &manifest.renewal)?;
+        let san = load_hook(Hook::San, &manifest.san)?;
+        let csr = load_hook(Hook::Csr, &manifest.csr)?;
+
+        let fallback_days = match manifest.renewal.as_ref().and_then(|r| r.fallback_renew_before_days) {
+            None => DEFAULT_FALLBACK_DAYS,
+            Some(d) if (1..=3650).contains(&d) => d,
+            Some(d) => {
+                return Err(BundleError::Field {
+                    path: manifest_path,
+                    hook: Hook::Renewal,
+                    field: "fallback_renew_before_days",
+                    message: format!("must be between 1 and 3650, got {d}"),
+                });
+            }
+        };
+        for (hook, entry) in [(Hook::San, &manifest.san), (Hook::Csr, &manifest.csr)] {
+            if entry.as_ref().is_some_and(|e| e.fallback_renew_before_days.is_some()) {
+                return Err(BundleError::Field {
+                    path: manifest_path,
+                    hook,
+                    field: "fallback_renew_before_days",
+                    message: "only applies to the renewal hook".into(),
+                });
+            }
+        }
+        let name = manifest.bundle.name.clone().unwrap_or_else(|| {
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into())
+        });
+        Ok(Bundle {
+            name,
+            description: manifest.bundle.description,
+            path: manifest_path,
+            renewal,
+            san,
+            csr,
+            fallback_window: Duration::from_secs(u64::from(fallback_days) * 86_400),
+        })
+    }
+
+    pub fn hook(&self, hook: Hook) -> Option<&HookPlugin> {
+        match hook {
+            Hook::Renewal => self.renewal.as_ref(),
+            Hook::San => self.san.as_ref(),
+            Hook::Csr => self.csr.as_ref(),
+        }
+    }
+}
+
+fn load_hook(
+    engine: &PluginEngine,
+    root: &Root,
+    manifest_path: &Path,
+    hook: Hook,
+    entry: &HookEntry,
+    loaded: &mut HashMap<String, LoadedPlugin>,
+) -> Result<HookPlugin, BundleError> {
+    let field = |field: &'static str, message: String| BundleError::Field {
+        path: manifest_path.to_path_buf(),
+        hook,
+        field,
+        message,
+    };
+    let failure_mode = match &entry.failure_mode {
+        None => FailureMode::default_for(hook),
+        Some(s) => FailureMode::parse(hook, s).map_err(|m| field("failure_mode", m))?,
+    };
+    let defaults = SandboxLimits::default();
+    let limits = SandboxLimits {
+        timeout: entry.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
+        memory: entry.memory_limit_mib.map(|m| m.saturating_mul(1024 * 1024)).unwrap_or(defaults.memory),
+    };
+    limits.validate().map_err(|(name, message)| field(name, message))?;
+    let pinned = entry.sha256.trim().to_ascii_lowercase();
+    if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(field(
+            "sha256",
+            "must be the plugin's 64-hex-digit sha256 (every plugin is pinned; `sha256sum FILE` gives it)".into(),
+        ));
+    }
+    let settings = serde_json::to_string(&toml_to_json(&entry.settings)).map_err(|e| field("settings", e.to_string()))?;
+    let plugin_name = entry.name.clone().unwrap_or_else(|| {
+        Path::new(&entry.plugin)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| entry.plugin.clone())
+    });
+    let plugin_error = |kind| BundleError::Plugin {
+        path: manifest_path.to_path_buf(),
+        source: PluginError { plugin: plugin_name.clone(), hook, kind },
+    };
+
+    let bytes = root.read(Path::new(&entry.plugin)).map_err(|e| {
+        let hint = if e.is_not_found() { " (build the default plugins with `make plugins`)" } else { "" };
+        plugin_error(PluginErrorKind::Io { message: format!("{e}{hint}") })
+    })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != pinned {
+        return Err(plugin_error(PluginErrorKind::DigestMismatch { expected: pinned, actual }));
+    }
+    let plugin = match loaded.get(&actual) {
+        Some(p) => p.clone(),
+        None => {
+            let p = engine.load(&plugin_name, hook, &bytes).map_err(|source| BundleError::Plugin {
+                path: manifest_path.to_path_buf(),
+                source,
+            })?;
+            loaded.insert(actual, p.clone());
+            p
+        }
+    };
+    plugin.require(hook).map_err(|source| BundleError::Plugin { path: manifest_path.to_path_buf(), source })?;
+    // Validate the settings once, now, so a bad bundle fails at load and not mid-rotation.
+    plugin
+        .sandbox(hook, &settings, &limits)
+        .map_err(|source| BundleError::Plugin { path: manifest_path.to_path_buf(), source })?;
+    Ok(HookPlugin { plugin, file: entry.plugin.clone(), settings, limits, failure_mode })
+}
+
+/// TOML settings as JSON. TOML dates have no JSON counterpart and become strings.
+fn toml_to_json(table: &toml::Table) -> serde_json::Value {
+    fn value(v: &toml::Value) -> serde_json::Value {
+        match v {
+            toml::Value::String(s) => serde_json::Value::String(s.clone()),
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+            toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+            toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(value).collect()),
+            toml::Value::Table(t) => toml_to_json(t),
+        }
+    }
+    serde_json::Value::Object(table.iter().map(|(k, v)| (k.clone(), value(v))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_modes_are_per_hook() {
+        assert_eq!(FailureMode::parse(Hook::Renewal, "fallback").unwrap(), FailureMode::Fallback);
+        assert!(FailureMode::parse(Hook::San, "fallback").unwrap_err().contains("'deny', 'error'"));
+        assert!(FailureMode::parse(Hook::Csr, "approve").is_err(), "no failure mode approves");
+        assert!(FailureMode::parse(Hook::San, "allow").is_err(), "no failure mode allows");
+    }
+
+    #[test]
+    fn toml_settings_become_json() {
+        let t: toml::Table = toml::from_str("a = 1\nb = [\"x\", 2.5]\n[c]\nd = true").unwrap();
+        assert_eq!(toml_to_json(&t).to_string(), r#"{"a":1,"b":["x",2.5],"c":{"d":true}}"#);
+    }
+}

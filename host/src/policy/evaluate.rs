@@ -1,0 +1,267 @@
+//! Asking a bundle: run the hook's plugin in a fresh sandbox, apply the failure mode when it
+//! fails, and apply the host's own rules to the answer (clamps, CA protection).
+//!
+//! A plugin failure never approves a CSR and never allows a name; a renewal failure falls back
+//! to the built-in rule unless the bundle says `failure_mode = "error"`.
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::builtin;
+use super::bundle::{Bundle, FailureMode, HookPlugin};
+use super::decision::{CsrDecision, RenewalDecision, SanDecision};
+use super::request::{CsrRequest, RenewalRequest, SanRequest};
+use crate::facts::Violation;
+use crate::plugin::{Hook, PluginError, PluginLog};
+
+/// Who made the decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// The hook's plugin answered.
+    Plugin,
+    /// The plugin failed and the bundle's failure mode decided.
+    FailureMode,
+    /// The bundle has no plugin for this hook: the host's built-in rule decided.
+    BuiltIn,
+}
+
+/// A decision with everything the operator should know about how it was reached.
+#[derive(Debug, Serialize)]
+pub struct Outcome<D> {
+    pub hook: Hook,
+    #[serde(flatten)]
+    pub decision: D,
+    pub source: Source,
+    /// The plugin asked, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Adjustments the host made to the plugin's answer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The plugin failure that made the failure mode decide.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "error_json")]
+    pub error: Option<PluginError>,
+    /// What the plugin logged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<PluginLog>,
+}
+
+fn error_json<S: serde::Serializer>(e: &Option<PluginError>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => serde_json::json!({ "code": e.kind.code(), "message": e.to_string() }).serialize(s),
+        None => s.serialize_none(),
+    }
+}
+
+impl<D> Outcome<D> {
+    fn new(hook: Hook, decision: D, source: Source, plugin: Option<&HookPlugin>) -> Outcome<D> {
+        Outcome {
+            hook,
+            decision,
+            source,
+            plugin: plugin.map(|p| p.plugin.name().to_string()),
+            notes: Vec::new(),
+            error: None,
+            logs: Vec::new(),
+        }
+    }
+}
+
+/// Run `call` in a fresh sandbox of `hp`, collecting logs.
+fn run<D>(
+    hp: &HookPlugin,
+    hook: Hook,
+    call: impl FnOnce(&mut crate::plugin::Sandbox) -> Result<D, PluginError>,
+) -> (Result<D, PluginError>, Vec<PluginLog>) {
+    match hp.plugin.sandbox(hook, &hp.settings, &hp.limits) {
+        Ok(mut sandbox) => {
+            let result = call(&mut sandbox);
+            (result, sandbox.take_logs())
+        }
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+impl Bundle {
+    /// Ask the renewal hook whether to renew `request.certificate`.
+    ///
+    /// The host's own rules, applied whatever the plugin says: a CA certificate is never
+    /// renewed automatically, and a requested lifetime is clamped to the issuing CA's notAfter.
+    ///
+    /// # Errors
+    /// Only when the plugin fails and the bundle's failure mode is `error`.
+    pub fn renewal(&self, request: &RenewalRequest) -> Result<Outcome<RenewalDecision>, PluginError> {
+        let hook = Hook::Renewal;
+        let mut outcome = match &self.renewal {
+            None => {
+                let d = builtin::renewal(request, self.fallback_window);
+                let mut o = Outcome::new(hook, d, Source::BuiltIn, None);
+                o.notes.push("no renewal plugin in the bundle: built-in rule".into());
+                o
+            }
+            Some(hp) => {
+                let (result, logs) = run(hp, hook, |s| s.renewal(request));
+                let mut o = match result {
+                    Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
+                    Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
+                    Err(e) => {
+                        let d = builtin::renewal(request, self.fallback_window);
+                        let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
+                        o.notes.push(format!(
+                            "the plugin failed; used the built-in rule (renew when expired or within {} days)",
+                            self.fallback_window.as_secs() / 86_400
+                        ));
+                        o.error = Some(e);
+                        o
+                    }
+                };
+                o.logs = logs;
+                o
+            }
+        };
+        apply_renewal_rules(request, &mut outcome);
+        Ok(outcome)
+    }
+
+    /// Ask the SAN hook whether `request`'s names are acceptable.
+    ///
+    /// # Errors
+    /// Only when the plugin fails and the bundle's failure mode is `error`.
+    pub fn validate_sans(&self, request: &SanRequest) -> Result<Outcome<SanDecision>, PluginError> {
+        let hook = Hook::San;
+        let Some(hp) = &self.san else {
+            let mut o = Outcome::new(hook, SanDecision::Allow, Source::BuiltIn, None);
+            o.notes.push("no SAN plugin in the bundle: names are not validated by policy".into());
+            return Ok(o);
+        };
+        let (result, logs) = run(hp, hook, |s| s.validate_sans(request));
+        let mut o = match result {
+            Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
+            Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
+            Err(e) => {
+                let d = SanDecision::Deny {
+                    violations: vec![Violation::new("PolicyPluginFailed", "", format!("fail closed: {e}"))],
+                };
+                let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
+                o.error = Some(e);
+                o
+            }
+        };
+        o.logs = logs;
+        Ok(o)
+    }
+
+    /// Ask the CSR hook about `request`. The host refuses an approval that grants a usage nobody
+    /// requested, and clamps an approved lifetime to the requested `expirationSeconds`.
+    ///
+    /// # Errors
+    /// Only when the plugin fails and the bundle's failure mode is `error`.
+    pub fn review_csr(&self, request: &CsrRequest) -> Result<Outcome<CsrDecision>, PluginError> {
+        let hook = Hook::Csr;
+        let Some(hp) = &self.csr else {
+            let d = CsrDecision::Abstain { reason: "no CSR plugin in the bundle: manual approval required".into() };
+            return Ok(Outcome::new(hook, d, Source::BuiltIn, None));
+        };
+        let (result, logs) = run(hp, hook, |s| s.review_csr(request));
+        let result = result.and_then(|d| check_approval(request, d, hp));
+        let mut o = match result {
+            Ok((d, notes)) => {
+                let mut o = Outcome::new(hook, d, Source::Plugin, Some(hp));
+                o.notes = notes;
+                o
+            }
+            Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
+            Err(e) => {
+                let d = match hp.failure_mode {
+                    FailureMode::Deny => CsrDecision::Deny {
+                        violations: vec![Violation::new("PolicyPluginFailed", "", format!("fail closed: {e}"))],
+                    },
+                    _ => CsrDecision::Abstain { reason: format!("left pending because the policy plugin failed: {e}") },
+                };
+                let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
+                o.error = Some(e);
+                o
+            }
+        };
+        o.logs = logs;
+        Ok(o)
+    }
+}
+
+/// Host rules on a renewal answer: never auto-renew a CA, clamp the lifetime to the CA.
+fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDecision>) {
+    let cert = &request.certificate;
+    if cert.is_ca && outcome.decision.is_renew() {
+        outcome.notes.push(format!(
+            "the policy said renew ({}), but CA certificates are never renewed automatically: kept",
+            outcome.decision.reason()
+        ));
+        outcome.decision = RenewalDecision::Keep {
+            reason: "CA certificate: rotate CAs with 'rotor certificate rotate-ca'".into(),
+            renew_at: None,
+        };
+        return;
+    }
+    let RenewalDecision::Renew { lifetime_seconds: Some(lifetime), .. } = &mut outcome.decision else {
+        return;
+    };
+    let Some(ca_not_after) = request.issuer_not_after else { return };
+    if let Some(note) = clamp_to_ca(lifetime, request.now, ca_not_after) {
+        outcome.notes.push(note);
+    }
+}
+
+/// Clamp `lifetime` (seconds from `now`) so it ends no later than `ca_not_after`. Returns a note
+/// when it changed anything.
+pub fn clamp_to_ca(lifetime: &mut u64, now: OffsetDateTime, ca_not_after: OffsetDateTime) -> Option<String> {
+    let available = (ca_not_after - now).whole_seconds();
+    if available <= 0 {
+        return Some(format!(
+            "the issuing CA expired on {}; the certificate cannot be renewed until the CA is rotated",
+            super::rfc3339(ca_not_after)
+        ));
+    }
+    let available = available as u64;
+    if *lifetime > available {
+        let note = format!(
+            "lifetime clamped from {} to {} seconds: the issuing CA expires on {}",
+            lifetime,
+            available,
+            super::rfc3339(ca_not_after)
+        );
+        *lifetime = available;
+        return Some(note);
+    }
+    None
+}
+
+/// Host rules on a CSR answer. An approval adding usages is a malformed answer.
+fn check_approval(
+    request: &CsrRequest,
+    decision: CsrDecision,
+    hp: &HookPlugin,
+) -> Result<(CsrDecision, Vec<String>), PluginError> {
+    let mut notes = Vec::new();
+    let CsrDecision::Approve { reason, mut lifetime_seconds, usages } = decision else {
+        return Ok((decision, notes));
+    };
+    if let Some(granted) = &usages {
+        if let Some(extra) = granted.iter().find(|u| !request.usages.contains(u)) {
+            return Err(PluginError {
+                plugin: hp.plugin.name().to_string(),
+                hook: Hook::Csr,
+                kind: crate::plugin::PluginErrorKind::InvalidAnswer {
+                    message: format!("the approval grants usage '{extra}', which the request did not ask for"),
+                },
+            });
+        }
+    }
+    if let (Some(l), Some(asked)) = (lifetime_seconds, request.expiration_seconds) {
+        if l > asked {
+            notes.push(format!("lifetime clamped from {l} to the requested {asked} seconds"));
+            lifetime_seconds = Some(asked);
+        }
+    }
+    Ok((CsrDecision::Approve { reason, lifetime_seconds, usages }, notes))
+}

@@ -1,0 +1,227 @@
+//! `rotor policy test`: run fixture cases (input + expected decision) against a bundle, so a
+//! vendor can test a plugin before shipping it.
+//!
+//! A fixture directory holds `*.json` files, each one case or an array of cases:
+//!
+//! ```json
+//! {
+//!   "name": "a certificate expiring in 30 days is renewed",
+//!   "hook": "renewal",
+//!   "now": "2026-11-23T00:00:00Z",
+//!   "input_file": "certs/expires-2026-12-23.pem",
+//!   "context": { "name": "serving-kube-apiserver" },
+//!   "expect": { "decision": "renew", "reason_contains": "renewal window" }
+//! }
+//! ```
+//!
+//! - `input` (a JSON fact record for the hook) or `input_file` (PEM, DER or JSON, relative to
+//!   the case file; it cannot leave the fixture directory);
+//! - `context`: what a certificate or CSR does not say ([`InputContext`]);
+//! - `now` is required unless the JSON record carries it: fixtures never read the clock;
+//! - `expect.decision`: `keep`/`renew`, `allow`/`deny`, `approve`/`deny`/`abstain`;
+//!   `reason_contains`, `violations` (the exact set of reason codes), `lifetime_seconds`,
+//!   `source` (`plugin`, `failure_mode`, `built_in`) are optional.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::bundle::Bundle;
+use super::decision::{CsrDecision, RenewalDecision, SanDecision};
+use super::evaluate::Source;
+use super::input::{HookRequest, InputContext, build_request};
+use crate::fs::{FsError, Root};
+use crate::plugin::Hook;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    hook: Hook,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    now: Option<OffsetDateTime>,
+    input: Option<serde_json::Value>,
+    input_file: Option<String>,
+    #[serde(default)]
+    context: InputContext,
+    expect: Expectation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expectation {
+    decision: String,
+    reason_contains: Option<String>,
+    violations: Option<Vec<String>>,
+    lifetime_seconds: Option<u64>,
+    source: Option<Source>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CaseFile {
+    One(Box<Case>),
+    Many(Vec<Case>),
+}
+
+/// One case's result.
+#[derive(Debug)]
+pub struct CaseResult {
+    /// `file.json: case name`.
+    pub name: String,
+    /// `None` when it passed, otherwise why it failed.
+    pub failure: Option<String>,
+}
+
+/// The fixture directory itself is unusable (not the cases: those fail one by one).
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("{}: no *.json fixture files", .0.display())]
+    Empty(PathBuf),
+}
+
+/// Run every case of `dir` against `bundle`.
+pub fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
+    let root = Root::open_ambient(dir)?;
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| FsError { path: dir.to_path_buf(), message: e.to_string(), source: Some(e) })?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(FixtureError::Empty(dir.to_path_buf()));
+    }
+    let mut results = Vec::new();
+    for file in files {
+        let cases = match read_cases(&root, &file) {
+            Ok(cases) => cases,
+            Err(message) => {
+                results.push(CaseResult { name: file.clone(), failure: Some(message) });
+                continue;
+            }
+        };
+        for case in cases {
+            let failure = run_case(bundle, &root, &file, &case).err();
+            results.push(CaseResult { name: format!("{file}: {}", case.name), failure });
+        }
+    }
+    Ok(results)
+}
+
+fn read_cases(root: &Root, file: &str) -> Result<Vec<Case>, String> {
+    let bytes = root.read(Path::new(file)).map_err(|e| e.to_string())?;
+    match serde_json::from_slice::<CaseFile>(&bytes) {
+        Ok(CaseFile::One(c)) => Ok(vec![*c]),
+        Ok(CaseFile::Many(v)) => Ok(v),
+        Err(_) => {
+            // Re-parse as one case for a precise message.
+            serde_json::from_slice::<Case>(&bytes).map(|c| vec![c]).map_err(|e| format!("invalid fixture: {e}"))
+        }
+    }
+}
+
+fn run_case(bundle: &Bundle, root: &Root, file: &str, case: &Case) -> Result<(), String> {
+    let (what, bytes) = match (&case.input, &case.input_file) {
+        (Some(v), None) => (format!("{file}: input"), serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        (None, Some(f)) => {
+            let rel = Path::new(file).parent().unwrap_or(Path::new("")).join(f);
+            (root.display(&rel).display().to_string(), root.read(&rel).map_err(|e| e.to_string())?)
+        }
+        _ => return Err("exactly one of 'input' and 'input_file' is required".into()),
+    };
+    let json_has_now = case.input.as_ref().is_some_and(|v| v.get("now").is_some());
+    let now = match case.now {
+        Some(now) => now,
+        None if json_has_now => OffsetDateTime::UNIX_EPOCH,
+        None => return Err("'now' is required (fixtures never read the clock)".into()),
+    };
+    let request = build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())?;
+    let got = evaluate(bundle, &request)?;
+    check(&case.expect, &got)
+}
+
+/// What a case produced, flattened for comparison.
+struct Got {
+    decision: &'static str,
+    reason: String,
+    codes: BTreeSet<String>,
+    lifetime: Option<u64>,
+    source: Source,
+}
+
+fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
+    let err = |e: crate::plugin::PluginError| e.to_string();
+    Ok(match request {
+        HookRequest::Renewal(r) => {
+            let o = bundle.renewal(r).map_err(err)?;
+            let (decision, lifetime) = match &o.decision {
+                RenewalDecision::Keep { .. } => ("keep", None),
+                RenewalDecision::Renew { lifetime_seconds, .. } => ("renew", *lifetime_seconds),
+            };
+            Got { decision, reason: o.decision.reason().to_string(), codes: BTreeSet::new(), lifetime, source: o.source }
+        }
+        HookRequest::San(r) => {
+            let o = bundle.validate_sans(r).map_err(err)?;
+            let (decision, codes, reason) = match &o.decision {
+                SanDecision::Allow => ("allow", BTreeSet::new(), String::new()),
+                SanDecision::Deny { violations } => (
+                    "deny",
+                    violations.iter().map(|v| v.code.clone()).collect(),
+                    violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "),
+                ),
+            };
+            Got { decision, reason, codes, lifetime: None, source: o.source }
+        }
+        HookRequest::Csr(r) => {
+            let o = bundle.review_csr(r).map_err(err)?;
+            let (decision, codes, reason, lifetime) = match &o.decision {
+                CsrDecision::Approve { reason, lifetime_seconds, .. } => {
+                    ("approve", BTreeSet::new(), reason.clone(), *lifetime_seconds)
+                }
+                CsrDecision::Deny { violations } => (
+                    "deny",
+                    violations.iter().map(|v| v.code.clone()).collect(),
+                    violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "),
+                    None,
+                ),
+                CsrDecision::Abstain { reason } => ("abstain", BTreeSet::new(), reason.clone(), None),
+            };
+            Got { decision, reason, codes, lifetime, source: o.source }
+        }
+    })
+}
+
+fn check(expect: &Expectation, got: &Got) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if expect.decision != got.decision {
+        problems.push(format!("expected decision '{}', got '{}' ({})", expect.decision, got.decision, got.reason));
+    }
+    if let Some(s) = &expect.reason_contains {
+        if !got.reason.contains(s.as_str()) {
+            problems.push(format!("reason {:?} does not contain {:?}", got.reason, s));
+        }
+    }
+    if let Some(codes) = &expect.violations {
+        let want: BTreeSet<String> = codes.iter().cloned().collect();
+        if want != got.codes {
+            problems.push(format!("expected violations {want:?}, got {:?}", got.codes));
+        }
+    }
+    if let Some(l) = expect.lifetime_seconds {
+        if got.lifetime != Some(l) {
+            problems.push(format!("expected lifetime_seconds {l}, got {:?}", got.lifetime));
+        }
+    }
+    if let Some(s) = expect.source {
+        if s != got.source {
+            problems.push(format!("expected source {s:?}, got {:?}", got.source));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+}

@@ -1,0 +1,150 @@
+//! What the host asks each hook: the inputs, built from parsed facts and explicit `now`.
+//!
+//! These are also the JSON "fact records" `rotor policy eval --input` and the fixtures of
+//! `rotor policy test` accept (field names in snake_case, times in RFC 3339).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::facts::{
+    CertificateFacts, CsrFacts, DistinguishedName, PublicKeyInfo, SubjectAltNames, Usage,
+};
+
+/// Input of the renewal hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalRequest {
+    /// Name of the certificate in its layout (`serving-kube-apiserver`, `apiserver`, ...).
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub certificate: CertificateFacts,
+    /// notAfter of the issuing CA, when known.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub issuer_not_after: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub now: OffsetDateTime,
+}
+
+fn default_name() -> String {
+    "certificate".into()
+}
+
+/// Where SAN names come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SanStage {
+    /// Names configured by the operator for a cluster certificate.
+    Configuration,
+    /// Names requested in a CSR.
+    Csr,
+    /// The final template, just before signing.
+    Template,
+}
+
+/// What the host knows about the node a certificate is for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeIdentity {
+    pub name: String,
+    /// Evidence held by the host (never taken from the request itself).
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+/// Input of the SAN validation hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanRequest {
+    /// Rule profile (`kubelet-serving`, a certificate name, ...).
+    pub profile: String,
+    pub stage: SanStage,
+    #[serde(default)]
+    pub subject: DistinguishedName,
+    pub sans: SubjectAltNames,
+    #[serde(default)]
+    pub node: Option<NodeIdentity>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub now: OffsetDateTime,
+}
+
+/// Input of the CSR approval hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsrRequest {
+    pub signer_name: String,
+    pub username: String,
+    #[serde(default)]
+    pub uid: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub subject: DistinguishedName,
+    #[serde(default)]
+    pub sans: SubjectAltNames,
+    pub public_key: PublicKeyInfo,
+    #[serde(default)]
+    pub usages: Vec<Usage>,
+    #[serde(default)]
+    pub expiration_seconds: Option<u64>,
+    #[serde(default)]
+    pub requests_ca: bool,
+    #[serde(default)]
+    pub other_extensions: Vec<String>,
+    /// Evidence the host holds about the requesting node (`--node-ip`).
+    #[serde(default)]
+    pub node_addresses: Vec<IpAddr>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub now: OffsetDateTime,
+}
+
+/// The Kubernetes side of a CSR: who asks, with which signer and usages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CsrContext {
+    pub signer_name: String,
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub usages: Vec<Usage>,
+    pub expiration_seconds: Option<u64>,
+    pub node_addresses: Vec<IpAddr>,
+}
+
+impl CsrRequest {
+    /// Combine a parsed CSR with its Kubernetes context.
+    pub fn new(csr: &CsrFacts, ctx: CsrContext, now: OffsetDateTime) -> CsrRequest {
+        CsrRequest {
+            signer_name: ctx.signer_name,
+            username: ctx.username,
+            uid: ctx.uid,
+            groups: ctx.groups,
+            subject: csr.subject.clone(),
+            sans: csr.sans.clone(),
+            public_key: csr.public_key,
+            usages: ctx.usages,
+            expiration_seconds: ctx.expiration_seconds,
+            requests_ca: csr.requests_ca,
+            other_extensions: csr.other_extensions.clone(),
+            node_addresses: ctx.node_addresses,
+            now,
+        }
+    }
+
+    /// The SAN hook request for this CSR's names, bound to the requesting node when the
+    /// username is `system:node:<name>`.
+    pub fn san_request(&self, profile: &str, stage: SanStage) -> SanRequest {
+        let node = self.username.strip_prefix("system:node:").map(|name| NodeIdentity {
+            name: name.to_string(),
+            addresses: self.node_addresses.clone(),
+        });
+        SanRequest {
+            profile: profile.to_string(),
+            stage,
+            subject: self.subject.clone(),
+            sans: self.sans.clone(),
+            node,
+            now: self.now,
+        }
+    }
+}
