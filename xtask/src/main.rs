@@ -92,7 +92,11 @@ fn build_plugins() -> Result<()> {
     for name in DEFAULT_PLUGINS {
         let component = build_one(&root.join("guest-plugins"), name, Target::Unknown)?;
         write(&out.join(format!("{name}.wasm")), &component)?;
-        println!("built {name}: {} bytes, sha256 {}", component.len(), sha256_hex(&component));
+        println!(
+            "built {name}: {} bytes, sha256 {}",
+            component.len(),
+            sha256_hex(&component)
+        );
     }
     Ok(())
 }
@@ -170,7 +174,9 @@ fn check_target_installed(target: Target) -> Result<()> {
 }
 
 fn home() -> PathBuf {
-    env::var("HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from("/"))
+    env::var("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/"))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -204,7 +210,10 @@ fn install_into_bundles(check: Check) -> Result<()> {
             let Some(table) = doc.get_mut(hook).and_then(|t| t.as_table_mut()) else {
                 continue;
             };
-            let Some(plugin) = table.get("plugin").and_then(|v| v.as_str()).map(str::to_owned)
+            let Some(plugin) = table
+                .get("plugin")
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
             else {
                 continue;
             };

@@ -31,7 +31,9 @@ wit_bindgen::generate!({
 });
 
 use exports::rotor::policy::config::Guest as Config;
-use exports::rotor::policy::csr_approval::{Abstention, Approval, CsrDecision, CsrRequest, Guest as CsrApproval};
+use exports::rotor::policy::csr_approval::{
+    Abstention, Approval, CsrDecision, CsrRequest, Guest as CsrApproval,
+};
 use rotor::policy::types::{KeyAlgorithm, Usage, Violation};
 
 thread_local! {
@@ -107,12 +109,21 @@ impl CsrApproval for Plugin {
             requests_ca: request.requests_ca,
         };
         match SETTINGS.with(|s| rules::review(&s.borrow(), &req)) {
-            rules::Decision::Approve { reason, lifetime_seconds } => {
-                CsrDecision::Approve(Approval { reason, lifetime_seconds, usages: None })
-            }
+            rules::Decision::Approve {
+                reason,
+                lifetime_seconds,
+            } => CsrDecision::Approve(Approval {
+                reason,
+                lifetime_seconds,
+                usages: None,
+            }),
             rules::Decision::Deny(list) => CsrDecision::Deny(
                 list.into_iter()
-                    .map(|v| Violation { code: v.code.to_string(), field: v.field, message: v.message })
+                    .map(|v| Violation {
+                        code: v.code.to_string(),
+                        field: v.field,
+                        message: v.message,
+                    })
                     .collect(),
             ),
             rules::Decision::Abstain(reason) => CsrDecision::Abstain(Abstention { reason }),

@@ -58,12 +58,19 @@ pub struct Violation {
 }
 
 fn v(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Violation {
-    Violation { code, field: field.into(), message: message.into() }
+    Violation {
+        code,
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Approve { reason: String, lifetime_seconds: Option<u64> },
+    Approve {
+        reason: String,
+        lifetime_seconds: Option<u64>,
+    },
     Deny(Vec<Violation>),
     Abstain(String),
 }
@@ -210,7 +217,10 @@ fn builtin_profile(kind: &str) -> Option<Profile> {
             max_expiration_seconds: 86_400,
             ..base
         },
-        "legacy-unknown" => Profile { auto_approve: false, ..base },
+        "legacy-unknown" => Profile {
+            auto_approve: false,
+            ..base
+        },
         _ => return None,
     })
 }
@@ -259,7 +269,11 @@ fn usages(field: &str, list: &[String]) -> Result<Vec<UsageName>, String> {
                 .iter()
                 .find(|k| **k == u.as_str())
                 .copied()
-                .ok_or_else(|| format!("'{field}': unknown usage '{u}' (Kubernetes spelling, e.g. 'server auth')"))
+                .ok_or_else(|| {
+                    format!(
+                        "'{field}': unknown usage '{u}' (Kubernetes spelling, e.g. 'server auth')"
+                    )
+                })
         })
         .collect()
 }
@@ -281,12 +295,20 @@ impl Profile {
             p.non_node_requester_abstains = match s.as_str() {
                 "deny" => false,
                 "abstain" => true,
-                other => return Err(format!("'{}' must be 'deny' or 'abstain', got '{other}'", f("non_node_requester"))),
+                other => {
+                    return Err(format!(
+                        "'{}' must be 'deny' or 'abstain', got '{other}'",
+                        f("non_node_requester")
+                    ));
+                }
             };
         }
         if let Some(b) = raw.approve_bootstrap {
             if p.requester != Requester::NodeOrBootstrap {
-                return Err(format!("'{}' only applies to kind 'kubelet-client'", f("approve_bootstrap")));
+                return Err(format!(
+                    "'{}' only applies to kind 'kubelet-client'",
+                    f("approve_bootstrap")
+                ));
             }
             p.approve_bootstrap = b;
         }
@@ -308,8 +330,15 @@ impl Profile {
         if let Some(u) = &raw.usages_required {
             p.usages_required = usages(&f("usages_required"), u)?;
         }
-        if let Some(missing) = p.usages_required.iter().find(|u| !p.usages_allowed.contains(u)) {
-            return Err(format!("'{}': '{missing}' is required but not allowed", f("usages_required")));
+        if let Some(missing) = p
+            .usages_required
+            .iter()
+            .find(|u| !p.usages_allowed.contains(u))
+        {
+            return Err(format!(
+                "'{}': '{missing}' is required but not allowed",
+                f("usages_required")
+            ));
         }
         if let Some(b) = raw.key_encipherment_requires_rsa {
             p.key_encipherment_requires_rsa = b;
@@ -321,9 +350,14 @@ impl Profile {
             p.max_expiration_seconds = s;
         }
         if p.min_expiration_seconds < 600 {
-            return Err(format!("'{}' must be at least 600 (the Kubernetes floor)", f("min_expiration_seconds")));
+            return Err(format!(
+                "'{}' must be at least 600 (the Kubernetes floor)",
+                f("min_expiration_seconds")
+            ));
         }
-        if p.max_expiration_seconds < p.min_expiration_seconds || p.max_expiration_seconds > 10 * 365 * 86_400 {
+        if p.max_expiration_seconds < p.min_expiration_seconds
+            || p.max_expiration_seconds > 10 * 365 * 86_400
+        {
             return Err(format!(
                 "'{}' must be between 'min_expiration_seconds' and ten years",
                 f("max_expiration_seconds")
@@ -331,7 +365,10 @@ impl Profile {
         }
         if let Some(d) = raw.default_lifetime_seconds {
             if d < p.min_expiration_seconds || d > p.max_expiration_seconds {
-                return Err(format!("'{}' must lie between the minimum and maximum", f("default_lifetime_seconds")));
+                return Err(format!(
+                    "'{}' must lie between the minimum and maximum",
+                    f("default_lifetime_seconds")
+                ));
             }
             p.default_lifetime_seconds = Some(d);
         }
@@ -349,7 +386,11 @@ impl Settings {
         let unknown_signer_denies = match raw.unknown_signer.as_deref().unwrap_or("abstain") {
             "abstain" => false,
             "deny" => true,
-            other => return Err(format!("'unknown_signer' must be 'abstain' or 'deny', got '{other}'")),
+            other => {
+                return Err(format!(
+                    "'unknown_signer' must be 'abstain' or 'deny', got '{other}'"
+                ));
+            }
         };
         let rk = raw.keys.unwrap_or_default();
         let ecdsa_curves = match rk.ecdsa_curves {
@@ -360,7 +401,9 @@ impl Settings {
                     "P-256" => Ok(KeyKind::EcdsaP256),
                     "P-384" => Ok(KeyKind::EcdsaP384),
                     "P-521" => Ok(KeyKind::EcdsaP521),
-                    other => Err(format!("'keys.ecdsa_curves': unknown curve '{other}' (P-256, P-384, P-521)")),
+                    other => Err(format!(
+                        "'keys.ecdsa_curves': unknown curve '{other}' (P-256, P-384, P-521)"
+                    )),
                 })
                 .collect::<Result<_, _>>()?,
         };
@@ -371,7 +414,9 @@ impl Settings {
             ed25519: rk.ed25519.unwrap_or(true),
         };
         if keys.rsa_min_bits < 2048 || keys.rsa_max_bits < keys.rsa_min_bits {
-            return Err("'keys.rsa_min_bits' must be at least 2048 and at most 'keys.rsa_max_bits'".into());
+            return Err(
+                "'keys.rsa_min_bits' must be at least 2048 and at most 'keys.rsa_max_bits'".into(),
+            );
         }
         let profiles = match raw.profiles {
             None => [
@@ -388,7 +433,11 @@ impl Settings {
                 .map(|(signer, raw)| Profile::from_raw(signer, raw).map(|p| (signer.clone(), p)))
                 .collect::<Result<_, _>>()?,
         };
-        Ok(Settings { unknown_signer_denies, keys, profiles })
+        Ok(Settings {
+            unknown_signer_denies,
+            keys,
+            profiles,
+        })
     }
 }
 
@@ -413,7 +462,10 @@ pub fn review(settings: &Settings, r: &Request) -> Decision {
                 format!("no profile for signer '{}'", r.signer_name),
             )]);
         }
-        return Decision::Abstain(format!("no profile for signer '{}': not this policy's call", r.signer_name));
+        return Decision::Abstain(format!(
+            "no profile for signer '{}': not this policy's call",
+            r.signer_name
+        ));
     };
     let mut out = Vec::new();
     let mut abstain: Option<String> = None;
@@ -429,10 +481,15 @@ pub fn review(settings: &Settings, r: &Request) -> Decision {
             if bootstrapping {
                 check_node_subject(r, &mut out, false);
                 if !profile.approve_bootstrap {
-                    abstain = Some("bootstrap CSR: left for the operator (approve_bootstrap is off)".into());
+                    abstain = Some(
+                        "bootstrap CSR: left for the operator (approve_bootstrap is off)".into(),
+                    );
                 }
             } else if !is_node {
-                let msg = format!("requester '{}' is not a node (system:node:<name>)", r.username);
+                let msg = format!(
+                    "requester '{}' is not a node (system:node:<name>)",
+                    r.username
+                );
                 if profile.non_node_requester_abstains {
                     abstain = Some(msg);
                 } else {
@@ -440,7 +497,11 @@ pub fn review(settings: &Settings, r: &Request) -> Decision {
                 }
             } else {
                 if !r.groups.iter().any(|g| g == "system:nodes") {
-                    out.push(v("RequesterNotInNodesGroup", "spec.groups", "the requester is not in group system:nodes"));
+                    out.push(v(
+                        "RequesterNotInNodesGroup",
+                        "spec.groups",
+                        "the requester is not in group system:nodes",
+                    ));
                 }
                 check_node_subject(r, &mut out, true);
             }
@@ -448,89 +509,145 @@ pub fn review(settings: &Settings, r: &Request) -> Decision {
     }
 
     // Subject.
-    if let Some(orgs) = &profile.organizations_exact {
-        if &r.organizations != orgs {
-            out.push(v(
-                "OrganizationMismatch",
-                "subject.organizations",
-                format!("O must be exactly {orgs:?}, got {:?}", r.organizations),
-            ));
-        }
+    if let Some(orgs) = &profile.organizations_exact
+        && &r.organizations != orgs
+    {
+        out.push(v(
+            "OrganizationMismatch",
+            "subject.organizations",
+            format!("O must be exactly {orgs:?}, got {:?}", r.organizations),
+        ));
     }
     for o in &r.organizations {
         if profile.deny_organizations.contains(o) {
-            out.push(v("OrganizationDenied", "subject.organizations", format!("O={o} is not allowed for this signer")));
-        }
-    }
-    if let Some(cn) = &r.common_name {
-        if let Some(p) = profile.deny_common_name_prefixes.iter().find(|p| cn.starts_with(p.as_str())) {
-            out.push(v("CommonNameDenied", "subject.commonName", format!("CN '{cn}' starts with the reserved '{p}'")));
-        }
-    }
-    if !profile.allow_other_subject_attributes {
-        if !r.organizational_units.is_empty() || !r.other_subject_attributes.is_empty() {
-            let mut attrs: Vec<String> = r.organizational_units.iter().map(|_| "OU".to_string()).collect();
-            attrs.extend(r.other_subject_attributes.iter().cloned());
-            attrs.dedup();
             out.push(v(
-                "SubjectAttributeNotAllowed",
-                "subject",
-                format!("only CN and O are allowed, found {}", attrs.join(", ")),
+                "OrganizationDenied",
+                "subject.organizations",
+                format!("O={o} is not allowed for this signer"),
             ));
         }
+    }
+    if let Some(cn) = &r.common_name
+        && let Some(p) = profile
+            .deny_common_name_prefixes
+            .iter()
+            .find(|p| cn.starts_with(p.as_str()))
+    {
+        out.push(v(
+            "CommonNameDenied",
+            "subject.commonName",
+            format!("CN '{cn}' starts with the reserved '{p}'"),
+        ));
+    }
+    if !profile.allow_other_subject_attributes
+        && (!r.organizational_units.is_empty() || !r.other_subject_attributes.is_empty())
+    {
+        let mut attrs: Vec<String> = r
+            .organizational_units
+            .iter()
+            .map(|_| "OU".to_string())
+            .collect();
+        attrs.extend(r.other_subject_attributes.iter().cloned());
+        attrs.dedup();
+        out.push(v(
+            "SubjectAttributeNotAllowed",
+            "subject",
+            format!("only CN and O are allowed, found {}", attrs.join(", ")),
+        ));
     }
 
     // SANs: presence and types only; the names themselves are the SAN plugin's job.
     if r.emails > 0 {
-        out.push(v("SanTypeNotAllowed", "subjectAltName", "email SANs are not allowed"));
+        out.push(v(
+            "SanTypeNotAllowed",
+            "subjectAltName",
+            "email SANs are not allowed",
+        ));
     }
     if r.uris > 0 {
-        out.push(v("SanTypeNotAllowed", "subjectAltName", "URI SANs are not allowed"));
+        out.push(v(
+            "SanTypeNotAllowed",
+            "subjectAltName",
+            "URI SANs are not allowed",
+        ));
     }
     if r.other_sans > 0 {
-        out.push(v("SanTypeNotAllowed", "subjectAltName", "only DNS and IP SANs are allowed"));
+        out.push(v(
+            "SanTypeNotAllowed",
+            "subjectAltName",
+            "only DNS and IP SANs are allowed",
+        ));
     }
     match profile.sans {
-        Sans::Required if r.dns_names + r.ips == 0 => {
-            out.push(v("NoSubjectAltNames", "subjectAltName", "a serving certificate needs at least one DNS or IP SAN"))
-        }
-        Sans::Forbidden if r.dns_names + r.ips > 0 => {
-            out.push(v("SansNotAllowed", "subjectAltName", "client certificates carry no SANs"))
-        }
+        Sans::Required if r.dns_names + r.ips == 0 => out.push(v(
+            "NoSubjectAltNames",
+            "subjectAltName",
+            "a serving certificate needs at least one DNS or IP SAN",
+        )),
+        Sans::Forbidden if r.dns_names + r.ips > 0 => out.push(v(
+            "SansNotAllowed",
+            "subjectAltName",
+            "client certificates carry no SANs",
+        )),
         _ => {}
     }
 
     // CA, key, usages, lifetime.
     if r.requests_ca {
-        out.push(v("CaNotAllowed", "basicConstraints", "CA certificates are never issued through CSRs"));
+        out.push(v(
+            "CaNotAllowed",
+            "basicConstraints",
+            "CA certificates are never issued through CSRs",
+        ));
     }
     check_key(&settings.keys, r, &mut out);
     for u in &profile.usages_required {
         if !r.usages.contains(u) {
-            out.push(v("UsageMissing", "spec.usages", format!("'{u}' is required")));
+            out.push(v(
+                "UsageMissing",
+                "spec.usages",
+                format!("'{u}' is required"),
+            ));
         }
     }
     for u in &r.usages {
         if !profile.usages_allowed.contains(u) {
-            out.push(v("UsageNotAllowed", "spec.usages", format!("'{u}' is not allowed for this signer")));
+            out.push(v(
+                "UsageNotAllowed",
+                "spec.usages",
+                format!("'{u}' is not allowed for this signer"),
+            ));
         }
     }
-    if profile.key_encipherment_requires_rsa && r.key != KeyKind::Rsa && r.usages.contains(&"key encipherment") {
-        out.push(v("UsageNotAllowed", "spec.usages", "'key encipherment' is only meaningful for RSA keys"));
+    if profile.key_encipherment_requires_rsa
+        && r.key != KeyKind::Rsa
+        && r.usages.contains(&"key encipherment")
+    {
+        out.push(v(
+            "UsageNotAllowed",
+            "spec.usages",
+            "'key encipherment' is only meaningful for RSA keys",
+        ));
     }
     if let Some(e) = r.expiration_seconds {
         if e < profile.min_expiration_seconds {
             out.push(v(
                 "ExpirationTooShort",
                 "spec.expirationSeconds",
-                format!("{e} s is below the {} s minimum", profile.min_expiration_seconds),
+                format!(
+                    "{e} s is below the {} s minimum",
+                    profile.min_expiration_seconds
+                ),
             ));
         }
         if e > profile.max_expiration_seconds {
             out.push(v(
                 "ExpirationTooLong",
                 "spec.expirationSeconds",
-                format!("{e} s exceeds the {} s maximum", profile.max_expiration_seconds),
+                format!(
+                    "{e} s exceeds the {} s maximum",
+                    profile.max_expiration_seconds
+                ),
             ));
         }
     }
@@ -548,7 +665,10 @@ pub fn review(settings: &Settings, r: &Request) -> Decision {
         ));
     }
     Decision::Approve {
-        reason: format!("{} request from '{}' satisfies the profile", r.signer_name, r.username),
+        reason: format!(
+            "{} request from '{}' satisfies the profile",
+            r.signer_name, r.username
+        ),
         lifetime_seconds: r.expiration_seconds.or(profile.default_lifetime_seconds),
     }
 }
@@ -557,7 +677,11 @@ pub fn review(settings: &Settings, r: &Request) -> Decision {
 /// request (any node name) needs only a well-formed `system:node:<name>` CN.
 fn check_node_subject(r: &Request, out: &mut Vec<Violation>, renewal: bool) {
     match &r.common_name {
-        None => out.push(v("CommonNameMismatch", "subject.commonName", "a node certificate needs CN system:node:<name>")),
+        None => out.push(v(
+            "CommonNameMismatch",
+            "subject.commonName",
+            "a node certificate needs CN system:node:<name>",
+        )),
         Some(cn) if renewal && *cn != r.username => out.push(v(
             "CommonNameMismatch",
             "subject.commonName",
@@ -575,9 +699,13 @@ fn check_node_subject(r: &Request, out: &mut Vec<Violation>, renewal: bool) {
 fn check_key(keys: &Keys, r: &Request, out: &mut Vec<Violation>) {
     let ok = match r.key {
         KeyKind::Rsa => {
-            r.key_bits >= keys.rsa_min_bits && r.key_bits <= keys.rsa_max_bits && r.key_bits % 8 == 0
+            r.key_bits >= keys.rsa_min_bits
+                && r.key_bits <= keys.rsa_max_bits
+                && r.key_bits.is_multiple_of(8)
         }
-        KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521 => keys.ecdsa_curves.contains(&r.key),
+        KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521 => {
+            keys.ecdsa_curves.contains(&r.key)
+        }
         KeyKind::Ed25519 => keys.ed25519,
         KeyKind::Ed448 | KeyKind::Other => false,
     };
@@ -634,7 +762,16 @@ mod tests {
     #[test]
     fn a_clean_kubelet_serving_request_is_approved() {
         let d = review(&Settings::default(), &serving("a"));
-        assert!(matches!(d, Decision::Approve { lifetime_seconds: None, .. }), "{d:?}");
+        assert!(
+            matches!(
+                d,
+                Decision::Approve {
+                    lifetime_seconds: None,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -732,8 +869,14 @@ mod tests {
     fn settings_are_validated() {
         let err = |j: &str| Settings::from_json(j).unwrap_err();
         assert!(err(r#"{"profiles": {"x": {"kind": "nope"}}}"#).contains("'profiles.x.kind'"));
-        assert!(err(r#"{"profiles": {"x": {"kind": "legacy-unknown", "usages_allowed": ["fly"]}}}"#).contains("unknown usage"));
-        assert!(err(r#"{"profiles": {"x": {"kind": "kubelet-serving", "min_expiration_seconds": 5}}}"#).contains("600"));
+        assert!(
+            err(r#"{"profiles": {"x": {"kind": "legacy-unknown", "usages_allowed": ["fly"]}}}"#)
+                .contains("unknown usage")
+        );
+        assert!(
+            err(r#"{"profiles": {"x": {"kind": "kubelet-serving", "min_expiration_seconds": 5}}}"#)
+                .contains("600")
+        );
         assert!(err(r#"{"keys": {"rsa_min_bits": 1024}}"#).contains("rsa_min_bits"));
         assert!(err(r#"{"unknown_signer": "approve"}"#).contains("'unknown_signer'"));
     }

@@ -84,11 +84,18 @@ pub fn parse_dns_name(name: &str, syntax: DnsSyntax) -> Result<DnsName, String> 
     if wildcard && ascii.split('.').count() < 2 {
         return Err("a wildcard needs at least two labels after '*.'".into());
     }
-    let full = if wildcard { format!("*.{ascii}") } else { ascii };
+    let full = if wildcard {
+        format!("*.{ascii}")
+    } else {
+        ascii
+    };
     if full.len() > MAX_NAME {
         return Err(format!("longer than {MAX_NAME} characters"));
     }
-    Ok(DnsName { ascii: full, wildcard })
+    Ok(DnsName {
+        ascii: full,
+        wildcard,
+    })
 }
 
 fn check_label(label: &str, syntax: DnsSyntax) -> Result<(), String> {
@@ -96,19 +103,25 @@ fn check_label(label: &str, syntax: DnsSyntax) -> Result<(), String> {
         return Err("empty label".into());
     }
     if label.len() > MAX_LABEL {
-        return Err(format!("label '{label}' is longer than {MAX_LABEL} characters"));
+        return Err(format!(
+            "label '{label}' is longer than {MAX_LABEL} characters"
+        ));
     }
-    if let Some(c) = label
-        .chars()
-        .find(|&c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (c == '_' && syntax.allow_underscore)))
-    {
+    if let Some(c) = label.chars().find(|&c| {
+        !(c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || (c == '_' && syntax.allow_underscore))
+    }) {
         return Err(format!("label '{label}' contains '{}'", c.escape_default()));
     }
     if label.starts_with('-') || label.ends_with('-') {
         return Err(format!("label '{label}' starts or ends with '-'"));
     }
     if label.len() >= 4 && &label[2..4] == "--" && !label.starts_with("xn--") {
-        return Err(format!("label '{label}' has '--' in positions 3-4 but is not an IDNA A-label"));
+        return Err(format!(
+            "label '{label}' has '--' in positions 3-4 but is not an IDNA A-label"
+        ));
     }
     Ok(())
 }
@@ -153,7 +166,11 @@ impl DnsPattern {
             (PatternKind::Exact, p)
         };
         if kind == PatternKind::Any {
-            return Ok(DnsPattern { kind, suffix: String::new(), text });
+            return Ok(DnsPattern {
+                kind,
+                suffix: String::new(),
+                text,
+            });
         }
         if rest.is_empty() {
             return Err(format!("pattern '{p}' has no domain"));
@@ -163,9 +180,18 @@ impl DnsPattern {
                 "pattern '{p}': '*' is only allowed as a left-most '*.' (one label) or '**.' (one or more)"
             ));
         }
-        let name = parse_dns_name(rest, DnsSyntax { allow_underscore: true })
-            .map_err(|e| format!("pattern '{p}': {e}"))?;
-        Ok(DnsPattern { kind, suffix: name.ascii, text })
+        let name = parse_dns_name(
+            rest,
+            DnsSyntax {
+                allow_underscore: true,
+            },
+        )
+        .map_err(|e| format!("pattern '{p}': {e}"))?;
+        Ok(DnsPattern {
+            kind,
+            suffix: name.ascii,
+            text,
+        })
     }
 
     /// Whether `name` matches, label by label.
@@ -175,7 +201,11 @@ impl DnsPattern {
         }
         let suffix_labels = self.suffix.split('.').count();
         let name_labels = name.label_count();
-        let suffix_matches = self.suffix.rsplit('.').zip(name.labels_rev()).all(|(a, b)| a == b);
+        let suffix_matches = self
+            .suffix
+            .rsplit('.')
+            .zip(name.labels_rev())
+            .all(|(a, b)| a == b);
         if !suffix_matches || name_labels < suffix_labels {
             return false;
         }
@@ -219,7 +249,9 @@ pub fn is_node_name(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= MAX_LABEL
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -228,7 +260,9 @@ pub fn is_node_name(name: &str) -> bool {
 /// The node name of a `system:node:<name>` username, if it is one (the whole string must
 /// match: no prefix tricks).
 pub fn node_of_username(username: &str) -> Option<&str> {
-    username.strip_prefix("system:node:").filter(|n| is_node_name(n))
+    username
+        .strip_prefix("system:node:")
+        .filter(|n| is_node_name(n))
 }
 
 /// Whether a (normalized) DNS SAN belongs to `node`: it is the node name itself, or the node
@@ -261,14 +295,21 @@ pub fn parse_email(s: &str) -> Result<Email, String> {
     if local.is_empty() || local.len() > 64 {
         return Err("invalid local part".into());
     }
-    if local.chars().any(|c| c.is_control() || c.is_whitespace() || c == '@') {
+    if local
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '@')
+    {
         return Err("invalid character in the local part".into());
     }
-    let domain = parse_dns_name(domain, DnsSyntax::default()).map_err(|e| format!("domain: {e}"))?;
+    let domain =
+        parse_dns_name(domain, DnsSyntax::default()).map_err(|e| format!("domain: {e}"))?;
     if domain.wildcard {
         return Err("wildcard domain".into());
     }
-    Ok(Email { local: local.to_string(), domain })
+    Ok(Email {
+        local: local.to_string(),
+        domain,
+    })
 }
 
 /// A URI SAN: its scheme and (DNS) host.
@@ -289,7 +330,10 @@ pub fn parse_uri(s: &str) -> Result<UriName, String> {
         return Err("wildcard host".into());
     }
     let host = parse_dns_name(&host, DnsSyntax::default()).map_err(|e| format!("host: {e}"))?;
-    Ok(UriName { scheme: url.scheme().to_string(), host })
+    Ok(UriName {
+        scheme: url.scheme().to_string(),
+        host,
+    })
 }
 
 #[cfg(test)]
@@ -309,9 +353,21 @@ mod tests {
         assert_eq!(name("Node-A.Example.COM").as_str(), "node-a.example.com");
         assert_eq!(name("bücher.example").as_str(), "xn--bcher-kva.example");
         assert!(parse_dns_name("a..b", DnsSyntax::default()).is_err());
-        assert!(parse_dns_name("a.b.", DnsSyntax::default()).unwrap_err().contains("trailing dot"));
+        assert!(
+            parse_dns_name("a.b.", DnsSyntax::default())
+                .unwrap_err()
+                .contains("trailing dot")
+        );
         assert!(parse_dns_name("a_b.c", DnsSyntax::default()).is_err());
-        assert!(parse_dns_name("a_b.c", DnsSyntax { allow_underscore: true }).is_ok());
+        assert!(
+            parse_dns_name(
+                "a_b.c",
+                DnsSyntax {
+                    allow_underscore: true
+                }
+            )
+            .is_ok()
+        );
         assert!(parse_dns_name("-a.b", DnsSyntax::default()).is_err());
         assert!(parse_dns_name("ab--c.d", DnsSyntax::default()).is_err());
         assert!(parse_dns_name("a.*.b", DnsSyntax::default()).is_err());
@@ -349,20 +405,39 @@ mod tests {
     fn node_binding_respects_label_boundaries() {
         let suffixes = vec![name("int.example.com")];
         assert!(dns_bound_to_node(&name("a"), "a", &suffixes));
-        assert!(dns_bound_to_node(&name("a.int.example.com"), "a", &suffixes));
+        assert!(dns_bound_to_node(
+            &name("a.int.example.com"),
+            "a",
+            &suffixes
+        ));
         // kubelet-csr-approver's prefix hole: node 'a' must not get 'auth...' or 'a-b'.
-        assert!(!dns_bound_to_node(&name("auth.int.example.com"), "a", &suffixes));
+        assert!(!dns_bound_to_node(
+            &name("auth.int.example.com"),
+            "a",
+            &suffixes
+        ));
         assert!(!dns_bound_to_node(&name("ab"), "a", &suffixes));
-        assert!(!dns_bound_to_node(&name("a.b.int.example.com"), "a", &suffixes));
+        assert!(!dns_bound_to_node(
+            &name("a.b.int.example.com"),
+            "a",
+            &suffixes
+        ));
         assert!(!dns_bound_to_node(&name("a.evil.com"), "a", &suffixes));
         assert!(!dns_bound_to_node(&name("a.int.example.com"), "a", &[]));
-        assert!(!dns_bound_to_node(&name("*.int.example.com"), "*", &suffixes));
+        assert!(!dns_bound_to_node(
+            &name("*.int.example.com"),
+            "*",
+            &suffixes
+        ));
     }
 
     #[test]
     fn usernames_must_match_whole() {
         assert_eq!(node_of_username("system:node:a"), Some("a"));
-        assert_eq!(node_of_username("system:node:node-1.example.com"), Some("node-1.example.com"));
+        assert_eq!(
+            node_of_username("system:node:node-1.example.com"),
+            Some("node-1.example.com")
+        );
         assert_eq!(node_of_username("system:node:"), None);
         assert_eq!(node_of_username("system:node:A"), None);
         assert_eq!(node_of_username("system:node:a b"), None);
@@ -380,16 +455,25 @@ mod tests {
         assert_eq!(single.to_string(), "192.168.1.5/32");
         assert!(parse_ip_range("10.0.0.0/33").is_err());
         assert!(parse_ip_range("nope").is_err());
-        assert_eq!(parse_ip_range("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_ip_range("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
     }
 
     #[test]
     fn emails_and_uris() {
         let e = parse_email("Admin@Example.COM").unwrap();
-        assert_eq!((e.local.as_str(), e.domain.as_str()), ("Admin", "example.com"));
+        assert_eq!(
+            (e.local.as_str(), e.domain.as_str()),
+            ("Admin", "example.com")
+        );
         assert!(parse_email("no-at").is_err());
         let u = parse_uri("spiffe://Cluster.Local/ns/a/sa/b").unwrap();
-        assert_eq!((u.scheme.as_str(), u.host.as_str()), ("spiffe", "cluster.local"));
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str()),
+            ("spiffe", "cluster.local")
+        );
         assert!(parse_uri("https://10.0.0.1/").is_err());
         assert!(parse_uri("urn:x").is_err());
     }

@@ -54,9 +54,13 @@ impl Renewal for Plugin {
             rules::Decision::Keep { reason, renew_at } => {
                 RenewalDecision::Keep(KeepDecision { reason, renew_at })
             }
-            rules::Decision::Renew { reason, lifetime_seconds } => {
-                RenewalDecision::Renew(RenewDecision { reason, lifetime_seconds })
-            }
+            rules::Decision::Renew {
+                reason,
+                lifetime_seconds,
+            } => RenewalDecision::Renew(RenewDecision {
+                reason,
+                lifetime_seconds,
+            }),
         }
     }
 }

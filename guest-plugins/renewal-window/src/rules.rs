@@ -29,8 +29,14 @@ pub struct Certificate {
 /// The decision, before it is turned into the WIT type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Keep { reason: String, renew_at: Option<i64> },
-    Renew { reason: String, lifetime_seconds: Option<u64> },
+    Keep {
+        reason: String,
+        renew_at: Option<i64>,
+    },
+    Renew {
+        reason: String,
+        lifetime_seconds: Option<u64>,
+    },
 }
 
 /// Validated settings.
@@ -43,7 +49,10 @@ pub struct Settings {
 
 #[derive(Clone, Debug, PartialEq)]
 enum Mode {
-    Window { renew_before_seconds: i64, days: u32 },
+    Window {
+        renew_before_seconds: i64,
+        days: u32,
+    },
     Fraction(Fraction),
 }
 
@@ -62,7 +71,10 @@ impl Default for Settings {
     /// The documents' rule: renew within 90 days of expiry.
     fn default() -> Self {
         Settings {
-            mode: Mode::Window { renew_before_seconds: 90 * DAY, days: 90 },
+            mode: Mode::Window {
+                renew_before_seconds: 90 * DAY,
+                days: 90,
+            },
             lifetime_seconds: None,
         }
     }
@@ -101,7 +113,11 @@ impl Settings {
         let lifetime_seconds = match raw.lifetime_days {
             None => None,
             Some(d) if (1..=MAX_DAYS).contains(&d) => Some(u64::from(d) * DAY as u64),
-            Some(d) => return Err(format!("'lifetime_days' must be between 1 and {MAX_DAYS}, got {d}")),
+            Some(d) => {
+                return Err(format!(
+                    "'lifetime_days' must be between 1 and {MAX_DAYS}, got {d}"
+                ));
+            }
         };
         let mode = match raw.mode.as_deref().unwrap_or("window") {
             "window" => {
@@ -109,8 +125,14 @@ impl Settings {
                     ("renew_at_fraction", raw.renew_at_fraction.is_some()),
                     ("jitter_fraction", raw.jitter_fraction.is_some()),
                     ("renew_before_seconds", raw.renew_before_seconds.is_some()),
-                    ("renew_before_percentage", raw.renew_before_percentage.is_some()),
-                    ("min_renew_before_seconds", raw.min_renew_before_seconds.is_some()),
+                    (
+                        "renew_before_percentage",
+                        raw.renew_before_percentage.is_some(),
+                    ),
+                    (
+                        "min_renew_before_seconds",
+                        raw.min_renew_before_seconds.is_some(),
+                    ),
                     ("min_age_seconds", raw.min_age_seconds.is_some()),
                     ("min_age_fraction", raw.min_age_fraction.is_some()),
                 ];
@@ -119,9 +141,14 @@ impl Settings {
                 }
                 let days = raw.renew_before_days.unwrap_or(90);
                 if days == 0 || days > MAX_DAYS {
-                    return Err(format!("'renew_before_days' must be between 1 and {MAX_DAYS}, got {days}"));
+                    return Err(format!(
+                        "'renew_before_days' must be between 1 and {MAX_DAYS}, got {days}"
+                    ));
                 }
-                Mode::Window { renew_before_seconds: i64::from(days) * DAY, days }
+                Mode::Window {
+                    renew_before_seconds: i64::from(days) * DAY,
+                    days,
+                }
             }
             "fraction" => {
                 if raw.renew_before_days.is_some() {
@@ -129,13 +156,25 @@ impl Settings {
                 }
                 Mode::Fraction(Fraction::from_raw(&raw)?)
             }
-            other => return Err(format!("'mode' must be 'window' or 'fraction', got '{other}'")),
+            other => {
+                return Err(format!(
+                    "'mode' must be 'window' or 'fraction', got '{other}'"
+                ));
+            }
         };
-        Ok(Settings { mode, lifetime_seconds })
+        Ok(Settings {
+            mode,
+            lifetime_seconds,
+        })
     }
 }
 
-fn fraction_ppm(name: &str, value: f64, min_exclusive: f64, max_exclusive: f64) -> Result<i128, String> {
+fn fraction_ppm(
+    name: &str,
+    value: f64,
+    min_exclusive: f64,
+    max_exclusive: f64,
+) -> Result<i128, String> {
     if !value.is_finite() || value <= min_exclusive || value >= max_exclusive {
         return Err(format!(
             "'{name}' must be greater than {min_exclusive} and less than {max_exclusive}, got {value}"
@@ -147,40 +186,64 @@ fn fraction_ppm(name: &str, value: f64, min_exclusive: f64, max_exclusive: f64) 
 
 impl Fraction {
     fn from_raw(raw: &RawSettings) -> Result<Fraction, String> {
-        let renew_at_ppm = fraction_ppm("renew_at_fraction", raw.renew_at_fraction.unwrap_or(2.0 / 3.0), 0.0, 1.0)?;
+        let renew_at_ppm = fraction_ppm(
+            "renew_at_fraction",
+            raw.renew_at_fraction.unwrap_or(2.0 / 3.0),
+            0.0,
+            1.0,
+        )?;
         let jitter_ppm = match raw.jitter_fraction {
             None => 100_000,
-            Some(j) if j == 0.0 => 0,
+            Some(0.0) => 0,
             Some(j) => fraction_ppm("jitter_fraction", j, 0.0, 1.0)?,
         };
         if jitter_ppm >= renew_at_ppm {
             return Err("'jitter_fraction' must be smaller than 'renew_at_fraction'".into());
         }
         if raw.renew_before_seconds.is_some() && raw.renew_before_percentage.is_some() {
-            return Err("'renew_before_seconds' and 'renew_before_percentage' are mutually exclusive".into());
+            return Err(
+                "'renew_before_seconds' and 'renew_before_percentage' are mutually exclusive"
+                    .into(),
+            );
         }
         let renew_before_seconds = match raw.renew_before_seconds {
             None => None,
             Some(s) if s > 0 && s <= u64::from(MAX_DAYS) * DAY as u64 => Some(s as i64),
-            Some(s) => return Err(format!("'renew_before_seconds' must be between 1 and {}, got {s}", u64::from(MAX_DAYS) * DAY as u64)),
+            Some(s) => {
+                return Err(format!(
+                    "'renew_before_seconds' must be between 1 and {}, got {s}",
+                    u64::from(MAX_DAYS) * DAY as u64
+                ));
+            }
         };
         let renew_before_percentage = match raw.renew_before_percentage {
             None => None,
             Some(p) if (1..=99).contains(&p) => Some(i128::from(p)),
-            Some(p) => return Err(format!("'renew_before_percentage' must be between 1 and 99, got {p}")),
+            Some(p) => {
+                return Err(format!(
+                    "'renew_before_percentage' must be between 1 and 99, got {p}"
+                ));
+            }
         };
         let bounded = |name: &str, v: Option<u64>, default: i64| -> Result<i64, String> {
             match v {
                 None => Ok(default),
                 Some(s) if s <= 365 * DAY as u64 => Ok(s as i64),
-                Some(s) => Err(format!("'{name}' must be at most {} (one year), got {s}", 365 * DAY)),
+                Some(s) => Err(format!(
+                    "'{name}' must be at most {} (one year), got {s}",
+                    365 * DAY
+                )),
             }
         };
-        let min_renew_before_seconds = bounded("min_renew_before_seconds", raw.min_renew_before_seconds, 300)?;
+        let min_renew_before_seconds = bounded(
+            "min_renew_before_seconds",
+            raw.min_renew_before_seconds,
+            300,
+        )?;
         let min_age_seconds = bounded("min_age_seconds", raw.min_age_seconds, 300)?;
         let min_age_ppm = match raw.min_age_fraction {
             None => 100_000,
-            Some(f) if f == 0.0 => 0,
+            Some(0.0) => 0,
             Some(f) => fraction_ppm("min_age_fraction", f, 0.0, 1.0)?,
         };
         if min_age_ppm >= renew_at_ppm - jitter_ppm {
@@ -199,7 +262,12 @@ impl Fraction {
 }
 
 /// Decide for one certificate at `now`. `issuer_not_after` is the CA's notAfter, when known.
-pub fn decide(settings: &Settings, cert: &Certificate, issuer_not_after: Option<i64>, now: i64) -> Decision {
+pub fn decide(
+    settings: &Settings,
+    cert: &Certificate,
+    issuer_not_after: Option<i64>,
+    now: i64,
+) -> Decision {
     if cert.is_ca {
         return Decision::Keep {
             reason: "CA certificate: CAs are never renewed automatically (rotate them with 'rotor certificate rotate-ca')".into(),
@@ -207,28 +275,40 @@ pub fn decide(settings: &Settings, cert: &Certificate, issuer_not_after: Option<
         };
     }
     if cert.not_after <= cert.not_before {
-        return renew(settings, format!(
-            "invalid validity period: notAfter {} is not after notBefore {}",
-            date(cert.not_after),
-            date(cert.not_before)
-        ));
+        return renew(
+            settings,
+            format!(
+                "invalid validity period: notAfter {} is not after notBefore {}",
+                date(cert.not_after),
+                date(cert.not_before)
+            ),
+        );
     }
     if now >= cert.not_after {
-        return renew(settings, format!(
-            "expired on {} ({} ago)",
-            date(cert.not_after),
-            span(i128::from(now) - i128::from(cert.not_after))
-        ));
+        return renew(
+            settings,
+            format!(
+                "expired on {} ({} ago)",
+                date(cert.not_after),
+                span(i128::from(now) - i128::from(cert.not_after))
+            ),
+        );
     }
     match &settings.mode {
-        Mode::Window { renew_before_seconds, days } => {
+        Mode::Window {
+            renew_before_seconds,
+            days,
+        } => {
             let left = i128::from(cert.not_after) - i128::from(now);
             if left <= i128::from(*renew_before_seconds) {
-                renew(settings, format!(
-                    "expires on {} (in {}), within the {days}-day renewal window",
-                    date(cert.not_after),
-                    span(left)
-                ))
+                renew(
+                    settings,
+                    format!(
+                        "expires on {} (in {}), within the {days}-day renewal window",
+                        date(cert.not_after),
+                        span(left)
+                    ),
+                )
             } else {
                 Decision::Keep {
                     reason: format!(
@@ -243,7 +323,10 @@ pub fn decide(settings: &Settings, cert: &Certificate, issuer_not_after: Option<
         Mode::Fraction(f) => {
             let (target, how) = fraction_target(f, cert, issuer_not_after);
             if i128::from(now) >= target {
-                renew(settings, format!("renewal time {} reached ({how})", date_i128(target)))
+                renew(
+                    settings,
+                    format!("renewal time {} reached ({how})", date_i128(target)),
+                )
             } else {
                 Decision::Keep {
                     reason: format!("renewal due on {} ({how})", date_i128(target)),
@@ -256,12 +339,19 @@ pub fn decide(settings: &Settings, cert: &Certificate, issuer_not_after: Option<
 }
 
 fn renew(settings: &Settings, reason: String) -> Decision {
-    Decision::Renew { reason, lifetime_seconds: settings.lifetime_seconds }
+    Decision::Renew {
+        reason,
+        lifetime_seconds: settings.lifetime_seconds,
+    }
 }
 
 /// The renewal instant for fraction mode, with a description of how it was chosen.
 /// Follows the algorithm of the reference study (policy-rules §4.3).
-fn fraction_target(f: &Fraction, cert: &Certificate, issuer_not_after: Option<i64>) -> (i128, String) {
+fn fraction_target(
+    f: &Fraction,
+    cert: &Certificate,
+    issuer_not_after: Option<i64>,
+) -> (i128, String) {
     let nb = i128::from(cert.not_before);
     let na = i128::from(cert.not_after);
     let lifetime = na - nb;
@@ -290,16 +380,30 @@ fn fraction_target(f: &Fraction, cert: &Certificate, issuer_not_after: Option<i6
             (na - rb, format!("{} before notAfter", span(rb)))
         } else {
             let (t, h) = fraction_rule();
-            (t, format!("{h}; RenewBeforeIgnored: 'renew_before_seconds' does not fit the {} lifetime", span(lifetime)))
+            (
+                t,
+                format!(
+                    "{h}; RenewBeforeIgnored: 'renew_before_seconds' does not fit the {} lifetime",
+                    span(lifetime)
+                ),
+            )
         }
     } else if let Some(pct) = f.renew_before_percentage {
         // pct% of the lifetime remaining at renewal, computed without overflow or rounding up.
         let before = (lifetime / 100) * pct + ((lifetime % 100) * pct) / 100;
         if na - before >= loop_guard && before >= min_renew_before {
-            (na - before, format!("{pct}% of the {} lifetime remaining", span(lifetime)))
+            (
+                na - before,
+                format!("{pct}% of the {} lifetime remaining", span(lifetime)),
+            )
         } else {
             let (t, h) = fraction_rule();
-            (t, format!("{h}; RenewBeforeIgnored: 'renew_before_percentage' would renew too early or too late"))
+            (
+                t,
+                format!(
+                    "{h}; RenewBeforeIgnored: 'renew_before_percentage' would renew too early or too late"
+                ),
+            )
         }
     } else {
         fraction_rule()
@@ -382,7 +486,12 @@ mod tests {
     const T0: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
 
     fn leaf(days: i64) -> Certificate {
-        Certificate { is_ca: false, not_before: T0, not_after: T0 + days * DAY, serial: "1f2e3d".into() }
+        Certificate {
+            is_ca: false,
+            not_before: T0,
+            not_after: T0 + days * DAY,
+            serial: "1f2e3d".into(),
+        }
     }
 
     fn is_renew(d: &Decision) -> bool {
@@ -411,7 +520,10 @@ mod tests {
         // Expired.
         let d = decide(&s, &c, None, c.not_after + 3 * DAY);
         match d {
-            Decision::Renew { reason, lifetime_seconds } => {
+            Decision::Renew {
+                reason,
+                lifetime_seconds,
+            } => {
                 assert!(reason.starts_with("expired on 2027-01-01"), "{reason}");
                 assert!(reason.contains("3 days ago"), "{reason}");
                 assert_eq!(lifetime_seconds, None);
@@ -434,11 +546,15 @@ mod tests {
         assert!(err(r#"{"mode":"sometimes"}"#).contains("'mode'"));
         assert!(err(r#"{"renew_before_days":0}"#).contains("'renew_before_days'"));
         assert!(err(r#"{"jitter_fraction":0.1}"#).contains("only applies to mode 'fraction'"));
-        assert!(err(r#"{"mode":"fraction","renew_at_fraction":1.5}"#).contains("'renew_at_fraction'"));
+        assert!(
+            err(r#"{"mode":"fraction","renew_at_fraction":1.5}"#).contains("'renew_at_fraction'")
+        );
         assert!(err(r#"{"mode":"fraction","jitter_fraction":0.7}"#).contains("'jitter_fraction'"));
         assert!(err(r#"{"renew_befor_days":3}"#).contains("unknown field"));
-        assert!(err(r#"{"mode":"fraction","renew_before_seconds":10,"renew_before_percentage":5}"#)
-            .contains("mutually exclusive"));
+        assert!(
+            err(r#"{"mode":"fraction","renew_before_seconds":10,"renew_before_percentage":5}"#)
+                .contains("mutually exclusive")
+        );
         assert!(err("[1,2]").starts_with("settings:"));
         assert_eq!(Settings::from_json("").unwrap(), Settings::default());
         assert_eq!(Settings::from_json("{}").unwrap(), Settings::default());
@@ -452,7 +568,9 @@ mod tests {
 
     fn renew_at(s: &Settings, c: &Certificate, ca: Option<i64>) -> i64 {
         match decide(s, c, ca, c.not_before) {
-            Decision::Keep { renew_at: Some(t), .. } => t,
+            Decision::Keep {
+                renew_at: Some(t), ..
+            } => t,
             other => panic!("expected keep with renew_at, got {other:?}"),
         }
     }
@@ -464,7 +582,10 @@ mod tests {
         let lifetime = 365 * DAY;
         let t = renew_at(&s, &c, None);
         let two_thirds = T0 + lifetime * 2 / 3;
-        assert!(t <= two_thirds + 1 && t >= two_thirds - lifetime / 10 - 1, "{t}");
+        assert!(
+            t <= two_thirds + 1 && t >= two_thirds - lifetime / 10 - 1,
+            "{t}"
+        );
         // Deterministic: same serial, same instant.
         assert_eq!(t, renew_at(&s, &c, None));
         // Another serial moves it (with overwhelming probability for these two seeds).
@@ -496,11 +617,18 @@ mod tests {
         // cert-manager #4423: issuer clamps the lifetime to 1 hour; renew_before of 59 minutes
         // would renew 1 minute after issuance, forever. The loop guard ignores it.
         let s = fraction(r#"{"mode":"fraction","jitter_fraction":0,"renew_before_seconds":3540}"#);
-        let c = Certificate { is_ca: false, not_before: T0, not_after: T0 + 3600, serial: "01".into() };
+        let c = Certificate {
+            is_ca: false,
+            not_before: T0,
+            not_after: T0 + 3600,
+            serial: "01".into(),
+        };
         let t = renew_at(&s, &c, None);
         assert!(t >= T0 + 360, "renews too soon after issuance: {}", t - T0);
         match decide(&s, &c, None, T0) {
-            Decision::Keep { reason, .. } => assert!(reason.contains("RenewBeforeIgnored"), "{reason}"),
+            Decision::Keep { reason, .. } => {
+                assert!(reason.contains("RenewBeforeIgnored"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -517,7 +645,12 @@ mod tests {
     fn multi_year_lifetimes_do_not_overflow() {
         // cert-manager #8937: int64 nanoseconds overflow at ~292 years; we use i128 seconds.
         let s = fraction(r#"{"mode":"fraction"}"#);
-        let c = Certificate { is_ca: false, not_before: i64::MIN / 2, not_after: i64::MAX / 2, serial: "ff".into() };
+        let c = Certificate {
+            is_ca: false,
+            not_before: i64::MIN / 2,
+            not_after: i64::MAX / 2,
+            serial: "ff".into(),
+        };
         let t = renew_at(&s, &c, None);
         assert!(t > c.not_before && t < c.not_after);
         let s = Settings::default();
@@ -527,7 +660,12 @@ mod tests {
 
     #[test]
     fn inverted_validity_is_renewed() {
-        let c = Certificate { is_ca: false, not_before: T0, not_after: T0 - 1, serial: "01".into() };
+        let c = Certificate {
+            is_ca: false,
+            not_before: T0,
+            not_after: T0 - 1,
+            serial: "01".into(),
+        };
         assert!(is_renew(&decide(&Settings::default(), &c, None, T0)));
     }
 }

@@ -56,7 +56,9 @@ impl Config for Plugin {
 fn ip(a: IpAddress) -> IpAddr {
     match a {
         IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
+        }
     }
 }
 
@@ -82,7 +84,11 @@ impl SanValidation for Plugin {
             SanDecision::Deny(
                 violations
                     .into_iter()
-                    .map(|v| Violation { code: v.code.to_string(), field: v.field, message: v.message })
+                    .map(|v| Violation {
+                        code: v.code.to_string(),
+                        field: v.field,
+                        message: v.message,
+                    })
                     .collect(),
             )
         }

@@ -44,8 +44,16 @@ pub struct Violation {
     pub message: String,
 }
 
-fn violation(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Violation {
-    Violation { code, field: field.into(), message: message.into() }
+fn violation(
+    code: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> Violation {
+    Violation {
+        code,
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 // ---- settings -------------------------------------------------------------------------------
@@ -176,7 +184,10 @@ impl EmailPattern {
             Some(("", domain)) => Ok(EmailPattern::Domain(DnsPattern::parse(domain)?)),
             Some(_) => {
                 let e = name_rules::parse_email(s).map_err(|e| format!("email rule '{s}': {e}"))?;
-                Ok(EmailPattern::Mailbox { local: e.local, domain: e.domain })
+                Ok(EmailPattern::Mailbox {
+                    local: e.local,
+                    domain: e.domain,
+                })
             }
             None => Ok(EmailPattern::Domain(DnsPattern::parse(s)?)),
         }
@@ -206,11 +217,15 @@ impl Default for Settings {
 }
 
 fn patterns(field: &str, list: &[String]) -> Result<Vec<DnsPattern>, String> {
-    list.iter().map(|p| DnsPattern::parse(p).map_err(|e| format!("'{field}': {e}"))).collect()
+    list.iter()
+        .map(|p| DnsPattern::parse(p).map_err(|e| format!("'{field}': {e}")))
+        .collect()
 }
 
 fn ranges(field: &str, list: &[String]) -> Result<Vec<IpNet>, String> {
-    list.iter().map(|r| name_rules::parse_ip_range(r).map_err(|e| format!("'{field}': {e}"))).collect()
+    list.iter()
+        .map(|r| name_rules::parse_ip_range(r).map_err(|e| format!("'{field}': {e}")))
+        .collect()
 }
 
 impl Rules {
@@ -220,12 +235,17 @@ impl Rules {
         let ip = raw.ip.clone();
         let email = raw.email.clone().unwrap_or_default();
         let uri = raw.uri.clone().unwrap_or_default();
-        let syntax = DnsSyntax { allow_underscore: raw.allow_underscores.unwrap_or(false) };
+        let syntax = DnsSyntax {
+            allow_underscore: raw.allow_underscores.unwrap_or(false),
+        };
         let common_name = match raw.common_name.as_deref().unwrap_or("ignore") {
             "ignore" => CommonNameRule::Ignore,
             "must_be_a_san" => CommonNameRule::MustBeASan,
             other => {
-                return Err(format!("'{}' must be 'ignore' or 'must_be_a_san', got '{other}'", f("common_name")));
+                return Err(format!(
+                    "'{}' must be 'ignore' or 'must_be_a_san', got '{other}'",
+                    f("common_name")
+                ));
             }
         };
         let node_binding = match &raw.node_binding {
@@ -235,8 +255,9 @@ impl Rules {
                     .allowed_suffixes
                     .iter()
                     .map(|s| {
-                        name_rules::parse_dns_name(s, syntax)
-                            .map_err(|e| format!("'{}': '{s}': {e}", f("node_binding.allowed_suffixes")))
+                        name_rules::parse_dns_name(s, syntax).map_err(|e| {
+                            format!("'{}': '{s}': {e}", f("node_binding.allowed_suffixes"))
+                        })
                     })
                     .collect::<Result<_, _>>()?,
                 require_ip_evidence: nb.require_ip_evidence.unwrap_or(true),
@@ -251,17 +272,30 @@ impl Rules {
             }
         };
         for s in &uri.schemes {
-            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
+            if s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            {
                 return Err(format!("'{}': '{s}' is not a URI scheme", f("uri.schemes")));
             }
         }
         Ok(Rules {
             dns_allow: patterns(&f("dns.allow"), &dns.allow)?,
             dns_deny: patterns(&f("dns.deny"), &dns.deny)?,
-            ip_allow: ranges(&f("ip.allow"), &ip.as_ref().map(|i| i.allow.clone()).unwrap_or_default())?,
+            ip_allow: ranges(
+                &f("ip.allow"),
+                &ip.as_ref().map(|i| i.allow.clone()).unwrap_or_default(),
+            )?,
             ip_deny: match &ip {
                 Some(i) => ranges(&f("ip.deny"), &i.deny)?,
-                None => ranges("ip.deny", &DEFAULT_IP_DENY.iter().map(|s| s.to_string()).collect::<Vec<_>>())?,
+                None => ranges(
+                    "ip.deny",
+                    &DEFAULT_IP_DENY
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>(),
+                )?,
             },
             email_allow: email
                 .allow
@@ -294,13 +328,21 @@ fn overlay(base: &RawRules, profile: &RawRules) -> RawRules {
         ip: profile.ip.clone().or_else(|| base.ip.clone()),
         email: profile.email.clone().or_else(|| base.email.clone()),
         uri: profile.uri.clone().or_else(|| base.uri.clone()),
-        allow_literal_wildcards: profile.allow_literal_wildcards.or(base.allow_literal_wildcards),
+        allow_literal_wildcards: profile
+            .allow_literal_wildcards
+            .or(base.allow_literal_wildcards),
         allow_underscores: profile.allow_underscores.or(base.allow_underscores),
         max_sans: profile.max_sans.or(base.max_sans),
         max_dns_names: profile.max_dns_names.or(base.max_dns_names),
         require_san: profile.require_san.or(base.require_san),
-        common_name: profile.common_name.clone().or_else(|| base.common_name.clone()),
-        node_binding: profile.node_binding.clone().or_else(|| base.node_binding.clone()),
+        common_name: profile
+            .common_name
+            .clone()
+            .or_else(|| base.common_name.clone()),
+        node_binding: profile
+            .node_binding
+            .clone()
+            .or_else(|| base.node_binding.clone()),
     }
 }
 
@@ -317,7 +359,11 @@ impl Settings {
             let rules = Rules::from_raw(&format!("profiles.{name}."), &overlay(&raw.rules, p))?;
             profiles.insert(name.clone(), rules);
         }
-        Ok(Settings { allow_all: raw.allow_all, base, profiles })
+        Ok(Settings {
+            allow_all: raw.allow_all,
+            base,
+            profiles,
+        })
     }
 }
 
@@ -325,7 +371,10 @@ impl Settings {
 
 /// Every violation of `request` under `settings`; empty means allow.
 pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
-    let rules = settings.profiles.get(&request.profile).unwrap_or(&settings.base);
+    let rules = settings
+        .profiles
+        .get(&request.profile)
+        .unwrap_or(&settings.base);
     let mut out = Vec::new();
     let enforce = !settings.allow_all;
 
@@ -335,23 +384,43 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
     let mut ips: Vec<IpAddr> = request.ips.iter().map(|ip| ip.to_canonical()).collect();
     ips.sort();
     ips.dedup();
-    let total = dns_names.len() + ips.len() + request.uris.len() + request.emails.len() + request.others.len();
+    let total = dns_names.len()
+        + ips.len()
+        + request.uris.len()
+        + request.emails.len()
+        + request.others.len();
 
     if rules.require_san && dns_names.is_empty() && ips.is_empty() {
-        out.push(violation("NoSubjectAltNames", "subjectAltName", "at least one DNS or IP SAN is required"));
+        out.push(violation(
+            "NoSubjectAltNames",
+            "subjectAltName",
+            "at least one DNS or IP SAN is required",
+        ));
     }
     if total > rules.max_sans {
-        out.push(violation("TooManySans", "subjectAltName", format!("{total} SANs, at most {} allowed", rules.max_sans)));
+        out.push(violation(
+            "TooManySans",
+            "subjectAltName",
+            format!("{total} SANs, at most {} allowed", rules.max_sans),
+        ));
     }
     if dns_names.len() > rules.max_dns_names {
         out.push(violation(
             "TooManyDnsNames",
             "subjectAltName",
-            format!("{} DNS names, at most {} allowed", dns_names.len(), rules.max_dns_names),
+            format!(
+                "{} DNS names, at most {} allowed",
+                dns_names.len(),
+                rules.max_dns_names
+            ),
         ));
     }
     for other in &request.others {
-        out.push(violation("SanTypeNotAllowed", other.as_str(), "only DNS, IP, URI and email SANs are supported"));
+        out.push(violation(
+            "SanTypeNotAllowed",
+            other.as_str(),
+            "only DNS, IP, URI and email SANs are supported",
+        ));
     }
 
     let binding = rules.node_binding.as_ref();
@@ -359,12 +428,17 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
         out.push(violation(
             "NodeIdentityMissing",
             "",
-            format!("profile '{}' binds names to a node, but the request names no node", request.profile),
+            format!(
+                "profile '{}' binds names to a node, but the request names no node",
+                request.profile
+            ),
         ));
     }
     // Which types have an allow rule (node binding counts for DNS, IP evidence for IP).
-    let dns_configured = !rules.dns_allow.is_empty() || binding.is_some_and(|b| !b.bypass_dns_binding);
-    let ip_configured = !rules.ip_allow.is_empty() || binding.is_some_and(|b| b.require_ip_evidence);
+    let dns_configured =
+        !rules.dns_allow.is_empty() || binding.is_some_and(|b| !b.bypass_dns_binding);
+    let ip_configured =
+        !rules.ip_allow.is_empty() || binding.is_some_and(|b| b.require_ip_evidence);
     let email_configured = !rules.email_allow.is_empty();
     let uri_configured = !rules.uri_allow.is_empty();
     let any_configured = dns_configured || ip_configured || email_configured || uri_configured;
@@ -372,7 +446,8 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
         if any_configured {
             format!("no {kind} rule permits any {kind} SAN (types without allow rules are denied)")
         } else {
-            "no allow rules are configured: everything is denied (set rules, or allow_all)".to_string()
+            "no allow rules are configured: everything is denied (set rules, or allow_all)"
+                .to_string()
         }
     };
 
@@ -390,35 +465,59 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
             continue;
         }
         if name.is_wildcard() && !rules.allow_literal_wildcards {
-            out.push(violation("LiteralWildcardNotAllowed", raw.as_str(), "wildcard names are not allowed"));
+            out.push(violation(
+                "LiteralWildcardNotAllowed",
+                raw.as_str(),
+                "wildcard names are not allowed",
+            ));
             continue;
         }
         if let Some(p) = rules.dns_deny.iter().find(|p| p.matches(&name)) {
-            out.push(violation("DnsNameDenied", raw.as_str(), format!("matches the deny rule '{p}'")));
+            out.push(violation(
+                "DnsNameDenied",
+                raw.as_str(),
+                format!("matches the deny rule '{p}'"),
+            ));
             continue;
         }
-        if let (Some(b), Some(node)) = (binding, &request.node) {
-            if !b.bypass_dns_binding && !name_rules::dns_bound_to_node(&name, &node.name, &b.suffixes) {
-                let allowed = if b.suffixes.is_empty() {
-                    format!("'{}'", node.name)
-                } else {
-                    let s: Vec<_> = b.suffixes.iter().map(|s| format!("'{}.{s}'", node.name)).collect();
-                    format!("'{}' or {}", node.name, s.join(", "))
-                };
-                out.push(violation(
-                    "SanNotBoundToNode",
-                    raw.as_str(),
-                    format!("does not belong to node '{}' (allowed: {allowed})", node.name),
-                ));
-                continue;
-            }
+        if let (Some(b), Some(node)) = (binding, &request.node)
+            && !b.bypass_dns_binding
+            && !name_rules::dns_bound_to_node(&name, &node.name, &b.suffixes)
+        {
+            let allowed = if b.suffixes.is_empty() {
+                format!("'{}'", node.name)
+            } else {
+                let s: Vec<_> = b
+                    .suffixes
+                    .iter()
+                    .map(|s| format!("'{}.{s}'", node.name))
+                    .collect();
+                format!("'{}' or {}", node.name, s.join(", "))
+            };
+            out.push(violation(
+                "SanNotBoundToNode",
+                raw.as_str(),
+                format!(
+                    "does not belong to node '{}' (allowed: {allowed})",
+                    node.name
+                ),
+            ));
+            continue;
         }
         if !rules.dns_allow.is_empty() {
             if !rules.dns_allow.iter().any(|p| p.matches(&name)) {
-                out.push(violation("DnsNameNotAllowed", raw.as_str(), "matches no allow rule"));
+                out.push(violation(
+                    "DnsNameNotAllowed",
+                    raw.as_str(),
+                    "matches no allow rule",
+                ));
             }
         } else if !dns_configured {
-            out.push(violation("DnsNameNotAllowed", raw.as_str(), unconfigured("DNS")));
+            out.push(violation(
+                "DnsNameNotAllowed",
+                raw.as_str(),
+                unconfigured("DNS"),
+            ));
         }
     }
 
@@ -428,18 +527,23 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
             continue;
         }
         if let Some(net) = rules.ip_deny.iter().find(|n| name_rules::ip_in(n, *ip)) {
-            out.push(violation("IpDenied", field, format!("in the denied range {net}")));
+            out.push(violation(
+                "IpDenied",
+                field,
+                format!("in the denied range {net}"),
+            ));
             continue;
         }
-        if let (Some(b), Some(node)) = (binding, &request.node) {
-            if b.require_ip_evidence && !node.addresses.iter().any(|a| a.to_canonical() == *ip) {
-                out.push(violation(
-                    "IpNotInNodeEvidence",
-                    field,
-                    format!("not an address the host holds for node '{}'", node.name),
-                ));
-                continue;
-            }
+        if let (Some(b), Some(node)) = (binding, &request.node)
+            && b.require_ip_evidence
+            && !node.addresses.iter().any(|a| a.to_canonical() == *ip)
+        {
+            out.push(violation(
+                "IpNotInNodeEvidence",
+                field,
+                format!("not an address the host holds for node '{}'", node.name),
+            ));
+            continue;
         }
         if !rules.ip_allow.is_empty() {
             if !rules.ip_allow.iter().any(|n| name_rules::ip_in(n, *ip)) {
@@ -462,11 +566,23 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
             continue;
         }
         if rules.email_deny.iter().any(|p| p.matches(&email)) {
-            out.push(violation("EmailDenied", raw.as_str(), "matches a deny rule"));
+            out.push(violation(
+                "EmailDenied",
+                raw.as_str(),
+                "matches a deny rule",
+            ));
         } else if !email_configured {
-            out.push(violation("EmailNotAllowed", raw.as_str(), unconfigured("email")));
+            out.push(violation(
+                "EmailNotAllowed",
+                raw.as_str(),
+                unconfigured("email"),
+            ));
         } else if !rules.email_allow.iter().any(|p| p.matches(&email)) {
-            out.push(violation("EmailNotAllowed", raw.as_str(), "matches no allow rule"));
+            out.push(violation(
+                "EmailNotAllowed",
+                raw.as_str(),
+                "matches no allow rule",
+            ));
         }
     }
 
@@ -482,24 +598,46 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
             continue;
         }
         if !rules.uri_schemes.is_empty() && !rules.uri_schemes.contains(&uri.scheme) {
-            out.push(violation("UriSchemeNotAllowed", raw.as_str(), format!("scheme '{}' is not allowed", uri.scheme)));
+            out.push(violation(
+                "UriSchemeNotAllowed",
+                raw.as_str(),
+                format!("scheme '{}' is not allowed", uri.scheme),
+            ));
         } else if rules.uri_deny.iter().any(|p| p.matches(&uri.host)) {
-            out.push(violation("UriDenied", raw.as_str(), "its host matches a deny rule"));
+            out.push(violation(
+                "UriDenied",
+                raw.as_str(),
+                "its host matches a deny rule",
+            ));
         } else if !uri_configured {
-            out.push(violation("UriNotAllowed", raw.as_str(), unconfigured("URI")));
+            out.push(violation(
+                "UriNotAllowed",
+                raw.as_str(),
+                unconfigured("URI"),
+            ));
         } else if !rules.uri_allow.iter().any(|p| p.matches(&uri.host)) {
-            out.push(violation("UriNotAllowed", raw.as_str(), "its host matches no allow rule"));
+            out.push(violation(
+                "UriNotAllowed",
+                raw.as_str(),
+                "its host matches no allow rule",
+            ));
         }
     }
 
-    if enforce && rules.common_name == CommonNameRule::MustBeASan {
-        if let Some(cn) = &request.common_name {
-            let as_dns = name_rules::parse_dns_name(cn, rules.syntax).ok();
-            let as_ip = cn.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
-            let found = as_dns.is_some_and(|n| normalized_dns.contains(&n)) || as_ip.is_some_and(|ip| ips.contains(&ip));
-            if !found {
-                out.push(violation("CommonNameNotASan", "subject.commonName", format!("CN '{cn}' is not one of the SANs")));
-            }
+    if enforce
+        && rules.common_name == CommonNameRule::MustBeASan
+        && let Some(cn) = &request.common_name
+    {
+        let as_dns = name_rules::parse_dns_name(cn, rules.syntax).ok();
+        let as_ip = cn.parse::<IpAddr>().ok().map(|ip| ip.to_canonical());
+        let found = as_dns.is_some_and(|n| normalized_dns.contains(&n))
+            || as_ip.is_some_and(|ip| ips.contains(&ip));
+        if !found {
+            out.push(violation(
+                "CommonNameNotASan",
+                "subject.commonName",
+                format!("CN '{cn}' is not one of the SANs"),
+            ));
         }
     }
     out
@@ -532,7 +670,10 @@ mod tests {
             profile: "kubelet-serving".into(),
             dns_names: dns.iter().map(|s| s.to_string()).collect(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
-            node: Some(Node { name: "a".into(), addresses: vec!["10.0.0.5".parse().unwrap()] }),
+            node: Some(Node {
+                name: "a".into(),
+                addresses: vec!["10.0.0.5".parse().unwrap()],
+            }),
             ..Default::default()
         }
     }
@@ -542,14 +683,32 @@ mod tests {
         let s = settings(KUBELET);
         assert!(validate(&s, &kubelet(&["a"], &["10.0.0.5"])).is_empty());
         assert!(validate(&s, &kubelet(&["A.int.example.com"], &[])).is_empty());
-        assert_eq!(codes(&validate(&s, &kubelet(&["b"], &[]))), ["SanNotBoundToNode"]);
+        assert_eq!(
+            codes(&validate(&s, &kubelet(&["b"], &[]))),
+            ["SanNotBoundToNode"]
+        );
         // Prefix hole of kubelet-csr-approver: 'auth' starts with 'a'.
-        assert_eq!(codes(&validate(&s, &kubelet(&["auth.int.example.com"], &[]))), ["SanNotBoundToNode"]);
+        assert_eq!(
+            codes(&validate(&s, &kubelet(&["auth.int.example.com"], &[]))),
+            ["SanNotBoundToNode"]
+        );
         // Another node's IP, even in an IP-only CSR.
-        assert_eq!(codes(&validate(&s, &kubelet(&[], &["10.0.0.6"]))), ["IpNotInNodeEvidence"]);
-        assert_eq!(codes(&validate(&s, &kubelet(&[], &["127.0.0.1"]))), ["IpDenied"]);
-        assert_eq!(codes(&validate(&s, &kubelet(&["a", "a.int.example.com"], &[]))), ["TooManyDnsNames"]);
-        assert_eq!(codes(&validate(&s, &kubelet(&[], &[]))), ["NoSubjectAltNames"]);
+        assert_eq!(
+            codes(&validate(&s, &kubelet(&[], &["10.0.0.6"]))),
+            ["IpNotInNodeEvidence"]
+        );
+        assert_eq!(
+            codes(&validate(&s, &kubelet(&[], &["127.0.0.1"]))),
+            ["IpDenied"]
+        );
+        assert_eq!(
+            codes(&validate(&s, &kubelet(&["a", "a.int.example.com"], &[]))),
+            ["TooManyDnsNames"]
+        );
+        assert_eq!(
+            codes(&validate(&s, &kubelet(&[], &[]))),
+            ["NoSubjectAltNames"]
+        );
         let mut r = kubelet(&["a"], &[]);
         r.node = None;
         assert_eq!(codes(&validate(&s, &r)), ["NodeIdentityMissing"]);
@@ -576,7 +735,9 @@ mod tests {
 
     #[test]
     fn deny_first_and_implicit_deny() {
-        let s = settings(r#"{"rules": {"dns": {"allow": ["**.example.com"], "deny": ["*.bad.example.com"]}}}"#);
+        let s = settings(
+            r#"{"rules": {"dns": {"allow": ["**.example.com"], "deny": ["*.bad.example.com"]}}}"#,
+        );
         let r = |dns: &[&str], ips: &[&str]| Request {
             profile: "x".into(),
             dns_names: dns.iter().map(|s| s.to_string()).collect(),
@@ -584,35 +745,63 @@ mod tests {
             ..Default::default()
         };
         assert!(validate(&s, &r(&["a.b.example.com"], &[])).is_empty());
-        assert_eq!(codes(&validate(&s, &r(&["x.bad.example.com"], &[]))), ["DnsNameDenied"]);
-        assert_eq!(codes(&validate(&s, &r(&["example.org"], &[]))), ["DnsNameNotAllowed"]);
+        assert_eq!(
+            codes(&validate(&s, &r(&["x.bad.example.com"], &[]))),
+            ["DnsNameDenied"]
+        );
+        assert_eq!(
+            codes(&validate(&s, &r(&["example.org"], &[]))),
+            ["DnsNameNotAllowed"]
+        );
         // IP has no allow rule while DNS has one: implicit deny.
         let v = validate(&s, &r(&[], &["10.1.1.1"]));
         assert_eq!(codes(&v), ["IpNotAllowed"]);
-        assert!(v[0].message.contains("types without allow rules are denied"), "{}", v[0].message);
+        assert!(
+            v[0].message
+                .contains("types without allow rules are denied"),
+            "{}",
+            v[0].message
+        );
         // Default deny with no rules at all, unless allow_all.
         let none = Settings::default();
-        assert_eq!(codes(&validate(&none, &r(&["a.example.com"], &[]))), ["DnsNameNotAllowed"]);
+        assert_eq!(
+            codes(&validate(&none, &r(&["a.example.com"], &[]))),
+            ["DnsNameNotAllowed"]
+        );
         let all = settings(r#"{"allow_all": true}"#);
         assert!(validate(&all, &r(&["a.example.com"], &["10.0.0.1"])).is_empty());
         // Syntax is checked even with allow_all.
-        assert_eq!(codes(&validate(&all, &r(&["a..b"], &[]))), ["InvalidDnsName"]);
+        assert_eq!(
+            codes(&validate(&all, &r(&["a..b"], &[]))),
+            ["InvalidDnsName"]
+        );
     }
 
     #[test]
     fn wildcards_and_reserved_ips() {
-        let s = settings(r#"{"rules": {"dns": {"allow": ["**"]}, "ip": {"allow": ["0.0.0.0/0", "::/0"]}}}"#);
+        let s = settings(
+            r#"{"rules": {"dns": {"allow": ["**"]}, "ip": {"allow": ["0.0.0.0/0", "::/0"]}}}"#,
+        );
         let r = |dns: &[&str], ips: &[&str]| Request {
             profile: "p".into(),
             dns_names: dns.iter().map(|s| s.to_string()).collect(),
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             ..Default::default()
         };
-        assert_eq!(codes(&validate(&s, &r(&["*.example.com"], &[]))), ["LiteralWildcardNotAllowed"]);
+        assert_eq!(
+            codes(&validate(&s, &r(&["*.example.com"], &[]))),
+            ["LiteralWildcardNotAllowed"]
+        );
         // ip.deny left unset in rules: the reserved ranges are denied.
-        let s2 = settings(r#"{"rules": {"dns": {"allow": ["**"]}, "ip": {"allow": ["0.0.0.0/0"]}}}"#);
-        assert_eq!(codes(&validate(&s2, &r(&[], &["8.8.8.8"]))), Vec::<&str>::new());
-        let s3 = settings(r#"{"rules": {"ip": {"allow": ["0.0.0.0/0"]}, "dns": {"allow": ["**"]}}, "profiles": {"p": {}}}"#);
+        let s2 =
+            settings(r#"{"rules": {"dns": {"allow": ["**"]}, "ip": {"allow": ["0.0.0.0/0"]}}}"#);
+        assert_eq!(
+            codes(&validate(&s2, &r(&[], &["8.8.8.8"]))),
+            Vec::<&str>::new()
+        );
+        let s3 = settings(
+            r#"{"rules": {"ip": {"allow": ["0.0.0.0/0"]}, "dns": {"allow": ["**"]}}, "profiles": {"p": {}}}"#,
+        );
         assert!(validate(&s3, &r(&[], &["10.0.0.1"])).is_empty());
         let defaults = settings(r#"{"rules": {"dns": {"allow": ["**"]}}}"#);
         let v = validate(&defaults, &r(&[], &["127.0.0.1", "::ffff:169.254.1.1"]));
@@ -621,8 +810,13 @@ mod tests {
 
     #[test]
     fn common_name_must_be_a_san_when_asked() {
-        let s = settings(r#"{"rules": {"dns": {"allow": ["**"]}, "common_name": "must_be_a_san"}}"#);
-        let mut r = Request { profile: "p".into(), dns_names: vec!["www.example.com".into()], ..Default::default() };
+        let s =
+            settings(r#"{"rules": {"dns": {"allow": ["**"]}, "common_name": "must_be_a_san"}}"#);
+        let mut r = Request {
+            profile: "p".into(),
+            dns_names: vec!["www.example.com".into()],
+            ..Default::default()
+        };
         r.common_name = Some("WWW.example.com".into());
         assert!(validate(&s, &r).is_empty());
         r.common_name = Some("other.example.com".into());
@@ -633,7 +827,10 @@ mod tests {
     fn settings_errors_name_the_setting() {
         let err = |j: &str| Settings::from_json(j).unwrap_err();
         assert!(err(r#"{"rules": {"dns": {"allow": ["a*.b"]}}}"#).contains("'rules.dns.allow'"));
-        assert!(err(r#"{"profiles": {"x": {"ip": {"allow": ["10.0.0.0/33"]}}}}"#).contains("'profiles.x.ip.allow'"));
+        assert!(
+            err(r#"{"profiles": {"x": {"ip": {"allow": ["10.0.0.0/33"]}}}}"#)
+                .contains("'profiles.x.ip.allow'")
+        );
         assert!(err(r#"{"rules": {"max_sans": 0}}"#).contains("'rules.max_sans'"));
         assert!(err(r#"{"rules": {"common_name": "maybe"}}"#).contains("'rules.common_name'"));
         assert!(err(r#"{"rulez": {}}"#).contains("unknown field"));

@@ -14,7 +14,9 @@ use crate::policy::request::SanStage;
 /// WebAssembly policy plugins.
 #[derive(Debug, Parser)]
 #[command(name = "rotor", version, about, long_about = None)]
-#[command(after_help = "Exit status: 0 success, 1 done but needs attention (e.g. failing policy tests), 2 error.")]
+#[command(
+    after_help = "Exit status: 0 success, 1 done but needs attention (e.g. failing policy tests), 2 error."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -25,7 +27,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Policy bundle: a directory holding bundle.toml, or the manifest file.
-    #[arg(long, global = true, env = "ROTOR_BUNDLE", default_value = "policies/default")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROTOR_BUNDLE",
+        default_value = "policies/default"
+    )]
     pub bundle: PathBuf,
 
     /// Directory for precompiled plugins [default: $XDG_CACHE_HOME/rotor/plugins or
@@ -37,7 +44,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub no_plugin_cache: bool,
 
-    /// More logging (-v: info, -vv: debug, including plugin log messages).
+    /// More logging: -v info, -vv debug (plugin log messages and wasm backtraces), -vvv
+    /// everything, wasmtime included. ROTOR_LOG overrides (tracing filter syntax).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -61,10 +69,12 @@ pub enum PolicyCommand {
         rotor policy eval --hook san --input node.csr --profile kubelet-serving --node-name a --node-ip 10.0.0.5\n  \
         rotor policy eval --hook csr --input node.csr --signer kubernetes.io/kubelet-serving \\\n    \
         --username system:node:a --group system:nodes --usage 'digital signature' --usage 'server auth'")]
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
 
     /// Run fixture cases (*.json: input and expected decision) against the bundle.
-    #[command(after_help = "Example:\n  rotor policy test --bundle policies/default policies/fixtures/default")]
+    #[command(
+        after_help = "Example:\n  rotor policy test --bundle policies/default policies/fixtures/default"
+    )]
     Test {
         /// Directory of fixture files.
         dir: PathBuf,

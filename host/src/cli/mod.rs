@@ -47,7 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
-        1 => "info",
+        1 => "rotor=info,warn",
+        2 => "rotor=debug,warn",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("ROTOR_LOG")
@@ -62,8 +63,15 @@ fn init_logging(verbose: u8) {
 
 /// The plugin engine for this run, with the precompiled cache unless disabled.
 fn engine(global: &GlobalArgs) -> anyhow::Result<PluginEngine> {
-    let cache_dir = if global.no_plugin_cache { None } else { global.plugin_cache.clone().or_else(default_cache_dir) };
-    Ok(PluginEngine::new(EngineOptions { cache_dir, ..EngineOptions::default() })?)
+    let cache_dir = if global.no_plugin_cache {
+        None
+    } else {
+        global.plugin_cache.clone().or_else(default_cache_dir)
+    };
+    Ok(PluginEngine::new(EngineOptions {
+        cache_dir,
+        ..EngineOptions::default()
+    })?)
 }
 
 fn default_cache_dir() -> Option<PathBuf> {

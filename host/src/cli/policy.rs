@@ -16,7 +16,7 @@ pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exi
     let bundle = Bundle::load(&engine, &global.bundle)?;
     match cmd {
         PolicyCommand::Check => check(&bundle),
-        PolicyCommand::Eval(args) => eval(&bundle, args),
+        PolicyCommand::Eval(args) => eval(&bundle, *args),
         PolicyCommand::Test { dir } => test(&bundle, &dir),
     }
 }
@@ -41,15 +41,25 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
             }
             Some(hp) => {
                 let exports: Vec<_> = hp.plugin.hooks().iter().map(|h| h.as_str()).collect();
-                println!("{:<8} plugin {} ({})", hook.as_str(), hp.plugin.name(), hp.file);
-                println!("         sha256    {} (matches the pin)", hp.plugin.digest());
+                println!(
+                    "{:<8} plugin {} ({})",
+                    hook.as_str(),
+                    hp.plugin.name(),
+                    hp.file
+                );
+                println!(
+                    "         sha256    {} (matches the pin)",
+                    hp.plugin.digest()
+                );
                 println!("         exports   {}", exports.join(", "));
                 println!("         settings  {} (accepted)", hp.settings);
                 println!(
                     "         limits    {} ms, {} MiB; on failure: {}",
                     hp.limits.timeout.as_millis(),
                     hp.limits.memory / (1024 * 1024),
-                    serde_json::to_value(hp.failure_mode)?.as_str().unwrap_or("?")
+                    serde_json::to_value(hp.failure_mode)?
+                        .as_str()
+                        .unwrap_or("?")
                 );
             }
         }
@@ -63,7 +73,9 @@ fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
         None => clock::system_now(),
     };
     let issuer_not_after = match &args.issuer_not_after {
-        Some(s) => Some(clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--issuer-not-after': {e}"))?),
+        Some(s) => Some(
+            clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--issuer-not-after': {e}"))?,
+        ),
         None => None,
     };
     let what = args.input.display().to_string();
@@ -86,15 +98,24 @@ fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
     let (json, failure) = match &request {
         HookRequest::Renewal(r) => {
             let o = bundle.renewal(r)?;
-            (serde_json::to_string_pretty(&o)?, o.error.map(|e| e.to_string()))
+            (
+                serde_json::to_string_pretty(&o)?,
+                o.error.map(|e| e.to_string()),
+            )
         }
         HookRequest::San(r) => {
             let o = bundle.validate_sans(r)?;
-            (serde_json::to_string_pretty(&o)?, o.error.map(|e| e.to_string()))
+            (
+                serde_json::to_string_pretty(&o)?,
+                o.error.map(|e| e.to_string()),
+            )
         }
         HookRequest::Csr(r) => {
             let o = bundle.review_csr(r)?;
-            (serde_json::to_string_pretty(&o)?, o.error.map(|e| e.to_string()))
+            (
+                serde_json::to_string_pretty(&o)?,
+                o.error.map(|e| e.to_string()),
+            )
         }
     };
     println!("{json}");
@@ -122,6 +143,15 @@ fn test(bundle: &Bundle, dir: &Path) -> anyhow::Result<Exit> {
             }
         }
     }
-    println!("{} passed, {failed} failed ({} cases, bundle {})", results.len() - failed, results.len(), bundle.name);
-    Ok(if failed == 0 { Exit::Success } else { Exit::Attention })
+    println!(
+        "{} passed, {failed} failed ({} cases, bundle {})",
+        results.len() - failed,
+        results.len(),
+        bundle.name
+    );
+    Ok(if failed == 0 {
+        Exit::Success
+    } else {
+        Exit::Attention
+    })
 }

@@ -11,7 +11,10 @@ use super::{CertificateFacts, FactsError};
 
 /// Every certificate of a PEM bundle (a leaf followed by its CA bundle, as k3s writes them).
 /// `what` names the input in errors. Other PEM blocks are ignored; no certificate is an error.
-pub fn parse_certificates_pem(what: &str, bytes: &[u8]) -> Result<Vec<CertificateFacts>, FactsError> {
+pub fn parse_certificates_pem(
+    what: &str,
+    bytes: &[u8],
+) -> Result<Vec<CertificateFacts>, FactsError> {
     let blocks = read_pem_blocks(what, bytes)?;
     let certs: Vec<_> = blocks
         .iter()
@@ -33,12 +36,23 @@ pub fn parse_certificates_pem(what: &str, bytes: &[u8]) -> Result<Vec<Certificat
 
 /// One DER certificate.
 pub fn parse_certificate_der(what: &str, der: &[u8]) -> Result<CertificateFacts, FactsError> {
-    let bad = |reason: String| FactsError::BadDer { what: what.into(), kind: "certificate", reason };
+    let bad = |reason: String| FactsError::BadDer {
+        what: what.into(),
+        kind: "certificate",
+        reason,
+    };
     let (rest, cert) = X509Certificate::from_der(der).map_err(|e| bad(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(bad(format!("{} trailing bytes after the certificate", rest.len())));
+        return Err(bad(format!(
+            "{} trailing bytes after the certificate",
+            rest.len()
+        )));
     }
-    let field = |field: &'static str, reason: String| FactsError::BadField { what: what.into(), field, reason };
+    let field = |field: &'static str, reason: String| FactsError::BadField {
+        what: what.into(),
+        field,
+        reason,
+    };
 
     let subject = extract::distinguished_name(cert.subject()).map_err(|r| field("subject", r))?;
     let issuer = extract::distinguished_name(cert.issuer()).map_err(|r| field("issuer", r))?;
@@ -53,8 +67,10 @@ pub fn parse_certificate_der(what: &str, der: &[u8]) -> Result<CertificateFacts,
         Ok(None) => Default::default(),
         Err(e) => return Err(field("subjectAltName", e.to_string())),
     };
-    let not_before = timestamp(cert.validity().not_before.timestamp()).map_err(|r| field("notBefore", r))?;
-    let not_after = timestamp(cert.validity().not_after.timestamp()).map_err(|r| field("notAfter", r))?;
+    let not_before =
+        timestamp(cert.validity().not_before.timestamp()).map_err(|r| field("notBefore", r))?;
+    let not_after =
+        timestamp(cert.validity().not_after.timestamp()).map_err(|r| field("notAfter", r))?;
     let key_usage = match cert.key_usage() {
         Ok(Some(ku)) => Some(extract::key_usage_bits(ku.value)),
         Ok(None) => None,
@@ -102,6 +118,9 @@ fn timestamp(unix: i64) -> Result<OffsetDateTime, String> {
 
 /// Lowercase hex of the serial without leading zero bytes (at least one byte is kept).
 fn serial_hex(raw: &[u8]) -> String {
-    let start = raw.iter().position(|&b| b != 0).unwrap_or(raw.len().saturating_sub(1));
+    let start = raw
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(raw.len().saturating_sub(1));
     hex::encode(&raw[start..])
 }

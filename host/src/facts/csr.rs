@@ -45,7 +45,9 @@ pub struct CsrFacts {
 /// The one CSR of a PEM input.
 pub fn parse_csr_pem(what: &str, bytes: &[u8]) -> Result<CsrFacts, FactsError> {
     let blocks = read_pem_blocks(what, bytes)?;
-    let mut csrs = blocks.iter().filter(|b| b.kind == PemKind::CertificateRequest);
+    let mut csrs = blocks
+        .iter()
+        .filter(|b| b.kind == PemKind::CertificateRequest);
     match (csrs.next(), csrs.next()) {
         (Some(b), None) => parse_csr_der(what, &b.der),
         (Some(_), Some(_)) => Err(FactsError::BadPem {
@@ -65,10 +67,17 @@ pub fn parse_csr_pem(what: &str, bytes: &[u8]) -> Result<CsrFacts, FactsError> {
 
 /// One DER CSR. Verifies its signature (proof of possession); a bad signature is a defect.
 pub fn parse_csr_der(what: &str, der: &[u8]) -> Result<CsrFacts, FactsError> {
-    let bad = |reason: String| FactsError::BadDer { what: what.into(), kind: "certificate request", reason };
+    let bad = |reason: String| FactsError::BadDer {
+        what: what.into(),
+        kind: "certificate request",
+        reason,
+    };
     let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|e| bad(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(bad(format!("{} trailing bytes after the request", rest.len())));
+        return Err(bad(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
     }
     let info = &csr.certification_request_info;
     let mut defects = Vec::new();
@@ -77,11 +86,18 @@ pub fn parse_csr_der(what: &str, der: &[u8]) -> Result<CsrFacts, FactsError> {
         Ok(dn) => dn,
         Err(reason) => {
             defects.push(Violation::new("MalformedSubject", "subject", reason));
-            DistinguishedName { text: info.subject.to_string(), ..Default::default() }
+            DistinguishedName {
+                text: info.subject.to_string(),
+                ..Default::default()
+            }
         }
     };
     if info.subject.iter_by_oid(&OID_X509_COMMON_NAME).count() > 1 {
-        defects.push(Violation::new("MultipleCommonNames", "subject", "the subject has more than one CN"));
+        defects.push(Violation::new(
+            "MultipleCommonNames",
+            "subject",
+            "the subject has more than one CN",
+        ));
     }
 
     let mut facts = CsrFacts {
@@ -120,7 +136,9 @@ pub fn parse_csr_der(what: &str, der: &[u8]) -> Result<CsrFacts, FactsError> {
                     facts.sans = sans;
                 }
                 ParsedExtension::BasicConstraints(bc) => facts.requests_ca |= bc.ca,
-                ParsedExtension::KeyUsage(ku) => facts.key_usage = Some(extract::key_usage_bits(ku)),
+                ParsedExtension::KeyUsage(ku) => {
+                    facts.key_usage = Some(extract::key_usage_bits(ku))
+                }
                 ParsedExtension::ExtendedKeyUsage(eku) => {
                     facts.extended_key_usages = extract::extended_key_usages(eku)
                 }
@@ -148,7 +166,11 @@ pub fn parse_csr_der(what: &str, der: &[u8]) -> Result<CsrFacts, FactsError> {
         ));
     }
     if facts.requests_ca {
-        defects.push(Violation::new("CaRequested", "basicConstraints", "the request asks for a CA certificate"));
+        defects.push(Violation::new(
+            "CaRequested",
+            "basicConstraints",
+            "the request asks for a CA certificate",
+        ));
     }
     if let Err(e) = csr.verify_signature() {
         defects.push(Violation::new(

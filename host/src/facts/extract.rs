@@ -6,7 +6,7 @@ use x509_parser::extensions::{GeneralName, KeyUsage};
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_NIST_EC_P521,
     OID_PKCS1_RSAENCRYPTION, OID_SIG_ED448, OID_SIG_ED25519, OID_X509_COMMON_NAME,
-    OID_X509_ORGANIZATIONAL_UNIT, OID_X509_ORGANIZATION_NAME,
+    OID_X509_ORGANIZATION_NAME, OID_X509_ORGANIZATIONAL_UNIT,
 };
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::{SubjectPublicKeyInfo, X509Name};
@@ -15,15 +15,19 @@ use super::{DistinguishedName, KeyAlgorithm, KeyUsageBit, PublicKeyInfo, Subject
 
 /// Convert a name. Fails (with the attribute's OID) on a value that is not a string.
 pub(super) fn distinguished_name(name: &X509Name<'_>) -> Result<DistinguishedName, String> {
-    let mut dn = DistinguishedName { text: name.to_string(), ..Default::default() };
+    let mut dn = DistinguishedName {
+        text: name.to_string(),
+        ..Default::default()
+    };
     for attr in name.iter_attributes() {
         let oid = attr.attr_type();
         let value = match attr.as_str() {
             Ok(v) => v.to_string(),
             Err(_) => match std::str::from_utf8(attr.as_slice()) {
-                Ok(v) if oid == &OID_X509_COMMON_NAME
-                    || oid == &OID_X509_ORGANIZATION_NAME
-                    || oid == &OID_X509_ORGANIZATIONAL_UNIT =>
+                Ok(v)
+                    if oid == &OID_X509_COMMON_NAME
+                        || oid == &OID_X509_ORGANIZATION_NAME
+                        || oid == &OID_X509_ORGANIZATIONAL_UNIT =>
                 {
                     v.to_string()
                 }
@@ -62,9 +66,13 @@ pub(super) fn subject_alt_names(names: &[GeneralName<'_>]) -> (SubjectAltNames, 
                     hex::encode(bytes)
                 )),
             },
-            GeneralName::OtherName(oid, _) => sans.others.push(format!("otherName:{}", oid.to_id_string())),
+            GeneralName::OtherName(oid, _) => sans
+                .others
+                .push(format!("otherName:{}", oid.to_id_string())),
             GeneralName::DirectoryName(dn) => sans.others.push(format!("directoryName:{dn}")),
-            GeneralName::RegisteredID(oid) => sans.others.push(format!("registeredID:{}", oid.to_id_string())),
+            GeneralName::RegisteredID(oid) => sans
+                .others
+                .push(format!("registeredID:{}", oid.to_id_string())),
             GeneralName::X400Address(_) => sans.others.push("x400Address".into()),
             GeneralName::EDIPartyName(_) => sans.others.push("ediPartyName".into()),
             GeneralName::Invalid(tag, data) => malformed.push(format!(
@@ -99,10 +107,17 @@ pub(super) fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> PublicKeyInfo {
             Ok(PublicKey::RSA(rsa)) => rsa.key_size() as u32,
             _ => 0,
         };
-        return PublicKeyInfo { algorithm: KeyAlgorithm::Rsa, bits };
+        return PublicKeyInfo {
+            algorithm: KeyAlgorithm::Rsa,
+            bits,
+        };
     }
     if oid == &OID_KEY_TYPE_EC_PUBLIC_KEY {
-        let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
         let (algorithm, bits) = match curve {
             Some(c) if c == OID_EC_P256 => (KeyAlgorithm::EcdsaP256, 256),
             Some(c) if c == OID_NIST_EC_P384 => (KeyAlgorithm::EcdsaP384, 384),
@@ -112,12 +127,21 @@ pub(super) fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> PublicKeyInfo {
         return PublicKeyInfo { algorithm, bits };
     }
     if oid == &OID_SIG_ED25519 {
-        return PublicKeyInfo { algorithm: KeyAlgorithm::Ed25519, bits: 255 };
+        return PublicKeyInfo {
+            algorithm: KeyAlgorithm::Ed25519,
+            bits: 255,
+        };
     }
     if oid == &OID_SIG_ED448 {
-        return PublicKeyInfo { algorithm: KeyAlgorithm::Ed448, bits: 448 };
+        return PublicKeyInfo {
+            algorithm: KeyAlgorithm::Ed448,
+            bits: 448,
+        };
     }
-    PublicKeyInfo { algorithm: KeyAlgorithm::Other, bits: 0 }
+    PublicKeyInfo {
+        algorithm: KeyAlgorithm::Other,
+        bits: 0,
+    }
 }
 
 pub(super) fn key_usage_bits(ku: &KeyUsage) -> Vec<KeyUsageBit> {
@@ -132,10 +156,16 @@ pub(super) fn key_usage_bits(ku: &KeyUsage) -> Vec<KeyUsageBit> {
         (ku.encipher_only(), KeyUsageBit::EncipherOnly),
         (ku.decipher_only(), KeyUsageBit::DecipherOnly),
     ];
-    table.into_iter().filter(|(set, _)| *set).map(|(_, bit)| bit).collect()
+    table
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, bit)| bit)
+        .collect()
 }
 
-pub(super) fn extended_key_usages(eku: &x509_parser::extensions::ExtendedKeyUsage<'_>) -> Vec<super::ExtendedKeyUsage> {
+pub(super) fn extended_key_usages(
+    eku: &x509_parser::extensions::ExtendedKeyUsage<'_>,
+) -> Vec<super::ExtendedKeyUsage> {
     use super::ExtendedKeyUsage as E;
     let mut out = Vec::new();
     let flags = [

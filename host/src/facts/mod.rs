@@ -29,13 +29,25 @@ pub enum FactsError {
     #[error("{what}: no PEM block found")]
     NoPem { what: String },
     #[error("{what}: expected a {expected} PEM block, found '{found}'")]
-    WrongPemKind { what: String, expected: &'static str, found: String },
+    WrongPemKind {
+        what: String,
+        expected: &'static str,
+        found: String,
+    },
     #[error("{what}: malformed PEM: {reason}")]
     BadPem { what: String, reason: String },
     #[error("{what}: not a valid X.509 {kind}: {reason}")]
-    BadDer { what: String, kind: &'static str, reason: String },
+    BadDer {
+        what: String,
+        kind: &'static str,
+        reason: String,
+    },
     #[error("{what}: {field}: {reason}")]
-    BadField { what: String, field: &'static str, reason: String },
+    BadField {
+        what: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
 /// A subject or issuer name.
@@ -191,11 +203,14 @@ impl TryFrom<String> for ExtendedKeyUsage {
             return Ok(k.clone());
         }
         let is_oid = s.split('.').count() >= 2
-            && s.split('.').all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
+            && s.split('.')
+                .all(|arc| !arc.is_empty() && arc.bytes().all(|b| b.is_ascii_digit()));
         if is_oid {
             Ok(ExtendedKeyUsage::Other(s))
         } else {
-            Err(format!("unknown extended key usage '{s}' (use server_auth, client_auth, ... or a dotted OID)"))
+            Err(format!(
+                "unknown extended key usage '{s}' (use server_auth, client_auth, ... or a dotted OID)"
+            ))
         }
     }
 }
@@ -293,7 +308,9 @@ impl FromStr for Usage {
     type Err = String;
     fn from_str(s: &str) -> Result<Usage, String> {
         serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            format!("unknown usage '{s}' (Kubernetes spelling, e.g. 'digital signature', 'server auth')")
+            format!(
+                "unknown usage '{s}' (Kubernetes spelling, e.g. 'digital signature', 'server auth')"
+            )
         })
     }
 }
@@ -341,7 +358,11 @@ pub struct Violation {
 
 impl Violation {
     pub fn new(code: &str, field: impl Into<String>, message: impl Into<String>) -> Violation {
-        Violation { code: code.to_string(), field: field.into(), message: message.into() }
+        Violation {
+            code: code.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 

@@ -35,7 +35,10 @@ impl PemKind {
     }
 
     pub fn is_private_key(self) -> bool {
-        matches!(self, PemKind::PrivateKey | PemKind::RsaPrivateKey | PemKind::EcPrivateKey)
+        matches!(
+            self,
+            PemKind::PrivateKey | PemKind::RsaPrivateKey | PemKind::EcPrivateKey
+        )
     }
 }
 
@@ -67,7 +70,10 @@ pub fn read_pem_blocks(what: &str, bytes: &[u8]) -> Result<Vec<PemBlock>, FactsE
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(FactsError::BadPem { what: what.to_string(), reason: pem_error_text(&e) });
+                return Err(FactsError::BadPem {
+                    what: what.to_string(),
+                    reason: pem_error_text(&e),
+                });
             }
         }
     }
@@ -77,7 +83,10 @@ pub fn read_pem_blocks(what: &str, bytes: &[u8]) -> Result<Vec<PemBlock>, FactsE
 fn pem_error_text(e: &pem::Error) -> String {
     match e {
         pem::Error::MissingSectionEnd { end_marker } => {
-            format!("missing the END line for '{}'", String::from_utf8_lossy(end_marker))
+            format!(
+                "missing the END line for '{}'",
+                String::from_utf8_lossy(end_marker)
+            )
         }
         pem::Error::IllegalSectionStart { .. } => "malformed BEGIN line".into(),
         pem::Error::Base64Decode(_) => "invalid base64 content".into(),
@@ -92,13 +101,17 @@ mod tests {
     #[test]
     fn truncated_pem_is_an_error_naming_the_input() {
         let err = read_pem_blocks("x.pem", b"-----BEGIN CERTIFICATE-----\nMIIB\n").unwrap_err();
-        assert_eq!(err.to_string(), "x.pem: malformed PEM: missing the END line for 'CERTIFICATE'");
+        assert_eq!(
+            err.to_string(),
+            "x.pem: malformed PEM: missing the END line for 'CERTIFICATE'"
+        );
     }
 
     #[test]
     fn unknown_blocks_are_skipped_and_no_blocks_is_empty() {
         assert!(read_pem_blocks("x", b"hello").unwrap().is_empty());
-        let blocks = read_pem_blocks("x", b"-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n").unwrap();
+        let blocks =
+            read_pem_blocks("x", b"-----BEGIN FOO-----\nAAAA\n-----END FOO-----\n").unwrap();
         assert!(blocks.is_empty());
     }
 }

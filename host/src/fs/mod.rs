@@ -34,8 +34,8 @@ pub const PRIVATE_DIR: u32 = 0o700;
 pub struct FsError {
     pub path: PathBuf,
     pub message: String,
-    #[source]
-    pub source: Option<io::Error>,
+    /// The underlying error (its text is already in `message`, so it is not a `source`).
+    pub io: Option<io::Error>,
 }
 
 impl FsError {
@@ -46,16 +46,26 @@ impl FsError {
         } else {
             e.to_string()
         };
-        FsError { path, message, source: Some(e) }
+        FsError {
+            path,
+            message,
+            io: Some(e),
+        }
     }
 
     fn refused(path: PathBuf, message: impl Into<String>) -> FsError {
-        FsError { path, message: message.into(), source: None }
+        FsError {
+            path,
+            message: message.into(),
+            io: None,
+        }
     }
 
     /// The error is "no such file or directory".
     pub fn is_not_found(&self) -> bool {
-        self.source.as_ref().is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+        self.io
+            .as_ref()
+            .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
     }
 }
 
@@ -79,7 +89,10 @@ impl Root {
     pub fn open_ambient(path: &Path) -> Result<Root, FsError> {
         let dir = Dir::open_ambient_dir(path, ambient_authority())
             .map_err(|e| FsError::io(path.to_path_buf(), e))?;
-        Ok(Root { dir, path: path.to_path_buf() })
+        Ok(Root {
+            dir,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Open a directory named by the user, creating it (mode 0700) and its parents if needed.
@@ -90,7 +103,9 @@ impl Root {
         let mut builder = std::fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR);
         builder.recursive(true);
-        builder.create(path).map_err(|e| FsError::io(path.to_path_buf(), e))?;
+        builder
+            .create(path)
+            .map_err(|e| FsError::io(path.to_path_buf(), e))?;
         Root::open_ambient(path)
     }
 
@@ -113,12 +128,18 @@ impl Root {
             match c {
                 Component::Normal(_) | Component::CurDir => {}
                 Component::ParentDir => {
-                    return Err(FsError::refused(self.display(rel), "refused: '..' is not allowed here"));
+                    return Err(FsError::refused(
+                        self.display(rel),
+                        "refused: '..' is not allowed here",
+                    ));
                 }
                 Component::RootDir | Component::Prefix(_) => {
                     return Err(FsError::refused(
                         rel.to_path_buf(),
-                        format!("refused: must be a path relative to {}", self.path.display()),
+                        format!(
+                            "refused: must be a path relative to {}",
+                            self.path.display()
+                        ),
                     ));
                 }
             }
@@ -128,7 +149,9 @@ impl Root {
 
     pub fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
         self.check(rel)?;
-        self.dir.read(rel).map_err(|e| FsError::io(self.display(rel), e))
+        self.dir
+            .read(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))
     }
 
     pub fn exists(&self, rel: &Path) -> bool {
@@ -138,8 +161,14 @@ impl Root {
     /// A sub-directory as its own root.
     pub fn open_dir(&self, rel: &Path) -> Result<Root, FsError> {
         self.check(rel)?;
-        let dir = self.dir.open_dir(rel).map_err(|e| FsError::io(self.display(rel), e))?;
-        Ok(Root { dir, path: self.display(rel) })
+        let dir = self
+            .dir
+            .open_dir(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))?;
+        Ok(Root {
+            dir,
+            path: self.display(rel),
+        })
     }
 
     /// Create `rel` and its parents with mode 0700.
@@ -147,7 +176,9 @@ impl Root {
         self.check(rel)?;
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(PRIVATE_DIR);
-        self.dir.create_dir_with(rel, &builder).map_err(|e| FsError::io(self.display(rel), e))
+        self.dir
+            .create_dir_with(rel, &builder)
+            .map_err(|e| FsError::io(self.display(rel), e))
     }
 
     /// The permission bits and owner of `rel` (or of the root itself for `.`).
@@ -173,7 +204,10 @@ impl Root {
             .ok_or_else(|| FsError::refused(full.clone(), "not a file name"))?
             .to_string_lossy()
             .into_owned();
-        let parent = rel.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let parent = rel
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let parent_dir = if parent == Path::new(".") {
             self.dir.try_clone()
         } else {
@@ -212,14 +246,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::create_ambient(&tmp.path().join("data")).unwrap();
         root.create_dir_all(Path::new("server/tls")).unwrap();
-        root.write_atomic(Path::new("server/tls/a.key"), b"secret", PRIVATE_FILE).unwrap();
+        root.write_atomic(Path::new("server/tls/a.key"), b"secret", PRIVATE_FILE)
+            .unwrap();
         assert_eq!(root.read(Path::new("server/tls/a.key")).unwrap(), b"secret");
         let (mode, _) = root.mode_and_owner(Path::new("server/tls/a.key")).unwrap();
         assert_eq!(mode, 0o600);
         let (mode, _) = root.mode_and_owner(Path::new("server/tls")).unwrap();
         assert_eq!(mode, 0o700);
         // Overwrite keeps no temp file behind.
-        root.write_atomic(Path::new("server/tls/a.key"), b"new", PRIVATE_FILE).unwrap();
+        root.write_atomic(Path::new("server/tls/a.key"), b"new", PRIVATE_FILE)
+            .unwrap();
         let names: Vec<_> = std::fs::read_dir(tmp.path().join("data/server/tls"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -229,11 +265,15 @@ mod tests {
         let err = root.read(Path::new("../x")).unwrap_err();
         assert!(err.to_string().contains("'..' is not allowed"), "{err}");
         let err = root.read(Path::new("/etc/passwd")).unwrap_err();
-        assert!(err.to_string().contains("must be a path relative to"), "{err}");
+        assert!(
+            err.to_string().contains("must be a path relative to"),
+            "{err}"
+        );
 
         // A symlink pointing outside is refused by cap-std.
         std::fs::write(tmp.path().join("outside"), b"x").unwrap();
-        std::os::unix::fs::symlink(tmp.path().join("outside"), tmp.path().join("data/link")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside"), tmp.path().join("data/link"))
+            .unwrap();
         let err = root.read(Path::new("link")).unwrap_err();
         assert!(err.to_string().contains("outside"), "{err}");
         let err = root.write_atomic(Path::new("link"), b"y", PUBLIC_FILE);

@@ -33,10 +33,16 @@ impl ArtifactCache {
         let root = Root::create_ambient(dir)?;
         let (mode, owner) = root.mode_and_owner(Path::new("."))?;
         if mode & 0o022 != 0 {
-            return Err(CacheError::Unsafe { path: dir.to_path_buf(), mode });
+            return Err(CacheError::Unsafe {
+                path: dir.to_path_buf(),
+                mode,
+            });
         }
         if owner != current_uid() {
-            return Err(CacheError::NotOwned { path: dir.to_path_buf(), owner });
+            return Err(CacheError::NotOwned {
+                path: dir.to_path_buf(),
+                owner,
+            });
         }
         Ok(ArtifactCache { root })
     }
@@ -53,14 +59,18 @@ impl ArtifactCache {
         match Self::deserialize_own(engine, &bytes) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!("{}: ignoring unusable cached plugin: {e}", self.root.display(&name).display());
+                tracing::warn!(
+                    "{}: ignoring unusable cached plugin: {e}",
+                    self.root.display(&name).display()
+                );
                 None
             }
         }
     }
 
     pub(crate) fn store(&self, digest: &str, compat: &str, compiled: &[u8]) -> Result<(), FsError> {
-        self.root.write_atomic(&Self::file_name(digest, compat), compiled, PRIVATE_FILE)
+        self.root
+            .write_atomic(&Self::file_name(digest, compat), compiled, PRIVATE_FILE)
     }
 
     /// Deserialize an artifact that this process (or an earlier rotor run, through the

@@ -8,12 +8,14 @@ use std::net::IpAddr;
 
 use time::OffsetDateTime;
 
-use super::bindings::exports::rotor::policy::{csr_approval as csr, renewal, san_validation as san};
+use super::bindings::exports::rotor::policy::{
+    csr_approval as csr, renewal, san_validation as san,
+};
 use super::bindings::rotor::policy::types as wit;
 use super::sandbox::sanitize;
 use crate::facts::{
-    CertificateFacts, DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsageBit, PublicKeyInfo,
-    SubjectAltNames, Usage, Violation,
+    CertificateFacts, DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsageBit,
+    PublicKeyInfo, SubjectAltNames, Usage, Violation,
 };
 use crate::policy::decision::{CsrDecision, RenewalDecision, SanDecision};
 use crate::policy::request::{CsrRequest, RenewalRequest, SanRequest, SanStage};
@@ -74,7 +76,10 @@ fn public_key(k: &PublicKeyInfo) -> wit::PublicKey {
         KeyAlgorithm::Ed448 => wit::KeyAlgorithm::Ed448,
         KeyAlgorithm::Other => wit::KeyAlgorithm::Other,
     };
-    wit::PublicKey { algorithm, bits: k.bits }
+    wit::PublicKey {
+        algorithm,
+        bits: k.bits,
+    }
 }
 
 fn key_usage(bits: &[KeyUsageBit]) -> wit::KeyUsage {
@@ -141,10 +146,29 @@ macro_rules! usage_mapping {
 }
 
 usage_mapping!(
-    Signing, DigitalSignature, ContentCommitment, KeyEncipherment, KeyAgreement, DataEncipherment,
-    CertSign, CrlSign, EncipherOnly, DecipherOnly, Any, ServerAuth, ClientAuth, CodeSigning,
-    EmailProtection, SMime, IpsecEndSystem, IpsecTunnel, IpsecUser, Timestamping, OcspSigning,
-    MicrosoftSgc, NetscapeSgc,
+    Signing,
+    DigitalSignature,
+    ContentCommitment,
+    KeyEncipherment,
+    KeyAgreement,
+    DataEncipherment,
+    CertSign,
+    CrlSign,
+    EncipherOnly,
+    DecipherOnly,
+    Any,
+    ServerAuth,
+    ClientAuth,
+    CodeSigning,
+    EmailProtection,
+    SMime,
+    IpsecEndSystem,
+    IpsecTunnel,
+    IpsecUser,
+    Timestamping,
+    OcspSigning,
+    MicrosoftSgc,
+    NetscapeSgc,
 );
 
 pub(super) fn renewal_request(r: &RenewalRequest) -> renewal::RenewalRequest {
@@ -203,9 +227,9 @@ fn text(field: &str, s: &str) -> Result<String, String> {
 
 fn lifetime(l: Option<u64>) -> Result<Option<u64>, String> {
     match l {
-        Some(s) if s < MIN_LIFETIME_SECONDS => {
-            Err(format!("lifetime of {s} s is shorter than the {MIN_LIFETIME_SECONDS}-s minimum"))
-        }
+        Some(s) if s < MIN_LIFETIME_SECONDS => Err(format!(
+            "lifetime of {s} s is shorter than the {MIN_LIFETIME_SECONDS}-s minimum"
+        )),
         // Anything beyond 1000 years is nonsense, whatever the CA says.
         Some(s) if s > 1000 * 365 * 86_400 => Err(format!("lifetime of {s} s is absurdly long")),
         other => Ok(other),
@@ -217,7 +241,10 @@ fn violations(list: Vec<wit::Violation>) -> Result<Vec<Violation>, String> {
         return Err("a denial must carry at least one violation".into());
     }
     if list.len() > MAX_VIOLATIONS {
-        return Err(format!("{} violations (at most {MAX_VIOLATIONS})", list.len()));
+        return Err(format!(
+            "{} violations (at most {MAX_VIOLATIONS})",
+            list.len()
+        ));
     }
     list.into_iter()
         .map(|v| {
@@ -226,7 +253,10 @@ fn violations(list: Vec<wit::Violation>) -> Result<Vec<Violation>, String> {
                 && v.code.starts_with(|c: char| c.is_ascii_uppercase())
                 && v.code.chars().all(|c| c.is_ascii_alphanumeric());
             if !code_ok {
-                return Err(format!("violation code {:?} is not a TitleCase identifier", sanitize(&v.code, 80)));
+                return Err(format!(
+                    "violation code {:?} is not a TitleCase identifier",
+                    sanitize(&v.code, 80)
+                ));
             }
             Ok(Violation {
                 code: v.code,
@@ -243,7 +273,8 @@ pub(super) fn renewal_decision(d: renewal::RenewalDecision) -> Result<RenewalDec
             reason: text("reason", &k.reason)?,
             renew_at: match k.renew_at {
                 Some(t) => Some(
-                    OffsetDateTime::from_unix_timestamp(t).map_err(|_| format!("renew-at {t} is out of range"))?,
+                    OffsetDateTime::from_unix_timestamp(t)
+                        .map_err(|_| format!("renew-at {t} is out of range"))?,
                 ),
                 None => None,
             },
@@ -258,7 +289,9 @@ pub(super) fn renewal_decision(d: renewal::RenewalDecision) -> Result<RenewalDec
 pub(super) fn san_decision(d: san::SanDecision) -> Result<SanDecision, String> {
     Ok(match d {
         san::SanDecision::Allow => SanDecision::Allow,
-        san::SanDecision::Deny(list) => SanDecision::Deny { violations: violations(list)? },
+        san::SanDecision::Deny(list) => SanDecision::Deny {
+            violations: violations(list)?,
+        },
     })
 }
 
@@ -267,10 +300,16 @@ pub(super) fn csr_decision(d: csr::CsrDecision) -> Result<CsrDecision, String> {
         csr::CsrDecision::Approve(a) => CsrDecision::Approve {
             reason: text("reason", &a.reason)?,
             lifetime_seconds: lifetime(a.lifetime_seconds)?,
-            usages: a.usages.map(|u| u.into_iter().map(usage_from_wit).collect()),
+            usages: a
+                .usages
+                .map(|u| u.into_iter().map(usage_from_wit).collect()),
         },
-        csr::CsrDecision::Deny(list) => CsrDecision::Deny { violations: violations(list)? },
-        csr::CsrDecision::Abstain(a) => CsrDecision::Abstain { reason: text("reason", &a.reason)? },
+        csr::CsrDecision::Deny(list) => CsrDecision::Deny {
+            violations: violations(list)?,
+        },
+        csr::CsrDecision::Abstain(a) => CsrDecision::Abstain {
+            reason: text("reason", &a.reason)?,
+        },
     })
 }
 
@@ -287,22 +326,38 @@ mod tests {
 
     #[test]
     fn malformed_answers_are_refused() {
-        assert!(san_decision(san::SanDecision::Deny(vec![])).unwrap_err().contains("at least one"));
-        let bad_code = wit::Violation { code: "not title".into(), field: String::new(), message: "m".into() };
+        assert!(
+            san_decision(san::SanDecision::Deny(vec![]))
+                .unwrap_err()
+                .contains("at least one")
+        );
+        let bad_code = wit::Violation {
+            code: "not title".into(),
+            field: String::new(),
+            message: "m".into(),
+        };
         assert!(san_decision(san::SanDecision::Deny(vec![bad_code])).is_err());
         let short = renewal::RenewalDecision::Renew(renewal::RenewDecision {
             reason: "r".into(),
             lifetime_seconds: Some(5),
         });
         assert!(renewal_decision(short).unwrap_err().contains("shorter"));
-        let empty = csr::CsrDecision::Abstain(csr::Abstention { reason: "  ".into() });
+        let empty = csr::CsrDecision::Abstain(csr::Abstention {
+            reason: "  ".into(),
+        });
         assert!(csr_decision(empty).is_err());
     }
 
     #[test]
     fn plugin_text_is_sanitized() {
-        let v = wit::Violation { code: "Bad".into(), field: "x\u{1b}[31m".into(), message: "a\nb".into() };
-        let SanDecision::Deny { violations } = san_decision(san::SanDecision::Deny(vec![v])).unwrap() else {
+        let v = wit::Violation {
+            code: "Bad".into(),
+            field: "x\u{1b}[31m".into(),
+            message: "a\nb".into(),
+        };
+        let SanDecision::Deny { violations } =
+            san_decision(san::SanDecision::Deny(vec![v])).unwrap()
+        else {
             panic!()
         };
         assert_eq!(violations[0].field, "x [31m");

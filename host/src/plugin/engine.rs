@@ -98,7 +98,10 @@ impl PluginEngine {
             Ok(engine) => (engine, options.pooling),
             Err(e) if options.pooling => {
                 tracing::warn!("pooling allocator unavailable ({e}); using on-demand allocation");
-                (build_engine(&options, false).map_err(|e| EngineError(e.to_string()))?, false)
+                (
+                    build_engine(&options, false).map_err(|e| EngineError(e.to_string()))?,
+                    false,
+                )
             }
             Err(e) => return Err(EngineError(e.to_string())),
         };
@@ -125,7 +128,14 @@ impl PluginEngine {
                 .map_err(|e| EngineError(format!("cannot start the epoch ticker: {e}")))?;
         }
         Ok(PluginEngine {
-            inner: Arc::new(Inner { engine, linker, options, pooling_active, cache, compat_hash }),
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                options,
+                pooling_active,
+                cache,
+                compat_hash,
+            }),
         })
     }
 
@@ -156,7 +166,11 @@ impl PluginEngine {
     /// Compile (or fetch from the cache) and link a plugin. `name` is how errors refer to it;
     /// `hook` is the hook it is being loaded for.
     pub fn load(&self, name: &str, hook: Hook, bytes: &[u8]) -> Result<LoadedPlugin, PluginError> {
-        let err = |kind| PluginError { plugin: name.to_string(), hook, kind };
+        let err = |kind| PluginError {
+            plugin: name.to_string(),
+            hook,
+            kind,
+        };
         let digest = hex::encode(Sha256::digest(bytes));
         let component = self.component(&digest, bytes).map_err(err)?;
         LoadedPlugin::new(self.clone(), name, hook, digest, component)
@@ -164,28 +178,33 @@ impl PluginEngine {
 
     fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, PluginErrorKind> {
         let engine = &self.inner.engine;
-        if let Some(cache) = &self.inner.cache {
-            if let Some(component) = cache.load(engine, digest, &self.inner.compat_hash) {
-                return Ok(component);
-            }
+        if let Some(cache) = &self.inner.cache
+            && let Some(component) = cache.load(engine, digest, &self.inner.compat_hash)
+        {
+            return Ok(component);
         }
         if !wasmparser_is_component(bytes) {
             return Err(PluginErrorKind::Invalid {
-                message: "not a WebAssembly component (a core module or another file?); build it with \
+                message:
+                    "not a WebAssembly component (a core module or another file?); build it with \
                           `cargo xtask build-plugins` or `wasm-tools component new`"
-                    .into(),
+                        .into(),
             });
         }
-        let compiled = engine
-            .precompile_component(bytes)
-            .map_err(|e| PluginErrorKind::Invalid { message: format!("{e:#}") })?;
-        if let Some(cache) = &self.inner.cache {
-            if let Err(e) = cache.store(digest, &self.inner.compat_hash, &compiled) {
-                tracing::warn!("cannot cache the compiled plugin: {e}");
-            }
+        let compiled =
+            engine
+                .precompile_component(bytes)
+                .map_err(|e| PluginErrorKind::Invalid {
+                    message: format!("{e:#}"),
+                })?;
+        if let Some(cache) = &self.inner.cache
+            && let Err(e) = cache.store(digest, &self.inner.compat_hash, &compiled)
+        {
+            tracing::warn!("cannot cache the compiled plugin: {e}");
         }
-        ArtifactCache::deserialize_own(engine, &compiled)
-            .map_err(|e| PluginErrorKind::Invalid { message: format!("{e:#}") })
+        ArtifactCache::deserialize_own(engine, &compiled).map_err(|e| PluginErrorKind::Invalid {
+            message: format!("{e:#}"),
+        })
     }
 }
 
@@ -223,15 +242,17 @@ fn build_engine(options: &EngineOptions, pooling: bool) -> wasmtime::Result<Engi
 /// thread ends with the engine.
 fn spawn_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
     let weak = engine.weak();
-    thread::Builder::new().name("rotor-epoch".into()).spawn(move || {
-        loop {
-            thread::sleep(tick);
-            match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
-                None => break,
+    thread::Builder::new()
+        .name("rotor-epoch".into())
+        .spawn(move || {
+            loop {
+                thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
             }
-        }
-    })?;
+        })?;
     Ok(())
 }
 

@@ -44,7 +44,11 @@ impl LoadedPlugin {
         digest: String,
         component: Component,
     ) -> Result<LoadedPlugin, PluginError> {
-        let err = |kind| PluginError { plugin: name.to_string(), hook, kind };
+        let err = |kind| PluginError {
+            plugin: name.to_string(),
+            hook,
+            kind,
+        };
         let ty = component.component_type();
         let forbidden: Vec<String> = ty
             .imports(engine.engine())
@@ -57,12 +61,15 @@ impl LoadedPlugin {
         if !forbidden.is_empty() {
             return Err(err(PluginErrorKind::ForbiddenImport { imports: forbidden }));
         }
-        let pre = engine
-            .linker()
-            .instantiate_pre(&component)
-            .map_err(|e| err(PluginErrorKind::Invalid { message: format!("{e:#}") }))?;
+        let pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            err(PluginErrorKind::Invalid {
+                message: format!("{e:#}"),
+            })
+        })?;
         let config = config::GuestIndices::new(&pre).map_err(|_| {
-            err(PluginErrorKind::MissingExport { interface: "rotor:policy/config@0.1.0".into() })
+            err(PluginErrorKind::MissingExport {
+                interface: "rotor:policy/config@0.1.0".into(),
+            })
         })?;
         Ok(LoadedPlugin {
             renewal: renewal::GuestIndices::new(&pre).ok(),
@@ -108,13 +115,20 @@ impl LoadedPlugin {
             Err(PluginError {
                 plugin: self.name.clone(),
                 hook,
-                kind: PluginErrorKind::MissingExport { interface: hook.interface().into() },
+                kind: PluginErrorKind::MissingExport {
+                    interface: hook.interface().into(),
+                },
             })
         }
     }
 
     /// A fresh sandbox for `hook`: a new store and instance, configured with `settings`.
-    pub fn sandbox(&self, hook: Hook, settings: &str, limits: &SandboxLimits) -> Result<Sandbox, PluginError> {
+    pub fn sandbox(
+        &self,
+        hook: Hook,
+        settings: &str,
+        limits: &SandboxLimits,
+    ) -> Result<Sandbox, PluginError> {
         Sandbox::new(self, hook, settings, limits)
     }
 }

@@ -32,7 +32,10 @@ pub struct SandboxLimits {
 impl Default for SandboxLimits {
     /// 100 ms and 16 MiB.
     fn default() -> Self {
-        SandboxLimits { timeout: Duration::from_millis(100), memory: 16 * 1024 * 1024 }
+        SandboxLimits {
+            timeout: Duration::from_millis(100),
+            memory: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -40,7 +43,13 @@ impl SandboxLimits {
     /// Check the limits are usable. The error names the bundle setting and says why.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.timeout.is_zero() || self.timeout > Duration::from_secs(60) {
-            return Err(("timeout_ms", format!("must be between 1 and 60000, got {}", self.timeout.as_millis())));
+            return Err((
+                "timeout_ms",
+                format!(
+                    "must be between 1 and 60000, got {}",
+                    self.timeout.as_millis()
+                ),
+            ));
         }
         if self.memory < 1024 * 1024 || self.memory > MAX_MEMORY_LIMIT {
             return Err((
@@ -77,7 +86,12 @@ pub(crate) struct SandboxState {
 }
 
 impl ResourceLimiter for SandboxState {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_limit {
             self.memory_exceeded = true;
             return Ok(false);
@@ -85,7 +99,12 @@ impl ResourceLimiter for SandboxState {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 
@@ -186,12 +205,21 @@ impl Sandbox {
                 return Err(PluginError {
                     plugin: plugin.name.clone(),
                     hook,
-                    kind: PluginErrorKind::InvalidSettings { message: sanitize(&message, 2048) },
+                    kind: PluginErrorKind::InvalidSettings {
+                        message: sanitize(&message, 2048),
+                    },
                 });
             }
             Err(e) => return Err(err(&store, e)),
         }
-        Ok(Sandbox { store, instance, plugin: plugin.clone(), hook, limits: *limits, poisoned: false })
+        Ok(Sandbox {
+            store,
+            instance,
+            plugin: plugin.clone(),
+            hook,
+            limits: *limits,
+            poisoned: false,
+        })
     }
 
     /// Messages the plugin logged so far (and forgets them).
@@ -209,7 +237,11 @@ impl Sandbox {
     }
 
     fn error(&self, kind: PluginErrorKind) -> PluginError {
-        PluginError { plugin: self.plugin.name.clone(), hook: self.hook, kind }
+        PluginError {
+            plugin: self.plugin.name.clone(),
+            hook: self.hook,
+            kind,
+        }
     }
 
     /// Before every call: refuse a poisoned sandbox, check the hook, re-arm the deadline.
@@ -220,7 +252,9 @@ impl Sandbox {
             }));
         }
         if hook != self.hook {
-            return Err(self.error(PluginErrorKind::MissingExport { interface: hook.interface().into() }));
+            return Err(self.error(PluginErrorKind::MissingExport {
+                interface: hook.interface().into(),
+            }));
         }
         if self.plugin.engine.options().epoch_interruption {
             let ticks = self.plugin.engine.deadline_ticks(self.limits.timeout);
@@ -256,9 +290,9 @@ impl Sandbox {
         self.begin(Hook::San)?;
         let indices = self.plugin.san.clone().ok_or_else(|| self.missing())?;
         let wit_request = convert::san_request(request);
-        let answer = indices
-            .load(&mut self.store, &self.instance)
-            .and_then(|guest: san_validation::Guest| guest.call_validate(&mut self.store, &wit_request));
+        let answer = indices.load(&mut self.store, &self.instance).and_then(
+            |guest: san_validation::Guest| guest.call_validate(&mut self.store, &wit_request),
+        );
         match answer {
             Ok(answer) => convert::san_decision(answer).map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
@@ -269,9 +303,12 @@ impl Sandbox {
         self.begin(Hook::Csr)?;
         let indices = self.plugin.csr.clone().ok_or_else(|| self.missing())?;
         let wit_request = convert::csr_request(request);
-        let answer = indices
-            .load(&mut self.store, &self.instance)
-            .and_then(|guest: csr_approval::Guest| guest.call_review(&mut self.store, &wit_request));
+        let answer =
+            indices
+                .load(&mut self.store, &self.instance)
+                .and_then(|guest: csr_approval::Guest| {
+                    guest.call_review(&mut self.store, &wit_request)
+                });
         match answer {
             Ok(answer) => convert::csr_decision(answer).map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
@@ -279,18 +316,34 @@ impl Sandbox {
     }
 
     fn missing(&self) -> PluginError {
-        self.error(PluginErrorKind::MissingExport { interface: self.hook.interface().into() })
+        self.error(PluginErrorKind::MissingExport {
+            interface: self.hook.interface().into(),
+        })
     }
 }
 
-/// Turn a wasmtime failure into the typed error.
+/// Turn a wasmtime failure into the typed error. The wasm backtrace, useful to the plugin's
+/// author, goes to the debug log (`-vv`) rather than into the message.
 fn classify(e: wasmtime::Error, state: &SandboxState, limits: &SandboxLimits) -> PluginErrorKind {
+    if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        tracing::debug!(plugin = %state.plugin, "wasm backtrace:\n{bt}");
+    }
     if state.memory_exceeded {
-        return PluginErrorKind::MemoryExhausted { limit: limits.memory };
+        return PluginErrorKind::MemoryExhausted {
+            limit: limits.memory,
+        };
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => PluginErrorKind::Timeout(limits.timeout),
-        Some(trap) => PluginErrorKind::Trap { message: sanitize(&format!("{trap}: {e:#}"), 4096) },
-        None => PluginErrorKind::Trap { message: sanitize(&format!("{e:#}"), 4096) },
+        Some(Trap::UnreachableCodeReached) => PluginErrorKind::Trap {
+            message: "wasm `unreachable` executed (a Rust plugin aborts this way when it panics)"
+                .into(),
+        },
+        Some(trap) => PluginErrorKind::Trap {
+            message: sanitize(&trap.to_string(), 1024),
+        },
+        None => PluginErrorKind::Trap {
+            message: sanitize(&e.root_cause().to_string(), 1024),
+        },
     }
 }

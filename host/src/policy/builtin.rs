@@ -20,7 +20,10 @@ pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
     let left = cert.not_after - request.now;
     if left <= time::Duration::ZERO {
         RenewalDecision::Renew {
-            reason: format!("expired on {} (built-in rule)", super::rfc3339(cert.not_after)),
+            reason: format!(
+                "expired on {} (built-in rule)",
+                super::rfc3339(cert.not_after)
+            ),
             lifetime_seconds: None,
         }
     } else if left <= window {

@@ -31,7 +31,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::fs::{FsError, Root};
-use crate::plugin::{Hook, LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits};
+use crate::plugin::{
+    Hook, LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits,
+};
 
 /// What the host does when a hook's plugin fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -50,7 +52,10 @@ pub enum FailureMode {
 impl FailureMode {
     fn parse(hook: Hook, s: &str) -> Result<FailureMode, String> {
         let allowed: &[(&str, FailureMode)] = match hook {
-            Hook::Renewal => &[("fallback", FailureMode::Fallback), ("error", FailureMode::Error)],
+            Hook::Renewal => &[
+                ("fallback", FailureMode::Fallback),
+                ("error", FailureMode::Error),
+            ],
             Hook::San => &[("deny", FailureMode::Deny), ("error", FailureMode::Error)],
             Hook::Csr => &[
                 ("abstain", FailureMode::Abstain),
@@ -58,10 +63,18 @@ impl FailureMode {
                 ("error", FailureMode::Error),
             ],
         };
-        allowed.iter().find(|(n, _)| *n == s).map(|(_, m)| *m).ok_or_else(|| {
-            let names: Vec<_> = allowed.iter().map(|(n, _)| format!("'{n}'")).collect();
-            format!("must be one of {} for the {} hook, got '{s}'", names.join(", "), hook.as_str())
-        })
+        allowed
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| {
+                let names: Vec<_> = allowed.iter().map(|(n, _)| format!("'{n}'")).collect();
+                format!(
+                    "must be one of {} for the {} hook, got '{s}'",
+                    names.join(", "),
+                    hook.as_str()
+                )
+            })
     }
 
     fn default_for(hook: Hook) -> FailureMode {
@@ -82,7 +95,12 @@ pub enum BundleError {
     #[error("{}: {message}", .path.display())]
     Manifest { path: PathBuf, message: String },
     #[error("{}: [{hook}] '{field}' {message}", .path.display(), hook = .hook.as_str())]
-    Field { path: PathBuf, hook: Hook, field: &'static str, message: String },
+    Field {
+        path: PathBuf,
+        hook: Hook,
+        field: &'static str,
+        message: String,
+    },
     #[error("{}: {source}", .path.display())]
     Plugin {
         path: PathBuf,
@@ -171,8 +189,14 @@ impl Bundle {
         let (dir, manifest_name) = if path.is_dir() {
             (path.to_path_buf(), PathBuf::from("bundle.toml"))
         } else {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("bundle.toml"));
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("bundle.toml"));
             (dir.to_path_buf(), name)
         };
         let root = Root::open_ambient(&dir)?;
@@ -188,15 +212,20 @@ impl Bundle {
         })?;
 
         let mut loaded: HashMap<String, LoadedPlugin> = HashMap::new();
-        let mut load_hook = |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
-            let Some(entry) = entry else { return Ok(None) };
-            load_hook(engine, &root, &manifest_path, hook, entry, &mut loaded).map(Some)
-        };
+        let mut load_hook =
+            |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
+                let Some(entry) = entry else { return Ok(None) };
+                load_hook(engine, &root, &manifest_path, hook, entry, &mut loaded).map(Some)
+            };
         let renewal = load_hook(Hook::Renewal, &manifest.renewal)?;
         let san = load_hook(Hook::San, &manifest.san)?;
         let csr = load_hook(Hook::Csr, &manifest.csr)?;
 
-        let fallback_days = match manifest.renewal.as_ref().and_then(|r| r.fallback_renew_before_days) {
+        let fallback_days = match manifest
+            .renewal
+            .as_ref()
+            .and_then(|r| r.fallback_renew_before_days)
+        {
             None => DEFAULT_FALLBACK_DAYS,
             Some(d) if (1..=3650).contains(&d) => d,
             Some(d) => {
@@ -209,7 +238,10 @@ impl Bundle {
             }
         };
         for (hook, entry) in [(Hook::San, &manifest.san), (Hook::Csr, &manifest.csr)] {
-            if entry.as_ref().is_some_and(|e| e.fallback_renew_before_days.is_some()) {
+            if entry
+                .as_ref()
+                .is_some_and(|e| e.fallback_renew_before_days.is_some())
+            {
                 return Err(BundleError::Field {
                     path: manifest_path,
                     hook,
@@ -219,7 +251,9 @@ impl Bundle {
             }
         }
         let name = manifest.bundle.name.clone().unwrap_or_else(|| {
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "bundle".into())
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "bundle".into())
         });
         Ok(Bundle {
             name,
@@ -261,10 +295,18 @@ fn load_hook(
     };
     let defaults = SandboxLimits::default();
     let limits = SandboxLimits {
-        timeout: entry.timeout_ms.map(Duration::from_millis).unwrap_or(defaults.timeout),
-        memory: entry.memory_limit_mib.map(|m| m.saturating_mul(1024 * 1024)).unwrap_or(defaults.memory),
+        timeout: entry
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(defaults.timeout),
+        memory: entry
+            .memory_limit_mib
+            .map(|m| m.saturating_mul(1024 * 1024))
+            .unwrap_or(defaults.memory),
     };
-    limits.validate().map_err(|(name, message)| field(name, message))?;
+    limits
+        .validate()
+        .map_err(|(name, message)| field(name, message))?;
     let pinned = entry.sha256.trim().to_ascii_lowercase();
     if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(field(
@@ -272,7 +314,8 @@ fn load_hook(
             "must be the plugin's 64-hex-digit sha256 (every plugin is pinned; `sha256sum FILE` gives it)".into(),
         ));
     }
-    let settings = serde_json::to_string(&toml_to_json(&entry.settings)).map_err(|e| field("settings", e.to_string()))?;
+    let settings = serde_json::to_string(&toml_to_json(&entry.settings))
+        .map_err(|e| field("settings", e.to_string()))?;
     let plugin_name = entry.name.clone().unwrap_or_else(|| {
         Path::new(&entry.plugin)
             .file_stem()
@@ -281,34 +324,62 @@ fn load_hook(
     });
     let plugin_error = |kind| BundleError::Plugin {
         path: manifest_path.to_path_buf(),
-        source: PluginError { plugin: plugin_name.clone(), hook, kind },
+        source: PluginError {
+            plugin: plugin_name.clone(),
+            hook,
+            kind,
+        },
     };
 
     let bytes = root.read(Path::new(&entry.plugin)).map_err(|e| {
-        let hint = if e.is_not_found() { " (build the default plugins with `make plugins`)" } else { "" };
-        plugin_error(PluginErrorKind::Io { message: format!("{e}{hint}") })
+        let hint = if e.is_not_found() {
+            " (build the default plugins with `make plugins`)"
+        } else {
+            ""
+        };
+        plugin_error(PluginErrorKind::Io {
+            message: format!("{e}{hint}"),
+        })
     })?;
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != pinned {
-        return Err(plugin_error(PluginErrorKind::DigestMismatch { expected: pinned, actual }));
+        return Err(plugin_error(PluginErrorKind::DigestMismatch {
+            expected: pinned,
+            actual,
+        }));
     }
     let plugin = match loaded.get(&actual) {
         Some(p) => p.clone(),
         None => {
-            let p = engine.load(&plugin_name, hook, &bytes).map_err(|source| BundleError::Plugin {
-                path: manifest_path.to_path_buf(),
-                source,
-            })?;
+            let p =
+                engine
+                    .load(&plugin_name, hook, &bytes)
+                    .map_err(|source| BundleError::Plugin {
+                        path: manifest_path.to_path_buf(),
+                        source,
+                    })?;
             loaded.insert(actual, p.clone());
             p
         }
     };
-    plugin.require(hook).map_err(|source| BundleError::Plugin { path: manifest_path.to_path_buf(), source })?;
+    plugin.require(hook).map_err(|source| BundleError::Plugin {
+        path: manifest_path.to_path_buf(),
+        source,
+    })?;
     // Validate the settings once, now, so a bad bundle fails at load and not mid-rotation.
     plugin
         .sandbox(hook, &settings, &limits)
-        .map_err(|source| BundleError::Plugin { path: manifest_path.to_path_buf(), source })?;
-    Ok(HookPlugin { plugin, file: entry.plugin.clone(), settings, limits, failure_mode })
+        .map_err(|source| BundleError::Plugin {
+            path: manifest_path.to_path_buf(),
+            source,
+        })?;
+    Ok(HookPlugin {
+        plugin,
+        file: entry.plugin.clone(),
+        settings,
+        limits,
+        failure_mode,
+    })
 }
 
 /// TOML settings as JSON. TOML dates have no JSON counterpart and become strings.
@@ -335,15 +406,31 @@ mod tests {
 
     #[test]
     fn failure_modes_are_per_hook() {
-        assert_eq!(FailureMode::parse(Hook::Renewal, "fallback").unwrap(), FailureMode::Fallback);
-        assert!(FailureMode::parse(Hook::San, "fallback").unwrap_err().contains("'deny', 'error'"));
-        assert!(FailureMode::parse(Hook::Csr, "approve").is_err(), "no failure mode approves");
-        assert!(FailureMode::parse(Hook::San, "allow").is_err(), "no failure mode allows");
+        assert_eq!(
+            FailureMode::parse(Hook::Renewal, "fallback").unwrap(),
+            FailureMode::Fallback
+        );
+        assert!(
+            FailureMode::parse(Hook::San, "fallback")
+                .unwrap_err()
+                .contains("'deny', 'error'")
+        );
+        assert!(
+            FailureMode::parse(Hook::Csr, "approve").is_err(),
+            "no failure mode approves"
+        );
+        assert!(
+            FailureMode::parse(Hook::San, "allow").is_err(),
+            "no failure mode allows"
+        );
     }
 
     #[test]
     fn toml_settings_become_json() {
         let t: toml::Table = toml::from_str("a = 1\nb = [\"x\", 2.5]\n[c]\nd = true").unwrap();
-        assert_eq!(toml_to_json(&t).to_string(), r#"{"a":1,"b":["x",2.5],"c":{"d":true}}"#);
+        assert_eq!(
+            toml_to_json(&t).to_string(),
+            r#"{"a":1,"b":["x",2.5],"c":{"d":true}}"#
+        );
     }
 }

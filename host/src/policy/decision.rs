@@ -13,7 +13,11 @@ use crate::facts::{Usage, Violation};
 pub enum RenewalDecision {
     Keep {
         reason: String,
-        #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
         renew_at: Option<OffsetDateTime>,
     },
     Renew {
@@ -37,7 +41,10 @@ impl RenewalDecision {
 
     pub fn lifetime(&self) -> Option<Duration> {
         match self {
-            RenewalDecision::Renew { lifetime_seconds: Some(s), .. } => Some(Duration::from_secs(*s)),
+            RenewalDecision::Renew {
+                lifetime_seconds: Some(s),
+                ..
+            } => Some(Duration::from_secs(*s)),
             _ => None,
         }
     }
@@ -68,8 +75,12 @@ pub enum CsrDecision {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usages: Option<Vec<Usage>>,
     },
-    Deny { violations: Vec<Violation> },
-    Abstain { reason: String },
+    Deny {
+        violations: Vec<Violation>,
+    },
+    Abstain {
+        reason: String,
+    },
 }
 
 impl CsrDecision {

@@ -49,7 +49,9 @@ pub struct Outcome<D> {
 
 fn error_json<S: serde::Serializer>(e: &Option<PluginError>, s: S) -> Result<S::Ok, S::Error> {
     match e {
-        Some(e) => serde_json::json!({ "code": e.kind.code(), "message": e.to_string() }).serialize(s),
+        Some(e) => {
+            serde_json::json!({ "code": e.kind.code(), "message": e.to_string() }).serialize(s)
+        }
         None => s.serialize_none(),
     }
 }
@@ -91,13 +93,17 @@ impl Bundle {
     ///
     /// # Errors
     /// Only when the plugin fails and the bundle's failure mode is `error`.
-    pub fn renewal(&self, request: &RenewalRequest) -> Result<Outcome<RenewalDecision>, PluginError> {
+    pub fn renewal(
+        &self,
+        request: &RenewalRequest,
+    ) -> Result<Outcome<RenewalDecision>, PluginError> {
         let hook = Hook::Renewal;
         let mut outcome = match &self.renewal {
             None => {
                 let d = builtin::renewal(request, self.fallback_window);
                 let mut o = Outcome::new(hook, d, Source::BuiltIn, None);
-                o.notes.push("no renewal plugin in the bundle: built-in rule".into());
+                o.notes
+                    .push("no renewal plugin in the bundle: built-in rule".into());
                 o
             }
             Some(hp) => {
@@ -132,7 +138,8 @@ impl Bundle {
         let hook = Hook::San;
         let Some(hp) = &self.san else {
             let mut o = Outcome::new(hook, SanDecision::Allow, Source::BuiltIn, None);
-            o.notes.push("no SAN plugin in the bundle: names are not validated by policy".into());
+            o.notes
+                .push("no SAN plugin in the bundle: names are not validated by policy".into());
             return Ok(o);
         };
         let (result, logs) = run(hp, hook, |s| s.validate_sans(request));
@@ -141,7 +148,11 @@ impl Bundle {
             Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
             Err(e) => {
                 let d = SanDecision::Deny {
-                    violations: vec![Violation::new("PolicyPluginFailed", "", format!("fail closed: {e}"))],
+                    violations: vec![Violation::new(
+                        "PolicyPluginFailed",
+                        "",
+                        format!("fail closed: {e}"),
+                    )],
                 };
                 let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
                 o.error = Some(e);
@@ -160,7 +171,9 @@ impl Bundle {
     pub fn review_csr(&self, request: &CsrRequest) -> Result<Outcome<CsrDecision>, PluginError> {
         let hook = Hook::Csr;
         let Some(hp) = &self.csr else {
-            let d = CsrDecision::Abstain { reason: "no CSR plugin in the bundle: manual approval required".into() };
+            let d = CsrDecision::Abstain {
+                reason: "no CSR plugin in the bundle: manual approval required".into(),
+            };
             return Ok(Outcome::new(hook, d, Source::BuiltIn, None));
         };
         let (result, logs) = run(hp, hook, |s| s.review_csr(request));
@@ -175,9 +188,15 @@ impl Bundle {
             Err(e) => {
                 let d = match hp.failure_mode {
                     FailureMode::Deny => CsrDecision::Deny {
-                        violations: vec![Violation::new("PolicyPluginFailed", "", format!("fail closed: {e}"))],
+                        violations: vec![Violation::new(
+                            "PolicyPluginFailed",
+                            "",
+                            format!("fail closed: {e}"),
+                        )],
                     },
-                    _ => CsrDecision::Abstain { reason: format!("left pending because the policy plugin failed: {e}") },
+                    _ => CsrDecision::Abstain {
+                        reason: format!("left pending because the policy plugin failed: {e}"),
+                    },
                 };
                 let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
                 o.error = Some(e);
@@ -203,10 +222,16 @@ fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDe
         };
         return;
     }
-    let RenewalDecision::Renew { lifetime_seconds: Some(lifetime), .. } = &mut outcome.decision else {
+    let RenewalDecision::Renew {
+        lifetime_seconds: Some(lifetime),
+        ..
+    } = &mut outcome.decision
+    else {
         return;
     };
-    let Some(ca_not_after) = request.issuer_not_after else { return };
+    let Some(ca_not_after) = request.issuer_not_after else {
+        return;
+    };
     if let Some(note) = clamp_to_ca(lifetime, request.now, ca_not_after) {
         outcome.notes.push(note);
     }
@@ -214,7 +239,11 @@ fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDe
 
 /// Clamp `lifetime` (seconds from `now`) so it ends no later than `ca_not_after`. Returns a note
 /// when it changed anything.
-pub fn clamp_to_ca(lifetime: &mut u64, now: OffsetDateTime, ca_not_after: OffsetDateTime) -> Option<String> {
+pub fn clamp_to_ca(
+    lifetime: &mut u64,
+    now: OffsetDateTime,
+    ca_not_after: OffsetDateTime,
+) -> Option<String> {
     let available = (ca_not_after - now).whole_seconds();
     if available <= 0 {
         return Some(format!(
@@ -243,25 +272,41 @@ fn check_approval(
     hp: &HookPlugin,
 ) -> Result<(CsrDecision, Vec<String>), PluginError> {
     let mut notes = Vec::new();
-    let CsrDecision::Approve { reason, mut lifetime_seconds, usages } = decision else {
+    let CsrDecision::Approve {
+        reason,
+        mut lifetime_seconds,
+        usages,
+    } = decision
+    else {
         return Ok((decision, notes));
     };
-    if let Some(granted) = &usages {
-        if let Some(extra) = granted.iter().find(|u| !request.usages.contains(u)) {
-            return Err(PluginError {
-                plugin: hp.plugin.name().to_string(),
-                hook: Hook::Csr,
-                kind: crate::plugin::PluginErrorKind::InvalidAnswer {
-                    message: format!("the approval grants usage '{extra}', which the request did not ask for"),
-                },
-            });
-        }
+    if let Some(granted) = &usages
+        && let Some(extra) = granted.iter().find(|u| !request.usages.contains(u))
+    {
+        return Err(PluginError {
+            plugin: hp.plugin.name().to_string(),
+            hook: Hook::Csr,
+            kind: crate::plugin::PluginErrorKind::InvalidAnswer {
+                message: format!(
+                    "the approval grants usage '{extra}', which the request did not ask for"
+                ),
+            },
+        });
     }
-    if let (Some(l), Some(asked)) = (lifetime_seconds, request.expiration_seconds) {
-        if l > asked {
-            notes.push(format!("lifetime clamped from {l} to the requested {asked} seconds"));
-            lifetime_seconds = Some(asked);
-        }
+    if let (Some(l), Some(asked)) = (lifetime_seconds, request.expiration_seconds)
+        && l > asked
+    {
+        notes.push(format!(
+            "lifetime clamped from {l} to the requested {asked} seconds"
+        ));
+        lifetime_seconds = Some(asked);
     }
-    Ok((CsrDecision::Approve { reason, lifetime_seconds, usages }, notes))
+    Ok((
+        CsrDecision::Approve {
+            reason,
+            lifetime_seconds,
+            usages,
+        },
+        notes,
+    ))
 }

@@ -88,7 +88,11 @@ pub enum FixtureError {
 pub fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
     let root = Root::open_ambient(dir)?;
     let mut files: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| FsError { path: dir.to_path_buf(), message: e.to_string(), source: Some(e) })?
+        .map_err(|e| FsError {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+            io: Some(e),
+        })?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".json"))
@@ -102,13 +106,19 @@ pub fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError>
         let cases = match read_cases(&root, &file) {
             Ok(cases) => cases,
             Err(message) => {
-                results.push(CaseResult { name: file.clone(), failure: Some(message) });
+                results.push(CaseResult {
+                    name: file.clone(),
+                    failure: Some(message),
+                });
                 continue;
             }
         };
         for case in cases {
             let failure = run_case(bundle, &root, &file, &case).err();
-            results.push(CaseResult { name: format!("{file}: {}", case.name), failure });
+            results.push(CaseResult {
+                name: format!("{file}: {}", case.name),
+                failure,
+            });
         }
     }
     Ok(results)
@@ -121,17 +131,25 @@ fn read_cases(root: &Root, file: &str) -> Result<Vec<Case>, String> {
         Ok(CaseFile::Many(v)) => Ok(v),
         Err(_) => {
             // Re-parse as one case for a precise message.
-            serde_json::from_slice::<Case>(&bytes).map(|c| vec![c]).map_err(|e| format!("invalid fixture: {e}"))
+            serde_json::from_slice::<Case>(&bytes)
+                .map(|c| vec![c])
+                .map_err(|e| format!("invalid fixture: {e}"))
         }
     }
 }
 
 fn run_case(bundle: &Bundle, root: &Root, file: &str, case: &Case) -> Result<(), String> {
     let (what, bytes) = match (&case.input, &case.input_file) {
-        (Some(v), None) => (format!("{file}: input"), serde_json::to_vec(v).map_err(|e| e.to_string())?),
+        (Some(v), None) => (
+            format!("{file}: input"),
+            serde_json::to_vec(v).map_err(|e| e.to_string())?,
+        ),
         (None, Some(f)) => {
             let rel = Path::new(file).parent().unwrap_or(Path::new("")).join(f);
-            (root.display(&rel).display().to_string(), root.read(&rel).map_err(|e| e.to_string())?)
+            (
+                root.display(&rel).display().to_string(),
+                root.read(&rel).map_err(|e| e.to_string())?,
+            )
         }
         _ => return Err("exactly one of 'input' and 'input_file' is required".into()),
     };
@@ -141,7 +159,8 @@ fn run_case(bundle: &Bundle, root: &Root, file: &str, case: &Case) -> Result<(),
         None if json_has_now => OffsetDateTime::UNIX_EPOCH,
         None => return Err("'now' is required (fixtures never read the clock)".into()),
     };
-    let request = build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())?;
+    let request =
+        build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())?;
     let got = evaluate(bundle, &request)?;
     check(&case.expect, &got)
 }
@@ -162,9 +181,17 @@ fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
             let o = bundle.renewal(r).map_err(err)?;
             let (decision, lifetime) = match &o.decision {
                 RenewalDecision::Keep { .. } => ("keep", None),
-                RenewalDecision::Renew { lifetime_seconds, .. } => ("renew", *lifetime_seconds),
+                RenewalDecision::Renew {
+                    lifetime_seconds, ..
+                } => ("renew", *lifetime_seconds),
             };
-            Got { decision, reason: o.decision.reason().to_string(), codes: BTreeSet::new(), lifetime, source: o.source }
+            Got {
+                decision,
+                reason: o.decision.reason().to_string(),
+                codes: BTreeSet::new(),
+                lifetime,
+                source: o.source,
+            }
         }
         HookRequest::San(r) => {
             let o = bundle.validate_sans(r).map_err(err)?;
@@ -173,26 +200,55 @@ fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
                 SanDecision::Deny { violations } => (
                     "deny",
                     violations.iter().map(|v| v.code.clone()).collect(),
-                    violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "),
+                    violations
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
                 ),
             };
-            Got { decision, reason, codes, lifetime: None, source: o.source }
+            Got {
+                decision,
+                reason,
+                codes,
+                lifetime: None,
+                source: o.source,
+            }
         }
         HookRequest::Csr(r) => {
             let o = bundle.review_csr(r).map_err(err)?;
             let (decision, codes, reason, lifetime) = match &o.decision {
-                CsrDecision::Approve { reason, lifetime_seconds, .. } => {
-                    ("approve", BTreeSet::new(), reason.clone(), *lifetime_seconds)
-                }
+                CsrDecision::Approve {
+                    reason,
+                    lifetime_seconds,
+                    ..
+                } => (
+                    "approve",
+                    BTreeSet::new(),
+                    reason.clone(),
+                    *lifetime_seconds,
+                ),
                 CsrDecision::Deny { violations } => (
                     "deny",
                     violations.iter().map(|v| v.code.clone()).collect(),
-                    violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "),
+                    violations
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     None,
                 ),
-                CsrDecision::Abstain { reason } => ("abstain", BTreeSet::new(), reason.clone(), None),
+                CsrDecision::Abstain { reason } => {
+                    ("abstain", BTreeSet::new(), reason.clone(), None)
+                }
             };
-            Got { decision, reason, codes, lifetime, source: o.source }
+            Got {
+                decision,
+                reason,
+                codes,
+                lifetime,
+                source: o.source,
+            }
         }
     })
 }
@@ -200,12 +256,15 @@ fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
 fn check(expect: &Expectation, got: &Got) -> Result<(), String> {
     let mut problems = Vec::new();
     if expect.decision != got.decision {
-        problems.push(format!("expected decision '{}', got '{}' ({})", expect.decision, got.decision, got.reason));
+        problems.push(format!(
+            "expected decision '{}', got '{}' ({})",
+            expect.decision, got.decision, got.reason
+        ));
     }
-    if let Some(s) = &expect.reason_contains {
-        if !got.reason.contains(s.as_str()) {
-            problems.push(format!("reason {:?} does not contain {:?}", got.reason, s));
-        }
+    if let Some(s) = &expect.reason_contains
+        && !got.reason.contains(s.as_str())
+    {
+        problems.push(format!("reason {:?} does not contain {:?}", got.reason, s));
     }
     if let Some(codes) = &expect.violations {
         let want: BTreeSet<String> = codes.iter().cloned().collect();
@@ -213,15 +272,22 @@ fn check(expect: &Expectation, got: &Got) -> Result<(), String> {
             problems.push(format!("expected violations {want:?}, got {:?}", got.codes));
         }
     }
-    if let Some(l) = expect.lifetime_seconds {
-        if got.lifetime != Some(l) {
-            problems.push(format!("expected lifetime_seconds {l}, got {:?}", got.lifetime));
-        }
+    if let Some(l) = expect.lifetime_seconds
+        && got.lifetime != Some(l)
+    {
+        problems.push(format!(
+            "expected lifetime_seconds {l}, got {:?}",
+            got.lifetime
+        ));
     }
-    if let Some(s) = expect.source {
-        if s != got.source {
-            problems.push(format!("expected source {s:?}, got {:?}", got.source));
-        }
+    if let Some(s) = expect.source
+        && s != got.source
+    {
+        problems.push(format!("expected source {s:?}, got {:?}", got.source));
     }
-    if problems.is_empty() { Ok(()) } else { Err(problems.join("; ")) }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
 }

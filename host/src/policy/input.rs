@@ -60,9 +60,17 @@ pub enum InputError {
     #[error(transparent)]
     Facts(#[from] FactsError),
     #[error("{what}: not a JSON {hook} request: {message}")]
-    Json { what: String, hook: &'static str, message: String },
+    Json {
+        what: String,
+        hook: &'static str,
+        message: String,
+    },
     #[error("{what}: the {hook} hook needs {needs}")]
-    WrongKind { what: String, hook: &'static str, needs: &'static str },
+    WrongKind {
+        what: String,
+        hook: &'static str,
+        needs: &'static str,
+    },
     #[error("{what}: the csr hook needs {flag} (the CSR does not say it)")]
     MissingContext { what: String, flag: &'static str },
     #[error("{what}: neither PEM, JSON, nor a DER certificate or CSR")]
@@ -82,14 +90,20 @@ fn parse(what: &str, bytes: &[u8]) -> Result<Parsed, InputError> {
         if blocks.iter().any(|b| b.kind == PemKind::CertificateRequest) {
             return Ok(Parsed::Csr(Box::new(facts::parse_csr_pem(what, bytes)?)));
         }
-        return Ok(Parsed::Certificates(facts::parse_certificates_pem(what, bytes)?));
+        return Ok(Parsed::Certificates(facts::parse_certificates_pem(
+            what, bytes,
+        )?));
     }
-    if let Some(t) = text {
-        if t.trim_start().starts_with('{') {
-            return serde_json::from_str(t)
-                .map(Parsed::Json)
-                .map_err(|e| InputError::Json { what: what.into(), hook: "any", message: e.to_string() });
-        }
+    if let Some(t) = text
+        && t.trim_start().starts_with('{')
+    {
+        return serde_json::from_str(t)
+            .map(Parsed::Json)
+            .map_err(|e| InputError::Json {
+                what: what.into(),
+                hook: "any",
+                message: e.to_string(),
+            });
     }
     if let Ok(cert) = facts::parse_certificate_der(what, bytes) {
         return Ok(Parsed::Certificates(vec![cert]));
@@ -112,7 +126,8 @@ pub fn build_request(
     match parse(what, bytes)? {
         Parsed::Json(mut value) => {
             if let Some(obj) = value.as_object_mut() {
-                obj.entry("now").or_insert_with(|| serde_json::Value::String(super::rfc3339(now)));
+                obj.entry("now")
+                    .or_insert_with(|| serde_json::Value::String(super::rfc3339(now)));
             }
             let json_err = |e: serde_json::Error| InputError::Json {
                 what: what.into(),
@@ -120,13 +135,18 @@ pub fn build_request(
                 message: e.to_string(),
             };
             Ok(match hook {
-                Hook::Renewal => HookRequest::Renewal(serde_json::from_value(value).map_err(json_err)?),
+                Hook::Renewal => {
+                    HookRequest::Renewal(serde_json::from_value(value).map_err(json_err)?)
+                }
                 Hook::San => HookRequest::San(serde_json::from_value(value).map_err(json_err)?),
                 Hook::Csr => HookRequest::Csr(serde_json::from_value(value).map_err(json_err)?),
             })
         }
         Parsed::Certificates(certs) => {
-            let cert = certs.first().cloned().ok_or_else(|| InputError::Unrecognized { what: what.into() })?;
+            let cert = certs
+                .first()
+                .cloned()
+                .ok_or_else(|| InputError::Unrecognized { what: what.into() })?;
             match hook {
                 Hook::Renewal => Ok(HookRequest::Renewal(RenewalRequest {
                     name: ctx
@@ -134,7 +154,9 @@ pub fn build_request(
                         .clone()
                         .or_else(|| cert.subject.common_name.clone())
                         .unwrap_or_else(|| "certificate".into()),
-                    issuer_not_after: ctx.issuer_not_after.or_else(|| certs.get(1).map(|ca| ca.not_after)),
+                    issuer_not_after: ctx
+                        .issuer_not_after
+                        .or_else(|| certs.get(1).map(|ca| ca.not_after)),
                     certificate: cert,
                     now,
                 })),
@@ -168,14 +190,14 @@ pub fn build_request(
                 now,
             })),
             Hook::Csr => {
-                let signer_name = ctx
-                    .signer_name
-                    .clone()
-                    .ok_or(InputError::MissingContext { what: what.into(), flag: "--signer" })?;
-                let username = ctx
-                    .username
-                    .clone()
-                    .ok_or(InputError::MissingContext { what: what.into(), flag: "--username" })?;
+                let signer_name = ctx.signer_name.clone().ok_or(InputError::MissingContext {
+                    what: what.into(),
+                    flag: "--signer",
+                })?;
+                let username = ctx.username.clone().ok_or(InputError::MissingContext {
+                    what: what.into(),
+                    flag: "--username",
+                })?;
                 let context = CsrContext {
                     signer_name,
                     username,
@@ -192,7 +214,8 @@ pub fn build_request(
 }
 
 fn node(ctx: &InputContext) -> Option<NodeIdentity> {
-    ctx.node_name
-        .as_ref()
-        .map(|name| NodeIdentity { name: name.clone(), addresses: ctx.node_addresses.clone() })
+    ctx.node_name.as_ref().map(|name| NodeIdentity {
+        name: name.clone(),
+        addresses: ctx.node_addresses.clone(),
+    })
 }

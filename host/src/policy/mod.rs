@@ -18,5 +18,6 @@ use time::format_description::well_known::Rfc3339;
 
 /// RFC 3339 text of a time (UTC, as certificates carry it).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

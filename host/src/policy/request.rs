@@ -134,10 +134,13 @@ impl CsrRequest {
     /// The SAN hook request for this CSR's names, bound to the requesting node when the
     /// username is `system:node:<name>`.
     pub fn san_request(&self, profile: &str, stage: SanStage) -> SanRequest {
-        let node = self.username.strip_prefix("system:node:").map(|name| NodeIdentity {
-            name: name.to_string(),
-            addresses: self.node_addresses.clone(),
-        });
+        let node = self
+            .username
+            .strip_prefix("system:node:")
+            .map(|name| NodeIdentity {
+                name: name.to_string(),
+                addresses: self.node_addresses.clone(),
+            });
         SanRequest {
             profile: profile.to_string(),
             stage,

@@ -1,0 +1,228 @@
+//! Bundle loading: pins, confinement to the bundle directory, settings and manifest errors.
+
+use rotor::plugin::PluginErrorKind;
+use rotor::policy::{Bundle, BundleError};
+
+use crate::common::*;
+
+fn load_err(dir: &std::path::Path) -> BundleError {
+    let cache = tempfile::tempdir().unwrap();
+    Bundle::load(&engine(cache.path()), dir).unwrap_err()
+}
+
+#[test]
+fn a_plugin_whose_digest_differs_from_its_pin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = default_plugin("renewal-window");
+    write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "",
+            settings: "",
+        }],
+    );
+    // Swap the file for another valid plugin after pinning.
+    std::fs::copy(
+        test_plugin("hostile-lifetime"),
+        dir.path().join("plugins/renewal-window.wasm"),
+    )
+    .unwrap();
+    let err = load_err(dir.path());
+    let source = err.plugin_error().expect("a plugin error");
+    assert!(
+        matches!(source.kind, PluginErrorKind::DigestMismatch { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("does not match the pinned"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&dir.path().join("bundle.toml").display().to_string()),
+        "{err}"
+    );
+}
+
+fn manifest(dir: &std::path::Path, body: &str) {
+    std::fs::write(dir.join("bundle.toml"), body).unwrap();
+}
+
+#[test]
+fn a_missing_pin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(
+        default_plugin("renewal-window"),
+        dir.path().join("plugins/r.wasm"),
+    )
+    .unwrap();
+    manifest(dir.path(), "[renewal]\nplugin = \"plugins/r.wasm\"\n");
+    let err = load_err(dir.path());
+    assert!(
+        err.to_string()
+            .contains("[renewal] 'sha256' must be the plugin's 64-hex-digit sha256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_paths_cannot_leave_the_bundle_directory() {
+    let outer = tempfile::tempdir().unwrap();
+    let bundle = outer.path().join("bundle");
+    std::fs::create_dir(&bundle).unwrap();
+    std::fs::copy(
+        default_plugin("renewal-window"),
+        outer.path().join("outside.wasm"),
+    )
+    .unwrap();
+    let pin = "0".repeat(64);
+
+    manifest(
+        &bundle,
+        &format!("[renewal]\nplugin = \"../outside.wasm\"\nsha256 = \"{pin}\"\n"),
+    );
+    let err = load_err(&bundle);
+    assert!(err.to_string().contains("'..' is not allowed"), "{err}");
+
+    manifest(
+        &bundle,
+        &format!(
+            "[renewal]\nplugin = \"{}\"\nsha256 = \"{pin}\"\n",
+            outer.path().join("outside.wasm").display()
+        ),
+    );
+    let err = load_err(&bundle);
+    assert!(
+        err.to_string().contains("must be a path relative to"),
+        "{err}"
+    );
+
+    std::os::unix::fs::symlink(outer.path().join("outside.wasm"), bundle.join("link.wasm"))
+        .unwrap();
+    manifest(
+        &bundle,
+        &format!("[renewal]\nplugin = \"link.wasm\"\nsha256 = \"{pin}\"\n"),
+    );
+    let err = load_err(&bundle);
+    assert!(err.to_string().contains("outside"), "{err}");
+}
+
+#[test]
+fn manifest_mistakes_name_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    manifest(
+        dir.path(),
+        "[renewal]\nplugin = \"p.wasm\"\nsha256 = \"x\"\ntimeout = 5\n",
+    );
+    let err = load_err(dir.path());
+    assert!(err.to_string().contains("unknown field `timeout`"), "{err}");
+
+    let plugin = default_plugin("renewal-window");
+    write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "failure_mode = \"allow\"",
+            settings: "",
+        }],
+    );
+    let err = load_err(dir.path());
+    assert!(
+        err.to_string()
+            .contains("[renewal] 'failure_mode' must be one of 'fallback', 'error'"),
+        "{err}"
+    );
+
+    write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "memory_limit_mib = 100000",
+            settings: "",
+        }],
+    );
+    let err = load_err(dir.path());
+    assert!(
+        err.to_string()
+            .contains("[renewal] 'memory_limit_mib' must be between 1 and 512"),
+        "{err}"
+    );
+
+    write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "",
+            settings: "renew_before_days = 0",
+        }],
+    );
+    let err = load_err(dir.path());
+    assert!(
+        err.to_string().contains(
+            "rejected its settings: 'renew_before_days' must be between 1 and 36500, got 0"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_plugin_must_export_the_hook_it_is_used_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = default_plugin("renewal-window");
+    write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "csr",
+            plugin: &plugin,
+            extra: "",
+            settings: "",
+        }],
+    );
+    let err = load_err(dir.path());
+    assert!(
+        err.to_string()
+            .contains("does not export rotor:policy/csr-approval@0.1.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_core_module_is_not_a_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let core = dir.path().join("core.wasm");
+    // The smallest valid core module: magic and version 1.
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let sub = dir.path().join("b");
+    write_bundle(
+        &sub,
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &core,
+            extra: "",
+            settings: "",
+        }],
+    );
+    let err = load_err(&sub);
+    assert!(
+        err.to_string().contains("not a WebAssembly component"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shipped_bundles_load() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    for name in ["default", "strict"] {
+        let b = Bundle::load(&engine, &repo_root().join("policies").join(name))
+            .unwrap_or_else(|e| panic!("policies/{name}: {e} (run `make plugins`)"));
+        assert_eq!(b.name, name);
+        assert!(b.renewal.is_some() && b.san.is_some() && b.csr.is_some());
+    }
+}

@@ -1,0 +1,185 @@
+//! Helpers shared by the integration tests: built plugins, temporary bundles, real certificates.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use rotor::plugin::{EngineOptions, PluginEngine};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+/// 2026-01-01T00:00:00Z: tests build certificates relative to this instant, never the clock.
+pub fn t0() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap()
+}
+
+pub fn days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn built(kind: &str, name: &str, how: &str) -> PathBuf {
+    let p = repo_root()
+        .join("target")
+        .join(kind)
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `{how}` first (`make test` does)",
+        p.display()
+    );
+    p
+}
+
+/// A default plugin built by `cargo xtask build-plugins`.
+pub fn default_plugin(name: &str) -> PathBuf {
+    built("plugins", name, "cargo xtask build-plugins")
+}
+
+/// A hostile plugin built by `cargo xtask build-test-plugins`.
+pub fn test_plugin(name: &str) -> PathBuf {
+    built("test-plugins", name, "cargo xtask build-test-plugins")
+}
+
+/// An engine with its own empty cache directory.
+pub fn engine(cache: &Path) -> PluginEngine {
+    PluginEngine::new(EngineOptions {
+        cache_dir: Some(cache.to_path_buf()),
+        ..EngineOptions::default()
+    })
+    .unwrap()
+}
+
+/// One hook of a temporary bundle.
+pub struct HookSpec<'a> {
+    pub hook: &'a str,
+    pub plugin: &'a Path,
+    /// TOML lines placed in the hook's table (failure_mode, timeout_ms, ...).
+    pub extra: &'a str,
+    /// TOML body of the hook's settings table.
+    pub settings: &'a str,
+}
+
+/// Write a bundle into `dir`: the plugins copied into `dir/plugins`, pinned by their digest.
+pub fn write_bundle(dir: &Path, hooks: &[HookSpec<'_>]) -> PathBuf {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let mut toml = String::from("[bundle]\nname = \"test\"\n");
+    for h in hooks {
+        let bytes = std::fs::read(h.plugin).unwrap();
+        let file = h.plugin.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::write(dir.join("plugins").join(&file), &bytes).unwrap();
+        let digest = hex::encode(Sha256::digest(&bytes));
+        toml.push_str(&format!(
+            "\n[{hook}]\nplugin = \"plugins/{file}\"\nsha256 = \"{digest}\"\n{extra}\n[{hook}.settings]\n{settings}\n",
+            hook = h.hook,
+            extra = h.extra,
+            settings = h.settings
+        ));
+    }
+    std::fs::write(dir.join("bundle.toml"), toml).unwrap();
+    dir.to_path_buf()
+}
+
+/// A CA and its key.
+pub struct Ca {
+    pub cert: rcgen::Certificate,
+    pub params: CertificateParams,
+    pub key: KeyPair,
+}
+
+impl Ca {
+    pub fn new(cn: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::CrlSign,
+        ];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, params, key }
+    }
+
+    /// A serving leaf signed by this CA, as k3s writes it: the leaf followed by the CA.
+    pub fn leaf_pem(
+        &self,
+        cn: &str,
+        sans: &[&str],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.parse() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName((*s).try_into().unwrap()),
+            })
+            .collect();
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::new(self.params.clone(), &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        format!("{}{}", cert.pem(), self.cert.pem())
+    }
+}
+
+/// A kubelet-serving CSR for `node` with the given names.
+pub fn kubelet_csr_pem(node: &str, sans: &[&str]) -> String {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| match s.parse() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName((*s).try_into().unwrap()),
+        })
+        .collect();
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// Run the rotor binary with `args`; returns (exit code, stdout, stderr).
+pub fn rotor(args: &[&str], cache: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotor"))
+        .args(args)
+        .env("ROTOR_PLUGIN_CACHE", cache)
+        .env_remove("ROTOR_BUNDLE")
+        .current_dir(repo_root())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Generous upper bound for "stopped by the deadline" on a loaded CI machine.
+pub const DEADLINE_SLACK: Duration = Duration::from_secs(5);

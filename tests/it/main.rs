@@ -1,0 +1,16 @@
+#![allow(
+    unreachable_pub,
+    reason = "test helpers are shared between the test modules"
+)]
+
+//! rotor's integration tests: real compiled plugins, real certificates, real files.
+//!
+//! The plugins are built by `make test` (`cargo xtask build-plugins` and
+//! `cargo xtask build-test-plugins`) before this binary runs.
+
+mod common;
+
+mod bundles;
+mod cli;
+mod default_plugins;
+mod sandbox;

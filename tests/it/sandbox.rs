@@ -1,0 +1,373 @@
+//! Hostile plugins: each misbehaves, each yields the typed error, and the process stays up
+//! (every test ends by evaluating a healthy plugin in the same engine).
+
+use std::time::{Duration, Instant};
+
+use rotor::facts::parse_certificates_pem;
+use rotor::plugin::{Hook, PluginEngine, PluginErrorKind, SandboxLimits};
+use rotor::policy::decision::{CsrDecision, RenewalDecision, SanDecision};
+use rotor::policy::request::{CsrContext, CsrRequest, RenewalRequest, SanRequest, SanStage};
+use rotor::policy::{Bundle, BundleError, Source};
+
+use crate::common::*;
+
+fn renewal_request(ca_days: i64) -> RenewalRequest {
+    let ca = Ca::new("test-ca", t0(), t0() + days(ca_days));
+    let pem = ca.leaf_pem("kube-apiserver", &["kubernetes"], t0(), t0() + days(365));
+    let certs = parse_certificates_pem("leaf.pem", pem.as_bytes()).unwrap();
+    RenewalRequest {
+        name: "serving-kube-apiserver".into(),
+        certificate: certs[0].clone(),
+        issuer_not_after: Some(certs[1].not_after),
+        now: t0() + days(100),
+    }
+}
+
+fn load(engine: &PluginEngine, name: &str, hook: Hook) -> rotor::plugin::LoadedPlugin {
+    let bytes = std::fs::read(test_plugin(name)).unwrap();
+    engine.load(name, hook, &bytes).unwrap()
+}
+
+/// The engine still works: a healthy default plugin answers.
+fn still_healthy(engine: &PluginEngine) {
+    let bytes = std::fs::read(default_plugin("renewal-window")).unwrap();
+    let plugin = engine
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .unwrap();
+    let mut sandbox = plugin
+        .sandbox(Hook::Renewal, "{}", &SandboxLimits::default())
+        .unwrap();
+    let d = sandbox.renewal(&renewal_request(3650)).unwrap();
+    assert!(matches!(d, RenewalDecision::Keep { .. }), "{d:?}");
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_by_the_deadline() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = load(&engine, "hostile-loop", Hook::Renewal);
+    let limits = SandboxLimits {
+        timeout: Duration::from_millis(100),
+        ..SandboxLimits::default()
+    };
+    let mut sandbox = plugin.sandbox(Hook::Renewal, "{}", &limits).unwrap();
+    let start = Instant::now();
+    let err = sandbox.renewal(&renewal_request(3650)).unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(err.kind, PluginErrorKind::Timeout(d) if d == Duration::from_millis(100)),
+        "{err}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(90),
+        "stopped before the deadline: {elapsed:?}"
+    );
+    assert!(elapsed < DEADLINE_SLACK, "took {elapsed:?}");
+    assert_eq!(
+        err.to_string(),
+        "plugin 'hostile-loop' (renewal hook): timed out: still running after its 100-ms deadline"
+    );
+    // The trapped sandbox refuses further calls; a fresh one is needed.
+    let again = sandbox.renewal(&renewal_request(3650)).unwrap_err();
+    assert!(
+        again
+            .to_string()
+            .contains("unusable after an earlier failure"),
+        "{again}"
+    );
+    still_healthy(&engine);
+}
+
+#[test]
+fn unbounded_memory_growth_is_stopped_by_the_cap() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = load(&engine, "hostile-memory", Hook::Renewal);
+    let limits = SandboxLimits {
+        memory: 16 * 1024 * 1024,
+        timeout: Duration::from_secs(10),
+    };
+    let mut sandbox = plugin.sandbox(Hook::Renewal, "{}", &limits).unwrap();
+    let err = sandbox.renewal(&renewal_request(3650)).unwrap_err();
+    assert!(
+        matches!(err.kind, PluginErrorKind::MemoryExhausted { limit } if limit == 16 * 1024 * 1024),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("exceeded its memory limit of 16 MiB"),
+        "{err}"
+    );
+    still_healthy(&engine);
+}
+
+#[test]
+fn a_panic_is_a_trap() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = load(&engine, "hostile-trap", Hook::Renewal);
+    let mut sandbox = plugin
+        .sandbox(Hook::Renewal, "{}", &SandboxLimits::default())
+        .unwrap();
+    let err = sandbox.renewal(&renewal_request(3650)).unwrap_err();
+    assert!(matches!(err.kind, PluginErrorKind::Trap { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("plugin 'hostile-trap' (renewal hook): trapped:"),
+        "{err}"
+    );
+    still_healthy(&engine);
+}
+
+#[test]
+fn a_wasi_plugin_is_refused_at_load_with_the_import_named() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let bytes = std::fs::read(test_plugin("hostile-wasi")).unwrap();
+    let err = engine
+        .load("hostile-wasi", Hook::Renewal, &bytes)
+        .unwrap_err();
+    let PluginErrorKind::ForbiddenImport { imports } = &err.kind else {
+        panic!("{err}")
+    };
+    assert!(
+        imports.iter().any(|i| i.starts_with("wasi:filesystem/")),
+        "{imports:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("plugins may import only rotor:policy/host"),
+        "{err}"
+    );
+    still_healthy(&engine);
+}
+
+#[test]
+fn a_lifetime_beyond_the_ca_is_clamped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = test_plugin("hostile-lifetime");
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "",
+            settings: "",
+        }],
+    );
+    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    // The CA expires 400 days after t0; the request is evaluated at t0 + 100 days.
+    let request = renewal_request(400);
+    let outcome = bundle.renewal(&request).unwrap();
+    let RenewalDecision::Renew {
+        lifetime_seconds: Some(lifetime),
+        ..
+    } = outcome.decision
+    else {
+        panic!("{:?}", outcome.decision)
+    };
+    assert_eq!(lifetime, 300 * 86_400, "clamped to the CA's notAfter");
+    assert!(
+        outcome
+            .notes
+            .iter()
+            .any(|n| n.contains("lifetime clamped from 3153600000 to 25920000")),
+        "{:?}",
+        outcome.notes
+    );
+    assert_eq!(outcome.source, Source::Plugin);
+}
+
+#[test]
+fn malformed_answers_are_typed_errors_and_fail_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = test_plugin("hostile-answers");
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[
+            HookSpec {
+                hook: "renewal",
+                plugin: &plugin,
+                extra: "",
+                settings: "",
+            },
+            HookSpec {
+                hook: "san",
+                plugin: &plugin,
+                extra: "",
+                settings: "",
+            },
+            HookSpec {
+                hook: "csr",
+                plugin: &plugin,
+                extra: "",
+                settings: "",
+            },
+        ],
+    );
+    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+
+    // Renewal: the empty reason is refused; the built-in rule decides (fallback).
+    let outcome = bundle.renewal(&renewal_request(3650)).unwrap();
+    assert_eq!(outcome.source, Source::FailureMode);
+    let err = outcome.error.as_ref().unwrap();
+    assert!(
+        matches!(err.kind, PluginErrorKind::InvalidAnswer { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("empty reason"), "{err}");
+    assert!(
+        matches!(outcome.decision, RenewalDecision::Keep { .. }),
+        "265 days left, outside 90"
+    );
+    // The plugin's log line was kept, with the escape sequence neutralized.
+    assert!(
+        outcome
+            .logs
+            .iter()
+            .any(|l| l.message.starts_with("configured with {}") && !l.message.contains('\u{1b}'))
+    );
+
+    // SAN: a denial without violations is malformed; the failure mode denies (fail closed).
+    let san = SanRequest {
+        profile: "default".into(),
+        stage: SanStage::Csr,
+        subject: Default::default(),
+        sans: Default::default(),
+        node: None,
+        now: t0(),
+    };
+    let outcome = bundle.validate_sans(&san).unwrap();
+    let SanDecision::Deny { violations } = &outcome.decision else {
+        panic!()
+    };
+    assert_eq!(violations[0].code, "PolicyPluginFailed");
+    assert!(
+        violations[0].message.contains("at least one violation"),
+        "{}",
+        violations[0].message
+    );
+
+    // CSR: approving a usage nobody asked for is refused; the CSR stays pending, never approved.
+    let csr =
+        rotor::facts::parse_csr_pem("node.csr", kubelet_csr_pem("a", &["a"]).as_bytes()).unwrap();
+    let ctx = CsrContext {
+        signer_name: "kubernetes.io/kubelet-serving".into(),
+        username: "system:node:a".into(),
+        usages: vec![rotor::facts::Usage::ServerAuth],
+        ..Default::default()
+    };
+    let outcome = bundle
+        .review_csr(&CsrRequest::new(&csr, ctx, t0()))
+        .unwrap();
+    assert!(
+        matches!(outcome.decision, CsrDecision::Abstain { .. }),
+        "{:?}",
+        outcome.decision
+    );
+    assert!(
+        outcome
+            .error
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("grants usage 'cert sign'")
+    );
+}
+
+#[test]
+fn failure_mode_error_stops_the_operation_with_the_plugin_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = test_plugin("hostile-trap");
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "failure_mode = \"error\"",
+            settings: "",
+        }],
+    );
+    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    let err = bundle.renewal(&renewal_request(3650)).unwrap_err();
+    assert_eq!(
+        (err.plugin.as_str(), err.hook),
+        ("hostile-trap", Hook::Renewal)
+    );
+}
+
+#[test]
+fn settings_refused_by_the_plugin_fail_the_bundle_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = test_plugin("hostile-answers");
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "san",
+            plugin: &plugin,
+            extra: "",
+            settings: "refuse = true",
+        }],
+    );
+    let err = Bundle::load(&engine, &bundle_dir).unwrap_err();
+    let BundleError::Plugin { source, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(
+        matches!(source.kind, PluginErrorKind::InvalidSettings { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().ends_with("plugin 'hostile-answers' (san hook): rejected its settings: 'refuse' is set, so I refuse"), "{err}");
+}
+
+#[test]
+fn the_precompiled_cache_is_used_and_survives_corruption() {
+    let cache = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(default_plugin("renewal-window")).unwrap();
+    let engine1 = engine(cache.path());
+    engine1
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .unwrap();
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let cwasm = entries[0].clone();
+    assert!(cwasm.to_string_lossy().ends_with(".cwasm"));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cwasm).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A corrupt artifact is ignored, recompiled and replaced.
+    std::fs::write(&cwasm, b"garbage").unwrap();
+    let engine2 = engine(cache.path());
+    let plugin = engine2
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .unwrap();
+    assert_ne!(std::fs::read(&cwasm).unwrap(), b"garbage");
+    plugin
+        .sandbox(Hook::Renewal, "{}", &SandboxLimits::default())
+        .unwrap();
+
+    // A cache directory others can write to is not trusted (compiles in memory instead).
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        open.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let engine3 = engine(open.path());
+    engine3
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .unwrap();
+    assert_eq!(std::fs::read_dir(open.path()).unwrap().count(), 0);
+}

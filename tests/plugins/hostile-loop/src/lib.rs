@@ -1,0 +1,23 @@
+//! Never returns from `decide`.
+wit_bindgen::generate!({ world: "renewal-policy", path: "../../../wit" });
+
+use exports::rotor::policy::renewal::{Guest, RenewalDecision, RenewalRequest};
+
+struct Plugin;
+
+impl exports::rotor::policy::config::Guest for Plugin {
+    fn configure(_: String) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Guest for Plugin {
+    fn decide(request: RenewalRequest) -> RenewalDecision {
+        let mut n: u64 = 0;
+        loop {
+            n = std::hint::black_box(n.wrapping_add(request.now as u64));
+        }
+    }
+}
+
+export!(Plugin);

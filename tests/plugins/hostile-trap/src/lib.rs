@@ -1,0 +1,20 @@
+//! Panics in `decide` (panic = abort: an `unreachable` trap).
+wit_bindgen::generate!({ world: "renewal-policy", path: "../../../wit" });
+
+use exports::rotor::policy::renewal::{Guest, RenewalDecision, RenewalRequest};
+
+struct Plugin;
+
+impl exports::rotor::policy::config::Guest for Plugin {
+    fn configure(_: String) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Guest for Plugin {
+    fn decide(request: RenewalRequest) -> RenewalDecision {
+        panic!("hostile plugin gives up on {}", request.name)
+    }
+}
+
+export!(Plugin);
