@@ -1,0 +1,49 @@
+# rotor: the two commands of the README, and the steps they are made of.
+#
+#   make demo   build everything (wasm target, plugins, rotor) and run the demo on ./rotor-data
+#   make test   build everything and run every test (what CI runs, through .ci/run)
+
+CARGO ?= cargo
+WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
+
+.PHONY: demo test setup plugins test-plugins build lint unit-tests integration-tests bench clean
+
+demo: plugins build
+	./scripts/demo.sh
+
+test: plugins test-plugins lint unit-tests integration-tests
+
+# The wasm targets; rust-toolchain.toml pins the toolchain that the plugin digests match.
+setup:
+	rustup target add $(WASM_TARGETS)
+
+# Default plugins -> components -> policies/*/plugins, digests checked against the pins.
+plugins: setup
+	$(CARGO) xtask build-plugins
+
+# Hostile plugins for the sandbox tests -> target/test-plugins.
+test-plugins: setup
+	$(CARGO) xtask build-test-plugins
+
+build:
+	$(CARGO) build --release -p rotor --bin rotor
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) fmt --all --check --manifest-path guest-plugins/Cargo.toml
+	$(CARGO) fmt --all --check --manifest-path tests/plugins/Cargo.toml
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --manifest-path guest-plugins/Cargo.toml -- -D warnings
+
+# The plugins' rules on the host target, and the host's unit tests.
+unit-tests:
+	$(CARGO) test --manifest-path guest-plugins/Cargo.toml
+	$(CARGO) test --workspace --lib --bins --examples
+
+# Real plugins, real files, real TLS, the real binary (tests/it).
+integration-tests:
+	$(CARGO) test -p rotor --test it
+
+clean:
+	$(CARGO) clean
+	rm -rf policies/*/plugins rotor-data
