@@ -6,12 +6,12 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup plugins test-plugins build lint unit-tests integration-tests bench clean
+.PHONY: demo test setup plugins test-plugins build lint unit-tests integration-tests bench-build bench clean
 
 demo: plugins build
 	./scripts/demo.sh
 
-test: plugins test-plugins lint unit-tests integration-tests
+test: plugins test-plugins lint unit-tests integration-tests bench-build
 
 # The wasm targets; rust-toolchain.toml pins the toolchain that the plugin digests match.
 setup:
@@ -43,6 +43,14 @@ unit-tests:
 # Real plugins, real files, real TLS, the real binary (tests/it).
 integration-tests:
 	$(CARGO) test -p rotor --test it
+
+# The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.
+bench-build:
+	$(CARGO) build -p rotor --benches
+
+# The criterion suite (release profile, several minutes); see docs/performance.md.
+bench: plugins
+	$(CARGO) bench -p rotor
 
 clean:
 	$(CARGO) clean
