@@ -23,7 +23,10 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cluster;
+pub mod datastore;
 pub mod facts;
 pub mod fs;
 pub mod plugin;
+pub mod pki;
 pub mod policy;

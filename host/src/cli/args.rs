@@ -6,7 +6,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cluster::Profile;
+use crate::datastore::RecordFormat;
 use crate::facts::Usage;
+use crate::pki::KeyType;
 use crate::plugin::Hook;
 use crate::policy::request::SanStage;
 
@@ -26,6 +29,10 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
+    /// The data dir: k3s/RKE2 `server/` and `agent/`, or kubeadm's `pki/` and kubeconfigs.
+    #[arg(long, global = true, env = "ROTOR_DATA_DIR", default_value = "rotor-data")]
+    pub data_dir: PathBuf,
+
     /// Policy bundle: a directory holding bundle.toml, or the manifest file.
     #[arg(
         long,
@@ -52,9 +59,138 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create the cluster PKI (or adopt CAs already in place) in the data dir.
+    #[command(after_help = "Examples:\n  \
+        rotor init --profile k3s --node-name server-1 --node-ip 192.168.1.10 --tls-san k8s.example.com\n  \
+        rotor --data-dir /etc/kubernetes init --profile kubeadm --node-name cp-1 --node-ip 10.0.0.10 --key-type ecdsa-p256")]
+    Init(Box<InitArgs>),
+
+    /// What a server does at every start: extract the CAs from the datastore, renew the leaves the
+    /// policy, drift or a new CA call for (new keys), after backing up the live PKI.
+    #[command(after_help = "Examples:\n  rotor start --dry-run\n  rotor start --now 2027-10-01T00:00:00Z")]
+    Start(StartArgs),
+
+    /// Rotate and check certificates (k3s/RKE2 style).
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
+
+    /// kubeadm's certificate commands.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+
     /// Load, inspect, evaluate and test policy bundles and their plugins.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The distribution whose layout and conventions to follow.
+    #[arg(long, value_enum, default_value = "k3s")]
+    pub profile: Profile,
+    /// This node's name (lowercase RFC 1123 subdomain).
+    #[arg(long)]
+    pub node_name: String,
+    /// An address of this node (repeatable).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<IpAddr>,
+    /// An extra name or IP for the API server certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_sans: Vec<String>,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Service network [default: 10.43.0.0/16 for k3s and RKE2, 10.96.0.0/12 for kubeadm].
+    #[arg(long)]
+    pub service_cidr: Option<ipnet::IpNet>,
+    /// Use this token (K10<hash>::server:<password>, or a bare password) instead of generating one.
+    #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Key algorithm (kubeadm; k3s and RKE2 always use ECDSA P-256) [default: rsa-2048].
+    #[arg(long, value_enum)]
+    pub key_type: Option<KeyType>,
+    /// How the bootstrap record is encrypted: rotor-v1 (PBKDF2-SHA256, 600k iterations,
+    /// authenticated header) or k3s (k3s's own format: PBKDF2-SHA1, 4096 iterations).
+    #[arg(long, value_enum, default_value = "rotor-v1")]
+    pub datastore_format: RecordFormat,
+    /// Act at this instant (RFC 3339) instead of the system clock.
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Print the plan (each certificate, the decision, the reason) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Act at this instant (RFC 3339) instead of the system clock.
+    #[arg(long)]
+    pub now: Option<String>,
+    /// The token [default: the token file in the data dir].
+    #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertificateCommand {
+    /// Re-issue client and serving certificates (new keys), all or those of some services.
+    #[command(after_help = "Examples:\n  rotor certificate rotate\n  rotor certificate rotate --service api-server,kubelet --dry-run")]
+    Rotate {
+        /// Comma-separated services (k3s/RKE2 names; kubeadm: certificate names).
+        #[arg(long = "service", value_delimiter = ',')]
+        services: Option<Vec<String>>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// One row per certificate (CAs included) with its expiry and status.
+    #[command(after_help = "Exit status 1 when any certificate needs attention (WARNING, EXPIRED, ...).")]
+    Check {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: CheckFormat,
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// kubeadm's expiry tables: certificates, then certificate authorities.
+    CheckExpiration {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: ExpirationFormat,
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Renew a certificate (or all) from its current attributes, with a new key.
+    Renew {
+        /// `all`, or a certificate name (admin.conf, apiserver, etcd-server, ...).
+        which: String,
+        #[arg(long)]
+        now: Option<String>,
+    },
+    /// Write a key and a CSR per certificate, for an external CA to sign.
+    GenerateCsr {
+        #[arg(long)]
+        csr_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExpirationFormat {
+    Text,
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,8 @@
 //! goes to stdout, diagnostics to stderr as one `rotor: ...` line per failure.
 
 mod args;
+mod cluster;
+mod output;
 mod policy;
 
 use std::path::PathBuf;
@@ -40,6 +42,10 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Exit> {
     match cli.command {
+        Command::Init(args) => cluster::init(&cli.global, *args),
+        Command::Start(args) => cluster::start(&cli.global, args),
+        Command::Certificate(cmd) => cluster::certificate(&cli.global, cmd),
+        Command::Certs(cmd) => cluster::certs(&cli.global, cmd),
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
     }
 }

@@ -181,6 +181,69 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
+    /// Remove a file (not a directory).
+    pub fn remove_file(&self, rel: &Path) -> Result<(), FsError> {
+        self.check(rel)?;
+        self.dir.remove_file(rel).map_err(|e| FsError::io(self.display(rel), e))
+    }
+
+    /// Names in directory `rel` (`.` for the root), sorted.
+    pub fn list_dir(&self, rel: &Path) -> Result<Vec<String>, FsError> {
+        let entries = if rel == Path::new(".") {
+            self.dir.entries()
+        } else {
+            self.check(rel)?;
+            self.dir.read_dir(rel)
+        }
+        .map_err(|e| FsError::io(self.display(rel), e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| FsError::io(self.display(rel), e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether `rel` is a directory (not following a final symlink).
+    pub fn is_dir(&self, rel: &Path) -> bool {
+        self.check(rel).is_ok()
+            && self.dir.symlink_metadata(rel).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Modification time of `rel`.
+    pub fn modified(&self, rel: &Path) -> Result<std::time::SystemTime, FsError> {
+        self.check(rel)?;
+        let meta = self.dir.metadata(rel).map_err(|e| FsError::io(self.display(rel), e))?;
+        meta.modified().map(|t| t.into_std()).map_err(|e| FsError::io(self.display(rel), e))
+    }
+
+    /// Copy the tree `from` to `to` (which must not exist), keeping file modes. Symlinks are
+    /// refused: a data directory rotor manages holds none.
+    pub fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), FsError> {
+        use cap_std::fs::PermissionsExt;
+        self.check(from)?;
+        self.check(to)?;
+        if self.exists(to) {
+            return Err(FsError::refused(self.display(to), "already exists"));
+        }
+        self.create_dir_all(to)?;
+        for name in self.list_dir(from)? {
+            let src = from.join(&name);
+            let dst = to.join(&name);
+            let meta = self.dir.symlink_metadata(&src).map_err(|e| FsError::io(self.display(&src), e))?;
+            if meta.is_symlink() {
+                return Err(FsError::refused(self.display(&src), "refused: unexpected symlink in the data directory"));
+            } else if meta.is_dir() {
+                self.copy_tree(&src, &dst)?;
+            } else {
+                let bytes = self.read(&src)?;
+                self.write_atomic(&dst, &bytes, meta.permissions().mode() & 0o777)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The permission bits and owner of `rel` (or of the root itself for `.`).
     pub fn mode_and_owner(&self, rel: &Path) -> Result<(u32, u32), FsError> {
         use cap_std::fs::{MetadataExt, PermissionsExt};

@@ -1,0 +1,275 @@
+//! `rotor init`, `rotor start`, `rotor certificate rotate|check`, `rotor certs ...`.
+
+use anyhow::Context;
+use time::OffsetDateTime;
+
+use super::Exit;
+use super::args::{CertificateCommand, CertsCommand, CheckFormat, ExpirationFormat, GlobalArgs, InitArgs, StartArgs};
+use super::output;
+use crate::clock;
+use crate::cluster::start::{self, Action, Mode};
+use crate::cluster::{Cluster, check, init, kubeadm_certs};
+use crate::policy::{Bundle, rfc3339};
+
+fn now(arg: &Option<String>) -> anyhow::Result<OffsetDateTime> {
+    match arg {
+        Some(s) => clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--now': {e}")),
+        None => Ok(clock::system_now()),
+    }
+}
+
+fn bundle(global: &GlobalArgs) -> anyhow::Result<Bundle> {
+    let engine = super::engine(global)?;
+    Ok(Bundle::load(&engine, &global.bundle)?)
+}
+
+pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> {
+    let bundle = bundle(global)?;
+    let opts = init::InitOptions {
+        profile: args.profile,
+        node_name: args.node_name,
+        node_ips: args.node_ips,
+        tls_sans: args.tls_sans,
+        cluster_domain: args.cluster_domain,
+        service_cidr: args.service_cidr,
+        token: args.token,
+        key_type: args.key_type,
+        datastore_format: args.datastore_format,
+        now: now(&args.now)?,
+    };
+    let profile = opts.profile;
+    let report = init::init(&global.data_dir, opts, &bundle)?;
+    println!("initialized {} ({} profile)", global.data_dir.display(), profile.as_str());
+    if !report.generated_cas.is_empty() {
+        println!("  generated CAs: {}", report.generated_cas.join(", "));
+    }
+    if !report.adopted_cas.is_empty() {
+        println!("  adopted CAs found in place: {}", report.adopted_cas.join(", "));
+    }
+    if !report.external_cas.is_empty() {
+        println!(
+            "  external CAs (no key here; their certificates are externally managed): {}",
+            report.external_cas.join(", ")
+        );
+    }
+    println!("  issued {} certificates with new keys (names checked by bundle '{}')", report.issued.len(), bundle.name);
+    if !report.kept.is_empty() {
+        println!("  kept externally signed certificates: {}", report.kept.join(", "));
+    }
+    println!("  CA material stored encrypted in the datastore");
+    println!("token (also in {}):", report.token_file.display());
+    println!("{}", report.token.render());
+    if let Some(h) = report.discovery_hash {
+        println!("kubeadm discovery hash: --discovery-token-ca-cert-hash {h}");
+    }
+    Ok(Exit::Success)
+}
+
+fn print_plan(plan: &start::Plan, verb: &str) {
+    for x in &plan.extractions {
+        println!("  extract  {:<42} {}", x.path.display(), x.why);
+    }
+    for l in &plan.leaves {
+        let action = match l.action {
+            Action::Keep => "keep",
+            Action::Reissue => verb,
+            Action::ExternallyManaged => "external",
+        };
+        let until = l.not_after.map(|t| format!(" [expires {}]", rfc3339(t))).unwrap_or_default();
+        println!("  {action:<8} {:<42} {}{until}", l.name, l.reasons.join("; "));
+    }
+    for w in &plan.warnings {
+        println!("  warning: {w}");
+    }
+}
+
+fn run_plan(global: &GlobalArgs, mode: Mode, dry_run: bool, now: OffsetDateTime, token: Option<String>) -> anyhow::Result<Exit> {
+    let bundle = bundle(global)?;
+    let cluster = Cluster::open(&global.data_dir)?;
+    let prepared = start::prepare(&cluster, &bundle, token.as_deref(), &mode, now)?;
+    let rotate = matches!(mode, Mode::Rotate { .. });
+    let verb = if rotate { "rotate" } else { "renew" };
+    let checked = prepared.plan.leaves.len();
+    println!(
+        "{} {} certificates of {} ({} profile) with bundle '{}' at {}{}",
+        if rotate { "rotate:" } else { "start:" },
+        checked,
+        global.data_dir.display(),
+        cluster.config.profile.as_str(),
+        bundle.name,
+        rfc3339(now),
+        if dry_run { " (dry run: nothing will change)" } else { "" }
+    );
+    print_plan(&prepared.plan, verb);
+    let restarts: Vec<&str> = prepared.plan.restarts().into_iter().collect();
+    if prepared.plan.is_empty() {
+        println!("nothing to do");
+        return Ok(Exit::Success);
+    }
+    if dry_run {
+        println!(
+            "dry run: would {} {} certificate(s) and extract {} file(s); restart needed for: {}",
+            verb,
+            prepared.plan.reissues().count(),
+            prepared.plan.extractions.len(),
+            restarts.join(", ")
+        );
+        return Ok(Exit::Success);
+    }
+    let applied = start::apply(&cluster, &prepared, rotate, now)?;
+    for b in &applied.backups {
+        println!("backed up to {}", b.display());
+    }
+    println!(
+        "{} {} certificate(s) with new keys; extracted {} file(s) from the datastore",
+        if rotate { "rotated" } else { "renewed" },
+        applied.reissued.len(),
+        applied.extracted.len()
+    );
+    if !restarts.is_empty() {
+        println!("restart needed for: {}", restarts.join(", "));
+        println!("  {}", cluster.layout.restart_hint);
+    }
+    Ok(Exit::Success)
+}
+
+pub(super) fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<Exit> {
+    run_plan(global, Mode::Start, args.dry_run, now(&args.now)?, args.token)
+}
+
+pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        CertificateCommand::Rotate { services, dry_run, now: at, token } => {
+            run_plan(global, Mode::Rotate { services }, dry_run, now(&at)?, token)
+        }
+        CertificateCommand::Check { output: format, now: at } => {
+            let at = now(&at)?;
+            let bundle = bundle(global)?;
+            let cluster = Cluster::open(&global.data_dir)?;
+            let rows = check::check(&cluster, &bundle, at)?;
+            let text = match format {
+                CheckFormat::Json => output::json(&rows)?,
+                CheckFormat::Yaml => output::yaml(&rows)?,
+                CheckFormat::Table => {
+                    let cells: Vec<Vec<String>> = rows
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.file.clone(),
+                                r.subject.clone(),
+                                r.issuer.clone(),
+                                r.usages.clone(),
+                                r.not_after.map(rfc3339).unwrap_or_default(),
+                                r.residual.clone(),
+                                r.status.as_str().into(),
+                                if r.externally_managed { "yes".into() } else { "no".into() },
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &["FILENAME", "SUBJECT", "ISSUER", "USAGES", "EXPIRES", "RESIDUAL TIME", "STATUS", "EXTERNALLY MANAGED"],
+                        &cells,
+                    )
+                }
+                CheckFormat::Text => rows
+                    .iter()
+                    .map(|r| match r.not_after {
+                        Some(na) => format!(
+                            "{}: {} is {}{}, expires at {} (in {}){}\n",
+                            r.file,
+                            r.subject,
+                            r.status.as_str(),
+                            if r.externally_managed { " (externally managed)" } else { "" },
+                            rfc3339(na),
+                            r.residual,
+                            if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) }
+                        ),
+                        None => format!("{}: {} ({})\n", r.file, r.status.as_str(), r.detail),
+                    })
+                    .collect(),
+            };
+            print!("{text}");
+            Ok(if rows.iter().any(|r| r.status.needs_attention()) { Exit::Attention } else { Exit::Success })
+        }
+    }
+}
+
+pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        CertsCommand::CheckExpiration { output: format, now: at } => {
+            let at = now(&at)?;
+            let cluster = Cluster::open(&global.data_dir)?;
+            let exp = kubeadm_certs::check_expiration(&cluster, at)?;
+            let text = match format {
+                ExpirationFormat::Json => output::json(&exp)?,
+                ExpirationFormat::Yaml => output::yaml(&exp)?,
+                ExpirationFormat::Text => {
+                    let yes_no = |b: bool| if b { "yes".to_string() } else { "no".to_string() };
+                    let certs: Vec<Vec<String>> = exp
+                        .certificates
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                if r.missing { "-".into() } else { kubeadm_certs::kubeadm_date(r.expiration_date) },
+                                r.residual_time.clone(),
+                                r.certificate_authority.clone(),
+                                yes_no(r.externally_managed),
+                            ]
+                        })
+                        .collect();
+                    let cas: Vec<Vec<String>> = exp
+                        .certificate_authorities
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                r.name.clone(),
+                                kubeadm_certs::kubeadm_date(r.expiration_date),
+                                r.residual_time.clone(),
+                                yes_no(r.externally_managed),
+                            ]
+                        })
+                        .collect();
+                    format!(
+                        "{}\n{}",
+                        output::table(&["CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY", "EXTERNALLY MANAGED"], &certs),
+                        output::table(&["CERTIFICATE AUTHORITY", "EXPIRES", "RESIDUAL TIME", "EXTERNALLY MANAGED"], &cas)
+                    )
+                }
+            };
+            print!("{text}");
+            Ok(Exit::Success)
+        }
+        CertsCommand::Renew { which, now: at } => {
+            let at = now(&at)?;
+            let bundle = bundle(global)?;
+            let cluster = Cluster::open(&global.data_dir)?;
+            let (results, backups) = kubeadm_certs::renew(&cluster, &bundle, &which, at)?;
+            for b in &backups {
+                println!("backed up to {}", b.display());
+            }
+            for r in &results {
+                match r {
+                    kubeadm_certs::Renewed::Done { name, .. } => println!("certificate {name} renewed"),
+                    kubeadm_certs::Renewed::Skipped { name, why } => println!("certificate {name} skipped: {why}"),
+                }
+            }
+            let restarts: Vec<&str> = kubeadm_certs::restarts(&results).into_iter().collect();
+            if !restarts.is_empty() {
+                println!("Done renewing certificates. You must restart {}, so that they use the new certificates.", restarts.join(", "));
+                println!("  {}", cluster.layout.restart_hint);
+            }
+            Ok(Exit::Success)
+        }
+        CertsCommand::GenerateCsr { csr_dir } => {
+            let cluster = Cluster::open(&global.data_dir)?;
+            let written = kubeadm_certs::generate_csr(&cluster, &csr_dir)
+                .with_context(|| format!("writing CSRs to {}", csr_dir.display()))?;
+            for w in &written {
+                println!("wrote {} (and its key)", w.display());
+            }
+            println!("sign them with your CA (server/client usages per the Kubernetes PKI table), then place the certificates in pki/ and the kubeconfigs");
+            Ok(Exit::Success)
+        }
+    }
+}

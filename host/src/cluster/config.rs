@@ -1,0 +1,133 @@
+//! The cluster's configuration, fixed at `rotor init` and kept in `<data-dir>/rotor.json`.
+//!
+//! Nothing secret is in it: the token lives in the token file and the CA keys in the datastore
+//! (and on disk, as k3s extracts them).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::datastore::RecordFormat;
+use crate::fs::{PUBLIC_FILE, Root};
+use crate::pki::KeyType;
+
+/// Which distribution's layout and conventions the data dir follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    K3s,
+    Rke2,
+    Kubeadm,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::K3s => "k3s",
+            Profile::Rke2 => "rke2",
+            Profile::Kubeadm => "kubeadm",
+        }
+    }
+
+    /// k3s and RKE2 share everything but names.
+    pub fn is_k3s_family(self) -> bool {
+        matches!(self, Profile::K3s | Profile::Rke2)
+    }
+
+    pub fn default_service_cidr(self) -> IpNet {
+        match self {
+            Profile::K3s | Profile::Rke2 => IpNet::V4("10.43.0.0/16".parse().unwrap_or_else(|_| unreachable!())),
+            Profile::Kubeadm => IpNet::V4("10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!())),
+        }
+    }
+
+    pub fn default_key_type(self) -> KeyType {
+        match self {
+            Profile::K3s | Profile::Rke2 => KeyType::EcdsaP256,
+            Profile::Kubeadm => KeyType::Rsa2048,
+        }
+    }
+}
+
+/// The file name of the configuration in the data dir.
+pub const CONFIG_FILE: &str = "rotor.json";
+
+/// What `rotor init` was told, and what it decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Format of this file.
+    pub format: u32,
+    pub profile: Profile,
+    pub node_name: String,
+    #[serde(default)]
+    pub node_ips: Vec<IpAddr>,
+    /// Extra subject alternative names for the API server (`--tls-san`), as given.
+    #[serde(default)]
+    pub tls_sans: Vec<String>,
+    pub cluster_domain: String,
+    pub service_cidr: IpNet,
+    /// Key algorithm of CAs and leaves rotor generates.
+    pub key_type: KeyType,
+    /// Format of the encrypted bootstrap record.
+    pub datastore_format: RecordFormat,
+    /// CAs present without their key at init (kubeadm external-CA mode): their leaves are
+    /// externally managed.
+    #[serde(default)]
+    pub external_cas: Vec<String>,
+    /// The CAs were found in place at init rather than generated.
+    #[serde(default)]
+    pub custom_ca: bool,
+}
+
+impl ClusterConfig {
+    /// The API server's first service IP (first address after the network address).
+    pub fn first_service_ip(&self) -> IpAddr {
+        match self.service_cidr {
+            IpNet::V4(n) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(n.network()).saturating_add(1))),
+            IpNet::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n.network()).saturating_add(1))),
+        }
+    }
+
+    /// `--tls-san` values that are IPs, and those that are names.
+    pub fn tls_san_split(&self) -> (Vec<String>, Vec<IpAddr>) {
+        let mut names = Vec::new();
+        let mut ips = Vec::new();
+        for s in &self.tls_sans {
+            match s.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip.to_canonical()),
+                Err(_) => names.push(s.to_ascii_lowercase()),
+            }
+        }
+        (names, ips)
+    }
+
+    pub fn is_external(&self, ca: &str) -> bool {
+        self.external_cas.iter().any(|c| c == ca)
+    }
+
+    /// Read the configuration of the data dir; `Ok(None)` when the data dir is not initialized.
+    pub fn read(root: &Root) -> anyhow::Result<Option<ClusterConfig>> {
+        let path = Path::new(CONFIG_FILE);
+        let bytes = match root.read(path) {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let config: ClusterConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", root.display(path).display()))?;
+        if config.format != 1 {
+            anyhow::bail!("{}: unsupported format {}", root.display(path).display(), config.format);
+        }
+        Ok(Some(config))
+    }
+
+    pub fn write(&self, root: &Root) -> anyhow::Result<()> {
+        let mut json = serde_json::to_vec_pretty(self)?;
+        json.push(b'\n');
+        root.write_atomic(Path::new(CONFIG_FILE), &json, PUBLIC_FILE)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Where each distribution keeps which certificate, and what each certificate must contain.
+//!
+//! A [`Layout`] is computed from the [`ClusterConfig`]: the CAs, every leaf with its subject,
+//! names, purpose and issuing CA, the service-account key, the token file, and the services
+//! and components each leaf belongs to. `k3s.rs` and `kubeadm.rs` each answer the same
+//! questions for their distribution.
+
+use std::path::PathBuf;
+
+use super::config::{ClusterConfig, Profile};
+use crate::pki::{KeyType, Purpose, Subject};
+
+/// A CA of the cluster.
+#[derive(Clone, Debug)]
+pub struct CaSpec {
+    /// `server-ca`, `client-ca`, ... (k3s) or `ca`, `front-proxy-ca`, `etcd-ca` (kubeadm).
+    pub name: &'static str,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Bootstrap record fields of the certificate and the key.
+    pub cert_field: &'static str,
+    pub key_field: &'static str,
+    /// Common name of a generated CA (k3s appends `@<unix time>`).
+    pub common_name: String,
+    pub timestamped_cn: bool,
+    /// k3s also writes the first certificate alone (`server-ca.nochain.crt`).
+    pub nochain: Option<PathBuf>,
+}
+
+/// Where a leaf's certificate and key are stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Storage {
+    /// A certificate file and a key file. k3s writes the leaf followed by its CA bundle.
+    Files { cert: PathBuf, key: PathBuf, with_ca_bundle: bool },
+    /// Embedded in a kubeconfig (kubeadm's `admin.conf`, ...).
+    Kubeconfig { file: PathBuf, user: String },
+}
+
+impl Storage {
+    /// The file that holds the certificate.
+    pub fn cert_path(&self) -> &PathBuf {
+        match self {
+            Storage::Files { cert, .. } => cert,
+            Storage::Kubeconfig { file, .. } => file,
+        }
+    }
+}
+
+/// A leaf certificate of the cluster.
+#[derive(Clone, Debug)]
+pub struct LeafSpec {
+    /// Stable name: the file stem for k3s (`serving-kube-apiserver`), kubeadm's certificate
+    /// name (`apiserver`, `admin.conf`). Also the SAN policy profile for its names.
+    pub name: String,
+    pub storage: Storage,
+    pub subject: Subject,
+    pub purpose: Purpose,
+    /// Name of the issuing CA.
+    pub ca: &'static str,
+    /// `rotor certificate rotate --service` names that select it.
+    pub services: Vec<&'static str>,
+    /// Components that must restart to load a new certificate.
+    pub restart: Vec<&'static str>,
+    /// kubeadm's `kubelet.conf`: the kubelet rotates it; `renew` and `check-expiration` skip it.
+    pub rotated_by_kubelet: bool,
+}
+
+/// The service-account signing key(s).
+#[derive(Clone, Debug)]
+pub struct ServiceKeySpec {
+    /// Every key, the signing key first (k3s `service.key`, kubeadm `sa.key`).
+    pub key: PathBuf,
+    /// k3s: the signing key alone (`service.current.key`).
+    pub current: Option<PathBuf>,
+    /// kubeadm: the public key (`sa.pub`).
+    pub public: Option<PathBuf>,
+    pub field: &'static str,
+    pub key_type: KeyType,
+}
+
+/// A kubeconfig that points at certificate files (k3s `server/cred/*.kubeconfig`).
+#[derive(Clone, Debug)]
+pub struct FileKubeconfig {
+    pub file: PathBuf,
+    /// The leaf whose certificate and key it uses.
+    pub leaf: &'static str,
+    pub ca: &'static str,
+    pub server: String,
+}
+
+/// Everything rotor manages in one data dir.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub profile: Profile,
+    pub cas: Vec<CaSpec>,
+    pub leaves: Vec<LeafSpec>,
+    pub service_key: ServiceKeySpec,
+    pub token_file: PathBuf,
+    pub datastore_dir: PathBuf,
+    pub file_kubeconfigs: Vec<FileKubeconfig>,
+    /// Directories backed up to `<dir>-<unix time>` before any change.
+    pub backup_dirs: Vec<PathBuf>,
+    /// Files outside those directories backed up into `kubeconfigs-<unix time>/`.
+    pub backup_files: Vec<PathBuf>,
+    /// Every `--service` name, in order.
+    pub services: Vec<&'static str>,
+    /// A file whose presence asks the distribution to regenerate its dynamic serving
+    /// certificate (k3s/RKE2 `tls/dynamic-cert-regenerate`), touched for the `<product>-server`
+    /// service.
+    pub dynamic_cert_trigger: Option<PathBuf>,
+    /// RKE2: a file asking the next start to recreate the control-plane static pods.
+    pub force_restart_file: Option<PathBuf>,
+    /// How to restart, for messages.
+    pub restart_hint: &'static str,
+}
+
+impl Layout {
+    pub fn for_config(config: &ClusterConfig) -> Layout {
+        match config.profile {
+            Profile::K3s | Profile::Rke2 => super::k3s::layout(config),
+            Profile::Kubeadm => super::kubeadm::layout(config),
+        }
+    }
+
+    pub fn ca(&self, name: &str) -> Option<&CaSpec> {
+        self.cas.iter().find(|c| c.name == name)
+    }
+
+    pub fn leaf(&self, name: &str) -> Option<&LeafSpec> {
+        self.leaves.iter().find(|l| l.name == name)
+    }
+
+    /// The CA whose hash the join token pins (k3s: server CA; kubeadm: `ca`).
+    pub fn token_ca(&self) -> &CaSpec {
+        // Both layouts define it first.
+        &self.cas[0]
+    }
+}
+
+/// The SANs every server certificate of a node carries: loopback and the node itself.
+pub(super) fn node_sans(config: &ClusterConfig) -> (Vec<String>, Vec<std::net::IpAddr>) {
+    let mut dns = vec!["localhost".to_string(), config.node_name.clone()];
+    let mut ips: Vec<std::net::IpAddr> =
+        vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    ips.extend(config.node_ips.iter().copied());
+    dedup(&mut dns);
+    dedup(&mut ips);
+    (dns, ips)
+}
+
+/// The API server's names: the in-cluster service names, the first service IP, the node, and
+/// every `--tls-san`.
+pub(super) fn apiserver_sans(config: &ClusterConfig) -> (Vec<String>, Vec<std::net::IpAddr>) {
+    let (mut dns, mut ips) = node_sans(config);
+    dns.extend([
+        "kubernetes".to_string(),
+        "kubernetes.default".to_string(),
+        "kubernetes.default.svc".to_string(),
+        "kubernetes.default.svc.cluster".to_string(),
+        format!("kubernetes.default.svc.{}", config.cluster_domain),
+    ]);
+    ips.push(config.first_service_ip());
+    let (san_names, san_ips) = config.tls_san_split();
+    dns.extend(san_names);
+    ips.extend(san_ips);
+    dedup(&mut dns);
+    dedup(&mut ips);
+    (dns, ips)
+}
+
+fn dedup<T: PartialEq + Clone>(v: &mut Vec<T>) {
+    let mut seen: Vec<T> = Vec::new();
+    v.retain(|x| {
+        if seen.contains(x) {
+            false
+        } else {
+            seen.push(x.clone());
+            true
+        }
+    });
+}
+
+/// A subject without names.
+pub(super) fn subject(cn: &str, orgs: &[&str]) -> Subject {
+    Subject {
+        common_name: cn.to_string(),
+        organizations: orgs.iter().map(|s| s.to_string()).collect(),
+        dns_names: Vec::new(),
+        ip_addresses: Vec::new(),
+    }
+}
+
+/// A subject with names.
+pub(super) fn named(cn: &str, (dns, ips): (Vec<String>, Vec<std::net::IpAddr>)) -> Subject {
+    Subject { common_name: cn.to_string(), organizations: Vec::new(), dns_names: dns, ip_addresses: ips }
+}

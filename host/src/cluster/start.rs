@@ -1,0 +1,412 @@
+//! `rotor start` (what a server does at every start) and `rotor certificate rotate`.
+//!
+//! Both build a [`Plan`] without touching anything: CA files to extract from the datastore
+//! (the authoritative copy), and for each leaf keep or re-issue, with the reasons. `start`
+//! re-issues a leaf when the renewal policy says so, when its subject or names drifted from the
+//! layout, when its key does not match it, or when the current CA did not sign it; `rotate`
+//! re-issues the leaves of the selected services. Applying a plan backs up the live PKI first,
+//! and every re-issue uses a new key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use time::OffsetDateTime;
+
+use super::layout::LeafSpec;
+use super::{Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, purpose_matches};
+use crate::datastore::BootstrapData;
+use crate::facts::CertificateFacts;
+use crate::fs::{PRIVATE_FILE, PUBLIC_FILE};
+use crate::pki::{PrivateKey, signed_by};
+use crate::policy::Bundle;
+use crate::policy::request::RenewalRequest;
+
+/// Tolerated clock skew between a file's mtime and the datastore's timestamp (k3s: 3 s).
+const SKEW_SECONDS: i64 = 3;
+/// CAs expiring within this are reported (k3s certmonitor: 365 days).
+const CA_WARNING_DAYS: i64 = 365;
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every start: renew what the policy, drift or issuer say.
+    Start,
+    /// `certificate rotate`: re-issue the leaves of these services (all when `None`).
+    Rotate { services: Option<Vec<String>> },
+}
+
+/// A file to (re)write from the datastore.
+#[derive(Clone, Debug)]
+pub struct Extraction {
+    pub path: PathBuf,
+    pub content: Vec<u8>,
+    pub private: bool,
+    pub why: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Keep,
+    Reissue,
+    /// Signed by an external CA: rotor reports it and never touches it.
+    ExternallyManaged,
+}
+
+/// The decision for one leaf.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LeafPlan {
+    pub name: String,
+    pub path: PathBuf,
+    pub action: Action,
+    pub reasons: Vec<String>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub not_after: Option<OffsetDateTime>,
+    /// Lifetime of the re-issued certificate, in seconds.
+    pub lifetime_seconds: u64,
+    pub restart: Vec<&'static str>,
+}
+
+/// Everything a start or rotate would do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub extractions: Vec<Extraction>,
+    pub leaves: Vec<LeafPlan>,
+    pub warnings: Vec<String>,
+    /// Touch the dynamic-certificate trigger (`k3s-server` service).
+    pub regenerate_dynamic_cert: bool,
+}
+
+impl Plan {
+    pub fn reissues(&self) -> impl Iterator<Item = &LeafPlan> {
+        self.leaves.iter().filter(|l| l.action == Action::Reissue)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.extractions.is_empty() && self.reissues().next().is_none() && !self.regenerate_dynamic_cert
+    }
+
+    /// Components that must restart once the plan is applied.
+    pub fn restarts(&self) -> BTreeSet<&'static str> {
+        let mut set: BTreeSet<&'static str> = self.reissues().flat_map(|l| l.restart.iter().copied()).collect();
+        if !self.extractions.is_empty() {
+            set.insert("every control-plane component (CA files changed)");
+        }
+        if self.regenerate_dynamic_cert {
+            set.insert("supervisor (dynamic serving certificate)");
+        }
+        set
+    }
+}
+
+/// A loaded, decided start: the plan and the material to apply it.
+pub struct Prepared {
+    pub plan: Plan,
+    cas: BTreeMap<&'static str, LoadedCa>,
+}
+
+/// What applying did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub backups: Vec<PathBuf>,
+    pub reissued: Vec<String>,
+    pub extracted: Vec<PathBuf>,
+}
+
+/// Build the plan. Reads the datastore with `token`; changes nothing.
+pub fn prepare(cluster: &Cluster, bundle: &Bundle, token: Option<&str>, mode: &Mode, now: OffsetDateTime) -> Result<Prepared> {
+    let token = cluster.token(token)?;
+    let data = cluster.bootstrap(&token)?;
+    let mut plan = Plan::default();
+    plan.extractions = extractions(cluster, &data)?;
+    let cas = cluster.cas_from_bootstrap(&data)?;
+
+    for spec in &cluster.layout.cas {
+        let f = cas[spec.name].facts();
+        if f.not_after <= now {
+            plan.warnings.push(format!("CA {} expired on {}: rotate it with 'rotor certificate rotate-ca'", spec.name, crate::policy::rfc3339(f.not_after)));
+        } else if f.not_after - now <= time::Duration::days(CA_WARNING_DAYS) {
+            plan.warnings.push(format!(
+                "CA {} expires on {} (in {} days): CAs are never renewed automatically; plan a 'rotor certificate rotate-ca'",
+                spec.name,
+                crate::policy::rfc3339(f.not_after),
+                (f.not_after - now).whole_days()
+            ));
+        }
+    }
+
+    let selected: Option<BTreeSet<&str>> = match mode {
+        Mode::Start => None,
+        Mode::Rotate { services } => Some(select_services(cluster, services.as_deref(), &mut plan)?),
+    };
+    for spec in cluster.layout.leaves.iter().filter(|l| !l.rotated_by_kubelet) {
+        let ca = &cas[spec.ca];
+        let leaf_plan = match &selected {
+            Some(names) => rotate_leaf(cluster, spec, ca, names.contains(spec.name.as_str()))?,
+            None => start_leaf(cluster, bundle, spec, ca, now, &mut plan.warnings)?,
+        };
+        plan.leaves.push(leaf_plan);
+    }
+    Ok(Prepared { plan, cas })
+}
+
+fn select_services<'a>(cluster: &'a Cluster, services: Option<&[String]>, plan: &mut Plan) -> Result<BTreeSet<&'a str>> {
+    let layout = &cluster.layout;
+    // kubeadm has no k3s service names: its certificate names select.
+    let valid: Vec<String> = if layout.services.is_empty() {
+        layout.leaves.iter().filter(|l| !l.rotated_by_kubelet).map(|l| l.name.clone()).collect()
+    } else {
+        layout.services.iter().map(|s| s.to_string()).collect()
+    };
+    let requested: Vec<String> = match services {
+        None => valid.clone(),
+        Some(list) => list.to_vec(),
+    };
+    if let Some(bad) = requested.iter().find(|s| !valid.contains(s)) {
+        return Err(ClusterError::UnknownService { name: bad.clone(), valid });
+    }
+    let mut leaves = BTreeSet::new();
+    for leaf in &layout.leaves {
+        let by_service = leaf.services.iter().any(|s| requested.iter().any(|r| r == s));
+        let by_name = layout.services.is_empty() && requested.contains(&leaf.name);
+        if by_service || by_name {
+            leaves.insert(leaf.name.as_str());
+        }
+    }
+    let server_service = layout.services.iter().find(|s| s.ends_with("-server"));
+    plan.regenerate_dynamic_cert =
+        layout.dynamic_cert_trigger.is_some() && server_service.is_some_and(|s| requested.iter().any(|r| r == s));
+    Ok(leaves)
+}
+
+fn leaf_path(cluster: &Cluster, spec: &LeafSpec) -> PathBuf {
+    cluster.path(spec.storage.cert_path())
+}
+
+fn rotate_leaf(cluster: &Cluster, spec: &LeafSpec, ca: &LoadedCa, selected: bool) -> Result<LeafPlan> {
+    let not_after = match cluster.read_leaf(spec) {
+        Ok(LeafOnDisk::Present { facts, .. }) => Some(facts.not_after),
+        // A corrupt file is exactly what a forced rotation replaces.
+        Ok(LeafOnDisk::Missing(_)) | Err(ClusterError::BadFile { .. }) => None,
+        Err(e) => return Err(e),
+    };
+    let (action, reasons) = if ca.signer().is_none() {
+        (Action::ExternallyManaged, vec!["signed by an external CA: not rotated".to_string()])
+    } else if selected {
+        (Action::Reissue, vec!["rotation requested".to_string()])
+    } else {
+        (Action::Keep, vec!["not selected".to_string()])
+    };
+    Ok(LeafPlan {
+        name: spec.name.clone(),
+        path: leaf_path(cluster, spec),
+        action,
+        reasons,
+        not_after,
+        lifetime_seconds: super::init::LEAF_LIFETIME.whole_seconds() as u64,
+        restart: spec.restart.clone(),
+    })
+}
+
+fn start_leaf(
+    cluster: &Cluster,
+    bundle: &Bundle,
+    spec: &LeafSpec,
+    ca: &LoadedCa,
+    now: OffsetDateTime,
+    warnings: &mut Vec<String>,
+) -> Result<LeafPlan> {
+    let external = ca.signer().is_none();
+    let mut lifetime = super::init::LEAF_LIFETIME.whole_seconds() as u64;
+    let (action, reasons, not_after) = match cluster.read_leaf(spec)? {
+        LeafOnDisk::Missing(why) => (if external { Action::ExternallyManaged } else { Action::Reissue }, vec![why], None),
+        LeafOnDisk::Present { der, facts, key_matches } => {
+            let request = RenewalRequest {
+                name: spec.name.clone(),
+                certificate: facts.clone(),
+                issuer_not_after: Some(ca.facts().not_after),
+                now,
+            };
+            let outcome = bundle.renewal(&request)?;
+            warnings.extend(outcome.notes.iter().map(|n| format!("{}: {n}", spec.name)));
+            warnings.extend(outcome.error.iter().map(|e| format!("{}: {e}", spec.name)));
+            let source = match (&outcome.plugin, outcome.source) {
+                (Some(p), crate::policy::Source::Plugin) => format!("policy ({p})"),
+                _ => "policy (built-in rule)".to_string(),
+            };
+            let policy = format!("{source}: {}", outcome.decision.reason());
+            let renew = outcome.decision.is_renew();
+            let not_after = Some(facts.not_after);
+            if external {
+                let due = if renew { "; due for renewal: renew it with your CA" } else { "" };
+                (Action::ExternallyManaged, vec![format!("signed by an external CA{due}")], not_after)
+            } else {
+                let mut forced = Vec::new();
+                if !key_matches {
+                    forced.push("the private key does not match the certificate".to_string());
+                }
+                forced.extend(drift(spec, &facts));
+                if !signed_by(&der, ca.cert_der()) {
+                    forced.push(format!("not signed by the current {}", spec.ca));
+                }
+                if renew {
+                    if let Some(l) = outcome.decision.lifetime() {
+                        lifetime = l.as_secs();
+                    }
+                    let mut reasons = vec![policy];
+                    reasons.extend(forced);
+                    (Action::Reissue, reasons, not_after)
+                } else if !forced.is_empty() {
+                    (Action::Reissue, forced, not_after)
+                } else {
+                    (Action::Keep, vec![policy], not_after)
+                }
+            }
+        }
+    };
+    Ok(LeafPlan {
+        name: spec.name.clone(),
+        path: leaf_path(cluster, spec),
+        action,
+        reasons,
+        not_after,
+        lifetime_seconds: lifetime,
+        restart: spec.restart.clone(),
+    })
+}
+
+/// How the certificate drifted from what the layout says it must contain (k3s's
+/// `fieldsChanged`: CN, O, missing DNS or IP names; extra names are fine), plus its usages.
+fn drift(spec: &LeafSpec, facts: &CertificateFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    let cn = facts.subject.common_name.as_deref().unwrap_or("");
+    if cn != spec.subject.common_name {
+        out.push(format!("subject CN drifted: '{cn}', expected '{}'", spec.subject.common_name));
+    }
+    let mut have: Vec<&str> = facts.subject.organizations.iter().map(String::as_str).collect();
+    let mut want: Vec<&str> = spec.subject.organizations.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    if have != want {
+        out.push(format!("subject O drifted: {have:?}, expected {want:?}"));
+    }
+    let dns: Vec<String> = facts.sans.dns_names.iter().map(|d| d.to_ascii_lowercase()).collect();
+    let missing_dns: Vec<&String> = spec.subject.dns_names.iter().filter(|d| !dns.contains(&d.to_ascii_lowercase())).collect();
+    let missing_ips: Vec<String> = spec
+        .subject
+        .ip_addresses
+        .iter()
+        .filter(|ip| !facts.sans.ip_addresses.iter().any(|have| have.to_canonical() == ip.to_canonical()))
+        .map(ToString::to_string)
+        .collect();
+    if !missing_dns.is_empty() || !missing_ips.is_empty() {
+        let mut names: Vec<String> = missing_dns.into_iter().cloned().collect();
+        names.extend(missing_ips);
+        out.push(format!("names missing from the certificate: {}", names.join(", ")));
+    }
+    if !purpose_matches(spec.purpose, facts) {
+        out.push(format!("extended key usage does not match its purpose ({:?})", spec.purpose));
+    }
+    out
+}
+
+/// CA and service-key files whose disk copy is missing or differs from the datastore.
+fn extractions(cluster: &Cluster, data: &BootstrapData) -> Result<Vec<Extraction>> {
+    let mut files: Vec<(PathBuf, &str, bool)> = Vec::new();
+    for spec in &cluster.layout.cas {
+        files.push((spec.cert.clone(), spec.cert_field, false));
+        files.push((spec.key.clone(), spec.key_field, true));
+    }
+    let sk = &cluster.layout.service_key;
+    files.push((sk.key.clone(), sk.field, true));
+
+    let mut out = Vec::new();
+    for (path, field, private) in files {
+        let Some(stored) = data.get(field) else { continue };
+        let why = match cluster.root.read(&path) {
+            Ok(disk) if disk == stored.content => continue,
+            Ok(_) => {
+                let mtime = cluster.root.modified(&path)?;
+                let disk_time = OffsetDateTime::from(mtime);
+                let newer_by = (disk_time - stored.timestamp).whole_seconds();
+                if newer_by >= SKEW_SECONDS {
+                    return Err(ClusterError::Conflict { path: cluster.path(&path), seconds: newer_by });
+                }
+                "differs from the datastore"
+            }
+            Err(e) if e.is_not_found() => "missing",
+            Err(e) => return Err(e.into()),
+        };
+        out.push(Extraction { path, content: stored.content.clone(), private, why });
+    }
+    // Derived files follow their source: nochain certificates, service.current.key, sa.pub.
+    for spec in &cluster.layout.cas {
+        let (Some(nochain), Some(stored)) = (&spec.nochain, data.get(spec.cert_field)) else { continue };
+        let first = crate::facts::read_pem_blocks("datastore", &stored.content)
+            .ok()
+            .and_then(|b| b.into_iter().find(|b| b.kind == crate::facts::PemKind::Certificate))
+            .map(|b| crate::pki::pem_encode("CERTIFICATE", &b.der));
+        if let Some(first) = first {
+            if cluster.root.read(nochain).ok().as_deref() != Some(first.as_bytes()) {
+                out.push(Extraction { path: nochain.clone(), content: first.into_bytes(), private: false, why: "derived from its CA" });
+            }
+        }
+    }
+    if let Some(stored) = data.get(sk.field) {
+        let keys = PrivateKey::all_from_pem("datastore service key", &stored.content)?;
+        if let Some(first) = keys.first() {
+            if let Some(current) = &sk.current {
+                if cluster.root.read(current).ok().as_deref() != Some(first.pem().as_bytes()) {
+                    out.push(Extraction { path: current.clone(), content: first.pem().as_bytes().to_vec(), private: true, why: "derived from the service key" });
+                }
+            }
+            if let Some(public) = &sk.public {
+                let pem = crate::pki::pem_encode("PUBLIC KEY", &first.public_key_der());
+                if cluster.root.read(public).ok().as_deref() != Some(pem.as_bytes()) {
+                    out.push(Extraction { path: public.clone(), content: pem.into_bytes(), private: false, why: "derived from the service key" });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Apply a prepared plan: back up, extract, re-issue. `now` dates the new certificates.
+pub fn apply(cluster: &Cluster, prepared: &Prepared, rotate: bool, now: OffsetDateTime) -> Result<Applied> {
+    let plan = &prepared.plan;
+    let mut applied = Applied::default();
+    if plan.is_empty() {
+        return Ok(applied);
+    }
+    applied.backups = cluster.backup(now)?;
+    for x in &plan.extractions {
+        cluster.ensure_parent(&x.path)?;
+        cluster.root.write_atomic(&x.path, &x.content, if x.private { PRIVATE_FILE } else { PUBLIC_FILE })?;
+        applied.extracted.push(cluster.path(&x.path));
+    }
+    for lp in plan.reissues() {
+        let Some(spec) = cluster.layout.leaf(&lp.name) else { continue };
+        let signer = prepared.cas[spec.ca]
+            .signer()
+            .ok_or_else(|| ClusterError::Invalid(format!("{}: its CA has no key here", spec.name)))?;
+        let lifetime = time::Duration::seconds(i64::try_from(lp.lifetime_seconds).unwrap_or(i64::MAX / 2));
+        let leaf = cluster.issue(spec, signer, now, lifetime)?;
+        cluster.write_leaf(spec, signer, &leaf)?;
+        applied.reissued.push(spec.name.clone());
+    }
+    if plan.regenerate_dynamic_cert {
+        if let Some(trigger) = &cluster.layout.dynamic_cert_trigger {
+            cluster.root.write_atomic(trigger, b"", PRIVATE_FILE)?;
+        }
+    }
+    if rotate {
+        if let Some(f) = &cluster.layout.force_restart_file {
+            cluster.root.write_atomic(f, b"", PRIVATE_FILE)?;
+        }
+    }
+    let missing_kubeconfig = cluster.layout.file_kubeconfigs.iter().any(|k| !cluster.root.exists(&k.file));
+    if missing_kubeconfig {
+        cluster.write_file_kubeconfigs()?;
+    }
+    Ok(applied)
+}

@@ -1,0 +1,199 @@
+//! Issuing certificates with rcgen: self-signed CAs, CAs signed by another CA, and leaves.
+//!
+//! What rotor puts in every certificate (RFC 5280 §4.2):
+//! - a random positive 128-bit serial;
+//! - SubjectKeyIdentifier, and AuthorityKeyIdentifier equal to the issuer's SKI (copied from the
+//!   issuer certificate, so it matches CAs made by other tools);
+//! - CAs: basicConstraints `cA=TRUE` (critical), keyUsage digitalSignature, keyEncipherment,
+//!   keyCertSign (as k3s and kubeadm);
+//! - leaves: basicConstraints `cA=FALSE`, keyUsage digitalSignature and keyEncipherment, and the
+//!   extendedKeyUsage of their purpose (server, client or both), per the Kubernetes PKI table.
+//!
+//! Not checked here: whether the issuer's own key usage allows signing (callers load issuers
+//! through [`CaSigner::load`], which checks that the certificate is a CA and matches its key).
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use time::OffsetDateTime;
+
+use super::PkiError;
+use super::key::PrivateKey;
+use crate::facts::{CertificateFacts, PemKind, parse_certificate_der, read_pem_blocks};
+
+/// What a leaf certificate authenticates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Server,
+    Client,
+    ServerAndClient,
+}
+
+/// The subject and names of a certificate to issue.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subject {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+/// A validity period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+/// A certificate just issued.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub der: Vec<u8>,
+    pub pem: String,
+}
+
+/// A CA able to sign: its certificate (the first of its bundle), the bundle as stored, its key.
+#[derive(Debug)]
+pub struct CaSigner {
+    /// The CA file as stored: the CA certificate, possibly followed by its own chain.
+    pub bundle_pem: Vec<u8>,
+    /// Every certificate of the bundle, DER, in file order.
+    pub bundle_der: Vec<Vec<u8>>,
+    pub facts: CertificateFacts,
+    pub key: PrivateKey,
+}
+
+fn serial() -> Result<SerialNumber, PkiError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::Crypto("no randomness for a serial".into()))?;
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and never a leading zero byte
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+fn params(subject: &Subject, validity: Validity) -> Result<CertificateParams, PkiError> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    for o in &subject.organizations {
+        dn.push(DnType::OrganizationName, o.as_str());
+    }
+    dn.push(DnType::CommonName, subject.common_name.as_str());
+    p.distinguished_name = dn;
+    for d in &subject.dns_names {
+        let name = d
+            .as_str()
+            .try_into()
+            .map_err(|_| PkiError::Invalid { what: d.clone(), reason: "not an ASCII DNS name".into() })?;
+        p.subject_alt_names.push(SanType::DnsName(name));
+    }
+    for ip in &subject.ip_addresses {
+        p.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    p.not_before = validity.not_before;
+    p.not_after = validity.not_after;
+    p.serial_number = Some(serial()?);
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+fn ca_params(subject: &Subject, validity: Validity) -> Result<CertificateParams, PkiError> {
+    let mut p = params(subject, validity)?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment, KeyUsagePurpose::KeyCertSign];
+    Ok(p)
+}
+
+fn issued(cert: rcgen::Certificate) -> Issued {
+    Issued { der: cert.der().to_vec(), pem: cert.pem() }
+}
+
+/// A self-signed CA certificate.
+pub fn self_signed_ca(subject: &Subject, key: &PrivateKey, validity: Validity) -> Result<Issued, PkiError> {
+    let mut p = ca_params(subject, validity)?;
+    // A self-signed certificate's AKI would equal its SKI; k3s and kubeadm roots carry none.
+    p.use_authority_key_identifier_extension = false;
+    let cert = p.self_signed(key.pair()).map_err(|e| PkiError::Crypto(format!("signing a CA: {e}")))?;
+    Ok(issued(cert))
+}
+
+impl CaSigner {
+    /// Load a CA from its certificate file (first certificate = the CA) and key file. Checks
+    /// that the certificate is a CA and that the key is its key.
+    pub fn load(what: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<CaSigner, PkiError> {
+        let invalid = |reason: String| PkiError::Invalid { what: what.into(), reason };
+        let blocks = read_pem_blocks(what, cert_pem).map_err(|e| invalid(e.to_string()))?;
+        let bundle_der: Vec<Vec<u8>> =
+            blocks.into_iter().filter(|b| b.kind == PemKind::Certificate).map(|b| b.der).collect();
+        let first = bundle_der.first().ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
+        let facts = parse_certificate_der(what, first).map_err(|e| invalid(e.to_string()))?;
+        if !facts.is_ca {
+            return Err(invalid("the certificate is not a CA (basicConstraints cA is not set)".into()));
+        }
+        let key = PrivateKey::from_pem(&format!("{what} (key)"), key_pem)?;
+        if !key.matches_certificate(first) {
+            return Err(invalid("the private key does not belong to the certificate".into()));
+        }
+        Ok(CaSigner { bundle_pem: cert_pem.to_vec(), bundle_der: bundle_der.clone(), facts, key })
+    }
+
+    /// The CA certificate itself (DER).
+    pub fn cert_der(&self) -> &[u8] {
+        &self.bundle_der[0]
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &rcgen::KeyPair>, PkiError> {
+        Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der()), self.key.pair())
+            .map_err(|e| PkiError::Crypto(format!("reading the CA certificate: {e}")))
+    }
+
+    /// Issue a leaf for `key`. The validity is clamped to the CA's: a leaf never outlives its CA.
+    pub fn issue_leaf(
+        &self,
+        subject: &Subject,
+        purpose: Purpose,
+        key: &PrivateKey,
+        validity: Validity,
+    ) -> Result<Issued, PkiError> {
+        let validity = self.clamp(validity)?;
+        let mut p = params(subject, validity)?;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = match purpose {
+            Purpose::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Purpose::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Purpose::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        let cert = p
+            .signed_by(key.pair(), &self.issuer()?)
+            .map_err(|e| PkiError::Crypto(format!("signing '{}': {e}", subject.common_name)))?;
+        Ok(issued(cert))
+    }
+
+    /// Issue a CA certificate for `key`, signed by this CA (an intermediate, or a cross-signed
+    /// root when `subject` is another root's subject).
+    pub fn issue_ca(&self, subject: &Subject, key: &PrivateKey, validity: Validity) -> Result<Issued, PkiError> {
+        let p = ca_params(subject, validity)?;
+        let cert = p
+            .signed_by(key.pair(), &self.issuer()?)
+            .map_err(|e| PkiError::Crypto(format!("signing CA '{}': {e}", subject.common_name)))?;
+        Ok(issued(cert))
+    }
+
+    /// Limit `v` to the CA's validity; an expired CA cannot issue.
+    fn clamp(&self, v: Validity) -> Result<Validity, PkiError> {
+        let not_before = v.not_before.max(self.facts.not_before);
+        let not_after = v.not_after.min(self.facts.not_after);
+        if not_after <= not_before {
+            return Err(PkiError::Expired {
+                what: self.facts.subject.common_name.clone().unwrap_or_else(|| self.facts.subject.text.clone()),
+                not_after: self.facts.not_after,
+            });
+        }
+        Ok(Validity { not_before, not_after })
+    }
+}

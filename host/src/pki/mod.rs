@@ -1,0 +1,31 @@
+//! Keys and certificates: generation, issuance, chain checks, and the join token.
+//!
+//! Issuing always goes through [`issue`] (rcgen on aws-lc-rs); reading always through
+//! [`crate::facts`] (x509-parser). Signatures are checked with x509-parser's aws-lc-rs backend.
+
+mod chain;
+mod issue;
+mod key;
+mod token;
+
+pub use chain::{ca_hash, is_self_issued, public_key_bits, signed_by, spki_of};
+pub use issue::{CaSigner, Issued, Purpose, Subject, Validity, self_signed_ca};
+pub use key::{KeyType, PrivateKey, pem_encode};
+pub use token::{Token, TokenError, generate_password};
+
+use time::OffsetDateTime;
+
+/// A key or certificate could not be made or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// The input (named by `what`, usually a file) is not usable.
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    /// The CA expired: it cannot issue any more.
+    #[error("CA '{what}' expired on {}: rotate the CA first", crate::policy::rfc3339(*.not_after))]
+    Expired { what: String, not_after: OffsetDateTime },
+    /// The cryptographic library failed.
+    #[error("crypto: {0}")]
+    Crypto(String),
+}
