@@ -1,20 +1,55 @@
 #!/usr/bin/env bash
-# The README demo: real WebAssembly policies deciding about real certificates.
-# Run through `make demo`, which builds the plugins and rotor first.
+# The README demo: a k3s-layout cluster PKI in ./rotor-data, renewed a year later through the
+# WebAssembly renewal policy; a kubeadm layout beside it; the policy plugins on their own.
+# Run through `make demo`, which builds the plugins and rotor first. Safe to run again: an
+# initialized data dir is reused, never overwritten.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DATA_DIR=${DATA_DIR:-rotor-data}
 ROTOR=${ROTOR:-target/release/rotor}
-demo="$DATA_DIR/demo"
+demo="$DATA_DIR/demo-inputs"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-
-step "generate demo inputs in $demo (a CA, two leaves, a kubelet CSR)"
-cargo run --quiet --release -p rotor --example demo_certs -- "$demo"
+later() { date -u -d "+$1 days" +%Y-%m-%dT%H:%M:%SZ; }
 
 step "rotor policy check: load the default bundle's plugins and validate their settings"
 "$ROTOR" policy check
+
+step "rotor init: the k3s PKI in $DATA_DIR (5 CAs, every leaf, service.key, token, encrypted datastore)"
+if [ -f "$DATA_DIR/rotor.json" ]; then
+  echo "$DATA_DIR is already initialized: reusing it (rotor init refuses to touch it)"
+else
+  "$ROTOR" --data-dir "$DATA_DIR" init --profile k3s --node-name demo-server \
+    --node-ip 10.0.0.5 --tls-san demo.example.com
+fi
+
+step "rotor certificate check -o table"
+"$ROTOR" --data-dir "$DATA_DIR" certificate check -o table || true
+
+if command -v openssl >/dev/null; then
+  step "openssl verify, independently of rotor"
+  openssl verify -CAfile "$DATA_DIR/server/tls/server-ca.crt" "$DATA_DIR/server/tls/serving-kube-apiserver.crt"
+  openssl verify -CAfile "$DATA_DIR/server/tls/client-ca.crt" "$DATA_DIR/server/tls/client-admin.crt"
+fi
+
+step "rotor start --dry-run, 300 days from now: the renewal policy's plan, nothing changed"
+"$ROTOR" --data-dir "$DATA_DIR" start --dry-run --now "$(later 300)" | grep -v '^  keep' || true
+
+step "rotor start, 300 days from now: backup, then renewal with new keys"
+"$ROTOR" --data-dir "$DATA_DIR" start --now "$(later 300)" | grep -v '^  keep' || true
+
+step "rotor certificate check, 300 days from now: every leaf OK again"
+"$ROTOR" --data-dir "$DATA_DIR" certificate check --now "$(later 300)" -o table | head -12 || true
+
+step "kubeadm layout in $DATA_DIR/kubeadm: rotor init --profile kubeadm, certs check-expiration"
+if [ ! -f "$DATA_DIR/kubeadm/rotor.json" ]; then
+  "$ROTOR" --data-dir "$DATA_DIR/kubeadm" init --profile kubeadm --node-name cp-1 --node-ip 10.0.0.10
+fi
+"$ROTOR" --data-dir "$DATA_DIR/kubeadm" certs check-expiration
+
+step "policy plugins on their own: demo inputs in $demo (a CA, two leaves, a kubelet CSR)"
+cargo run --quiet --release -p rotor --example demo_certs -- "$demo"
 
 step "renewal hook: a certificate expiring in 30 days"
 "$ROTOR" policy eval --hook renewal --input "$demo/expires-in-30-days.crt"

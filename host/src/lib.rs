@@ -27,6 +27,6 @@ pub mod cluster;
 pub mod datastore;
 pub mod facts;
 pub mod fs;
-pub mod plugin;
 pub mod pki;
+pub mod plugin;
 pub mod policy;

@@ -183,3 +183,130 @@ pub fn rotor(args: &[&str], cache: &Path) -> (i32, String, String) {
 
 /// Generous upper bound for "stopped by the deadline" on a loaded CI machine.
 pub const DEADLINE_SLACK: Duration = Duration::from_secs(5);
+
+/// A plugin cache shared by every test process of a run (compiled plugins are keyed by digest
+/// and engine, so sharing is safe and saves recompiling the same plugins in every test).
+pub fn shared_cache() -> PathBuf {
+    let dir = repo_root().join("target").join("test-plugin-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Run `rotor --data-dir DIR ARGS...` with the shipped default bundle.
+pub fn rotor_at(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--data-dir", data_dir.to_str().unwrap()];
+    all.extend_from_slice(args);
+    rotor(&all, &shared_cache())
+}
+
+/// Like [`rotor_at`], failing the test on a non-zero exit.
+pub fn rotor_ok(data_dir: &Path, args: &[&str]) -> String {
+    let (code, out, err) = rotor_at(data_dir, args);
+    assert_eq!(code, 0, "rotor {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+/// Every file under `dir` with its content hash and mode, for "nothing changed" checks.
+pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, (String, u32)> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, (String, u32)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+            if meta.is_dir() {
+                out.insert(format!("{rel}/"), (String::new(), mode));
+                walk(base, &path, out);
+            } else if meta.is_symlink() {
+                out.insert(
+                    rel,
+                    (
+                        format!("-> {}", std::fs::read_link(&path).unwrap().display()),
+                        mode,
+                    ),
+                );
+            } else {
+                out.insert(
+                    rel,
+                    (
+                        hex::encode(Sha256::digest(std::fs::read(&path).unwrap())),
+                        mode,
+                    ),
+                );
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// Whether a command exists on this machine (for independent checks with openssl, python3).
+pub fn have(cmd: &str) -> bool {
+    std::process::Command::new(cmd)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || std::process::Command::new(cmd)
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// All certificates (DER) of a PEM file.
+pub fn pem_certs(path: &Path) -> Vec<Vec<u8>> {
+    rotor::facts::read_pem_blocks("test", &std::fs::read(path).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|b| b.kind == rotor::facts::PemKind::Certificate)
+        .map(|b| b.der)
+        .collect()
+}
+
+/// Verify `leaf` (first cert of `leaf_file`) against the CA bundle `ca_file` with rustls-webpki,
+/// for server or client use, at `now`.
+pub fn webpki_verify(
+    leaf_file: &Path,
+    ca_file: &Path,
+    server: bool,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let leaf = pem_certs(leaf_file).remove(0);
+    let cas = pem_certs(ca_file);
+    let ca_ders: Vec<CertificateDer<'static>> = cas.into_iter().map(CertificateDer::from).collect();
+    // The trust anchors are the self-issued certificates of the bundle; the rest intermediates.
+    let (roots, inter): (Vec<_>, Vec<_>) =
+        ca_ders.iter().partition(|c| rotor::pki::is_self_issued(c));
+    let anchors: Vec<_> = roots
+        .iter()
+        .map(|c| webpki::anchor_from_trusted_cert(c).unwrap().to_owned())
+        .collect();
+    let inter: Vec<CertificateDer<'_>> = inter.into_iter().cloned().collect();
+    let leaf = CertificateDer::from(leaf);
+    let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
+    let time = UnixTime::since_unix_epoch(Duration::from_secs(now.unix_timestamp() as u64));
+    let usage = if server {
+        webpki::KeyUsage::server_auth()
+    } else {
+        webpki::KeyUsage::client_auth()
+    };
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &inter,
+        time,
+        usage,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| format!("{e:?}"))
+}

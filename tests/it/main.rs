@@ -12,5 +12,6 @@ mod common;
 
 mod bundles;
 mod cli;
+mod cluster;
 mod default_plugins;
 mod sandbox;

@@ -30,7 +30,12 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// The data dir: k3s/RKE2 `server/` and `agent/`, or kubeadm's `pki/` and kubeconfigs.
-    #[arg(long, global = true, env = "ROTOR_DATA_DIR", default_value = "rotor-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "ROTOR_DATA_DIR",
+        default_value = "rotor-data"
+    )]
     pub data_dir: PathBuf,
 
     /// Policy bundle: a directory holding bundle.toml, or the manifest file.
@@ -67,7 +72,9 @@ pub enum Command {
 
     /// What a server does at every start: extract the CAs from the datastore, renew the leaves the
     /// policy, drift or a new CA call for (new keys), after backing up the live PKI.
-    #[command(after_help = "Examples:\n  rotor start --dry-run\n  rotor start --now 2027-10-01T00:00:00Z")]
+    #[command(
+        after_help = "Examples:\n  rotor start --dry-run\n  rotor start --now 2027-10-01T00:00:00Z"
+    )]
     Start(StartArgs),
 
     /// Rotate and check certificates (k3s/RKE2 style).
@@ -133,7 +140,9 @@ pub struct StartArgs {
 #[derive(Debug, Subcommand)]
 pub enum CertificateCommand {
     /// Re-issue client and serving certificates (new keys), all or those of some services.
-    #[command(after_help = "Examples:\n  rotor certificate rotate\n  rotor certificate rotate --service api-server,kubelet --dry-run")]
+    #[command(
+        after_help = "Examples:\n  rotor certificate rotate\n  rotor certificate rotate --service api-server,kubelet --dry-run"
+    )]
     Rotate {
         /// Comma-separated services (k3s/RKE2 names; kubeadm: certificate names).
         #[arg(long = "service", value_delimiter = ',')]
@@ -146,7 +155,9 @@ pub enum CertificateCommand {
         token: Option<String>,
     },
     /// One row per certificate (CAs included) with its expiry and status.
-    #[command(after_help = "Exit status 1 when any certificate needs attention (WARNING, EXPIRED, ...).")]
+    #[command(
+        after_help = "Exit status 1 when any certificate needs attention (WARNING, EXPIRED, ...)."
+    )]
     Check {
         #[arg(short, long, value_enum, default_value = "text")]
         output: CheckFormat,

@@ -4,7 +4,10 @@ use anyhow::Context;
 use time::OffsetDateTime;
 
 use super::Exit;
-use super::args::{CertificateCommand, CertsCommand, CheckFormat, ExpirationFormat, GlobalArgs, InitArgs, StartArgs};
+use super::args::{
+    CertificateCommand, CertsCommand, CheckFormat, ExpirationFormat, GlobalArgs, InitArgs,
+    StartArgs,
+};
 use super::output;
 use crate::clock;
 use crate::cluster::start::{self, Action, Mode};
@@ -39,12 +42,19 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
     };
     let profile = opts.profile;
     let report = init::init(&global.data_dir, opts, &bundle)?;
-    println!("initialized {} ({} profile)", global.data_dir.display(), profile.as_str());
+    println!(
+        "initialized {} ({} profile)",
+        global.data_dir.display(),
+        profile.as_str()
+    );
     if !report.generated_cas.is_empty() {
         println!("  generated CAs: {}", report.generated_cas.join(", "));
     }
     if !report.adopted_cas.is_empty() {
-        println!("  adopted CAs found in place: {}", report.adopted_cas.join(", "));
+        println!(
+            "  adopted CAs found in place: {}",
+            report.adopted_cas.join(", ")
+        );
     }
     if !report.external_cas.is_empty() {
         println!(
@@ -52,9 +62,16 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
             report.external_cas.join(", ")
         );
     }
-    println!("  issued {} certificates with new keys (names checked by bundle '{}')", report.issued.len(), bundle.name);
+    println!(
+        "  issued {} certificates with new keys (names checked by bundle '{}')",
+        report.issued.len(),
+        bundle.name
+    );
     if !report.kept.is_empty() {
-        println!("  kept externally signed certificates: {}", report.kept.join(", "));
+        println!(
+            "  kept externally signed certificates: {}",
+            report.kept.join(", ")
+        );
     }
     println!("  CA material stored encrypted in the datastore");
     println!("token (also in {}):", report.token_file.display());
@@ -75,15 +92,28 @@ fn print_plan(plan: &start::Plan, verb: &str) {
             Action::Reissue => verb,
             Action::ExternallyManaged => "external",
         };
-        let until = l.not_after.map(|t| format!(" [expires {}]", rfc3339(t))).unwrap_or_default();
-        println!("  {action:<8} {:<42} {}{until}", l.name, l.reasons.join("; "));
+        let until = l
+            .not_after
+            .map(|t| format!(" [expires {}]", rfc3339(t)))
+            .unwrap_or_default();
+        println!(
+            "  {action:<8} {:<42} {}{until}",
+            l.name,
+            l.reasons.join("; ")
+        );
     }
     for w in &plan.warnings {
         println!("  warning: {w}");
     }
 }
 
-fn run_plan(global: &GlobalArgs, mode: Mode, dry_run: bool, now: OffsetDateTime, token: Option<String>) -> anyhow::Result<Exit> {
+fn run_plan(
+    global: &GlobalArgs,
+    mode: Mode,
+    dry_run: bool,
+    now: OffsetDateTime,
+    token: Option<String>,
+) -> anyhow::Result<Exit> {
     let bundle = bundle(global)?;
     let cluster = Cluster::open(&global.data_dir)?;
     let prepared = start::prepare(&cluster, &bundle, token.as_deref(), &mode, now)?;
@@ -98,7 +128,11 @@ fn run_plan(global: &GlobalArgs, mode: Mode, dry_run: bool, now: OffsetDateTime,
         cluster.config.profile.as_str(),
         bundle.name,
         rfc3339(now),
-        if dry_run { " (dry run: nothing will change)" } else { "" }
+        if dry_run {
+            " (dry run: nothing will change)"
+        } else {
+            ""
+        }
     );
     print_plan(&prepared.plan, verb);
     let restarts: Vec<&str> = prepared.plan.restarts().into_iter().collect();
@@ -134,15 +168,27 @@ fn run_plan(global: &GlobalArgs, mode: Mode, dry_run: bool, now: OffsetDateTime,
 }
 
 pub(super) fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<Exit> {
-    run_plan(global, Mode::Start, args.dry_run, now(&args.now)?, args.token)
+    run_plan(
+        global,
+        Mode::Start,
+        args.dry_run,
+        now(&args.now)?,
+        args.token,
+    )
 }
 
 pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyhow::Result<Exit> {
     match cmd {
-        CertificateCommand::Rotate { services, dry_run, now: at, token } => {
-            run_plan(global, Mode::Rotate { services }, dry_run, now(&at)?, token)
-        }
-        CertificateCommand::Check { output: format, now: at } => {
+        CertificateCommand::Rotate {
+            services,
+            dry_run,
+            now: at,
+            token,
+        } => run_plan(global, Mode::Rotate { services }, dry_run, now(&at)?, token),
+        CertificateCommand::Check {
+            output: format,
+            now: at,
+        } => {
             let at = now(&at)?;
             let bundle = bundle(global)?;
             let cluster = Cluster::open(&global.data_dir)?;
@@ -162,12 +208,25 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
                                 r.not_after.map(rfc3339).unwrap_or_default(),
                                 r.residual.clone(),
                                 r.status.as_str().into(),
-                                if r.externally_managed { "yes".into() } else { "no".into() },
+                                if r.externally_managed {
+                                    "yes".into()
+                                } else {
+                                    "no".into()
+                                },
                             ]
                         })
                         .collect();
                     output::table(
-                        &["FILENAME", "SUBJECT", "ISSUER", "USAGES", "EXPIRES", "RESIDUAL TIME", "STATUS", "EXTERNALLY MANAGED"],
+                        &[
+                            "FILENAME",
+                            "SUBJECT",
+                            "ISSUER",
+                            "USAGES",
+                            "EXPIRES",
+                            "RESIDUAL TIME",
+                            "STATUS",
+                            "EXTERNALLY MANAGED",
+                        ],
                         &cells,
                     )
                 }
@@ -179,24 +238,39 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
                             r.file,
                             r.subject,
                             r.status.as_str(),
-                            if r.externally_managed { " (externally managed)" } else { "" },
+                            if r.externally_managed {
+                                " (externally managed)"
+                            } else {
+                                ""
+                            },
                             rfc3339(na),
                             r.residual,
-                            if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) }
+                            if r.detail.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", r.detail)
+                            }
                         ),
                         None => format!("{}: {} ({})\n", r.file, r.status.as_str(), r.detail),
                     })
                     .collect(),
             };
             print!("{text}");
-            Ok(if rows.iter().any(|r| r.status.needs_attention()) { Exit::Attention } else { Exit::Success })
+            Ok(if rows.iter().any(|r| r.status.needs_attention()) {
+                Exit::Attention
+            } else {
+                Exit::Success
+            })
         }
     }
 }
 
 pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Exit> {
     match cmd {
-        CertsCommand::CheckExpiration { output: format, now: at } => {
+        CertsCommand::CheckExpiration {
+            output: format,
+            now: at,
+        } => {
             let at = now(&at)?;
             let cluster = Cluster::open(&global.data_dir)?;
             let exp = kubeadm_certs::check_expiration(&cluster, at)?;
@@ -204,14 +278,24 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                 ExpirationFormat::Json => output::json(&exp)?,
                 ExpirationFormat::Yaml => output::yaml(&exp)?,
                 ExpirationFormat::Text => {
-                    let yes_no = |b: bool| if b { "yes".to_string() } else { "no".to_string() };
+                    let yes_no = |b: bool| {
+                        if b {
+                            "yes".to_string()
+                        } else {
+                            "no".to_string()
+                        }
+                    };
                     let certs: Vec<Vec<String>> = exp
                         .certificates
                         .iter()
                         .map(|r| {
                             vec![
                                 r.name.clone(),
-                                if r.missing { "-".into() } else { kubeadm_certs::kubeadm_date(r.expiration_date) },
+                                if r.missing {
+                                    "-".into()
+                                } else {
+                                    kubeadm_certs::kubeadm_date(r.expiration_date)
+                                },
                                 r.residual_time.clone(),
                                 r.certificate_authority.clone(),
                                 yes_no(r.externally_managed),
@@ -232,8 +316,25 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                         .collect();
                     format!(
                         "{}\n{}",
-                        output::table(&["CERTIFICATE", "EXPIRES", "RESIDUAL TIME", "CERTIFICATE AUTHORITY", "EXTERNALLY MANAGED"], &certs),
-                        output::table(&["CERTIFICATE AUTHORITY", "EXPIRES", "RESIDUAL TIME", "EXTERNALLY MANAGED"], &cas)
+                        output::table(
+                            &[
+                                "CERTIFICATE",
+                                "EXPIRES",
+                                "RESIDUAL TIME",
+                                "CERTIFICATE AUTHORITY",
+                                "EXTERNALLY MANAGED"
+                            ],
+                            &certs
+                        ),
+                        output::table(
+                            &[
+                                "CERTIFICATE AUTHORITY",
+                                "EXPIRES",
+                                "RESIDUAL TIME",
+                                "EXTERNALLY MANAGED"
+                            ],
+                            &cas
+                        )
                     )
                 }
             };
@@ -250,13 +351,20 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             }
             for r in &results {
                 match r {
-                    kubeadm_certs::Renewed::Done { name, .. } => println!("certificate {name} renewed"),
-                    kubeadm_certs::Renewed::Skipped { name, why } => println!("certificate {name} skipped: {why}"),
+                    kubeadm_certs::Renewed::Done { name, .. } => {
+                        println!("certificate {name} renewed")
+                    }
+                    kubeadm_certs::Renewed::Skipped { name, why } => {
+                        println!("certificate {name} skipped: {why}")
+                    }
                 }
             }
             let restarts: Vec<&str> = kubeadm_certs::restarts(&results).into_iter().collect();
             if !restarts.is_empty() {
-                println!("Done renewing certificates. You must restart {}, so that they use the new certificates.", restarts.join(", "));
+                println!(
+                    "Done renewing certificates. You must restart {}, so that they use the new certificates.",
+                    restarts.join(", ")
+                );
                 println!("  {}", cluster.layout.restart_hint);
             }
             Ok(Exit::Success)
@@ -268,7 +376,9 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             for w in &written {
                 println!("wrote {} (and its key)", w.display());
             }
-            println!("sign them with your CA (server/client usages per the Kubernetes PKI table), then place the certificates in pki/ and the kubeconfigs");
+            println!(
+                "sign them with your CA (server/client usages per the Kubernetes PKI table), then place the certificates in pki/ and the kubeconfigs"
+            );
             Ok(Exit::Success)
         }
     }

@@ -47,7 +47,13 @@ mod tests {
 
     #[test]
     fn columns_align_on_the_widest_cell() {
-        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()], vec!["s".into(), "yy".into()]]);
+        let t = table(
+            &["A", "BB"],
+            &[
+                vec!["long".into(), "x".into()],
+                vec!["s".into(), "yy".into()],
+            ],
+        );
         assert_eq!(t, "A      BB\nlong   x\ns      yy\n");
     }
 }

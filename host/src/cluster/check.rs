@@ -12,7 +12,9 @@ use time::OffsetDateTime;
 
 use super::layout::Storage;
 use super::{Cluster, Result, kubeconfig};
-use crate::facts::{CertificateFacts, ExtendedKeyUsage, PemKind, parse_certificate_der, read_pem_blocks};
+use crate::facts::{
+    CertificateFacts, ExtendedKeyUsage, PemKind, parse_certificate_der, read_pem_blocks,
+};
 use crate::policy::Bundle;
 use crate::policy::request::RenewalRequest;
 
@@ -123,7 +125,15 @@ fn status_by_time(f: &CertificateFacts, now: OffsetDateTime) -> Option<Status> {
     }
 }
 
-fn row(file: &str, name: &str, f: &CertificateFacts, status: Status, external: bool, detail: String, now: OffsetDateTime) -> Row {
+fn row(
+    file: &str,
+    name: &str,
+    f: &CertificateFacts,
+    status: Status,
+    external: bool,
+    detail: String,
+    now: OffsetDateTime,
+) -> Row {
     Row {
         file: file.into(),
         certificate: name.into(),
@@ -162,13 +172,18 @@ fn missing(file: &str, name: &str, status: Status, detail: String, external: boo
 fn ca_status(f: &CertificateFacts, now: OffsetDateTime) -> (Status, String) {
     match status_by_time(f, now) {
         Some(s) => (s, String::new()),
-        None if f.not_after - now <= CA_WARNING => (Status::Warning, "CA within 365 days of expiry".into()),
+        None if f.not_after - now <= CA_WARNING => {
+            (Status::Warning, "CA within 365 days of expiry".into())
+        }
         None => (Status::Ok, String::new()),
     }
 }
 
 /// The certificates of a file, DER, in order. Kubeconfigs yield their client certificate.
-fn certificates_in(cluster: &Cluster, storage: &Storage) -> std::result::Result<Option<Vec<Vec<u8>>>, String> {
+fn certificates_in(
+    cluster: &Cluster,
+    storage: &Storage,
+) -> std::result::Result<Option<Vec<Vec<u8>>>, String> {
     let path = storage.cert_path();
     let bytes = match cluster.root.read(path) {
         Ok(b) => b,
@@ -180,7 +195,11 @@ fn certificates_in(cluster: &Cluster, storage: &Storage) -> std::result::Result<
         Storage::Kubeconfig { .. } => kubeconfig::read_embedded("kubeconfig", &bytes)?.cert_pem,
     };
     let blocks = read_pem_blocks("certificate", &pem).map_err(|e| e.to_string())?;
-    let ders: Vec<Vec<u8>> = blocks.into_iter().filter(|b| b.kind == PemKind::Certificate).map(|b| b.der).collect();
+    let ders: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.kind == PemKind::Certificate)
+        .map(|b| b.der)
+        .collect();
     if ders.is_empty() {
         return Err("no CERTIFICATE block".into());
     }
@@ -193,19 +212,53 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
     let rel = |p: &Path| p.display().to_string();
     for spec in &cluster.layout.cas {
         let external = cluster.config.is_external(spec.name);
-        let storage = Storage::Files { cert: spec.cert.clone(), key: spec.key.clone(), with_ca_bundle: false };
+        let storage = Storage::Files {
+            cert: spec.cert.clone(),
+            key: spec.key.clone(),
+            with_ca_bundle: false,
+        };
         match certificates_in(cluster, &storage) {
-            Ok(None) => rows.push(missing(&rel(&spec.cert), spec.name, Status::Missing, "file missing".into(), external)),
-            Err(e) => rows.push(missing(&rel(&spec.cert), spec.name, Status::Invalid, e, external)),
+            Ok(None) => rows.push(missing(
+                &rel(&spec.cert),
+                spec.name,
+                Status::Missing,
+                "file missing".into(),
+                external,
+            )),
+            Err(e) => rows.push(missing(
+                &rel(&spec.cert),
+                spec.name,
+                Status::Invalid,
+                e,
+                external,
+            )),
             Ok(Some(ders)) => {
                 for (i, der) in ders.iter().enumerate() {
-                    let name = if i == 0 { spec.name.to_string() } else { format!("{} (chain)", spec.name) };
+                    let name = if i == 0 {
+                        spec.name.to_string()
+                    } else {
+                        format!("{} (chain)", spec.name)
+                    };
                     match parse_certificate_der("certificate", der) {
                         Ok(f) => {
                             let (status, detail) = ca_status(&f, now);
-                            rows.push(row(&rel(&spec.cert), &name, &f, status, external, detail, now));
+                            rows.push(row(
+                                &rel(&spec.cert),
+                                &name,
+                                &f,
+                                status,
+                                external,
+                                detail,
+                                now,
+                            ));
                         }
-                        Err(e) => rows.push(missing(&rel(&spec.cert), &name, Status::Invalid, e.to_string(), external)),
+                        Err(e) => rows.push(missing(
+                            &rel(&spec.cert),
+                            &name,
+                            Status::Invalid,
+                            e.to_string(),
+                            external,
+                        )),
                     }
                 }
             }
@@ -217,7 +270,13 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
         let ders = match certificates_in(cluster, &spec.storage) {
             Ok(Some(d)) => d,
             Ok(None) => {
-                rows.push(missing(&file, &spec.name, Status::Missing, "file missing: 'rotor start' issues it".into(), external));
+                rows.push(missing(
+                    &file,
+                    &spec.name,
+                    Status::Missing,
+                    "file missing: 'rotor start' issues it".into(),
+                    external,
+                ));
                 continue;
             }
             Err(e) => {
@@ -225,18 +284,35 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
                 continue;
             }
         };
-        let issuer_not_after = ders.get(1).and_then(|d| parse_certificate_der("ca", d).ok()).map(|f| f.not_after);
+        let issuer_not_after = ders
+            .get(1)
+            .and_then(|d| parse_certificate_der("ca", d).ok())
+            .map(|f| f.not_after);
         for (i, der) in ders.iter().enumerate() {
             let f = match parse_certificate_der("certificate", der) {
                 Ok(f) => f,
                 Err(e) => {
-                    rows.push(missing(&file, &spec.name, Status::Invalid, e.to_string(), external));
+                    rows.push(missing(
+                        &file,
+                        &spec.name,
+                        Status::Invalid,
+                        e.to_string(),
+                        external,
+                    ));
                     continue;
                 }
             };
             if i > 0 {
                 let (status, detail) = ca_status(&f, now);
-                rows.push(row(&file, &format!("{} (chain)", spec.name), &f, status, external, detail, now));
+                rows.push(row(
+                    &file,
+                    &format!("{} (chain)", spec.name),
+                    &f,
+                    status,
+                    external,
+                    detail,
+                    now,
+                ));
                 continue;
             }
             let (status, detail) = match status_by_time(&f, now) {
@@ -249,7 +325,9 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
                         now,
                     };
                     match bundle.renewal(&request) {
-                        Ok(o) if o.decision.is_renew() => (Status::Warning, o.decision.reason().to_string()),
+                        Ok(o) if o.decision.is_renew() => {
+                            (Status::Warning, o.decision.reason().to_string())
+                        }
                         Ok(_) => (Status::Ok, String::new()),
                         Err(e) => (Status::Warning, format!("renewal policy failed: {e}")),
                     }

@@ -38,8 +38,12 @@ impl Profile {
 
     pub fn default_service_cidr(self) -> IpNet {
         match self {
-            Profile::K3s | Profile::Rke2 => IpNet::V4("10.43.0.0/16".parse().unwrap_or_else(|_| unreachable!())),
-            Profile::Kubeadm => IpNet::V4("10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!())),
+            Profile::K3s | Profile::Rke2 => {
+                IpNet::V4("10.43.0.0/16".parse().unwrap_or_else(|_| unreachable!()))
+            }
+            Profile::Kubeadm => {
+                IpNet::V4("10.96.0.0/12".parse().unwrap_or_else(|_| unreachable!()))
+            }
         }
     }
 
@@ -86,8 +90,12 @@ impl ClusterConfig {
     /// The API server's first service IP (first address after the network address).
     pub fn first_service_ip(&self) -> IpAddr {
         match self.service_cidr {
-            IpNet::V4(n) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(n.network()).saturating_add(1))),
-            IpNet::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n.network()).saturating_add(1))),
+            IpNet::V4(n) => IpAddr::V4(std::net::Ipv4Addr::from(
+                u32::from(n.network()).saturating_add(1),
+            )),
+            IpNet::V6(n) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(n.network()).saturating_add(1),
+            )),
         }
     }
 
@@ -119,7 +127,11 @@ impl ClusterConfig {
         let config: ClusterConfig = serde_json::from_slice(&bytes)
             .map_err(|e| anyhow::anyhow!("{}: {e}", root.display(path).display()))?;
         if config.format != 1 {
-            anyhow::bail!("{}: unsupported format {}", root.display(path).display(), config.format);
+            anyhow::bail!(
+                "{}: unsupported format {}",
+                root.display(path).display(),
+                config.format
+            );
         }
         Ok(Some(config))
     }

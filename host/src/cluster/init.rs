@@ -13,10 +13,16 @@ use time::OffsetDateTime;
 
 use super::config::{CONFIG_FILE, ClusterConfig, Profile};
 use super::layout::{CaSpec, Layout, Storage};
-use super::{Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names, kubeconfig, load_external_ca};
+use super::{
+    Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names, kubeconfig,
+    load_external_ca,
+};
 use crate::datastore::{BootstrapData, BootstrapStore, RecordFormat};
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE, Root};
-use crate::pki::{CaSigner, KeyType, PrivateKey, Subject, Token, Validity, ca_hash, generate_password, self_signed_ca};
+use crate::pki::{
+    CaSigner, KeyType, PrivateKey, Subject, Token, Validity, ca_hash, generate_password,
+    self_signed_ca,
+};
 use crate::policy::Bundle;
 use crate::policy::request::SanStage;
 
@@ -61,7 +67,8 @@ fn validate_node_name(name: &str) -> Result<()> {
         && name.split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !l.starts_with('-')
                 && !l.ends_with('-')
         });
@@ -90,11 +97,17 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         ));
     }
     if opts.cluster_domain.is_empty() || opts.cluster_domain.contains(char::is_whitespace) {
-        return Err(ClusterError::Invalid(format!("'--cluster-domain': '{}' is not a domain", opts.cluster_domain)));
+        return Err(ClusterError::Invalid(format!(
+            "'--cluster-domain': '{}' is not a domain",
+            opts.cluster_domain
+        )));
     }
     let root = Root::create_ambient(data_dir)?;
     if root.exists(Path::new(CONFIG_FILE)) {
-        return Err(ClusterError::AlreadyInitialized { path: data_dir.to_path_buf(), what: CONFIG_FILE.into() });
+        return Err(ClusterError::AlreadyInitialized {
+            path: data_dir.to_path_buf(),
+            what: CONFIG_FILE.into(),
+        });
     }
     let config = ClusterConfig {
         format: 1,
@@ -103,42 +116,69 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         node_ips: opts.node_ips.iter().map(|ip| ip.to_canonical()).collect(),
         tls_sans: opts.tls_sans.clone(),
         cluster_domain: opts.cluster_domain.clone(),
-        service_cidr: opts.service_cidr.unwrap_or_else(|| opts.profile.default_service_cidr()).trunc(),
-        key_type: opts.key_type.unwrap_or_else(|| opts.profile.default_key_type()),
+        service_cidr: opts
+            .service_cidr
+            .unwrap_or_else(|| opts.profile.default_service_cidr())
+            .trunc(),
+        key_type: opts
+            .key_type
+            .unwrap_or_else(|| opts.profile.default_key_type()),
         datastore_format: opts.datastore_format,
         external_cas: Vec::new(),
         custom_ca: false,
     };
     let layout = Layout::for_config(&config);
-    let mut cluster = Cluster { root, config, layout };
+    let mut cluster = Cluster {
+        root,
+        config,
+        layout,
+    };
     let store = cluster.datastore_if_present()?;
-    if let Some(store) = &store {
-        if crate::datastore::has_bootstrap(store)? {
-            return Err(ClusterError::AlreadyInitialized {
-                path: data_dir.to_path_buf(),
-                what: format!("bootstrap data in {}", cluster.path(&cluster.layout.datastore_dir).display()),
-            });
-        }
+    if let Some(store) = &store
+        && crate::datastore::has_bootstrap(store)?
+    {
+        return Err(ClusterError::AlreadyInitialized {
+            path: data_dir.to_path_buf(),
+            what: format!(
+                "bootstrap data in {}",
+                cluster.path(&cluster.layout.datastore_dir).display()
+            ),
+        });
     }
 
     // 1. Names: every requested name passes the SAN policy, before anything is generated.
     for leaf in &cluster.layout.leaves {
-        check_names(bundle, &leaf.name, &leaf.subject, SanStage::Configuration, opts.now)?;
+        check_names(
+            bundle,
+            &leaf.name,
+            &leaf.subject,
+            SanStage::Configuration,
+            opts.now,
+        )?;
     }
 
     // 2. CAs: adopt what is in place, generate the rest.
     let planned = plan_cas(&cluster, opts.now)?;
-    cluster.config.external_cas = planned.iter().filter(|p| p.ca.signer().is_none()).map(|p| p.spec.name.to_string()).collect();
+    cluster.config.external_cas = planned
+        .iter()
+        .filter(|p| p.ca.signer().is_none())
+        .map(|p| p.spec.name.to_string())
+        .collect();
     cluster.config.custom_ca = planned.iter().any(|p| p.write.is_none());
-    let cas: BTreeMap<&'static str, &LoadedCa> = planned.iter().map(|p| (p.spec.name, &p.ca)).collect();
+    let cas: BTreeMap<&'static str, &LoadedCa> =
+        planned.iter().map(|p| (p.spec.name, &p.ca)).collect();
 
     // 3. Service-account key(s).
     let sk = &cluster.layout.service_key;
     let (service_pem, service_generated) = match cluster.root.read(&sk.key) {
         Ok(pem) => {
-            let keys = PrivateKey::all_from_pem(&cluster.path(&sk.key).display().to_string(), &pem)?;
+            let keys =
+                PrivateKey::all_from_pem(&cluster.path(&sk.key).display().to_string(), &pem)?;
             if keys.is_empty() {
-                return Err(ClusterError::BadFile { path: cluster.path(&sk.key), reason: "no private key".into() });
+                return Err(ClusterError::BadFile {
+                    path: cluster.path(&sk.key),
+                    reason: "no private key".into(),
+                });
             }
             (pem, false)
         }
@@ -150,20 +190,28 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
     // 4. Token, pinned to the CA as agents will compute it.
     let token_ca = cluster.layout.token_ca();
     let token_loaded = cas[token_ca.name];
-    let hash = ca_hash(token_loaded.bundle_pem(), token_loaded.bundle_der(), opts.now);
+    let hash = ca_hash(
+        token_loaded.bundle_pem(),
+        token_loaded.bundle_der(),
+        opts.now,
+    );
     let token = match &opts.token {
         Some(t) => {
             let t = Token::parse(t).map_err(|e| ClusterError::Token(format!("'--token': {e}")))?;
-            if let Some(h) = &t.ca_hash {
-                if *h != hash {
-                    return Err(ClusterError::Token(format!(
-                        "'--token': its CA hash {h} does not match the cluster CA ({hash})"
-                    )));
-                }
+            if let Some(h) = &t.ca_hash
+                && *h != hash
+            {
+                return Err(ClusterError::Token(format!(
+                    "'--token': its CA hash {h} does not match the cluster CA ({hash})"
+                )));
             }
             t.with_hash(hash)
         }
-        None => Token { ca_hash: Some(hash), user: "server".into(), password: generate_password()? },
+        None => Token {
+            ca_hash: Some(hash),
+            user: "server".into(),
+            password: generate_password()?,
+        },
     };
 
     // 5. Leaves: external-CA leaves must be in place; the rest are issued now.
@@ -175,15 +223,18 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         match ca.signer() {
             Some(signer) => issued.push((i, cluster.issue(leaf, signer, opts.now, LEAF_LIFETIME)?)),
             None => match cluster.read_leaf(leaf)? {
-                LeafOnDisk::Present { der, .. } if crate::pki::signed_by(&der, ca.cert_der()) => kept.push(leaf.name.clone()),
+                LeafOnDisk::Present { der, .. } if crate::pki::signed_by(&der, ca.cert_der()) => {
+                    kept.push(leaf.name.clone())
+                }
                 LeafOnDisk::Present { .. } => missing_external.push(format!(
                     "{} (not signed by {})",
                     cluster.path(leaf.storage.cert_path()).display(),
                     leaf.ca
                 )),
-                LeafOnDisk::Missing(why) => {
-                    missing_external.push(format!("{} ({why})", cluster.path(leaf.storage.cert_path()).display()))
-                }
+                LeafOnDisk::Missing(why) => missing_external.push(format!(
+                    "{} ({why})",
+                    cluster.path(leaf.storage.cert_path()).display()
+                )),
             },
         }
     }
@@ -205,38 +256,54 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         }
         if let Some(nochain) = &p.spec.nochain {
             let first = crate::pki::pem_encode("CERTIFICATE", p.ca.cert_der());
-            cluster.root.write_atomic(nochain, first.as_bytes(), PUBLIC_FILE)?;
+            cluster
+                .root
+                .write_atomic(nochain, first.as_bytes(), PUBLIC_FILE)?;
         }
     }
     cluster.ensure_parent(&sk.key)?;
     if service_generated {
-        cluster.root.write_atomic(&sk.key, &service_pem, PRIVATE_FILE)?;
+        cluster
+            .root
+            .write_atomic(&sk.key, &service_pem, PRIVATE_FILE)?;
     }
     cluster.write_service_key_companions(&service_keys)?;
     for (i, leaf) in &issued {
         let spec = &cluster.layout.leaves[*i];
-        let signer = cas[spec.ca].signer().ok_or_else(|| ClusterError::Invalid("unreachable: external CA".into()))?;
+        let signer = cas[spec.ca]
+            .signer()
+            .ok_or_else(|| ClusterError::Invalid("unreachable: external CA".into()))?;
         cluster.write_leaf(spec, signer, leaf)?;
     }
     cluster.write_file_kubeconfigs()?;
     cluster.ensure_parent(&cluster.layout.token_file)?;
-    cluster.root.write_atomic(&cluster.layout.token_file, format!("{}\n", token.render()).as_bytes(), PRIVATE_FILE)?;
+    cluster.root.write_atomic(
+        &cluster.layout.token_file,
+        format!("{}\n", token.render()).as_bytes(),
+        PRIVATE_FILE,
+    )?;
 
+    // Timestamps are compared with file modification times (conflict detection), so they are
+    // the real time of writing, whatever '--now' says.
+    let written_at = crate::clock::system_now();
     let mut data = BootstrapData::default();
     for p in &planned {
-        data.set(p.spec.cert_field, p.ca.bundle_pem().to_vec(), opts.now);
+        data.set(p.spec.cert_field, p.ca.bundle_pem().to_vec(), written_at);
         if p.ca.signer().is_some() {
             let key = match &p.write {
                 Some((_, key)) => key.clone(),
                 None => cluster.root.read(&p.spec.key)?,
             };
-            data.set(p.spec.key_field, key, opts.now);
+            data.set(p.spec.key_field, key, written_at);
         }
     }
-    data.set(sk.field, service_pem.clone(), opts.now);
+    data.set(sk.field, service_pem.clone(), written_at);
     let store = cluster.datastore()?;
     BootstrapStore::new(&store, &token.password).save(&data, cluster.config.datastore_format)?;
-    cluster.config.write(&cluster.root).map_err(|e| ClusterError::Invalid(format!("{e:#}")))?;
+    cluster
+        .config
+        .write(&cluster.root)
+        .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?;
 
     let discovery_hash = (cluster.config.profile == Profile::Kubeadm).then(|| {
         use sha2::Digest;
@@ -245,10 +312,25 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
     });
     Ok(InitReport {
         token,
-        generated_cas: planned.iter().filter(|p| p.write.is_some()).map(|p| p.spec.name).collect(),
-        adopted_cas: planned.iter().filter(|p| p.write.is_none() && p.ca.signer().is_some()).map(|p| p.spec.name).collect(),
-        external_cas: planned.iter().filter(|p| p.ca.signer().is_none()).map(|p| p.spec.name).collect(),
-        issued: issued.iter().map(|(i, _)| cluster.layout.leaves[*i].name.clone()).collect(),
+        generated_cas: planned
+            .iter()
+            .filter(|p| p.write.is_some())
+            .map(|p| p.spec.name)
+            .collect(),
+        adopted_cas: planned
+            .iter()
+            .filter(|p| p.write.is_none() && p.ca.signer().is_some())
+            .map(|p| p.spec.name)
+            .collect(),
+        external_cas: planned
+            .iter()
+            .filter(|p| p.ca.signer().is_none())
+            .map(|p| p.spec.name)
+            .collect(),
+        issued: issued
+            .iter()
+            .map(|(i, _)| cluster.layout.leaves[*i].name.clone())
+            .collect(),
         kept,
         discovery_hash,
         token_file: cluster.path(&cluster.layout.token_file),
@@ -259,7 +341,10 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
 fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
     let layout = &cluster.layout;
     let present = |p: &PathBuf| cluster.root.exists(p);
-    let any_present = layout.cas.iter().any(|c| present(&c.cert) || present(&c.key));
+    let any_present = layout
+        .cas
+        .iter()
+        .any(|c| present(&c.cert) || present(&c.key));
     let k3s_family = cluster.config.profile.is_k3s_family();
     if k3s_family && any_present {
         // Custom CA: all five pairs must be there (k3s: "the following files are required").
@@ -283,15 +368,30 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
         let what = cluster.path(&spec.cert).display().to_string();
         let p = match (present(&spec.cert), present(&spec.key)) {
             (true, true) => {
-                let ca = CaSigner::load(&what, &cluster.root.read(&spec.cert)?, &cluster.root.read(&spec.key)?)?;
+                let ca = CaSigner::load(
+                    &what,
+                    &cluster.root.read(&spec.cert)?,
+                    &cluster.root.read(&spec.key)?,
+                )?;
                 if ca.facts.not_after <= now {
-                    return Err(ClusterError::Invalid(format!("{what}: the CA expired on {}", crate::policy::rfc3339(ca.facts.not_after))));
+                    return Err(ClusterError::Invalid(format!(
+                        "{what}: the CA expired on {}",
+                        crate::policy::rfc3339(ca.facts.not_after)
+                    )));
                 }
-                PlannedCa { spec: spec.clone(), ca: LoadedCa::Signing(ca), write: None }
+                PlannedCa {
+                    spec: spec.clone(),
+                    ca: LoadedCa::Signing(ca),
+                    write: None,
+                }
             }
             (true, false) if spec.name == "ca" && !k3s_family => {
                 let ca = load_external_ca(&what, &cluster.root.read(&spec.cert)?)?;
-                PlannedCa { spec: spec.clone(), ca, write: None }
+                PlannedCa {
+                    spec: spec.clone(),
+                    ca,
+                    write: None,
+                }
             }
             (true, false) => {
                 return Err(ClusterError::Invalid(format!(
@@ -312,11 +412,21 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                 } else {
                     spec.common_name.clone()
                 };
-                let backdate = if k3s_family { time::Duration::hours(1) } else { time::Duration::ZERO };
-                let validity = Validity { not_before: now - backdate, not_after: now + time::Duration::days(CA_LIFETIME_DAYS) };
-                let subject = Subject { common_name: cn, ..Default::default() };
+                let backdate = if k3s_family {
+                    time::Duration::hours(1)
+                } else {
+                    time::Duration::ZERO
+                };
+                let validity = Validity {
+                    not_before: now - backdate,
+                    not_after: now + time::Duration::days(CA_LIFETIME_DAYS),
+                };
+                let subject = Subject {
+                    common_name: cn,
+                    ..Default::default()
+                };
                 let cert = self_signed_ca(&subject, &key, validity)?;
-                let signer = CaSigner::load(&spec.name.to_string(), cert.pem.as_bytes(), key.pem().as_bytes())?;
+                let signer = CaSigner::load(spec.name, cert.pem.as_bytes(), key.pem().as_bytes())?;
                 PlannedCa {
                     spec: spec.clone(),
                     ca: LoadedCa::Signing(signer),
@@ -332,33 +442,45 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
 impl Cluster {
     /// The datastore, if its directory exists (init must not create it before deciding).
     fn datastore_if_present(&self) -> Result<Option<crate::datastore::DirectoryDatastore>> {
-        if self.root.is_dir(&self.layout.datastore_dir) { Ok(Some(self.datastore()?)) } else { Ok(None) }
+        if self.root.is_dir(&self.layout.datastore_dir) {
+            Ok(Some(self.datastore()?))
+        } else {
+            Ok(None)
+        }
     }
 
     /// k3s `service.current.key` (the signing key alone) and kubeadm `sa.pub`.
     pub fn write_service_key_companions(&self, keys: &[PrivateKey]) -> Result<()> {
         let sk = &self.layout.service_key;
-        let first = keys.first().ok_or_else(|| ClusterError::Invalid("no service-account key".into()))?;
+        let first = keys
+            .first()
+            .ok_or_else(|| ClusterError::Invalid("no service-account key".into()))?;
         if let Some(current) = &sk.current {
-            self.root.write_atomic(current, first.pem().as_bytes(), PRIVATE_FILE)?;
+            self.root
+                .write_atomic(current, first.pem().as_bytes(), PRIVATE_FILE)?;
         }
         if let Some(public) = &sk.public {
             let pem = crate::pki::pem_encode("PUBLIC KEY", &first.public_key_der());
-            self.root.write_atomic(public, pem.as_bytes(), PUBLIC_FILE)?;
+            self.root
+                .write_atomic(public, pem.as_bytes(), PUBLIC_FILE)?;
         }
         Ok(())
     }
 
     /// k3s's `server/cred/*.kubeconfig`: they name the files, so they are written once.
     pub fn write_file_kubeconfigs(&self) -> Result<()> {
-        let abs = std::fs::canonicalize(self.root.path()).unwrap_or_else(|_| self.root.path().to_path_buf());
+        let abs = std::fs::canonicalize(self.root.path())
+            .unwrap_or_else(|_| self.root.path().to_path_buf());
         for kc in &self.layout.file_kubeconfigs {
             let (Some(leaf), Some(ca)) = (self.layout.leaf(kc.leaf), self.layout.ca(kc.ca)) else {
                 continue;
             };
-            let Storage::Files { cert, key, .. } = &leaf.storage else { continue };
+            let Storage::Files { cert, key, .. } = &leaf.storage else {
+                continue;
+            };
             let path = |p: &PathBuf| abs.join(p).display().to_string();
-            let bytes = kubeconfig::referencing(&kc.server, &path(&ca.cert), &path(cert), &path(key));
+            let bytes =
+                kubeconfig::referencing(&kc.server, &path(&ca.cert), &path(cert), &path(key));
             self.ensure_parent(&kc.file)?;
             self.root.write_atomic(&kc.file, &bytes, PRIVATE_FILE)?;
         }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use super::config::{ClusterConfig, Profile};
 use super::layout::{
-    CaSpec, FileKubeconfig, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named, node_sans, subject,
+    CaSpec, FileKubeconfig, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named,
+    node_sans, subject,
 };
 use crate::pki::{KeyType, Purpose};
 
@@ -19,8 +20,15 @@ fn p(dir: &str, file: &str) -> PathBuf {
     PathBuf::from(dir).join(file)
 }
 
-fn ca(name: &'static str, file: &str, cert_field: &'static str, key_field: &'static str, cn: String) -> CaSpec {
-    let nochain = matches!(name, "server-ca" | "client-ca").then(|| p(TLS, &format!("{file}.nochain.crt")));
+fn ca(
+    name: &'static str,
+    file: &str,
+    cert_field: &'static str,
+    key_field: &'static str,
+    cn: String,
+) -> CaSpec {
+    let nochain =
+        matches!(name, "server-ca" | "client-ca").then(|| p(TLS, &format!("{file}.nochain.crt")));
     CaSpec {
         name,
         cert: p(TLS, &format!("{file}.crt")),
@@ -68,13 +76,26 @@ impl Leaf<'_> {
 }
 
 pub(super) fn layout(config: &ClusterConfig) -> Layout {
-    let (product, controller_service, server_service): (&str, &'static str, &'static str) = match config.profile {
-        Profile::Rke2 => ("rke2", "rke2-controller", "rke2-server"),
-        _ => ("k3s", "k3s-controller", "k3s-server"),
-    };
+    let (product, controller_service, server_service): (&str, &'static str, &'static str) =
+        match config.profile {
+            Profile::Rke2 => ("rke2", "rke2-controller", "rke2-server"),
+            _ => ("k3s", "k3s-controller", "k3s-server"),
+        };
     let cas = vec![
-        ca("server-ca", "server-ca", "ServerCA", "ServerCAKey", format!("{product}-server-ca")),
-        ca("client-ca", "client-ca", "ClientCA", "ClientCAKey", format!("{product}-client-ca")),
+        ca(
+            "server-ca",
+            "server-ca",
+            "ServerCA",
+            "ServerCAKey",
+            format!("{product}-server-ca"),
+        ),
+        ca(
+            "client-ca",
+            "client-ca",
+            "ClientCA",
+            "ClientCAKey",
+            format!("{product}-client-ca"),
+        ),
         ca(
             "request-header-ca",
             "request-header-ca",
@@ -82,8 +103,20 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             "RequestHeaderCAKey",
             format!("{product}-request-header-ca"),
         ),
-        ca("etcd-server-ca", "etcd/server-ca", "ETCDServerCA", "ETCDServerCAKey", "etcd-server-ca".into()),
-        ca("etcd-peer-ca", "etcd/peer-ca", "ETCDPeerCA", "ETCDPeerCAKey", "etcd-peer-ca".into()),
+        ca(
+            "etcd-server-ca",
+            "etcd/server-ca",
+            "ETCDServerCA",
+            "ETCDServerCAKey",
+            "etcd-server-ca".into(),
+        ),
+        ca(
+            "etcd-peer-ca",
+            "etcd/peer-ca",
+            "ETCDPeerCA",
+            "ETCDPeerCAKey",
+            "etcd-peer-ca".into(),
+        ),
     ];
 
     let node = &config.node_name;
@@ -95,7 +128,10 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
     let loopback = || {
         (
             vec!["localhost".to_string()],
-            vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()],
+            vec![
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ],
         )
     };
     let leaves = vec![
@@ -255,7 +291,11 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
     ];
     let leaves: Vec<LeafSpec> = leaves.into_iter().map(Leaf::build).collect();
 
-    let supervisor_port = if config.profile == Profile::Rke2 { 9345 } else { 6443 };
+    let supervisor_port = if config.profile == Profile::Rke2 {
+        9345
+    } else {
+        6443
+    };
     let kc = |file: &str, leaf: &'static str, port: u16| FileKubeconfig {
         file: p("server/cred", &format!("{file}.kubeconfig")),
         leaf,
@@ -271,7 +311,11 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
     ];
     // The cloud controller's leaf name carries the product; FileKubeconfig wants a 'static name.
     file_kubeconfigs.push(FileKubeconfig {
-        leaf: if product == "rke2" { "client-rke2-cloud-controller" } else { "client-k3s-cloud-controller" },
+        leaf: if product == "rke2" {
+            "client-rke2-cloud-controller"
+        } else {
+            "client-k3s-cloud-controller"
+        },
         ..kc("cloud-controller", "client-admin", 6443)
     });
 
@@ -305,8 +349,9 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             "kubelet",
             "kube-proxy",
         ],
-        dynamic_cert_trigger: Some(p(TLS, "dynamic-cert-regenerate")),
-        force_restart_file: (config.profile == Profile::Rke2).then(|| PathBuf::from("force-restart")),
+        dynamic_cert: Some((server_service, p(TLS, "dynamic-cert-regenerate"))),
+        force_restart_file: (config.profile == Profile::Rke2)
+            .then(|| PathBuf::from("force-restart")),
         restart_hint: if config.profile == Profile::Rke2 {
             "restart rke2 on this node (systemctl restart rke2-server): servers first, then agents"
         } else {

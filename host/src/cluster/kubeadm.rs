@@ -5,10 +5,18 @@
 use std::path::PathBuf;
 
 use super::config::ClusterConfig;
-use super::layout::{CaSpec, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named, node_sans, subject};
+use super::layout::{
+    CaSpec, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named, node_sans, subject,
+};
 use crate::pki::Purpose;
 
-fn ca(name: &'static str, file: &str, cert_field: &'static str, key_field: &'static str, cn: &str) -> CaSpec {
+fn ca(
+    name: &'static str,
+    file: &str,
+    cert_field: &'static str,
+    key_field: &'static str,
+    cn: &str,
+) -> CaSpec {
     CaSpec {
         name,
         cert: PathBuf::from(format!("pki/{file}.crt")),
@@ -21,7 +29,14 @@ fn ca(name: &'static str, file: &str, cert_field: &'static str, key_field: &'sta
     }
 }
 
-fn files(name: &str, file: &str, subject: crate::pki::Subject, purpose: Purpose, ca: &'static str, restart: Vec<&'static str>) -> LeafSpec {
+fn files(
+    name: &str,
+    file: &str,
+    subject: crate::pki::Subject,
+    purpose: Purpose,
+    ca: &'static str,
+    restart: Vec<&'static str>,
+) -> LeafSpec {
     LeafSpec {
         name: name.into(),
         storage: Storage::Files {
@@ -41,7 +56,10 @@ fn files(name: &str, file: &str, subject: crate::pki::Subject, purpose: Purpose,
 fn kubeconfig(file: &str, cn: &str, orgs: &[&str], restart: Vec<&'static str>) -> LeafSpec {
     LeafSpec {
         name: file.into(),
-        storage: Storage::Kubeconfig { file: PathBuf::from(file), user: cn.into() },
+        storage: Storage::Kubeconfig {
+            file: PathBuf::from(file),
+            user: cn.into(),
+        },
         subject: subject(cn, orgs),
         purpose: Purpose::Client,
         ca: "ca",
@@ -58,7 +76,14 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
     apiserver.dns_names.retain(|d| d != "localhost");
     apiserver.ip_addresses.retain(|ip| !ip.is_loopback());
     let leaves = vec![
-        files("apiserver", "apiserver", apiserver, Purpose::Server, "ca", vec!["kube-apiserver"]),
+        files(
+            "apiserver",
+            "apiserver",
+            apiserver,
+            Purpose::Server,
+            "ca",
+            vec!["kube-apiserver"],
+        ),
         files(
             "apiserver-kubelet-client",
             "apiserver-kubelet-client",
@@ -83,8 +108,22 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             "etcd-ca",
             vec!["kube-apiserver"],
         ),
-        files("etcd-server", "etcd/server", named(node, node_sans(config)), Purpose::ServerAndClient, "etcd-ca", vec!["etcd"]),
-        files("etcd-peer", "etcd/peer", named(node, node_sans(config)), Purpose::ServerAndClient, "etcd-ca", vec!["etcd"]),
+        files(
+            "etcd-server",
+            "etcd/server",
+            named(node, node_sans(config)),
+            Purpose::ServerAndClient,
+            "etcd-ca",
+            vec!["etcd"],
+        ),
+        files(
+            "etcd-peer",
+            "etcd/peer",
+            named(node, node_sans(config)),
+            Purpose::ServerAndClient,
+            "etcd-ca",
+            vec!["etcd"],
+        ),
         files(
             "etcd-healthcheck-client",
             "etcd/healthcheck-client",
@@ -93,17 +132,48 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             "etcd-ca",
             vec!["etcd"],
         ),
-        kubeconfig("admin.conf", "kubernetes-admin", &["kubeadm:cluster-admins"], vec![]),
-        kubeconfig("super-admin.conf", "kubernetes-super-admin", &["system:masters"], vec![]),
-        kubeconfig("controller-manager.conf", "system:kube-controller-manager", &[], vec!["kube-controller-manager"]),
-        kubeconfig("scheduler.conf", "system:kube-scheduler", &[], vec!["kube-scheduler"]),
-        kubeconfig("kubelet.conf", &format!("system:node:{node}"), &["system:nodes"], vec!["kubelet"]),
+        kubeconfig(
+            "admin.conf",
+            "kubernetes-admin",
+            &["kubeadm:cluster-admins"],
+            vec![],
+        ),
+        kubeconfig(
+            "super-admin.conf",
+            "kubernetes-super-admin",
+            &["system:masters"],
+            vec![],
+        ),
+        kubeconfig(
+            "controller-manager.conf",
+            "system:kube-controller-manager",
+            &[],
+            vec!["kube-controller-manager"],
+        ),
+        kubeconfig(
+            "scheduler.conf",
+            "system:kube-scheduler",
+            &[],
+            vec!["kube-scheduler"],
+        ),
+        kubeconfig(
+            "kubelet.conf",
+            &format!("system:node:{node}"),
+            &["system:nodes"],
+            vec!["kubelet"],
+        ),
     ];
     Layout {
         profile: config.profile,
         cas: vec![
             ca("ca", "ca", "KubeadmCA", "KubeadmCAKey", "kubernetes"),
-            ca("front-proxy-ca", "front-proxy-ca", "FrontProxyCA", "FrontProxyCAKey", "front-proxy-ca"),
+            ca(
+                "front-proxy-ca",
+                "front-proxy-ca",
+                "FrontProxyCA",
+                "FrontProxyCAKey",
+                "front-proxy-ca",
+            ),
             ca("etcd-ca", "etcd/ca", "EtcdCA", "EtcdCAKey", "etcd-ca"),
         ],
         leaves,
@@ -118,12 +188,18 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         datastore_dir: PathBuf::from("datastore"),
         file_kubeconfigs: Vec::new(),
         backup_dirs: vec![PathBuf::from("pki")],
-        backup_files: ["admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf", "kubelet.conf"]
-            .iter()
-            .map(PathBuf::from)
-            .collect(),
+        backup_files: [
+            "admin.conf",
+            "super-admin.conf",
+            "controller-manager.conf",
+            "scheduler.conf",
+            "kubelet.conf",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect(),
         services: vec![],
-        dynamic_cert_trigger: None,
+        dynamic_cert: None,
         force_restart_file: None,
         restart_hint: "restart the static pods of the changed components (move their manifests out of \
                        /etc/kubernetes/manifests and back) and the kubelet",
@@ -132,7 +208,12 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
 
 /// kubeadm's certificate names accepted by `rotor certs renew`, in kubeadm's order.
 pub fn renewable_names(layout: &Layout) -> Vec<&str> {
-    let mut names: Vec<&str> = layout.leaves.iter().filter(|l| !l.rotated_by_kubelet).map(|l| l.name.as_str()).collect();
+    let mut names: Vec<&str> = layout
+        .leaves
+        .iter()
+        .filter(|l| !l.rotated_by_kubelet)
+        .map(|l| l.name.as_str())
+        .collect();
     names.sort_unstable();
     names
 }

@@ -33,8 +33,11 @@ fn require_kubeadm(cluster: &Cluster, command: &str) -> Result<()> {
 
 /// kubeadm's date format: `Dec 30, 2020 23:36 UTC`.
 pub fn kubeadm_date(t: OffsetDateTime) -> String {
-    let fmt = time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
-    t.to_offset(time::UtcOffset::UTC).format(&fmt).unwrap_or_default()
+    let fmt =
+        time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Serialize)]
@@ -60,7 +63,12 @@ pub struct Expiration {
 pub fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expiration> {
     require_kubeadm(cluster, "check-expiration")?;
     let mut certificates = Vec::new();
-    for spec in cluster.layout.leaves.iter().filter(|l| !l.rotated_by_kubelet) {
+    for spec in cluster
+        .layout
+        .leaves
+        .iter()
+        .filter(|l| !l.rotated_by_kubelet)
+    {
         let external = cluster.config.is_external(spec.ca);
         let ca = match spec.storage {
             Storage::Kubeconfig { .. } => String::new(),
@@ -85,6 +93,7 @@ pub fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expira
             }),
         }
     }
+    certificates.sort_by(|a, b| a.name.cmp(&b.name));
     let mut certificate_authorities = Vec::new();
     for spec in &cluster.layout.cas {
         let what = cluster.path(&spec.cert).display().to_string();
@@ -100,22 +109,41 @@ pub fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expira
             missing: false,
         });
     }
-    Ok(Expiration { certificates, certificate_authorities })
+    Ok(Expiration {
+        certificates,
+        certificate_authorities,
+    })
 }
 
 /// What `certs renew` did for one certificate.
 #[derive(Debug)]
 pub enum Renewed {
-    Done { name: String, restart: Vec<&'static str> },
-    Skipped { name: String, why: String },
+    Done {
+        name: String,
+        restart: Vec<&'static str>,
+    },
+    Skipped {
+        name: String,
+        why: String,
+    },
 }
 
 /// `certs renew all|NAME`.
-pub fn renew(cluster: &Cluster, bundle: &Bundle, which: &str, now: OffsetDateTime) -> Result<(Vec<Renewed>, Vec<PathBuf>)> {
+pub fn renew(
+    cluster: &Cluster,
+    bundle: &Bundle,
+    which: &str,
+    now: OffsetDateTime,
+) -> Result<(Vec<Renewed>, Vec<PathBuf>)> {
     require_kubeadm(cluster, "renew")?;
     let names = super::kubeadm::renewable_names(&cluster.layout);
     let selected: Vec<&LeafSpec> = if which == "all" {
-        cluster.layout.leaves.iter().filter(|l| !l.rotated_by_kubelet).collect()
+        cluster
+            .layout
+            .leaves
+            .iter()
+            .filter(|l| !l.rotated_by_kubelet)
+            .collect()
     } else {
         match cluster.layout.leaf(which).filter(|l| !l.rotated_by_kubelet) {
             Some(l) => vec![l],
@@ -137,7 +165,10 @@ pub fn renew(cluster: &Cluster, bundle: &Bundle, which: &str, now: OffsetDateTim
         let LoadedCa::Signing(signer) = ca else {
             results.push(Renewed::Skipped {
                 name: spec.name.clone(),
-                why: format!("signed by an external CA ({}): renew it with that CA", spec.ca),
+                why: format!(
+                    "signed by an external CA ({}): renew it with that CA",
+                    spec.ca
+                ),
             });
             continue;
         };
@@ -151,7 +182,10 @@ pub fn renew(cluster: &Cluster, bundle: &Bundle, which: &str, now: OffsetDateTim
             }
         };
         let has = |e: ExtendedKeyUsage| facts.extended_key_usages.contains(&e);
-        let purpose = match (has(ExtendedKeyUsage::ServerAuth), has(ExtendedKeyUsage::ClientAuth)) {
+        let purpose = match (
+            has(ExtendedKeyUsage::ServerAuth),
+            has(ExtendedKeyUsage::ClientAuth),
+        ) {
             (true, true) => Purpose::ServerAndClient,
             (true, false) => Purpose::Server,
             _ => Purpose::Client,
@@ -163,7 +197,11 @@ pub fn renew(cluster: &Cluster, bundle: &Bundle, which: &str, now: OffsetDateTim
             ip_addresses: facts.sans.ip_addresses.clone(),
         };
         check_names(bundle, &spec.name, &subject, SanStage::Template, now)?;
-        let copied = LeafSpec { subject, purpose, ..spec.clone() };
+        let copied = LeafSpec {
+            subject,
+            purpose,
+            ..spec.clone()
+        };
         work.push((copied, signer));
     }
     if work.is_empty() {
@@ -173,7 +211,10 @@ pub fn renew(cluster: &Cluster, bundle: &Bundle, which: &str, now: OffsetDateTim
     for (spec, signer) in work {
         let leaf = cluster.issue(&spec, signer, now, super::init::LEAF_LIFETIME)?;
         cluster.write_leaf(&spec, signer, &leaf)?;
-        results.push(Renewed::Done { name: spec.name.clone(), restart: spec.restart.clone() });
+        results.push(Renewed::Done {
+            name: spec.name.clone(),
+            restart: spec.restart.clone(),
+        });
     }
     Ok((results, backups))
 }
@@ -213,7 +254,10 @@ pub fn generate_csr(cluster: &Cluster, csr_dir: &Path) -> Result<Vec<PathBuf>> {
         let csr_path = PathBuf::from(format!("{}.csr", base.display()));
         for p in [&key_path, &csr_path] {
             if out.exists(p) {
-                return Err(ClusterError::AlreadyInitialized { path: out.display(p), what: "file exists".into() });
+                return Err(ClusterError::AlreadyInitialized {
+                    path: out.display(p),
+                    what: "file exists".into(),
+                });
             }
         }
         let key = cluster.config.key_type.generate()?;
@@ -225,11 +269,16 @@ pub fn generate_csr(cluster: &Cluster, csr_dir: &Path) -> Result<Vec<PathBuf>> {
         dn.push(rcgen::DnType::CommonName, spec.subject.common_name.as_str());
         params.distinguished_name = dn;
         for d in &spec.subject.dns_names {
-            let name = d.as_str().try_into().map_err(|_| ClusterError::Invalid(format!("'{d}' is not an ASCII DNS name")))?;
+            let name = d
+                .as_str()
+                .try_into()
+                .map_err(|_| ClusterError::Invalid(format!("'{d}' is not an ASCII DNS name")))?;
             params.subject_alt_names.push(rcgen::SanType::DnsName(name));
         }
         for ip in &spec.subject.ip_addresses {
-            params.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(*ip));
         }
         let csr = params
             .serialize_request(key.pair())

@@ -27,9 +27,17 @@ struct NamedCluster {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Cluster {
-    #[serde(rename = "certificate-authority-data", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "certificate-authority-data",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     certificate_authority_data: Option<String>,
-    #[serde(rename = "certificate-authority", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "certificate-authority",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     certificate_authority: Option<String>,
     server: String,
 }
@@ -56,18 +64,40 @@ struct NamedUser {
 
 #[derive(Debug, Serialize, Deserialize)]
 struct User {
-    #[serde(rename = "client-certificate-data", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "client-certificate-data",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     client_certificate_data: Option<String>,
-    #[serde(rename = "client-key-data", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "client-key-data",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     client_key_data: Option<String>,
-    #[serde(rename = "client-certificate", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "client-certificate",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     client_certificate: Option<String>,
-    #[serde(rename = "client-key", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "client-key",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     client_key: Option<String>,
 }
 
 /// A kubeconfig as kubeadm writes it: cluster `kubernetes`, one user, everything embedded.
-pub fn embedded(server: &str, ca_pem: &[u8], user: &str, cert_pem: &[u8], key_pem: &[u8]) -> Vec<u8> {
+pub fn embedded(
+    server: &str,
+    ca_pem: &[u8],
+    user: &str,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Vec<u8> {
     let context = format!("{user}@kubernetes");
     let config = Kubeconfig {
         api_version: "v1".into(),
@@ -81,7 +111,11 @@ pub fn embedded(server: &str, ca_pem: &[u8], user: &str, cert_pem: &[u8], key_pe
             name: "kubernetes".into(),
         }],
         contexts: vec![NamedContext {
-            context: Context { cluster: "kubernetes".into(), user: user.into(), namespace: None },
+            context: Context {
+                cluster: "kubernetes".into(),
+                user: user.into(),
+                namespace: None,
+            },
             name: context.clone(),
         }],
         current_context: context,
@@ -96,7 +130,9 @@ pub fn embedded(server: &str, ca_pem: &[u8], user: &str, cert_pem: &[u8], key_pe
             },
         }],
     };
-    serde_yaml_ng::to_string(&config).unwrap_or_default().into_bytes()
+    serde_yaml_ng::to_string(&config)
+        .unwrap_or_default()
+        .into_bytes()
 }
 
 /// A kubeconfig as k3s writes it in `server/cred`: paths to the files.
@@ -113,7 +149,11 @@ pub fn referencing(server: &str, ca_path: &str, cert_path: &str, key_path: &str)
             name: "local".into(),
         }],
         contexts: vec![NamedContext {
-            context: Context { cluster: "local".into(), user: "user".into(), namespace: Some("default".into()) },
+            context: Context {
+                cluster: "local".into(),
+                user: "user".into(),
+                namespace: Some("default".into()),
+            },
             name: "Default".into(),
         }],
         current_context: "Default".into(),
@@ -128,7 +168,9 @@ pub fn referencing(server: &str, ca_path: &str, cert_path: &str, key_path: &str)
             },
         }],
     };
-    serde_yaml_ng::to_string(&config).unwrap_or_default().into_bytes()
+    serde_yaml_ng::to_string(&config)
+        .unwrap_or_default()
+        .into_bytes()
 }
 
 /// What an embedded kubeconfig holds.
@@ -143,12 +185,18 @@ pub struct Embedded {
 
 /// Read the current user's embedded certificate and key. `what` names the file in errors.
 pub fn read_embedded(what: &str, bytes: &[u8]) -> Result<Embedded, String> {
-    let config: Kubeconfig = serde_yaml_ng::from_slice(bytes).map_err(|e| format!("{what}: not a kubeconfig: {e}"))?;
+    let config: Kubeconfig =
+        serde_yaml_ng::from_slice(bytes).map_err(|e| format!("{what}: not a kubeconfig: {e}"))?;
     let context = config
         .contexts
         .iter()
         .find(|c| c.name == config.current_context)
-        .ok_or_else(|| format!("{what}: current-context '{}' is not defined", config.current_context))?;
+        .ok_or_else(|| {
+            format!(
+                "{what}: current-context '{}' is not defined",
+                config.current_context
+            )
+        })?;
     let user = config
         .users
         .iter()
@@ -158,15 +206,29 @@ pub fn read_embedded(what: &str, bytes: &[u8]) -> Result<Embedded, String> {
         .clusters
         .iter()
         .find(|c| c.name == context.context.cluster)
-        .ok_or_else(|| format!("{what}: cluster '{}' is not defined", context.context.cluster))?;
+        .ok_or_else(|| {
+            format!(
+                "{what}: cluster '{}' is not defined",
+                context.context.cluster
+            )
+        })?;
     let decode = |field: &str, v: &Option<String>| -> Result<Vec<u8>, String> {
-        let v = v.as_ref().ok_or_else(|| format!("{what}: {field} is missing (rotor manages embedded credentials)"))?;
-        B64.decode(v.trim()).map_err(|e| format!("{what}: {field}: invalid base64: {e}"))
+        let v = v.as_ref().ok_or_else(|| {
+            format!("{what}: {field} is missing (rotor manages embedded credentials)")
+        })?;
+        B64.decode(v.trim())
+            .map_err(|e| format!("{what}: {field}: invalid base64: {e}"))
     };
     Ok(Embedded {
         server: cluster.cluster.server.clone(),
-        ca_pem: decode("certificate-authority-data", &cluster.cluster.certificate_authority_data)?,
-        cert_pem: decode("client-certificate-data", &user.user.client_certificate_data)?,
+        ca_pem: decode(
+            "certificate-authority-data",
+            &cluster.cluster.certificate_authority_data,
+        )?,
+        cert_pem: decode(
+            "client-certificate-data",
+            &user.user.client_certificate_data,
+        )?,
         key_pem: match &user.user.client_key_data {
             Some(_) => Some(decode("client-key-data", &user.user.client_key_data)?),
             None => None,
@@ -180,17 +242,42 @@ mod tests {
 
     #[test]
     fn embedded_kubeconfigs_round_trip() {
-        let y = embedded("https://10.0.0.1:6443", b"CA", "kubernetes-admin", b"CERT", b"KEY");
+        let y = embedded(
+            "https://10.0.0.1:6443",
+            b"CA",
+            "kubernetes-admin",
+            b"CERT",
+            b"KEY",
+        );
         let text = String::from_utf8(y.clone()).unwrap();
-        assert!(text.contains("current-context: kubernetes-admin@kubernetes"), "{text}");
+        assert!(
+            text.contains("current-context: kubernetes-admin@kubernetes"),
+            "{text}"
+        );
         let e = read_embedded("admin.conf", &y).unwrap();
-        assert_eq!((e.server.as_str(), e.ca_pem, e.cert_pem, e.key_pem), ("https://10.0.0.1:6443", b"CA".to_vec(), b"CERT".to_vec(), Some(b"KEY".to_vec())));
+        assert_eq!(
+            (e.server.as_str(), e.ca_pem, e.cert_pem, e.key_pem),
+            (
+                "https://10.0.0.1:6443",
+                b"CA".to_vec(),
+                b"CERT".to_vec(),
+                Some(b"KEY".to_vec())
+            )
+        );
     }
 
     #[test]
     fn broken_kubeconfigs_are_named() {
-        assert!(read_embedded("x.conf", b"- not a map").unwrap_err().starts_with("x.conf: not a kubeconfig"));
+        assert!(
+            read_embedded("x.conf", b"- not a map")
+                .unwrap_err()
+                .starts_with("x.conf: not a kubeconfig")
+        );
         let y = referencing("https://127.0.0.1:6443", "/ca", "/c", "/k");
-        assert!(read_embedded("k.kubeconfig", &y).unwrap_err().contains("certificate-authority-data is missing"));
+        assert!(
+            read_embedded("k.kubeconfig", &y)
+                .unwrap_err()
+                .contains("certificate-authority-data is missing")
+        );
     }
 }

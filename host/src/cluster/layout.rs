@@ -31,7 +31,11 @@ pub struct CaSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Storage {
     /// A certificate file and a key file. k3s writes the leaf followed by its CA bundle.
-    Files { cert: PathBuf, key: PathBuf, with_ca_bundle: bool },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        with_ca_bundle: bool,
+    },
     /// Embedded in a kubeconfig (kubeadm's `admin.conf`, ...).
     Kubeconfig { file: PathBuf, user: String },
 }
@@ -104,10 +108,10 @@ pub struct Layout {
     pub backup_files: Vec<PathBuf>,
     /// Every `--service` name, in order.
     pub services: Vec<&'static str>,
-    /// A file whose presence asks the distribution to regenerate its dynamic serving
-    /// certificate (k3s/RKE2 `tls/dynamic-cert-regenerate`), touched for the `<product>-server`
-    /// service.
-    pub dynamic_cert_trigger: Option<PathBuf>,
+    /// The `<product>-server` service and the file whose presence asks k3s/RKE2 to regenerate
+    /// the dynamic serving certificate (`tls/dynamic-cert-regenerate`), touched when that
+    /// service is rotated.
+    pub dynamic_cert: Option<(&'static str, PathBuf)>,
     /// RKE2: a file asking the next start to recreate the control-plane static pods.
     pub force_restart_file: Option<PathBuf>,
     /// How to restart, for messages.
@@ -140,8 +144,10 @@ impl Layout {
 /// The SANs every server certificate of a node carries: loopback and the node itself.
 pub(super) fn node_sans(config: &ClusterConfig) -> (Vec<String>, Vec<std::net::IpAddr>) {
     let mut dns = vec!["localhost".to_string(), config.node_name.clone()];
-    let mut ips: Vec<std::net::IpAddr> =
-        vec![std::net::Ipv4Addr::LOCALHOST.into(), std::net::Ipv6Addr::LOCALHOST.into()];
+    let mut ips: Vec<std::net::IpAddr> = vec![
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ];
     ips.extend(config.node_ips.iter().copied());
     dedup(&mut dns);
     dedup(&mut ips);
@@ -192,5 +198,10 @@ pub(super) fn subject(cn: &str, orgs: &[&str]) -> Subject {
 
 /// A subject with names.
 pub(super) fn named(cn: &str, (dns, ips): (Vec<String>, Vec<std::net::IpAddr>)) -> Subject {
-    Subject { common_name: cn.to_string(), organizations: Vec::new(), dns_names: dns, ip_addresses: ips }
+    Subject {
+        common_name: cn.to_string(),
+        organizations: Vec::new(),
+        dns_names: dns,
+        ip_addresses: ips,
+    }
 }

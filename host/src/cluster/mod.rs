@@ -51,7 +51,10 @@ pub enum ClusterError {
     #[error("{0}")]
     Invalid(String),
     #[error("the SAN policy denies names of {certificate}:\n  {}", .violations.join("\n  "))]
-    NamesDenied { certificate: String, violations: Vec<String> },
+    NamesDenied {
+        certificate: String,
+        violations: Vec<String>,
+    },
     #[error(
         "{}: the copy on disk differs from the datastore and is newer (by {seconds} s): it could be a CA \
          rotation in progress or a manual change, and overwriting it could cause an outage; nothing was changed. \
@@ -80,7 +83,11 @@ pub enum LoadedCa {
     /// Certificate and key: rotor can sign with it.
     Signing(CaSigner),
     /// Certificate only (kubeadm external-CA mode): its leaves are managed elsewhere.
-    External { bundle_pem: Vec<u8>, bundle_der: Vec<Vec<u8>>, facts: CertificateFacts },
+    External {
+        bundle_pem: Vec<u8>,
+        bundle_der: Vec<Vec<u8>>,
+        facts: CertificateFacts,
+    },
 }
 
 impl LoadedCa {
@@ -122,14 +129,28 @@ impl LoadedCa {
 
 /// Load a CA certificate without its key.
 pub fn load_external_ca(what: &str, cert_pem: &[u8]) -> Result<LoadedCa> {
-    let blocks = read_pem_blocks(what, cert_pem).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-    let bundle_der: Vec<Vec<u8>> = blocks.into_iter().filter(|b| b.kind == PemKind::Certificate).map(|b| b.der).collect();
-    let first = bundle_der.first().ok_or_else(|| ClusterError::Invalid(format!("{what}: no CERTIFICATE block")))?;
-    let facts = parse_certificate_der(what, first).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    let blocks =
+        read_pem_blocks(what, cert_pem).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    let bundle_der: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.kind == PemKind::Certificate)
+        .map(|b| b.der)
+        .collect();
+    let first = bundle_der
+        .first()
+        .ok_or_else(|| ClusterError::Invalid(format!("{what}: no CERTIFICATE block")))?;
+    let facts =
+        parse_certificate_der(what, first).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     if !facts.is_ca {
-        return Err(ClusterError::Invalid(format!("{what}: the certificate is not a CA")));
+        return Err(ClusterError::Invalid(format!(
+            "{what}: the certificate is not a CA"
+        )));
     }
-    Ok(LoadedCa::External { bundle_pem: cert_pem.to_vec(), bundle_der, facts })
+    Ok(LoadedCa::External {
+        bundle_pem: cert_pem.to_vec(),
+        bundle_der,
+        facts,
+    })
 }
 
 /// A leaf issued in memory, not written yet.
@@ -186,7 +207,7 @@ pub enum LeafOnDisk {
     Present {
         /// The leaf certificate (first of the file).
         der: Vec<u8>,
-        facts: CertificateFacts,
+        facts: Box<CertificateFacts>,
         /// Whether the key on disk is the certificate's key.
         key_matches: bool,
     },
@@ -196,13 +217,21 @@ impl Cluster {
     /// Open an initialized data dir.
     pub fn open(data_dir: &Path) -> Result<Cluster> {
         let root = Root::open_ambient(data_dir).map_err(|e| {
-            if e.is_not_found() { ClusterError::NotInitialized(data_dir.to_path_buf()) } else { e.into() }
+            if e.is_not_found() {
+                ClusterError::NotInitialized(data_dir.to_path_buf())
+            } else {
+                e.into()
+            }
         })?;
         let config = ClusterConfig::read(&root)
             .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?
             .ok_or_else(|| ClusterError::NotInitialized(data_dir.to_path_buf()))?;
         let layout = Layout::for_config(&config);
-        Ok(Cluster { root, config, layout })
+        Ok(Cluster {
+            root,
+            config,
+            layout,
+        })
     }
 
     pub fn path(&self, rel: &Path) -> PathBuf {
@@ -211,7 +240,10 @@ impl Cluster {
 
     /// The datastore of this data dir.
     pub fn datastore(&self) -> Result<DirectoryDatastore> {
-        Ok(DirectoryDatastore::within(&self.root, &self.layout.datastore_dir)?)
+        Ok(DirectoryDatastore::within(
+            &self.root,
+            &self.layout.datastore_dir,
+        )?)
     }
 
     /// The token: `--token` if given, else the token file.
@@ -240,18 +272,26 @@ impl Cluster {
     }
 
     /// Load the CAs from bootstrap data (the authoritative copy).
-    pub fn cas_from_bootstrap(&self, data: &BootstrapData) -> Result<BTreeMap<&'static str, LoadedCa>> {
+    pub fn cas_from_bootstrap(
+        &self,
+        data: &BootstrapData,
+    ) -> Result<BTreeMap<&'static str, LoadedCa>> {
         let mut cas = BTreeMap::new();
         for spec in &self.layout.cas {
             let what = format!("datastore {}", spec.cert_field);
-            let cert = data
-                .get(spec.cert_field)
-                .ok_or_else(|| ClusterError::Invalid(format!("{what}: missing from the bootstrap data")))?;
+            let cert = data.get(spec.cert_field).ok_or_else(|| {
+                ClusterError::Invalid(format!("{what}: missing from the bootstrap data"))
+            })?;
             let ca = match data.get(spec.key_field) {
                 Some(key) => LoadedCa::Signing(CaSigner::load(&what, &cert.content, &key.content)?),
-                None if self.config.is_external(spec.name) => load_external_ca(&what, &cert.content)?,
+                None if self.config.is_external(spec.name) => {
+                    load_external_ca(&what, &cert.content)?
+                }
                 None => {
-                    return Err(ClusterError::Invalid(format!("datastore {}: missing from the bootstrap data", spec.key_field)));
+                    return Err(ClusterError::Invalid(format!(
+                        "datastore {}: missing from the bootstrap data",
+                        spec.key_field
+                    )));
                 }
             };
             cas.insert(spec.name, ca);
@@ -282,7 +322,9 @@ impl Cluster {
             Storage::Files { cert, key, .. } => {
                 let cert_pem = match self.root.read(cert) {
                     Ok(b) => b,
-                    Err(e) if e.is_not_found() => return Ok(LeafOnDisk::Missing("certificate missing".into())),
+                    Err(e) if e.is_not_found() => {
+                        return Ok(LeafOnDisk::Missing("certificate missing".into()));
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 let key_pem = match self.root.read(key) {
@@ -295,17 +337,27 @@ impl Cluster {
             Storage::Kubeconfig { file, .. } => {
                 let bytes = match self.root.read(file) {
                     Ok(b) => b,
-                    Err(e) if e.is_not_found() => return Ok(LeafOnDisk::Missing("kubeconfig missing".into())),
+                    Err(e) if e.is_not_found() => {
+                        return Ok(LeafOnDisk::Missing("kubeconfig missing".into()));
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 let what = self.path(file).display().to_string();
-                let e = kubeconfig::read_embedded(&what, &bytes)
-                    .map_err(|reason| ClusterError::BadFile { path: self.path(file), reason: strip_prefix(&what, reason) })?;
+                let e = kubeconfig::read_embedded(&what, &bytes).map_err(|reason| {
+                    ClusterError::BadFile {
+                        path: self.path(file),
+                        reason: strip_prefix(&what, reason),
+                    }
+                })?;
                 (e.cert_pem, e.key_pem)
             }
         };
         let path = self.path(spec.storage.cert_path());
-        let bad = |reason: String| ClusterError::BadFile { path: path.clone(), reason };
+        // Errors name the file once: facts errors start with their `what`, dropped here.
+        let bad = |reason: String| ClusterError::BadFile {
+            path: path.clone(),
+            reason: strip_prefix("certificate", reason),
+        };
         let blocks = read_pem_blocks("certificate", &cert_pem).map_err(|e| bad(e.to_string()))?;
         let der = blocks
             .into_iter()
@@ -320,19 +372,43 @@ impl Cluster {
             Storage::Files { key, .. } => self.path(key),
             Storage::Kubeconfig { file, .. } => self.path(file),
         };
-        let key = PrivateKey::from_pem("key", &key_pem)
-            .map_err(|e| ClusterError::BadFile { path: key_path, reason: e.to_string() })?;
-        Ok(LeafOnDisk::Present { key_matches: key.matches_certificate(&der), der, facts })
+        let key = PrivateKey::from_pem("key", &key_pem).map_err(|e| ClusterError::BadFile {
+            path: key_path,
+            reason: strip_prefix("key", e.to_string()),
+        })?;
+        Ok(LeafOnDisk::Present {
+            key_matches: key.matches_certificate(&der),
+            der,
+            facts: Box::new(facts),
+        })
     }
 
     /// Issue `spec` with a new key from `ca`, in memory.
-    pub fn issue(&self, spec: &LeafSpec, ca: &CaSigner, now: OffsetDateTime, lifetime: time::Duration) -> Result<IssuedLeaf> {
+    pub fn issue(
+        &self,
+        spec: &LeafSpec,
+        ca: &CaSigner,
+        now: OffsetDateTime,
+        lifetime: time::Duration,
+    ) -> Result<IssuedLeaf> {
         let key = self.config.key_type.generate()?;
-        let backdate = if self.config.profile.is_k3s_family() { time::Duration::hours(1) } else { time::Duration::minutes(5) };
-        let validity = Validity { not_before: now - backdate, not_after: now + lifetime };
+        let backdate = if self.config.profile.is_k3s_family() {
+            time::Duration::hours(1)
+        } else {
+            time::Duration::minutes(5)
+        };
+        let validity = Validity {
+            not_before: now - backdate,
+            not_after: now + lifetime,
+        };
         let issued = ca.issue_leaf(&spec.subject, spec.purpose, &key, validity)?;
-        let facts = parse_certificate_der(&spec.name, &issued.der).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-        Ok(IssuedLeaf { cert_pem: issued.pem, key_pem: key.pem().to_string(), facts })
+        let facts = parse_certificate_der(&spec.name, &issued.der)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        Ok(IssuedLeaf {
+            cert_pem: issued.pem,
+            key_pem: key.pem().to_string(),
+            facts,
+        })
     }
 
     /// Write a leaf's certificate and key where its layout keeps them: key first, then the
@@ -340,20 +416,30 @@ impl Cluster {
     /// certificate, which the next `start` detects and repairs).
     pub fn write_leaf(&self, spec: &LeafSpec, ca: &CaSigner, leaf: &IssuedLeaf) -> Result<()> {
         match &spec.storage {
-            Storage::Files { cert, key, with_ca_bundle } => {
+            Storage::Files {
+                cert,
+                key,
+                with_ca_bundle,
+            } => {
                 self.ensure_parent(cert)?;
                 self.ensure_parent(key)?;
                 let mut cert_bytes = leaf.cert_pem.as_bytes().to_vec();
                 if *with_ca_bundle {
                     cert_bytes.extend_from_slice(&ca.bundle_pem);
                 }
-                self.root.write_atomic(key, leaf.key_pem.as_bytes(), PRIVATE_FILE)?;
+                self.root
+                    .write_atomic(key, leaf.key_pem.as_bytes(), PRIVATE_FILE)?;
                 self.root.write_atomic(cert, &cert_bytes, PUBLIC_FILE)?;
             }
             Storage::Kubeconfig { file, user } => {
                 let server = self.apiserver_url();
-                let bytes =
-                    kubeconfig::embedded(&server, &ca.bundle_pem, user, leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes());
+                let bytes = kubeconfig::embedded(
+                    &server,
+                    &ca.bundle_pem,
+                    user,
+                    leaf.cert_pem.as_bytes(),
+                    leaf.key_pem.as_bytes(),
+                );
                 self.root.write_atomic(file, &bytes, PRIVATE_FILE)?;
             }
         }
@@ -390,13 +476,22 @@ impl Cluster {
             self.root.copy_tree(dir, &to)?;
             made.push(self.path(&to));
         }
-        let present: Vec<&PathBuf> = self.layout.backup_files.iter().filter(|f| self.root.exists(f)).collect();
+        let present: Vec<&PathBuf> = self
+            .layout
+            .backup_files
+            .iter()
+            .filter(|f| self.root.exists(f))
+            .collect();
         if !present.is_empty() {
             let to = PathBuf::from(format!("kubeconfigs-{stamp}"));
             self.root.create_dir_all(&to)?;
             for f in present {
                 let bytes = self.root.read(f)?;
-                self.root.write_atomic(&to.join(f.file_name().unwrap_or(f.as_os_str())), &bytes, PRIVATE_FILE)?;
+                self.root.write_atomic(
+                    &to.join(f.file_name().unwrap_or(f.as_os_str())),
+                    &bytes,
+                    PRIVATE_FILE,
+                )?;
             }
             made.push(self.path(&to));
         }
@@ -406,8 +501,10 @@ impl Cluster {
     /// A timestamp suffix no backup uses yet.
     fn free_stamp(&self, unix: i64) -> String {
         let taken = |s: &str| {
-            self.layout.backup_dirs.iter().any(|d| self.root.exists(&PathBuf::from(format!("{}-{s}", d.display()))))
-                || self.root.exists(&PathBuf::from(format!("kubeconfigs-{s}")))
+            self.layout.backup_dirs.iter().any(|d| {
+                self.root
+                    .exists(&PathBuf::from(format!("{}-{s}", d.display())))
+            }) || self.root.exists(&PathBuf::from(format!("kubeconfigs-{s}")))
         };
         let mut stamp = unix.to_string();
         let mut n = 1;
@@ -420,7 +517,10 @@ impl Cluster {
 }
 
 fn strip_prefix(what: &str, reason: String) -> String {
-    reason.strip_prefix(&format!("{what}: ")).map(str::to_string).unwrap_or(reason)
+    reason
+        .strip_prefix(&format!("{what}: "))
+        .map(str::to_string)
+        .unwrap_or(reason)
 }
 
 /// A leaf's purpose, as the EKU set it must carry.

@@ -83,12 +83,17 @@ impl Plan {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.extractions.is_empty() && self.reissues().next().is_none() && !self.regenerate_dynamic_cert
+        self.extractions.is_empty()
+            && self.reissues().next().is_none()
+            && !self.regenerate_dynamic_cert
     }
 
     /// Components that must restart once the plan is applied.
     pub fn restarts(&self) -> BTreeSet<&'static str> {
-        let mut set: BTreeSet<&'static str> = self.reissues().flat_map(|l| l.restart.iter().copied()).collect();
+        let mut set: BTreeSet<&'static str> = self
+            .reissues()
+            .flat_map(|l| l.restart.iter().copied())
+            .collect();
         if !self.extractions.is_empty() {
             set.insert("every control-plane component (CA files changed)");
         }
@@ -114,17 +119,29 @@ pub struct Applied {
 }
 
 /// Build the plan. Reads the datastore with `token`; changes nothing.
-pub fn prepare(cluster: &Cluster, bundle: &Bundle, token: Option<&str>, mode: &Mode, now: OffsetDateTime) -> Result<Prepared> {
+pub fn prepare(
+    cluster: &Cluster,
+    bundle: &Bundle,
+    token: Option<&str>,
+    mode: &Mode,
+    now: OffsetDateTime,
+) -> Result<Prepared> {
     let token = cluster.token(token)?;
     let data = cluster.bootstrap(&token)?;
-    let mut plan = Plan::default();
-    plan.extractions = extractions(cluster, &data)?;
+    let mut plan = Plan {
+        extractions: extractions(cluster, &data)?,
+        ..Plan::default()
+    };
     let cas = cluster.cas_from_bootstrap(&data)?;
 
     for spec in &cluster.layout.cas {
         let f = cas[spec.name].facts();
         if f.not_after <= now {
-            plan.warnings.push(format!("CA {} expired on {}: rotate it with 'rotor certificate rotate-ca'", spec.name, crate::policy::rfc3339(f.not_after)));
+            plan.warnings.push(format!(
+                "CA {} expired on {}: rotate it with 'rotor certificate rotate-ca'",
+                spec.name,
+                crate::policy::rfc3339(f.not_after)
+            ));
         } else if f.not_after - now <= time::Duration::days(CA_WARNING_DAYS) {
             plan.warnings.push(format!(
                 "CA {} expires on {} (in {} days): CAs are never renewed automatically; plan a 'rotor certificate rotate-ca'",
@@ -137,9 +154,16 @@ pub fn prepare(cluster: &Cluster, bundle: &Bundle, token: Option<&str>, mode: &M
 
     let selected: Option<BTreeSet<&str>> = match mode {
         Mode::Start => None,
-        Mode::Rotate { services } => Some(select_services(cluster, services.as_deref(), &mut plan)?),
+        Mode::Rotate { services } => {
+            Some(select_services(cluster, services.as_deref(), &mut plan)?)
+        }
     };
-    for spec in cluster.layout.leaves.iter().filter(|l| !l.rotated_by_kubelet) {
+    for spec in cluster
+        .layout
+        .leaves
+        .iter()
+        .filter(|l| !l.rotated_by_kubelet)
+    {
         let ca = &cas[spec.ca];
         let leaf_plan = match &selected {
             Some(names) => rotate_leaf(cluster, spec, ca, names.contains(spec.name.as_str()))?,
@@ -150,11 +174,20 @@ pub fn prepare(cluster: &Cluster, bundle: &Bundle, token: Option<&str>, mode: &M
     Ok(Prepared { plan, cas })
 }
 
-fn select_services<'a>(cluster: &'a Cluster, services: Option<&[String]>, plan: &mut Plan) -> Result<BTreeSet<&'a str>> {
+fn select_services<'a>(
+    cluster: &'a Cluster,
+    services: Option<&[String]>,
+    plan: &mut Plan,
+) -> Result<BTreeSet<&'a str>> {
     let layout = &cluster.layout;
     // kubeadm has no k3s service names: its certificate names select.
     let valid: Vec<String> = if layout.services.is_empty() {
-        layout.leaves.iter().filter(|l| !l.rotated_by_kubelet).map(|l| l.name.clone()).collect()
+        layout
+            .leaves
+            .iter()
+            .filter(|l| !l.rotated_by_kubelet)
+            .map(|l| l.name.clone())
+            .collect()
     } else {
         layout.services.iter().map(|s| s.to_string()).collect()
     };
@@ -163,19 +196,26 @@ fn select_services<'a>(cluster: &'a Cluster, services: Option<&[String]>, plan: 
         Some(list) => list.to_vec(),
     };
     if let Some(bad) = requested.iter().find(|s| !valid.contains(s)) {
-        return Err(ClusterError::UnknownService { name: bad.clone(), valid });
+        return Err(ClusterError::UnknownService {
+            name: bad.clone(),
+            valid,
+        });
     }
     let mut leaves = BTreeSet::new();
     for leaf in &layout.leaves {
-        let by_service = leaf.services.iter().any(|s| requested.iter().any(|r| r == s));
+        let by_service = leaf
+            .services
+            .iter()
+            .any(|s| requested.iter().any(|r| r == s));
         let by_name = layout.services.is_empty() && requested.contains(&leaf.name);
         if by_service || by_name {
             leaves.insert(leaf.name.as_str());
         }
     }
-    let server_service = layout.services.iter().find(|s| s.ends_with("-server"));
-    plan.regenerate_dynamic_cert =
-        layout.dynamic_cert_trigger.is_some() && server_service.is_some_and(|s| requested.iter().any(|r| r == s));
+    plan.regenerate_dynamic_cert = layout
+        .dynamic_cert
+        .as_ref()
+        .is_some_and(|(service, _)| requested.iter().any(|r| r == service));
     Ok(leaves)
 }
 
@@ -183,7 +223,12 @@ fn leaf_path(cluster: &Cluster, spec: &LeafSpec) -> PathBuf {
     cluster.path(spec.storage.cert_path())
 }
 
-fn rotate_leaf(cluster: &Cluster, spec: &LeafSpec, ca: &LoadedCa, selected: bool) -> Result<LeafPlan> {
+fn rotate_leaf(
+    cluster: &Cluster,
+    spec: &LeafSpec,
+    ca: &LoadedCa,
+    selected: bool,
+) -> Result<LeafPlan> {
     let not_after = match cluster.read_leaf(spec) {
         Ok(LeafOnDisk::Present { facts, .. }) => Some(facts.not_after),
         // A corrupt file is exactly what a forced rotation replaces.
@@ -191,7 +236,10 @@ fn rotate_leaf(cluster: &Cluster, spec: &LeafSpec, ca: &LoadedCa, selected: bool
         Err(e) => return Err(e),
     };
     let (action, reasons) = if ca.signer().is_none() {
-        (Action::ExternallyManaged, vec!["signed by an external CA: not rotated".to_string()])
+        (
+            Action::ExternallyManaged,
+            vec!["signed by an external CA: not rotated".to_string()],
+        )
     } else if selected {
         (Action::Reissue, vec!["rotation requested".to_string()])
     } else {
@@ -219,11 +267,23 @@ fn start_leaf(
     let external = ca.signer().is_none();
     let mut lifetime = super::init::LEAF_LIFETIME.whole_seconds() as u64;
     let (action, reasons, not_after) = match cluster.read_leaf(spec)? {
-        LeafOnDisk::Missing(why) => (if external { Action::ExternallyManaged } else { Action::Reissue }, vec![why], None),
-        LeafOnDisk::Present { der, facts, key_matches } => {
+        LeafOnDisk::Missing(why) => (
+            if external {
+                Action::ExternallyManaged
+            } else {
+                Action::Reissue
+            },
+            vec![why],
+            None,
+        ),
+        LeafOnDisk::Present {
+            der,
+            facts,
+            key_matches,
+        } => {
             let request = RenewalRequest {
                 name: spec.name.clone(),
-                certificate: facts.clone(),
+                certificate: (*facts).clone(),
                 issuer_not_after: Some(ca.facts().not_after),
                 now,
             };
@@ -238,8 +298,16 @@ fn start_leaf(
             let renew = outcome.decision.is_renew();
             let not_after = Some(facts.not_after);
             if external {
-                let due = if renew { "; due for renewal: renew it with your CA" } else { "" };
-                (Action::ExternallyManaged, vec![format!("signed by an external CA{due}")], not_after)
+                let due = if renew {
+                    "; due for renewal: renew it with your CA"
+                } else {
+                    ""
+                };
+                (
+                    Action::ExternallyManaged,
+                    vec![format!("signed by an external CA{due}")],
+                    not_after,
+                )
             } else {
                 let mut forced = Vec::new();
                 if !key_matches {
@@ -281,31 +349,66 @@ fn drift(spec: &LeafSpec, facts: &CertificateFacts) -> Vec<String> {
     let mut out = Vec::new();
     let cn = facts.subject.common_name.as_deref().unwrap_or("");
     if cn != spec.subject.common_name {
-        out.push(format!("subject CN drifted: '{cn}', expected '{}'", spec.subject.common_name));
+        out.push(format!(
+            "subject CN drifted: '{cn}', expected '{}'",
+            spec.subject.common_name
+        ));
     }
-    let mut have: Vec<&str> = facts.subject.organizations.iter().map(String::as_str).collect();
-    let mut want: Vec<&str> = spec.subject.organizations.iter().map(String::as_str).collect();
+    let mut have: Vec<&str> = facts
+        .subject
+        .organizations
+        .iter()
+        .map(String::as_str)
+        .collect();
+    let mut want: Vec<&str> = spec
+        .subject
+        .organizations
+        .iter()
+        .map(String::as_str)
+        .collect();
     have.sort_unstable();
     want.sort_unstable();
     if have != want {
         out.push(format!("subject O drifted: {have:?}, expected {want:?}"));
     }
-    let dns: Vec<String> = facts.sans.dns_names.iter().map(|d| d.to_ascii_lowercase()).collect();
-    let missing_dns: Vec<&String> = spec.subject.dns_names.iter().filter(|d| !dns.contains(&d.to_ascii_lowercase())).collect();
+    let dns: Vec<String> = facts
+        .sans
+        .dns_names
+        .iter()
+        .map(|d| d.to_ascii_lowercase())
+        .collect();
+    let missing_dns: Vec<&String> = spec
+        .subject
+        .dns_names
+        .iter()
+        .filter(|d| !dns.contains(&d.to_ascii_lowercase()))
+        .collect();
     let missing_ips: Vec<String> = spec
         .subject
         .ip_addresses
         .iter()
-        .filter(|ip| !facts.sans.ip_addresses.iter().any(|have| have.to_canonical() == ip.to_canonical()))
+        .filter(|ip| {
+            !facts
+                .sans
+                .ip_addresses
+                .iter()
+                .any(|have| have.to_canonical() == ip.to_canonical())
+        })
         .map(ToString::to_string)
         .collect();
     if !missing_dns.is_empty() || !missing_ips.is_empty() {
         let mut names: Vec<String> = missing_dns.into_iter().cloned().collect();
         names.extend(missing_ips);
-        out.push(format!("names missing from the certificate: {}", names.join(", ")));
+        out.push(format!(
+            "names missing from the certificate: {}",
+            names.join(", ")
+        ));
     }
     if !purpose_matches(spec.purpose, facts) {
-        out.push(format!("extended key usage does not match its purpose ({:?})", spec.purpose));
+        out.push(format!(
+            "extended key usage does not match its purpose ({:?})",
+            spec.purpose
+        ));
     }
     out
 }
@@ -322,7 +425,9 @@ fn extractions(cluster: &Cluster, data: &BootstrapData) -> Result<Vec<Extraction
 
     let mut out = Vec::new();
     for (path, field, private) in files {
-        let Some(stored) = data.get(field) else { continue };
+        let Some(stored) = data.get(field) else {
+            continue;
+        };
         let why = match cluster.root.read(&path) {
             Ok(disk) if disk == stored.content => continue,
             Ok(_) => {
@@ -330,40 +435,68 @@ fn extractions(cluster: &Cluster, data: &BootstrapData) -> Result<Vec<Extraction
                 let disk_time = OffsetDateTime::from(mtime);
                 let newer_by = (disk_time - stored.timestamp).whole_seconds();
                 if newer_by >= SKEW_SECONDS {
-                    return Err(ClusterError::Conflict { path: cluster.path(&path), seconds: newer_by });
+                    return Err(ClusterError::Conflict {
+                        path: cluster.path(&path),
+                        seconds: newer_by,
+                    });
                 }
                 "differs from the datastore"
             }
             Err(e) if e.is_not_found() => "missing",
             Err(e) => return Err(e.into()),
         };
-        out.push(Extraction { path, content: stored.content.clone(), private, why });
+        out.push(Extraction {
+            path,
+            content: stored.content.clone(),
+            private,
+            why,
+        });
     }
     // Derived files follow their source: nochain certificates, service.current.key, sa.pub.
     for spec in &cluster.layout.cas {
-        let (Some(nochain), Some(stored)) = (&spec.nochain, data.get(spec.cert_field)) else { continue };
+        let (Some(nochain), Some(stored)) = (&spec.nochain, data.get(spec.cert_field)) else {
+            continue;
+        };
         let first = crate::facts::read_pem_blocks("datastore", &stored.content)
             .ok()
-            .and_then(|b| b.into_iter().find(|b| b.kind == crate::facts::PemKind::Certificate))
+            .and_then(|b| {
+                b.into_iter()
+                    .find(|b| b.kind == crate::facts::PemKind::Certificate)
+            })
             .map(|b| crate::pki::pem_encode("CERTIFICATE", &b.der));
-        if let Some(first) = first {
-            if cluster.root.read(nochain).ok().as_deref() != Some(first.as_bytes()) {
-                out.push(Extraction { path: nochain.clone(), content: first.into_bytes(), private: false, why: "derived from its CA" });
-            }
+        if let Some(first) = first
+            && cluster.root.read(nochain).ok().as_deref() != Some(first.as_bytes())
+        {
+            out.push(Extraction {
+                path: nochain.clone(),
+                content: first.into_bytes(),
+                private: false,
+                why: "derived from its CA",
+            });
         }
     }
     if let Some(stored) = data.get(sk.field) {
         let keys = PrivateKey::all_from_pem("datastore service key", &stored.content)?;
         if let Some(first) = keys.first() {
-            if let Some(current) = &sk.current {
-                if cluster.root.read(current).ok().as_deref() != Some(first.pem().as_bytes()) {
-                    out.push(Extraction { path: current.clone(), content: first.pem().as_bytes().to_vec(), private: true, why: "derived from the service key" });
-                }
+            if let Some(current) = &sk.current
+                && cluster.root.read(current).ok().as_deref() != Some(first.pem().as_bytes())
+            {
+                out.push(Extraction {
+                    path: current.clone(),
+                    content: first.pem().as_bytes().to_vec(),
+                    private: true,
+                    why: "derived from the service key",
+                });
             }
             if let Some(public) = &sk.public {
                 let pem = crate::pki::pem_encode("PUBLIC KEY", &first.public_key_der());
                 if cluster.root.read(public).ok().as_deref() != Some(pem.as_bytes()) {
-                    out.push(Extraction { path: public.clone(), content: pem.into_bytes(), private: false, why: "derived from the service key" });
+                    out.push(Extraction {
+                        path: public.clone(),
+                        content: pem.into_bytes(),
+                        private: false,
+                        why: "derived from the service key",
+                    });
                 }
             }
         }
@@ -372,7 +505,12 @@ fn extractions(cluster: &Cluster, data: &BootstrapData) -> Result<Vec<Extraction
 }
 
 /// Apply a prepared plan: back up, extract, re-issue. `now` dates the new certificates.
-pub fn apply(cluster: &Cluster, prepared: &Prepared, rotate: bool, now: OffsetDateTime) -> Result<Applied> {
+pub fn apply(
+    cluster: &Cluster,
+    prepared: &Prepared,
+    rotate: bool,
+    now: OffsetDateTime,
+) -> Result<Applied> {
     let plan = &prepared.plan;
     let mut applied = Applied::default();
     if plan.is_empty() {
@@ -381,30 +519,39 @@ pub fn apply(cluster: &Cluster, prepared: &Prepared, rotate: bool, now: OffsetDa
     applied.backups = cluster.backup(now)?;
     for x in &plan.extractions {
         cluster.ensure_parent(&x.path)?;
-        cluster.root.write_atomic(&x.path, &x.content, if x.private { PRIVATE_FILE } else { PUBLIC_FILE })?;
+        cluster.root.write_atomic(
+            &x.path,
+            &x.content,
+            if x.private { PRIVATE_FILE } else { PUBLIC_FILE },
+        )?;
         applied.extracted.push(cluster.path(&x.path));
     }
     for lp in plan.reissues() {
-        let Some(spec) = cluster.layout.leaf(&lp.name) else { continue };
-        let signer = prepared.cas[spec.ca]
-            .signer()
-            .ok_or_else(|| ClusterError::Invalid(format!("{}: its CA has no key here", spec.name)))?;
-        let lifetime = time::Duration::seconds(i64::try_from(lp.lifetime_seconds).unwrap_or(i64::MAX / 2));
+        let Some(spec) = cluster.layout.leaf(&lp.name) else {
+            continue;
+        };
+        let signer = prepared.cas[spec.ca].signer().ok_or_else(|| {
+            ClusterError::Invalid(format!("{}: its CA has no key here", spec.name))
+        })?;
+        let lifetime =
+            time::Duration::seconds(i64::try_from(lp.lifetime_seconds).unwrap_or(i64::MAX / 2));
         let leaf = cluster.issue(spec, signer, now, lifetime)?;
         cluster.write_leaf(spec, signer, &leaf)?;
         applied.reissued.push(spec.name.clone());
     }
-    if plan.regenerate_dynamic_cert {
-        if let Some(trigger) = &cluster.layout.dynamic_cert_trigger {
-            cluster.root.write_atomic(trigger, b"", PRIVATE_FILE)?;
-        }
+    if plan.regenerate_dynamic_cert
+        && let Some((_, trigger)) = &cluster.layout.dynamic_cert
+    {
+        cluster.root.write_atomic(trigger, b"", PRIVATE_FILE)?;
     }
-    if rotate {
-        if let Some(f) = &cluster.layout.force_restart_file {
-            cluster.root.write_atomic(f, b"", PRIVATE_FILE)?;
-        }
+    if rotate && let Some(f) = &cluster.layout.force_restart_file {
+        cluster.root.write_atomic(f, b"", PRIVATE_FILE)?;
     }
-    let missing_kubeconfig = cluster.layout.file_kubeconfigs.iter().any(|k| !cluster.root.exists(&k.file));
+    let missing_kubeconfig = cluster
+        .layout
+        .file_kubeconfigs
+        .iter()
+        .any(|k| !cluster.root.exists(&k.file));
     if missing_kubeconfig {
         cluster.write_file_kubeconfigs()?;
     }

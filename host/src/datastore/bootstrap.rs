@@ -41,7 +41,8 @@ impl BootstrapData {
     }
 
     pub fn set(&mut self, field: &str, content: Vec<u8>, timestamp: OffsetDateTime) {
-        self.files.insert(field.to_string(), BootstrapFile { timestamp, content });
+        self.files
+            .insert(field.to_string(), BootstrapFile { timestamp, content });
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -50,7 +51,13 @@ impl BootstrapData {
             .iter()
             .map(|(k, f)| {
                 let timestamp = f.timestamp.format(&Rfc3339).unwrap_or_default();
-                (k.as_str(), Wire { timestamp, content: B64.encode(&f.content) })
+                (
+                    k.as_str(),
+                    Wire {
+                        timestamp,
+                        content: B64.encode(&f.content),
+                    },
+                )
             })
             .collect();
         // Serializing a map of strings cannot fail.
@@ -58,13 +65,15 @@ impl BootstrapData {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<BootstrapData, String> {
-        let wire: BTreeMap<String, Wire> =
-            serde_json::from_slice(bytes).map_err(|e| format!("bootstrap data is not the expected JSON: {e}"))?;
+        let wire: BTreeMap<String, Wire> = serde_json::from_slice(bytes)
+            .map_err(|e| format!("bootstrap data is not the expected JSON: {e}"))?;
         let mut files = BTreeMap::new();
         for (k, w) in wire {
             let timestamp = OffsetDateTime::parse(&w.timestamp, &Rfc3339)
                 .map_err(|e| format!("bootstrap field {k}: Timestamp: {e}"))?;
-            let content = B64.decode(&w.content).map_err(|e| format!("bootstrap field {k}: Content: {e}"))?;
+            let content = B64
+                .decode(&w.content)
+                .map_err(|e| format!("bootstrap field {k}: Content: {e}"))?;
             files.insert(k, BootstrapFile { timestamp, content });
         }
         Ok(BootstrapData { files })
@@ -77,7 +86,8 @@ mod tests {
 
     #[test]
     fn reads_k3s_json_with_nanosecond_timestamps() {
-        let json = br#"{"ServerCA":{"Timestamp":"2024-05-01T10:11:12.123456789Z","Content":"aGVsbG8="}}"#;
+        let json =
+            br#"{"ServerCA":{"Timestamp":"2024-05-01T10:11:12.123456789Z","Content":"aGVsbG8="}}"#;
         let data = BootstrapData::from_json(json).unwrap();
         let f = data.get("ServerCA").unwrap();
         assert_eq!(f.content, b"hello");
@@ -88,7 +98,11 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let err = BootstrapData::from_json(br#"{"ServerCA":{"Timestamp":"x","Content":""}}"#).unwrap_err();
-        assert!(err.starts_with("bootstrap field ServerCA: Timestamp"), "{err}");
+        let err = BootstrapData::from_json(br#"{"ServerCA":{"Timestamp":"x","Content":""}}"#)
+            .unwrap_err();
+        assert!(
+            err.starts_with("bootstrap field ServerCA: Timestamp"),
+            "{err}"
+        );
     }
 }

@@ -18,7 +18,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
 /// Which format to write. Reading detects the format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecordFormat {
     /// k3s's format (PBKDF2-HMAC-SHA1, 4096 iterations): readable by k3s and RKE2.
@@ -39,7 +41,7 @@ const TAG_LEN: usize = 16;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
-    #[error("malformed record: {0}")]
+    #[error("malformed bootstrap record ({0}): truncated or corrupted")]
     Malformed(&'static str),
     #[error("the token does not decrypt the bootstrap data (wrong token, or a tampered record)")]
     WrongKeyOrTampered,
@@ -53,49 +55,81 @@ fn random<const N: usize>() -> Result<[u8; N], EnvelopeError> {
     Ok(b)
 }
 
-fn derive(alg: pbkdf2::Algorithm, iterations: u32, salt: &[u8], password: &str) -> Result<LessSafeKey, EnvelopeError> {
-    let iterations = NonZeroU32::new(iterations).ok_or(EnvelopeError::Malformed("zero iterations"))?;
+fn derive(
+    alg: pbkdf2::Algorithm,
+    iterations: u32,
+    salt: &[u8],
+    password: &str,
+) -> Result<LessSafeKey, EnvelopeError> {
+    let iterations =
+        NonZeroU32::new(iterations).ok_or(EnvelopeError::Malformed("zero iterations"))?;
     let mut key = [0u8; 32];
     pbkdf2::derive(alg, iterations, salt, password.as_bytes(), &mut key);
-    let unbound = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| EnvelopeError::Malformed("key"))?;
+    let unbound =
+        UnboundKey::new(&AES_256_GCM, &key).map_err(|_| EnvelopeError::Malformed("key"))?;
     Ok(LessSafeKey::new(unbound))
 }
 
 fn seal(key: &LessSafeKey, aad: &[u8], plaintext: &[u8]) -> Result<String, EnvelopeError> {
     let nonce: [u8; NONCE_LEN] = random()?;
     let mut buf = plaintext.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-        .map_err(|_| EnvelopeError::Random)?;
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| EnvelopeError::Random)?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     Ok(B64.encode(out))
 }
 
 fn open(key: &LessSafeKey, aad: &[u8], b64: &str) -> Result<Vec<u8>, EnvelopeError> {
-    let mut data = B64.decode(b64.trim()).map_err(|_| EnvelopeError::Malformed("invalid base64"))?;
+    let mut data = B64
+        .decode(b64.trim())
+        .map_err(|_| EnvelopeError::Malformed("invalid base64"))?;
     if data.len() < NONCE_LEN + TAG_LEN {
         return Err(EnvelopeError::Malformed("too short"));
     }
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&data[..NONCE_LEN]);
     let plain = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut data[NONCE_LEN..])
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut data[NONCE_LEN..],
+        )
         .map_err(|_| EnvelopeError::WrongKeyOrTampered)?;
     Ok(plain.to_vec())
 }
 
 /// Encrypt `plaintext` for the datastore key `key_name` under `password`.
-pub fn seal_record(format: RecordFormat, password: &str, key_name: &str, plaintext: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+pub fn seal_record(
+    format: RecordFormat,
+    password: &str,
+    key_name: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
     match format {
         RecordFormat::K3s => {
             let salt = hex::encode(random::<8>()?);
-            let key = derive(pbkdf2::PBKDF2_HMAC_SHA1, K3S_ITERATIONS, salt.as_bytes(), password)?;
+            let key = derive(
+                pbkdf2::PBKDF2_HMAC_SHA1,
+                K3S_ITERATIONS,
+                salt.as_bytes(),
+                password,
+            )?;
             Ok(format!("{salt}:{}", seal(&key, b"", plaintext)?).into_bytes())
         }
         RecordFormat::RotorV1 => {
             let salt = hex::encode(random::<16>()?);
             let header = format!("{V1_PREFIX}{V1_ITERATIONS}${salt}$");
-            let key = derive(pbkdf2::PBKDF2_HMAC_SHA256, V1_ITERATIONS, salt.as_bytes(), password)?;
+            let key = derive(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                V1_ITERATIONS,
+                salt.as_bytes(),
+                password,
+            )?;
             let aad = format!("{header}{key_name}");
             Ok(format!("{header}{}", seal(&key, aad.as_bytes(), plaintext)?).into_bytes())
         }
@@ -106,7 +140,10 @@ pub fn seal_record(format: RecordFormat, password: &str, key_name: &str, plainte
 pub fn record_format(record: &[u8]) -> Option<RecordFormat> {
     if record.starts_with(V1_PREFIX.as_bytes()) {
         Some(RecordFormat::RotorV1)
-    } else if record.len() > 17 && record[16] == b':' && record[..16].iter().all(u8::is_ascii_hexdigit) {
+    } else if record.len() > 17
+        && record[16] == b':'
+        && record[..16].iter().all(u8::is_ascii_hexdigit)
+    {
         Some(RecordFormat::K3s)
     } else {
         None
@@ -114,21 +151,33 @@ pub fn record_format(record: &[u8]) -> Option<RecordFormat> {
 }
 
 /// Decrypt a record read from the datastore key `key_name`.
-pub fn open_record(password: &str, key_name: &str, record: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+pub fn open_record(
+    password: &str,
+    key_name: &str,
+    record: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
     let text = std::str::from_utf8(record).map_err(|_| EnvelopeError::Malformed("not ASCII"))?;
     match record_format(record) {
         Some(RecordFormat::K3s) => {
             let (salt, body) = text.split_at(16);
-            let key = derive(pbkdf2::PBKDF2_HMAC_SHA1, K3S_ITERATIONS, salt.as_bytes(), password)?;
+            let key = derive(
+                pbkdf2::PBKDF2_HMAC_SHA1,
+                K3S_ITERATIONS,
+                salt.as_bytes(),
+                password,
+            )?;
             open(&key, b"", &body[1..])
         }
         Some(RecordFormat::RotorV1) => {
             let rest = &text[V1_PREFIX.len()..];
             let mut parts = rest.splitn(3, '$');
-            let (Some(iter), Some(salt), Some(body)) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(iter), Some(salt), Some(body)) = (parts.next(), parts.next(), parts.next())
+            else {
                 return Err(EnvelopeError::Malformed("truncated rotor-v1 header"));
             };
-            let iterations: u32 = iter.parse().map_err(|_| EnvelopeError::Malformed("iterations"))?;
+            let iterations: u32 = iter
+                .parse()
+                .map_err(|_| EnvelopeError::Malformed("iterations"))?;
             if !(100_000..=10_000_000).contains(&iterations) {
                 return Err(EnvelopeError::Malformed("iterations out of range"));
             }
@@ -136,10 +185,17 @@ pub fn open_record(password: &str, key_name: &str, record: &[u8]) -> Result<Vec<
                 return Err(EnvelopeError::Malformed("salt"));
             }
             let header = &text[..text.len() - body.len()];
-            let key = derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt.as_bytes(), password)?;
+            let key = derive(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                iterations,
+                salt.as_bytes(),
+                password,
+            )?;
             open(&key, format!("{header}{key_name}").as_bytes(), body)
         }
-        None => Err(EnvelopeError::Malformed("neither a k3s nor a rotor-v1 record")),
+        None => Err(EnvelopeError::Malformed(
+            "neither a k3s nor a rotor-v1 record",
+        )),
     }
 }
 
@@ -152,8 +208,14 @@ mod tests {
         for format in [RecordFormat::K3s, RecordFormat::RotorV1] {
             let rec = seal_record(format, "pw", "/bootstrap/abc", b"{\"a\":1}").unwrap();
             assert_eq!(record_format(&rec), Some(format));
-            assert_eq!(open_record("pw", "/bootstrap/abc", &rec).unwrap(), b"{\"a\":1}");
-            assert_eq!(open_record("other", "/bootstrap/abc", &rec), Err(EnvelopeError::WrongKeyOrTampered));
+            assert_eq!(
+                open_record("pw", "/bootstrap/abc", &rec).unwrap(),
+                b"{\"a\":1}"
+            );
+            assert_eq!(
+                open_record("other", "/bootstrap/abc", &rec),
+                Err(EnvelopeError::WrongKeyOrTampered)
+            );
         }
     }
 
@@ -163,7 +225,10 @@ mod tests {
         let text = String::from_utf8(rec).unwrap();
         let (salt, body) = text.split_once(':').unwrap();
         assert_eq!(salt.len(), 16);
-        assert!(salt.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            salt.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_eq!(B64.decode(body).unwrap().len(), 12 + 5 + 16);
     }
 
@@ -174,11 +239,19 @@ mod tests {
         // `cryptography` where it is installed.
         let salt = "0123456789abcdef";
         let mut key = [0u8; 32];
-        pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA1, NonZeroU32::new(4096).unwrap(), salt.as_bytes(), b"tok", &mut key);
+        pbkdf2::derive(
+            pbkdf2::PBKDF2_HMAC_SHA1,
+            NonZeroU32::new(4096).unwrap(),
+            salt.as_bytes(),
+            b"tok",
+            &mut key,
+        );
         let sealing = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
         let nonce = [7u8; 12];
         let mut buf = b"{}".to_vec();
-        sealing.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf).unwrap();
+        sealing
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::empty(), &mut buf)
+            .unwrap();
         let mut raw = nonce.to_vec();
         raw.extend(buf);
         let record = format!("{salt}:{}", B64.encode(raw));
@@ -188,10 +261,16 @@ mod tests {
     #[test]
     fn v1_records_are_bound_to_their_key_and_header() {
         let rec = seal_record(RecordFormat::RotorV1, "pw", "/bootstrap/a", b"x").unwrap();
-        assert_eq!(open_record("pw", "/bootstrap/b", &rec), Err(EnvelopeError::WrongKeyOrTampered));
+        assert_eq!(
+            open_record("pw", "/bootstrap/b", &rec),
+            Err(EnvelopeError::WrongKeyOrTampered)
+        );
         let text = String::from_utf8(rec.clone()).unwrap();
         let tampered = text.replace("$600000$", "$600001$");
-        assert_eq!(open_record("pw", "/bootstrap/a", tampered.as_bytes()), Err(EnvelopeError::WrongKeyOrTampered));
+        assert_eq!(
+            open_record("pw", "/bootstrap/a", tampered.as_bytes()),
+            Err(EnvelopeError::WrongKeyOrTampered)
+        );
         let truncated = &rec[..rec.len() - 10];
         assert!(open_record("pw", "/bootstrap/a", truncated).is_err());
         assert!(open_record("pw", "/bootstrap/a", b"garbage").is_err());

@@ -10,7 +10,9 @@ mod bootstrap;
 mod envelope;
 
 pub use bootstrap::{BootstrapData, BootstrapFile};
-pub use envelope::{EnvelopeError, RecordFormat, V1_ITERATIONS, open_record, record_format, seal_record};
+pub use envelope::{
+    EnvelopeError, RecordFormat, V1_ITERATIONS, open_record, record_format, seal_record,
+};
 
 use std::path::Path;
 
@@ -26,12 +28,8 @@ pub enum DatastoreError {
     Fs(#[from] FsError),
     #[error("datastore key '{0}' is not a valid key")]
     BadKey(String),
-    #[error("{what}: {source}")]
-    Envelope {
-        what: String,
-        #[source]
-        source: EnvelopeError,
-    },
+    #[error("{what}: {error}")]
+    Envelope { what: String, error: EnvelopeError },
     #[error(
         "the token does not decrypt the bootstrap data: the datastore holds bootstrap data under another token ({keys})"
     )]
@@ -62,20 +60,29 @@ pub struct DirectoryDatastore {
 impl DirectoryDatastore {
     /// The datastore in `dir` (created, mode 0700, if missing).
     pub fn open(dir: &Path) -> Result<DirectoryDatastore, DatastoreError> {
-        Ok(DirectoryDatastore { root: Root::create_ambient(dir)? })
+        Ok(DirectoryDatastore {
+            root: Root::create_ambient(dir)?,
+        })
     }
 
     /// The datastore below an already opened root (for example `<data-dir>` + `datastore`).
     pub fn within(parent: &Root, rel: &Path) -> Result<DirectoryDatastore, DatastoreError> {
         parent.create_dir_all(rel)?;
-        Ok(DirectoryDatastore { root: parent.open_dir(rel)? })
+        Ok(DirectoryDatastore {
+            root: parent.open_dir(rel)?,
+        })
     }
 
     fn rel(key: &str) -> Result<std::path::PathBuf, DatastoreError> {
         let trimmed = key.trim_start_matches('/');
         let ok = !trimmed.is_empty()
             && trimmed.split('/').all(|seg| {
-                !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
             });
         if !ok {
             return Err(DatastoreError::BadKey(key.to_string()));
@@ -119,11 +126,18 @@ impl Datastore for DirectoryDatastore {
             Err(e) => return Err(e.into()),
         };
         let base = format!("/{}", rel.display());
-        Ok(names.into_iter().filter(|n| !n.starts_with('.')).map(|n| format!("{base}/{n}")).collect())
+        Ok(names
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .map(|n| format!("{base}/{n}"))
+            .collect())
     }
 
     fn describe(&self, key: &str) -> String {
-        self.root.display(Path::new(key.trim_start_matches('/'))).display().to_string()
+        self.root
+            .display(Path::new(key.trim_start_matches('/')))
+            .display()
+            .to_string()
     }
 }
 
@@ -146,7 +160,10 @@ pub struct BootstrapStore<'a> {
 
 impl<'a> BootstrapStore<'a> {
     pub fn new(store: &'a dyn Datastore, password: &str) -> BootstrapStore<'a> {
-        BootstrapStore { store, password: password.to_string() }
+        BootstrapStore {
+            store,
+            password: password.to_string(),
+        }
     }
 
     pub fn key(&self) -> String {
@@ -155,7 +172,11 @@ impl<'a> BootstrapStore<'a> {
 
     /// The format of the stored record, if there is one for this token.
     pub fn stored_format(&self) -> Result<Option<RecordFormat>, DatastoreError> {
-        Ok(self.store.get(&self.key())?.as_deref().and_then(record_format))
+        Ok(self
+            .store
+            .get(&self.key())?
+            .as_deref()
+            .and_then(record_format))
     }
 
     /// Read and decrypt the record. `Ok(None)` when the datastore holds no bootstrap data at
@@ -168,21 +189,37 @@ impl<'a> BootstrapStore<'a> {
             if others.is_empty() {
                 return Ok(None);
             }
-            return Err(DatastoreError::OtherToken { keys: others.join(", ") });
+            return Err(DatastoreError::OtherToken {
+                keys: others.join(", "),
+            });
         };
         if record.is_empty() {
-            return Err(DatastoreError::Corrupt { what, reason: "empty record (an interrupted first save?)".into() });
+            return Err(DatastoreError::Corrupt {
+                what,
+                reason: "empty record (an interrupted first save?)".into(),
+            });
         }
-        let plain = open_record(&self.password, &key, &record)
-            .map_err(|source| DatastoreError::Envelope { what: what.clone(), source })?;
-        BootstrapData::from_json(&plain).map(Some).map_err(|reason| DatastoreError::Corrupt { what, reason })
+        let plain = open_record(&self.password, &key, &record).map_err(|error| {
+            DatastoreError::Envelope {
+                what: what.clone(),
+                error,
+            }
+        })?;
+        BootstrapData::from_json(&plain)
+            .map(Some)
+            .map_err(|reason| DatastoreError::Corrupt { what, reason })
     }
 
     /// Encrypt and store `data`, replacing the record atomically.
     pub fn save(&self, data: &BootstrapData, format: RecordFormat) -> Result<(), DatastoreError> {
         let key = self.key();
-        let record = seal_record(format, &self.password, &key, &data.to_json())
-            .map_err(|source| DatastoreError::Envelope { what: self.store.describe(&key), source })?;
+        let record =
+            seal_record(format, &self.password, &key, &data.to_json()).map_err(|error| {
+                DatastoreError::Envelope {
+                    what: self.store.describe(&key),
+                    error,
+                }
+            })?;
         self.store.put(&key, &record)
     }
 

@@ -184,7 +184,9 @@ impl Root {
     /// Remove a file (not a directory).
     pub fn remove_file(&self, rel: &Path) -> Result<(), FsError> {
         self.check(rel)?;
-        self.dir.remove_file(rel).map_err(|e| FsError::io(self.display(rel), e))
+        self.dir
+            .remove_file(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))
     }
 
     /// Names in directory `rel` (`.` for the root), sorted.
@@ -207,15 +209,19 @@ impl Root {
 
     /// Whether `rel` is a directory (not following a final symlink).
     pub fn is_dir(&self, rel: &Path) -> bool {
-        self.check(rel).is_ok()
-            && self.dir.symlink_metadata(rel).is_ok_and(|m| m.is_dir())
+        self.check(rel).is_ok() && self.dir.symlink_metadata(rel).is_ok_and(|m| m.is_dir())
     }
 
     /// Modification time of `rel`.
     pub fn modified(&self, rel: &Path) -> Result<std::time::SystemTime, FsError> {
         self.check(rel)?;
-        let meta = self.dir.metadata(rel).map_err(|e| FsError::io(self.display(rel), e))?;
-        meta.modified().map(|t| t.into_std()).map_err(|e| FsError::io(self.display(rel), e))
+        let meta = self
+            .dir
+            .metadata(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))?;
+        meta.modified()
+            .map(|t| t.into_std())
+            .map_err(|e| FsError::io(self.display(rel), e))
     }
 
     /// Copy the tree `from` to `to` (which must not exist), keeping file modes. Symlinks are
@@ -231,9 +237,15 @@ impl Root {
         for name in self.list_dir(from)? {
             let src = from.join(&name);
             let dst = to.join(&name);
-            let meta = self.dir.symlink_metadata(&src).map_err(|e| FsError::io(self.display(&src), e))?;
+            let meta = self
+                .dir
+                .symlink_metadata(&src)
+                .map_err(|e| FsError::io(self.display(&src), e))?;
             if meta.is_symlink() {
-                return Err(FsError::refused(self.display(&src), "refused: unexpected symlink in the data directory"));
+                return Err(FsError::refused(
+                    self.display(&src),
+                    "refused: unexpected symlink in the data directory",
+                ));
             } else if meta.is_dir() {
                 self.copy_tree(&src, &dst)?;
             } else {

@@ -8,22 +8,29 @@ use x509_parser::prelude::FromDer;
 
 /// The DER SubjectPublicKeyInfo of a certificate.
 pub fn spki_of(cert_der: &[u8]) -> Option<Vec<u8>> {
-    X509Certificate::from_der(cert_der).ok().map(|(_, c)| c.public_key().raw.to_vec())
+    X509Certificate::from_der(cert_der)
+        .ok()
+        .map(|(_, c)| c.public_key().raw.to_vec())
 }
 
 /// The raw public key of a certificate (the SPKI's bit string).
 pub fn public_key_bits(cert_der: &[u8]) -> Option<Vec<u8>> {
-    X509Certificate::from_der(cert_der).ok().map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
+    X509Certificate::from_der(cert_der)
+        .ok()
+        .map(|(_, c)| c.public_key().subject_public_key.data.to_vec())
 }
 
 /// Whether `cert_der` names `issuer_der`'s subject as its issuer and carries a valid signature
 /// by `issuer_der`'s key.
 pub fn signed_by(cert_der: &[u8], issuer_der: &[u8]) -> bool {
-    let (Ok((_, cert)), Ok((_, issuer))) = (X509Certificate::from_der(cert_der), X509Certificate::from_der(issuer_der))
-    else {
+    let (Ok((_, cert)), Ok((_, issuer))) = (
+        X509Certificate::from_der(cert_der),
+        X509Certificate::from_der(issuer_der),
+    ) else {
         return false;
     };
-    cert.issuer().as_raw() == issuer.subject().as_raw() && cert.verify_signature(Some(issuer.public_key())).is_ok()
+    cert.issuer().as_raw() == issuer.subject().as_raw()
+        && cert.verify_signature(Some(issuer.public_key())).is_ok()
 }
 
 fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
@@ -32,7 +39,9 @@ fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     for ext in cert.extensions() {
         match ext.parsed_extension() {
             ParsedExtension::SubjectKeyIdentifier(id) => ski = Some(id.0.to_vec()),
-            ParsedExtension::AuthorityKeyIdentifier(a) => aki = a.key_identifier.as_ref().map(|id| id.0.to_vec()),
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                aki = a.key_identifier.as_ref().map(|id| id.0.to_vec())
+            }
             _ => {}
         }
     }
@@ -69,10 +78,10 @@ pub fn ca_hash(raw_file: &[u8], bundle_der: &[Vec<u8>], now: OffsetDateTime) -> 
     if bundle_der.len() > 1 {
         let (roots, intermediates): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
             bundle_der[1..].iter().partition(|c| is_self_issued(c));
-        if valid_at(&bundle_der[0], now) {
-            if let Some(root) = find_root(&bundle_der[0], &roots, &intermediates, now, 0) {
-                return hex::encode(Sha256::digest(root));
-            }
+        if valid_at(&bundle_der[0], now)
+            && let Some(root) = find_root(&bundle_der[0], &roots, &intermediates, now, 0)
+        {
+            return hex::encode(Sha256::digest(root));
         }
     }
     hex::encode(Sha256::digest(raw_file))
@@ -88,7 +97,10 @@ fn find_root<'a>(
     if depth > 8 {
         return None;
     }
-    if let Some(root) = roots.iter().find(|r| valid_at(r, now) && signed_by(cert, r)) {
+    if let Some(root) = roots
+        .iter()
+        .find(|r| valid_at(r, now) && signed_by(cert, r))
+    {
         return Some(root);
     }
     intermediates

@@ -15,8 +15,8 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -70,7 +70,8 @@ pub struct CaSigner {
 
 fn serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::Crypto("no randomness for a serial".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| PkiError::Crypto("no randomness for a serial".into()))?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // and never a leading zero byte
     Ok(SerialNumber::from_slice(&bytes))
@@ -85,10 +86,10 @@ fn params(subject: &Subject, validity: Validity) -> Result<CertificateParams, Pk
     dn.push(DnType::CommonName, subject.common_name.as_str());
     p.distinguished_name = dn;
     for d in &subject.dns_names {
-        let name = d
-            .as_str()
-            .try_into()
-            .map_err(|_| PkiError::Invalid { what: d.clone(), reason: "not an ASCII DNS name".into() })?;
+        let name = d.as_str().try_into().map_err(|_| PkiError::Invalid {
+            what: d.clone(),
+            reason: "not an ASCII DNS name".into(),
+        })?;
         p.subject_alt_names.push(SanType::DnsName(name));
     }
     for ip in &subject.ip_addresses {
@@ -104,20 +105,33 @@ fn params(subject: &Subject, validity: Validity) -> Result<CertificateParams, Pk
 fn ca_params(subject: &Subject, validity: Validity) -> Result<CertificateParams, PkiError> {
     let mut p = params(subject, validity)?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment, KeyUsagePurpose::KeyCertSign];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyCertSign,
+    ];
     Ok(p)
 }
 
 fn issued(cert: rcgen::Certificate) -> Issued {
-    Issued { der: cert.der().to_vec(), pem: cert.pem() }
+    Issued {
+        der: cert.der().to_vec(),
+        pem: cert.pem(),
+    }
 }
 
 /// A self-signed CA certificate.
-pub fn self_signed_ca(subject: &Subject, key: &PrivateKey, validity: Validity) -> Result<Issued, PkiError> {
+pub fn self_signed_ca(
+    subject: &Subject,
+    key: &PrivateKey,
+    validity: Validity,
+) -> Result<Issued, PkiError> {
     let mut p = ca_params(subject, validity)?;
     // A self-signed certificate's AKI would equal its SKI; k3s and kubeadm roots carry none.
     p.use_authority_key_identifier_extension = false;
-    let cert = p.self_signed(key.pair()).map_err(|e| PkiError::Crypto(format!("signing a CA: {e}")))?;
+    let cert = p
+        .self_signed(key.pair())
+        .map_err(|e| PkiError::Crypto(format!("signing a CA: {e}")))?;
     Ok(issued(cert))
 }
 
@@ -125,20 +139,37 @@ impl CaSigner {
     /// Load a CA from its certificate file (first certificate = the CA) and key file. Checks
     /// that the certificate is a CA and that the key is its key.
     pub fn load(what: &str, cert_pem: &[u8], key_pem: &[u8]) -> Result<CaSigner, PkiError> {
-        let invalid = |reason: String| PkiError::Invalid { what: what.into(), reason };
+        let invalid = |reason: String| PkiError::Invalid {
+            what: what.into(),
+            reason,
+        };
         let blocks = read_pem_blocks(what, cert_pem).map_err(|e| invalid(e.to_string()))?;
-        let bundle_der: Vec<Vec<u8>> =
-            blocks.into_iter().filter(|b| b.kind == PemKind::Certificate).map(|b| b.der).collect();
-        let first = bundle_der.first().ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
+        let bundle_der: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .filter(|b| b.kind == PemKind::Certificate)
+            .map(|b| b.der)
+            .collect();
+        let first = bundle_der
+            .first()
+            .ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
         let facts = parse_certificate_der(what, first).map_err(|e| invalid(e.to_string()))?;
         if !facts.is_ca {
-            return Err(invalid("the certificate is not a CA (basicConstraints cA is not set)".into()));
+            return Err(invalid(
+                "the certificate is not a CA (basicConstraints cA is not set)".into(),
+            ));
         }
         let key = PrivateKey::from_pem(&format!("{what} (key)"), key_pem)?;
         if !key.matches_certificate(first) {
-            return Err(invalid("the private key does not belong to the certificate".into()));
+            return Err(invalid(
+                "the private key does not belong to the certificate".into(),
+            ));
         }
-        Ok(CaSigner { bundle_pem: cert_pem.to_vec(), bundle_der: bundle_der.clone(), facts, key })
+        Ok(CaSigner {
+            bundle_pem: cert_pem.to_vec(),
+            bundle_der: bundle_der.clone(),
+            facts,
+            key,
+        })
     }
 
     /// The CA certificate itself (DER).
@@ -162,11 +193,17 @@ impl CaSigner {
         let validity = self.clamp(validity)?;
         let mut p = params(subject, validity)?;
         p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         p.extended_key_usages = match purpose {
             Purpose::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
             Purpose::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Purpose::ServerAndClient => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+            Purpose::ServerAndClient => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
         };
         let cert = p
             .signed_by(key.pair(), &self.issuer()?)
@@ -176,7 +213,12 @@ impl CaSigner {
 
     /// Issue a CA certificate for `key`, signed by this CA (an intermediate, or a cross-signed
     /// root when `subject` is another root's subject).
-    pub fn issue_ca(&self, subject: &Subject, key: &PrivateKey, validity: Validity) -> Result<Issued, PkiError> {
+    pub fn issue_ca(
+        &self,
+        subject: &Subject,
+        key: &PrivateKey,
+        validity: Validity,
+    ) -> Result<Issued, PkiError> {
         let p = ca_params(subject, validity)?;
         let cert = p
             .signed_by(key.pair(), &self.issuer()?)
@@ -190,10 +232,18 @@ impl CaSigner {
         let not_after = v.not_after.min(self.facts.not_after);
         if not_after <= not_before {
             return Err(PkiError::Expired {
-                what: self.facts.subject.common_name.clone().unwrap_or_else(|| self.facts.subject.text.clone()),
+                what: self
+                    .facts
+                    .subject
+                    .common_name
+                    .clone()
+                    .unwrap_or_else(|| self.facts.subject.text.clone()),
                 not_after: self.facts.not_after,
             });
         }
-        Ok(Validity { not_before, not_after })
+        Ok(Validity {
+            not_before,
+            not_after,
+        })
     }
 }

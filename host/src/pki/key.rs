@@ -9,7 +9,9 @@ use crate::facts::{KeyAlgorithm, PemKind, read_pem_blocks};
 
 /// Key algorithms rotor generates. k3s and RKE2 use ECDSA P-256 for every CA and leaf; kubeadm
 /// defaults to RSA-2048 and offers the others (`encryptionAlgorithm`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
     #[value(name = "ecdsa-p256")]
@@ -47,9 +49,15 @@ impl KeyType {
         let pair = match self {
             KeyType::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
             KeyType::EcdsaP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
-            KeyType::Rsa2048 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
-            KeyType::Rsa3072 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072),
-            KeyType::Rsa4096 => rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096),
+            KeyType::Rsa2048 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            }
+            KeyType::Rsa3072 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+            }
+            KeyType::Rsa4096 => {
+                rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+            }
         }
         .map_err(|e| PkiError::Crypto(format!("generating a {self} key: {e}")))?;
         let pem = pair.serialize_pem();
@@ -65,7 +73,9 @@ pub struct PrivateKey {
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrivateKey").field("algorithm", &self.algorithm()).finish_non_exhaustive()
+        f.debug_struct("PrivateKey")
+            .field("algorithm", &self.algorithm())
+            .finish_non_exhaustive()
     }
 }
 
@@ -76,12 +86,18 @@ impl PrivateKey {
         Self::all_from_pem(what, pem)?
             .into_iter()
             .next()
-            .ok_or_else(|| PkiError::Invalid { what: what.into(), reason: "no private key PEM block".into() })
+            .ok_or_else(|| PkiError::Invalid {
+                what: what.into(),
+                reason: "no private key PEM block".into(),
+            })
     }
 
     /// Every private key of a PEM file, in order (k3s's `service.key` may hold several).
     pub fn all_from_pem(what: &str, pem: &[u8]) -> Result<Vec<PrivateKey>, PkiError> {
-        let blocks = read_pem_blocks(what, pem).map_err(|e| PkiError::Invalid { what: what.into(), reason: e.to_string() })?;
+        let blocks = read_pem_blocks(what, pem).map_err(|e| PkiError::Invalid {
+            what: what.into(),
+            reason: e.to_string(),
+        })?;
         blocks
             .into_iter()
             .filter(|b| b.kind.is_private_key())
@@ -146,7 +162,10 @@ impl PrivateKey {
 
 /// PEM-encode DER with a label (RFC 7468, LF line endings).
 pub fn pem_encode(label: &str, der: &[u8]) -> String {
-    pem::encode_config(&pem::Pem::new(label, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 #[cfg(test)]
@@ -159,7 +178,11 @@ mod tests {
             let k = kt.generate().unwrap();
             let back = PrivateKey::from_pem("k", k.pem().as_bytes()).unwrap();
             assert_eq!(back.public_key_der(), k.public_key_der(), "{kt}");
-            let expected = if kt == KeyType::Rsa2048 { KeyAlgorithm::Rsa } else { k.algorithm() };
+            let expected = if kt == KeyType::Rsa2048 {
+                KeyAlgorithm::Rsa
+            } else {
+                k.algorithm()
+            };
             assert_eq!(back.algorithm(), expected);
         }
     }
@@ -176,8 +199,16 @@ mod tests {
 
     #[test]
     fn garbage_is_a_clear_error() {
-        let err = PrivateKey::from_pem("x.key", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").unwrap_err();
-        assert!(err.to_string().starts_with("x.key: unsupported or malformed private key"), "{err}");
+        let err = PrivateKey::from_pem(
+            "x.key",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("x.key: unsupported or malformed private key"),
+            "{err}"
+        );
         let err = PrivateKey::from_pem("y.key", b"nothing").unwrap_err();
         assert_eq!(err.to_string(), "y.key: no private key PEM block");
     }

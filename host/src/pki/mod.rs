@@ -24,7 +24,10 @@ pub enum PkiError {
     Invalid { what: String, reason: String },
     /// The CA expired: it cannot issue any more.
     #[error("CA '{what}' expired on {}: rotate the CA first", crate::policy::rfc3339(*.not_after))]
-    Expired { what: String, not_after: OffsetDateTime },
+    Expired {
+        what: String,
+        not_after: OffsetDateTime,
+    },
     /// The cryptographic library failed.
     #[error("crypto: {0}")]
     Crypto(String),

@@ -16,7 +16,10 @@ pub struct Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Token").field("ca_hash", &self.ca_hash).field("user", &self.user).finish_non_exhaustive()
+        f.debug_struct("Token")
+            .field("ca_hash", &self.ca_hash)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
     }
 }
 
@@ -39,7 +42,11 @@ impl Token {
             if s.is_empty() {
                 return Err(TokenError::EmptyPassword);
             }
-            return Ok(Token { ca_hash: None, user: "server".into(), password: s.to_string() });
+            return Ok(Token {
+                ca_hash: None,
+                user: "server".into(),
+                password: s.to_string(),
+            });
         };
         let (hash, creds) = rest.split_once("::").ok_or(TokenError::Format)?;
         let ca_hash = match hash.len() {
@@ -51,24 +58,37 @@ impl Token {
         if password.is_empty() {
             return Err(TokenError::EmptyPassword);
         }
-        Ok(Token { ca_hash, user: user.to_string(), password: password.to_string() })
+        Ok(Token {
+            ca_hash,
+            user: user.to_string(),
+            password: password.to_string(),
+        })
     }
 
     /// The token text: `K10<hash>::<user>:<password>`.
     pub fn render(&self) -> String {
-        format!("K10{}::{}:{}", self.ca_hash.as_deref().unwrap_or(""), self.user, self.password)
+        format!(
+            "K10{}::{}:{}",
+            self.ca_hash.as_deref().unwrap_or(""),
+            self.user,
+            self.password
+        )
     }
 
     /// The same credentials pinned to another CA hash.
     pub fn with_hash(&self, hash: String) -> Token {
-        Token { ca_hash: Some(hash), ..self.clone() }
+        Token {
+            ca_hash: Some(hash),
+            ..self.clone()
+        }
     }
 }
 
 /// A fresh server password: 16 random bytes as 32 hex digits (as k3s's `util.Random(16)`).
 pub fn generate_password() -> Result<String, super::PkiError> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| super::PkiError::Crypto("no randomness".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| super::PkiError::Crypto("no randomness".into()))?;
     Ok(hex::encode(bytes))
 }
 
@@ -80,11 +100,20 @@ mod tests {
     fn tokens_parse_and_render() {
         let h = "a".repeat(64);
         let t = Token::parse(&format!("K10{h}::server:secret")).unwrap();
-        assert_eq!((t.ca_hash.as_deref(), t.user.as_str(), t.password.as_str()), (Some(h.as_str()), "server", "secret"));
+        assert_eq!(
+            (t.ca_hash.as_deref(), t.user.as_str(), t.password.as_str()),
+            (Some(h.as_str()), "server", "secret")
+        );
         assert_eq!(t.render(), format!("K10{h}::server:secret"));
         assert_eq!(Token::parse("K10::server:pw").unwrap().ca_hash, None);
-        assert_eq!(Token::parse("justapassword").unwrap().password, "justapassword");
-        assert_eq!(Token::parse("K10abc::server:pw"), Err(TokenError::HashLength(3)));
+        assert_eq!(
+            Token::parse("justapassword").unwrap().password,
+            "justapassword"
+        );
+        assert_eq!(
+            Token::parse("K10abc::server:pw"),
+            Err(TokenError::HashLength(3))
+        );
         assert_eq!(Token::parse("K10::server"), Err(TokenError::Format));
         assert_eq!(Token::parse("K10::server:"), Err(TokenError::EmptyPassword));
         assert!(!format!("{t:?}").contains("secret"));
