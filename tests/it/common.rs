@@ -207,8 +207,11 @@ pub fn rotor_ok(data_dir: &Path, args: &[&str]) -> String {
     out
 }
 
+/// Every file of a tree: path -> (content hash, mode).
+pub type Tree = std::collections::BTreeMap<String, (String, u32)>;
+
 /// Every file under `dir` with its content hash and mode, for "nothing changed" checks.
-pub fn tree(dir: &Path) -> std::collections::BTreeMap<String, (String, u32)> {
+pub fn tree(dir: &Path) -> Tree {
     fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, (String, u32)>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let entry = entry.unwrap();
@@ -309,4 +312,95 @@ pub fn webpki_verify(
     )
     .map(|_| ())
     .map_err(|e| format!("{e:?}"))
+}
+
+/// A TLS 1.3 handshake over loopback with rustls: the server presents `server_chain` (the file's
+/// certificates in order) and requires a client certificate chaining to `server_trusts`; the
+/// client presents `client_chain` and trusts only `client_trusts`. One byte goes each way.
+/// Returns the CN of the client certificate the server saw.
+pub fn tls_handshake(
+    server_chain: &Path,
+    server_key: &Path,
+    server_trusts: &[Vec<u8>],
+    client_chain: &Path,
+    client_key: &Path,
+    client_trusts: &[Vec<u8>],
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let chain = |p: &Path| -> Vec<CertificateDer<'static>> {
+        pem_certs(p).into_iter().map(CertificateDer::from).collect()
+    };
+    let key = |p: &Path| -> PrivateKeyDer<'static> {
+        let blocks = rotor::facts::read_pem_blocks("k", &std::fs::read(p).unwrap()).unwrap();
+        PrivateKeyDer::Pkcs8(blocks[0].der.clone().into())
+    };
+    let roots = |ders: &[Vec<u8>]| {
+        let mut store = rustls::RootCertStore::empty();
+        for c in ders {
+            store.add(CertificateDer::from(c.clone())).unwrap();
+        }
+        Arc::new(store)
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots(server_trusts),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain(server_chain), key(server_key))
+        .map_err(|e| e.to_string())?;
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots(client_trusts))
+        .with_client_auth_cert(chain(client_chain), key(client_key))
+        .map_err(|e| e.to_string())?;
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || -> Result<String, String> {
+        let (tcp, _) = listener.accept().map_err(|e| e.to_string())?;
+        let conn =
+            rustls::ServerConnection::new(Arc::new(server_config)).map_err(|e| e.to_string())?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).map_err(|e| format!("server: {e}"))?;
+        tls.write_all(b"!").map_err(|e| format!("server: {e}"))?;
+        tls.flush().map_err(|e| e.to_string())?;
+        let peer = tls
+            .conn
+            .peer_certificates()
+            .ok_or("no client certificate")?;
+        let f = rotor::facts::parse_certificate_der("peer", &peer[0]).map_err(|e| e.to_string())?;
+        Ok(f.subject.common_name.unwrap_or_default())
+    });
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(client_config),
+        ServerName::try_from("kubernetes.default.svc").unwrap(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let client = (|| -> Result<(), String> {
+        tls.write_all(b"?").map_err(|e| format!("client: {e}"))?;
+        let mut b = [0u8; 1];
+        tls.read_exact(&mut b).map_err(|e| format!("client: {e}"))?;
+        if &b != b"!" {
+            return Err("client: wrong reply".into());
+        }
+        Ok(())
+    })();
+    drop(tls);
+    let server = server.join().unwrap();
+    client?;
+    server
 }

@@ -11,6 +11,7 @@
 mod common;
 
 mod bundles;
+mod ca_rotation;
 mod cli;
 mod cluster;
 mod default_plugins;

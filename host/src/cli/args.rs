@@ -85,6 +85,10 @@ pub enum Command {
     #[command(subcommand)]
     Certs(CertsCommand),
 
+    /// Rotate the join token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+
     /// Load, inspect, evaluate and test policy bundles and their plugins.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -154,6 +158,61 @@ pub enum CertificateCommand {
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Build the custom CA topology (root -> intermediate -> the cluster's CAs) and a new
+    /// service-account key, for 'init' (before the first start) or 'rotate-ca'.
+    #[command(
+        after_help = "Key algorithms [defaults]: root and intermediate RSA-4096 (as k3s's script), the cluster's CAs\n\
+        ECDSA P-256 for k3s and RKE2 (RSA-2048 for kubeadm), service-account key RSA-2048.\n\n\
+        Examples:\n  rotor certificate generate-custom-ca --out /opt/k3s\n  \
+        rotor certificate generate-custom-ca --out /opt/k3s --root-cert root.pem --root-key root.key"
+    )]
+    GenerateCustomCa(Box<GenerateCustomCaArgs>),
+
+    /// For a cluster on self-signed CAs: new roots cross-signed by the current ones and new
+    /// intermediates, staged in DIR for 'rotate-ca'. Prints the token nodes will need.
+    #[command(
+        after_help = "Example:\n  rotor certificate rotate-default-ca --out /tmp/rotate\n  rotor certificate rotate-ca --path /tmp/rotate --force"
+    )]
+    RotateDefaultCa {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+
+    /// Validate a staged CA set and replace the CA material in the datastore in one atomic step.
+    #[command(
+        after_help = "Files missing from DIR keep the current ones (e.g. stage only service.key).\n\
+        Then run 'rotor start' on every server (restart servers first, then agents)."
+    )]
+    RotateCa {
+        /// The staging dir (the files directly, or under tls/, server/tls/ or pki/).
+        #[arg(long)]
+        path: PathBuf,
+        /// Turn the integrity checks into warnings (never for unusable material).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+
+    /// A new service-account signing key; previous keys stay after it so their tokens remain valid.
+    RotateServiceKey {
+        /// Keep at most N previous keys [default: all].
+        #[arg(long)]
+        keep: Option<usize>,
+        #[arg(long)]
+        now: Option<String>,
+        #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+
     /// One row per certificate (CAs included) with its expiry and status.
     #[command(
         after_help = "Exit status 1 when any certificate needs attention (WARNING, EXPIRED, ...)."
@@ -161,6 +220,50 @@ pub enum CertificateCommand {
     Check {
         #[arg(short, long, value_enum, default_value = "text")]
         output: CheckFormat,
+        #[arg(long)]
+        now: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateCustomCaArgs {
+    /// Output dir: files go to DIR/server/tls (k3s, RKE2) or DIR/pki (kubeadm).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Whose CA set to build.
+    #[arg(long, value_enum, default_value = "k3s")]
+    pub profile: Profile,
+    /// An existing root certificate (with --root-key, or with --intermediate-cert/--intermediate-key).
+    #[arg(long)]
+    pub root_cert: Option<PathBuf>,
+    #[arg(long, requires = "root_cert", conflicts_with = "intermediate_key")]
+    pub root_key: Option<PathBuf>,
+    /// An existing intermediate CA to sign the cluster's CAs.
+    #[arg(long, requires_all = ["intermediate_key", "root_cert"])]
+    pub intermediate_cert: Option<PathBuf>,
+    #[arg(long, requires = "intermediate_cert")]
+    pub intermediate_key: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "rsa-4096")]
+    pub root_key_type: KeyType,
+    #[arg(long, value_enum, default_value = "rsa-4096")]
+    pub intermediate_key_type: KeyType,
+    /// [default: ecdsa-p256 for k3s and RKE2, rsa-2048 for kubeadm]
+    #[arg(long, value_enum)]
+    pub ca_key_type: Option<KeyType>,
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Re-encrypt the bootstrap data under a new token; the old one no longer decrypts it.
+    Rotate {
+        /// The new token (K10<hash>::server:<password>, or a bare password).
+        #[arg(long)]
+        new_token: String,
+        /// The current token [default: the token file].
+        #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[arg(long)]
         now: Option<String>,
     },

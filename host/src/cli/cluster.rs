@@ -14,7 +14,7 @@ use crate::cluster::start::{self, Action, Mode};
 use crate::cluster::{Cluster, check, init, kubeadm_certs};
 use crate::policy::{Bundle, rfc3339};
 
-fn now(arg: &Option<String>) -> anyhow::Result<OffsetDateTime> {
+pub(super) fn now(arg: &Option<String>) -> anyhow::Result<OffsetDateTime> {
     match arg {
         Some(s) => clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--now': {e}")),
         None => Ok(clock::system_now()),
@@ -185,6 +185,24 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
             now: at,
             token,
         } => run_plan(global, Mode::Rotate { services }, dry_run, now(&at)?, token),
+        CertificateCommand::GenerateCustomCa(args) => super::rotation::generate_custom_ca(*args),
+        CertificateCommand::RotateDefaultCa {
+            out,
+            now: at,
+            token,
+        } => super::rotation::rotate_default_ca(global, &out, now(&at)?, token),
+        CertificateCommand::RotateCa {
+            path,
+            force,
+            dry_run,
+            now: at,
+            token,
+        } => super::rotation::rotate_ca(global, &path, force, dry_run, now(&at)?, token),
+        CertificateCommand::RotateServiceKey {
+            keep,
+            now: at,
+            token,
+        } => super::rotation::rotate_service_key(global, keep, now(&at)?, token),
         CertificateCommand::Check {
             output: format,
             now: at,

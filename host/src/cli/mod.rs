@@ -7,6 +7,7 @@ mod args;
 mod cluster;
 mod output;
 mod policy;
+mod rotation;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Start(args) => cluster::start(&cli.global, args),
         Command::Certificate(cmd) => cluster::certificate(&cli.global, cmd),
         Command::Certs(cmd) => cluster::certs(&cli.global, cmd),
+        Command::Token(cmd) => rotation::token(&cli.global, cmd),
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
     }
 }

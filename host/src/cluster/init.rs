@@ -170,19 +170,19 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
 
     // 3. Service-account key(s).
     let sk = &cluster.layout.service_key;
-    let (service_pem, service_generated) = match cluster.root.read(&sk.key) {
+    let service_pem = match cluster.root.read(&sk.adopt) {
         Ok(pem) => {
             let keys =
-                PrivateKey::all_from_pem(&cluster.path(&sk.key).display().to_string(), &pem)?;
+                PrivateKey::all_from_pem(&cluster.path(&sk.adopt).display().to_string(), &pem)?;
             if keys.is_empty() {
                 return Err(ClusterError::BadFile {
-                    path: cluster.path(&sk.key),
+                    path: cluster.path(&sk.adopt),
                     reason: "no private key".into(),
                 });
             }
-            (pem, false)
+            pem
         }
-        Err(e) if e.is_not_found() => (sk.key_type.generate()?.pem().as_bytes().to_vec(), true),
+        Err(e) if e.is_not_found() => sk.key_type.generate()?.pem().as_bytes().to_vec(),
         Err(e) => return Err(e.into()),
     };
     let service_keys = PrivateKey::all_from_pem("service key", &service_pem)?;
@@ -261,13 +261,7 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
                 .write_atomic(nochain, first.as_bytes(), PUBLIC_FILE)?;
         }
     }
-    cluster.ensure_parent(&sk.key)?;
-    if service_generated {
-        cluster
-            .root
-            .write_atomic(&sk.key, &service_pem, PRIVATE_FILE)?;
-    }
-    cluster.write_service_key_companions(&service_keys)?;
+    cluster.write_service_keys(&service_keys)?;
     for (i, leaf) in &issued {
         let spec = &cluster.layout.leaves[*i];
         let signer = cas[spec.ca]
@@ -449,20 +443,18 @@ impl Cluster {
         }
     }
 
-    /// k3s `service.current.key` (the signing key alone) and kubeadm `sa.pub`.
-    pub fn write_service_key_companions(&self, keys: &[PrivateKey]) -> Result<()> {
-        let sk = &self.layout.service_key;
-        let first = keys
-            .first()
-            .ok_or_else(|| ClusterError::Invalid("no service-account key".into()))?;
-        if let Some(current) = &sk.current {
-            self.root
-                .write_atomic(current, first.pem().as_bytes(), PRIVATE_FILE)?;
+    /// The service-account key files, from every key (signing key first).
+    pub fn write_service_keys(&self, keys: &[PrivateKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Err(ClusterError::Invalid("no service-account key".into()));
         }
-        if let Some(public) = &sk.public {
-            let pem = crate::pki::pem_encode("PUBLIC KEY", &first.public_key_der());
-            self.root
-                .write_atomic(public, pem.as_bytes(), PUBLIC_FILE)?;
+        for (path, content, private) in self.layout.service_key.files(keys) {
+            self.ensure_parent(&path)?;
+            self.root.write_atomic(
+                &path,
+                &content,
+                if private { PRIVATE_FILE } else { PUBLIC_FILE },
+            )?;
         }
         Ok(())
     }

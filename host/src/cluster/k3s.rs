@@ -324,9 +324,10 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         cas,
         leaves,
         service_key: ServiceKeySpec {
-            key: p(TLS, "service.key"),
-            current: Some(p(TLS, "service.current.key")),
-            public: None,
+            adopt: p(TLS, "service.key"),
+            all_keys: Some(p(TLS, "service.key")),
+            signing_key: Some(p(TLS, "service.current.key")),
+            public_keys: None,
             field: "ServiceKey",
             key_type: KeyType::Rsa2048,
         },

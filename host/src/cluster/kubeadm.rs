@@ -178,9 +178,10 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         ],
         leaves,
         service_key: ServiceKeySpec {
-            key: PathBuf::from("pki/sa.key"),
-            current: None,
-            public: Some(PathBuf::from("pki/sa.pub")),
+            adopt: PathBuf::from("pki/sa.key"),
+            all_keys: None,
+            signing_key: Some(PathBuf::from("pki/sa.key")),
+            public_keys: Some(PathBuf::from("pki/sa.pub")),
             field: "ServiceAccountKey",
             key_type: config.key_type,
         },

@@ -69,17 +69,43 @@ pub struct LeafSpec {
     pub rotated_by_kubelet: bool,
 }
 
-/// The service-account signing key(s).
+/// The service-account signing key(s). The datastore holds every key, the signing key first;
+/// each distribution keeps them on disk in its own forms.
 #[derive(Clone, Debug)]
 pub struct ServiceKeySpec {
-    /// Every key, the signing key first (k3s `service.key`, kubeadm `sa.key`).
-    pub key: PathBuf,
-    /// k3s: the signing key alone (`service.current.key`).
-    pub current: Option<PathBuf>,
-    /// kubeadm: the public key (`sa.pub`).
-    pub public: Option<PathBuf>,
+    /// The file `init` adopts and `rotate-ca` stages (k3s `service.key`, kubeadm `sa.key`);
+    /// it may hold several keys, the signing key first.
+    pub adopt: PathBuf,
+    /// Every private key (k3s `service.key`).
+    pub all_keys: Option<PathBuf>,
+    /// The signing key alone (k3s `service.current.key`, kubeadm `sa.key`).
+    pub signing_key: Option<PathBuf>,
+    /// Every public key (kubeadm `sa.pub`, which the API server verifies tokens with).
+    pub public_keys: Option<PathBuf>,
     pub field: &'static str,
     pub key_type: KeyType,
+}
+
+impl ServiceKeySpec {
+    /// The files to write for `keys` (signing key first): (path, content, private).
+    pub fn files(&self, keys: &[crate::pki::PrivateKey]) -> Vec<(PathBuf, Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.all_keys {
+            let all: String = keys.iter().map(|k| k.pem()).collect();
+            out.push((p.clone(), all.into_bytes(), true));
+        }
+        if let (Some(p), Some(first)) = (&self.signing_key, keys.first()) {
+            out.push((p.clone(), first.pem().as_bytes().to_vec(), true));
+        }
+        if let Some(p) = &self.public_keys {
+            let all: String = keys
+                .iter()
+                .map(|k| crate::pki::pem_encode("PUBLIC KEY", &k.public_key_der()))
+                .collect();
+            out.push((p.clone(), all.into_bytes(), false));
+        }
+        out
+    }
 }
 
 /// A kubeconfig that points at certificate files (k3s `server/cred/*.kubeconfig`).

@@ -8,12 +8,15 @@
 
 pub mod check;
 pub mod config;
+pub mod custom_ca;
 pub mod init;
 mod k3s;
 pub mod kubeadm;
 pub mod kubeadm_certs;
 pub mod kubeconfig;
 pub mod layout;
+pub mod rotate_ca;
+pub mod secrets;
 pub mod start;
 
 use std::collections::BTreeMap;

@@ -129,7 +129,7 @@ pub fn prepare(
     let token = cluster.token(token)?;
     let data = cluster.bootstrap(&token)?;
     let mut plan = Plan {
-        extractions: extractions(cluster, &data)?,
+        extractions: extractions(cluster, &data, now)?,
         ..Plan::default()
     };
     let cas = cluster.cas_from_bootstrap(&data)?;
@@ -158,12 +158,7 @@ pub fn prepare(
             Some(select_services(cluster, services.as_deref(), &mut plan)?)
         }
     };
-    for spec in cluster
-        .layout
-        .leaves
-        .iter()
-        .filter(|l| !l.rotated_by_kubelet)
-    {
+    for spec in &cluster.layout.leaves {
         let ca = &cas[spec.ca];
         let leaf_plan = match &selected {
             Some(names) => rotate_leaf(cluster, spec, ca, names.contains(spec.name.as_str()))?,
@@ -182,12 +177,7 @@ fn select_services<'a>(
     let layout = &cluster.layout;
     // kubeadm has no k3s service names: its certificate names select.
     let valid: Vec<String> = if layout.services.is_empty() {
-        layout
-            .leaves
-            .iter()
-            .filter(|l| !l.rotated_by_kubelet)
-            .map(|l| l.name.clone())
-            .collect()
+        layout.leaves.iter().map(|l| l.name.clone()).collect()
     } else {
         layout.services.iter().map(|s| s.to_string()).collect()
     };
@@ -414,26 +404,84 @@ fn drift(spec: &LeafSpec, facts: &CertificateFacts) -> Vec<String> {
 }
 
 /// CA and service-key files whose disk copy is missing or differs from the datastore.
-fn extractions(cluster: &Cluster, data: &BootstrapData) -> Result<Vec<Extraction>> {
-    let mut files: Vec<(PathBuf, &str, bool)> = Vec::new();
+fn extractions(
+    cluster: &Cluster,
+    data: &BootstrapData,
+    now: OffsetDateTime,
+) -> Result<Vec<Extraction>> {
+    // (path, content, private, conflict-checked): files that are exact copies of a datastore
+    // field are checked for newer disk copies; derived files just follow.
+    let mut files: Vec<(PathBuf, Vec<u8>, bool, bool)> = Vec::new();
     for spec in &cluster.layout.cas {
-        files.push((spec.cert.clone(), spec.cert_field, false));
-        files.push((spec.key.clone(), spec.key_field, true));
-    }
-    let sk = &cluster.layout.service_key;
-    files.push((sk.key.clone(), sk.field, true));
-
-    let mut out = Vec::new();
-    for (path, field, private) in files {
-        let Some(stored) = data.get(field) else {
+        for (path, field, private) in [
+            (&spec.cert, spec.cert_field, false),
+            (&spec.key, spec.key_field, true),
+        ] {
+            if let Some(stored) = data.get(field) {
+                files.push((path.clone(), stored.content.clone(), private, true));
+            }
+        }
+        let (Some(nochain), Some(stored)) = (&spec.nochain, data.get(spec.cert_field)) else {
             continue;
         };
+        let first = crate::facts::read_pem_blocks("datastore", &stored.content)
+            .ok()
+            .and_then(|b| {
+                b.into_iter()
+                    .find(|b| b.kind == crate::facts::PemKind::Certificate)
+            })
+            .map(|b| crate::pki::pem_encode("CERTIFICATE", &b.der));
+        if let Some(first) = first {
+            files.push((nochain.clone(), first.into_bytes(), false, false));
+        }
+    }
+    let sk = &cluster.layout.service_key;
+    if let Some(stored) = data.get(sk.field) {
+        let keys = PrivateKey::all_from_pem("datastore service key", &stored.content)?;
+        for (path, content, private) in sk.files(&keys) {
+            let exact = content == stored.content;
+            files.push((path, content, private, exact));
+        }
+    }
+
+    // The token file pins the token CA: after a CA rotation its hash follows the datastore.
+    let token_ca = cluster.layout.token_ca();
+    if let (Ok(bytes), Some(stored)) = (
+        cluster.root.read(&cluster.layout.token_file),
+        data.get(token_ca.cert_field),
+    ) && let Ok(token) = crate::pki::Token::parse(String::from_utf8_lossy(&bytes).trim())
+    {
+        let ders: Vec<Vec<u8>> = crate::facts::read_pem_blocks("datastore", &stored.content)
+            .map(|b| {
+                b.into_iter()
+                    .filter(|b| b.kind == crate::facts::PemKind::Certificate)
+                    .map(|b| b.der)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hash = crate::pki::ca_hash(&stored.content, &ders, now);
+        if token.ca_hash.as_deref() != Some(hash.as_str()) {
+            let text = format!("{}\n", token.with_hash(hash).render());
+            files.push((
+                cluster.layout.token_file.clone(),
+                text.into_bytes(),
+                true,
+                false,
+            ));
+        }
+    }
+
+    let mut out = Vec::new();
+    for (path, content, private, checked) in files {
         let why = match cluster.root.read(&path) {
-            Ok(disk) if disk == stored.content => continue,
+            Ok(disk) if disk == content => continue,
+            Ok(_) if !checked => "derived from the datastore (follows it)",
             Ok(_) => {
-                let mtime = cluster.root.modified(&path)?;
-                let disk_time = OffsetDateTime::from(mtime);
-                let newer_by = (disk_time - stored.timestamp).whole_seconds();
+                let stored_at = stored_timestamp(cluster, data, &path);
+                let disk_time = OffsetDateTime::from(cluster.root.modified(&path)?);
+                let newer_by = stored_at
+                    .map(|t| (disk_time - t).whole_seconds())
+                    .unwrap_or(0);
                 if newer_by >= SKEW_SECONDS {
                     return Err(ClusterError::Conflict {
                         path: cluster.path(&path),
@@ -447,61 +495,35 @@ fn extractions(cluster: &Cluster, data: &BootstrapData) -> Result<Vec<Extraction
         };
         out.push(Extraction {
             path,
-            content: stored.content.clone(),
+            content,
             private,
             why,
         });
     }
-    // Derived files follow their source: nochain certificates, service.current.key, sa.pub.
-    for spec in &cluster.layout.cas {
-        let (Some(nochain), Some(stored)) = (&spec.nochain, data.get(spec.cert_field)) else {
-            continue;
-        };
-        let first = crate::facts::read_pem_blocks("datastore", &stored.content)
-            .ok()
-            .and_then(|b| {
-                b.into_iter()
-                    .find(|b| b.kind == crate::facts::PemKind::Certificate)
-            })
-            .map(|b| crate::pki::pem_encode("CERTIFICATE", &b.der));
-        if let Some(first) = first
-            && cluster.root.read(nochain).ok().as_deref() != Some(first.as_bytes())
-        {
-            out.push(Extraction {
-                path: nochain.clone(),
-                content: first.into_bytes(),
-                private: false,
-                why: "derived from its CA",
-            });
-        }
-    }
-    if let Some(stored) = data.get(sk.field) {
-        let keys = PrivateKey::all_from_pem("datastore service key", &stored.content)?;
-        if let Some(first) = keys.first() {
-            if let Some(current) = &sk.current
-                && cluster.root.read(current).ok().as_deref() != Some(first.pem().as_bytes())
-            {
-                out.push(Extraction {
-                    path: current.clone(),
-                    content: first.pem().as_bytes().to_vec(),
-                    private: true,
-                    why: "derived from the service key",
-                });
-            }
-            if let Some(public) = &sk.public {
-                let pem = crate::pki::pem_encode("PUBLIC KEY", &first.public_key_der());
-                if cluster.root.read(public).ok().as_deref() != Some(pem.as_bytes()) {
-                    out.push(Extraction {
-                        path: public.clone(),
-                        content: pem.into_bytes(),
-                        private: false,
-                        why: "derived from the service key",
-                    });
-                }
-            }
-        }
-    }
     Ok(out)
+}
+
+/// The datastore timestamp of the field a file copies.
+fn stored_timestamp(
+    cluster: &Cluster,
+    data: &BootstrapData,
+    path: &PathBuf,
+) -> Option<OffsetDateTime> {
+    let field = cluster
+        .layout
+        .cas
+        .iter()
+        .find_map(|c| {
+            if &c.cert == path {
+                Some(c.cert_field)
+            } else if &c.key == path {
+                Some(c.key_field)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(cluster.layout.service_key.field);
+    data.get(field).map(|f| f.timestamp)
 }
 
 /// Apply a prepared plan: back up, extract, re-issue. `now` dates the new certificates.

@@ -43,7 +43,9 @@ const TAG_LEN: usize = 16;
 pub enum EnvelopeError {
     #[error("malformed bootstrap record ({0}): truncated or corrupted")]
     Malformed(&'static str),
-    #[error("the token does not decrypt the bootstrap data (wrong token, or a tampered record)")]
+    #[error(
+        "the token does not decrypt the bootstrap data (wrong token, or a tampered or truncated record)"
+    )]
     WrongKeyOrTampered,
     #[error("no randomness available")]
     Random,

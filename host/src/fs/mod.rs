@@ -28,6 +28,18 @@ pub const PUBLIC_FILE: u32 = 0o644;
 /// Mode for every directory rotor creates.
 pub const PRIVATE_DIR: u32 = 0o700;
 
+/// Crash-safety testing: in debug builds, abort the process (as a kill would) when the
+/// `ROTOR_FAILPOINT` environment variable names this point. Release builds ignore it.
+pub fn failpoint(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("ROTOR_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("rotor: failpoint {name}: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
 /// An I/O error with the full path it concerns.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -256,6 +268,19 @@ impl Root {
         Ok(())
     }
 
+    /// Device and inode of `rel` (`.` for the root): tells whether two paths are one directory.
+    pub fn identity(&self, rel: &Path) -> Result<(u64, u64), FsError> {
+        use cap_std::fs::MetadataExt;
+        let meta = if rel == Path::new(".") {
+            self.dir.dir_metadata()
+        } else {
+            self.check(rel)?;
+            self.dir.metadata(rel)
+        }
+        .map_err(|e| FsError::io(self.display(rel), e))?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
     /// The permission bits and owner of `rel` (or of the root itself for `.`).
     pub fn mode_and_owner(&self, rel: &Path) -> Result<(u32, u32), FsError> {
         use cap_std::fs::{MetadataExt, PermissionsExt};
@@ -301,7 +326,9 @@ impl Root {
             file.write_all(bytes)?;
             file.sync_all()?;
             drop(file);
+            failpoint(&format!("atomic:written:{name}"));
             parent_dir.rename(tmp, &parent_dir, &name)?;
+            failpoint(&format!("atomic:renamed:{name}"));
             parent_dir.open(".")?.sync_all()
         })();
         if let Err(e) = result {

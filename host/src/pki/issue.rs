@@ -212,14 +212,15 @@ impl CaSigner {
     }
 
     /// Issue a CA certificate for `key`, signed by this CA (an intermediate, or a cross-signed
-    /// root when `subject` is another root's subject).
+    /// root when `subject` is another root's subject). The validity is clamped to this CA's: a
+    /// CA never outlives its issuer.
     pub fn issue_ca(
         &self,
         subject: &Subject,
         key: &PrivateKey,
         validity: Validity,
     ) -> Result<Issued, PkiError> {
-        let p = ca_params(subject, validity)?;
+        let p = ca_params(subject, self.clamp(validity)?)?;
         let cert = p
             .signed_by(key.pair(), &self.issuer()?)
             .map_err(|e| PkiError::Crypto(format!("signing CA '{}': {e}", subject.common_name)))?;

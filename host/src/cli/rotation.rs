@@ -1,0 +1,221 @@
+//! `rotor certificate generate-custom-ca | rotate-default-ca | rotate-ca | rotate-service-key`
+//! and `rotor token rotate`.
+
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use super::Exit;
+use super::args::{GenerateCustomCaArgs, GlobalArgs, TokenCommand};
+use super::cluster::now;
+use crate::cluster::custom_ca::{self, CustomCaOptions, Parent};
+use crate::cluster::{Cluster, Profile, rotate_ca, secrets};
+use crate::pki::KeyType;
+
+/// Read a file the operator named on the command line, through its directory (read-only).
+fn read_named(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{}: not a file", path.display()))?;
+    Ok(crate::fs::Root::open_ambient(dir)?.read(Path::new(name))?)
+}
+
+pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<Exit> {
+    let parent = match (
+        &args.root_cert,
+        &args.root_key,
+        &args.intermediate_cert,
+        &args.intermediate_key,
+    ) {
+        (None, None, None, None) => Parent::None,
+        (Some(rc), Some(rk), None, None) => Parent::Root {
+            cert: read_named(rc)?,
+            key: read_named(rk)?,
+        },
+        (Some(rc), None, Some(ic), Some(ik)) => Parent::Intermediate {
+            cert: read_named(ic)?,
+            key: read_named(ik)?,
+            root_cert: read_named(rc)?,
+        },
+        _ => anyhow::bail!(
+            "give either --root-cert with --root-key, or --intermediate-cert with --intermediate-key and --root-cert"
+        ),
+    };
+    let opts = CustomCaOptions {
+        profile: args.profile,
+        parent,
+        root_key_type: args.root_key_type,
+        intermediate_key_type: args.intermediate_key_type,
+        ca_key_type: args
+            .ca_key_type
+            .unwrap_or(if args.profile == Profile::Kubeadm {
+                KeyType::Rsa2048
+            } else {
+                KeyType::EcdsaP256
+            }),
+        now: now(&args.now)?,
+    };
+    let g = custom_ca::generate_custom_ca(&args.out, opts)?;
+    println!("wrote {} files to {}", g.files.len(), g.dir.display());
+    if g.service_key_prepended {
+        println!("  the new service-account key was placed before the existing ones");
+    }
+    println!("join token CA hash for these CAs: {}", g.ca_hash);
+    if !g.offline_keys.is_empty() {
+        println!(
+            "move these keys off the nodes once the cluster is set up (they sign CAs, not certificates):"
+        );
+        for k in &g.offline_keys {
+            println!("  {}", k.display());
+        }
+    }
+    println!(
+        "next: for a new cluster, 'rotor --data-dir {} init ...' adopts them; for a running one, \
+         'rotor certificate rotate-ca --path {}'",
+        args.out.display(),
+        args.out.display()
+    );
+    Ok(Exit::Success)
+}
+
+pub(super) fn rotate_default_ca(
+    global: &GlobalArgs,
+    out: &Path,
+    at: OffsetDateTime,
+    token: Option<String>,
+) -> anyhow::Result<Exit> {
+    let cluster = Cluster::open(&global.data_dir)?;
+    let r = custom_ca::rotate_default_ca(&cluster, token.as_deref(), out, at)?;
+    println!(
+        "staged new CAs in {} ({} files): new roots, cross-signed by the current ones, and new intermediates",
+        r.dir.display(),
+        r.files.len()
+    );
+    println!(
+        "the join token's CA hash changes (new root): this rotation is disruptive and needs --force:"
+    );
+    println!(
+        "  rotor certificate rotate-ca --path {} --force",
+        out.display()
+    );
+    println!(
+        "new token (nodes must be reconfigured with it; its hash is the new self-signed root's, as nodes compute it,"
+    );
+    println!(
+        "not the new intermediate's fingerprint {}):",
+        r.intermediate_fingerprint
+    );
+    println!("{}", r.new_token.render());
+    Ok(Exit::Success)
+}
+
+pub(super) fn rotate_ca(
+    global: &GlobalArgs,
+    path: &Path,
+    force: bool,
+    dry_run: bool,
+    at: OffsetDateTime,
+    token: Option<String>,
+) -> anyhow::Result<Exit> {
+    let cluster = Cluster::open(&global.data_dir)?;
+    let report = rotate_ca::rotate_ca(
+        &cluster,
+        rotate_ca::Options {
+            path,
+            force,
+            dry_run,
+            token: token.as_deref(),
+            now: at,
+        },
+    )?;
+    println!("staged set: {}", report.staging_dir.display());
+    println!(
+        "  replace: {}",
+        if report.replaced.is_empty() {
+            "nothing".into()
+        } else {
+            report.replaced.join(", ")
+        }
+    );
+    if !report.kept.is_empty() {
+        println!("  keep (not staged): {}", report.kept.join(", "));
+    }
+    for p in &report.forced {
+        println!("  warning (forced): {p}");
+    }
+    match &report.hash_change {
+        Some((old, new)) => println!("  token CA hash changes: {old} -> {new} (disruptive)"),
+        None => println!("  token CA hash unchanged (non-disruptive)"),
+    }
+    if dry_run {
+        println!(
+            "dry run: all checks passed{}; nothing changed",
+            if report.forced.is_empty() {
+                ""
+            } else {
+                " with --force"
+            }
+        );
+        return Ok(Exit::Success);
+    }
+    println!("CA material saved to the datastore in one step");
+    if let Some(t) = &report.new_token {
+        println!(
+            "new token (reconfigure every node that joined with the old one, then restart it):"
+        );
+        println!("{}", t.render());
+    }
+    println!(
+        "next: 'rotor start' on every server re-issues the leaves under the new CAs; restart servers first, then agents"
+    );
+    Ok(Exit::Success)
+}
+
+pub(super) fn rotate_service_key(
+    global: &GlobalArgs,
+    keep: Option<usize>,
+    at: OffsetDateTime,
+    token: Option<String>,
+) -> anyhow::Result<Exit> {
+    let cluster = Cluster::open(&global.data_dir)?;
+    let r = secrets::rotate_service_key(&cluster, token.as_deref(), keep, at)?;
+    println!(
+        "new service-account signing key saved to the datastore; {} key(s) in the list{}",
+        r.keys,
+        if r.dropped > 0 {
+            format!(" ({} old key(s) dropped)", r.dropped)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "next: 'rotor start' writes the key files; restart the servers (agents and pods need no restart)"
+    );
+    Ok(Exit::Success)
+}
+
+pub(super) fn token(global: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<Exit> {
+    match cmd {
+        TokenCommand::Rotate {
+            new_token,
+            token,
+            now: at,
+        } => {
+            let cluster = Cluster::open(&global.data_dir)?;
+            let t = secrets::rotate_token(&cluster, token.as_deref(), &new_token, now(&at)?)?;
+            println!(
+                "bootstrap data re-encrypted under the new token; the old token no longer decrypts it"
+            );
+            println!(
+                "new token (also in {}):",
+                cluster.path(&cluster.layout.token_file).display()
+            );
+            println!("{}", t.render());
+            Ok(Exit::Success)
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Rotating the service-account key and the join token.
+//!
+//! - `rotor certificate rotate-service-key [--keep N]`: a new key becomes the signing key; the
+//!   previous keys stay after it (the N most recent with `--keep`), so tokens they signed remain
+//!   valid. The datastore is updated in one atomic step; `rotor start` then writes the key files
+//!   (`service.key` and `service.current.key`, or `sa.key` and `sa.pub`).
+//! - `rotor token rotate --new-token T`: the bootstrap record is re-encrypted under the new
+//!   token's password and the old record deleted, so the old token no longer decrypts anything.
+
+use time::OffsetDateTime;
+
+use super::{Cluster, ClusterError, Result};
+use crate::datastore::BootstrapStore;
+use crate::fs::{PRIVATE_FILE, failpoint};
+use crate::pki::{PrivateKey, Token, ca_hash};
+
+/// What `rotate-service-key` did.
+#[derive(Debug)]
+pub struct ServiceKeyRotation {
+    /// Keys now in the list, the new signing key included.
+    pub keys: usize,
+    /// Previous keys dropped because of `--keep`.
+    pub dropped: usize,
+}
+
+pub fn rotate_service_key(
+    cluster: &Cluster,
+    token: Option<&str>,
+    keep: Option<usize>,
+    _now: OffsetDateTime,
+) -> Result<ServiceKeyRotation> {
+    if keep == Some(0) {
+        return Err(ClusterError::Invalid(
+            "'--keep 0' would drop the current signing key and invalidate every service-account token; keep at least 1".into(),
+        ));
+    }
+    let token = cluster.token(token)?;
+    let mut data = cluster.bootstrap(&token)?;
+    let sk = &cluster.layout.service_key;
+    let old = data
+        .get(sk.field)
+        .map(|f| PrivateKey::all_from_pem("datastore service-account key", &f.content))
+        .transpose()?
+        .unwrap_or_default();
+    let kept = keep.map_or(old.len(), |k| k.min(old.len()));
+    let mut pem = sk.key_type.generate()?.pem().as_bytes().to_vec();
+    for k in &old[..kept] {
+        pem.extend_from_slice(k.pem().as_bytes());
+    }
+    data.set(sk.field, pem, crate::clock::system_now());
+    let store = cluster.datastore()?;
+    let bootstrap = BootstrapStore::new(&store, &token.password);
+    let format = bootstrap
+        .stored_format()?
+        .unwrap_or(cluster.config.datastore_format);
+    bootstrap.save(&data, format)?;
+    Ok(ServiceKeyRotation {
+        keys: kept + 1,
+        dropped: old.len() - kept,
+    })
+}
+
+/// `rotor token rotate --new-token T`.
+pub fn rotate_token(
+    cluster: &Cluster,
+    token: Option<&str>,
+    new_token: &str,
+    now: OffsetDateTime,
+) -> Result<Token> {
+    let old = cluster.token(token)?;
+    let new =
+        Token::parse(new_token).map_err(|e| ClusterError::Token(format!("'--new-token': {e}")))?;
+    if new.password == old.password {
+        return Err(ClusterError::Token(
+            "'--new-token' has the same password as the current token".into(),
+        ));
+    }
+    let data = cluster.bootstrap(&old)?;
+    // The new token pins the current CA, whatever hash it was given with.
+    let ca = cluster.layout.token_ca();
+    let content = &data
+        .get(ca.cert_field)
+        .ok_or_else(|| ClusterError::Invalid(format!("datastore {}: missing", ca.cert_field)))?
+        .content;
+    let ders: Vec<Vec<u8>> = crate::facts::read_pem_blocks("ca", content)
+        .map_err(|e| ClusterError::Invalid(e.to_string()))?
+        .into_iter()
+        .filter(|b| b.kind == crate::facts::PemKind::Certificate)
+        .map(|b| b.der)
+        .collect();
+    let hash = ca_hash(content, &ders, now);
+    if let Some(h) = &new.ca_hash
+        && *h != hash
+    {
+        return Err(ClusterError::Token(format!(
+            "'--new-token': its CA hash {h} does not match the cluster CA ({hash})"
+        )));
+    }
+    let new = Token {
+        ca_hash: Some(hash),
+        user: old.user.clone(),
+        ..new
+    };
+    let store = cluster.datastore()?;
+    let old_store = BootstrapStore::new(&store, &old.password);
+    let format = old_store
+        .stored_format()?
+        .unwrap_or(cluster.config.datastore_format);
+    // Save under the new token first, then delete the old record: a crash in between leaves both
+    // readable, never neither.
+    BootstrapStore::new(&store, &new.password).save(&data, format)?;
+    failpoint("token-rotate:saved");
+    old_store.delete()?;
+    cluster.root.write_atomic(
+        &cluster.layout.token_file,
+        format!("{}\n", new.render()).as_bytes(),
+        PRIVATE_FILE,
+    )?;
+    Ok(new)
+}
