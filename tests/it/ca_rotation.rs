@@ -740,3 +740,52 @@ fn kubeadm_cas_rotate_with_the_same_tools() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_partial_rotation_of_only_the_service_key_keeps_every_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    init(&dir, &[]);
+    // As the documents do it: a new key, then the existing keys, in a staging dir of its own.
+    let staged = tmp.path().join("sa-only/tls");
+    std::fs::create_dir_all(&staged).unwrap();
+    let new_key = rotor::pki::KeyType::Rsa2048.generate().unwrap();
+    let mut pem = new_key.pem().as_bytes().to_vec();
+    pem.extend(std::fs::read(dir.join("server/tls/service.key")).unwrap());
+    std::fs::write(staged.join("service.key"), &pem).unwrap();
+    let cas_before = tree(&dir.join("server/tls"));
+    let at = rfc3339(t0() + days(1));
+    let out = rotor_ok(
+        &dir,
+        &[
+            "certificate",
+            "rotate-ca",
+            "--path",
+            tmp.path().join("sa-only").to_str().unwrap(),
+            "--now",
+            &at,
+        ],
+    );
+    assert!(out.contains("replace: service-account key"), "{out}");
+    assert!(out.contains("keep (not staged): server-ca, client-ca, request-header-ca, etcd-server-ca, etcd-peer-ca"), "{out}");
+    assert!(out.contains("token CA hash unchanged"), "{out}");
+    let out = rotor_ok(&dir, &["start", "--now", &at]);
+    assert!(
+        out.contains("renewed 0 certificate(s)") && out.contains("extract  server/tls/service.key"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("server/tls/service.key")).unwrap(),
+        pem
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("server/tls/service.current.key")).unwrap(),
+        new_key.pem()
+    );
+    let after = tree(&dir.join("server/tls"));
+    for (path, v) in &cas_before {
+        if path.ends_with("-ca.crt") || path.ends_with("-ca.key") {
+            assert_eq!(after.get(path), Some(v), "{path} must not change");
+        }
+    }
+}
