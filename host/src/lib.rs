@@ -24,6 +24,7 @@
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod csr;
 pub mod datastore;
 pub mod facts;
 pub mod fs;

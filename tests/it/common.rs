@@ -317,13 +317,31 @@ pub fn webpki_verify(
 /// A TLS 1.3 handshake over loopback with rustls: the server presents `server_chain` (the file's
 /// certificates in order) and requires a client certificate chaining to `server_trusts`; the
 /// client presents `client_chain` and trusts only `client_trusts`. One byte goes each way.
-/// Returns the CN of the client certificate the server saw.
+/// Returns the CN of the client certificate the server saw. The client asks for
+/// `kubernetes.default.svc`.
 pub fn tls_handshake(
     server_chain: &Path,
     server_key: &Path,
     server_trusts: &[Vec<u8>],
     client_chain: &Path,
     client_key: &Path,
+    client_trusts: &[Vec<u8>],
+) -> Result<String, String> {
+    tls_handshake_named(
+        "kubernetes.default.svc",
+        (server_chain, server_key),
+        server_trusts,
+        (client_chain, client_key),
+        client_trusts,
+    )
+}
+
+/// [`tls_handshake`] with the client asking for `server_name` (a DNS name or an IP address).
+pub fn tls_handshake_named(
+    server_name: &str,
+    (server_chain, server_key): (&Path, &Path),
+    server_trusts: &[Vec<u8>],
+    (client_chain, client_key): (&Path, &Path),
     client_trusts: &[Vec<u8>],
 ) -> Result<String, String> {
     use std::io::{Read, Write};
@@ -386,7 +404,7 @@ pub fn tls_handshake(
     let tcp = std::net::TcpStream::connect(addr).unwrap();
     let conn = rustls::ClientConnection::new(
         Arc::new(client_config),
-        ServerName::try_from("kubernetes.default.svc").unwrap(),
+        ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);

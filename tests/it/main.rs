@@ -14,5 +14,6 @@ mod bundles;
 mod ca_rotation;
 mod cli;
 mod cluster;
+mod csr;
 mod default_plugins;
 mod sandbox;

@@ -89,6 +89,10 @@ pub enum Command {
     #[command(subcommand)]
     Token(TokenCommand),
 
+    /// Review and sign certificate signing requests through the policy plugins.
+    #[command(subcommand)]
+    Csr(CsrCommand),
+
     /// Load, inspect, evaluate and test policy bundles and their plugins.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -250,6 +254,83 @@ pub struct GenerateCustomCaArgs {
     /// [default: ecdsa-p256 for k3s and RKE2, rsa-2048 for kubeadm]
     #[arg(long, value_enum)]
     pub ca_key_type: Option<KeyType>,
+    #[arg(long)]
+    pub now: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CsrCommand {
+    /// The decision on a CSR: approve, deny (every reason) or abstain (pending).
+    #[command(
+        after_help = "Exit status: 0 approved, 1 denied, 3 pending (abstained), 2 error.\n\n\
+        Examples:\n  rotor csr review --csr node.csr --signer kubernetes.io/kubelet-serving \\\n    \
+        --username system:node:a --group system:nodes --usage 'digital signature' --usage 'server auth' --node-ip 10.0.0.5\n  \
+        kubectl get csr csr-x1 -o json | rotor csr review --csr -"
+    )]
+    Review(Box<CsrArgs>),
+    /// Review, and on approval sign with the CA the signer maps to. A Kubernetes object comes
+    /// back with its Approved/Denied condition and status.certificate.
+    #[command(
+        after_help = "Exit status: 0 approved and signed, 1 denied, 3 pending, 2 error (batches: 0, or 1 if any CSR errored).\n\n\
+        Examples:\n  rotor csr sign --csr node.csr --signer kubernetes.io/kubelet-serving --username system:node:a \\\n    \
+        --group system:nodes --usage 'digital signature' --usage 'server auth' --node-ip 10.0.0.5 --out node.crt\n  \
+        kubectl get csr csr-x1 -o json | rotor csr sign --csr - > signed.json\n  \
+        rotor csr sign --dir csrs/ --node-evidence nodes.json --out-dir signed/"
+    )]
+    Sign(Box<CsrArgs>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CsrFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CsrArgs {
+    /// A PEM CSR, or a CertificateSigningRequest object as JSON (`-` for standard input).
+    #[arg(long)]
+    pub csr: Option<PathBuf>,
+    /// Batch: every *.json (objects), *.csr and *.pem file of DIR.
+    #[arg(long, conflicts_with = "csr")]
+    pub dir: Option<PathBuf>,
+    /// Batch: one CertificateSigningRequest object per line (`-` for standard input).
+    #[arg(long, conflicts_with = "csr")]
+    pub jsonl: Option<PathBuf>,
+    /// PEM CSRs: the signer name.
+    #[arg(long)]
+    pub signer: Option<String>,
+    /// PEM CSRs: who asks.
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub uid: Option<String>,
+    /// PEM CSRs: a group of the requester (repeatable).
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// PEM CSRs: a requested usage, Kubernetes spelling (repeatable).
+    #[arg(long = "usage", value_parser = parse_usage)]
+    pub usages: Vec<Usage>,
+    #[arg(long)]
+    pub expiration_seconds: Option<u64>,
+    /// An address the host holds as evidence for the requesting node (repeatable).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<IpAddr>,
+    /// Evidence for many nodes: a JSON map {"node-name": ["10.0.0.5", ...]}.
+    #[arg(long)]
+    pub node_evidence: Option<PathBuf>,
+    /// Output of a single PEM review.
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: CsrFormat,
+    /// Write the certificate (or the object) here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Batch: write each signed certificate or updated object into DIR.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Batch: worker threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long)]
     pub now: Option<String>,
 }

@@ -5,6 +5,7 @@
 
 mod args;
 mod cluster;
+mod csr;
 mod output;
 mod policy;
 mod rotation;
@@ -23,8 +24,10 @@ use crate::plugin::{EngineOptions, PluginEngine};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
     Success,
-    /// Done, but something needs the operator's attention.
+    /// Done, but something needs the operator's attention (exit status 1).
     Attention,
+    /// A CSR left pending: a policy abstained (exit status 3).
+    Pending,
 }
 
 /// Entry point of the binary.
@@ -34,6 +37,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(Exit::Success) => ExitCode::SUCCESS,
         Ok(Exit::Attention) => ExitCode::from(1),
+        Ok(Exit::Pending) => ExitCode::from(3),
         Err(e) => {
             eprintln!("rotor: {e:#}");
             ExitCode::from(2)
@@ -48,6 +52,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Certificate(cmd) => cluster::certificate(&cli.global, cmd),
         Command::Certs(cmd) => cluster::certs(&cli.global, cmd),
         Command::Token(cmd) => rotation::token(&cli.global, cmd),
+        Command::Csr(args::CsrCommand::Review(args)) => csr::run(&cli.global, *args, false),
+        Command::Csr(args::CsrCommand::Sign(args)) => csr::run(&cli.global, *args, true),
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
     }
 }

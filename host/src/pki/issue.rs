@@ -50,6 +50,17 @@ pub struct Validity {
     pub not_after: OffsetDateTime,
 }
 
+/// Everything a leaf certificate says, but its key.
+#[derive(Clone, Debug)]
+pub struct LeafTemplate {
+    pub subject: Subject,
+    pub uris: Vec<String>,
+    pub emails: Vec<String>,
+    pub key_usages: Vec<KeyUsagePurpose>,
+    pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    pub validity: Validity,
+}
+
 /// A certificate just issued.
 #[derive(Clone, Debug)]
 pub struct Issued {
@@ -190,24 +201,72 @@ impl CaSigner {
         key: &PrivateKey,
         validity: Validity,
     ) -> Result<Issued, PkiError> {
-        let validity = self.clamp(validity)?;
-        let mut p = params(subject, validity)?;
-        p.is_ca = IsCa::ExplicitNoCa;
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        p.extended_key_usages = match purpose {
-            Purpose::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
-            Purpose::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
-            Purpose::ServerAndClient => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
+        let template = LeafTemplate {
+            subject: subject.clone(),
+            uris: Vec::new(),
+            emails: Vec::new(),
+            key_usages: vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
             ],
+            extended_key_usages: match purpose {
+                Purpose::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+                Purpose::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+                Purpose::ServerAndClient => {
+                    vec![
+                        ExtendedKeyUsagePurpose::ServerAuth,
+                        ExtendedKeyUsagePurpose::ClientAuth,
+                    ]
+                }
+            },
+            validity,
         };
-        let cert = p
-            .signed_by(key.pair(), &self.issuer()?)
-            .map_err(|e| PkiError::Crypto(format!("signing '{}': {e}", subject.common_name)))?;
+        self.sign_template(&template, key.pair())
+    }
+
+    /// Issue a leaf from a template for the public key of a CSR (`spki_der`, the CSR's
+    /// SubjectPublicKeyInfo). Nothing is copied from the CSR but the key: the template says
+    /// everything else.
+    pub fn sign_for_public_key(
+        &self,
+        template: &LeafTemplate,
+        spki_der: &[u8],
+    ) -> Result<Issued, PkiError> {
+        let spki =
+            rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(|e| PkiError::Invalid {
+                what: "public key".into(),
+                reason: e.to_string(),
+            })?;
+        self.sign_template(template, &spki)
+    }
+
+    fn sign_template(
+        &self,
+        template: &LeafTemplate,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<Issued, PkiError> {
+        let validity = self.clamp(template.validity)?;
+        let mut p = params(&template.subject, validity)?;
+        for u in &template.uris {
+            let v = u.as_str().try_into().map_err(|_| PkiError::Invalid {
+                what: u.clone(),
+                reason: "not an ASCII URI".into(),
+            })?;
+            p.subject_alt_names.push(SanType::URI(v));
+        }
+        for e in &template.emails {
+            let v = e.as_str().try_into().map_err(|_| PkiError::Invalid {
+                what: e.clone(),
+                reason: "not an ASCII email".into(),
+            })?;
+            p.subject_alt_names.push(SanType::Rfc822Name(v));
+        }
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = template.key_usages.clone();
+        p.extended_key_usages = template.extended_key_usages.clone();
+        let cert = p.signed_by(public_key, &self.issuer()?).map_err(|e| {
+            PkiError::Crypto(format!("signing '{}': {e}", template.subject.common_name))
+        })?;
         Ok(issued(cert))
     }
 

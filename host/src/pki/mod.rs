@@ -9,8 +9,9 @@ mod key;
 mod token;
 
 pub use chain::{ca_hash, is_self_issued, public_key_bits, signed_by, spki_of};
-pub use issue::{CaSigner, Issued, Purpose, Subject, Validity, self_signed_ca};
+pub use issue::{CaSigner, Issued, LeafTemplate, Purpose, Subject, Validity, self_signed_ca};
 pub use key::{KeyType, PrivateKey, pem_encode};
+pub use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 pub use token::{Token, TokenError, generate_password};
 
 use time::OffsetDateTime;

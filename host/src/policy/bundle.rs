@@ -186,6 +186,12 @@ impl Bundle {
     /// checked against its pin, compiled or taken from the cache, and configured once with its
     /// settings, which the plugin may refuse.
     pub fn load(engine: &PluginEngine, path: &Path) -> Result<Bundle, BundleError> {
+        if !path.exists() {
+            return Err(BundleError::Manifest {
+                path: path.to_path_buf(),
+                message: "no policy bundle here (give --bundle DIR or set ROTOR_BUNDLE)".into(),
+            });
+        }
         let (dir, manifest_name) = if path.is_dir() {
             (path.to_path_buf(), PathBuf::from("bundle.toml"))
         } else {

@@ -11,7 +11,7 @@ pub mod input;
 pub mod request;
 
 pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
-pub use evaluate::{Outcome, Source};
+pub use evaluate::{Evaluator, Outcome, Source};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

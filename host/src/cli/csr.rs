@@ -1,0 +1,396 @@
+//! `rotor csr review` and `rotor csr sign`, one CSR (PEM or Kubernetes object) or a batch.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context;
+
+use super::Exit;
+use super::args::{CsrArgs, CsrFormat, GlobalArgs};
+use super::cluster::now;
+use crate::cluster::{Cluster, ClusterError, LoadedCa};
+use crate::csr::batch::{self, Item, ItemInput, Summary};
+use crate::csr::{self, CsrInput, Verdict, k8s};
+use crate::facts::{PemKind, read_pem_blocks};
+use crate::pki::CaSigner;
+use crate::policy::Bundle;
+use crate::policy::request::CsrContext;
+
+/// Exit statuses of `csr review` and `csr sign` for one CSR.
+fn exit_for(verdict: &Verdict) -> Exit {
+    match verdict {
+        Verdict::Approve { .. } => Exit::Success,
+        Verdict::Deny { .. } => Exit::Attention,
+        Verdict::Abstain { .. } => Exit::Pending,
+    }
+}
+
+fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading standard input")?;
+        return Ok(buf);
+    }
+    std::fs::read(path).with_context(|| path.display().to_string())
+}
+
+/// Evidence the host holds about nodes: `--node-ip` for the requester, or a JSON map
+/// `{"node-name": ["10.0.0.5", ...]}` from `--node-evidence`.
+struct Evidence {
+    flags: Vec<IpAddr>,
+    by_node: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl Evidence {
+    fn load(args: &CsrArgs) -> anyhow::Result<Evidence> {
+        let by_node = match &args.node_evidence {
+            None => BTreeMap::new(),
+            Some(p) => serde_json::from_slice(&read_input(p)?).with_context(|| {
+                format!("{}: expected {{\"node\": [\"ip\", ...]}}", p.display())
+            })?,
+        };
+        Ok(Evidence {
+            flags: args.node_ips.clone(),
+            by_node,
+        })
+    }
+
+    fn for_user(&self, username: &str) -> Vec<IpAddr> {
+        let node = username.strip_prefix("system:node:").unwrap_or("");
+        let mut ips = self.flags.clone();
+        if let Some(more) = self.by_node.get(node) {
+            ips.extend(more.iter().copied());
+        }
+        ips
+    }
+}
+
+fn context(args: &CsrArgs, evidence: &Evidence) -> anyhow::Result<CsrContext> {
+    let signer_name = args.signer.clone().ok_or_else(|| {
+        anyhow::anyhow!("a PEM CSR needs --signer (a CertificateSigningRequest object carries it)")
+    })?;
+    let username = args
+        .username
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("a PEM CSR needs --username (who asks)"))?;
+    Ok(CsrContext {
+        node_addresses: evidence.for_user(&username),
+        signer_name,
+        username,
+        uid: args.uid.clone().unwrap_or_default(),
+        groups: args.groups.clone(),
+        usages: args.usages.clone(),
+        expiration_seconds: args.expiration_seconds,
+    })
+}
+
+/// A CSR file: a Kubernetes object (JSON) or PEM with the context from the flags.
+fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
+    let input = if k8s::is_json(bytes) {
+        match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(v) => {
+                let user = v
+                    .pointer("/spec/username")
+                    .and_then(|u| u.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                match k8s::parse(name, v, &evidence.for_user(&user)) {
+                    Ok(o) => ItemInput::Object(Box::new(o)),
+                    Err(e) => ItemInput::Invalid(e),
+                }
+            }
+            Err(e) => ItemInput::Invalid(format!("{name}: not JSON: {e}")),
+        }
+    } else {
+        match read_pem_blocks(name, bytes) {
+            Ok(blocks) => match (
+                blocks
+                    .into_iter()
+                    .find(|b| b.kind == PemKind::CertificateRequest),
+                context(args, evidence),
+            ) {
+                (Some(b), Ok(ctx)) => ItemInput::Pem(CsrInput { der: b.der, ctx }),
+                (None, _) => ItemInput::Invalid(format!("{name}: no CERTIFICATE REQUEST block")),
+                (_, Err(e)) => ItemInput::Invalid(format!("{name}: {e}")),
+            },
+            Err(e) => ItemInput::Invalid(e.to_string()),
+        }
+    };
+    Item {
+        name: name.to_string(),
+        input,
+    }
+}
+
+/// The data dir's CAs (for signing and for clamping lifetimes). No data dir is fine for a
+/// review; a data dir that cannot be read is an error either way.
+fn cas(
+    global: &GlobalArgs,
+    sign: bool,
+) -> anyhow::Result<Option<(Cluster, BTreeMap<&'static str, LoadedCa>)>> {
+    match Cluster::open(&global.data_dir) {
+        Ok(cluster) => {
+            let cas = cluster.cas_from_disk()?;
+            Ok(Some((cluster, cas)))
+        }
+        Err(ClusterError::NotInitialized(_)) if !sign => Ok(None),
+        Err(ClusterError::NotInitialized(dir)) => {
+            anyhow::bail!(
+                "{}: not an initialized data dir; signing needs its CAs (rotor init, or --data-dir)",
+                dir.display()
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Result<Exit> {
+    let engine = super::engine(global)?;
+    let bundle = Bundle::load(&engine, &global.bundle)?;
+    let at = now(&args.now)?;
+    let evidence = Evidence::load(&args)?;
+    let loaded = cas(global, sign)?;
+    let signer_of = |signer: &str| -> Option<&CaSigner> {
+        let (cluster, cas) = loaded.as_ref()?;
+        cas.get(csr::ca_for_signer(cluster.config.profile, signer)?)?
+            .signer()
+    };
+
+    if args.dir.is_some() || args.jsonl.is_some() {
+        return run_batch(&bundle, &args, &evidence, &signer_of, sign, at);
+    }
+    let path = args
+        .csr
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("give --csr FILE (or --dir / --jsonl for a batch)"))?;
+    let bytes = read_input(&path)?;
+    let it = item(&path.display().to_string(), &bytes, &args, &evidence);
+    let input = match &it.input {
+        ItemInput::Invalid(e) => anyhow::bail!("{e}"),
+        ItemInput::Object(o) => {
+            if let Some(why) = &o.decided {
+                println!("{}", serde_json::to_string_pretty(&o.object)?);
+                eprintln!("rotor: {}: {why}; left as it is", o.name);
+                return Ok(Exit::Success);
+            }
+            &o.input
+        }
+        ItemInput::Pem(input) => input,
+    };
+    let ca = signer_of(&input.ctx.signer_name);
+    let mut eval = bundle.session();
+    let review = csr::review(&mut eval, input, ca.map(|c| c.facts.not_after), at)?;
+    let certificate = match (&review.verdict, sign) {
+        (Verdict::Approve { .. }, true) => {
+            let ca = ca.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "approved, but no CA of this data dir signs for '{}'",
+                    input.ctx.signer_name
+                )
+            })?;
+            Some(csr::sign(&review, ca)?)
+        }
+        _ => None,
+    };
+
+    if let ItemInput::Object(o) = &it.input {
+        // Kubernetes mode: the object comes back with its status, for kubectl.
+        let mut object = o.object.clone();
+        k8s::write_back(&mut object, &review.verdict, certificate.as_deref(), at);
+        write_out(
+            args.out.as_deref(),
+            format!("{}\n", serde_json::to_string_pretty(&object)?).as_bytes(),
+        )?;
+        eprintln!(
+            "rotor: {}: {} ({})",
+            o.name,
+            review.verdict.kind(),
+            review.verdict.summary()
+        );
+        return Ok(exit_for(&review.verdict));
+    }
+    match args.output {
+        CsrFormat::Json => {
+            let mut v = serde_json::to_value(&review)?;
+            if let Some(c) = &certificate {
+                v["certificate"] = serde_json::Value::String(c.clone());
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        CsrFormat::Text => {
+            println!("{}: {}", review.verdict.kind(), review.verdict.summary());
+            for s in &review.stages {
+                let plugin = s
+                    .plugin
+                    .as_deref()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default();
+                let line = format!("  {:<15} {:<8}{plugin} {}", s.stage, s.decision, s.detail);
+                println!("{}", line.trim_end());
+            }
+            for n in &review.notes {
+                println!("  note: {n}");
+            }
+        }
+    }
+    if let Some(c) = &certificate {
+        match &args.out {
+            Some(p) => {
+                write_out(Some(p), c.as_bytes())?;
+                eprintln!("rotor: certificate written to {}", p.display());
+            }
+            None if args.output == CsrFormat::Text => print!("{c}"),
+            None => {}
+        }
+    }
+    Ok(exit_for(&review.verdict))
+}
+
+fn write_out(path: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    match path {
+        None => {
+            std::io::stdout().write_all(bytes)?;
+            Ok(())
+        }
+        Some(p) => {
+            let dir = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = p
+                .file_name()
+                .ok_or_else(|| anyhow::anyhow!("{}: not a file name", p.display()))?;
+            crate::fs::Root::open_ambient(dir)?.write_atomic(
+                Path::new(name),
+                bytes,
+                crate::fs::PUBLIC_FILE,
+            )?;
+            Ok(())
+        }
+    }
+}
+
+fn run_batch<'ca>(
+    bundle: &Bundle,
+    args: &CsrArgs,
+    evidence: &Evidence,
+    signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    sign: bool,
+    at: time::OffsetDateTime,
+) -> anyhow::Result<Exit> {
+    let started = std::time::Instant::now();
+    let mut items = Vec::new();
+    if let Some(dir) = &args.dir {
+        let root = crate::fs::Root::open_ambient(dir)?;
+        for name in root.list_dir(Path::new("."))? {
+            let is_csr = [".json", ".csr", ".pem"].iter().any(|s| name.ends_with(s));
+            if !is_csr || name.starts_with('.') {
+                continue;
+            }
+            let bytes = root.read(Path::new(&name))?;
+            items.push(item(&name, &bytes, args, evidence));
+        }
+    }
+    if let Some(path) = &args.jsonl {
+        let text = String::from_utf8(read_input(path)?)
+            .with_context(|| format!("{}: not UTF-8", path.display()))?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            items.push(item(
+                &format!("{}:{}", path.display(), n + 1),
+                line.as_bytes(),
+                args,
+                evidence,
+            ));
+        }
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let done = AtomicUsize::new(0);
+    let total = items.len();
+    let show = std::io::stderr().is_terminal() && total > 1;
+    let bar = show.then(|| {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} CSRs {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let outcomes = std::thread::scope(|scope| {
+        let ticker = bar.as_ref().map(|bar| {
+            let done = &done;
+            scope.spawn(move || {
+                while done.load(Ordering::Relaxed) < total {
+                    bar.set_position(done.load(Ordering::Relaxed) as u64);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                bar.finish_and_clear();
+            })
+        });
+        let outcomes = batch::process(bundle, &items, signer, sign, at, threads, &done);
+        if let Some(t) = ticker {
+            let _ = t.join();
+        }
+        outcomes
+    });
+
+    let out_dir = match &args.out_dir {
+        Some(d) => Some(crate::fs::Root::create_ambient(d)?),
+        None => None,
+    };
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for o in &outcomes {
+        if let Some(root) = &out_dir {
+            let stem: String = Path::new(&o.name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().replace(':', "_"))
+                .unwrap_or_else(|| o.name.clone());
+            if let Some(obj) = &o.object {
+                root.write_atomic(
+                    &PathBuf::from(format!("{stem}.json")),
+                    format!("{}\n", serde_json::to_string_pretty(obj)?).as_bytes(),
+                    crate::fs::PUBLIC_FILE,
+                )?;
+            } else if let Some(cert) = &o.certificate {
+                root.write_atomic(
+                    &PathBuf::from(format!("{stem}.crt")),
+                    cert.as_bytes(),
+                    crate::fs::PUBLIC_FILE,
+                )?;
+            }
+        }
+        writeln!(stdout, "{}", serde_json::to_string(o)?)?;
+    }
+    stdout.flush()?;
+    let s = Summary::of(&outcomes);
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "rotor: {} CSRs in {:.2} s ({:.0}/s on {threads} threads): {} approved ({} signed), {} denied, {} pending, {} skipped, {} errors",
+        s.total,
+        secs,
+        s.total as f64 / secs.max(1e-9),
+        s.approved,
+        s.signed,
+        s.denied,
+        s.pending,
+        s.skipped,
+        s.errors
+    );
+    Ok(if s.errors > 0 {
+        Exit::Attention
+    } else {
+        Exit::Success
+    })
+}

@@ -1,0 +1,232 @@
+//! Reviewing and signing many CSRs in parallel.
+//!
+//! One worker per core, each with its own warm policy session (one sandbox per hook, reused
+//! across that worker's CSRs and replaced after any failure). Results come back in input order,
+//! one per CSR.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::k8s::{self, CsrObject};
+use super::{CsrInput, Verdict, review, sign};
+use crate::pki::CaSigner;
+use crate::policy::{Bundle, Evaluator};
+
+/// One CSR of a batch.
+#[derive(Debug)]
+pub struct Item {
+    /// A name for the result (`metadata.name`, or the file name).
+    pub name: String,
+    pub input: ItemInput,
+}
+
+#[derive(Debug)]
+pub enum ItemInput {
+    Object(Box<CsrObject>),
+    Pem(CsrInput),
+    /// Could not be read; reported as an error result.
+    Invalid(String),
+}
+
+/// The result for one CSR.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// The input: a file name, or `stream:line`.
+    pub name: String,
+    /// The object's `metadata.name`, for a Kubernetes object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
+    /// `approve`, `deny`, `abstain`, `skipped` or `error`.
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Reason codes of a denial.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub codes: Vec<String>,
+    #[serde(skip)]
+    pub certificate: Option<String>,
+    #[serde(skip)]
+    pub object: Option<Value>,
+}
+
+/// Totals of a batch.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub total: usize,
+    pub approved: usize,
+    pub signed: usize,
+    pub denied: usize,
+    pub pending: usize,
+    pub skipped: usize,
+    pub errors: usize,
+}
+
+impl Summary {
+    pub fn of(outcomes: &[Outcome]) -> Summary {
+        let mut s = Summary {
+            total: outcomes.len(),
+            ..Summary::default()
+        };
+        for o in outcomes {
+            match o.decision {
+                "approve" => {
+                    s.approved += 1;
+                    if o.certificate.is_some() {
+                        s.signed += 1;
+                    }
+                }
+                "deny" => s.denied += 1,
+                "abstain" => s.pending += 1,
+                "skipped" => s.skipped += 1,
+                _ => s.errors += 1,
+            }
+        }
+        s
+    }
+}
+
+fn error(name: &str, message: String) -> Outcome {
+    Outcome {
+        name: name.to_string(),
+        csr: None,
+        decision: "error",
+        reason: message,
+        codes: Vec::new(),
+        certificate: None,
+        object: None,
+    }
+}
+
+/// Review (and, with `sign_approved`, sign) one CSR with `eval`. `signer` finds the CA that
+/// signs for a signer name, if this data dir has one.
+pub fn handle<'ca>(
+    eval: &mut Evaluator<'_>,
+    item: &Item,
+    signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    sign_approved: bool,
+    now: OffsetDateTime,
+) -> Outcome {
+    let mut outcome = review_and_sign(eval, item, signer, sign_approved, now);
+    if let ItemInput::Object(o) = &item.input {
+        outcome.csr = Some(o.name.clone()).filter(|n| !n.is_empty());
+    }
+    outcome
+}
+
+fn review_and_sign<'ca>(
+    eval: &mut Evaluator<'_>,
+    item: &Item,
+    signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    sign_approved: bool,
+    now: OffsetDateTime,
+) -> Outcome {
+    let (input, mut object) = match &item.input {
+        ItemInput::Invalid(e) => return error(&item.name, e.clone()),
+        ItemInput::Object(o) => {
+            if let Some(why) = &o.decided {
+                return Outcome {
+                    name: item.name.clone(),
+                    csr: None,
+                    decision: "skipped",
+                    reason: why.clone(),
+                    codes: Vec::new(),
+                    certificate: None,
+                    object: Some(o.object.clone()),
+                };
+            }
+            (&o.input, Some(o.object.clone()))
+        }
+        ItemInput::Pem(input) => (input, None),
+    };
+    let ca = signer(&input.ctx.signer_name);
+    let r = match review(eval, input, ca.map(|c| c.facts.not_after), now) {
+        Ok(r) => r,
+        Err(e) => return error(&item.name, e.to_string()),
+    };
+    let mut certificate = None;
+    if sign_approved && matches!(r.verdict, Verdict::Approve { .. }) {
+        match ca {
+            Some(ca) => match sign(&r, ca) {
+                Ok(pem) => certificate = Some(pem),
+                Err(e) => return error(&item.name, format!("signing: {e}")),
+            },
+            None => {
+                return error(
+                    &item.name,
+                    format!(
+                        "approved, but no CA here signs for '{}'",
+                        input.ctx.signer_name
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(obj) = &mut object {
+        k8s::write_back(obj, &r.verdict, certificate.as_deref(), now);
+    }
+    let codes = match &r.verdict {
+        Verdict::Deny { violations } => violations.iter().map(|v| v.code.clone()).collect(),
+        _ => Vec::new(),
+    };
+    Outcome {
+        name: item.name.clone(),
+        csr: None,
+        decision: r.verdict.kind(),
+        reason: r.verdict.summary(),
+        codes,
+        certificate,
+        object,
+    }
+}
+
+/// Process `items` on `threads` workers. `progress` counts finished items (for a progress bar).
+pub fn process<'ca>(
+    bundle: &Bundle,
+    items: &[Item],
+    signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    sign_approved: bool,
+    now: OffsetDateTime,
+    threads: usize,
+    progress: &AtomicUsize,
+) -> Vec<Outcome> {
+    let next = AtomicUsize::new(0);
+    let threads = threads.clamp(1, items.len().max(1));
+    let mut results: Vec<(usize, Outcome)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut eval = bundle.session();
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        // A bug in one CSR's handling must not lose the other results: report it
+                        // as that CSR's error and go on with fresh sandboxes.
+                        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            handle(&mut eval, item, signer, sign_approved, now)
+                        }));
+                        let outcome = run.unwrap_or_else(|_| {
+                            eval = bundle.session();
+                            error(
+                                &item.name,
+                                "internal error while handling this CSR (see log)".into(),
+                            )
+                        });
+                        out.push((i, outcome));
+                        progress.fetch_add(1, Ordering::Relaxed);
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, o)| o).collect()
+}

@@ -1,0 +1,489 @@
+//! Reviewing and signing certificate signing requests through the policy plugins.
+//!
+//! The order (reference study §4.4), stopping at the first stage that denies:
+//!
+//! 1. the host's own rules, before any plugin runs: the CSR parses; its signature verifies with
+//!    its own key (proof of possession, which k3s skips); one subjectAltName extension of known,
+//!    well-formed types; no CA request; one CN; every usage issuable on a leaf;
+//! 2. the CSR approval plugin (identity, authorization, profile) and the SAN plugin on the CSR's
+//!    names; any deny denies (with every reason from both), otherwise any abstain leaves the
+//!    request pending, otherwise (an IP SAN with no address evidence held for the node at all is
+//!    left pending rather than denied: missing evidence is not proof of a bad request):
+//! 3. the final template is built from policy, never copied from the CSR: subject CN and O, the
+//!    DNS/IP/URI/email names, the approved usages (as key usage and extended key usage), the
+//!    approved lifetime (or `expirationSeconds`, or 365 days), clamped to the issuing CA;
+//! 4. the SAN plugin again, on the template.
+//!
+//! A plugin that fails never approves: the bundle's failure mode leaves the CSR pending or
+//! denies it.
+
+pub mod batch;
+pub mod k8s;
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::facts::{CsrFacts, Usage, Violation, parse_csr_der};
+use crate::pki::{
+    ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku, LeafTemplate, Subject, Validity,
+};
+use crate::plugin::PluginError;
+use crate::policy::Evaluator;
+use crate::policy::decision::{CsrDecision, SanDecision};
+use crate::policy::request::{CsrContext, CsrRequest, SanStage};
+
+/// Default lifetime when neither the policy nor the request says (Kubernetes'
+/// `--cluster-signing-duration` default).
+pub const DEFAULT_LIFETIME_SECONDS: u64 = 365 * 86_400;
+/// The Kubernetes signer's floor.
+pub const MIN_LIFETIME_SECONDS: u64 = 600;
+/// Backdating of notBefore, for clock skew (as the Kubernetes signer).
+const BACKDATE: time::Duration = time::Duration::minutes(5);
+
+/// The final word on a CSR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Verdict {
+    Approve {
+        reason: String,
+    },
+    Deny {
+        violations: Vec<Violation>,
+    },
+    /// Left pending for a human (or another approver).
+    Abstain {
+        reason: String,
+    },
+}
+
+impl Verdict {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Approve { .. } => "approve",
+            Verdict::Deny { .. } => "deny",
+            Verdict::Abstain { .. } => "abstain",
+        }
+    }
+
+    /// One-line summary of the reason(s).
+    pub fn summary(&self) -> String {
+        match self {
+            Verdict::Approve { reason } | Verdict::Abstain { reason } => reason.clone(),
+            Verdict::Deny { violations } => violations
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
+    }
+}
+
+/// What one stage said.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stage {
+    /// `host`, `csr-approval`, `san (csr)`, `san (template)`.
+    pub stage: &'static str,
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// The certificate that would be issued.
+#[derive(Clone, Debug, Serialize)]
+pub struct Template {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    pub uris: Vec<String>,
+    pub emails: Vec<String>,
+    pub usages: Vec<Usage>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+/// A reviewed CSR.
+#[derive(Debug, Serialize)]
+pub struct Review {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub signer_name: String,
+    pub username: String,
+    pub stages: Vec<Stage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<Template>,
+    /// Host adjustments (lifetime clamps) and plugin failures.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The CSR's SubjectPublicKeyInfo, for signing.
+    #[serde(skip)]
+    pub spki: Vec<u8>,
+}
+
+/// The CA that signs for a Kubernetes signer: k3s and RKE2 point the controller manager's
+/// signers at the client CA (`kube-apiserver-client`, `kube-apiserver-client-kubelet`) and the
+/// server CA (`kubelet-serving`, `legacy-unknown`); kubeadm at `ca` for all four.
+pub fn ca_for_signer(profile: crate::cluster::Profile, signer: &str) -> Option<&'static str> {
+    const CLIENT: [&str; 2] = [
+        "kubernetes.io/kube-apiserver-client",
+        "kubernetes.io/kube-apiserver-client-kubelet",
+    ];
+    const SERVER: [&str; 2] = [
+        "kubernetes.io/kubelet-serving",
+        "kubernetes.io/legacy-unknown",
+    ];
+    let known = CLIENT.contains(&signer) || SERVER.contains(&signer);
+    match profile {
+        _ if !known => None,
+        crate::cluster::Profile::Kubeadm => Some("ca"),
+        _ if CLIENT.contains(&signer) => Some("client-ca"),
+        _ => Some("server-ca"),
+    }
+}
+
+/// The SAN rule profile for a signer (`kubernetes.io/kubelet-serving` -> `kubelet-serving`).
+pub fn san_profile(signer: &str) -> String {
+    match signer {
+        "kubernetes.io/kubelet-serving" => "kubelet-serving".into(),
+        "kubernetes.io/kube-apiserver-client-kubelet" => "kubelet-client".into(),
+        "kubernetes.io/kube-apiserver-client" => "apiserver-client".into(),
+        "kubernetes.io/legacy-unknown" => "legacy-unknown".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Key usage and extended key usage for a Kubernetes usage; `None` when it cannot be issued on
+/// a leaf certificate (`cert sign`, `crl sign`).
+fn usage_bits(u: Usage) -> Option<(Option<Ku>, Option<Eku>)> {
+    let oid = |s: &[u64]| Some((None, Some(Eku::Other(s.to_vec()))));
+    match u {
+        Usage::Signing | Usage::DigitalSignature => Some((Some(Ku::DigitalSignature), None)),
+        Usage::ContentCommitment => Some((Some(Ku::ContentCommitment), None)),
+        Usage::KeyEncipherment => Some((Some(Ku::KeyEncipherment), None)),
+        Usage::KeyAgreement => Some((Some(Ku::KeyAgreement), None)),
+        Usage::DataEncipherment => Some((Some(Ku::DataEncipherment), None)),
+        Usage::EncipherOnly => Some((Some(Ku::EncipherOnly), None)),
+        Usage::DecipherOnly => Some((Some(Ku::DecipherOnly), None)),
+        Usage::CertSign | Usage::CrlSign => None,
+        Usage::Any => Some((None, Some(Eku::Any))),
+        Usage::ServerAuth => Some((None, Some(Eku::ServerAuth))),
+        Usage::ClientAuth => Some((None, Some(Eku::ClientAuth))),
+        Usage::CodeSigning => Some((None, Some(Eku::CodeSigning))),
+        Usage::EmailProtection | Usage::SMime => Some((None, Some(Eku::EmailProtection))),
+        Usage::Timestamping => Some((None, Some(Eku::TimeStamping))),
+        Usage::OcspSigning => Some((None, Some(Eku::OcspSigning))),
+        Usage::IpsecEndSystem => oid(&[1, 3, 6, 1, 5, 5, 7, 3, 5]),
+        Usage::IpsecTunnel => oid(&[1, 3, 6, 1, 5, 5, 7, 3, 6]),
+        Usage::IpsecUser => oid(&[1, 3, 6, 1, 5, 5, 7, 3, 7]),
+        Usage::MicrosoftSgc => oid(&[1, 3, 6, 1, 4, 1, 311, 10, 3, 3]),
+        Usage::NetscapeSgc => oid(&[2, 16, 840, 1, 113_730, 4, 1]),
+    }
+}
+
+/// The host's rules, before any plugin: every structural defect of the CSR, and usages that
+/// cannot be issued on a leaf.
+fn host_violations(csr: &CsrFacts, usages: &[Usage]) -> Vec<Violation> {
+    let mut v = csr.defects.clone();
+    for u in usages {
+        if usage_bits(*u).is_none() {
+            v.push(Violation::new(
+                "UsageNotIssuable",
+                "spec.usages",
+                format!("'{u}' is only for CA certificates, which CSRs never get"),
+            ));
+        }
+    }
+    v
+}
+
+/// A CSR with its Kubernetes context.
+#[derive(Clone, Debug)]
+pub struct CsrInput {
+    pub der: Vec<u8>,
+    pub ctx: CsrContext,
+}
+
+/// Review a CSR. `ca_not_after` is the issuing CA's notAfter (for the template's clamp).
+///
+/// # Errors
+/// Only a plugin failure under a bundle whose failure mode is `error`.
+pub fn review(
+    eval: &mut Evaluator<'_>,
+    input: &CsrInput,
+    ca_not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<Review, PluginError> {
+    let mut review = Review {
+        verdict: Verdict::Abstain {
+            reason: String::new(),
+        },
+        signer_name: input.ctx.signer_name.clone(),
+        username: input.ctx.username.clone(),
+        stages: Vec::new(),
+        template: None,
+        notes: Vec::new(),
+        spki: Vec::new(),
+    };
+    let stage = |stage, decision, plugin: Option<String>, detail: String| Stage {
+        stage,
+        decision,
+        plugin,
+        detail,
+    };
+
+    // 1. Host rules.
+    let facts = match parse_csr_der("request", &input.der) {
+        Ok(f) => f,
+        Err(e) => {
+            let v = Violation::new("MalformedCsr", "spec.request", e.to_string());
+            review
+                .stages
+                .push(stage("host", "deny", None, v.to_string()));
+            review.verdict = Verdict::Deny {
+                violations: vec![v],
+            };
+            return Ok(review);
+        }
+    };
+    let host = host_violations(&facts, &input.ctx.usages);
+    if !host.is_empty() {
+        review.stages.push(stage(
+            "host",
+            "deny",
+            None,
+            host.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+        review.verdict = Verdict::Deny { violations: host };
+        return Ok(review);
+    }
+    review.stages.push(stage(
+        "host",
+        "pass",
+        None,
+        "signature verifies; well-formed SANs; no CA request".into(),
+    ));
+    review.spki = spki_of_csr(&input.der);
+
+    // 2. The CSR plugin and the SAN plugin on the CSR.
+    let request = CsrRequest::new(&facts, input.ctx.clone(), now);
+    let profile = san_profile(&request.signer_name);
+    let csr_outcome = eval.review_csr(&request)?;
+    collect_notes(
+        &mut review.notes,
+        &csr_outcome.notes,
+        csr_outcome.error.as_ref(),
+    );
+    let san_outcome = eval.validate_sans(&request.san_request(&profile, SanStage::Csr))?;
+    collect_notes(
+        &mut review.notes,
+        &san_outcome.notes,
+        san_outcome.error.as_ref(),
+    );
+    review.stages.push(stage(
+        "csr-approval",
+        csr_outcome.decision.kind(),
+        csr_outcome.plugin.clone(),
+        csr_detail(&csr_outcome.decision),
+    ));
+    review.stages.push(stage(
+        "san (csr)",
+        san_kind(&san_outcome.decision),
+        san_outcome.plugin.clone(),
+        san_detail(&san_outcome.decision),
+    ));
+
+    let mut violations = Vec::new();
+    if let CsrDecision::Deny { violations: v } = &csr_outcome.decision {
+        violations.extend(v.iter().cloned());
+    }
+    if let SanDecision::Deny { violations: v } = &san_outcome.decision {
+        violations.extend(v.iter().cloned());
+    }
+    if !violations.is_empty() {
+        review.verdict = if missing_evidence_only(&violations, &input.ctx) {
+            // Evidence the host does not hold is not proof of a bad request: leave the CSR
+            // pending so it can be approved once evidence is given, instead of a permanent
+            // denial (kubelet-csr-approver's DNS-hiccup hole).
+            Verdict::Abstain {
+                reason: format!(
+                    "the host holds no addresses for '{}', so its IP SANs cannot be checked; left pending (give --node-ip or --node-evidence)",
+                    input.ctx.username
+                ),
+            }
+        } else {
+            Verdict::Deny { violations }
+        };
+        return Ok(review);
+    }
+    let (reason, lifetime, usages) = match csr_outcome.decision {
+        CsrDecision::Approve {
+            reason,
+            lifetime_seconds,
+            usages,
+        } => (reason, lifetime_seconds, usages),
+        CsrDecision::Abstain { reason } => {
+            review.verdict = Verdict::Abstain { reason };
+            return Ok(review);
+        }
+        // A denial carries at least one violation (validated), so it was handled above.
+        CsrDecision::Deny { violations } => {
+            review.verdict = Verdict::Deny { violations };
+            return Ok(review);
+        }
+    };
+
+    // 3. The template, from policy.
+    let usages = usages.unwrap_or_else(|| request.usages.clone());
+    let mut seconds = lifetime
+        .or(request.expiration_seconds)
+        .unwrap_or(DEFAULT_LIFETIME_SECONDS)
+        .max(MIN_LIFETIME_SECONDS);
+    if let Some(ca) = ca_not_after {
+        if let Some(note) = crate::policy::evaluate::clamp_to_ca(&mut seconds, now, ca) {
+            review.notes.push(note);
+        }
+    }
+    let not_after = now + time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 4));
+    let template = Template {
+        common_name: facts.subject.common_name.clone().unwrap_or_default(),
+        organizations: facts.subject.organizations.clone(),
+        dns_names: facts.sans.dns_names.clone(),
+        ip_addresses: facts.sans.ip_addresses.clone(),
+        uris: facts.sans.uris.clone(),
+        emails: facts.sans.emails.clone(),
+        usages,
+        not_before: now - BACKDATE,
+        not_after,
+    };
+
+    // 4. The SAN plugin on the final template.
+    let mut final_request = request.clone();
+    final_request.subject.common_name = Some(template.common_name.clone());
+    final_request.subject.organizational_units.clear();
+    final_request.subject.other_attributes.clear();
+    let template_outcome =
+        eval.validate_sans(&final_request.san_request(&profile, SanStage::Template))?;
+    collect_notes(
+        &mut review.notes,
+        &template_outcome.notes,
+        template_outcome.error.as_ref(),
+    );
+    review.stages.push(stage(
+        "san (template)",
+        san_kind(&template_outcome.decision),
+        template_outcome.plugin.clone(),
+        san_detail(&template_outcome.decision),
+    ));
+    review.template = Some(template);
+    review.verdict = match template_outcome.decision {
+        SanDecision::Allow => Verdict::Approve { reason },
+        SanDecision::Deny { violations } => Verdict::Deny { violations },
+    };
+    Ok(review)
+}
+
+/// Whether the only objections are IP SANs without evidence, and the host holds no evidence for
+/// the node at all.
+fn missing_evidence_only(violations: &[Violation], ctx: &CsrContext) -> bool {
+    ctx.node_addresses.is_empty() && violations.iter().all(|v| v.code == "IpNotInNodeEvidence")
+}
+
+fn collect_notes(notes: &mut Vec<String>, from: &[String], error: Option<&PluginError>) {
+    notes.extend(from.iter().cloned());
+    if let Some(e) = error {
+        notes.push(e.to_string());
+    }
+}
+
+fn san_kind(d: &SanDecision) -> &'static str {
+    if d.is_allow() { "allow" } else { "deny" }
+}
+
+fn san_detail(d: &SanDecision) -> String {
+    match d {
+        SanDecision::Allow => String::new(),
+        SanDecision::Deny { violations } => violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+fn csr_detail(d: &CsrDecision) -> String {
+    match d {
+        CsrDecision::Approve { reason, .. } | CsrDecision::Abstain { reason } => reason.clone(),
+        CsrDecision::Deny { violations } => violations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+fn spki_of_csr(der: &[u8]) -> Vec<u8> {
+    use x509_parser::prelude::FromDer;
+    x509_parser::certification_request::X509CertificationRequest::from_der(der)
+        .map(|(_, c)| c.certification_request_info.subject_pki.raw.to_vec())
+        .unwrap_or_default()
+}
+
+impl Template {
+    /// The issuing template for [`crate::pki::CaSigner::sign_for_public_key`].
+    pub fn leaf_template(&self) -> LeafTemplate {
+        let mut key_usages = Vec::new();
+        let mut extended_key_usages = Vec::new();
+        for u in &self.usages {
+            if let Some((ku, eku)) = usage_bits(*u) {
+                if let Some(k) = ku.filter(|k| !key_usages.contains(k)) {
+                    key_usages.push(k);
+                }
+                if let Some(e) = eku.filter(|e| !extended_key_usages.contains(e)) {
+                    extended_key_usages.push(e);
+                }
+            }
+        }
+        LeafTemplate {
+            subject: Subject {
+                common_name: self.common_name.clone(),
+                organizations: self.organizations.clone(),
+                dns_names: self.dns_names.clone(),
+                ip_addresses: self.ip_addresses.clone(),
+            },
+            uris: self.uris.clone(),
+            emails: self.emails.clone(),
+            key_usages,
+            extended_key_usages,
+            validity: Validity {
+                not_before: self.not_before,
+                not_after: self.not_after,
+            },
+        }
+    }
+}
+
+/// Sign an approved review with `ca`. Returns the certificate PEM.
+pub fn sign(review: &Review, ca: &crate::pki::CaSigner) -> Result<String, crate::pki::PkiError> {
+    let Some(template) = review
+        .template
+        .as_ref()
+        .filter(|_| matches!(review.verdict, Verdict::Approve { .. }))
+    else {
+        return Err(crate::pki::PkiError::Invalid {
+            what: "csr".into(),
+            reason: "not approved".into(),
+        });
+    };
+    Ok(ca
+        .sign_for_public_key(&template.leaf_template(), &review.spki)?
+        .pem)
+}
