@@ -93,6 +93,26 @@ step "CSR hook: the kubelet serving CSR from its own node"
   --signer kubernetes.io/kubelet-serving --username system:node:demo-node \
   --group system:nodes --usage 'digital signature' --usage 'server auth'
 
+step "rotor csr sign: the kubelet serving CSR approved by both plugins and signed by the server CA"
+"$ROTOR" --data-dir "$DATA_DIR" csr sign --csr "$demo/demo-node.csr" \
+  --signer kubernetes.io/kubelet-serving --username system:node:demo-node --group system:nodes \
+  --usage 'digital signature' --usage 'server auth' --node-ip 10.0.0.5 --out "$demo/demo-node.crt"
+if command -v openssl >/dev/null; then
+  openssl verify -CAfile "$DATA_DIR/server/tls/server-ca.crt" "$demo/demo-node.crt"
+fi
+
+step "rotor csr review: the same CSR sent by another node (denied, every reason, exit 1)"
+"$ROTOR" --data-dir "$DATA_DIR" csr review --csr "$demo/demo-node.csr" \
+  --signer kubernetes.io/kubelet-serving --username system:node:other-node --group system:nodes \
+  --usage 'digital signature' --usage 'server auth' --node-ip 10.0.0.9 || echo "(exit $?)"
+
+step "rotor csr sign, batch: 10,000 kubelet serving CSR objects (every 50th claims another node's IP)"
+cargo run --quiet --release -p rotor --example gen_csrs -- 10000 "$DATA_DIR/csr-batch"
+"$ROTOR" --data-dir "$DATA_DIR" csr sign --jsonl "$DATA_DIR/csr-batch/csrs.jsonl" \
+  --node-evidence "$DATA_DIR/csr-batch/nodes.json" > "$DATA_DIR/csr-batch/results.jsonl"
+echo "one result per CSR in $DATA_DIR/csr-batch/results.jsonl, e.g. a denial:"
+grep -m1 '"deny"' "$DATA_DIR/csr-batch/results.jsonl"
+
 step "the shipped fixtures of both bundles"
 "$ROTOR" --bundle policies/default policy test policies/default/fixtures | tail -1
 "$ROTOR" --bundle policies/strict policy test policies/strict/fixtures | tail -1

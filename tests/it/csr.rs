@@ -105,7 +105,10 @@ impl Fixture {
     }
 
     /// `rotor csr <cmd> --csr FILE --signer S --username U --group G... --usage U... --node-ip IP... ARGS`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "mirrors the CLI's flags one to one"
+    )]
     fn run(
         &self,
         cmd: &str,
@@ -380,7 +383,17 @@ fn denials_name_every_reason_and_nothing_is_signed() {
     };
 
     // (what, CSR PEM, signer, username, usages, node IPs, expected codes in order, host stage only)
-    let cases: Vec<(&str, String, &str, &str, &[&str], &[&str], &[&str], bool)> = vec![
+    type Case<'a> = (
+        &'a str,
+        String,
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a [&'a str],
+        bool,
+    );
+    let cases: Vec<Case> = vec![
         (
             "SAN for another node's name",
             node_a(&["b"]),

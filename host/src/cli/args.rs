@@ -254,6 +254,7 @@ pub struct GenerateCustomCaArgs {
     /// [default: ecdsa-p256 for k3s and RKE2, rsa-2048 for kubeadm]
     #[arg(long, value_enum)]
     pub ca_key_type: Option<KeyType>,
+    /// Act at this instant (RFC 3339) instead of the system clock.
     #[arg(long)]
     pub now: Option<String>,
 }
@@ -303,6 +304,7 @@ pub struct CsrArgs {
     /// PEM CSRs: who asks.
     #[arg(long)]
     pub username: Option<String>,
+    /// PEM CSRs: the requester's uid (spec.uid).
     #[arg(long)]
     pub uid: Option<String>,
     /// PEM CSRs: a group of the requester (repeatable).
@@ -311,6 +313,7 @@ pub struct CsrArgs {
     /// PEM CSRs: a requested usage, Kubernetes spelling (repeatable).
     #[arg(long = "usage", value_parser = parse_usage)]
     pub usages: Vec<Usage>,
+    /// PEM CSRs: requested lifetime in seconds (spec.expirationSeconds).
     #[arg(long)]
     pub expiration_seconds: Option<u64>,
     /// An address the host holds as evidence for the requesting node (repeatable).
@@ -331,6 +334,7 @@ pub struct CsrArgs {
     /// Batch: worker threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Review and sign at this instant (RFC 3339) instead of the system clock.
     #[arg(long)]
     pub now: Option<String>,
 }

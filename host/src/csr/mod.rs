@@ -347,10 +347,10 @@ pub fn review(
         .or(request.expiration_seconds)
         .unwrap_or(DEFAULT_LIFETIME_SECONDS)
         .max(MIN_LIFETIME_SECONDS);
-    if let Some(ca) = ca_not_after {
-        if let Some(note) = crate::policy::evaluate::clamp_to_ca(&mut seconds, now, ca) {
-            review.notes.push(note);
-        }
+    if let Some(ca) = ca_not_after
+        && let Some(note) = crate::policy::evaluate::clamp_to_ca(&mut seconds, now, ca)
+    {
+        review.notes.push(note);
     }
     let not_after = now + time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 4));
     let template = Template {
