@@ -1,35 +1,123 @@
-//! Policy evaluation: what one renewal decision costs through the sandbox, against the same
-//! rule written in native Rust.
+//! Policy evaluation: what a decision costs through the sandbox, against the same rule written
+//! in native Rust; what each engine choice costs (pooling vs on-demand, epochs on vs off); the
+//! SAN and CSR hooks with realistic inputs; and how the cost grows with the number of decisions.
 //!
-//! `cargo bench --bench policy` (after `make plugins`). Inputs are fixed certificates at a fixed
-//! `now`, so runs are comparable.
+//! `cargo bench --bench policy` (after `make plugins`). Inputs are fixed certificates and CSRs
+//! at a fixed `now`, so runs are comparable. Figures: docs/performance.md.
 
 use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
-use criterion::{Criterion, criterion_group, criterion_main};
-use rotor::facts::{CertificateFacts, parse_certificates_pem};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rotor::facts::{
+    CertificateFacts, DistinguishedName, SubjectAltNames, Usage, parse_certificates_pem,
+    parse_csr_pem,
+};
 use rotor::plugin::{EngineOptions, Hook, PluginEngine, SandboxLimits};
+use rotor::policy::Bundle;
 use rotor::policy::decision::RenewalDecision;
-use rotor::policy::request::RenewalRequest;
+use rotor::policy::request::{CsrContext, CsrRequest, RenewalRequest, SanRequest, SanStage};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .unwrap()
+        .expect("host/ has a parent")
         .to_path_buf()
 }
 
-fn request() -> RenewalRequest {
+fn now() -> OffsetDateTime {
+    OffsetDateTime::parse("2027-10-24T16:08:54Z", &Rfc3339).expect("valid RFC 3339")
+}
+
+fn renewal_request() -> RenewalRequest {
     let path = repo().join("policies/default/fixtures/inputs/serving-kube-apiserver.crt");
-    let certs = parse_certificates_pem("fixture", &std::fs::read(path).unwrap()).unwrap();
+    let certs = parse_certificates_pem("fixture", &std::fs::read(path).expect("fixture"))
+        .expect("fixture parses");
     RenewalRequest {
         name: "serving-kube-apiserver".into(),
         certificate: certs[0].clone(),
         issuer_not_after: Some(certs[1].not_after),
-        now: OffsetDateTime::parse("2027-10-24T16:08:54Z", &Rfc3339).unwrap(),
+        now: now(),
     }
+}
+
+/// The names of an apiserver certificate with 12 SANs, as `rotor init` checks them.
+fn apiserver_san_request() -> SanRequest {
+    let dns = [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+        "server-1",
+        "k8s.example.com",
+    ];
+    let ips = ["127.0.0.1", "::1", "10.43.0.1", "192.168.1.10"];
+    SanRequest {
+        profile: "serving-kube-apiserver".into(),
+        stage: SanStage::Configuration,
+        subject: DistinguishedName {
+            text: "CN=kube-apiserver".into(),
+            common_name: Some("kube-apiserver".into()),
+            ..Default::default()
+        },
+        sans: SubjectAltNames {
+            dns_names: dns.iter().map(|s| s.to_string()).collect(),
+            ip_addresses: ips.iter().map(|s| s.parse().expect("ip")).collect(),
+            ..Default::default()
+        },
+        node: None,
+        now: now(),
+    }
+}
+
+/// A kubelet-serving CSR from `system:node:demo-node` for its name and address, as the CSR
+/// path sees it (the CSR hook's request, and the SAN hook's request for the CSR's names).
+fn kubelet_csr() -> (CsrRequest, SanRequest) {
+    let pem = kubelet_csr_pem();
+    let facts = parse_csr_pem("bench.csr", pem.as_bytes()).expect("CSR parses");
+    let address: IpAddr = "10.0.0.5".parse().expect("ip");
+    let ctx = CsrContext {
+        signer_name: "kubernetes.io/kubelet-serving".into(),
+        username: "system:node:demo-node".into(),
+        groups: vec!["system:nodes".into(), "system:authenticated".into()],
+        usages: vec![
+            Usage::DigitalSignature,
+            Usage::KeyEncipherment,
+            Usage::ServerAuth,
+        ],
+        node_addresses: vec![address],
+        ..CsrContext::default()
+    };
+    let request = CsrRequest::new(&facts, ctx, now());
+    // Bound to node `demo-node` with the host's evidence for it, as `rotor csr` asks.
+    let san = request.san_request("kubelet-serving", SanStage::Csr);
+    (request, san)
+}
+
+fn kubelet_csr_pem() -> String {
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "system:node:demo-node");
+    params.subject_alt_names = vec![
+        SanType::DnsName("demo-node".try_into().expect("dns")),
+        SanType::IpAddress("10.0.0.5".parse().expect("ip")),
+    ];
+    let key = KeyPair::generate().expect("key");
+    params
+        .serialize_request(&key)
+        .expect("CSR")
+        .pem()
+        .expect("PEM")
 }
 
 /// The renewal-window plugin's window rule, written natively, doing the same work (the
@@ -65,10 +153,35 @@ fn native_window_rule(
     }
 }
 
+fn engine(pooling: bool, epoch_interruption: bool) -> PluginEngine {
+    PluginEngine::new(EngineOptions {
+        pooling,
+        epoch_interruption,
+        ..EngineOptions::default()
+    })
+    .expect("engine")
+}
+
+/// rotor's engine but resetting memory without `PAGEMAP_SCAN` (the whole keep-resident span).
+fn engine_without_pagemap_scan() -> PluginEngine {
+    PluginEngine::new(EngineOptions {
+        pagemap_scan: false,
+        ..EngineOptions::default()
+    })
+    .expect("engine")
+}
+
+fn default_bundle(engine: &PluginEngine) -> Bundle {
+    Bundle::load(engine, &repo().join("policies/default"))
+        .expect("policies/default loads: run `make plugins` first")
+}
+
+/// 1 and 2: one renewal decision, native vs warm sandbox vs fresh sandbox per decision, for
+/// each engine choice.
 fn renewal(c: &mut Criterion) {
-    let bytes = std::fs::read(repo().join("target/plugins/renewal-window.wasm"))
-        .expect("target/plugins/renewal-window.wasm: run `make plugins` first");
-    let request = request();
+    let bytes = std::fs::read(repo().join("policies/default/plugins/renewal-window.wasm"))
+        .expect("policies/default/plugins/renewal-window.wasm: run `make plugins` first");
+    let request = renewal_request();
     let limits = SandboxLimits::default();
     let settings = r#"{"mode":"window","renew_before_days":90}"#;
     let mut group = c.benchmark_group("renewal_decision");
@@ -77,38 +190,120 @@ fn renewal(c: &mut Criterion) {
         b.iter(|| black_box(native_window_rule(&request.certificate, request.now, 90)))
     });
 
+    // The plugin alone: one warm instance, one call (no host rules).
+    let default_engine = engine(true, true);
+    let plugin = default_engine
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .expect("plugin loads");
+    let mut sandbox = plugin
+        .sandbox(Hook::Renewal, settings, &limits)
+        .expect("sandbox");
+    group.bench_function("warm_sandbox", |b| {
+        b.iter(|| black_box(sandbox.renewal(&request).expect("decision")))
+    });
+
+    // What rotor runs: the bundle's session (warm sandbox, host rules, logs).
+    let bundle = default_bundle(&default_engine);
+    let mut session = bundle.session();
+    group.bench_function("warm_bundle_session", |b| {
+        b.iter(|| black_box(session.renewal(&request).expect("decision")))
+    });
+
+    // A fresh Store + instance (+ configure) per decision, for each engine choice.
     for (name, pooling, epoch) in [
         ("fresh_sandbox/pooling+epoch", true, true),
         ("fresh_sandbox/pooling", true, false),
         ("fresh_sandbox/on_demand+epoch", false, true),
+        ("fresh_sandbox/on_demand", false, false),
+        ("fresh_sandbox/pooling+epoch,no_pagemap_scan", true, true),
     ] {
-        let engine = PluginEngine::new(EngineOptions {
-            pooling,
-            epoch_interruption: epoch,
-            ..EngineOptions::default()
-        })
-        .unwrap();
+        let engine = if name.ends_with("no_pagemap_scan") {
+            engine_without_pagemap_scan()
+        } else {
+            engine(pooling, epoch)
+        };
         let plugin = engine
             .load("renewal-window", Hook::Renewal, &bytes)
-            .unwrap();
+            .expect("plugin loads");
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut sandbox = plugin.sandbox(Hook::Renewal, settings, &limits).unwrap();
-                black_box(sandbox.renewal(&request).unwrap())
+                let mut sandbox = plugin
+                    .sandbox(Hook::Renewal, settings, &limits)
+                    .expect("sandbox");
+                black_box(sandbox.renewal(&request).expect("decision"))
             })
         });
     }
-
-    let engine = PluginEngine::new(EngineOptions::default()).unwrap();
-    let plugin = engine
-        .load("renewal-window", Hook::Renewal, &bytes)
-        .unwrap();
-    let mut sandbox = plugin.sandbox(Hook::Renewal, settings, &limits).unwrap();
-    group.bench_function("warm_sandbox", |b| {
-        b.iter(|| black_box(sandbox.renewal(&request).unwrap()))
+    group.bench_function("fresh_bundle_evaluation", |b| {
+        b.iter(|| black_box(bundle.renewal(&request).expect("decision")))
     });
     group.finish();
 }
 
-criterion_group!(benches, renewal);
+/// 3: the SAN hook on an apiserver certificate's 12 names, and on a kubelet CSR; the CSR hook
+/// on the same CSR. Warm (as in a batch) and fresh (as for one command).
+fn san_and_csr_hooks(c: &mut Criterion) {
+    let engine = engine(true, true);
+    let bundle = default_bundle(&engine);
+    let apiserver = apiserver_san_request();
+    let (csr, csr_names) = kubelet_csr();
+    let mut session = bundle.session();
+    assert!(
+        matches!(
+            session.validate_sans(&csr_names).expect("SAN").decision,
+            rotor::policy::decision::SanDecision::Allow
+        ),
+        "the bench CSR's names must be allowed, or the bench measures a denial"
+    );
+
+    let mut group = c.benchmark_group("san_hook");
+    group.bench_function("apiserver_12_sans/warm", |b| {
+        b.iter(|| black_box(session.validate_sans(&apiserver).expect("SAN")))
+    });
+    group.bench_function("apiserver_12_sans/fresh", |b| {
+        b.iter(|| black_box(bundle.validate_sans(&apiserver).expect("SAN")))
+    });
+    group.bench_function("kubelet_serving_csr/warm", |b| {
+        b.iter(|| black_box(session.validate_sans(&csr_names).expect("SAN")))
+    });
+    group.bench_function("kubelet_serving_csr/fresh", |b| {
+        b.iter(|| black_box(bundle.validate_sans(&csr_names).expect("SAN")))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("csr_hook");
+    group.bench_function("kubelet_serving/warm", |b| {
+        b.iter(|| black_box(session.review_csr(&csr).expect("CSR")))
+    });
+    group.bench_function("kubelet_serving/fresh", |b| {
+        b.iter(|| black_box(bundle.review_csr(&csr).expect("CSR")))
+    });
+    group.finish();
+}
+
+/// 8: time per renewal decision for 1, 100 and 10,000 certificates (one session per batch, as
+/// `rotor start` and the CSR batch use it): the cost per decision stays flat.
+fn scaling(c: &mut Criterion) {
+    let engine = engine(true, true);
+    let bundle = default_bundle(&engine);
+    let request = renewal_request();
+    let mut group = c.benchmark_group("renewal_scaling");
+    for n in [1u64, 100, 10_000] {
+        group.throughput(Throughput::Elements(n));
+        if n == 10_000 {
+            group.sample_size(20);
+        }
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
+            b.iter(|| {
+                let mut session = bundle.session();
+                for _ in 0..n {
+                    black_box(session.renewal(&request).expect("decision"));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, renewal, san_and_csr_hooks, scaling);
 criterion_main!(benches);

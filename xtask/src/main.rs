@@ -36,7 +36,7 @@ const TEST_PLUGINS: &[(&str, Target)] = &[
     ("hostile-wasi", Target::Wasip2),
 ];
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
     /// Core module, componentized here: imports only rotor's interfaces.
     Unknown,
@@ -113,6 +113,9 @@ fn build_test_plugins() -> Result<()> {
     Ok(())
 }
 
+/// Shadow-stack size of the wasm32-unknown-unknown plugins (see `build_one`).
+const GUEST_STACK_BYTES: u32 = 64 * 1024;
+
 /// Build one guest crate of the workspace at `workspace` and return the component bytes.
 fn build_one(workspace: &Path, name: &str, target: Target) -> Result<Vec<u8>> {
     check_target_installed(target)?;
@@ -124,11 +127,17 @@ fn build_one(workspace: &Path, name: &str, target: Target) -> Result<Vec<u8>> {
         .unwrap_or_else(|_| home().join(".cargo"));
     // Remap absolute paths (which end up in panic messages) so the bytes do not depend on
     // where the repository or the cargo registry lives.
-    let rustflags = [
+    let mut rustflags = vec![
         format!("--remap-path-prefix={}=/rotor", root.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
-    ]
-    .join("\x1f");
+    ];
+    if target == Target::Unknown {
+        // A 64 KiB shadow stack instead of rustc's 1 MiB: the stack sits first in linear
+        // memory (an overflow traps at address 0 rather than corrupting data), and a smaller
+        // stack means fewer pages for the sandbox to map and reset per instance.
+        rustflags.push(format!("-Clink-arg=-zstack-size={GUEST_STACK_BYTES}"));
+    }
+    let rustflags = rustflags.join("\x1f");
     let status = Command::new(cargo)
         .current_dir(workspace)
         .args(["rustc", "--quiet", "--locked", "--release", "-p", name])

@@ -23,6 +23,8 @@
 
 mod rules;
 
+use guest_alloc as _;
+
 use std::cell::RefCell;
 
 wit_bindgen::generate!({

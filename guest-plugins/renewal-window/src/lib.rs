@@ -14,6 +14,8 @@
 
 mod rules;
 
+use guest_alloc as _;
+
 use std::cell::RefCell;
 
 wit_bindgen::generate!({

@@ -27,6 +27,8 @@
 
 mod rules;
 
+use guest_alloc as _;
+
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -284,7 +284,9 @@ fn run_batch<'ca>(
     at: time::OffsetDateTime,
 ) -> anyhow::Result<Exit> {
     let started = std::time::Instant::now();
-    let mut items = Vec::new();
+    // Read every input first (names and bytes), then parse them on every core: parsing (JSON,
+    // base64, PEM, the CSR's DER) is a fair share of a batch's work.
+    let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(dir) = &args.dir {
         let root = crate::fs::Root::open_ambient(dir)?;
         for name in root.list_dir(Path::new("."))? {
@@ -293,28 +295,54 @@ fn run_batch<'ca>(
                 continue;
             }
             let bytes = root.read(Path::new(&name))?;
-            items.push(item(&name, &bytes, args, evidence));
+            raw.push((name, bytes));
         }
     }
+    let stream_text;
+    let mut lines: Vec<(String, &[u8])> = Vec::new();
     if let Some(path) = &args.jsonl {
-        let text = String::from_utf8(read_input(path)?)
+        stream_text = String::from_utf8(read_input(path)?)
             .with_context(|| format!("{}: not UTF-8", path.display()))?;
-        for (n, line) in text
+        for (n, line) in stream_text
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            items.push(item(
-                &format!("{}:{}", path.display(), n + 1),
-                line.as_bytes(),
-                args,
-                evidence,
-            ));
+            lines.push((format!("{}:{}", path.display(), n + 1), line.as_bytes()));
         }
     }
     let threads = args
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let inputs: Vec<(&str, &[u8])> = raw
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .chain(lines.iter().map(|(n, b)| (n.as_str(), *b)))
+        .collect();
+    let chunk = inputs.len().div_ceil(threads).max(1);
+    let items: Vec<Item> = std::thread::scope(|scope| {
+        let parsers: Vec<_> = inputs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(name, bytes)| item(name, bytes, args, evidence))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parsers
+            .into_iter()
+            .flat_map(|p| {
+                p.join().unwrap_or_else(|_| vec![]) // a parser panic loses its part: reported below
+            })
+            .collect()
+    });
+    anyhow::ensure!(
+        items.len() == inputs.len(),
+        "internal error while reading the batch's CSRs (see log)"
+    );
     let done = AtomicUsize::new(0);
     let total = items.len();
     let show = std::io::stderr().is_terminal() && total > 1;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
+};
 
 use super::bindings::Policy;
 use super::cache::ArtifactCache;
@@ -35,6 +37,9 @@ pub struct EngineOptions {
     /// Bytes of linear memory kept resident (reset with memset instead of madvise) when a pool
     /// slot is reused.
     pub keep_resident: usize,
+    /// Find the pages an instance dirtied with Linux's `PAGEMAP_SCAN` (kernel 6.7+; ignored
+    /// elsewhere) and reset only those, instead of the whole `keep_resident` span.
+    pub pagemap_scan: bool,
     /// Directory for precompiled plugins (`None`: compile in memory every time).
     pub cache_dir: Option<PathBuf>,
 }
@@ -47,6 +52,7 @@ impl Default for EngineOptions {
             epoch_tick: Duration::from_millis(10),
             pool_instances: 128,
             keep_resident: 1024 * 1024,
+            pagemap_scan: true,
             cache_dir: None,
         }
     }
@@ -232,7 +238,12 @@ fn build_engine(options: &EngineOptions, pooling: bool) -> wasmtime::Result<Engi
             .total_tables(n.saturating_mul(2))
             .max_memory_size(MAX_MEMORY_LIMIT as usize)
             .linear_memory_keep_resident(options.keep_resident)
-            .table_keep_resident(64 * 1024);
+            .table_keep_resident(64 * 1024)
+            .pagemap_scan(if options.pagemap_scan {
+                Enabled::Auto
+            } else {
+                Enabled::No
+            });
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&config)

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::Instance;
 use wasmtime::{ResourceLimiter, Store, Trap};
 
 use super::bindings::exports::rotor::policy::{csr_approval, renewal, san_validation};
@@ -155,10 +154,17 @@ pub fn sanitize(s: &str, max_chars: usize) -> String {
     out
 }
 
+/// The hook's typed exports, looked up (and type-checked) once per instance.
+enum Guest {
+    Renewal(renewal::Guest),
+    San(san_validation::Guest),
+    Csr(csr_approval::Guest),
+}
+
 /// A live instance of a plugin for one hook.
 pub struct Sandbox {
     store: Store<SandboxState>,
-    instance: Instance,
+    guest: Guest,
     plugin: LoadedPlugin,
     hook: Hook,
     limits: SandboxLimits,
@@ -212,9 +218,37 @@ impl Sandbox {
             }
             Err(e) => return Err(err(&store, e)),
         }
+        let missing = || PluginError {
+            plugin: plugin.name.clone(),
+            hook,
+            kind: PluginErrorKind::MissingExport {
+                interface: hook.interface().into(),
+            },
+        };
+        let guest = match hook {
+            Hook::Renewal => plugin
+                .renewal
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut store, &instance)
+                .map(Guest::Renewal),
+            Hook::San => plugin
+                .san
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut store, &instance)
+                .map(Guest::San),
+            Hook::Csr => plugin
+                .csr
+                .as_ref()
+                .ok_or_else(missing)?
+                .load(&mut store, &instance)
+                .map(Guest::Csr),
+        }
+        .map_err(|e| err(&store, e))?;
         Ok(Sandbox {
             store,
-            instance,
+            guest,
             plugin: plugin.clone(),
             hook,
             limits: *limits,
@@ -275,12 +309,11 @@ impl Sandbox {
 
     pub fn renewal(&mut self, request: &RenewalRequest) -> Result<RenewalDecision, PluginError> {
         self.begin(Hook::Renewal)?;
-        let indices = self.plugin.renewal.clone().ok_or_else(|| self.missing())?;
+        let Guest::Renewal(guest) = &self.guest else {
+            return Err(self.missing());
+        };
         let wit_request = convert::renewal_request(request);
-        let answer = indices
-            .load(&mut self.store, &self.instance)
-            .and_then(|guest: renewal::Guest| guest.call_decide(&mut self.store, &wit_request));
-        match answer {
+        match guest.call_decide(&mut self.store, &wit_request) {
             Ok(answer) => convert::renewal_decision(answer).map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
         }
@@ -288,12 +321,11 @@ impl Sandbox {
 
     pub fn validate_sans(&mut self, request: &SanRequest) -> Result<SanDecision, PluginError> {
         self.begin(Hook::San)?;
-        let indices = self.plugin.san.clone().ok_or_else(|| self.missing())?;
+        let Guest::San(guest) = &self.guest else {
+            return Err(self.missing());
+        };
         let wit_request = convert::san_request(request);
-        let answer = indices.load(&mut self.store, &self.instance).and_then(
-            |guest: san_validation::Guest| guest.call_validate(&mut self.store, &wit_request),
-        );
-        match answer {
+        match guest.call_validate(&mut self.store, &wit_request) {
             Ok(answer) => convert::san_decision(answer).map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
         }
@@ -301,15 +333,11 @@ impl Sandbox {
 
     pub fn review_csr(&mut self, request: &CsrRequest) -> Result<CsrDecision, PluginError> {
         self.begin(Hook::Csr)?;
-        let indices = self.plugin.csr.clone().ok_or_else(|| self.missing())?;
+        let Guest::Csr(guest) = &self.guest else {
+            return Err(self.missing());
+        };
         let wit_request = convert::csr_request(request);
-        let answer =
-            indices
-                .load(&mut self.store, &self.instance)
-                .and_then(|guest: csr_approval::Guest| {
-                    guest.call_review(&mut self.store, &wit_request)
-                });
-        match answer {
+        match guest.call_review(&mut self.store, &wit_request) {
             Ok(answer) => convert::csr_decision(answer).map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
         }

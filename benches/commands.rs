@@ -1,0 +1,351 @@
+//! Whole `rotor` processes, as operators run them: `rotor start` with nothing and with
+//! everything to renew, `rotor init` (k3s, kubeadm RSA-2048), `generate-custom-ca` against the
+//! same CA set built by the `openssl` command line (benches/openssl-custom-ca.sh), and a
+//! 10,000-CSR batch with its peak memory.
+//!
+//! `cargo bench --bench commands` (after `make plugins`). The plugin cache is a temp dir warmed
+//! before measuring, as on a server after its first start. Figures: docs/performance.md.
+
+#[path = "common.rs"]
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+const ROTOR: &str = env!("CARGO_BIN_EXE_rotor");
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    cache: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().to_path_buf();
+        let cache = root.join("plugin-cache");
+        let env = Env {
+            _tmp: tmp,
+            root,
+            cache,
+        };
+        // Warm the precompiled-plugin cache, as the first start of a server does.
+        env.rotor(&["policy", "check"]).expect("policy check");
+        env
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(ROTOR);
+        cmd.args(args)
+            .env("ROTOR_BUNDLE", repo().join("policies/default"))
+            .env("ROTOR_PLUGIN_CACHE", &self.cache)
+            .env_remove("ROTOR_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Run rotor to completion; an error carries its stderr.
+    fn rotor(&self, args: &[&str]) -> Result<(), String> {
+        let out = self.command(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "rotor {}: {}\n{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn init(&self, dir: &Path, extra: &[&str]) {
+        let mut args = vec![
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+            "init",
+            "--node-name",
+            "server-1",
+            "--node-ip",
+            "10.0.0.5",
+        ];
+        args.extend_from_slice(extra);
+        self.rotor(&args).expect("init");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+fn in_days(days: i64) -> String {
+    (OffsetDateTime::now_utc() + time::Duration::days(days))
+        .format(&Rfc3339)
+        .expect("format")
+}
+
+/// 5: `rotor start`: nothing to renew (the boot path of every server; with k3s's datastore
+/// format the key derivation costs about 1 ms, with rotor-v1 it is the deliberate 600,000
+/// PBKDF2 rounds), and everything to renew (a year later: every leaf re-issued with a new key).
+fn start(c: &mut Criterion) {
+    let env = Env::new();
+    let k3s_format = env.root.join("k3s-format");
+    env.init(
+        &k3s_format,
+        &["--profile", "k3s", "--datastore-format", "k3s"],
+    );
+    let v1_format = env.root.join("rotor-v1");
+    env.init(&v1_format, &["--profile", "k3s"]);
+
+    let mut group = c.benchmark_group("rotor_start");
+    group.sample_size(20);
+    for (name, dir) in [
+        ("nothing_to_renew/k3s_datastore", &k3s_format),
+        ("nothing_to_renew/rotor_v1_datastore", &v1_format),
+    ] {
+        let d = dir.to_str().expect("utf-8");
+        group.bench_function(name, |b| {
+            b.iter(|| env.rotor(&["--data-dir", d, "start"]).expect("start"))
+        });
+    }
+    let later = in_days(400);
+    let mut n = 0;
+    group.bench_function("everything_to_renew/k3s_datastore", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                let dir = env.root.join(format!("renew-{n}"));
+                copy_tree(&k3s_format, &dir);
+                dir
+            },
+            |dir| {
+                env.rotor(&[
+                    "--data-dir",
+                    dir.to_str().expect("utf-8"),
+                    "start",
+                    "--now",
+                    &later,
+                ])
+                .expect("start");
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
+/// 5: `rotor init` for k3s (P-256) and kubeadm (RSA-2048), each on an empty data dir,
+/// k3s datastore format (rotor-v1's key derivation is reported by the `pki` bench).
+fn init(c: &mut Criterion) {
+    let env = Env::new();
+    let mut group = c.benchmark_group("rotor_init");
+    group.sample_size(10);
+    let mut n = 0;
+    for (name, profile) in [("k3s", "k3s"), ("kubeadm_rsa2048", "kubeadm")] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    env.root.join(format!("init-{n}"))
+                },
+                |dir| {
+                    env.init(&dir, &["--profile", profile, "--datastore-format", "k3s"]);
+                    dir
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// 6: the custom CA set (root, intermediate, 5 CAs, service key), by rotor and by the openssl
+/// command line with the same key algorithms.
+fn custom_ca(c: &mut Criterion) {
+    let env = Env::new();
+    let script = repo().join("benches/openssl-custom-ca.sh");
+    let have_openssl = Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut group = c.benchmark_group("generate_custom_ca");
+    group.sample_size(10);
+    let mut n = 0;
+    for (name, root_alg, openssl_alg) in [
+        ("p256_throughout", "ecdsa-p256", "p256"),
+        ("rsa4096_root_and_intermediate", "rsa-4096", "rsa4096"),
+    ] {
+        group.bench_function(BenchmarkId::new("rotor", name), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    env.root.join(format!("ca-{n}"))
+                },
+                |dir| {
+                    env.rotor(&[
+                        "certificate",
+                        "generate-custom-ca",
+                        "--out",
+                        dir.to_str().expect("utf-8"),
+                        "--root-key-type",
+                        root_alg,
+                        "--intermediate-key-type",
+                        root_alg,
+                        "--ca-key-type",
+                        "ecdsa-p256",
+                    ])
+                    .expect("generate-custom-ca");
+                    dir
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        if !have_openssl {
+            eprintln!("openssl not found: skipping the openssl baseline");
+            continue;
+        }
+        group.bench_function(BenchmarkId::new("openssl_cli", name), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    env.root.join(format!("ca-{n}"))
+                },
+                |dir| {
+                    let status = Command::new("sh")
+                        .arg(&script)
+                        .arg(openssl_alg)
+                        .arg(&dir)
+                        .stdout(Stdio::null())
+                        .status()
+                        .expect("sh");
+                    assert!(status.success(), "{} failed", script.display());
+                    dir
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+/// Run a command and return its wall time and peak resident memory (KiB), from `wait4`.
+fn run_measured(mut cmd: Command) -> (Duration, i64) {
+    let start = Instant::now();
+    // Reaped by the wait4 below, not by `Child::wait` (which cannot report resource usage).
+    #[allow(clippy::zombie_processes, reason = "reaped by wait4")]
+    let child = cmd.spawn().expect("spawn");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills; `pid` is our own child, not yet waited
+    // for (so the `Child` handle is dropped without waiting).
+    #[allow(
+        unsafe_code,
+        reason = "wait4 is the only way to get one child's peak memory"
+    )]
+    let rusage = unsafe {
+        let mut rusage: libc::rusage = std::mem::zeroed();
+        let r = libc::wait4(pid, &mut status, 0, &mut rusage);
+        assert_eq!(r, pid, "wait4");
+        rusage
+    };
+    let elapsed = start.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "batch failed: {status}"
+    );
+    (elapsed, rusage.ru_maxrss)
+}
+
+/// 7 and 8: `rotor csr sign --jsonl` on 1, 100 and 10,000 kubelet-serving CSR objects (parse,
+/// both plugins, signing, JSON results), whole process, with peak memory.
+fn csr_batch(c: &mut Criterion) {
+    let env = Env::new();
+    let data = env.root.join("cluster");
+    env.init(&data, &["--profile", "k3s", "--datastore-format", "k3s"]);
+    let objects = common::kubelet_csr_objects(10_000);
+    let mut evidence = serde_json::Map::new();
+    for i in 0..objects.len() {
+        evidence.insert(
+            format!("node-{i}"),
+            serde_json::json!([common::node_address(i as u32)]),
+        );
+    }
+    let evidence_path = env.root.join("nodes.json");
+    std::fs::write(&evidence_path, serde_json::to_vec(&evidence).expect("json"))
+        .expect("write evidence");
+
+    let mut group = c.benchmark_group("csr_batch_process");
+    group.sample_size(10);
+    for n in [1usize, 100, 10_000] {
+        let jsonl = env.root.join(format!("csrs-{n}.jsonl"));
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&jsonl).expect("jsonl"));
+        for o in &objects[..n] {
+            writeln!(file, "{o}").expect("write");
+        }
+        file.flush().expect("flush");
+        drop(file);
+        let args = [
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "csr",
+            "sign",
+            "--jsonl",
+            jsonl.to_str().expect("utf-8"),
+            "--node-evidence",
+            evidence_path.to_str().expect("utf-8"),
+        ];
+        let command = || {
+            let mut cmd = env.command(&args);
+            cmd.stderr(Stdio::null());
+            cmd
+        };
+        let (elapsed, peak_kib) = run_measured(command());
+        eprintln!(
+            "csr_batch_process/{n}: one run {:.3} s, {:.0} CSRs/s, peak memory {} MiB",
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            peak_kib / 1024
+        );
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| run_measured(command()).0)
+                    .sum::<Duration>()
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, start, init, custom_ca, csr_batch);
+criterion_main!(benches);
