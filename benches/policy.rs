@@ -305,5 +305,17 @@ fn scaling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, renewal, san_and_csr_hooks, scaling);
+/// 1 s of warm-up and 3 s of measurement per function keep the whole suite near 10 minutes on
+/// 2 cores (docs/performance.md was measured with these settings).
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = renewal, san_and_csr_hooks, scaling
+}
 criterion_main!(benches);
