@@ -1,5 +1,5 @@
 //! Writes N kubelet-serving `CertificateSigningRequest` objects as JSON lines, and the address
-//! evidence for their nodes, for the batch demo and the benchmark:
+//! evidence for their nodes, for the batch demo:
 //!
 //! ```sh
 //! cargo run --release -p rotor --example gen_csrs -- 10000 rotor-data/csr-batch
@@ -9,21 +9,18 @@
 //!
 //! Node `node-<i>` asks for DNS `node-<i>` and IP `10.<i / 65536>.<..>.<..>` (offset by one so
 //! no address ends in .0), which the evidence file holds for it; every 50th request also claims
-//! an address of another node, so the batch shows denials too. Keys are fresh ECDSA P-256.
+//! an address of another node, so the batch shows denials too. Keys are fresh ECDSA P-256. The
+//! objects are the benches' (`benches/common.rs`).
+
+#[path = "../../benches/common.rs"]
+#[allow(
+    dead_code,
+    reason = "the example uses one of the benches' inputs, not all"
+)]
+mod common;
 
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-
-use rcgen::{CertificateParams, DnType, KeyPair, SanType};
-use rotor::csr::k8s::object_for;
-use rotor::facts::Usage;
-use rotor::policy::request::CsrContext;
-
-fn address(i: u32) -> IpAddr {
-    let n = i + 1;
-    IpAddr::V4(Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8))
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -38,39 +35,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut lines = std::io::BufWriter::new(std::fs::File::create(dir.join("csrs.jsonl"))?);
     let mut evidence = serde_json::Map::new();
     for i in 0..n {
-        let node = format!("node-{i}");
-        let ip = address(i);
-        evidence.insert(node.clone(), serde_json::json!([ip]));
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("system:node:{node}"));
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "system:nodes");
-        params.subject_alt_names = vec![
-            SanType::DnsName(node.as_str().try_into()?),
-            SanType::IpAddress(ip),
-        ];
-        if i % 50 == 49 {
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(address(i - 1)));
-        }
-        let pem = params.serialize_request(&KeyPair::generate()?)?.pem()?;
-        let ctx = CsrContext {
-            signer_name: "kubernetes.io/kubelet-serving".into(),
-            username: format!("system:node:{node}"),
-            groups: vec!["system:nodes".into(), "system:authenticated".into()],
-            usages: vec![
-                Usage::DigitalSignature,
-                Usage::KeyEncipherment,
-                Usage::ServerAuth,
-            ],
-            ..CsrContext::default()
-        };
-        let object = object_for(&format!("csr-{node}"), &pem, &ctx);
-        writeln!(lines, "{object}")?;
+        evidence.insert(
+            format!("node-{i}"),
+            serde_json::json!([common::node_address(i)]),
+        );
+        let extra = (i % 50 == 49).then(|| common::node_address(i - 1));
+        writeln!(lines, "{}", common::kubelet_csr_object(i, extra))?;
     }
     lines.flush()?;
     std::fs::write(

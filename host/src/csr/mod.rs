@@ -25,7 +25,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::facts::{CsrFacts, Usage, Violation, parse_csr_der};
+use crate::facts::{CsrFacts, Usage, Violation, parse_csr_der_with_key};
 use crate::pki::{
     ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku, LeafTemplate, Subject, Validity,
 };
@@ -238,8 +238,8 @@ pub fn review(
     };
 
     // 1. Host rules.
-    let facts = match parse_csr_der("request", &input.der) {
-        Ok(f) => f,
+    let (facts, spki) = match parse_csr_der_with_key("request", &input.der) {
+        Ok(parsed) => parsed,
         Err(e) => {
             let v = Violation::new("MalformedCsr", "spec.request", e.to_string());
             review
@@ -271,7 +271,7 @@ pub fn review(
         None,
         "signature verifies; well-formed SANs; no CA request".into(),
     ));
-    review.spki = spki_of_csr(&input.der);
+    review.spki = spki;
 
     // 2. The CSR plugin and the SAN plugin on the CSR.
     let request = CsrRequest::new(&facts, input.ctx.clone(), now);
@@ -428,13 +428,6 @@ fn csr_detail(d: &CsrDecision) -> String {
             .collect::<Vec<_>>()
             .join("; "),
     }
-}
-
-fn spki_of_csr(der: &[u8]) -> Vec<u8> {
-    use x509_parser::prelude::FromDer;
-    x509_parser::certification_request::X509CertificationRequest::from_der(der)
-        .map(|(_, c)| c.certification_request_info.subject_pki.raw.to_vec())
-        .unwrap_or_default()
 }
 
 impl Template {

@@ -67,6 +67,12 @@ pub fn parse_csr_pem(what: &str, bytes: &[u8]) -> Result<CsrFacts, FactsError> {
 
 /// One DER CSR. Verifies its signature (proof of possession); a bad signature is a defect.
 pub fn parse_csr_der(what: &str, der: &[u8]) -> Result<CsrFacts, FactsError> {
+    parse_csr_der_with_key(what, der).map(|(facts, _)| facts)
+}
+
+/// [`parse_csr_der`], also returning the CSR's SubjectPublicKeyInfo (DER): what a signer needs,
+/// without parsing the request a second time.
+pub fn parse_csr_der_with_key(what: &str, der: &[u8]) -> Result<(CsrFacts, Vec<u8>), FactsError> {
     let bad = |reason: String| FactsError::BadDer {
         what: what.into(),
         kind: "certificate request",
@@ -180,5 +186,5 @@ pub fn parse_csr_der(what: &str, der: &[u8]) -> Result<CsrFacts, FactsError> {
         ));
     }
     facts.defects = defects;
-    Ok(facts)
+    Ok((facts, info.subject_pki.raw.to_vec()))
 }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 pub use certificate::{parse_certificate_der, parse_certificates_pem};
-pub use csr::{CsrFacts, parse_csr_der, parse_csr_pem};
+pub use csr::{CsrFacts, parse_csr_der, parse_csr_der_with_key, parse_csr_pem};
 pub use pem::{PemBlock, PemKind, read_pem_blocks};
 
 /// A problem with the bytes given as a certificate or CSR.
