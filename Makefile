@@ -40,9 +40,10 @@ unit-tests:
 	$(CARGO) test --manifest-path guest-plugins/Cargo.toml
 	$(CARGO) test --workspace --lib --bins --examples
 
-# Real plugins, real files, real TLS, the real binary (tests/it).
-integration-tests:
-	$(CARGO) test -p rotor --test it
+# Real plugins, real files, real TLS, the real binary (tests/it): the release build, the one
+# that ships, which the crash and concurrency tests kill and race (tests/it/state.rs).
+integration-tests: build
+	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test -p rotor --test it
 
 # The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.
 bench-build:

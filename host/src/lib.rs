@@ -25,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod csr;
+pub mod datadir;
 pub mod datastore;
 pub mod facts;
 pub mod fs;

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rotor::datastore::{BootstrapData, BootstrapStore, DirectoryDatastore};
 use rotor::pki::Token;
 use sha2::{Digest, Sha256};
 
@@ -32,15 +31,6 @@ fn token_in(dir: &Path) -> Token {
             .trim(),
     )
     .unwrap()
-}
-
-/// The decrypted bootstrap record of a k3s-layout data dir.
-fn bootstrap(dir: &Path, password: &str) -> BootstrapData {
-    let store = DirectoryDatastore::open(&dir.join("server/db")).unwrap();
-    BootstrapStore::new(&store, password)
-        .load()
-        .unwrap()
-        .unwrap()
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -504,105 +494,6 @@ fn refusals_list_the_reason_and_change_nothing() {
             &rfc3339(t0() + days(1)),
         ],
     );
-}
-
-#[test]
-fn a_killed_rotation_leaves_the_datastore_fully_old_or_fully_new() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (dir, staged) = staged_cluster(tmp.path());
-    let token = token_in(&dir);
-    let old = bootstrap(&dir, &token.password);
-    let record_name = rotor::datastore::bootstrap_key(&token.password)
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
-    let new_server_ca = std::fs::read(staged.join("server-ca.crt")).unwrap();
-    let fields = [
-        "ServerCA",
-        "ServerCAKey",
-        "ClientCA",
-        "ClientCAKey",
-        "RequestHeaderCA",
-        "ETCDServerCA",
-        "ETCDPeerCA",
-        "ServiceKey",
-    ];
-    let at = rfc3339(t0() + days(1));
-
-    for point in [
-        "rotate-ca:validated".to_string(),
-        format!("atomic:written:{record_name}"),
-        format!("atomic:renamed:{record_name}"),
-        "rotate-ca:saved".to_string(),
-    ] {
-        let tls_before = tree(&dir.join("server/tls"));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotor"))
-            .args([
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "certificate",
-                "rotate-ca",
-                "--force",
-                "--now",
-                &at,
-                "--path",
-            ])
-            .arg(&staged)
-            .env("ROTOR_PLUGIN_CACHE", shared_cache())
-            .env("ROTOR_FAILPOINT", &point)
-            .current_dir(repo_root())
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "{point}: the process must have been killed"
-        );
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(&format!("failpoint {point}")),
-            "{point}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let now = bootstrap(&dir, &token.password);
-        let is_new = now.get("ServerCA").unwrap().content == new_server_ca;
-        for f in fields {
-            let expected = if is_new { None } else { old.get(f) };
-            match expected {
-                Some(o) => assert_eq!(
-                    now.get(f).unwrap().content,
-                    o.content,
-                    "{point}: {f} is neither fully old"
-                ),
-                None => assert_ne!(
-                    now.get(f).unwrap().content,
-                    old.get(f).unwrap().content,
-                    "{point}: {f} is not new while ServerCA is"
-                ),
-            }
-        }
-        let expect_new = point.starts_with("atomic:renamed") || point == "rotate-ca:saved";
-        assert_eq!(is_new, expect_new, "{point}");
-        // No temporary file is left where it would be read, and the tls dir is untouched.
-        assert_eq!(tree(&dir.join("server/tls")), tls_before, "{point}");
-        if is_new {
-            break;
-        }
-    }
-    // The interrupted rotation completes on a retry, and start carries on from there.
-    rotor_ok(
-        &dir,
-        &[
-            "certificate",
-            "rotate-ca",
-            "--path",
-            staged.to_str().unwrap(),
-            "--force",
-            "--now",
-            &at,
-        ],
-    );
-    let out = rotor_ok(&dir, &["start", "--now", &at]);
-    assert!(out.contains("renewed 17 certificate(s)"), "{out}");
 }
 
 #[test]

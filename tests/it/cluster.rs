@@ -397,13 +397,12 @@ fn start_renews_exactly_the_leaves_inside_the_window_and_no_ca() {
         "{out}"
     );
     assert!(out.contains("restart needed for:"), "{out}");
-    assert!(
-        out.contains(&format!(
-            "server/tls-{}",
-            (t0() + days(300)).unix_timestamp()
-        )),
-        "backup named: {out}"
-    );
+    let backup_line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("previous files kept in "))
+        .unwrap_or_else(|| panic!("the backup is named: {out}"));
+    let backup = std::path::PathBuf::from(backup_line);
+    assert!(backup.starts_with(dir.join(".rotor/generations")), "{out}");
     let after = tree(&dir);
     for (leaf, _, _) in K3S_LEAVES {
         let key = leaf.replace(".crt", ".key");
@@ -435,20 +434,13 @@ fn start_renews_exactly_the_leaves_inside_the_window_and_no_ca() {
             assert_eq!(before[&f], after[&f], "{f} must not change");
         }
     }
-    // The backup holds the old certificates.
-    let backup = dir.join(format!(
-        "server/tls-{}",
-        (t0() + days(300)).unix_timestamp()
-    ));
-    let backed_up = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        std::fs::read(backup.join("client-admin.crt")).unwrap(),
-    ));
-    assert_eq!(backed_up, before["server/tls/client-admin.crt"].0);
-    assert!(
-        dir.join(format!("agent-{}", (t0() + days(300)).unix_timestamp()))
-            .join("client-kubelet.crt")
-            .is_file()
-    );
+    // The backup is the whole previous generation: the old certificates and keys, agent's too.
+    for f in ["server/tls/client-admin.crt", "agent/client-kubelet.key"] {
+        let backed_up = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            std::fs::read(backup.join(f)).unwrap(),
+        ));
+        assert_eq!(backed_up, before[f].0, "{f}");
+    }
     // Nothing left to do.
     let out = rotor_ok(&dir, &["start", "--now", &later]);
     assert!(out.contains("nothing to do"), "{out}");
@@ -831,9 +823,14 @@ fn kubeadm_layout_kubeconfigs_renew_and_csrs() {
         before_key
     );
     assert_eq!(after.not_after, t0() + days(465));
-    assert!(
-        dir.join(format!("pki-{}", (t0() + days(100)).unix_timestamp()))
-            .is_dir()
+    // The previous generation is the backup: the old key is there.
+    let backup = out
+        .lines()
+        .find_map(|l| l.strip_prefix("previous files kept in "))
+        .unwrap_or_else(|| panic!("the backup is named: {out}"));
+    assert_eq!(
+        std::fs::read(Path::new(backup).join("pki/apiserver.key")).unwrap(),
+        before_key
     );
     let out = rotor_ok(
         &dir,

@@ -165,9 +165,17 @@ pub fn kubelet_csr_pem(node: &str, sans: &[&str]) -> String {
     params.serialize_request(&key).unwrap().pem().unwrap()
 }
 
+/// The rotor binary under test: `ROTOR_TEST_BIN` (`make test` sets it to the release build,
+/// the one that ships), else the test profile's build.
+pub fn rotor_bin() -> PathBuf {
+    std::env::var_os("ROTOR_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rotor")))
+}
+
 /// Run the rotor binary with `args`; returns (exit code, stdout, stderr).
 pub fn rotor(args: &[&str], cache: &Path) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rotor"))
+    let out = std::process::Command::new(rotor_bin())
         .args(args)
         .env("ROTOR_PLUGIN_CACHE", cache)
         .env_remove("ROTOR_BUNDLE")
@@ -210,18 +218,32 @@ pub fn rotor_ok(data_dir: &Path, args: &[&str]) -> String {
 /// Every file of a tree: path -> (content hash, mode).
 pub type Tree = std::collections::BTreeMap<String, (String, u32)>;
 
-/// Every file under `dir` with its content hash and mode, for "nothing changed" checks.
+/// Every file under `dir` with its content hash and mode, for "nothing changed" checks: the
+/// paths as consumers open them (symlinks followed), plus rotor's own `.rotor` directory as it
+/// is (links recorded, not followed; the lock file's informational record left out).
 pub fn tree(dir: &Path) -> Tree {
-    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, (String, u32)>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let entry = entry.unwrap();
-            let path = entry.path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
+    fn walk(base: &Path, dir: &Path, follow: bool, out: &mut Tree) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        for path in entries {
             let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let inside_meta = rel == ".rotor" || rel.starts_with(".rotor/");
+            if rel == ".rotor/lock" {
+                continue;
+            }
+            let follow_here = follow && !inside_meta;
+            let meta = if follow_here {
+                std::fs::metadata(&path).unwrap()
+            } else {
+                std::fs::symlink_metadata(&path).unwrap()
+            };
             let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
             if meta.is_dir() {
                 out.insert(format!("{rel}/"), (String::new(), mode));
-                walk(base, &path, out);
+                walk(base, &path, follow_here, out);
             } else if meta.is_symlink() {
                 out.insert(
                     rel,
@@ -241,8 +263,8 @@ pub fn tree(dir: &Path) -> Tree {
             }
         }
     }
-    let mut out = std::collections::BTreeMap::new();
-    walk(dir, dir, &mut out);
+    let mut out = Tree::new();
+    walk(dir, dir, true, &mut out);
     out
 }
 
@@ -281,10 +303,24 @@ pub fn webpki_verify(
     server: bool,
     now: OffsetDateTime,
 ) -> Result<(), String> {
+    webpki_verify_der(
+        &pem_certs(leaf_file).remove(0),
+        &pem_certs(ca_file),
+        server,
+        now,
+    )
+}
+
+/// [`webpki_verify`] on DER: `leaf` against the CA bundle `cas`.
+pub fn webpki_verify_der(
+    leaf: &[u8],
+    cas: &[Vec<u8>],
+    server: bool,
+    now: OffsetDateTime,
+) -> Result<(), String> {
     use rustls_pki_types::{CertificateDer, UnixTime};
-    let leaf = pem_certs(leaf_file).remove(0);
-    let cas = pem_certs(ca_file);
-    let ca_ders: Vec<CertificateDer<'static>> = cas.into_iter().map(CertificateDer::from).collect();
+    let ca_ders: Vec<CertificateDer<'static>> =
+        cas.iter().cloned().map(CertificateDer::from).collect();
     // The trust anchors are the self-issued certificates of the bundle; the rest intermediates.
     let (roots, inter): (Vec<_>, Vec<_>) =
         ca_ders.iter().partition(|c| rotor::pki::is_self_issued(c));
@@ -293,7 +329,7 @@ pub fn webpki_verify(
         .map(|c| webpki::anchor_from_trusted_cert(c).unwrap().to_owned())
         .collect();
     let inter: Vec<CertificateDer<'_>> = inter.into_iter().cloned().collect();
-    let leaf = CertificateDer::from(leaf);
+    let leaf = CertificateDer::from(leaf.to_vec());
     let ee = webpki::EndEntityCert::try_from(&leaf).map_err(|e| e.to_string())?;
     let time = UnixTime::since_unix_epoch(Duration::from_secs(now.unix_timestamp() as u64));
     let usage = if server {

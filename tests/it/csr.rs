@@ -151,7 +151,7 @@ impl Fixture {
 
     /// `rotor --data-dir DATA ARGS` with `input` on standard input.
     fn run_stdin(&self, args: &[&str], input: &[u8]) -> (i32, String, String) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rotor"))
+        let mut child = Command::new(rotor_bin())
             .arg("--data-dir")
             .arg(&self.data)
             .args(args)

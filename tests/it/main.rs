@@ -17,3 +17,4 @@ mod cluster;
 mod csr;
 mod default_plugins;
 mod sandbox;
+mod state;

@@ -336,27 +336,75 @@ fn the_precompiled_cache_is_used_and_survives_corruption() {
     engine1
         .load("renewal-window", Hook::Renewal, &bytes)
         .unwrap();
-    let entries: Vec<_> = std::fs::read_dir(cache.path())
+    let mut entries: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(entries.len(), 1, "{entries:?}");
+    entries.sort();
+    assert_eq!(entries.len(), 2, "the artifact and its digest: {entries:?}");
     let cwasm = entries[0].clone();
+    let recorded = entries[1].clone();
     assert!(cwasm.to_string_lossy().ends_with(".cwasm"));
-    let mode =
-        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cwasm).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600);
+    assert!(recorded.to_string_lossy().ends_with(".cwasm.sha256"));
+    let digest_of = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+    let original = std::fs::read(&cwasm).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&recorded).unwrap().trim(),
+        digest_of(&original)
+    );
+    for p in [&cwasm, &recorded] {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
-    // A corrupt artifact is ignored, recompiled and replaced.
+    // A corrupt artifact (garbage, or one bit flipped anywhere, header included) is never
+    // deserialized: it is recompiled and replaced, and the record vouches for the new one.
+    let flips = [
+        0usize,
+        7,
+        100,
+        original.len() / 3,
+        original.len() / 2,
+        original.len() - 1,
+    ];
+    for (i, at) in flips.iter().enumerate() {
+        let mut corrupt = std::fs::read(&cwasm).unwrap();
+        corrupt[*at] ^= 1 << (i % 8);
+        std::fs::write(&cwasm, &corrupt).unwrap();
+        let engine2 = engine(cache.path());
+        let plugin = engine2
+            .load("renewal-window", Hook::Renewal, &bytes)
+            .unwrap();
+        let now = std::fs::read(&cwasm).unwrap();
+        assert_ne!(now, corrupt, "flip at {at} was kept");
+        assert_eq!(
+            std::fs::read_to_string(&recorded).unwrap().trim(),
+            digest_of(&now)
+        );
+        plugin
+            .sandbox(Hook::Renewal, "{}", &SandboxLimits::default())
+            .unwrap();
+    }
+    // A damaged or missing record also means recompiling, never trusting the artifact.
+    std::fs::write(&recorded, "0000\n").unwrap();
+    engine(cache.path())
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&recorded).unwrap().trim(),
+        digest_of(&std::fs::read(&cwasm).unwrap())
+    );
+    std::fs::remove_file(&recorded).unwrap();
+    engine(cache.path())
+        .load("renewal-window", Hook::Renewal, &bytes)
+        .unwrap();
+    assert!(recorded.exists());
     std::fs::write(&cwasm, b"garbage").unwrap();
-    let engine2 = engine(cache.path());
-    let plugin = engine2
+    engine(cache.path())
         .load("renewal-window", Hook::Renewal, &bytes)
         .unwrap();
     assert_ne!(std::fs::read(&cwasm).unwrap(), b"garbage");
-    plugin
-        .sandbox(Hook::Renewal, "{}", &SandboxLimits::default())
-        .unwrap();
 
     // A cache directory others can write to is not trusted (compiles in memory instead).
     let open = tempfile::tempdir().unwrap();

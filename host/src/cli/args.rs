@@ -56,6 +56,27 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub no_plugin_cache: bool,
 
+    /// Seconds to wait for another rotor command on the same data dir to finish (one writer at a
+    /// time; readers wait for writers), then fail naming it.
+    #[arg(
+        long,
+        global = true,
+        env = "ROTOR_LOCK_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECONDS"
+    )]
+    pub lock_timeout: u64,
+
+    /// Earlier generations of the data dir's files kept as backups (.rotor/generations/N).
+    #[arg(
+        long,
+        global = true,
+        env = "ROTOR_BACKUP_KEEP",
+        default_value_t = 5,
+        value_name = "N"
+    )]
+    pub backup_keep: usize,
+
     /// More logging: -v info, -vv debug (plugin log messages and wasm backtraces), -vvv
     /// everything, wasmtime included. ROTOR_LOG overrides (tracing filter syntax).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

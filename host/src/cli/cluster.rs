@@ -41,7 +41,12 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
         now: now(&args.now)?,
     };
     let profile = opts.profile;
-    let report = init::init(&global.data_dir, opts, &bundle)?;
+    let report = init::init(
+        &global.data_dir,
+        opts,
+        &bundle,
+        &super::datadir_options(global, "init"),
+    )?;
     println!(
         "initialized {} ({} profile)",
         global.data_dir.display(),
@@ -115,9 +120,21 @@ fn run_plan(
     token: Option<String>,
 ) -> anyhow::Result<Exit> {
     let bundle = bundle(global)?;
-    let cluster = Cluster::open(&global.data_dir)?;
-    let prepared = start::prepare(&cluster, &bundle, token.as_deref(), &mode, now)?;
     let rotate = matches!(mode, Mode::Rotate { .. });
+    let options = super::datadir_options(
+        global,
+        if rotate {
+            "certificate rotate"
+        } else {
+            "start"
+        },
+    );
+    let mut cluster = if dry_run {
+        Cluster::open_read(&global.data_dir, &options)?
+    } else {
+        Cluster::open_write(&global.data_dir, &options)?
+    };
+    let prepared = start::prepare(&cluster, &bundle, token.as_deref(), &mode, now)?;
     let verb = if rotate { "rotate" } else { "renew" };
     let checked = prepared.plan.leaves.len();
     println!(
@@ -150,9 +167,12 @@ fn run_plan(
         );
         return Ok(Exit::Success);
     }
-    let applied = start::apply(&cluster, &prepared, rotate, now)?;
-    for b in &applied.backups {
-        println!("backed up to {}", b.display());
+    let applied = start::apply(&mut cluster, &prepared, rotate, now)?;
+    if let Some(b) = &applied.backup {
+        println!("previous files kept in {}", b.display());
+    }
+    for w in &applied.warnings {
+        println!("  warning: {w}");
     }
     println!(
         "{} {} certificate(s) with new keys; extracted {} file(s) from the datastore",
@@ -209,7 +229,10 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
         } => {
             let at = now(&at)?;
             let bundle = bundle(global)?;
-            let cluster = Cluster::open(&global.data_dir)?;
+            let cluster = Cluster::open_read(
+                &global.data_dir,
+                &super::datadir_options(global, "certificate check"),
+            )?;
             let rows = check::check(&cluster, &bundle, at)?;
             let text = match format {
                 CheckFormat::Json => output::json(&rows)?,
@@ -290,7 +313,10 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             now: at,
         } => {
             let at = now(&at)?;
-            let cluster = Cluster::open(&global.data_dir)?;
+            let cluster = Cluster::open_read(
+                &global.data_dir,
+                &super::datadir_options(global, "certs check-expiration"),
+            )?;
             let exp = kubeadm_certs::check_expiration(&cluster, at)?;
             let text = match format {
                 ExpirationFormat::Json => output::json(&exp)?,
@@ -362,10 +388,13 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
         CertsCommand::Renew { which, now: at } => {
             let at = now(&at)?;
             let bundle = bundle(global)?;
-            let cluster = Cluster::open(&global.data_dir)?;
-            let (results, backups) = kubeadm_certs::renew(&cluster, &bundle, &which, at)?;
-            for b in &backups {
-                println!("backed up to {}", b.display());
+            let mut cluster = Cluster::open_write(
+                &global.data_dir,
+                &super::datadir_options(global, "certs renew"),
+            )?;
+            let (results, backup) = kubeadm_certs::renew(&mut cluster, &bundle, &which, at)?;
+            if let Some(b) = &backup {
+                println!("previous files kept in {}", b.display());
             }
             for r in &results {
                 match r {
@@ -388,7 +417,10 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             Ok(Exit::Success)
         }
         CertsCommand::GenerateCsr { csr_dir } => {
-            let cluster = Cluster::open(&global.data_dir)?;
+            let cluster = Cluster::open_read(
+                &global.data_dir,
+                &super::datadir_options(global, "certs generate-csr"),
+            )?;
             let written = kubeadm_certs::generate_csr(&cluster, &csr_dir)
                 .with_context(|| format!("writing CSRs to {}", csr_dir.display()))?;
             for w in &written {

@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::Exit;
 use super::args::{CsrArgs, CsrFormat, GlobalArgs};
 use super::cluster::now;
-use crate::cluster::{Cluster, ClusterError, LoadedCa};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, LoadedCa};
 use crate::csr::batch::{self, Item, ItemInput, Summary};
 use crate::csr::{self, CsrInput, Verdict, k8s};
 use crate::facts::{PemKind, read_pem_blocks};
@@ -132,11 +132,14 @@ fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
 fn cas(
     global: &GlobalArgs,
     sign: bool,
-) -> anyhow::Result<Option<(Cluster, BTreeMap<&'static str, LoadedCa>)>> {
-    match Cluster::open(&global.data_dir) {
+) -> anyhow::Result<Option<(ClusterConfig, BTreeMap<&'static str, LoadedCa>)>> {
+    let options = super::datadir_options(global, if sign { "csr sign" } else { "csr review" });
+    match Cluster::open_read(&global.data_dir, &options) {
         Ok(cluster) => {
             let cas = cluster.cas_from_disk()?;
-            Ok(Some((cluster, cas)))
+            // The CAs are in memory: writers need not wait for the batch.
+            let (config, _) = cluster.release();
+            Ok(Some((config, cas)))
         }
         Err(ClusterError::NotInitialized(_)) if !sign => Ok(None),
         Err(ClusterError::NotInitialized(dir)) => {
@@ -156,8 +159,8 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
     let evidence = Evidence::load(&args)?;
     let loaded = cas(global, sign)?;
     let signer_of = |signer: &str| -> Option<&CaSigner> {
-        let (cluster, cas) = loaded.as_ref()?;
-        cas.get(csr::ca_for_signer(cluster.config.profile, signer)?)?
+        let (config, cas) = loaded.as_ref()?;
+        cas.get(csr::ca_for_signer(config.profile, signer)?)?
             .signer()
     };
 

@@ -75,6 +75,15 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// How this command holds the data dir (lock timeout, backups kept, its name for others).
+fn datadir_options(global: &GlobalArgs, command: &str) -> crate::datadir::Options {
+    crate::datadir::Options {
+        lock_timeout: std::time::Duration::from_secs(global.lock_timeout),
+        backup_keep: global.backup_keep,
+        command: command.to_string(),
+    }
+}
+
 /// The plugin engine for this run, with the precompiled cache unless disabled.
 fn engine(global: &GlobalArgs) -> anyhow::Result<PluginEngine> {
     let cache_dir = if global.no_plugin_cache {

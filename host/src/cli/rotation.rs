@@ -88,7 +88,10 @@ pub(super) fn rotate_default_ca(
     at: OffsetDateTime,
     token: Option<String>,
 ) -> anyhow::Result<Exit> {
-    let cluster = Cluster::open(&global.data_dir)?;
+    let cluster = Cluster::open_read(
+        &global.data_dir,
+        &super::datadir_options(global, "certificate rotate-default-ca"),
+    )?;
     let r = custom_ca::rotate_default_ca(&cluster, token.as_deref(), out, at)?;
     println!(
         "staged new CAs in {} ({} files): new roots, cross-signed by the current ones, and new intermediates",
@@ -121,9 +124,14 @@ pub(super) fn rotate_ca(
     at: OffsetDateTime,
     token: Option<String>,
 ) -> anyhow::Result<Exit> {
-    let cluster = Cluster::open(&global.data_dir)?;
+    let options = super::datadir_options(global, "certificate rotate-ca");
+    let mut cluster = if dry_run {
+        Cluster::open_read(&global.data_dir, &options)?
+    } else {
+        Cluster::open_write(&global.data_dir, &options)?
+    };
     let report = rotate_ca::rotate_ca(
-        &cluster,
+        &mut cluster,
         rotate_ca::Options {
             path,
             force,
@@ -181,8 +189,11 @@ pub(super) fn rotate_service_key(
     at: OffsetDateTime,
     token: Option<String>,
 ) -> anyhow::Result<Exit> {
-    let cluster = Cluster::open(&global.data_dir)?;
-    let r = secrets::rotate_service_key(&cluster, token.as_deref(), keep, at)?;
+    let mut cluster = Cluster::open_write(
+        &global.data_dir,
+        &super::datadir_options(global, "certificate rotate-service-key"),
+    )?;
+    let r = secrets::rotate_service_key(&mut cluster, token.as_deref(), keep, at)?;
     println!(
         "new service-account signing key saved to the datastore; {} key(s) in the list{}",
         r.keys,
@@ -205,8 +216,11 @@ pub(super) fn token(global: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<Ex
             token,
             now: at,
         } => {
-            let cluster = Cluster::open(&global.data_dir)?;
-            let t = secrets::rotate_token(&cluster, token.as_deref(), &new_token, now(&at)?)?;
+            let mut cluster = Cluster::open_write(
+                &global.data_dir,
+                &super::datadir_options(global, "token rotate"),
+            )?;
+            let t = secrets::rotate_token(&mut cluster, token.as_deref(), &new_token, now(&at)?)?;
             println!(
                 "bootstrap data re-encrypted under the new token; the old token no longer decrypts it"
             );

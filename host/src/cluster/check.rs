@@ -185,7 +185,7 @@ fn certificates_in(
     storage: &Storage,
 ) -> std::result::Result<Option<Vec<Vec<u8>>>, String> {
     let path = storage.cert_path();
-    let bytes = match cluster.root.read(path) {
+    let bytes = match cluster.live.read(path) {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.to_string()),

@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::RecordFormat;
-use crate::fs::{PUBLIC_FILE, Root};
+use crate::fs::Root;
 use crate::pki::KeyType;
 
 /// Which distribution's layout and conventions the data dir follows.
@@ -136,10 +136,10 @@ impl ClusterConfig {
         Ok(Some(config))
     }
 
-    pub fn write(&self, root: &Root) -> anyhow::Result<()> {
+    /// The file's bytes.
+    pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
         let mut json = serde_json::to_vec_pretty(self)?;
         json.push(b'\n');
-        root.write_atomic(Path::new(CONFIG_FILE), &json, PUBLIC_FILE)?;
-        Ok(())
+        Ok(json)
     }
 }

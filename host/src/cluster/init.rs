@@ -12,13 +12,14 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 use super::config::{CONFIG_FILE, ClusterConfig, Profile};
-use super::layout::{CaSpec, Layout, Storage};
+use super::layout::{CaSpec, Storage};
 use super::{
-    Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names, kubeconfig,
-    load_external_ca,
+    Change, Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names,
+    kubeconfig, load_external_ca,
 };
-use crate::datastore::{BootstrapData, BootstrapStore, RecordFormat};
-use crate::fs::{PRIVATE_FILE, PUBLIC_FILE, Root};
+use crate::datadir::{DataDir, Entry, META, Options};
+use crate::datastore::{BOOTSTRAP_PREFIX, BootstrapData, DirectoryDatastore, RecordFormat};
+use crate::fs::{Kind, PRIVATE_FILE, PUBLIC_FILE, Root, TEMP_MARKER};
 use crate::pki::{
     CaSigner, KeyType, PrivateKey, Subject, Token, Validity, ca_hash, generate_password,
     self_signed_ca,
@@ -89,7 +90,12 @@ struct PlannedCa {
     write: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitReport> {
+pub fn init(
+    data_dir: &Path,
+    opts: InitOptions,
+    bundle: &Bundle,
+    options: &Options,
+) -> Result<InitReport> {
     validate_node_name(&opts.node_name)?;
     if opts.profile.is_k3s_family() && opts.key_type.is_some_and(|k| k != KeyType::EcdsaP256) {
         return Err(ClusterError::Invalid(
@@ -103,12 +109,61 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         )));
     }
     let root = Root::create_ambient(data_dir)?;
-    if root.exists(Path::new(CONFIG_FILE)) {
-        return Err(ClusterError::AlreadyInitialized {
-            path: data_dir.to_path_buf(),
-            what: CONFIG_FILE.into(),
-        });
+    root.refuse_if_shared(Path::new("."))?;
+    let unlocked = root.kind(Path::new(META))? != Some(Kind::Dir);
+    match init_in(data_dir, root, opts, bundle, options) {
+        // Deciding without the lock, it may have found another init's work half visible: the
+        // other init won.
+        Err(e)
+            if unlocked
+                && Root::open_ambient(data_dir)
+                    .and_then(|r| r.kind(&Path::new(META).join("current")))
+                    .is_ok_and(|k| k.is_some()) =>
+        {
+            tracing::debug!("a concurrent init won: {e}");
+            Err(ClusterError::AlreadyInitialized {
+                path: data_dir.to_path_buf(),
+                what: "another 'rotor init' initialized it meanwhile".into(),
+            })
+        }
+        r => r,
     }
+}
+
+fn init_in(
+    data_dir: &Path,
+    root: Root,
+    opts: InitOptions,
+    bundle: &Bundle,
+    options: &Options,
+) -> Result<InitReport> {
+    if root.kind(Path::new(META))? != Some(Kind::Dir) {
+        super::refuse_legacy(&root).map_err(|_| ClusterError::AlreadyInitialized {
+            path: data_dir.to_path_buf(),
+            what: format!("{CONFIG_FILE}, written by an earlier rotor"),
+        })?;
+    }
+    // Where rotor has been before, it takes the lock and recovers first, and decides under
+    // the lock. On a data dir it never wrote to, there is nothing to recover: it decides first
+    // and takes the lock only to commit, so a refused init (a denied name, a partial custom CA
+    // set) leaves nothing behind, not even its lock file.
+    let already = |what: String| ClusterError::AlreadyInitialized {
+        path: data_dir.to_path_buf(),
+        what,
+    };
+    let lock = |root: &Root| -> Result<DataDir> {
+        let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
+        super::recover(&mut dir)?;
+        if let Some(n) = dir.live() {
+            return Err(already(format!("generation {n} is live")));
+        }
+        Ok(dir)
+    };
+    let dir = if root.kind(Path::new(META))? == Some(Kind::Dir) {
+        Some(lock(&root)?)
+    } else {
+        None
+    };
     let config = ClusterConfig {
         format: 1,
         profile: opts.profile,
@@ -127,24 +182,28 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         external_cas: Vec::new(),
         custom_ca: false,
     };
-    let layout = Layout::for_config(&config);
-    let mut cluster = Cluster {
-        root,
-        config,
-        layout,
-    };
-    let store = cluster.datastore_if_present()?;
-    if let Some(store) = &store
-        && crate::datastore::has_bootstrap(store)?
-    {
-        return Err(ClusterError::AlreadyInitialized {
-            path: data_dir.to_path_buf(),
-            what: format!(
+    let mut cluster = Cluster::for_init(root, dir, config)?;
+    let entries = cluster.layout.entries();
+    if cluster.dir.is_some() {
+        cluster.tidy_locked()?;
+    }
+    let extra: Vec<&Root> = cluster.store.iter().map(|s| s.root()).collect();
+    check_init_permissions(&cluster, &entries, &extra)?;
+    let initialized_store = |cluster: &Cluster| -> Result<()> {
+        if cluster
+            .snapshot()?
+            .keys_under(BOOTSTRAP_PREFIX)
+            .next()
+            .is_some()
+        {
+            return Err(already(format!(
                 "bootstrap data in {}",
                 cluster.path(&cluster.layout.datastore_dir).display()
-            ),
-        });
-    }
+            )));
+        }
+        Ok(())
+    };
+    initialized_store(&cluster)?;
 
     // 1. Names: every requested name passes the SAN policy, before anything is generated.
     for leaf in &cluster.layout.leaves {
@@ -170,7 +229,7 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
 
     // 3. Service-account key(s).
     let sk = &cluster.layout.service_key;
-    let service_pem = match cluster.root.read(&sk.adopt) {
+    let service_pem = match cluster.live.read(&sk.adopt) {
         Ok(pem) => {
             let keys =
                 PrivateKey::all_from_pem(&cluster.path(&sk.adopt).display().to_string(), &pem)?;
@@ -247,35 +306,41 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         )));
     }
 
-    // 6. Write: CA files, service key, leaves, kubeconfigs, token, datastore, configuration.
+    // 6. The change, all in memory: what was found in place (adopted), then the CA files,
+    // service key, leaves, kubeconfigs, token, configuration, and the datastore record.
+    let mut change = adopted_files(&cluster, &entries)?;
     for p in &planned {
         if let Some((cert, key)) = &p.write {
-            cluster.ensure_parent(&p.spec.cert)?;
-            cluster.root.write_atomic(&p.spec.key, key, PRIVATE_FILE)?;
-            cluster.root.write_atomic(&p.spec.cert, cert, PUBLIC_FILE)?;
+            change.write(p.spec.key.clone(), key.clone(), PRIVATE_FILE);
+            change.write(p.spec.cert.clone(), cert.clone(), PUBLIC_FILE);
         }
         if let Some(nochain) = &p.spec.nochain {
             let first = crate::pki::pem_encode("CERTIFICATE", p.ca.cert_der());
-            cluster
-                .root
-                .write_atomic(nochain, first.as_bytes(), PUBLIC_FILE)?;
+            change.write(nochain.clone(), first.into_bytes(), PUBLIC_FILE);
         }
     }
-    cluster.write_service_keys(&service_keys)?;
+    cluster.write_service_keys(&mut change, &service_keys)?;
     for (i, leaf) in &issued {
         let spec = &cluster.layout.leaves[*i];
         let signer = cas[spec.ca]
             .signer()
             .ok_or_else(|| ClusterError::Invalid("unreachable: external CA".into()))?;
-        cluster.write_leaf(spec, signer, leaf)?;
+        cluster.write_leaf(&mut change, spec, signer, leaf);
     }
-    cluster.write_file_kubeconfigs()?;
-    cluster.ensure_parent(&cluster.layout.token_file)?;
-    cluster.root.write_atomic(
-        &cluster.layout.token_file,
-        format!("{}\n", token.render()).as_bytes(),
+    cluster.write_file_kubeconfigs(&mut change);
+    change.write(
+        cluster.layout.token_file.clone(),
+        format!("{}\n", token.render()).into_bytes(),
         PRIVATE_FILE,
-    )?;
+    );
+    change.write(
+        PathBuf::from(CONFIG_FILE),
+        cluster
+            .config
+            .to_json()
+            .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?,
+        PUBLIC_FILE,
+    );
 
     // Timestamps are compared with file modification times (conflict detection), so they are
     // the real time of writing, whatever '--now' says.
@@ -286,18 +351,25 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
         if p.ca.signer().is_some() {
             let key = match &p.write {
                 Some((_, key)) => key.clone(),
-                None => cluster.root.read(&p.spec.key)?,
+                None => cluster.live.read(&p.spec.key)?,
             };
             data.set(p.spec.key_field, key, written_at);
         }
     }
     data.set(sk.field, service_pem.clone(), written_at);
-    let store = cluster.datastore()?;
-    BootstrapStore::new(&store, &token.password).save(&data, cluster.config.datastore_format)?;
-    cluster
-        .config
-        .write(&cluster.root)
-        .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?;
+    change.ops.push(crate::datastore::bootstrap_put(
+        &token.password,
+        &data,
+        cluster.config.datastore_format,
+    )?);
+    if cluster.dir.is_none() {
+        // Decided: now the lock, and a second look at what a concurrent init may have done.
+        cluster.dir = Some(lock(&cluster.root)?);
+        cluster.store = DirectoryDatastore::existing(&cluster.root, &cluster.layout.datastore_dir)?;
+        cluster.snapshot = std::cell::OnceCell::new();
+        initialized_store(&cluster)?;
+    }
+    cluster.commit(change, true)?;
 
     let discovery_hash = (cluster.config.profile == Profile::Kubeadm).then(|| {
         use sha2::Digest;
@@ -334,7 +406,7 @@ pub fn init(data_dir: &Path, opts: InitOptions, bundle: &Bundle) -> Result<InitR
 /// Decide each CA: adopt files in place, generate missing ones, or fail on a partial set.
 fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
     let layout = &cluster.layout;
-    let present = |p: &PathBuf| cluster.root.exists(p);
+    let present = |p: &PathBuf| cluster.live.exists(p);
     let any_present = layout
         .cas
         .iter()
@@ -364,8 +436,8 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
             (true, true) => {
                 let ca = CaSigner::load(
                     &what,
-                    &cluster.root.read(&spec.cert)?,
-                    &cluster.root.read(&spec.key)?,
+                    &cluster.live.read(&spec.cert)?,
+                    &cluster.live.read(&spec.key)?,
                 )?;
                 if ca.facts.not_after <= now {
                     return Err(ClusterError::Invalid(format!(
@@ -380,7 +452,7 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                 }
             }
             (true, false) if spec.name == "ca" && !k3s_family => {
-                let ca = load_external_ca(&what, &cluster.root.read(&spec.cert)?)?;
+                let ca = load_external_ca(&what, &cluster.live.read(&spec.cert)?)?;
                 PlannedCa {
                     spec: spec.clone(),
                     ca,
@@ -433,34 +505,92 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
     Ok(planned)
 }
 
-impl Cluster {
-    /// The datastore, if its directory exists (init must not create it before deciding).
-    fn datastore_if_present(&self) -> Result<Option<crate::datastore::DirectoryDatastore>> {
-        if self.root.is_dir(&self.layout.datastore_dir) {
-            Ok(Some(self.datastore()?))
-        } else {
-            Ok(None)
+/// Refuse shared directories at init: the data dir, the real directories on the way to
+/// managed paths, the datastore's.
+fn check_init_permissions(cluster: &Cluster, entries: &[Entry], extra: &[&Root]) -> Result<()> {
+    if let Some(dir) = &cluster.dir {
+        return Ok(dir.check_permissions(entries, extra)?);
+    }
+    let root = &cluster.root;
+    root.refuse_if_shared(Path::new("."))?;
+    for e in entries {
+        let mut p = Some(e.path());
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            if root.kind(d)? == Some(Kind::Dir) {
+                root.refuse_if_shared(d)?;
+            }
+            p = d.parent();
         }
     }
+    for r in extra {
+        r.refuse_if_shared(Path::new("."))?;
+    }
+    Ok(())
+}
 
+/// Everything found in place at the managed paths, to carry into the first generation: a
+/// custom CA set in `server/tls`, an external CA's certificates in `pki`, kubeconfigs.
+fn adopted_files(cluster: &Cluster, entries: &[Entry]) -> Result<Change> {
+    let mut change = Change::default();
+    let root = &cluster.root;
+    let mut add = |rel: PathBuf| -> Result<()> {
+        let (mode, _) = root.mode_and_owner(&rel)?;
+        change.write(rel.clone(), root.read(&rel)?, mode & 0o777);
+        Ok(())
+    };
+    for entry in entries {
+        let rel = entry.path();
+        match (entry, root.kind(rel)?) {
+            (Entry::Dir(_), Some(Kind::Dir)) => {
+                for (sub, kind) in root.open_dir(rel)?.walk(Path::new("."))? {
+                    if kind != Kind::Dir && !sub.to_string_lossy().contains(TEMP_MARKER) {
+                        add(rel.join(sub))?;
+                    }
+                }
+            }
+            (Entry::File(_), Some(Kind::File)) => add(rel.to_path_buf())?,
+            (_, None) => {}
+            (_, Some(kind)) => {
+                return Err(ClusterError::BadFile {
+                    path: root.display(rel),
+                    reason: format!(
+                        "a {} where rotor keeps a {}",
+                        match kind {
+                            Kind::Dir => "directory",
+                            Kind::File => "file",
+                            Kind::Symlink => "symlink",
+                        },
+                        if matches!(entry, Entry::Dir(_)) {
+                            "directory"
+                        } else {
+                            "file"
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    Ok(change)
+}
+
+impl Cluster {
     /// The service-account key files, from every key (signing key first).
-    pub fn write_service_keys(&self, keys: &[PrivateKey]) -> Result<()> {
+    pub fn write_service_keys(&self, change: &mut Change, keys: &[PrivateKey]) -> Result<()> {
         if keys.is_empty() {
             return Err(ClusterError::Invalid("no service-account key".into()));
         }
         for (path, content, private) in self.layout.service_key.files(keys) {
-            self.ensure_parent(&path)?;
-            self.root.write_atomic(
-                &path,
-                &content,
+            change.write(
+                path,
+                content,
                 if private { PRIVATE_FILE } else { PUBLIC_FILE },
-            )?;
+            );
         }
         Ok(())
     }
 
-    /// k3s's `server/cred/*.kubeconfig`: they name the files, so they are written once.
-    pub fn write_file_kubeconfigs(&self) -> Result<()> {
+    /// k3s's `server/cred/*.kubeconfig`: they name the files (by the paths consumers know).
+    pub fn write_file_kubeconfigs(&self, change: &mut Change) {
         let abs = std::fs::canonicalize(self.root.path())
             .unwrap_or_else(|_| self.root.path().to_path_buf());
         for kc in &self.layout.file_kubeconfigs {
@@ -473,9 +603,7 @@ impl Cluster {
             let path = |p: &PathBuf| abs.join(p).display().to_string();
             let bytes =
                 kubeconfig::referencing(&kc.server, &path(&ca.cert), &path(cert), &path(key));
-            self.ensure_parent(&kc.file)?;
-            self.root.write_atomic(&kc.file, &bytes, PRIVATE_FILE)?;
+            change.write(kc.file.clone(), bytes, PRIVATE_FILE);
         }
-        Ok(())
     }
 }

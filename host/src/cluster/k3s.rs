@@ -334,8 +334,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         token_file: PathBuf::from("server/token"),
         datastore_dir: PathBuf::from("server/db"),
         file_kubeconfigs,
-        backup_dirs: vec![PathBuf::from(TLS), PathBuf::from(AGENT)],
-        backup_files: Vec::new(),
+        managed_dirs: vec![PathBuf::from(TLS)],
         services: vec![
             "admin",
             "api-server",

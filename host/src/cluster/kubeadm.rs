@@ -188,17 +188,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         token_file: PathBuf::from("rotor-token"),
         datastore_dir: PathBuf::from("datastore"),
         file_kubeconfigs: Vec::new(),
-        backup_dirs: vec![PathBuf::from("pki")],
-        backup_files: [
-            "admin.conf",
-            "super-admin.conf",
-            "controller-manager.conf",
-            "scheduler.conf",
-            "kubelet.conf",
-        ]
-        .iter()
-        .map(PathBuf::from)
-        .collect(),
+        managed_dirs: vec![PathBuf::from("pki")],
         services: vec![],
         dynamic_cert: None,
         force_restart_file: None,

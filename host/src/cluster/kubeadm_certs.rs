@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::check::short_duration;
 use super::layout::{LeafSpec, Storage};
-use super::{Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, check_names};
+use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, check_names};
 use crate::facts::ExtendedKeyUsage;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE, Root};
 use crate::pki::{Purpose, Subject};
@@ -97,7 +97,7 @@ pub fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expira
     let mut certificate_authorities = Vec::new();
     for spec in &cluster.layout.cas {
         let what = cluster.path(&spec.cert).display().to_string();
-        let bytes = cluster.root.read(&spec.cert)?;
+        let bytes = cluster.live.read(&spec.cert)?;
         let ca = super::load_external_ca(&what, &bytes)?;
         let f = ca.facts();
         certificate_authorities.push(ExpirationRow {
@@ -130,11 +130,11 @@ pub enum Renewed {
 
 /// `certs renew all|NAME`.
 pub fn renew(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     bundle: &Bundle,
     which: &str,
     now: OffsetDateTime,
-) -> Result<(Vec<Renewed>, Vec<PathBuf>)> {
+) -> Result<(Vec<Renewed>, Option<PathBuf>)> {
     require_kubeadm(cluster, "renew")?;
     let names = super::kubeadm::renewable_names(&cluster.layout);
     let selected: Vec<&LeafSpec> = if which == "all" {
@@ -205,18 +205,20 @@ pub fn renew(
         work.push((copied, signer));
     }
     if work.is_empty() {
-        return Ok((results, Vec::new()));
+        return Ok((results, None));
     }
-    let backups = cluster.backup(now)?;
-    for (spec, signer) in work {
-        let leaf = cluster.issue(&spec, signer, now, super::init::LEAF_LIFETIME)?;
-        cluster.write_leaf(&spec, signer, &leaf)?;
+    // Every certificate issued in memory, then all of them made live in one step.
+    let mut change = Change::default();
+    for (spec, signer) in &work {
+        let leaf = cluster.issue(spec, signer, now, super::init::LEAF_LIFETIME)?;
+        cluster.write_leaf(&mut change, spec, signer, &leaf);
         results.push(Renewed::Done {
             name: spec.name.clone(),
             restart: spec.restart.clone(),
         });
     }
-    Ok((results, backups))
+    let committed = cluster.commit(change, false)?;
+    Ok((results, committed.backup))
 }
 
 /// The components `renew` results require restarting.

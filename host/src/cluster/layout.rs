@@ -128,10 +128,9 @@ pub struct Layout {
     pub token_file: PathBuf,
     pub datastore_dir: PathBuf,
     pub file_kubeconfigs: Vec<FileKubeconfig>,
-    /// Directories backed up to `<dir>-<unix time>` before any change.
-    pub backup_dirs: Vec<PathBuf>,
-    /// Files outside those directories backed up into `kubeconfigs-<unix time>/`.
-    pub backup_files: Vec<PathBuf>,
+    /// Directories rotor owns whole (k3s `server/tls`, kubeadm `pki`): each is one link into
+    /// the live generation. Every other managed file is linked on its own.
+    pub managed_dirs: Vec<PathBuf>,
     /// Every `--service` name, in order.
     pub services: Vec<&'static str>,
     /// The `<product>-server` service and the file whose presence asks k3s/RKE2 to regenerate
@@ -158,6 +157,47 @@ impl Layout {
 
     pub fn leaf(&self, name: &str) -> Option<&LeafSpec> {
         self.leaves.iter().find(|l| l.name == name)
+    }
+
+    /// Every path rotor manages, as the data dir's write model links it into the live
+    /// generation: the owned directories, then each file outside them.
+    pub fn entries(&self) -> Vec<crate::datadir::Entry> {
+        use crate::datadir::Entry;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for ca in &self.cas {
+            files.push(ca.cert.clone());
+            files.push(ca.key.clone());
+            files.extend(ca.nochain.iter().cloned());
+        }
+        for leaf in &self.leaves {
+            match &leaf.storage {
+                Storage::Files { cert, key, .. } => {
+                    files.push(cert.clone());
+                    files.push(key.clone());
+                }
+                Storage::Kubeconfig { file, .. } => files.push(file.clone()),
+            }
+        }
+        let sk = &self.service_key;
+        files.extend(
+            [&sk.all_keys, &sk.signing_key, &sk.public_keys]
+                .into_iter()
+                .flatten()
+                .cloned(),
+        );
+        files.extend(self.file_kubeconfigs.iter().map(|k| k.file.clone()));
+        files.push(self.token_file.clone());
+        files.push(PathBuf::from(super::config::CONFIG_FILE));
+        files.extend(self.dynamic_cert.iter().map(|(_, p)| p.clone()));
+        let mut out: Vec<Entry> = self.managed_dirs.iter().cloned().map(Entry::Dir).collect();
+        for f in files {
+            if !self.managed_dirs.iter().any(|d| f.starts_with(d))
+                && !out.iter().any(|e| e.path() == f)
+            {
+                out.push(Entry::File(f));
+            }
+        }
+        out
     }
 
     /// The CA whose hash the join token pins (k3s: server CA; kubeadm: `ca`).

@@ -27,9 +27,16 @@ use time::OffsetDateTime;
 pub use config::{ClusterConfig, Profile};
 pub use layout::{CaSpec, Layout, LeafSpec, Storage};
 
-use crate::datastore::{BootstrapData, BootstrapStore, DatastoreError, DirectoryDatastore};
+use crate::datadir::{
+    DataDir, DataDirError, Entry, FileChanges, Intent, IntentOutcome, LockMode, META, NewFile,
+    Options,
+};
+use crate::datastore::{
+    BOOTSTRAP_PREFIX, Bootstrap, BootstrapData, Datastore, DatastoreError, DirectoryDatastore, Op,
+    Snapshot,
+};
 use crate::facts::{CertificateFacts, PemKind, parse_certificate_der, read_pem_blocks};
-use crate::fs::{FsError, PRIVATE_FILE, PUBLIC_FILE, Root};
+use crate::fs::{FsError, PRIVATE_FILE, PUBLIC_FILE, Root, failpoint};
 use crate::pki::{CaSigner, PkiError, PrivateKey, Purpose, Token, Validity};
 use crate::plugin::PluginError;
 
@@ -69,15 +76,74 @@ pub enum ClusterError {
     UnknownService { name: String, valid: Vec<String> },
     #[error("{0}")]
     Token(String),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(
+        "{0}\nthe datastore holds this change but the data dir does not show it yet: the next rotor \
+         command on this data dir finishes it (or run 'rotor certificate check')"
+    )]
+    Interrupted(Box<ClusterError>),
 }
 
 pub type Result<T> = std::result::Result<T, ClusterError>;
 
-/// An opened, initialized data dir.
+/// An opened, initialized data dir, held under its lock (exclusive for a writer, shared for a
+/// reader) for as long as this value lives.
 pub struct Cluster {
+    /// The data dir.
     pub root: Root,
+    /// Where managed files are read: the live generation (at `init`, the data dir itself,
+    /// whose files in place may be adopted).
+    pub live: Root,
     pub config: ClusterConfig,
     pub layout: Layout,
+    /// The data dir's lock and generations (`None` only while `init` decides, before it takes
+    /// the lock on a data dir rotor never wrote to).
+    dir: Option<DataDir>,
+    store: Option<DirectoryDatastore>,
+    snapshot: std::cell::OnceCell<Snapshot>,
+}
+
+/// Everything one command changes, decided in full before anything is written.
+#[derive(Debug, Default)]
+pub struct Change {
+    /// Files of the data dir (paths as consumers know them) to write or remove.
+    pub files: FileChanges,
+    /// Datastore operations, committed in one compare-and-swap.
+    pub ops: Vec<Op>,
+    /// Trigger files outside the managed paths to create once the change is live.
+    pub after: Vec<PathBuf>,
+}
+
+impl Change {
+    pub fn write(&mut self, rel: impl Into<PathBuf>, content: impl Into<Vec<u8>>, mode: u32) {
+        self.files.insert(
+            rel.into(),
+            Some(NewFile {
+                content: content.into(),
+                mode,
+            }),
+        );
+    }
+
+    pub fn remove(&mut self, rel: impl Into<PathBuf>) {
+        self.files.insert(rel.into(), None);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.ops.is_empty() && self.after.is_empty()
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// The generation now live, when files changed.
+    pub generation: Option<u64>,
+    /// The generation it replaced, kept as the backup (until pruned).
+    pub backup: Option<PathBuf>,
+    /// Problems that did not fail the change (a backup that could not be pruned).
+    pub warnings: Vec<String>,
 }
 
 /// A CA as loaded for an operation.
@@ -217,36 +283,172 @@ pub enum LeafOnDisk {
 }
 
 impl Cluster {
-    /// Open an initialized data dir.
-    pub fn open(data_dir: &Path) -> Result<Cluster> {
-        let root = Root::open_ambient(data_dir).map_err(|e| {
-            if e.is_not_found() {
-                ClusterError::NotInitialized(data_dir.to_path_buf())
-            } else {
-                e.into()
+    /// Open an initialized data dir for a command that changes it: take the exclusive lock
+    /// (waiting at most `options.lock_timeout`), finish or roll back a change a dead writer left
+    /// in flight, remove its debris, and check who may write there.
+    pub fn open_write(data_dir: &Path, options: &Options) -> Result<Cluster> {
+        let root = open_data_dir(data_dir)?;
+        if root.kind(Path::new(META))? != Some(crate::fs::Kind::Dir) {
+            refuse_legacy(&root)?;
+            return Err(ClusterError::NotInitialized(data_dir.to_path_buf()));
+        }
+        let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
+        recover(&mut dir)?;
+        if dir.live().is_none() {
+            return Err(ClusterError::NotInitialized(data_dir.to_path_buf()));
+        }
+        let cluster = Cluster::from_live(root, dir)?;
+        cluster.tidy()?;
+        Ok(cluster)
+    }
+
+    /// Open an initialized data dir for a command that only reads it: take the shared lock, so
+    /// no writer changes it meanwhile. A change a dead writer left in flight is finished or
+    /// rolled back first (under the exclusive lock, for that moment).
+    pub fn open_read(data_dir: &Path, options: &Options) -> Result<Cluster> {
+        let root = open_data_dir(data_dir)?;
+        let not_initialized = || ClusterError::NotInitialized(data_dir.to_path_buf());
+        // A journal under the shared lock means a writer died: recover under the exclusive
+        // lock, then read under a shared one again.
+        for _ in 0..3 {
+            let Some(dir) = DataDir::lock_shared(root.try_clone()?, options.clone())? else {
+                refuse_legacy(&root)?;
+                return Err(not_initialized());
+            };
+            if dir.journal()?.is_none() {
+                if dir.live().is_none() {
+                    return Err(not_initialized());
+                }
+                let cluster = Cluster::from_live(root, dir)?;
+                cluster.check_permissions()?;
+                return Ok(cluster);
             }
-        })?;
-        let config = ClusterConfig::read(&root)
+            let mut writer = dir.upgrade()?;
+            recover(&mut writer)?;
+            if writer.live().is_some() {
+                Cluster::from_live(root.try_clone()?, writer)?.tidy_locked()?;
+            }
+        }
+        Err(ClusterError::Invalid(format!(
+            "{}: writers keep dying in the middle of their changes; look at their errors",
+            data_dir.display()
+        )))
+    }
+
+    /// The cluster as its live generation describes it.
+    fn from_live(root: Root, dir: DataDir) -> Result<Cluster> {
+        let live_n = dir
+            .live()
+            .ok_or_else(|| ClusterError::NotInitialized(root.path().to_path_buf()))?;
+        let live = dir.open_generation(live_n)?;
+        let config = ClusterConfig::read(&live)
             .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?
-            .ok_or_else(|| ClusterError::NotInitialized(data_dir.to_path_buf()))?;
+            .ok_or_else(|| ClusterError::BadFile {
+                path: dir.generation_path(live_n).join(config::CONFIG_FILE),
+                reason: "missing from the live generation".into(),
+            })?;
         let layout = Layout::for_config(&config);
+        let store = DirectoryDatastore::existing(&root, &layout.datastore_dir)?;
         Ok(Cluster {
+            root,
+            live,
+            config,
+            layout,
+            dir: Some(dir),
+            store,
+            snapshot: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// A cluster being initialized: nothing live yet; managed files are read where they are
+    /// (to adopt CAs found in place).
+    pub(crate) fn for_init(
+        root: Root,
+        dir: Option<DataDir>,
+        config: ClusterConfig,
+    ) -> Result<Cluster> {
+        let layout = Layout::for_config(&config);
+        let store = DirectoryDatastore::existing(&root, &layout.datastore_dir)?;
+        Ok(Cluster {
+            live: root.try_clone()?,
             root,
             config,
             layout,
+            dir,
+            store,
+            snapshot: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Under the exclusive lock: debris removed, links in place, permissions checked.
+    fn tidy(&self) -> Result<()> {
+        self.tidy_locked()?;
+        self.check_permissions()
+    }
+
+    fn datadir(&self) -> Result<&DataDir> {
+        self.dir.as_ref().ok_or_else(|| {
+            ClusterError::Invalid("internal error: the data dir is not locked".into())
+        })
+    }
+
+    fn tidy_locked(&self) -> Result<()> {
+        let entries = self.layout.entries();
+        let removed = self.datadir()?.clean(&entries)?;
+        if !removed.is_empty() {
+            tracing::info!("removed what an interrupted writer left: {removed:?}");
+        }
+        if let Some(store) = &self.store {
+            store.clean()?;
+        }
+        self.datadir()?.ensure_links(&entries, false)?;
+        Ok(())
+    }
+
+    fn check_permissions(&self) -> Result<()> {
+        let extra: Vec<&Root> = self.store.iter().map(|s| s.root()).collect();
+        Ok(self
+            .datadir()?
+            .check_permissions(&self.layout.entries(), &extra)?)
+    }
+
+    /// Let other commands in early: a reader that has read what it needs (the CAs of a CSR
+    /// batch) need not hold writers off while it works.
+    pub fn release(self) -> (ClusterConfig, Layout) {
+        (self.config, self.layout)
     }
 
     pub fn path(&self, rel: &Path) -> PathBuf {
         self.root.display(rel)
     }
 
-    /// The datastore of this data dir.
-    pub fn datastore(&self) -> Result<DirectoryDatastore> {
-        Ok(DirectoryDatastore::within(
-            &self.root,
-            &self.layout.datastore_dir,
-        )?)
+    /// The generation being read, for messages.
+    pub fn generation(&self) -> Option<u64> {
+        self.dir.as_ref().and_then(DataDir::live)
+    }
+
+    /// The datastore as it was when this command first read it. Every read of one command
+    /// sees this one revision; its commit is conditioned on it.
+    pub fn snapshot(&self) -> Result<&Snapshot> {
+        if let Some(s) = self.snapshot.get() {
+            return Ok(s);
+        }
+        let snap = match &self.store {
+            Some(store) => store.snapshot(BOOTSTRAP_PREFIX)?,
+            None => Snapshot::default(),
+        };
+        Ok(self.snapshot.get_or_init(|| snap))
+    }
+
+    /// The datastore, for messages and reads.
+    pub fn datastore(&self) -> Result<&dyn Datastore> {
+        match &self.store {
+            Some(s) => Ok(s),
+            None => Err(ClusterError::Invalid(format!(
+                "{}: no datastore: the data dir was not initialized by rotor, or the datastore was removed",
+                self.path(&self.layout.datastore_dir).display()
+            ))),
+        }
     }
 
     /// The token: `--token` if given, else the token file.
@@ -254,8 +456,12 @@ impl Cluster {
         let text = match given {
             Some(t) => t.to_string(),
             None => {
-                let bytes = self.root.read(&self.layout.token_file).map_err(|e| {
-                    ClusterError::Token(format!("{e} (give the token with --token)"))
+                let bytes = self.live.read(&self.layout.token_file).map_err(|e| {
+                    ClusterError::Token(format!(
+                        "{}: {} (give the token with --token)",
+                        self.path(&self.layout.token_file).display(),
+                        e.message
+                    ))
                 })?;
                 String::from_utf8_lossy(&bytes).trim().to_string()
             }
@@ -266,12 +472,81 @@ impl Cluster {
     /// Read the bootstrap record with `token`.
     pub fn bootstrap(&self, token: &Token) -> Result<BootstrapData> {
         let store = self.datastore()?;
-        BootstrapStore::new(&store, &token.password).load()?.ok_or_else(|| {
-            ClusterError::Invalid(format!(
+        let snapshot = self.snapshot()?;
+        match Bootstrap::new(store, snapshot, &token.password).load() {
+            Ok(Some(data)) => Ok(data),
+            Ok(None) => Err(ClusterError::Invalid(format!(
                 "{}: no bootstrap data in the datastore: the data dir was not initialized by rotor, or the datastore was removed",
                 self.path(&self.layout.datastore_dir).display()
-            ))
-        })
+            ))),
+            Err(DatastoreError::OtherToken { keys, .. }) => Err(DatastoreError::OtherToken {
+                keys,
+                hint: self.token_hint(token),
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// How to recover when the token does not open the record: the token file's token, or
+    /// the token of a backup generation, that does.
+    fn token_hint(&self, tried: &Token) -> String {
+        let file = self.path(&self.layout.token_file);
+        let (Ok(store), Ok(snapshot)) = (self.datastore(), self.snapshot()) else {
+            return String::new();
+        };
+        let opens = |t: &Token| {
+            Bootstrap::new(store, snapshot, &t.password)
+                .load()
+                .is_ok_and(|d| d.is_some())
+        };
+        let token_in = |root: &Root| {
+            root.read(&self.layout.token_file)
+                .ok()
+                .and_then(|b| Token::parse(String::from_utf8_lossy(&b).trim()).ok())
+        };
+        if let Some(t) = token_in(&self.live)
+            && t.password != tried.password
+            && opens(&t)
+        {
+            return format!(
+                ". The token in {} opens it: leave out --token to use it",
+                file.display()
+            );
+        }
+        let Some(dir) = &self.dir else {
+            return String::new();
+        };
+        let mut seen = vec![tried.password.clone()];
+        let live = dir.live();
+        let mut gens = dir.generations().unwrap_or_default();
+        gens.retain(|n| Some(*n) != live);
+        gens.reverse();
+        for n in gens {
+            let Some(t) = dir.open_generation(n).ok().as_ref().and_then(token_in) else {
+                continue;
+            };
+            if seen.contains(&t.password) {
+                continue;
+            }
+            seen.push(t.password.clone());
+            if opens(&t) {
+                let backup = dir.generation_path(n).join(&self.layout.token_file);
+                return format!(
+                    ". The token in the backup {} opens it: rotor changes the token file and the \
+                     record in one step, so the token file was changed outside rotor. Restore it \
+                     with 'cp {} {}', or give that token with --token",
+                    backup.display(),
+                    backup.display(),
+                    file.display()
+                );
+            }
+        }
+        format!(
+            ". Give the current token with --token (the one the last 'rotor init' or 'rotor token \
+             rotate' printed) and put it back in {}",
+            file.display()
+        )
     }
 
     /// Load the CAs from bootstrap data (the authoritative copy).
@@ -302,20 +577,35 @@ impl Cluster {
         Ok(cas)
     }
 
-    /// Load the CAs from their files on disk.
+    /// Load the CAs from their files.
     pub fn cas_from_disk(&self) -> Result<BTreeMap<&'static str, LoadedCa>> {
         let mut cas = BTreeMap::new();
         for spec in &self.layout.cas {
             let what = self.path(&spec.cert).display().to_string();
-            let cert = self.root.read(&spec.cert)?;
+            let cert = self
+                .live
+                .read(&spec.cert)
+                .map_err(|e| self.named(&spec.cert, e))?;
             let ca = if self.config.is_external(spec.name) {
                 load_external_ca(&what, &cert)?
             } else {
-                LoadedCa::Signing(CaSigner::load(&what, &cert, &self.root.read(&spec.key)?)?)
+                let key = self
+                    .live
+                    .read(&spec.key)
+                    .map_err(|e| self.named(&spec.key, e))?;
+                LoadedCa::Signing(CaSigner::load(&what, &cert, &key)?)
             };
             cas.insert(spec.name, ca);
         }
         Ok(cas)
+    }
+
+    /// An error reading a managed file, named by the path consumers know.
+    fn named(&self, rel: &Path, e: FsError) -> ClusterError {
+        ClusterError::BadFile {
+            path: self.path(rel),
+            reason: e.message,
+        }
     }
 
     /// Read a leaf's certificate and key. A file that exists but cannot be parsed is an error
@@ -323,14 +613,14 @@ impl Cluster {
     pub fn read_leaf(&self, spec: &LeafSpec) -> Result<LeafOnDisk> {
         let (cert_pem, key_pem) = match &spec.storage {
             Storage::Files { cert, key, .. } => {
-                let cert_pem = match self.root.read(cert) {
+                let cert_pem = match self.live.read(cert) {
                     Ok(b) => b,
                     Err(e) if e.is_not_found() => {
                         return Ok(LeafOnDisk::Missing("certificate missing".into()));
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let key_pem = match self.root.read(key) {
+                let key_pem = match self.live.read(key) {
                     Ok(b) => Some(b),
                     Err(e) if e.is_not_found() => None,
                     Err(e) => return Err(e.into()),
@@ -338,7 +628,7 @@ impl Cluster {
                 (cert_pem, key_pem)
             }
             Storage::Kubeconfig { file, .. } => {
-                let bytes = match self.root.read(file) {
+                let bytes = match self.live.read(file) {
                     Ok(b) => b,
                     Err(e) if e.is_not_found() => {
                         return Ok(LeafOnDisk::Missing("kubeconfig missing".into()));
@@ -414,25 +704,26 @@ impl Cluster {
         })
     }
 
-    /// Write a leaf's certificate and key where its layout keeps them: key first, then the
-    /// certificate, each atomically (a crash in between leaves a key that does not match its
-    /// certificate, which the next `start` detects and repairs).
-    pub fn write_leaf(&self, spec: &LeafSpec, ca: &CaSigner, leaf: &IssuedLeaf) -> Result<()> {
+    /// Add a leaf's certificate and key, where its layout keeps them, to `change`.
+    pub fn write_leaf(
+        &self,
+        change: &mut Change,
+        spec: &LeafSpec,
+        ca: &CaSigner,
+        leaf: &IssuedLeaf,
+    ) {
         match &spec.storage {
             Storage::Files {
                 cert,
                 key,
                 with_ca_bundle,
             } => {
-                self.ensure_parent(cert)?;
-                self.ensure_parent(key)?;
                 let mut cert_bytes = leaf.cert_pem.as_bytes().to_vec();
                 if *with_ca_bundle {
                     cert_bytes.extend_from_slice(&ca.bundle_pem);
                 }
-                self.root
-                    .write_atomic(key, leaf.key_pem.as_bytes(), PRIVATE_FILE)?;
-                self.root.write_atomic(cert, &cert_bytes, PUBLIC_FILE)?;
+                change.write(key.clone(), leaf.key_pem.as_bytes(), PRIVATE_FILE);
+                change.write(cert.clone(), cert_bytes, PUBLIC_FILE);
             }
             Storage::Kubeconfig { file, user } => {
                 let server = self.apiserver_url();
@@ -443,10 +734,9 @@ impl Cluster {
                     leaf.cert_pem.as_bytes(),
                     leaf.key_pem.as_bytes(),
                 );
-                self.root.write_atomic(file, &bytes, PRIVATE_FILE)?;
+                change.write(file.clone(), bytes, PRIVATE_FILE);
             }
         }
-        Ok(())
     }
 
     /// The API server URL written into kubeconfigs.
@@ -459,64 +749,193 @@ impl Cluster {
         format!("https://{host}:6443")
     }
 
-    pub fn ensure_parent(&self, rel: &Path) -> Result<()> {
-        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.root.create_dir_all(parent)?;
+    /// Make `change` live, all of it or nothing: the next generation is staged, the intent
+    /// journaled, the datastore ops committed in one compare-and-swap against the revision this
+    /// command read, then the generation switched in one rename. With `adopt` (init), real
+    /// files and directories at managed paths are taken over (their content must be in the
+    /// change). A failure before the datastore commit leaves everything as it was; a failure
+    /// after it leaves the journal, and the next command completes the change.
+    pub fn commit(&mut self, change: Change, adopt: bool) -> Result<Committed> {
+        if self.dir.as_ref().map(DataDir::lock_mode) != Some(LockMode::Exclusive) {
+            return Err(ClusterError::Invalid(
+                "internal error: a change committed without the exclusive lock".into(),
+            ));
         }
-        Ok(())
-    }
-
-    /// Copy the live PKI to `<dir>-<unix time>` (and loose kubeconfigs to `kubeconfigs-<unix time>`)
-    /// before changing anything. Returns the backup directories.
-    pub fn backup(&self, now: OffsetDateTime) -> Result<Vec<PathBuf>> {
-        let stamp = self.free_stamp(now.unix_timestamp());
-        let mut made = Vec::new();
-        for dir in &self.layout.backup_dirs {
-            if !self.root.is_dir(dir) {
-                continue;
-            }
-            let to = PathBuf::from(format!("{}-{stamp}", dir.display()));
-            self.root.copy_tree(dir, &to)?;
-            made.push(self.path(&to));
+        if change.is_empty() {
+            return Ok(Committed::default());
         }
-        let present: Vec<&PathBuf> = self
-            .layout
-            .backup_files
-            .iter()
-            .filter(|f| self.root.exists(f))
-            .collect();
-        if !present.is_empty() {
-            let to = PathBuf::from(format!("kubeconfigs-{stamp}"));
-            self.root.create_dir_all(&to)?;
-            for f in present {
-                let bytes = self.root.read(f)?;
-                self.root.write_atomic(
-                    &to.join(f.file_name().unwrap_or(f.as_os_str())),
-                    &bytes,
-                    PRIVATE_FILE,
-                )?;
-            }
-            made.push(self.path(&to));
+        let expected = self.snapshot()?.revision;
+        if self.store.is_none() && !change.ops.is_empty() {
+            self.store = Some(DirectoryDatastore::within(
+                &self.root,
+                &self.layout.datastore_dir,
+            )?);
         }
-        Ok(made)
-    }
-
-    /// A timestamp suffix no backup uses yet.
-    fn free_stamp(&self, unix: i64) -> String {
-        let taken = |s: &str| {
-            self.layout.backup_dirs.iter().any(|d| {
-                self.root
-                    .exists(&PathBuf::from(format!("{}-{s}", d.display())))
-            }) || self.root.exists(&PathBuf::from(format!("kubeconfigs-{s}")))
+        let entries = self.layout.entries();
+        let Change { files, ops, after } = change;
+        let (Some(dir), store) = (self.dir.as_mut(), self.store.as_ref()) else {
+            return Err(ClusterError::Invalid("internal error: no data dir".into()));
         };
-        let mut stamp = unix.to_string();
-        let mut n = 1;
-        while taken(&stamp) {
-            stamp = format!("{unix}.{n}");
-            n += 1;
+        if files.is_empty() && after.is_empty() {
+            // Only the datastore changes: its commit is the one step.
+            if let Some(store) = store {
+                store.commit(expected, &ops)?;
+            }
+            self.snapshot = std::cell::OnceCell::new();
+            return Ok(Committed::default());
         }
-        stamp
+        let to = dir.stage(&files, &entries)?;
+        let journal = dir.new_journal(to, adopt, Intent::of(expected, &ops), after);
+        if let Err(e) = dir.write_journal(&journal) {
+            let _ = dir.discard(&journal);
+            return Err(e.into());
+        }
+        failpoint("commit:journaled");
+        if let Some(store) = store
+            && let Err(e) = store.commit(expected, &ops)
+        {
+            // A remote store may have applied a commit it failed to confirm: ask it.
+            match store
+                .snapshot(BOOTSTRAP_PREFIX)
+                .map(|s| journal.datastore.outcome(&s))
+            {
+                Ok(IntentOutcome::Applied) if !ops.is_empty() => {}
+                Ok(_) => {
+                    dir.discard(&journal)?;
+                    return Err(e.into());
+                }
+                Err(_) => return Err(ClusterError::Interrupted(Box::new(e.into()))),
+            }
+        }
+        failpoint("commit:datastore");
+        if let Err(e) = dir.switch(to) {
+            // Not switched and nothing in the datastore: undo. Otherwise the journal stays and
+            // the next command rolls forward.
+            if ops.is_empty() && dir.live() != Some(to) {
+                dir.discard(&journal)?;
+                return Err(e.into());
+            }
+            return Err(ClusterError::Interrupted(Box::new(e.into())));
+        }
+        failpoint("commit:switched");
+        let warnings = dir
+            .complete(&journal, &entries)
+            .map_err(|e| ClusterError::Interrupted(Box::new(e.into())))?;
+        let backup = journal.from.map(|n| dir.generation_path(n));
+        self.live = dir.open_generation(to)?;
+        // The datastore moved on: a later read in this command must see the new revision.
+        self.snapshot = std::cell::OnceCell::new();
+        Ok(Committed {
+            generation: Some(to),
+            backup,
+            warnings,
+        })
     }
+}
+
+/// Open the data dir named by the user; a missing one is "not initialized".
+fn open_data_dir(data_dir: &Path) -> Result<Root> {
+    let root = Root::open_ambient(data_dir).map_err(|e| {
+        if e.is_not_found() {
+            ClusterError::NotInitialized(data_dir.to_path_buf())
+        } else {
+            e.into()
+        }
+    })?;
+    root.refuse_if_shared(Path::new("."))?;
+    Ok(root)
+}
+
+/// A data dir written by rotor before generations existed (`rotor.json` in place).
+fn refuse_legacy(root: &Root) -> Result<()> {
+    if root.kind(Path::new(config::CONFIG_FILE))? == Some(crate::fs::Kind::File) {
+        return Err(ClusterError::BadFile {
+            path: root.display(Path::new(config::CONFIG_FILE)),
+            reason: "this data dir was written by an earlier rotor, which changed files in place; this rotor \
+                     keeps every change in a generation it switches in one step and cannot take it over: \
+                     initialize a new data dir (custom CAs are adopted by 'rotor init')"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Finish or roll back the change a dead writer left in flight, saying which on stderr.
+fn recover(dir: &mut DataDir) -> Result<()> {
+    let Some(journal) = dir.journal()? else {
+        return Ok(());
+    };
+    let who = format!(
+        "an interrupted 'rotor {}' (pid {}, started {})",
+        journal.command, journal.pid, journal.started
+    );
+    if dir.live() == Some(journal.to) {
+        let entries = entries_of(dir, journal.to)?;
+        let warnings = dir.complete(&journal, &entries)?;
+        eprintln!(
+            "rotor: recovered {who}: rolled forward (generation {} was already live; finished its links)",
+            journal.to
+        );
+        for w in warnings {
+            eprintln!("rotor: warning: {w}");
+        }
+        return Ok(());
+    }
+    let staged = dir.generations()?.contains(&journal.to);
+    let outcome = if staged {
+        let layout = layout_of(dir, journal.to)?;
+        let snapshot = match DirectoryDatastore::existing(dir.root(), &layout.datastore_dir)? {
+            Some(store) => store.snapshot(BOOTSTRAP_PREFIX)?,
+            None => Snapshot::default(),
+        };
+        journal.datastore.outcome(&snapshot)
+    } else {
+        IntentOutcome::NotApplied
+    };
+    match outcome {
+        IntentOutcome::Applied => {
+            dir.switch(journal.to)?;
+            let entries = entries_of(dir, journal.to)?;
+            let warnings = dir.complete(&journal, &entries)?;
+            eprintln!(
+                "rotor: recovered {who}: rolled forward to generation {} (the datastore holds its change)",
+                journal.to
+            );
+            for w in warnings {
+                eprintln!("rotor: warning: {w}");
+            }
+        }
+        IntentOutcome::NotApplied | IntentOutcome::Diverged => {
+            dir.discard(&journal)?;
+            let live = match dir.live() {
+                Some(n) => format!("generation {n} stays live"),
+                None => "the data dir stays uninitialized".into(),
+            };
+            let why = if outcome == IntentOutcome::Diverged {
+                "the datastore changed under it and does not hold its change"
+            } else {
+                "the datastore never got its change"
+            };
+            eprintln!("rotor: recovered {who}: rolled back ({why}); {live}");
+        }
+    }
+    Ok(())
+}
+
+/// The layout a generation's configuration describes.
+fn layout_of(dir: &DataDir, generation: u64) -> Result<Layout> {
+    let root = dir.open_generation(generation)?;
+    let config = ClusterConfig::read(&root)
+        .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?
+        .ok_or_else(|| ClusterError::BadFile {
+            path: dir.generation_path(generation).join(config::CONFIG_FILE),
+            reason: "missing from the generation".into(),
+        })?;
+    Ok(Layout::for_config(&config))
+}
+
+fn entries_of(dir: &DataDir, generation: u64) -> Result<Vec<Entry>> {
+    Ok(layout_of(dir, generation)?.entries())
 }
 
 fn strip_prefix(what: &str, reason: String) -> String {

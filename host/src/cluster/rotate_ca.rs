@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use super::custom_ca::staged;
-use super::{Cluster, ClusterError, Result};
-use crate::datastore::{BootstrapData, BootstrapStore};
+use super::{Change, Cluster, ClusterError, Result};
+use crate::datastore::{Bootstrap, BootstrapData};
 use crate::facts::{KeyAlgorithm, KeyUsageBit, PemKind, parse_certificate_der, read_pem_blocks};
 use crate::fs::{PRIVATE_FILE, Root, failpoint};
 use crate::pki::{CaSigner, PrivateKey, Token, ca_hash, is_self_issued, signed_by};
@@ -75,7 +75,8 @@ const LEAF_LIFETIME_DAYS: i64 = 365;
 
 /// Find the staged TLS dir under `path`: the dir itself, `tls/`, `server/tls/` (k3s) or `pki/`.
 fn staging_root(cluster: &Cluster, path: &Path) -> Result<Root> {
-    let base = Root::open_ambient(path)?;
+    // Fails early with a clear message when the path itself is missing.
+    Root::open_ambient(path)?;
     let candidates: &[&str] = if cluster.layout.profile.is_k3s_family() {
         &[".", "tls", "server/tls"]
     } else {
@@ -91,11 +92,19 @@ fn staging_root(cluster: &Cluster, path: &Path) -> Result<Root> {
     });
     let live = cluster.root.identity(&live_tls).ok();
     for c in candidates {
-        let dir = Path::new(c);
-        if !expected.iter().any(|e| base.exists(&dir.join(e))) {
+        // Each candidate as the operator's shell would resolve it (symlinks followed), so the
+        // live directory is recognized however it is named.
+        let candidate = if *c == "." {
+            path.to_path_buf()
+        } else {
+            path.join(c)
+        };
+        let Ok(root) = Root::open_ambient(&candidate) else {
+            continue;
+        };
+        if !expected.iter().any(|e| root.exists(e)) {
             continue;
         }
-        let root = if *c == "." { base } else { base.open_dir(dir)? };
         if live.is_some() && root.identity(Path::new(".")).ok() == live {
             return Err(ClusterError::Invalid(format!(
                 "{}: this is the live TLS directory of the data dir: stage the new CA files in another directory \
@@ -179,7 +188,7 @@ fn key_acceptable(alg: KeyAlgorithm, bits: u32) -> Option<String> {
     }
 }
 
-pub fn rotate_ca(cluster: &Cluster, opts: Options<'_>) -> Result<Report> {
+pub fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
     let token = cluster.token(opts.token)?;
     let current = cluster.bootstrap(&token)?;
     let staging = staging_root(cluster, opts.path)?;
@@ -425,21 +434,26 @@ pub fn rotate_ca(cluster: &Cluster, opts: Options<'_>) -> Result<Report> {
     }
 
     failpoint("rotate-ca:validated");
-    let store = cluster.datastore()?;
-    let bootstrap = BootstrapStore::new(&store, &token.password);
-    let format = bootstrap
-        .stored_format()?
+    let format = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &token.password)
+        .stored_format()
         .unwrap_or(cluster.config.datastore_format);
-    // The one step that changes the cluster: the record is replaced atomically.
-    bootstrap.save(&next, format)?;
-    failpoint("rotate-ca:saved");
+    // One change: the record replaced in the datastore, and the token file when its hash
+    // follows the new CA, switched together.
+    let mut change = Change::default();
+    change.ops.push(crate::datastore::bootstrap_put(
+        &token.password,
+        &next,
+        format,
+    )?);
     if let Some(t) = &report.new_token {
-        cluster.root.write_atomic(
-            &layout.token_file,
-            format!("{}\n", t.render()).as_bytes(),
+        change.write(
+            layout.token_file.clone(),
+            format!("{}\n", t.render()).into_bytes(),
             PRIVATE_FILE,
-        )?;
+        );
     }
+    cluster.commit(change, false)?;
+    failpoint("rotate-ca:saved");
     report.saved = true;
     Ok(report)
 }

@@ -5,12 +5,13 @@
 //!   valid. The datastore is updated in one atomic step; `rotor start` then writes the key files
 //!   (`service.key` and `service.current.key`, or `sa.key` and `sa.pub`).
 //! - `rotor token rotate --new-token T`: the bootstrap record is re-encrypted under the new
-//!   token's password and the old record deleted, so the old token no longer decrypts anything.
+//!   token's password and the old record deleted, so the old token no longer decrypts anything;
+//!   the token file changes in the same step.
 
 use time::OffsetDateTime;
 
-use super::{Cluster, ClusterError, Result};
-use crate::datastore::BootstrapStore;
+use super::{Change, Cluster, ClusterError, Result};
+use crate::datastore::{Bootstrap, Op};
 use crate::fs::{PRIVATE_FILE, failpoint};
 use crate::pki::{PrivateKey, Token, ca_hash};
 
@@ -24,7 +25,7 @@ pub struct ServiceKeyRotation {
 }
 
 pub fn rotate_service_key(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     token: Option<&str>,
     keep: Option<usize>,
     _now: OffsetDateTime,
@@ -48,12 +49,17 @@ pub fn rotate_service_key(
         pem.extend_from_slice(k.pem().as_bytes());
     }
     data.set(sk.field, pem, crate::clock::system_now());
-    let store = cluster.datastore()?;
-    let bootstrap = BootstrapStore::new(&store, &token.password);
-    let format = bootstrap
-        .stored_format()?
+    let format = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &token.password)
+        .stored_format()
         .unwrap_or(cluster.config.datastore_format);
-    bootstrap.save(&data, format)?;
+    // Only the datastore changes (`rotor start` writes the key files): one compare-and-swap.
+    let mut change = Change::default();
+    change.ops.push(crate::datastore::bootstrap_put(
+        &token.password,
+        &data,
+        format,
+    )?);
+    cluster.commit(change, false)?;
     Ok(ServiceKeyRotation {
         keys: kept + 1,
         dropped: old.len() - kept,
@@ -62,7 +68,7 @@ pub fn rotate_service_key(
 
 /// `rotor token rotate --new-token T`.
 pub fn rotate_token(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     token: Option<&str>,
     new_token: &str,
     now: OffsetDateTime,
@@ -101,20 +107,27 @@ pub fn rotate_token(
         user: old.user.clone(),
         ..new
     };
-    let store = cluster.datastore()?;
-    let old_store = BootstrapStore::new(&store, &old.password);
-    let format = old_store
-        .stored_format()?
+    let format = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &old.password)
+        .stored_format()
         .unwrap_or(cluster.config.datastore_format);
-    // Save under the new token first, then delete the old record: a crash in between leaves both
-    // readable, never neither.
-    BootstrapStore::new(&store, &new.password).save(&data, format)?;
-    failpoint("token-rotate:saved");
-    old_store.delete()?;
-    cluster.root.write_atomic(
-        &cluster.layout.token_file,
-        format!("{}\n", new.render()).as_bytes(),
+    // One change: the record under the new token, the old record deleted (one compare-and-swap),
+    // and the token file, switched together. The new token file is durable in the staged
+    // generation before the datastore drops the old record; a crash in between rolls forward.
+    let mut change = Change::default();
+    change.ops.push(crate::datastore::bootstrap_put(
+        &new.password,
+        &data,
+        format,
+    )?);
+    change.ops.push(Op::Delete {
+        key: crate::datastore::bootstrap_key(&old.password),
+    });
+    change.write(
+        cluster.layout.token_file.clone(),
+        format!("{}\n", new.render()).into_bytes(),
         PRIVATE_FILE,
-    )?;
+    );
+    cluster.commit(change, false)?;
+    failpoint("token-rotate:saved");
     Ok(new)
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 
 use super::layout::LeafSpec;
-use super::{Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, purpose_matches};
+use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, purpose_matches};
 use crate::datastore::BootstrapData;
 use crate::facts::CertificateFacts;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE};
@@ -113,9 +113,13 @@ pub struct Prepared {
 /// What applying did.
 #[derive(Debug, Default)]
 pub struct Applied {
-    pub backups: Vec<PathBuf>,
+    /// The generation the change replaced, kept as the backup.
+    pub backup: Option<PathBuf>,
+    /// The generation now live.
+    pub generation: Option<u64>,
     pub reissued: Vec<String>,
     pub extracted: Vec<PathBuf>,
+    pub warnings: Vec<String>,
 }
 
 /// Build the plan. Reads the datastore with `token`; changes nothing.
@@ -447,7 +451,7 @@ fn extractions(
     // The token file pins the token CA: after a CA rotation its hash follows the datastore.
     let token_ca = cluster.layout.token_ca();
     if let (Ok(bytes), Some(stored)) = (
-        cluster.root.read(&cluster.layout.token_file),
+        cluster.live.read(&cluster.layout.token_file),
         data.get(token_ca.cert_field),
     ) && let Ok(token) = crate::pki::Token::parse(String::from_utf8_lossy(&bytes).trim())
     {
@@ -473,12 +477,12 @@ fn extractions(
 
     let mut out = Vec::new();
     for (path, content, private, checked) in files {
-        let why = match cluster.root.read(&path) {
+        let why = match cluster.live.read(&path) {
             Ok(disk) if disk == content => continue,
             Ok(_) if !checked => "derived from the datastore (follows it)",
             Ok(_) => {
                 let stored_at = stored_timestamp(cluster, data, &path);
-                let disk_time = OffsetDateTime::from(cluster.root.modified(&path)?);
+                let disk_time = OffsetDateTime::from(cluster.live.modified(&path)?);
                 let newer_by = stored_at
                     .map(|t| (disk_time - t).whole_seconds())
                     .unwrap_or(0);
@@ -526,9 +530,10 @@ fn stored_timestamp(
     data.get(field).map(|f| f.timestamp)
 }
 
-/// Apply a prepared plan: back up, extract, re-issue. `now` dates the new certificates.
+/// Apply a prepared plan: every leaf issued in memory first, then the whole change (extracted
+/// files, new leaves, triggers) made live in one step. `now` dates the new certificates.
 pub fn apply(
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     prepared: &Prepared,
     rotate: bool,
     now: OffsetDateTime,
@@ -538,14 +543,13 @@ pub fn apply(
     if plan.is_empty() {
         return Ok(applied);
     }
-    applied.backups = cluster.backup(now)?;
+    let mut change = Change::default();
     for x in &plan.extractions {
-        cluster.ensure_parent(&x.path)?;
-        cluster.root.write_atomic(
-            &x.path,
-            &x.content,
+        change.write(
+            x.path.clone(),
+            x.content.clone(),
             if x.private { PRIVATE_FILE } else { PUBLIC_FILE },
-        )?;
+        );
         applied.extracted.push(cluster.path(&x.path));
     }
     for lp in plan.reissues() {
@@ -558,24 +562,28 @@ pub fn apply(
         let lifetime =
             time::Duration::seconds(i64::try_from(lp.lifetime_seconds).unwrap_or(i64::MAX / 2));
         let leaf = cluster.issue(spec, signer, now, lifetime)?;
-        cluster.write_leaf(spec, signer, &leaf)?;
+        cluster.write_leaf(&mut change, spec, signer, &leaf);
         applied.reissued.push(spec.name.clone());
     }
     if plan.regenerate_dynamic_cert
         && let Some((_, trigger)) = &cluster.layout.dynamic_cert
     {
-        cluster.root.write_atomic(trigger, b"", PRIVATE_FILE)?;
+        change.write(trigger.clone(), Vec::new(), PRIVATE_FILE);
     }
     if rotate && let Some(f) = &cluster.layout.force_restart_file {
-        cluster.root.write_atomic(f, b"", PRIVATE_FILE)?;
+        change.after.push(f.clone());
     }
     let missing_kubeconfig = cluster
         .layout
         .file_kubeconfigs
         .iter()
-        .any(|k| !cluster.root.exists(&k.file));
+        .any(|k| !cluster.live.exists(&k.file));
     if missing_kubeconfig {
-        cluster.write_file_kubeconfigs()?;
+        cluster.write_file_kubeconfigs(&mut change);
     }
+    let committed = cluster.commit(change, false)?;
+    applied.backup = committed.backup;
+    applied.generation = committed.generation;
+    applied.warnings = committed.warnings;
     Ok(applied)
 }

@@ -1,24 +1,35 @@
 //! The datastore: where the authoritative CA material lives, encrypted with a key derived from
 //! the join token's password.
 //!
-//! [`Datastore`] is the backend trait (get/put/list of opaque values by key); the default
-//! backend, [`DirectoryDatastore`], keeps one file per key under `<data-dir>/datastore/`, written
-//! atomically. [`BootstrapStore`] stores the bootstrap record under k3s's key name,
+//! [`Datastore`] is the backend: a consistent [`Snapshot`] of the keys under a prefix with the
+//! store's revision, and [`Datastore::commit`], a compare-and-swap that applies every [`Op`] of
+//! a change in one step only if the store is still at the revision the command read. This is
+//! k3s's rule (every write conditioned on the record's revision) and, on etcd, one transaction.
+//!
+//! The default backend, [`DirectoryDatastore`], keeps its keys under `<data-dir>/server/db`
+//! (k3s, RKE2) or `<data-dir>/datastore` (kubeadm), one file per key in a revision directory;
+//! a commit builds the next revision beside the current one and switches the `current` link in
+//! one rename (see its docs). The bootstrap record is stored under k3s's key name,
 //! `/bootstrap/<first 12 hex digits of SHA-256(password)>`.
 
 mod bootstrap;
+mod directory;
 mod envelope;
 
 pub use bootstrap::{BootstrapData, BootstrapFile};
+pub use directory::DirectoryDatastore;
 pub use envelope::{
     EnvelopeError, RecordFormat, V1_ITERATIONS, open_record, record_format, seal_record,
 };
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::fs::{FsError, PRIVATE_FILE, Root};
+use crate::fs::FsError;
+
+/// The prefix of bootstrap records.
+pub const BOOTSTRAP_PREFIX: &str = "/bootstrap/";
 
 /// A datastore operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,166 +42,147 @@ pub enum DatastoreError {
     #[error("{what}: {error}")]
     Envelope { what: String, error: EnvelopeError },
     #[error(
-        "the token does not decrypt the bootstrap data: the datastore holds bootstrap data under another token ({keys})"
+        "the token does not decrypt the bootstrap data: the datastore holds it under another token ({keys}){hint}"
     )]
-    OtherToken { keys: String },
+    OtherToken { keys: String, hint: String },
     #[error("{what}: {reason}")]
     Corrupt { what: String, reason: String },
+    #[error(
+        "{what}: changed by someone else since this command read it (revision {expected}, now {found}); \
+         nothing was written: run the command again"
+    )]
+    Conflict {
+        what: String,
+        expected: u64,
+        found: u64,
+    },
+}
+
+/// One change to a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8> },
+    Delete { key: String },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+}
+
+/// The keys under a prefix as the store held them at one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The store's revision: 0 before the first commit, then one more per commit.
+    pub revision: u64,
+    pub entries: BTreeMap<String, Vec<u8>>,
+}
+
+impl Snapshot {
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    /// Keys under `prefix`.
+    pub fn keys_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> {
+        self.entries
+            .keys()
+            .filter(move |k| k.starts_with(prefix))
+            .map(String::as_str)
+    }
 }
 
 /// A key-value backend for the datastore.
 pub trait Datastore {
-    /// The value at `key`, or `None`.
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, DatastoreError>;
-    /// Replace the value at `key` atomically.
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), DatastoreError>;
-    /// Remove `key` (no error if absent).
-    fn delete(&self, key: &str) -> Result<(), DatastoreError>;
-    /// Every key under `prefix` (`/bootstrap/`).
-    fn list(&self, prefix: &str) -> Result<Vec<String>, DatastoreError>;
+    /// Every key under `prefix` and its value, read at one revision.
+    fn snapshot(&self, prefix: &str) -> Result<Snapshot, DatastoreError>;
+    /// Apply `ops` in one step if the store is still at revision `expected`; otherwise change
+    /// nothing and fail with [`DatastoreError::Conflict`]. With no ops, only the revision is
+    /// checked. Returns the new revision.
+    fn commit(&self, expected: u64, ops: &[Op]) -> Result<u64, DatastoreError>;
     /// A description for messages (a path, a URL).
     fn describe(&self, key: &str) -> String;
-}
-
-/// One file per key below a directory: key `/bootstrap/abc` is the file `bootstrap/abc`.
-pub struct DirectoryDatastore {
-    root: Root,
-}
-
-impl DirectoryDatastore {
-    /// The datastore in `dir` (created, mode 0700, if missing).
-    pub fn open(dir: &Path) -> Result<DirectoryDatastore, DatastoreError> {
-        Ok(DirectoryDatastore {
-            root: Root::create_ambient(dir)?,
-        })
-    }
-
-    /// The datastore below an already opened root (for example `<data-dir>` + `datastore`).
-    pub fn within(parent: &Root, rel: &Path) -> Result<DirectoryDatastore, DatastoreError> {
-        parent.create_dir_all(rel)?;
-        Ok(DirectoryDatastore {
-            root: parent.open_dir(rel)?,
-        })
-    }
-
-    fn rel(key: &str) -> Result<std::path::PathBuf, DatastoreError> {
-        let trimmed = key.trim_start_matches('/');
-        let ok = !trimmed.is_empty()
-            && trimmed.split('/').all(|seg| {
-                !seg.is_empty()
-                    && seg != "."
-                    && seg != ".."
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            });
-        if !ok {
-            return Err(DatastoreError::BadKey(key.to_string()));
-        }
-        Ok(std::path::PathBuf::from(trimmed))
-    }
-}
-
-impl Datastore for DirectoryDatastore {
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, DatastoreError> {
-        let rel = Self::rel(key)?;
-        match self.root.read(&rel) {
-            Ok(v) => Ok(Some(v)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn put(&self, key: &str, value: &[u8]) -> Result<(), DatastoreError> {
-        let rel = Self::rel(key)?;
-        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            self.root.create_dir_all(parent)?;
-        }
-        Ok(self.root.write_atomic(&rel, value, PRIVATE_FILE)?)
-    }
-
-    fn delete(&self, key: &str) -> Result<(), DatastoreError> {
-        let rel = Self::rel(key)?;
-        match self.root.remove_file(&rel) {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    fn list(&self, prefix: &str) -> Result<Vec<String>, DatastoreError> {
-        let rel = Self::rel(prefix)?;
-        let names = match self.root.list_dir(&rel) {
-            Ok(n) => n,
-            Err(e) if e.is_not_found() => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let base = format!("/{}", rel.display());
-        Ok(names
-            .into_iter()
-            .filter(|n| !n.starts_with('.'))
-            .map(|n| format!("{base}/{n}"))
-            .collect())
-    }
-
-    fn describe(&self, key: &str) -> String {
-        self.root
-            .display(Path::new(key.trim_start_matches('/')))
-            .display()
-            .to_string()
-    }
+    /// Remove what a writer that died left behind (temporary files, unused revisions). Only
+    /// called by the holder of the data dir's lock.
+    fn clean(&self) -> Result<(), DatastoreError>;
 }
 
 /// The datastore key of the bootstrap record for a token password (k3s's naming).
 pub fn bootstrap_key(password: &str) -> String {
     let digest = hex::encode(Sha256::digest(password.as_bytes()));
-    format!("/bootstrap/{}", &digest[..12])
+    format!("{BOOTSTRAP_PREFIX}{}", &digest[..12])
 }
 
-/// Whether the datastore holds any bootstrap record (for any token).
-pub fn has_bootstrap(store: &dyn Datastore) -> Result<bool, DatastoreError> {
-    Ok(!store.list("/bootstrap")?.is_empty())
+/// The operation that stores `data`, encrypted under `password`, at the token's key.
+pub fn bootstrap_put(
+    password: &str,
+    data: &BootstrapData,
+    format: RecordFormat,
+) -> Result<Op, DatastoreError> {
+    let key = bootstrap_key(password);
+    let value = seal_record(format, password, &key, &data.to_json()).map_err(|error| {
+        DatastoreError::Envelope {
+            what: format!("bootstrap record {key}"),
+            error,
+        }
+    })?;
+    Ok(Op::Put { key, value })
 }
 
-/// The bootstrap record of one cluster, read and written with a token password.
-pub struct BootstrapStore<'a> {
+/// SHA-256 of a value, hex: how a journal names a value without holding it.
+pub fn value_digest(value: &[u8]) -> String {
+    hex::encode(Sha256::digest(value))
+}
+
+/// The bootstrap record of one cluster in a snapshot, opened with a token password.
+pub struct Bootstrap<'a> {
     store: &'a dyn Datastore,
-    password: String,
+    snapshot: &'a Snapshot,
+    password: &'a str,
 }
 
-impl<'a> BootstrapStore<'a> {
-    pub fn new(store: &'a dyn Datastore, password: &str) -> BootstrapStore<'a> {
-        BootstrapStore {
+impl<'a> Bootstrap<'a> {
+    pub fn new(store: &'a dyn Datastore, snapshot: &'a Snapshot, password: &'a str) -> Self {
+        Bootstrap {
             store,
-            password: password.to_string(),
+            snapshot,
+            password,
         }
     }
 
     pub fn key(&self) -> String {
-        bootstrap_key(&self.password)
+        bootstrap_key(self.password)
     }
 
     /// The format of the stored record, if there is one for this token.
-    pub fn stored_format(&self) -> Result<Option<RecordFormat>, DatastoreError> {
-        Ok(self
-            .store
-            .get(&self.key())?
-            .as_deref()
-            .and_then(record_format))
+    pub fn stored_format(&self) -> Option<RecordFormat> {
+        self.snapshot.get(&self.key()).and_then(record_format)
     }
 
-    /// Read and decrypt the record. `Ok(None)` when the datastore holds no bootstrap data at
-    /// all; an error when it holds some that this token cannot open.
+    /// Every bootstrap key in the snapshot.
+    pub fn keys(&self) -> Vec<String> {
+        self.snapshot
+            .keys_under(BOOTSTRAP_PREFIX)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Decrypt the record. `Ok(None)` when the datastore holds no bootstrap data at all; an
+    /// error when it holds some that this token cannot open.
     pub fn load(&self) -> Result<Option<BootstrapData>, DatastoreError> {
         let key = self.key();
         let what = self.store.describe(&key);
-        let Some(record) = self.store.get(&key)? else {
-            let others = self.store.list("/bootstrap")?;
+        let Some(record) = self.snapshot.get(&key) else {
+            let others = self.keys();
             if others.is_empty() {
                 return Ok(None);
             }
             return Err(DatastoreError::OtherToken {
                 keys: others.join(", "),
+                hint: String::new(),
             });
         };
         if record.is_empty() {
@@ -199,32 +191,23 @@ impl<'a> BootstrapStore<'a> {
                 reason: "empty record (an interrupted first save?)".into(),
             });
         }
-        let plain = open_record(&self.password, &key, &record).map_err(|error| {
-            DatastoreError::Envelope {
+        let plain =
+            open_record(self.password, &key, record).map_err(|error| DatastoreError::Envelope {
                 what: what.clone(),
                 error,
-            }
-        })?;
+            })?;
         BootstrapData::from_json(&plain)
             .map(Some)
             .map_err(|reason| DatastoreError::Corrupt { what, reason })
     }
 
-    /// Encrypt and store `data`, replacing the record atomically.
-    pub fn save(&self, data: &BootstrapData, format: RecordFormat) -> Result<(), DatastoreError> {
-        let key = self.key();
-        let record =
-            seal_record(format, &self.password, &key, &data.to_json()).map_err(|error| {
-                DatastoreError::Envelope {
-                    what: self.store.describe(&key),
-                    error,
-                }
-            })?;
-        self.store.put(&key, &record)
+    /// The operation that stores `data` under this token.
+    pub fn put(&self, data: &BootstrapData, format: RecordFormat) -> Result<Op, DatastoreError> {
+        bootstrap_put(self.password, data, format)
     }
 
-    /// Remove the record of this token (after re-encrypting it under another).
-    pub fn delete(&self) -> Result<(), DatastoreError> {
-        self.store.delete(&self.key())
+    /// The operation that removes the record of this token.
+    pub fn delete(&self) -> Op {
+        Op::Delete { key: self.key() }
     }
 }

@@ -28,16 +28,103 @@ pub const PUBLIC_FILE: u32 = 0o644;
 /// Mode for every directory rotor creates.
 pub const PRIVATE_DIR: u32 = 0o700;
 
-/// Crash-safety testing: in debug builds, abort the process (as a kill would) when the
-/// `ROTOR_FAILPOINT` environment variable names this point. Release builds ignore it.
-pub fn failpoint(name: &str) {
-    #[cfg(debug_assertions)]
-    if std::env::var("ROTOR_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("rotor: failpoint {name}: aborting");
-        std::process::abort();
+/// Crash and error injection for tests, in every build (`ROTOR_FAILPOINT`).
+///
+/// Every step that changes the file system (a file written, a rename, a symlink, a removal, a
+/// directory fsync) and every datastore commit is counted. `ROTOR_FAILPOINT` selects one:
+///
+/// - `kill@N`: the process SIGKILLs itself just before step N (as an operator's `kill -9`);
+/// - `error@N`: step N fails with ENOSPC, as a full disk would make it fail;
+/// - `NAME`: the process SIGKILLs itself at the named point (see [`failpoint`]).
+///
+/// `ROTOR_FAILPOINT_TRACE=1` prints every step (`rotor: step N: what`) to standard error, so a
+/// test can count the steps of a command and then stop it at each one. Release builds keep
+/// this: the crash tests run the binary that ships, and reading one variable costs nothing.
+pub mod failpoints {
+    use std::io;
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    enum Spec {
+        None,
+        KillAt(u64),
+        ErrorAt(u64),
+        Named(String),
     }
-    #[cfg(not(debug_assertions))]
-    let _ = name;
+
+    struct Config {
+        spec: Spec,
+        trace: bool,
+    }
+
+    static STEPS: AtomicU64 = AtomicU64::new(0);
+
+    fn config() -> &'static Config {
+        static CONFIG: OnceLock<Config> = OnceLock::new();
+        CONFIG.get_or_init(|| {
+            let spec = match std::env::var("ROTOR_FAILPOINT") {
+                Ok(v) if v.starts_with("kill@") => {
+                    v[5..].parse().map(Spec::KillAt).unwrap_or(Spec::None)
+                }
+                Ok(v) if v.starts_with("error@") => {
+                    v[6..].parse().map(Spec::ErrorAt).unwrap_or(Spec::None)
+                }
+                Ok(v) if !v.is_empty() => Spec::Named(v),
+                _ => Spec::None,
+            };
+            let trace = std::env::var_os("ROTOR_FAILPOINT_TRACE").is_some_and(|v| v == "1");
+            Config { spec, trace }
+        })
+    }
+
+    fn kill_self(what: &str) -> ! {
+        eprintln!("rotor: failpoint: killed at {what}");
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        // SIGKILL cannot be caught; abort if it somehow returned.
+        std::process::abort()
+    }
+
+    /// Count one step that changes the file system; `what` describes it for traces.
+    /// Returns the injected error when the step must fail.
+    pub fn step(what: impl FnOnce() -> String) -> io::Result<()> {
+        let n = STEPS.fetch_add(1, Ordering::Relaxed) + 1;
+        let c = config();
+        if matches!(c.spec, Spec::None) && !c.trace {
+            return Ok(());
+        }
+        let what = what();
+        if c.trace {
+            eprintln!("rotor: step {n}: {what}");
+        }
+        match c.spec {
+            Spec::KillAt(k) if k == n => kill_self(&format!("step {n} ({what})")),
+            Spec::ErrorAt(k) if k == n => {
+                eprintln!("rotor: failpoint: step {n} ({what}) fails with ENOSPC");
+                Err(io::Error::from(rustix::io::Errno::NOSPC))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Steps counted so far in this process.
+    pub fn steps() -> u64 {
+        STEPS.load(Ordering::Relaxed)
+    }
+
+    /// A named point: the process is killed here when `ROTOR_FAILPOINT` names it.
+    pub fn named(name: &str) {
+        if let Spec::Named(n) = &config().spec
+            && n == name
+        {
+            kill_self(name);
+        }
+    }
+}
+
+/// Kill the process here when `ROTOR_FAILPOINT` names this point (see [`failpoints`]).
+pub fn failpoint(name: &str) {
+    failpoints::named(name);
 }
 
 /// An I/O error with the full path it concerns.
@@ -51,7 +138,7 @@ pub struct FsError {
 }
 
 impl FsError {
-    fn io(path: PathBuf, e: io::Error) -> FsError {
+    pub(crate) fn io(path: PathBuf, e: io::Error) -> FsError {
         let message = if e.raw_os_error().is_none() && e.kind() == io::ErrorKind::PermissionDenied {
             // cap-std reports an escape attempt as PermissionDenied without an OS error.
             format!("refused: the path leads outside its directory ({e})")
@@ -79,6 +166,28 @@ impl FsError {
             .as_ref()
             .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
     }
+}
+
+/// What a path is, without following a final symlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// The marker in the names of temporary files and links. Under the data-dir lock, any name
+/// holding it belongs to a writer that died, and the next writer removes it.
+pub const TEMP_MARKER: &str = ".rotor-tmp-";
+
+/// Count a step (see [`failpoints`]) inside a function that works with `io::Result`.
+fn step_io(path: &Path, what: &str) -> io::Result<()> {
+    failpoints::step(|| format!("{what} {}", path.display()))
+}
+
+/// A temporary name beside `name` for this process.
+fn temp_name(name: &str) -> String {
+    format!(".{name}{TEMP_MARKER}{}", std::process::id())
 }
 
 /// A directory rotor may read (and, if opened for it, write) below, and nothing else.
@@ -112,6 +221,10 @@ impl Root {
     /// # Ambient authority
     /// This is one of the two places where a path from outside becomes a capability.
     pub fn create_ambient(path: &Path) -> Result<Root, FsError> {
+        if !path.is_dir() {
+            failpoints::step(|| format!("mkdir -p {}", path.display()))
+                .map_err(|e| FsError::io(path.to_path_buf(), e))?;
+        }
         let mut builder = std::fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR);
         builder.recursive(true);
@@ -121,6 +234,17 @@ impl Root {
         Root::open_ambient(path)
     }
 
+    /// Another handle on the same directory.
+    pub fn try_clone(&self) -> Result<Root, FsError> {
+        Ok(Root {
+            dir: self
+                .dir
+                .try_clone()
+                .map_err(|e| FsError::io(self.path.clone(), e))?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The path this root was opened at, for messages.
     pub fn path(&self) -> &Path {
         &self.path
@@ -128,7 +252,11 @@ impl Root {
 
     /// The full path of `rel`, for messages.
     pub fn display(&self, rel: &Path) -> PathBuf {
-        self.path.join(rel)
+        if rel == Path::new(".") {
+            self.path.clone()
+        } else {
+            self.path.join(rel)
+        }
     }
 
     /// Refuse absolute paths and `..` before touching the file system.
@@ -159,6 +287,13 @@ impl Root {
         Ok(())
     }
 
+    /// Count a step that changes the file system (see [`failpoints`]); an injected error is
+    /// reported against `rel`.
+    fn step(&self, rel: &Path, what: &str) -> Result<(), FsError> {
+        failpoints::step(|| format!("{what} {}", self.display(rel).display()))
+            .map_err(|e| FsError::io(self.display(rel), e))
+    }
+
     pub fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
         self.check(rel)?;
         self.dir
@@ -170,8 +305,31 @@ impl Root {
         self.check(rel).is_ok() && self.dir.exists(rel)
     }
 
+    /// What `rel` is, without following a final symlink; `None` when nothing is there.
+    pub fn kind(&self, rel: &Path) -> Result<Option<Kind>, FsError> {
+        self.check(rel)?;
+        match self.dir.symlink_metadata(rel) {
+            Ok(m) if m.is_symlink() => Ok(Some(Kind::Symlink)),
+            Ok(m) if m.is_dir() => Ok(Some(Kind::Dir)),
+            Ok(_) => Ok(Some(Kind::File)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(FsError::io(self.display(rel), e)),
+        }
+    }
+
+    /// The target of the symlink `rel` (a relative path; absolute targets are refused).
+    pub fn read_link(&self, rel: &Path) -> Result<PathBuf, FsError> {
+        self.check(rel)?;
+        self.dir
+            .read_link(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))
+    }
+
     /// A sub-directory as its own root.
     pub fn open_dir(&self, rel: &Path) -> Result<Root, FsError> {
+        if rel == Path::new(".") {
+            return self.try_clone();
+        }
         self.check(rel)?;
         let dir = self
             .dir
@@ -186,6 +344,10 @@ impl Root {
     /// Create `rel` and its parents with mode 0700.
     pub fn create_dir_all(&self, rel: &Path) -> Result<(), FsError> {
         self.check(rel)?;
+        if self.dir.is_dir(rel) {
+            return Ok(());
+        }
+        self.step(rel, "mkdir -p")?;
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(PRIVATE_DIR);
         self.dir
@@ -193,11 +355,68 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
-    /// Remove a file (not a directory).
+    /// Remove a file or a symlink (not a directory).
     pub fn remove_file(&self, rel: &Path) -> Result<(), FsError> {
         self.check(rel)?;
+        self.step(rel, "remove")?;
         self.dir
             .remove_file(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))
+    }
+
+    /// Remove a directory and everything below it (symlinks are removed, never followed).
+    pub fn remove_dir_all(&self, rel: &Path) -> Result<(), FsError> {
+        self.check(rel)?;
+        self.step(rel, "remove -r")?;
+        self.dir
+            .remove_dir_all(rel)
+            .map_err(|e| FsError::io(self.display(rel), e))
+    }
+
+    /// Rename `from` to `to`, both below this root; `to` is replaced atomically if it exists
+    /// (a file or symlink over a file or symlink, a directory over an empty directory).
+    pub fn rename(&self, from: &Path, to: &Path) -> Result<(), FsError> {
+        self.check(from)?;
+        self.check(to)?;
+        self.step(to, &format!("rename {} ->", from.display()))?;
+        self.dir
+            .rename(from, &self.dir, to)
+            .map_err(|e| FsError::io(self.display(to), e))
+    }
+
+    /// Create the symlink `rel` pointing at `target` (a relative path); fails if `rel` exists.
+    pub fn symlink(&self, target: &Path, rel: &Path) -> Result<(), FsError> {
+        self.check(rel)?;
+        self.step(rel, &format!("symlink -> {}:", target.display()))?;
+        self.dir
+            .symlink(target, rel)
+            .map_err(|e| FsError::io(self.display(rel), e))
+    }
+
+    /// Make `rel` a symlink to `target` in one step, replacing a file or symlink already there
+    /// (a temporary link renamed over it), then fsync its directory.
+    pub fn replace_with_symlink(&self, target: &Path, rel: &Path) -> Result<(), FsError> {
+        let (parent, name) = self.split(rel)?;
+        let tmp = parent.join(temp_name(&name));
+        let _ = self.dir.remove_file(&tmp);
+        self.symlink(target, &tmp)?;
+        if let Err(e) = self.rename(&tmp, rel) {
+            let _ = self.dir.remove_file(&tmp);
+            return Err(e);
+        }
+        self.sync_dir(&parent)
+    }
+
+    /// Fsync the directory `rel` (`.` for the root): makes renames and new entries durable.
+    pub fn sync_dir(&self, rel: &Path) -> Result<(), FsError> {
+        self.step(rel, "fsync dir")?;
+        let dir = if rel == Path::new(".") || rel.as_os_str().is_empty() {
+            self.dir.open(".")
+        } else {
+            self.check(rel)?;
+            self.dir.open_dir(rel).and_then(|d| d.open("."))
+        };
+        dir.and_then(|f| f.sync_all())
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
@@ -219,6 +438,32 @@ impl Root {
         Ok(names)
     }
 
+    /// Every entry below `rel` (`.` for the root), depth first, directories before their
+    /// contents; symlinks are listed, never followed.
+    pub fn walk(&self, rel: &Path) -> Result<Vec<(PathBuf, Kind)>, FsError> {
+        let mut out = Vec::new();
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for name in self.list_dir(&dir)?.into_iter().rev() {
+                let p = if dir == Path::new(".") {
+                    PathBuf::from(&name)
+                } else {
+                    dir.join(&name)
+                };
+                match self.kind(&p)? {
+                    Some(Kind::Dir) => {
+                        out.push((p.clone(), Kind::Dir));
+                        stack.push(p);
+                    }
+                    Some(k) => out.push((p, k)),
+                    None => {}
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
     /// Whether `rel` is a directory (not following a final symlink).
     pub fn is_dir(&self, rel: &Path) -> bool {
         self.check(rel).is_ok() && self.dir.symlink_metadata(rel).is_ok_and(|m| m.is_dir())
@@ -236,38 +481,6 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
-    /// Copy the tree `from` to `to` (which must not exist), keeping file modes. Symlinks are
-    /// refused: a data directory rotor manages holds none.
-    pub fn copy_tree(&self, from: &Path, to: &Path) -> Result<(), FsError> {
-        use cap_std::fs::PermissionsExt;
-        self.check(from)?;
-        self.check(to)?;
-        if self.exists(to) {
-            return Err(FsError::refused(self.display(to), "already exists"));
-        }
-        self.create_dir_all(to)?;
-        for name in self.list_dir(from)? {
-            let src = from.join(&name);
-            let dst = to.join(&name);
-            let meta = self
-                .dir
-                .symlink_metadata(&src)
-                .map_err(|e| FsError::io(self.display(&src), e))?;
-            if meta.is_symlink() {
-                return Err(FsError::refused(
-                    self.display(&src),
-                    "refused: unexpected symlink in the data directory",
-                ));
-            } else if meta.is_dir() {
-                self.copy_tree(&src, &dst)?;
-            } else {
-                let bytes = self.read(&src)?;
-                self.write_atomic(&dst, &bytes, meta.permissions().mode() & 0o777)?;
-            }
-        }
-        Ok(())
-    }
-
     /// Device and inode of `rel` (`.` for the root): tells whether two paths are one directory.
     pub fn identity(&self, rel: &Path) -> Result<(u64, u64), FsError> {
         use cap_std::fs::MetadataExt;
@@ -281,7 +494,8 @@ impl Root {
         Ok((meta.dev(), meta.ino()))
     }
 
-    /// The permission bits and owner of `rel` (or of the root itself for `.`).
+    /// The permission bits and owner of `rel` (or of the root itself for `.`), following
+    /// symlinks.
     pub fn mode_and_owner(&self, rel: &Path) -> Result<(u32, u32), FsError> {
         use cap_std::fs::{MetadataExt, PermissionsExt};
         let meta = if rel == Path::new(".") {
@@ -294,32 +508,66 @@ impl Root {
         Ok((meta.permissions().mode() & 0o7777, meta.uid()))
     }
 
-    /// Write `bytes` to `rel` atomically with the given mode: temp file, fsync, rename, fsync
-    /// of the directory. The parent directory must exist.
-    pub fn write_atomic(&self, rel: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+    /// Refuse a directory that users other than its owner may write to: whoever can write
+    /// there can swap a key or a certificate under rotor.
+    pub fn refuse_if_shared(&self, rel: &Path) -> Result<(), FsError> {
+        let (mode, _) = self.mode_and_owner(rel)?;
+        if mode & 0o022 != 0 {
+            let path = self.display(rel);
+            return Err(FsError::refused(
+                path.clone(),
+                format!(
+                    "writable by {} (mode {mode:04o}): anyone who can write here can replace a key or a \
+                     certificate, so rotor refuses to use it; fix it with 'chmod go-w {}'",
+                    match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                        (true, true) => "group and others",
+                        (true, false) => "its group",
+                        _ => "others",
+                    },
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Split `rel` into its parent (`.` for none) and file name.
+    fn split(&self, rel: &Path) -> Result<(PathBuf, String), FsError> {
         self.check(rel)?;
-        let full = self.display(rel);
         let name = rel
             .file_name()
-            .ok_or_else(|| FsError::refused(full.clone(), "not a file name"))?
+            .ok_or_else(|| FsError::refused(self.display(rel), "not a file name"))?
             .to_string_lossy()
             .into_owned();
         let parent = rel
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let parent_dir = if parent == Path::new(".") {
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        Ok((parent, name))
+    }
+
+    fn parent_dir(&self, parent: &Path) -> Result<Dir, FsError> {
+        if parent == Path::new(".") {
             self.dir.try_clone()
         } else {
             self.dir.open_dir(parent)
         }
-        .map_err(|e| FsError::io(self.display(parent), e))?;
+        .map_err(|e| FsError::io(self.display(parent), e))
+    }
 
-        let tmp_name = format!(".{name}.rotor-tmp-{}", std::process::id());
+    /// Write `bytes` to `rel` atomically with the given mode: temp file, fsync, rename, fsync
+    /// of the directory. The parent directory must exist.
+    pub fn write_atomic(&self, rel: &Path, bytes: &[u8], mode: u32) -> Result<(), FsError> {
+        let (parent, name) = self.split(rel)?;
+        let full = self.display(rel);
+        let parent_dir = self.parent_dir(&parent)?;
+        let tmp_name = temp_name(&name);
         let tmp = Path::new(&tmp_name);
         // A stale temp file from a crashed run of the same pid is overwritten, never read.
         let _ = parent_dir.remove_file(tmp);
         let result = (|| {
+            step_io(&full, "write (temp)")?;
             let mut opts = OpenOptions::new();
             opts.write(true).create_new(true).mode(mode);
             let mut file = parent_dir.open_with(tmp, &opts)?;
@@ -327,8 +575,10 @@ impl Root {
             file.sync_all()?;
             drop(file);
             failpoint(&format!("atomic:written:{name}"));
+            step_io(&full, "rename over")?;
             parent_dir.rename(tmp, &parent_dir, &name)?;
             failpoint(&format!("atomic:renamed:{name}"));
+            step_io(&self.display(&parent), "fsync dir")?;
             parent_dir.open(".")?.sync_all()
         })();
         if let Err(e) = result {
@@ -336,6 +586,71 @@ impl Root {
             return Err(FsError::io(full, e));
         }
         Ok(())
+    }
+
+    /// Create the new file `rel` (which must not exist) with `bytes`, `mode` and, if given, a
+    /// modification time, and fsync it. For files of a directory nobody reads yet (a
+    /// generation being built): no temp file and rename, the whole directory is made durable
+    /// before it is used.
+    pub fn write_new(
+        &self,
+        rel: &Path,
+        bytes: &[u8],
+        mode: u32,
+        modified: Option<std::time::SystemTime>,
+    ) -> Result<(), FsError> {
+        self.check(rel)?;
+        self.step(rel, "write")?;
+        let result = (|| {
+            let mut opts = OpenOptions::new();
+            opts.write(true).create_new(true).mode(mode);
+            let mut file = self.dir.open_with(rel, &opts)?;
+            file.write_all(bytes)?;
+            let file = file.into_std();
+            // The mode is exact whatever the umask.
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+            if let Some(t) = modified {
+                file.set_modified(t)?;
+            }
+            file.sync_all()
+        })();
+        result.map_err(|e| FsError::io(self.display(rel), e))
+    }
+
+    /// Copy the file `from` of this root to `to` below `dest` (a new file), keeping its mode
+    /// and modification time; a symlink is copied as a symlink.
+    pub fn copy_into(&self, from: &Path, dest: &Root, to: &Path) -> Result<(), FsError> {
+        use cap_std::fs::PermissionsExt;
+        self.check(from)?;
+        let meta = self
+            .dir
+            .symlink_metadata(from)
+            .map_err(|e| FsError::io(self.display(from), e))?;
+        if meta.is_symlink() {
+            let target = self
+                .dir
+                .read_link_contents(from)
+                .map_err(|e| FsError::io(self.display(from), e))?;
+            return dest.symlink(&target, to);
+        }
+        let bytes = self.read(from)?;
+        let modified = meta.modified().ok().map(|t| t.into_std());
+        dest.write_new(to, &bytes, meta.permissions().mode() & 0o7777, modified)
+    }
+
+    /// Open (and with `create`, create, mode 0600) a file to hold an advisory lock on. The
+    /// lock is the caller's business; this only turns the path into an open file.
+    pub fn open_lock_file(&self, rel: &Path, create: bool) -> Result<std::fs::File, FsError> {
+        self.check(rel)?;
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        if create {
+            opts.write(true).create(true).mode(PRIVATE_FILE);
+        }
+        self.dir
+            .open_with(rel, &opts)
+            .map(|f| f.into_std())
+            .map_err(|e| FsError::io(self.display(rel), e))
     }
 }
 

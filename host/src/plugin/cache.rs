@@ -5,13 +5,22 @@
 //! that only artifacts we produced are deserialized. The cache directory is created with mode
 //! 0700 and is refused (rotor then compiles in memory) when it is writable by anyone but the
 //! current user. Anyone who can write there can already run code as that user.
+//!
+//! # Integrity
+//! wasmtime checks an artifact's header and engine compatibility, not its code: a bit flipped
+//! on disk would run as native code (and crash the host, or worse). Each artifact is written
+//! with a sidecar `<artifact>.sha256` holding the SHA-256 rotor computed when it wrote it; an
+//! artifact is deserialized only from the very bytes whose digest matches that record. A
+//! mismatch, or a missing record, recompiles from the pinned `.wasm` (and says so).
 
 use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::fs::{FsError, PRIVATE_FILE, Root};
+use sha2::{Digest, Sha256};
+
+use crate::fs::{FsError, PRIVATE_FILE, Root, TEMP_MARKER};
 
 pub(crate) struct ArtifactCache {
     root: Root,
@@ -44,43 +53,101 @@ impl ArtifactCache {
                 owner,
             });
         }
-        Ok(ArtifactCache { root })
+        let cache = ArtifactCache { root };
+        cache.clean();
+        Ok(cache)
     }
 
     fn file_name(digest: &str, compat: &str) -> PathBuf {
         PathBuf::from(format!("{digest}-{compat}.cwasm"))
     }
 
-    /// The cached component, if present and loadable. A corrupt entry is ignored (and will be
-    /// replaced by the next store).
+    fn digest_name(digest: &str, compat: &str) -> PathBuf {
+        PathBuf::from(format!("{digest}-{compat}.cwasm.sha256"))
+    }
+
+    /// The cached component, if present, intact and loadable; `None` means compile it.
     ///
-    /// The artifact is memory-mapped rather than read (no copy of ~1 MB per plugin on the
-    /// boot path of `rotor start`); the path is the owner-only directory checked in `open`.
+    /// The artifact is read once, hashed, and deserialized from those same bytes, so what runs
+    /// is exactly what was checked.
     pub(crate) fn load(&self, engine: &Engine, digest: &str, compat: &str) -> Option<Component> {
         let name = Self::file_name(digest, compat);
         if !self.root.exists(&name) {
             return None;
         }
         let path = self.root.display(&name);
-        // SAFETY: as in `deserialize_own`: the file is our own `precompile_component` output in
-        // the owner-only cache directory; wasmtime rejects incompatible artifacts.
-        #[allow(unsafe_code, reason = "memory-mapping our own precompiled artifacts")]
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
-        match loaded {
+        let recorded = match self.root.read(&Self::digest_name(digest, compat)) {
+            Ok(r) => String::from_utf8_lossy(&r).trim().to_string(),
+            Err(_) => {
+                tracing::warn!(
+                    "{}: no digest recorded for this cached plugin; recompiling it from the pinned plugin",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        let bytes = match self.root.read(&name) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("{e}; recompiling the plugin");
+                return None;
+            }
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != recorded {
+            tracing::warn!(
+                "{}: the cached plugin's digest ({actual}) is not the one rotor recorded when it wrote it \
+                 ({recorded}): corrupted on disk; recompiling it from the pinned plugin",
+                path.display()
+            );
+            return None;
+        }
+        match Self::deserialize_own(engine, &bytes) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::warn!(
-                    "{}: ignoring unusable cached plugin: {e}",
-                    self.root.display(&name).display()
-                );
+                tracing::warn!("{}: ignoring unusable cached plugin: {e}", path.display());
                 None
             }
         }
     }
 
+    /// Write an artifact, then the digest that vouches for it (a crash in between leaves an
+    /// artifact without a valid record: it is recompiled, never trusted).
     pub(crate) fn store(&self, digest: &str, compat: &str, compiled: &[u8]) -> Result<(), FsError> {
+        let _ = self.root.remove_file(&Self::digest_name(digest, compat));
         self.root
-            .write_atomic(&Self::file_name(digest, compat), compiled, PRIVATE_FILE)
+            .write_atomic(&Self::file_name(digest, compat), compiled, PRIVATE_FILE)?;
+        let sum = hex::encode(Sha256::digest(compiled));
+        self.root.write_atomic(
+            &Self::digest_name(digest, compat),
+            format!("{sum}\n").as_bytes(),
+            PRIVATE_FILE,
+        )
+    }
+
+    /// Remove temporary files of writers that died (their pid is gone).
+    fn clean(&self) {
+        let Ok(names) = self.root.list_dir(Path::new(".")) else {
+            return;
+        };
+        for name in names {
+            let Some((_, pid)) = name.rsplit_once(TEMP_MARKER) else {
+                continue;
+            };
+            let alive = pid
+                .parse::<i32>()
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|p| {
+                    !matches!(
+                        rustix::process::test_kill_process(p),
+                        Err(rustix::io::Errno::SRCH)
+                    )
+                });
+            if !alive {
+                let _ = self.root.remove_file(Path::new(&name));
+            }
+        }
     }
 
     /// Deserialize an artifact that this process (or an earlier rotor run, through the
