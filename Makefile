@@ -43,7 +43,7 @@ unit-tests:
 # Real plugins, real files, real TLS, the real binary (tests/it): the release build, the one
 # that ships, which the crash and concurrency tests kill and race (tests/it/state.rs).
 integration-tests: build
-	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test -p rotor --test it
+	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test -p rotor --test it -- --show-output
 
 # The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.
 bench-build:

@@ -5,6 +5,10 @@
 //!
 //! `cargo bench --bench commands` (after `make plugins`). The plugin cache is a temp dir warmed
 //! before measuring, as on a server after its first start. Figures: docs/performance.md.
+//!
+//! `ROTOR_BASELINE_BIN=/path/to/an/older/rotor` adds the `rotor start` cases run by that binary
+//! on data dirs it initialized itself, in the same run, for ratios against an earlier version
+//! (docs/performance.md names the commit each figure was compared with).
 
 #[path = "common.rs"]
 mod common;
@@ -31,10 +35,16 @@ struct Env {
     _tmp: tempfile::TempDir,
     root: PathBuf,
     cache: PathBuf,
+    bin: PathBuf,
 }
 
 impl Env {
     fn new() -> Env {
+        Env::with_bin(PathBuf::from(ROTOR))
+    }
+
+    /// The same environment for another rotor binary (its own plugin cache).
+    fn with_bin(bin: PathBuf) -> Env {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path().to_path_buf();
         let cache = root.join("plugin-cache");
@@ -42,6 +52,7 @@ impl Env {
             _tmp: tmp,
             root,
             cache,
+            bin,
         };
         // Warm the precompiled-plugin cache, as the first start of a server does.
         env.rotor(&["policy", "check"]).expect("policy check");
@@ -49,7 +60,7 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(ROTOR);
+        let mut cmd = Command::new(&self.bin);
         cmd.args(args)
             .env("ROTOR_BUNDLE", repo().join("policies/default"))
             .env("ROTOR_PLUGIN_CACHE", &self.cache)
@@ -115,50 +126,54 @@ fn in_days(days: i64) -> String {
 /// format the key derivation costs about 1 ms, with rotor-v1 it is the deliberate 600,000
 /// PBKDF2 rounds), and everything to renew (a year later: every leaf re-issued with a new key).
 fn start(c: &mut Criterion) {
-    let env = Env::new();
-    let k3s_format = env.root.join("k3s-format");
-    env.init(
-        &k3s_format,
-        &["--profile", "k3s", "--datastore-format", "k3s"],
-    );
-    let v1_format = env.root.join("rotor-v1");
-    env.init(&v1_format, &["--profile", "k3s"]);
-
+    let mut envs = vec![("", Env::new())];
+    if let Some(baseline) = std::env::var_os("ROTOR_BASELINE_BIN") {
+        envs.push(("/baseline", Env::with_bin(PathBuf::from(baseline))));
+    }
     let mut group = c.benchmark_group("rotor_start");
     group.sample_size(20);
-    for (name, dir) in [
-        ("nothing_to_renew/k3s_datastore", &k3s_format),
-        ("nothing_to_renew/rotor_v1_datastore", &v1_format),
-    ] {
-        let d = dir.to_str().expect("utf-8");
-        group.bench_function(name, |b| {
-            b.iter(|| env.rotor(&["--data-dir", d, "start"]).expect("start"))
+    for (suffix, env) in &envs {
+        let k3s_format = env.root.join("k3s-format");
+        env.init(
+            &k3s_format,
+            &["--profile", "k3s", "--datastore-format", "k3s"],
+        );
+        let v1_format = env.root.join("rotor-v1");
+        env.init(&v1_format, &["--profile", "k3s"]);
+        for (name, dir) in [
+            ("nothing_to_renew/k3s_datastore", &k3s_format),
+            ("nothing_to_renew/rotor_v1_datastore", &v1_format),
+        ] {
+            let d = dir.to_str().expect("utf-8");
+            group.bench_function(format!("{name}{suffix}"), |b| {
+                b.iter(|| env.rotor(&["--data-dir", d, "start"]).expect("start"))
+            });
+        }
+        let later = in_days(400);
+        let mut n = 0;
+        group.bench_function(format!("everything_to_renew/k3s_datastore{suffix}"), |b| {
+            b.iter_batched(
+                || {
+                    n += 1;
+                    let dir = env.root.join(format!("renew-{n}"));
+                    copy_tree(&k3s_format, &dir);
+                    dir
+                },
+                |dir| {
+                    env.rotor(&[
+                        "--data-dir",
+                        dir.to_str().expect("utf-8"),
+                        "start",
+                        "--now",
+                        &later,
+                    ])
+                    .expect("start");
+                    dir
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
-    let later = in_days(400);
-    let mut n = 0;
-    group.bench_function("everything_to_renew/k3s_datastore", |b| {
-        b.iter_batched(
-            || {
-                n += 1;
-                let dir = env.root.join(format!("renew-{n}"));
-                copy_tree(&k3s_format, &dir);
-                dir
-            },
-            |dir| {
-                env.rotor(&[
-                    "--data-dir",
-                    dir.to_str().expect("utf-8"),
-                    "start",
-                    "--now",
-                    &later,
-                ])
-                .expect("start");
-                dir
-            },
-            BatchSize::PerIteration,
-        )
-    });
     group.finish();
 }
 

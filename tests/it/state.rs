@@ -420,9 +420,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 /// Leaves all old or all new: the count of changed leaves is 0 or all of them.
-fn leaves_all_or_nothing(
-    before: BTreeMap<String, Vec<u8>>,
-) -> Classify {
+fn leaves_all_or_nothing(before: BTreeMap<String, Vec<u8>>) -> Classify {
     Box::new(move |dir: &Path| {
         let now = leaf_certs(dir);
         let changed: Vec<&String> = now

@@ -244,7 +244,8 @@ fn init_in(
         Err(e) if e.is_not_found() => sk.key_type.generate()?.pem().as_bytes().to_vec(),
         Err(e) => return Err(e.into()),
     };
-    let service_keys = PrivateKey::all_from_pem("service key", &service_pem)?;
+    // Every key must parse (the files are derived from its PEM blocks).
+    PrivateKey::all_from_pem("service key", &service_pem)?;
 
     // 4. Token, pinned to the CA as agents will compute it.
     let token_ca = cluster.layout.token_ca();
@@ -319,7 +320,7 @@ fn init_in(
             change.write(nochain.clone(), first.into_bytes(), PUBLIC_FILE);
         }
     }
-    cluster.write_service_keys(&mut change, &service_keys)?;
+    cluster.write_service_keys(&mut change, &service_pem)?;
     for (i, leaf) in &issued {
         let spec = &cluster.layout.leaves[*i];
         let signer = cas[spec.ca]
@@ -366,7 +367,7 @@ fn init_in(
         // Decided: now the lock, and a second look at what a concurrent init may have done.
         cluster.dir = Some(lock(&cluster.root)?);
         cluster.store = DirectoryDatastore::existing(&cluster.root, &cluster.layout.datastore_dir)?;
-        cluster.snapshot = std::cell::OnceCell::new();
+        cluster.snapshot = std::sync::OnceLock::new();
         initialized_store(&cluster)?;
     }
     cluster.commit(change, true)?;
@@ -574,12 +575,11 @@ fn adopted_files(cluster: &Cluster, entries: &[Entry]) -> Result<Change> {
 }
 
 impl Cluster {
-    /// The service-account key files, from every key (signing key first).
-    pub fn write_service_keys(&self, change: &mut Change, keys: &[PrivateKey]) -> Result<()> {
-        if keys.is_empty() {
-            return Err(ClusterError::Invalid("no service-account key".into()));
-        }
-        for (path, content, private) in self.layout.service_key.files(keys) {
+    /// The service-account key files, from every key of `pem` (signing key first).
+    pub fn write_service_keys(&self, change: &mut Change, pem: &[u8]) -> Result<()> {
+        for (path, content, private) in
+            self.layout.service_key.files_from_pem("service key", pem)?
+        {
             change.write(
                 path,
                 content,

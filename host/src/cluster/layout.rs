@@ -87,24 +87,45 @@ pub struct ServiceKeySpec {
 }
 
 impl ServiceKeySpec {
-    /// The files to write for `keys` (signing key first): (path, content, private).
-    pub fn files(&self, keys: &[crate::pki::PrivateKey]) -> Vec<(PathBuf, Vec<u8>, bool)> {
+    /// The files to write for the keys of `pem` (signing key first): (path, content, private).
+    /// The private-key files are the PEM blocks as they are; only the public-key file (kubeadm
+    /// `sa.pub`) needs the keys parsed, which for RSA costs milliseconds on every start.
+    pub fn files_from_pem(
+        &self,
+        what: &str,
+        pem: &[u8],
+    ) -> Result<Vec<(PathBuf, Vec<u8>, bool)>, crate::pki::PkiError> {
+        let blocks: Vec<crate::facts::PemBlock> = crate::facts::read_pem_blocks(what, pem)
+            .map_err(|e| crate::pki::PkiError::Invalid {
+                what: what.into(),
+                reason: e.to_string(),
+            })?
+            .into_iter()
+            .filter(|b| b.kind.is_private_key())
+            .collect();
+        let Some(first) = blocks.first() else {
+            return Err(crate::pki::PkiError::Invalid {
+                what: what.into(),
+                reason: "no private key".into(),
+            });
+        };
+        let encode = |b: &crate::facts::PemBlock| crate::pki::pem_encode(b.kind.label(), &b.der);
         let mut out = Vec::new();
         if let Some(p) = &self.all_keys {
-            let all: String = keys.iter().map(|k| k.pem()).collect();
+            let all: String = blocks.iter().map(encode).collect();
             out.push((p.clone(), all.into_bytes(), true));
         }
-        if let (Some(p), Some(first)) = (&self.signing_key, keys.first()) {
-            out.push((p.clone(), first.pem().as_bytes().to_vec(), true));
+        if let Some(p) = &self.signing_key {
+            out.push((p.clone(), encode(first).into_bytes(), true));
         }
         if let Some(p) = &self.public_keys {
-            let all: String = keys
+            let all: String = crate::pki::PrivateKey::all_from_pem(what, pem)?
                 .iter()
                 .map(|k| crate::pki::pem_encode("PUBLIC KEY", &k.public_key_der()))
                 .collect();
             out.push((p.clone(), all.into_bytes(), false));
         }
-        out
+        Ok(out)
     }
 }
 

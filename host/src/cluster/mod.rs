@@ -101,7 +101,7 @@ pub struct Cluster {
     /// the lock on a data dir rotor never wrote to).
     dir: Option<DataDir>,
     store: Option<DirectoryDatastore>,
-    snapshot: std::cell::OnceCell<Snapshot>,
+    snapshot: std::sync::OnceLock<Snapshot>,
 }
 
 /// Everything one command changes, decided in full before anything is written.
@@ -356,7 +356,7 @@ impl Cluster {
             layout,
             dir: Some(dir),
             store,
-            snapshot: std::cell::OnceCell::new(),
+            snapshot: std::sync::OnceLock::new(),
         })
     }
 
@@ -376,7 +376,7 @@ impl Cluster {
             layout,
             dir,
             store,
-            snapshot: std::cell::OnceCell::new(),
+            snapshot: std::sync::OnceLock::new(),
         })
     }
 
@@ -781,7 +781,7 @@ impl Cluster {
             if let Some(store) = store {
                 store.commit(expected, &ops)?;
             }
-            self.snapshot = std::cell::OnceCell::new();
+            self.snapshot = std::sync::OnceLock::new();
             return Ok(Committed::default());
         }
         let to = dir.stage(&files, &entries)?;
@@ -824,7 +824,7 @@ impl Cluster {
         let backup = journal.from.map(|n| dir.generation_path(n));
         self.live = dir.open_generation(to)?;
         // The datastore moved on: a later read in this command must see the new revision.
-        self.snapshot = std::cell::OnceCell::new();
+        self.snapshot = std::sync::OnceLock::new();
         Ok(Committed {
             generation: Some(to),
             backup,

@@ -17,7 +17,7 @@ use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, purpose
 use crate::datastore::BootstrapData;
 use crate::facts::CertificateFacts;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE};
-use crate::pki::{PrivateKey, signed_by};
+use crate::pki::signed_by;
 use crate::policy::Bundle;
 use crate::policy::request::RenewalRequest;
 
@@ -162,12 +162,41 @@ pub fn prepare(
             Some(select_services(cluster, services.as_deref(), &mut plan)?)
         }
     };
-    for spec in &cluster.layout.leaves {
+    // Each leaf is read, parsed, checked against its CA's signature and asked about on its
+    // own: spread over the cores (the boot path of every server), results kept in order.
+    let decide = |spec: &LeafSpec| -> Result<(LeafPlan, Vec<String>)> {
         let ca = &cas[spec.ca];
+        let mut warnings = Vec::new();
         let leaf_plan = match &selected {
             Some(names) => rotate_leaf(cluster, spec, ca, names.contains(spec.name.as_str()))?,
-            None => start_leaf(cluster, bundle, spec, ca, now, &mut plan.warnings)?,
+            None => start_leaf(cluster, bundle, spec, ca, now, &mut warnings)?,
         };
+        Ok((leaf_plan, warnings))
+    };
+    let leaves = &cluster.layout.leaves;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4);
+    let chunk = leaves.len().div_ceil(threads).max(1);
+    let decided: Vec<Result<(LeafPlan, Vec<String>)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = leaves
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().map(decide).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    vec![Err(ClusterError::Invalid(
+                        "internal error: a leaf check panicked".into(),
+                    ))]
+                })
+            })
+            .collect()
+    });
+    for d in decided {
+        let (leaf_plan, warnings) = d?;
+        plan.warnings.extend(warnings);
         plan.leaves.push(leaf_plan);
     }
     Ok(Prepared { plan, cas })
@@ -441,8 +470,9 @@ fn extractions(
     }
     let sk = &cluster.layout.service_key;
     if let Some(stored) = data.get(sk.field) {
-        let keys = PrivateKey::all_from_pem("datastore service key", &stored.content)?;
-        for (path, content, private) in sk.files(&keys) {
+        for (path, content, private) in
+            sk.files_from_pem("datastore service key", &stored.content)?
+        {
             let exact = content == stored.content;
             files.push((path, content, private, exact));
         }

@@ -10,11 +10,14 @@
 //! On NFS, Linux emulates `flock` with whole-file `fcntl` locks, so the lock still excludes
 //! writers on other NFS clients; keep data dirs on local disks all the same.
 
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::fs::{FsError, Root};
+
+/// Size of the holder record in the lock file (padded with spaces).
+const RECORD_LEN: usize = 512;
 
 /// How a command holds the data dir.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,19 +108,19 @@ impl DirLock {
             std::thread::sleep(pause.min(timeout - waited));
             pause = (pause * 2).min(Duration::from_millis(100));
         }
-        let mut lock = DirLock { file, mode, path };
+        let lock = DirLock { file, mode, path };
         if mode == LockMode::Exclusive {
-            // Informational only (for `holders` when /proc cannot tell): not synced.
-            let record = format!(
+            // Informational only (for `holders` when /proc cannot tell): not synced, and
+            // written over the previous record at a fixed size (no truncation, which costs a
+            // journal transaction on ext4).
+            let mut record = format!(
                 "pid {}\ncommand rotor {command}\nsince {}\n",
                 std::process::id(),
                 crate::policy::rfc3339(crate::clock::system_now())
-            );
-            let _ = lock
-                .file
-                .set_len(0)
-                .and_then(|()| lock.file.rewind())
-                .and_then(|()| lock.file.write_all(record.as_bytes()));
+            )
+            .into_bytes();
+            record.resize(RECORD_LEN.max(record.len()), b' ');
+            let _ = std::os::unix::fs::FileExt::write_all_at(&lock.file, &record, 0);
         }
         tracing::debug!("locked {} ({:?})", lock.path.display(), lock.mode);
         Ok(lock)

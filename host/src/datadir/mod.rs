@@ -45,7 +45,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::{Op, Snapshot, value_digest};
-use crate::fs::{FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
+use crate::fs::{Durable, FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
 
 /// rotor's own directory in a data dir.
 pub const META: &str = ".rotor";
@@ -477,6 +477,7 @@ impl DataDir {
         let result = (|| -> Result<()> {
             self.meta.create_dir_all(&partial)?;
             let staging = self.meta.open_dir(&partial)?;
+            let mut durable = Durable::new();
             let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
             dirs.insert(PathBuf::from("."));
             if let Some(live) = self.live {
@@ -489,7 +490,7 @@ impl DataDir {
                         staging.create_dir_all(&rel)?;
                         dirs.insert(rel);
                     } else if !changes.contains_key(&rel) {
-                        from.copy_into(&rel, &staging, &rel)?;
+                        from.copy_into(&rel, &staging, &rel, &mut durable)?;
                     }
                 }
             }
@@ -508,12 +509,13 @@ impl DataDir {
                         reason: "written twice in one change (an internal error)".into(),
                     });
                 }
-                staging.write_new(rel, &file.content, file.mode, None)?;
+                staging.write_new(rel, &file.content, file.mode, None, &mut durable)?;
             }
-            // Deepest first: a directory's entries are durable before its parent's.
-            for d in dirs.iter().rev() {
-                staging.sync_dir(d)?;
+            for d in &dirs {
+                staging.sync_dir_later(d, &mut durable)?;
             }
+            // Every file and directory durable before the generation gets its final name.
+            durable.sync()?;
             self.meta.rename(&partial, &Self::generation_dir(to))?;
             self.meta.sync_dir(gens)?;
             Ok(())
@@ -683,10 +685,14 @@ impl DataDir {
         let generation = self.open_generation(live)?;
         for entry in entries {
             let rel = entry.path();
+            let target = link_target(rel, &Path::new(META).join(CURRENT).join(rel));
+            // The common case, one system call: the link is there and right.
+            if self.root.read_link(rel).is_ok_and(|t| t == target) {
+                continue;
+            }
             if generation.kind(rel)?.is_none() {
                 continue;
             }
-            let target = link_target(rel, &Path::new(META).join(CURRENT).join(rel));
             match self.root.kind(rel)? {
                 Some(Kind::Symlink) if self.root.read_link(rel)? == target => continue,
                 Some(Kind::Symlink) | None => {}

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{Datastore, DatastoreError, Op, Snapshot};
-use crate::fs::{FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
+use crate::fs::{Durable, FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
 
 const KV: &str = ".kv";
 const CURRENT: &str = ".kv/current";
@@ -227,6 +227,7 @@ impl Datastore for DirectoryDatastore {
         let result = (|| -> Result<(), DatastoreError> {
             self.root.create_dir_all(&partial)?;
             let staging = self.root.open_dir(&partial)?;
+            let mut durable = Durable::new();
             let replaced: Vec<PathBuf> = ops
                 .iter()
                 .map(|op| Self::rel(op.key()))
@@ -239,31 +240,26 @@ impl Datastore for DirectoryDatastore {
                     } else if !replaced.contains(&rel)
                         && !rel.to_string_lossy().contains(TEMP_MARKER)
                     {
-                        live.copy_into(&rel, &staging, &rel)?;
+                        live.copy_into(&rel, &staging, &rel, &mut durable)?;
                     }
                 }
             }
-            let mut dirs = vec![PathBuf::from(".")];
             for op in ops {
                 if let Op::Put { key, value } = op {
                     let rel = Self::rel(key)?;
                     if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
                         staging.create_dir_all(parent)?;
-                        if !dirs.contains(&parent.to_path_buf()) {
-                            dirs.push(parent.to_path_buf());
-                        }
                     }
-                    staging.write_new(&rel, value, PRIVATE_FILE, None)?;
+                    staging.write_new(&rel, value, PRIVATE_FILE, None, &mut durable)?;
                 }
             }
+            staging.sync_dir_later(Path::new("."), &mut durable)?;
             for (rel, kind) in staging.walk(Path::new("."))? {
-                if kind == Kind::Dir && !dirs.contains(&rel) {
-                    dirs.push(rel);
+                if kind == Kind::Dir {
+                    staging.sync_dir_later(&rel, &mut durable)?;
                 }
             }
-            for d in dirs.iter().rev() {
-                staging.sync_dir(d)?;
-            }
+            durable.sync()?;
             self.root.rename(&partial, &Self::revision_dir(next))?;
             self.root.sync_dir(kv)?;
             Ok(())

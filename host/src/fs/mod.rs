@@ -168,6 +168,50 @@ impl FsError {
     }
 }
 
+/// Files and directories written for a tree nobody reads yet, made durable together: every
+/// fsync is issued at once from several threads, so the file system commits them in a few
+/// journal transactions instead of one each (on ext4, about 1 ms of device flush apiece).
+#[derive(Debug, Default)]
+pub struct Durable {
+    pending: Vec<(PathBuf, std::fs::File)>,
+}
+
+impl Durable {
+    pub fn new() -> Durable {
+        Durable::default()
+    }
+
+    /// Fsync everything written so far. Counted as one step (see [`failpoints`]).
+    pub fn sync(&mut self) -> Result<(), FsError> {
+        let pending = std::mem::take(&mut self.pending);
+        let Some((first, _)) = pending.first() else {
+            return Ok(());
+        };
+        failpoints::step(|| format!("fsync {} files and directories", pending.len()))
+            .map_err(|e| FsError::io(first.clone(), e))?;
+        const THREADS: usize = 16;
+        let chunk = pending.len().div_ceil(THREADS);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pending
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        for (path, file) in part {
+                            file.sync_all().map_err(|e| FsError::io(path.clone(), e))?;
+                        }
+                        Ok::<(), FsError>(())
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(FsError::refused(first.clone(), "fsync thread panicked"))
+                })
+            })
+        })
+    }
+}
+
 /// What a path is, without following a final symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -438,25 +482,38 @@ impl Root {
         Ok(names)
     }
 
-    /// Every entry below `rel` (`.` for the root), depth first, directories before their
-    /// contents; symlinks are listed, never followed.
+    /// Every entry below `rel` (`.` for the root), sorted, directories before their contents;
+    /// symlinks are listed, never followed. Kinds come from the directory listing (no stat per
+    /// entry where the file system reports them).
     pub fn walk(&self, rel: &Path) -> Result<Vec<(PathBuf, Kind)>, FsError> {
         let mut out = Vec::new();
         let mut stack = vec![rel.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            for name in self.list_dir(&dir)?.into_iter().rev() {
+            let entries = if dir == Path::new(".") {
+                self.dir.entries()
+            } else {
+                self.check(&dir)?;
+                self.dir.read_dir(&dir)
+            }
+            .map_err(|e| FsError::io(self.display(&dir), e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| FsError::io(self.display(&dir), e))?;
+                let name = entry.file_name();
                 let p = if dir == Path::new(".") {
                     PathBuf::from(&name)
                 } else {
                     dir.join(&name)
                 };
-                match self.kind(&p)? {
-                    Some(Kind::Dir) => {
-                        out.push((p.clone(), Kind::Dir));
-                        stack.push(p);
-                    }
-                    Some(k) => out.push((p, k)),
-                    None => {}
+                let ft = entry
+                    .file_type()
+                    .map_err(|e| FsError::io(self.display(&p), e))?;
+                if ft.is_dir() {
+                    out.push((p.clone(), Kind::Dir));
+                    stack.push(p);
+                } else if ft.is_symlink() {
+                    out.push((p, Kind::Symlink));
+                } else {
+                    out.push((p, Kind::File));
                 }
             }
         }
@@ -589,15 +646,15 @@ impl Root {
     }
 
     /// Create the new file `rel` (which must not exist) with `bytes`, `mode` and, if given, a
-    /// modification time, and fsync it. For files of a directory nobody reads yet (a
-    /// generation being built): no temp file and rename, the whole directory is made durable
-    /// before it is used.
+    /// modification time. For files of a directory nobody reads yet (a generation being
+    /// built): no temp file and rename; `durable` fsyncs it later, with the rest of the tree.
     pub fn write_new(
         &self,
         rel: &Path,
         bytes: &[u8],
         mode: u32,
         modified: Option<std::time::SystemTime>,
+        durable: &mut Durable,
     ) -> Result<(), FsError> {
         self.check(rel)?;
         self.step(rel, "write")?;
@@ -612,14 +669,35 @@ impl Root {
             if let Some(t) = modified {
                 file.set_modified(t)?;
             }
-            file.sync_all()
+            Ok(file)
         })();
-        result.map_err(|e| FsError::io(self.display(rel), e))
+        let file = result.map_err(|e| FsError::io(self.display(rel), e))?;
+        durable.pending.push((self.display(rel), file));
+        Ok(())
+    }
+
+    /// Add the directory `rel` (`.` for the root) to what `durable` fsyncs: its new entries.
+    pub fn sync_dir_later(&self, rel: &Path, durable: &mut Durable) -> Result<(), FsError> {
+        let dir = if rel == Path::new(".") || rel.as_os_str().is_empty() {
+            self.dir.open(".")
+        } else {
+            self.check(rel)?;
+            self.dir.open_dir(rel).and_then(|d| d.open("."))
+        };
+        let dir = dir.map_err(|e| FsError::io(self.display(rel), e))?;
+        durable.pending.push((self.display(rel), dir.into_std()));
+        Ok(())
     }
 
     /// Copy the file `from` of this root to `to` below `dest` (a new file), keeping its mode
     /// and modification time; a symlink is copied as a symlink.
-    pub fn copy_into(&self, from: &Path, dest: &Root, to: &Path) -> Result<(), FsError> {
+    pub fn copy_into(
+        &self,
+        from: &Path,
+        dest: &Root,
+        to: &Path,
+        durable: &mut Durable,
+    ) -> Result<(), FsError> {
         use cap_std::fs::PermissionsExt;
         self.check(from)?;
         let meta = self
@@ -635,7 +713,22 @@ impl Root {
         }
         let bytes = self.read(from)?;
         let modified = meta.modified().ok().map(|t| t.into_std());
-        dest.write_new(to, &bytes, meta.permissions().mode() & 0o7777, modified)
+        dest.write_new(
+            to,
+            &bytes,
+            meta.permissions().mode() & 0o7777,
+            modified,
+            durable,
+        )
+    }
+
+    /// Open `rel` for reading, as a file to read in pieces.
+    pub fn open_read(&self, rel: &Path) -> Result<std::fs::File, FsError> {
+        self.check(rel)?;
+        self.dir
+            .open(rel)
+            .map(|f| f.into_std())
+            .map_err(|e| FsError::io(self.display(rel), e))
     }
 
     /// Open (and with `create`, create, mode 0600) a file to hold an advisory lock on. The

@@ -68,41 +68,62 @@ impl ArtifactCache {
 
     /// The cached component, if present, intact and loadable; `None` means compile it.
     ///
-    /// The artifact is read once, hashed, and deserialized from those same bytes, so what runs
-    /// is exactly what was checked.
+    /// The artifact is hashed through one open file (in pieces: no copy of ~1 MB per plugin on
+    /// the boot path of `rotor start`), then memory-mapped by wasmtime from the same path; the
+    /// path must still name the inode that was hashed (writers only ever rename new files into
+    /// place, they never change one in place).
     pub(crate) fn load(&self, engine: &Engine, digest: &str, compat: &str) -> Option<Component> {
+        use std::io::Read;
         let name = Self::file_name(digest, compat);
         if !self.root.exists(&name) {
             return None;
         }
         let path = self.root.display(&name);
-        let recorded = match self.root.read(&Self::digest_name(digest, compat)) {
-            Ok(r) => String::from_utf8_lossy(&r).trim().to_string(),
-            Err(_) => {
-                tracing::warn!(
-                    "{}: no digest recorded for this cached plugin; recompiling it from the pinned plugin",
-                    path.display()
-                );
-                return None;
-            }
-        };
-        let bytes = match self.root.read(&name) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("{e}; recompiling the plugin");
-                return None;
-            }
-        };
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if actual != recorded {
+        let recompile = |why: String| {
             tracing::warn!(
-                "{}: the cached plugin's digest ({actual}) is not the one rotor recorded when it wrote it \
-                 ({recorded}): corrupted on disk; recompiling it from the pinned plugin",
+                "{}: {why}; recompiling it from the pinned plugin",
                 path.display()
             );
-            return None;
+            None
+        };
+        let recorded = match self.root.read(&Self::digest_name(digest, compat)) {
+            Ok(r) => String::from_utf8_lossy(&r).trim().to_string(),
+            Err(_) => return recompile("no digest recorded for this cached plugin".into()),
+        };
+        let hashed = (|| -> std::io::Result<(String, (u64, u64))> {
+            use std::os::unix::fs::MetadataExt;
+            let mut file = self.root.open_read(&name).map_err(std::io::Error::other)?;
+            let meta = file.metadata()?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            Ok((hex::encode(hasher.finalize()), (meta.dev(), meta.ino())))
+        })();
+        let (actual, inode) = match hashed {
+            Ok(h) => h,
+            Err(e) => return recompile(format!("unreadable: {e}")),
+        };
+        if actual != recorded {
+            return recompile(format!(
+                "the cached plugin's digest ({actual}) is not the one rotor recorded when it wrote it \
+                 ({recorded}): corrupted on disk"
+            ));
         }
-        match Self::deserialize_own(engine, &bytes) {
+        // SAFETY: as in `deserialize_own`: the file is our own `precompile_component` output in
+        // the owner-only cache directory, and its bytes are the ones just checked against the
+        // digest recorded when it was written; wasmtime rejects incompatible artifacts.
+        #[allow(unsafe_code, reason = "memory-mapping our own precompiled artifacts")]
+        let loaded = unsafe { Component::deserialize_file(engine, &path) };
+        if self.root.identity(&name).ok() != Some(inode) {
+            return recompile("replaced while it was being loaded".into());
+        }
+        match loaded {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("{}: ignoring unusable cached plugin: {e}", path.display());
