@@ -6,7 +6,7 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup plugins test-plugins build lint unit-tests integration-tests bench-build bench clean
+.PHONY: demo test setup deps plugins test-plugins build lint unit-tests integration-tests bench-build bench clean
 
 demo: plugins build
 	./scripts/demo.sh
@@ -16,6 +16,10 @@ test: plugins test-plugins lint unit-tests integration-tests bench-build
 # The wasm targets; rust-toolchain.toml pins the toolchain that the plugin digests match.
 setup:
 	rustup target add $(WASM_TARGETS)
+
+# openssl, Python's cryptography, flock, mount, chattr: installed when missing (apt-get as root).
+deps:
+	./scripts/install-deps.sh
 
 # Default plugins -> components -> policies/*/plugins, digests checked against the pins.
 plugins: setup
@@ -42,7 +46,7 @@ unit-tests:
 
 # Real plugins, real files, real TLS, the real binary (tests/it): the release build, the one
 # that ships, which the crash and concurrency tests kill and race (tests/it/state.rs).
-integration-tests: build
+integration-tests: deps build
 	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test -p rotor --test it -- --show-output
 
 # The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.

@@ -171,7 +171,7 @@ fn cross_signed_rotation_keeps_old_trust_clients_connecting() {
         std::slice::from_ref(&ssigned),
     )
     .unwrap();
-    if have("openssl") {
+    if require_command("openssl") {
         let check = |ca: &Path| {
             let out = std::process::Command::new("openssl")
                 .args([
@@ -679,4 +679,31 @@ fn a_partial_rotation_of_only_the_service_key_keeps_every_ca() {
             assert_eq!(after.get(path), Some(v), "{path} must not change");
         }
     }
+}
+
+#[test]
+fn ca_files_are_never_staged_into_a_live_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    init(&dir, &[]);
+    let before = tree(&dir);
+    for args in [
+        vec![
+            "certificate",
+            "generate-custom-ca",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+        vec![
+            "certificate",
+            "rotate-default-ca",
+            "--out",
+            dir.to_str().unwrap(),
+        ],
+    ] {
+        let (code, _, err) = rotor_at(&dir, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("this is a rotor data dir"), "{err}");
+    }
+    assert_eq!(tree(&dir), before);
 }

@@ -115,7 +115,7 @@ fn init_k3s(dir: &Path, extra: &[&str]) -> String {
 }
 
 fn openssl_verify(ca: &Path, leaf: &Path) {
-    if !have("openssl") {
+    if !require_command("openssl") {
         return;
     }
     // The leaf file carries its CA bundle after it; openssl verifies the first certificate.
@@ -618,14 +618,12 @@ fn a_key_that_does_not_match_its_certificate_is_reissued() {
 
 #[test]
 fn k3s_format_records_decrypt_with_an_independent_implementation() {
-    if !have("python3") {
-        return;
-    }
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import cryptography"])
-        .output()
-        .unwrap();
-    if !probe.status.success() {
+    let cryptography = have("python3")
+        && std::process::Command::new("python3")
+            .args(["-c", "import cryptography"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !require("python3 with the cryptography package", cryptography) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -1044,7 +1042,7 @@ fn custom_cas_in_place_are_adopted_and_the_token_pins_the_root() {
         t0() + days(1),
     )
     .unwrap();
-    if have("openssl") {
+    if require_command("openssl") {
         // Independently: openssl trusting only the root, with the CA bundle as untrusted chain.
         std::fs::write(tmp.path().join("root.pem"), &root.pem).unwrap();
         std::fs::copy(tls.join("server-ca.crt"), tmp.path().join("chain.pem")).unwrap();

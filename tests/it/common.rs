@@ -273,6 +273,25 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap()
 }
 
+/// Whether an external checker is there. Missing, it fails the test under CI (`make test`
+/// installs it: scripts/install-deps.sh) and is reported as skipped elsewhere, never silently.
+pub fn require(what: &str, present: bool) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is required (make test installs it with scripts/install-deps.sh)"
+    );
+    eprintln!("SKIPPED: {what} is not installed here (make test installs it)");
+    false
+}
+
+/// [`require`] for a command on the PATH.
+pub fn require_command(cmd: &str) -> bool {
+    require(cmd, have(cmd))
+}
+
 /// Whether a command exists on this machine (for independent checks with openssl, python3).
 pub fn have(cmd: &str) -> bool {
     std::process::Command::new(cmd)

@@ -164,6 +164,20 @@ impl Staging {
     }
 }
 
+/// The directory to stage CA files in: never a data dir rotor manages (its files change only
+/// through its lock and generations: stage elsewhere, then `rotate-ca --path`).
+fn staging_dir(out: &Path) -> Result<Root> {
+    let root = Root::create_ambient(out)?;
+    if root.kind(Path::new(crate::datadir::META))?.is_some() {
+        return Err(ClusterError::Invalid(format!(
+            "{}: this is a rotor data dir; stage the CA files in another directory, then load them \
+             with 'rotor certificate rotate-ca --path DIR'",
+            out.display()
+        )));
+    }
+    Ok(root)
+}
+
 /// A service-account key file: a new key first, then the keys already in `existing`.
 fn prepend_service_key(key_type: KeyType, existing: Option<&[u8]>) -> Result<Vec<u8>> {
     let mut out = key_type.generate()?.pem().as_bytes().to_vec();
@@ -191,9 +205,8 @@ pub fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Generated
         ..Default::default()
     };
 
-    let root_dir = Root::create_ambient(out)?;
     let mut staging = Staging {
-        root: root_dir,
+        root: staging_dir(out)?,
         writes: Vec::new(),
     };
     let mut offline_keys = Vec::new();
@@ -369,7 +382,7 @@ pub fn rotate_default_ca(
     };
 
     let mut staging = Staging {
-        root: Root::create_ambient(out)?,
+        root: staging_dir(out)?,
         writes: Vec::new(),
     };
     let mut new_token_bundle = Vec::new();

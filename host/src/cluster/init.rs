@@ -111,11 +111,13 @@ pub fn init(
     let root = Root::create_ambient(data_dir)?;
     root.refuse_if_shared(Path::new("."))?;
     let unlocked = root.kind(Path::new(META))? != Some(Kind::Dir);
-    match init_in(data_dir, root, opts, bundle, options) {
+    let committing = std::cell::Cell::new(false);
+    match init_in(data_dir, root, opts, bundle, options, &committing) {
         // Deciding without the lock, it may have found another init's work half visible: the
-        // other init won.
+        // other init won. (Not for errors of its own commit: those are its own.)
         Err(e)
             if unlocked
+                && !committing.get()
                 && Root::open_ambient(data_dir)
                     .and_then(|r| r.kind(&Path::new(META).join("current")))
                     .is_ok_and(|k| k.is_some()) =>
@@ -136,6 +138,7 @@ fn init_in(
     opts: InitOptions,
     bundle: &Bundle,
     options: &Options,
+    committing: &std::cell::Cell<bool>,
 ) -> Result<InitReport> {
     if root.kind(Path::new(META))? != Some(Kind::Dir) {
         super::refuse_legacy(&root).map_err(|_| ClusterError::AlreadyInitialized {
@@ -153,6 +156,7 @@ fn init_in(
     };
     let lock = |root: &Root| -> Result<DataDir> {
         let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
+        super::check_permissions(&dir)?;
         super::recover(&mut dir)?;
         if let Some(n) = dir.live() {
             return Err(already(format!("generation {n} is live")));
@@ -187,8 +191,7 @@ fn init_in(
     if cluster.dir.is_some() {
         cluster.tidy_locked()?;
     }
-    let extra: Vec<&Root> = cluster.store.iter().map(|s| s.root()).collect();
-    check_init_permissions(&cluster, &entries, &extra)?;
+    check_init_permissions(&cluster, &entries)?;
     let initialized_store = |cluster: &Cluster| -> Result<()> {
         if cluster
             .snapshot()?
@@ -370,6 +373,7 @@ fn init_in(
         cluster.snapshot = std::sync::OnceLock::new();
         initialized_store(&cluster)?;
     }
+    committing.set(true);
     cluster.commit(change, true)?;
 
     let discovery_hash = (cluster.config.profile == Profile::Kubeadm).then(|| {
@@ -508,10 +512,7 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
 
 /// Refuse shared directories at init: the data dir, the real directories on the way to
 /// managed paths, the datastore's.
-fn check_init_permissions(cluster: &Cluster, entries: &[Entry], extra: &[&Root]) -> Result<()> {
-    if let Some(dir) = &cluster.dir {
-        return Ok(dir.check_permissions(entries, extra)?);
-    }
+fn check_init_permissions(cluster: &Cluster, entries: &[Entry]) -> Result<()> {
     let root = &cluster.root;
     root.refuse_if_shared(Path::new("."))?;
     for e in entries {
@@ -523,8 +524,8 @@ fn check_init_permissions(cluster: &Cluster, entries: &[Entry], extra: &[&Root])
             p = d.parent();
         }
     }
-    for r in extra {
-        r.refuse_if_shared(Path::new("."))?;
+    if let Some(store) = &cluster.store {
+        store.root().refuse_if_shared(Path::new("."))?;
     }
     Ok(())
 }

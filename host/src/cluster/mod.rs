@@ -293,12 +293,13 @@ impl Cluster {
             return Err(ClusterError::NotInitialized(data_dir.to_path_buf()));
         }
         let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
+        check_permissions(&dir)?;
         recover(&mut dir)?;
         if dir.live().is_none() {
             return Err(ClusterError::NotInitialized(data_dir.to_path_buf()));
         }
         let cluster = Cluster::from_live(root, dir)?;
-        cluster.tidy()?;
+        cluster.tidy_locked()?;
         Ok(cluster)
     }
 
@@ -315,13 +316,12 @@ impl Cluster {
                 refuse_legacy(&root)?;
                 return Err(not_initialized());
             };
+            check_permissions(&dir)?;
             if dir.journal()?.is_none() {
                 if dir.live().is_none() {
                     return Err(not_initialized());
                 }
-                let cluster = Cluster::from_live(root, dir)?;
-                cluster.check_permissions()?;
-                return Ok(cluster);
+                return Cluster::from_live(root, dir);
             }
             let mut writer = dir.upgrade()?;
             recover(&mut writer)?;
@@ -380,18 +380,13 @@ impl Cluster {
         })
     }
 
-    /// Under the exclusive lock: debris removed, links in place, permissions checked.
-    fn tidy(&self) -> Result<()> {
-        self.tidy_locked()?;
-        self.check_permissions()
-    }
-
     fn datadir(&self) -> Result<&DataDir> {
         self.dir.as_ref().ok_or_else(|| {
             ClusterError::Invalid("internal error: the data dir is not locked".into())
         })
     }
 
+    /// Under the exclusive lock: debris removed, links in place.
     fn tidy_locked(&self) -> Result<()> {
         let entries = self.layout.entries();
         let removed = self.datadir()?.clean(&entries)?;
@@ -403,13 +398,6 @@ impl Cluster {
         }
         self.datadir()?.ensure_links(&entries, false)?;
         Ok(())
-    }
-
-    fn check_permissions(&self) -> Result<()> {
-        let extra: Vec<&Root> = self.store.iter().map(|s| s.root()).collect();
-        Ok(self
-            .datadir()?
-            .check_permissions(&self.layout.entries(), &extra)?)
     }
 
     /// Let other commands in early: a reader that has read what it needs (the CAs of a CSR
@@ -778,8 +766,19 @@ impl Cluster {
         };
         if files.is_empty() && after.is_empty() {
             // Only the datastore changes: its commit is the one step.
-            if let Some(store) = store {
-                store.commit(expected, &ops)?;
+            if let Some(store) = store
+                && let Err(e) = store.commit(expected, &ops)
+            {
+                // Made but not confirmed (a failed fsync after the switch, a remote timeout):
+                // ask the store before calling it a failure.
+                let intent = Intent::of(expected, &ops);
+                let landed = store
+                    .snapshot(BOOTSTRAP_PREFIX)
+                    .is_ok_and(|s| intent.outcome(&s) == IntentOutcome::Applied);
+                if !landed || ops.is_empty() {
+                    return Err(e.into());
+                }
+                tracing::warn!("the datastore holds the change, but reported: {e}");
             }
             self.snapshot = std::sync::OnceLock::new();
             return Ok(Committed::default());
@@ -787,7 +786,7 @@ impl Cluster {
         let to = dir.stage(&files, &entries)?;
         let journal = dir.new_journal(to, adopt, Intent::of(expected, &ops), after);
         if let Err(e) = dir.write_journal(&journal) {
-            let _ = dir.discard(&journal);
+            discard_after(dir, &journal, &e);
             return Err(e.into());
         }
         failpoint("commit:journaled");
@@ -801,7 +800,7 @@ impl Cluster {
             {
                 Ok(IntentOutcome::Applied) if !ops.is_empty() => {}
                 Ok(_) => {
-                    dir.discard(&journal)?;
+                    discard_after(dir, &journal, &e);
                     return Err(e.into());
                 }
                 Err(_) => return Err(ClusterError::Interrupted(Box::new(e.into()))),
@@ -812,7 +811,7 @@ impl Cluster {
             // Not switched and nothing in the datastore: undo. Otherwise the journal stays and
             // the next command rolls forward.
             if ops.is_empty() && dir.live() != Some(to) {
-                dir.discard(&journal)?;
+                discard_after(dir, &journal, &e);
                 return Err(e.into());
             }
             return Err(ClusterError::Interrupted(Box::new(e.into())));
@@ -830,6 +829,16 @@ impl Cluster {
             backup,
             warnings,
         })
+    }
+}
+
+/// Roll back after `error`; if that fails too, say so and leave the rest to the next command
+/// (which finds the journal and rolls back), reporting the first error.
+fn discard_after(dir: &DataDir, journal: &crate::datadir::Journal, error: &dyn std::fmt::Display) {
+    if let Err(e) = dir.discard(journal) {
+        tracing::warn!(
+            "after '{error}', rolling back failed too ({e}): the next rotor command rolls it back"
+        );
     }
 }
 
@@ -860,6 +869,27 @@ fn refuse_legacy(root: &Root) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a data dir that others may write to, before anything reads from or writes to it
+/// (recovery included): the directories of the live generation and of one in flight, the real
+/// parents of managed paths, the datastore's.
+fn check_permissions(dir: &DataDir) -> Result<()> {
+    let staged = dir.journal()?.map(|j| j.to);
+    let generations = dir.generations()?;
+    let staged = staged.filter(|n| generations.contains(n));
+    let Some(described) = dir.live().or(staged) else {
+        return Ok(dir.check_permissions(&[], None, &[])?);
+    };
+    let layout = layout_of(dir, described)?;
+    let store = DirectoryDatastore::existing(dir.root(), &layout.datastore_dir)?;
+    let mut extra: Vec<(&Root, &Path)> = Vec::new();
+    if let Some(store) = &store {
+        for rel in [".", ".kv", ".kv/current", ".kv/current/bootstrap"] {
+            extra.push((store.root(), Path::new(rel)));
+        }
+    }
+    Ok(dir.check_permissions(&layout.entries(), staged, &extra)?)
+}
+
 /// Finish or roll back the change a dead writer left in flight, saying which on stderr.
 fn recover(dir: &mut DataDir) -> Result<()> {
     let Some(journal) = dir.journal()? else {
@@ -883,7 +913,8 @@ fn recover(dir: &mut DataDir) -> Result<()> {
     }
     let staged = dir.generations()?.contains(&journal.to);
     let outcome = if staged {
-        let layout = layout_of(dir, journal.to)?;
+        // Where the datastore is: the live generation says (init: the staged one).
+        let layout = layout_of(dir, dir.live().unwrap_or(journal.to))?;
         let snapshot = match DirectoryDatastore::existing(dir.root(), &layout.datastore_dir)? {
             Some(store) => store.snapshot(BOOTSTRAP_PREFIX)?,
             None => Snapshot::default(),

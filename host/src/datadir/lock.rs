@@ -71,7 +71,7 @@ impl DirLock {
         command: &str,
         create: bool,
     ) -> Result<DirLock, LockError> {
-        let file = root.open_lock_file(rel, create)?;
+        let file = root.open_lock_file(rel, create, mode == LockMode::Exclusive)?;
         let path = root.display(rel);
         let started = Instant::now();
         let mut announced = false;

@@ -26,8 +26,11 @@
 //! 6. [`DataDir::complete`]: the visible links, trigger files, journal removed, old
 //!    generations pruned.
 //!
-//! A consumer opening `server/tls/x.crt` and `server/tls/x.key` sees generation 7 or 8, never
-//! one file of each. After a crash, the next command finds the journal and asks the
+//! Every file a consumer opens belongs to generation 7 or to generation 8, and each generation
+//! is consistent; a consumer that opens `x.crt` and then `x.key` resolves `current` twice, so
+//! a switch landing between its two opens (once per change, for microseconds) can still hand
+//! it one of each, as with any rename-based writer; one that opens the directory once and the
+//! files relative to it cannot. rotor's own readers hold the shared lock. After a crash, the next command finds the journal and asks the
 //! datastore: if it holds what the journal says, the change rolls forward (switch, complete);
 //! otherwise it rolls back (the staged generation is removed). Without a journal, anything
 //! staged is debris and is removed. The paths consumers open stay where k3s, RKE2 and kubeadm
@@ -487,7 +490,7 @@ impl DataDir {
                         continue;
                     }
                     if kind == Kind::Dir {
-                        staging.create_dir_all(&rel)?;
+                        staging.create_dir_unsynced(&rel)?;
                         dirs.insert(rel);
                     } else if !changes.contains_key(&rel) {
                         from.copy_into(&rel, &staging, &rel, &mut durable)?;
@@ -496,12 +499,15 @@ impl DataDir {
             }
             for (rel, file) in changes {
                 let Some(file) = file else { continue };
-                let mut parent = rel.parent();
-                while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+                let ancestors: Vec<&Path> = rel
+                    .ancestors()
+                    .skip(1)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect();
+                for p in ancestors.into_iter().rev() {
                     if dirs.insert(p.to_path_buf()) {
-                        staging.create_dir_all(p)?;
+                        staging.create_dir_unsynced(p)?;
                     }
-                    parent = p.parent();
                 }
                 if staging.kind(rel)?.is_some() {
                     return Err(DataDirError::Corrupt {
@@ -522,6 +528,10 @@ impl DataDir {
         })();
         if let Err(e) = result {
             let _ = self.meta.remove_dir_all(&partial);
+            let staged = Self::generation_dir(to);
+            if self.meta.kind(&staged).ok().flatten().is_some() {
+                let _ = self.meta.remove_dir_all(&staged);
+            }
             return Err(e);
         }
         Ok(to)
@@ -600,7 +610,9 @@ impl DataDir {
         Ok(self.prune())
     }
 
-    /// Undo a change that is not live: its staged generation and its journal go.
+    /// Undo a change that is not live. The journal goes first (durably): from then on the
+    /// staged generation is debris that [`DataDir::clean`] removes if this is interrupted, so a
+    /// rollback stopped half way never leaves a journal beside a half-deleted generation.
     pub fn discard(&self, journal: &Journal) -> Result<()> {
         if Some(journal.to) == self.live {
             return Err(DataDirError::Corrupt {
@@ -608,12 +620,14 @@ impl DataDir {
                 reason: "refusing to discard the live generation".into(),
             });
         }
+        if self.meta.kind(Path::new(JOURNAL))?.is_some() {
+            self.meta.remove_file(Path::new(JOURNAL))?;
+            self.meta.sync_dir(Path::new("."))?;
+        }
         let staged = Self::generation_dir(journal.to);
         if self.meta.kind(&staged)?.is_some() {
             self.meta.remove_dir_all(&staged)?;
         }
-        self.meta.remove_file(Path::new(JOURNAL))?;
-        self.meta.sync_dir(Path::new("."))?;
         Ok(())
     }
 
@@ -697,11 +711,12 @@ impl DataDir {
                 Some(Kind::Symlink) if self.root.read_link(rel)? == target => continue,
                 Some(Kind::Symlink) | None => {}
                 Some(Kind::File)
-                    if adopt
-                        || matches!(entry, Entry::File(_))
-                            && self.same_as_live(&generation, rel)? => {}
-                Some(Kind::Dir) if adopt => {
-                    // Kept, not deleted: whatever was there is also in the generation.
+                    if !adopt
+                        && matches!(entry, Entry::File(_))
+                        && self.same_as_live(&generation, rel)? => {}
+                Some(Kind::File | Kind::Dir) if adopt => {
+                    // Kept, not deleted: what was there moves to .rotor/adopted (its content,
+                    // or what init made of it, is in the generation).
                     let adopted = Path::new(ADOPTED);
                     self.meta.create_dir_all(adopted)?;
                     let flat = rel.to_string_lossy().replace('/', "_");
@@ -712,6 +727,7 @@ impl DataDir {
                         n += 1;
                     }
                     self.root.rename(rel, &Path::new(META).join(&to))?;
+                    self.meta.sync_dir(adopted)?;
                 }
                 Some(Kind::File) => {
                     return Err(DataDirError::NotOurs {
@@ -762,13 +778,26 @@ impl DataDir {
         warnings
     }
 
-    /// Refuse directories on the way to managed files that others may write to: the data dir,
-    /// `.rotor`, the live generation's directories, and the real parents of managed entries.
-    pub fn check_permissions(&self, entries: &[Entry], extra: &[&Root]) -> Result<()> {
+    /// Refuse directories on the way to managed files that others may write to, or that
+    /// another user owns: the data dir, `.rotor`, the generations (the live one and one about
+    /// to be rolled forward, every directory in them), the real parents of managed entries, and
+    /// `extra` (the datastore's directories).
+    pub fn check_permissions(
+        &self,
+        entries: &[Entry],
+        staged: Option<u64>,
+        extra: &[(&Root, &Path)],
+    ) -> Result<()> {
         self.root.refuse_if_shared(Path::new("."))?;
         self.meta.refuse_if_shared(Path::new("."))?;
-        if let Some(live) = self.live {
-            let generation = self.open_generation(live)?;
+        if self.meta.kind(Path::new(GENERATIONS))?.is_some() {
+            self.meta.refuse_if_shared(Path::new(GENERATIONS))?;
+        }
+        for n in self.live.into_iter().chain(staged) {
+            if self.meta.kind(&Self::generation_dir(n))? != Some(Kind::Dir) {
+                continue;
+            }
+            let generation = self.open_generation(n)?;
             generation.refuse_if_shared(Path::new("."))?;
             for (rel, kind) in generation.walk(Path::new("."))? {
                 if kind == Kind::Dir {
@@ -783,17 +812,17 @@ impl DataDir {
                 parents.insert(d.to_path_buf());
                 p = d.parent();
             }
-            if let Entry::Dir(d) = e {
-                parents.insert(d.clone());
-            }
         }
         for p in parents {
-            if self.root.kind(&p)? == Some(Kind::Dir) {
+            // A parent that is a symlink is checked where it leads (the root keeps it inside).
+            if self.root.kind(&p)?.is_some() {
                 self.root.refuse_if_shared(&p)?;
             }
         }
-        for r in extra {
-            r.refuse_if_shared(Path::new("."))?;
+        for (r, rel) in extra {
+            if r.kind(rel)?.is_some() {
+                r.refuse_if_shared(rel)?;
+            }
         }
         Ok(())
     }

@@ -266,14 +266,34 @@ impl Datastore for DirectoryDatastore {
         })();
         if let Err(e) = result {
             let _ = self.root.remove_dir_all(&partial);
+            if self
+                .root
+                .kind(&Self::revision_dir(next))
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                let _ = self.root.remove_dir_all(&Self::revision_dir(next));
+            }
             return Err(e);
         }
-        // The switch: one rename of the link.
-        if let Err(e) = self
+        // The switch: one rename of the link. Once the rename is done the commit is made,
+        // whatever follows: the new revision is never removed after it.
+        let tmp = kv.join(format!(".current{TEMP_MARKER}{}", std::process::id()));
+        let _ = self.root.remove_file(&tmp);
+        let linked = self
             .root
-            .replace_with_symlink(Path::new(&next.to_string()), Path::new(CURRENT))
-        {
-            let _ = self.root.remove_dir_all(&Self::revision_dir(next));
+            .symlink(Path::new(&next.to_string()), &tmp)
+            .and_then(|()| self.root.rename(&tmp, Path::new(CURRENT)));
+        if let Err(e) = linked {
+            let _ = self.root.remove_file(&tmp);
+            if self.current().ok() != Some(next) {
+                let _ = self.root.remove_dir_all(&Self::revision_dir(next));
+            }
+            return Err(e.into());
+        }
+        if let Err(e) = self.root.sync_dir(kv) {
+            // Made, but perhaps not durable: report it; the caller finds the change in place.
             return Err(e.into());
         }
         // Committed. What follows is tidying that `clean` redoes under the next lock if it
@@ -306,6 +326,15 @@ impl Datastore for DirectoryDatastore {
             return Ok(());
         }
         let live = self.current()?;
+        if live > 0 && self.root.kind(&Self::revision_dir(live))? != Some(Kind::Dir) {
+            // Never delete what might be the only copy left: this needs a person.
+            return Err(DatastoreError::Corrupt {
+                what: self.root.display(Path::new(CURRENT)).display().to_string(),
+                reason: format!(
+                    "points at revision {live}, which is missing; nothing was removed (restore the datastore from a backup)"
+                ),
+            });
+        }
         for name in self.root.list_dir(kv)? {
             let keep = name == "current" || name == live.to_string();
             if !keep {

@@ -385,15 +385,45 @@ impl Root {
         })
     }
 
-    /// Create `rel` and its parents with mode 0700.
+    /// Create `rel` and its parents with mode 0700, and make the new entries durable (the
+    /// parent of every directory created is fsynced).
     pub fn create_dir_all(&self, rel: &Path) -> Result<(), FsError> {
         self.check(rel)?;
         if self.dir.is_dir(rel) {
             return Ok(());
         }
+        let mut missing = Vec::new();
+        let mut p = Some(rel);
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty() && *d != Path::new(".")) {
+            if self.dir.is_dir(d) {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            p = d.parent();
+        }
         self.step(rel, "mkdir -p")?;
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(PRIVATE_DIR);
+        self.dir
+            .create_dir_with(rel, &builder)
+            .map_err(|e| FsError::io(self.display(rel), e))?;
+        for d in missing.iter().rev() {
+            let parent = d
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Create the directory `rel` (its parent must exist) with mode 0700, without fsyncing its
+    /// parent: for a tree being built whose directories a [`Durable`] batch syncs at the end.
+    pub fn create_dir_unsynced(&self, rel: &Path) -> Result<(), FsError> {
+        self.check(rel)?;
+        self.step(rel, "mkdir")?;
+        let mut builder = DirBuilder::new();
+        builder.mode(PRIVATE_DIR);
         self.dir
             .create_dir_with(rel, &builder)
             .map_err(|e| FsError::io(self.display(rel), e))
@@ -408,12 +438,26 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
-    /// Remove a directory and everything below it (symlinks are removed, never followed).
+    /// Remove a directory and everything below it (symlinks are removed, never followed), one
+    /// entry at a time: each removal is a step of its own (see [`failpoints`]), so crash tests
+    /// also stop a removal half done.
     pub fn remove_dir_all(&self, rel: &Path) -> Result<(), FsError> {
         self.check(rel)?;
-        self.step(rel, "remove -r")?;
+        let entries = self.walk(rel)?;
+        for (p, kind) in &entries {
+            if *kind != Kind::Dir {
+                self.remove_file(p)?;
+            }
+        }
+        for (p, _) in entries.iter().rev().filter(|(_, k)| *k == Kind::Dir) {
+            self.step(p, "rmdir")?;
+            self.dir
+                .remove_dir(p)
+                .map_err(|e| FsError::io(self.display(p), e))?;
+        }
+        self.step(rel, "rmdir")?;
         self.dir
-            .remove_dir_all(rel)
+            .remove_dir(rel)
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
@@ -568,7 +612,19 @@ impl Root {
     /// Refuse a directory that users other than its owner may write to: whoever can write
     /// there can swap a key or a certificate under rotor.
     pub fn refuse_if_shared(&self, rel: &Path) -> Result<(), FsError> {
-        let (mode, _) = self.mode_and_owner(rel)?;
+        let (mode, owner) = self.mode_and_owner(rel)?;
+        let me = rustix::process::geteuid().as_raw();
+        if owner != me && owner != 0 {
+            let path = self.display(rel);
+            return Err(FsError::refused(
+                path.clone(),
+                format!(
+                    "owned by uid {owner}, neither this user (uid {me}) nor root: that user can replace a \
+                     key or a certificate, so rotor refuses to use it; fix it with 'chown {me} {}'",
+                    path.display()
+                ),
+            ));
+        }
         if mode & 0o022 != 0 {
             let path = self.display(rel);
             return Err(FsError::refused(
@@ -731,14 +787,23 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
-    /// Open (and with `create`, create, mode 0600) a file to hold an advisory lock on. The
-    /// lock is the caller's business; this only turns the path into an open file.
-    pub fn open_lock_file(&self, rel: &Path, create: bool) -> Result<std::fs::File, FsError> {
+    /// Open (and with `create`, create, mode 0600) a file to hold an advisory lock on, for
+    /// writing when `write` (an exclusive `flock` is an `fcntl` write lock on NFS, which needs
+    /// a writable descriptor). The lock is the caller's business.
+    pub fn open_lock_file(
+        &self,
+        rel: &Path,
+        create: bool,
+        write: bool,
+    ) -> Result<std::fs::File, FsError> {
         self.check(rel)?;
         let mut opts = OpenOptions::new();
         opts.read(true);
+        if write || create {
+            opts.write(true);
+        }
         if create {
-            opts.write(true).create(true).mode(PRIVATE_FILE);
+            opts.create(true).mode(PRIVATE_FILE);
         }
         self.dir
             .open_with(rel, &opts)

@@ -90,10 +90,11 @@ impl ArtifactCache {
             Ok(r) => String::from_utf8_lossy(&r).trim().to_string(),
             Err(_) => return recompile("no digest recorded for this cached plugin".into()),
         };
-        let hashed = (|| -> std::io::Result<(String, (u64, u64))> {
-            use std::os::unix::fs::MetadataExt;
-            let mut file = self.root.open_read(&name).map_err(std::io::Error::other)?;
-            let meta = file.metadata()?;
+        let mut file = match self.root.open_read(&name) {
+            Ok(f) => f,
+            Err(e) => return recompile(format!("unreadable: {e}")),
+        };
+        let hashed = (|| -> std::io::Result<String> {
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
             loop {
@@ -103,9 +104,9 @@ impl ArtifactCache {
                 }
                 hasher.update(&buf[..n]);
             }
-            Ok((hex::encode(hasher.finalize()), (meta.dev(), meta.ino())))
+            Ok(hex::encode(hasher.finalize()))
         })();
-        let (actual, inode) = match hashed {
+        let actual = match hashed {
             Ok(h) => h,
             Err(e) => return recompile(format!("unreadable: {e}")),
         };
@@ -115,14 +116,30 @@ impl ArtifactCache {
                  ({recorded}): corrupted on disk"
             ));
         }
-        // SAFETY: as in `deserialize_own`: the file is our own `precompile_component` output in
-        // the owner-only cache directory, and its bytes are the ones just checked against the
-        // digest recorded when it was written; wasmtime rejects incompatible artifacts.
-        #[allow(unsafe_code, reason = "memory-mapping our own precompiled artifacts")]
-        let loaded = unsafe { Component::deserialize_file(engine, &path) };
-        if self.root.identity(&name).ok() != Some(inode) {
-            return recompile("replaced while it was being loaded".into());
-        }
+        // The very file just hashed, through its descriptor: nothing can be swapped in between.
+        // wasmtime memory-maps it (no copy); without /proc, the bytes are read again from the
+        // same descriptor and copied.
+        use std::os::fd::AsRawFd;
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let loaded = if by_fd.exists() {
+            // SAFETY: as in `deserialize_own`: the file is our own `precompile_component` output
+            // in the owner-only cache directory, and its bytes are the ones just checked against
+            // the digest recorded when it was written; wasmtime rejects incompatible artifacts.
+            #[allow(unsafe_code, reason = "memory-mapping our own precompiled artifacts")]
+            unsafe {
+                Component::deserialize_file(engine, &by_fd)
+            }
+        } else {
+            use std::io::Seek;
+            let mut bytes = Vec::new();
+            match file.rewind().and_then(|()| file.read_to_end(&mut bytes)) {
+                Ok(_) if hex::encode(Sha256::digest(&bytes)) == recorded => {
+                    Self::deserialize_own(engine, &bytes)
+                }
+                _ => return recompile("changed while it was being loaded".into()),
+            }
+        };
+        drop(file);
         match loaded {
             Ok(c) => Some(c),
             Err(e) => {
