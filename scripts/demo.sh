@@ -62,6 +62,14 @@ if command -v openssl >/dev/null; then
     "$DATA_DIR/server/tls/serving-kube-apiserver.crt"
 fi
 
+step "state safety: a token rotation killed after the datastore took it; the next command finishes it"
+before=$(cat "$DATA_DIR/server/token")
+ROTOR_FAILPOINT=commit:datastore "$ROTOR" --data-dir "$DATA_DIR" token rotate \
+  --new-token "demo-$(date +%s%N)" > /dev/null 2>&1 || echo "(killed in the middle of the change)"
+"$ROTOR" --data-dir "$DATA_DIR" certificate check > /dev/null || true
+[ "$(cat "$DATA_DIR/server/token")" != "$before" ] && echo "token file and datastore record changed together"
+echo "generations (the live one and its backups): $(ls "$DATA_DIR/.rotor/generations" | tr '\n' ' ')"
+
 step "kubeadm layout in $DATA_DIR/kubeadm: rotor init --profile kubeadm, certs check-expiration"
 if [ ! -f "$DATA_DIR/kubeadm/rotor.json" ]; then
   "$ROTOR" --data-dir "$DATA_DIR/kubeadm" init --profile kubeadm --node-name cp-1 --node-ip 10.0.0.10
