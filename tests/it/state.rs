@@ -1229,3 +1229,24 @@ fn a_bit_flipped_plugin_cache_is_recompiled_not_run() {
         text(&o)
     );
 }
+
+#[test]
+fn a_closed_standard_output_never_panics_and_never_stops_a_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = k3s_template(tmp.path());
+    let before = leaf_certs(&dir);
+    // `rotor start | head -0`: the reader is gone before rotor prints its first line.
+    let mut child = command(&dir, &["start", "--now", &at(300)], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!err.contains("panicked"), "{err}");
+    // The change was made all the same.
+    assert!(leaves_all_or_nothing(before)(&dir).unwrap());
+    verify(&dir, t0() + days(300)).unwrap();
+}

@@ -9,6 +9,7 @@ use super::args::{
     StartArgs,
 };
 use super::output;
+use super::output::{out, outln};
 use crate::clock;
 use crate::cluster::start::{self, Action, Mode};
 use crate::cluster::{Cluster, check, init, kubeadm_certs};
@@ -47,49 +48,49 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
         &bundle,
         &super::datadir_options(global, "init"),
     )?;
-    println!(
+    outln!(
         "initialized {} ({} profile)",
         global.data_dir.display(),
         profile.as_str()
     );
     if !report.generated_cas.is_empty() {
-        println!("  generated CAs: {}", report.generated_cas.join(", "));
+        outln!("  generated CAs: {}", report.generated_cas.join(", "));
     }
     if !report.adopted_cas.is_empty() {
-        println!(
+        outln!(
             "  adopted CAs found in place: {}",
             report.adopted_cas.join(", ")
         );
     }
     if !report.external_cas.is_empty() {
-        println!(
+        outln!(
             "  external CAs (no key here; their certificates are externally managed): {}",
             report.external_cas.join(", ")
         );
     }
-    println!(
+    outln!(
         "  issued {} certificates with new keys (names checked by bundle '{}')",
         report.issued.len(),
         bundle.name
     );
     if !report.kept.is_empty() {
-        println!(
+        outln!(
             "  kept externally signed certificates: {}",
             report.kept.join(", ")
         );
     }
-    println!("  CA material stored encrypted in the datastore");
-    println!("token (also in {}):", report.token_file.display());
-    println!("{}", report.token.render());
+    outln!("  CA material stored encrypted in the datastore");
+    outln!("token (also in {}):", report.token_file.display());
+    outln!("{}", report.token.render());
     if let Some(h) = report.discovery_hash {
-        println!("kubeadm discovery hash: --discovery-token-ca-cert-hash {h}");
+        outln!("kubeadm discovery hash: --discovery-token-ca-cert-hash {h}");
     }
     Ok(Exit::Success)
 }
 
 fn print_plan(plan: &start::Plan, verb: &str) {
     for x in &plan.extractions {
-        println!("  extract  {:<42} {}", x.path.display(), x.why);
+        outln!("  extract  {:<42} {}", x.path.display(), x.why);
     }
     for l in &plan.leaves {
         let action = match l.action {
@@ -101,14 +102,14 @@ fn print_plan(plan: &start::Plan, verb: &str) {
             .not_after
             .map(|t| format!(" [expires {}]", rfc3339(t)))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  {action:<8} {:<42} {}{until}",
             l.name,
             l.reasons.join("; ")
         );
     }
     for w in &plan.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
 }
 
@@ -137,7 +138,7 @@ fn run_plan(
     let prepared = start::prepare(&cluster, &bundle, token.as_deref(), &mode, now)?;
     let verb = if rotate { "rotate" } else { "renew" };
     let checked = prepared.plan.leaves.len();
-    println!(
+    outln!(
         "{} {} certificates of {} ({} profile) with bundle '{}' at {}{}",
         if rotate { "rotate:" } else { "start:" },
         checked,
@@ -154,11 +155,11 @@ fn run_plan(
     print_plan(&prepared.plan, verb);
     let restarts: Vec<&str> = prepared.plan.restarts().into_iter().collect();
     if prepared.plan.is_empty() {
-        println!("nothing to do");
+        outln!("nothing to do");
         return Ok(Exit::Success);
     }
     if dry_run {
-        println!(
+        outln!(
             "dry run: would {} {} certificate(s) and extract {} file(s); restart needed for: {}",
             verb,
             prepared.plan.reissues().count(),
@@ -169,20 +170,20 @@ fn run_plan(
     }
     let applied = start::apply(&mut cluster, &prepared, rotate, now)?;
     if let Some(b) = &applied.backup {
-        println!("previous files kept in {}", b.display());
+        outln!("previous files kept in {}", b.display());
     }
     for w in &applied.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
-    println!(
+    outln!(
         "{} {} certificate(s) with new keys; extracted {} file(s) from the datastore",
         if rotate { "rotated" } else { "renewed" },
         applied.reissued.len(),
         applied.extracted.len()
     );
     if !restarts.is_empty() {
-        println!("restart needed for: {}", restarts.join(", "));
-        println!("  {}", cluster.layout.restart_hint);
+        outln!("restart needed for: {}", restarts.join(", "));
+        outln!("  {}", cluster.layout.restart_hint);
     }
     Ok(Exit::Success)
 }
@@ -296,7 +297,7 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
                     })
                     .collect(),
             };
-            print!("{text}");
+            out!("{text}");
             Ok(if rows.iter().any(|r| r.status.needs_attention()) {
                 Exit::Attention
             } else {
@@ -382,7 +383,7 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                     )
                 }
             };
-            print!("{text}");
+            out!("{text}");
             Ok(Exit::Success)
         }
         CertsCommand::Renew { which, now: at } => {
@@ -394,25 +395,25 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             )?;
             let (results, backup) = kubeadm_certs::renew(&mut cluster, &bundle, &which, at)?;
             if let Some(b) = &backup {
-                println!("previous files kept in {}", b.display());
+                outln!("previous files kept in {}", b.display());
             }
             for r in &results {
                 match r {
                     kubeadm_certs::Renewed::Done { name, .. } => {
-                        println!("certificate {name} renewed")
+                        outln!("certificate {name} renewed")
                     }
                     kubeadm_certs::Renewed::Skipped { name, why } => {
-                        println!("certificate {name} skipped: {why}")
+                        outln!("certificate {name} skipped: {why}")
                     }
                 }
             }
             let restarts: Vec<&str> = kubeadm_certs::restarts(&results).into_iter().collect();
             if !restarts.is_empty() {
-                println!(
+                outln!(
                     "Done renewing certificates. You must restart {}, so that they use the new certificates.",
                     restarts.join(", ")
                 );
-                println!("  {}", cluster.layout.restart_hint);
+                outln!("  {}", cluster.layout.restart_hint);
             }
             Ok(Exit::Success)
         }
@@ -424,9 +425,9 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             let written = kubeadm_certs::generate_csr(&cluster, &csr_dir)
                 .with_context(|| format!("writing CSRs to {}", csr_dir.display()))?;
             for w in &written {
-                println!("wrote {} (and its key)", w.display());
+                outln!("wrote {} (and its key)", w.display());
             }
-            println!(
+            outln!(
                 "sign them with your CA (server/client usages per the Kubernetes PKI table), then place the certificates in pki/ and the kubeconfigs"
             );
             Ok(Exit::Success)

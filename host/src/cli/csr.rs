@@ -11,6 +11,7 @@ use anyhow::Context;
 use super::Exit;
 use super::args::{CsrArgs, CsrFormat, GlobalArgs};
 use super::cluster::now;
+use super::output::{out, outln};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, LoadedCa};
 use crate::csr::batch::{self, Item, ItemInput, Summary};
 use crate::csr::{self, CsrInput, Verdict, k8s};
@@ -177,7 +178,7 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
         ItemInput::Invalid(e) => anyhow::bail!("{e}"),
         ItemInput::Object(o) => {
             if let Some(why) = &o.decided {
-                println!("{}", serde_json::to_string_pretty(&o.object)?);
+                outln!("{}", serde_json::to_string_pretty(&o.object)?);
                 eprintln!("rotor: {}: {why}; left as it is", o.name);
                 return Ok(Exit::Success);
             }
@@ -223,10 +224,10 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
             if let Some(c) = &certificate {
                 v["certificate"] = serde_json::Value::String(c.clone());
             }
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         }
         CsrFormat::Text => {
-            println!("{}: {}", review.verdict.kind(), review.verdict.summary());
+            outln!("{}: {}", review.verdict.kind(), review.verdict.summary());
             for s in &review.stages {
                 let plugin = s
                     .plugin
@@ -234,10 +235,10 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
                     .map(|p| format!(" ({p})"))
                     .unwrap_or_default();
                 let line = format!("  {:<15} {:<8}{plugin} {}", s.stage, s.decision, s.detail);
-                println!("{}", line.trim_end());
+                outln!("{}", line.trim_end());
             }
             for n in &review.notes {
-                println!("  note: {n}");
+                outln!("  note: {n}");
             }
         }
     }
@@ -247,7 +248,7 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
                 write_out(Some(p), c.as_bytes())?;
                 eprintln!("rotor: certificate written to {}", p.display());
             }
-            None if args.output == CsrFormat::Text => print!("{c}"),
+            None if args.output == CsrFormat::Text => out!("{c}"),
             None => {}
         }
     }

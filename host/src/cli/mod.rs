@@ -10,6 +10,7 @@ mod output;
 mod policy;
 mod rotation;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -39,7 +40,8 @@ pub fn main() -> ExitCode {
         Ok(Exit::Attention) => ExitCode::from(1),
         Ok(Exit::Pending) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("rotor: {e:#}");
+            // Never a panic, even with standard error closed.
+            let _ = writeln!(std::io::stderr(), "rotor: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -2,7 +2,46 @@
 //! stderr. Machine formats (JSON, YAML) are the serialized row types of the command, documented
 //! where those types are defined.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde::Serialize;
+
+/// Write to standard output without ever panicking (`println!` panics when the reader has
+/// gone, as in `rotor start | head`). A closed pipe is not an error for rotor: a writing
+/// command carries on and completes its change; the output is simply not read. Any other
+/// write error is reported once on stderr.
+pub(crate) fn stdout_write(args: std::fmt::Arguments<'_>) {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    if let Err(e) = std::io::stdout().lock().write_fmt(args)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+        && !REPORTED.swap(true, Ordering::Relaxed)
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "rotor: cannot write to standard output: {e}"
+        );
+    }
+}
+
+/// `print!` that never panics (see [`stdout_write`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::stdout_write(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that never panics (see [`stdout_write`]).
+macro_rules! outln {
+    () => {
+        $crate::cli::output::stdout_write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::stdout_write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
 
 /// Print rows as an aligned table with a header.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {

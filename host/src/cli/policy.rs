@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use super::Exit;
 use super::args::{EvalArgs, GlobalArgs, PolicyCommand};
+use super::output::outln;
 use crate::clock;
 use crate::plugin::Hook;
 use crate::policy::input::{HookRequest, InputContext, build_request};
@@ -22,9 +23,9 @@ pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exi
 }
 
 fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
-    println!("bundle {} ({})", bundle.name, bundle.path.display());
+    outln!("bundle {} ({})", bundle.name, bundle.path.display());
     if let Some(d) = &bundle.description {
-        println!("  {d}");
+        outln!("  {d}");
     }
     for hook in Hook::ALL {
         match bundle.hook(hook) {
@@ -37,23 +38,23 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
                     Hook::San => "no policy: names are not validated".into(),
                     Hook::Csr => "no policy: every CSR is left for manual approval".into(),
                 };
-                println!("{:<8} {builtin}", hook.as_str());
+                outln!("{:<8} {builtin}", hook.as_str());
             }
             Some(hp) => {
                 let exports: Vec<_> = hp.plugin.hooks().iter().map(|h| h.as_str()).collect();
-                println!(
+                outln!(
                     "{:<8} plugin {} ({})",
                     hook.as_str(),
                     hp.plugin.name(),
                     hp.file
                 );
-                println!(
+                outln!(
                     "         sha256    {} (matches the pin)",
                     hp.plugin.digest()
                 );
-                println!("         exports   {}", exports.join(", "));
-                println!("         settings  {} (accepted)", hp.settings);
-                println!(
+                outln!("         exports   {}", exports.join(", "));
+                outln!("         settings  {} (accepted)", hp.settings);
+                outln!(
                     "         limits    {} ms, {} MiB; on failure: {}",
                     hp.limits.timeout.as_millis(),
                     hp.limits.memory / (1024 * 1024),
@@ -118,7 +119,7 @@ fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
             )
         }
     };
-    println!("{json}");
+    outln!("{json}");
     match failure {
         // The failure mode decided, but the plugin failed: that is an evaluation error.
         Some(e) => Err(anyhow::anyhow!("{e}")),
@@ -136,14 +137,14 @@ fn test(bundle: &Bundle, dir: &Path) -> anyhow::Result<Exit> {
     let mut failed = 0;
     for r in &results {
         match &r.failure {
-            None => println!("ok    {}", r.name),
+            None => outln!("ok    {}", r.name),
             Some(why) => {
                 failed += 1;
-                println!("FAIL  {}\n      {why}", r.name);
+                outln!("FAIL  {}\n      {why}", r.name);
             }
         }
     }
-    println!(
+    outln!(
         "{} passed, {failed} failed ({} cases, bundle {})",
         results.len() - failed,
         results.len(),

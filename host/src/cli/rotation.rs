@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use super::Exit;
 use super::args::{GenerateCustomCaArgs, GlobalArgs, TokenCommand};
 use super::cluster::now;
+use super::output::outln;
 use crate::cluster::custom_ca::{self, CustomCaOptions, Parent};
 use crate::cluster::{Cluster, Profile, rotate_ca, secrets};
 use crate::pki::KeyType;
@@ -60,20 +61,20 @@ pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<E
         now: now(&args.now)?,
     };
     let g = custom_ca::generate_custom_ca(&args.out, opts)?;
-    println!("wrote {} files to {}", g.files.len(), g.dir.display());
+    outln!("wrote {} files to {}", g.files.len(), g.dir.display());
     if g.service_key_prepended {
-        println!("  the new service-account key was placed before the existing ones");
+        outln!("  the new service-account key was placed before the existing ones");
     }
-    println!("join token CA hash for these CAs: {}", g.ca_hash);
+    outln!("join token CA hash for these CAs: {}", g.ca_hash);
     if !g.offline_keys.is_empty() {
-        println!(
+        outln!(
             "move these keys off the nodes once the cluster is set up (they sign CAs, not certificates):"
         );
         for k in &g.offline_keys {
-            println!("  {}", k.display());
+            outln!("  {}", k.display());
         }
     }
-    println!(
+    outln!(
         "next: for a new cluster, 'rotor --data-dir {} init ...' adopts them; for a running one, \
          'rotor certificate rotate-ca --path {}'",
         args.out.display(),
@@ -93,26 +94,26 @@ pub(super) fn rotate_default_ca(
         &super::datadir_options(global, "certificate rotate-default-ca"),
     )?;
     let r = custom_ca::rotate_default_ca(&cluster, token.as_deref(), out, at)?;
-    println!(
+    outln!(
         "staged new CAs in {} ({} files): new roots, cross-signed by the current ones, and new intermediates",
         r.dir.display(),
         r.files.len()
     );
-    println!(
+    outln!(
         "the join token's CA hash changes (new root): this rotation is disruptive and needs --force:"
     );
-    println!(
+    outln!(
         "  rotor certificate rotate-ca --path {} --force",
         out.display()
     );
-    println!(
+    outln!(
         "new token (nodes must be reconfigured with it; its hash is the new self-signed root's, as nodes compute it,"
     );
-    println!(
+    outln!(
         "not the new intermediate's fingerprint {}):",
         r.intermediate_fingerprint
     );
-    println!("{}", r.new_token.render());
+    outln!("{}", r.new_token.render());
     Ok(Exit::Success)
 }
 
@@ -140,8 +141,8 @@ pub(super) fn rotate_ca(
             now: at,
         },
     )?;
-    println!("staged set: {}", report.staging_dir.display());
-    println!(
+    outln!("staged set: {}", report.staging_dir.display());
+    outln!(
         "  replace: {}",
         if report.replaced.is_empty() {
             "nothing".into()
@@ -150,17 +151,17 @@ pub(super) fn rotate_ca(
         }
     );
     if !report.kept.is_empty() {
-        println!("  keep (not staged): {}", report.kept.join(", "));
+        outln!("  keep (not staged): {}", report.kept.join(", "));
     }
     for p in &report.forced {
-        println!("  warning (forced): {p}");
+        outln!("  warning (forced): {p}");
     }
     match &report.hash_change {
-        Some((old, new)) => println!("  token CA hash changes: {old} -> {new} (disruptive)"),
-        None => println!("  token CA hash unchanged (non-disruptive)"),
+        Some((old, new)) => outln!("  token CA hash changes: {old} -> {new} (disruptive)"),
+        None => outln!("  token CA hash unchanged (non-disruptive)"),
     }
     if dry_run {
-        println!(
+        outln!(
             "dry run: all checks passed{}; nothing changed",
             if report.forced.is_empty() {
                 ""
@@ -170,14 +171,12 @@ pub(super) fn rotate_ca(
         );
         return Ok(Exit::Success);
     }
-    println!("CA material saved to the datastore in one step");
+    outln!("CA material saved to the datastore in one step");
     if let Some(t) = &report.new_token {
-        println!(
-            "new token (reconfigure every node that joined with the old one, then restart it):"
-        );
-        println!("{}", t.render());
+        outln!("new token (reconfigure every node that joined with the old one, then restart it):");
+        outln!("{}", t.render());
     }
-    println!(
+    outln!(
         "next: 'rotor start' on every server re-issues the leaves under the new CAs; restart servers first, then agents"
     );
     Ok(Exit::Success)
@@ -194,7 +193,7 @@ pub(super) fn rotate_service_key(
         &super::datadir_options(global, "certificate rotate-service-key"),
     )?;
     let r = secrets::rotate_service_key(&mut cluster, token.as_deref(), keep, at)?;
-    println!(
+    outln!(
         "new service-account signing key saved to the datastore; {} key(s) in the list{}",
         r.keys,
         if r.dropped > 0 {
@@ -203,7 +202,7 @@ pub(super) fn rotate_service_key(
             String::new()
         }
     );
-    println!(
+    outln!(
         "next: 'rotor start' writes the key files; restart the servers (agents and pods need no restart)"
     );
     Ok(Exit::Success)
@@ -221,14 +220,14 @@ pub(super) fn token(global: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<Ex
                 &super::datadir_options(global, "token rotate"),
             )?;
             let t = secrets::rotate_token(&mut cluster, token.as_deref(), &new_token, now(&at)?)?;
-            println!(
+            outln!(
                 "bootstrap data re-encrypted under the new token; the old token no longer decrypts it"
             );
-            println!(
+            outln!(
                 "new token (also in {}):",
                 cluster.path(&cluster.layout.token_file).display()
             );
-            println!("{}", t.render());
+            outln!("{}", t.render());
             Ok(Exit::Success)
         }
     }
