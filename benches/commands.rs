@@ -12,6 +12,8 @@
 
 #[path = "common.rs"]
 mod common;
+#[path = "settings.rs"]
+mod settings;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -362,17 +364,9 @@ fn csr_batch(c: &mut Criterion) {
     group.finish();
 }
 
-/// 1 s of warm-up and 3 s of measurement per function keep the whole suite near 10 minutes on
-/// 2 cores (docs/performance.md was measured with these settings).
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = settings::config();
     targets = start, init, custom_ca, csr_batch
 }
 criterion_main!(benches);

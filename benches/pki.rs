@@ -5,6 +5,8 @@
 
 #[path = "common.rs"]
 mod common;
+#[path = "settings.rs"]
+mod settings;
 
 use std::hint::black_box;
 use std::path::Path;
@@ -189,17 +191,9 @@ fn csr_batch(c: &mut Criterion) {
     group.finish();
 }
 
-/// 1 s of warm-up and 3 s of measurement per function keep the whole suite near 10 minutes on
-/// 2 cores (docs/performance.md was measured with these settings).
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .measurement_time(std::time::Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = settings::config();
     targets = leaf_issue, key_derivation, csr_batch
 }
 criterion_main!(benches);

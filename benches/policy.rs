@@ -5,6 +5,9 @@
 //! `cargo bench --bench policy` (after `make plugins`). Inputs are fixed certificates and CSRs
 //! at a fixed `now`, so runs are comparable. Figures: docs/performance.md.
 
+#[path = "settings.rs"]
+mod settings;
+
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -305,17 +308,9 @@ fn scaling(c: &mut Criterion) {
     group.finish();
 }
 
-/// 1 s of warm-up and 3 s of measurement per function keep the whole suite near 10 minutes on
-/// 2 cores (docs/performance.md was measured with these settings).
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .measurement_time(std::time::Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = settings::config();
     targets = renewal, san_and_csr_hooks, scaling
 }
 criterion_main!(benches);

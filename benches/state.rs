@@ -6,6 +6,9 @@
 //!
 //! `cargo bench -p rotor --bench state` (after `make plugins`). Figures: docs/performance.md.
 
+#[path = "settings.rs"]
+mod settings;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -131,16 +134,9 @@ fn write_model(c: &mut Criterion) {
     group.finish();
 }
 
-/// The suite's settings (docs/performance.md was measured with these).
-fn config() -> Criterion {
-    Criterion::default()
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = settings::config();
     targets = write_model
 }
 criterion_main!(benches);

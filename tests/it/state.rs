@@ -26,13 +26,8 @@ use time::OffsetDateTime;
 
 use crate::common::*;
 
-/// The binary under test: the release build in `make test`.
-fn bin() -> PathBuf {
-    rotor_bin()
-}
-
 fn command(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Command {
-    let mut c = Command::new(bin());
+    let mut c = Command::new(rotor_bin());
     c.arg("--data-dir")
         .arg(dir)
         .args(args)
@@ -620,6 +615,21 @@ fn rotate_service_key_killed_anywhere_is_all_or_nothing() {
     kill_everywhere(&template, tmp.path(), &s, 6);
 }
 
+fn both_succeeded(a: &Output, b: &Output) {
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}\n{}",
+        text(a),
+        text(b)
+    );
+}
+
+/// After a pair: the next start succeeds and every invariant holds.
+fn settled(dir: &Path) {
+    ok(dir, &["start", "--now", &at(1)]);
+    verify(dir, t0() + days(1)).unwrap();
+}
+
 /// Two commands at once, `rounds` times, each from a fresh copy of the template.
 fn pair(
     template: &Path,
@@ -666,12 +676,7 @@ fn concurrent_writers_take_turns() {
         &["start", "--now", &later],
         rounds,
         &|dir, a, b| {
-            assert!(
-                a.status.success() && b.status.success(),
-                "{}\n{}",
-                text(a),
-                text(b)
-            );
+            both_succeeded(a, b);
             let outs = [
                 String::from_utf8_lossy(&a.stdout),
                 String::from_utf8_lossy(&b.stdout),
@@ -701,46 +706,21 @@ fn concurrent_writers_take_turns() {
         &["token", "rotate", "--new-token", "password-b"],
         rounds,
         &|dir, a, b| {
-            assert!(
-                a.status.success() && b.status.success(),
-                "{}\n{}",
-                text(a),
-                text(b)
-            );
+            both_succeeded(a, b);
             let layout = layout_of(dir);
             let token = token_of(dir, &layout);
             assert!(["password-a", "password-b"].contains(&token.password.as_str()));
             let (keys, data) = datastore(dir, &layout);
             assert_eq!(keys.len(), 1, "{keys:?}");
             data.unwrap();
-            ok(dir, &["start", "--now", &at(1)]);
-            verify(dir, t0() + days(1)).unwrap();
+            settled(dir);
         },
     );
 
     // rotate-ca ∥ token rotate: the CA rotation is never lost.
-    let staged = tmp.path().join("staged");
-    ok(
-        &template,
-        &[
-            "certificate",
-            "rotate-default-ca",
-            "--out",
-            staged.to_str().unwrap(),
-            "--now",
-            &at(1),
-        ],
-    );
-    let new_server_ca = std::fs::read(staged.join("server/tls/server-ca.crt")).unwrap();
-    let rotate_ca = [
-        "certificate",
-        "rotate-ca",
-        "--path",
-        staged.to_str().unwrap(),
-        "--force",
-        "--now",
-        &at(1),
-    ];
+    let rotate_ca = rotate_ca_scenario(&template, tmp.path());
+    let rotate_ca: Vec<&str> = rotate_ca.args.iter().map(String::as_str).collect();
+    let new_server_ca = std::fs::read(tmp.path().join("staged/server/tls/server-ca.crt")).unwrap();
     pair(
         &template,
         tmp.path(),
@@ -749,12 +729,7 @@ fn concurrent_writers_take_turns() {
         &["token", "rotate", "--new-token", "password-c"],
         rounds,
         &|dir, a, b| {
-            assert!(
-                a.status.success() && b.status.success(),
-                "{}\n{}",
-                text(a),
-                text(b)
-            );
+            both_succeeded(a, b);
             let layout = layout_of(dir);
             let (keys, data) = datastore(dir, &layout);
             assert_eq!(keys.len(), 1, "{keys:?}");
@@ -764,8 +739,7 @@ fn concurrent_writers_take_turns() {
                 "the CA rotation was lost"
             );
             assert_eq!(token_of(dir, &layout).password, "password-c");
-            ok(dir, &["start", "--now", &at(1)]);
-            verify(dir, t0() + days(1)).unwrap();
+            settled(dir);
         },
     );
 
@@ -778,20 +752,14 @@ fn concurrent_writers_take_turns() {
         &["certificate", "rotate-service-key", "--now", &at(1)],
         rounds,
         &|dir, a, b| {
-            assert!(
-                a.status.success() && b.status.success(),
-                "{}\n{}",
-                text(a),
-                text(b)
-            );
+            both_succeeded(a, b);
             let layout = layout_of(dir);
             let (_, data) = datastore(dir, &layout);
             let keys =
                 PrivateKey::all_from_pem("k", &data.unwrap().get("ServiceKey").unwrap().content)
                     .unwrap();
             assert_eq!(keys.len(), 2);
-            ok(dir, &["start", "--now", &at(1)]);
-            verify(dir, t0() + days(1)).unwrap();
+            settled(dir);
         },
     );
 
@@ -1192,7 +1160,7 @@ fn a_token_that_does_not_open_the_record_is_explained() {
 fn a_bit_flipped_plugin_cache_is_recompiled_not_run() {
     let cache = tempfile::tempdir().unwrap();
     let run_check = || {
-        Command::new(bin())
+        Command::new(rotor_bin())
             .args(["policy", "check"])
             .env("ROTOR_PLUGIN_CACHE", cache.path())
             .env_remove("ROTOR_BUNDLE")

@@ -410,11 +410,6 @@ impl Cluster {
         self.root.display(rel)
     }
 
-    /// The generation being read, for messages.
-    pub fn generation(&self) -> Option<u64> {
-        self.dir.as_ref().and_then(DataDir::live)
-    }
-
     /// The datastore as it was when this command first read it. Every read of one command
     /// sees this one revision; its commit is conditioned on it.
     pub fn snapshot(&self) -> Result<&Snapshot> {
@@ -437,6 +432,16 @@ impl Cluster {
                 self.path(&self.layout.datastore_dir).display()
             ))),
         }
+    }
+
+    /// The format of the record `password` opens, or the configured one for a new record:
+    /// a rewrite keeps the format it found.
+    pub fn record_format(&self, password: &str) -> Result<crate::datastore::RecordFormat> {
+        Ok(
+            Bootstrap::new(self.datastore()?, self.snapshot()?, password)
+                .stored_format()
+                .unwrap_or(self.config.datastore_format),
+        )
     }
 
     /// The token: `--token` if given, else the token file.
@@ -899,17 +904,26 @@ fn recover(dir: &mut DataDir) -> Result<()> {
         "an interrupted 'rotor {}' (pid {}, started {})",
         journal.command, journal.pid, journal.started
     );
-    if dir.live() == Some(journal.to) {
+    let roll_forward = |dir: &mut DataDir, how: String| -> Result<()> {
+        if dir.live() != Some(journal.to) {
+            dir.switch(journal.to)?;
+        }
         let entries = entries_of(dir, journal.to)?;
         let warnings = dir.complete(&journal, &entries)?;
-        eprintln!(
-            "rotor: recovered {who}: rolled forward (generation {} was already live; finished its links)",
-            journal.to
-        );
+        eprintln!("rotor: recovered {who}: rolled forward {how}");
         for w in warnings {
             eprintln!("rotor: warning: {w}");
         }
-        return Ok(());
+        Ok(())
+    };
+    if dir.live() == Some(journal.to) {
+        return roll_forward(
+            dir,
+            format!(
+                "(generation {} was already live; finished its links)",
+                journal.to
+            ),
+        );
     }
     let staged = dir.generations()?.contains(&journal.to);
     let outcome = if staged {
@@ -924,18 +938,18 @@ fn recover(dir: &mut DataDir) -> Result<()> {
         IntentOutcome::NotApplied
     };
     match outcome {
-        IntentOutcome::Applied => {
-            dir.switch(journal.to)?;
-            let entries = entries_of(dir, journal.to)?;
-            let warnings = dir.complete(&journal, &entries)?;
-            eprintln!(
-                "rotor: recovered {who}: rolled forward to generation {} (the datastore holds its change)",
-                journal.to
-            );
-            for w in warnings {
-                eprintln!("rotor: warning: {w}");
-            }
-        }
+        IntentOutcome::Applied => roll_forward(
+            dir,
+            format!(
+                "to generation {} ({})",
+                journal.to,
+                if journal.datastore.is_empty() {
+                    "its files were complete, the datastore unchanged"
+                } else {
+                    "the datastore holds its change"
+                }
+            ),
+        )?,
         IntentOutcome::NotApplied | IntentOutcome::Diverged => {
             dir.discard(&journal)?;
             let live = match dir.live() {

@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 use super::custom_ca::staged;
 use super::{Change, Cluster, ClusterError, Result};
-use crate::datastore::{Bootstrap, BootstrapData};
+use crate::datastore::BootstrapData;
 use crate::facts::{KeyAlgorithm, KeyUsageBit, PemKind, parse_certificate_der, read_pem_blocks};
 use crate::fs::{PRIVATE_FILE, Root, failpoint};
 use crate::pki::{CaSigner, PrivateKey, Token, ca_hash, is_self_issued, signed_by};
@@ -434,9 +434,7 @@ pub fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
     }
 
     failpoint("rotate-ca:validated");
-    let format = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &token.password)
-        .stored_format()
-        .unwrap_or(cluster.config.datastore_format);
+    let format = cluster.record_format(&token.password)?;
     // One change: the record replaced in the datastore, and the token file when its hash
     // follows the new CA, switched together.
     let mut change = Change::default();

@@ -11,7 +11,7 @@
 use time::OffsetDateTime;
 
 use super::{Change, Cluster, ClusterError, Result};
-use crate::datastore::{Bootstrap, Op};
+use crate::datastore::Op;
 use crate::fs::{PRIVATE_FILE, failpoint};
 use crate::pki::{PrivateKey, Token, ca_hash};
 
@@ -49,9 +49,7 @@ pub fn rotate_service_key(
         pem.extend_from_slice(k.pem().as_bytes());
     }
     data.set(sk.field, pem, crate::clock::system_now());
-    let format = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &token.password)
-        .stored_format()
-        .unwrap_or(cluster.config.datastore_format);
+    let format = cluster.record_format(&token.password)?;
     // Only the datastore changes (`rotor start` writes the key files): one compare-and-swap.
     let mut change = Change::default();
     change.ops.push(crate::datastore::bootstrap_put(
@@ -107,9 +105,7 @@ pub fn rotate_token(
         user: old.user.clone(),
         ..new
     };
-    let format = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &old.password)
-        .stored_format()
-        .unwrap_or(cluster.config.datastore_format);
+    let format = cluster.record_format(&old.password)?;
     // One change: the record under the new token, the old record deleted (one compare-and-swap),
     // and the token file, switched together. The new token file is durable in the staged
     // generation before the datastore drops the old record; a crash in between rolls forward.

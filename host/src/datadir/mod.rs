@@ -48,7 +48,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::datastore::{Op, Snapshot, value_digest};
-use crate::fs::{Durable, FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
+use crate::fs::{FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
 
 /// rotor's own directory in a data dir.
 pub const META: &str = ".rotor";
@@ -125,12 +125,7 @@ impl Default for Options {
     }
 }
 
-/// A file of a change.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NewFile {
-    pub content: Vec<u8>,
-    pub mode: u32,
-}
+pub use crate::fs::NewFile;
 
 /// What one command changes on disk, decided in full before anything is written: each path
 /// (relative to the data dir, inside a managed entry) is written, or removed (`None`).
@@ -259,14 +254,7 @@ impl DataDir {
         root.create_dir_all(Path::new(META))?;
         let meta = root.open_dir(Path::new(META))?;
         meta.refuse_if_shared(Path::new("."))?;
-        let lock = DirLock::acquire(
-            &meta,
-            Path::new(LOCK),
-            LockMode::Exclusive,
-            options.lock_timeout,
-            &options.command,
-            true,
-        )?;
+        let lock = Self::acquire(&meta, LockMode::Exclusive, &options, true)?;
         Self::after_lock(root, meta, lock, options)
     }
 
@@ -280,14 +268,7 @@ impl DataDir {
         if !meta.exists(Path::new(LOCK)) {
             return Ok(None);
         }
-        let lock = DirLock::acquire(
-            &meta,
-            Path::new(LOCK),
-            LockMode::Shared,
-            options.lock_timeout,
-            &options.command,
-            false,
-        )?;
+        let lock = Self::acquire(&meta, LockMode::Shared, &options, false)?;
         Self::after_lock(root, meta, lock, options).map(Some)
     }
 
@@ -314,44 +295,23 @@ impl DataDir {
             ..
         } = self;
         drop(lock);
-        let lock = DirLock::acquire(
-            &meta,
-            Path::new(LOCK),
-            LockMode::Exclusive,
-            options.lock_timeout,
-            &options.command,
-            false,
-        )?;
+        let lock = Self::acquire(&meta, LockMode::Exclusive, &options, false)?;
         Self::after_lock(root, meta, lock, options)
     }
 
-    /// Trade the exclusive lock for a shared one.
-    pub fn downgrade(self) -> Result<DataDir> {
-        let DataDir {
-            root,
+    fn acquire(meta: &Root, mode: LockMode, options: &Options, create: bool) -> Result<DirLock> {
+        Ok(DirLock::acquire(
             meta,
-            lock,
-            options,
-            ..
-        } = self;
-        drop(lock);
-        let lock = DirLock::acquire(
-            &meta,
             Path::new(LOCK),
-            LockMode::Shared,
+            mode,
             options.lock_timeout,
             &options.command,
-            false,
-        )?;
-        Self::after_lock(root, meta, lock, options)
+            create,
+        )?)
     }
 
     pub fn lock_mode(&self) -> LockMode {
         self.lock.mode()
-    }
-
-    pub fn options(&self) -> &Options {
-        &self.options
     }
 
     /// The data dir.
@@ -476,64 +436,12 @@ impl DataDir {
             .max()
             .unwrap_or(0);
         let to = highest.max(self.live.unwrap_or(0)) + 1;
-        let partial = gens.join(format!(".{to}.partial"));
-        let result = (|| -> Result<()> {
-            self.meta.create_dir_all(&partial)?;
-            let staging = self.meta.open_dir(&partial)?;
-            let mut durable = Durable::new();
-            let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-            dirs.insert(PathBuf::from("."));
-            if let Some(live) = self.live {
-                let from = self.open_generation(live)?;
-                for (rel, kind) in from.walk(Path::new("."))? {
-                    if rel.to_string_lossy().contains(TEMP_MARKER) {
-                        continue;
-                    }
-                    if kind == Kind::Dir {
-                        staging.create_dir_unsynced(&rel)?;
-                        dirs.insert(rel);
-                    } else if !changes.contains_key(&rel) {
-                        from.copy_into(&rel, &staging, &rel, &mut durable)?;
-                    }
-                }
-            }
-            for (rel, file) in changes {
-                let Some(file) = file else { continue };
-                let ancestors: Vec<&Path> = rel
-                    .ancestors()
-                    .skip(1)
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .collect();
-                for p in ancestors.into_iter().rev() {
-                    if dirs.insert(p.to_path_buf()) {
-                        staging.create_dir_unsynced(p)?;
-                    }
-                }
-                if staging.kind(rel)?.is_some() {
-                    return Err(DataDirError::Corrupt {
-                        path: self.root.display(rel),
-                        reason: "written twice in one change (an internal error)".into(),
-                    });
-                }
-                staging.write_new(rel, &file.content, file.mode, None, &mut durable)?;
-            }
-            for d in &dirs {
-                staging.sync_dir_later(d, &mut durable)?;
-            }
-            // Every file and directory durable before the generation gets its final name.
-            durable.sync()?;
-            self.meta.rename(&partial, &Self::generation_dir(to))?;
-            self.meta.sync_dir(gens)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = self.meta.remove_dir_all(&partial);
-            let staged = Self::generation_dir(to);
-            if self.meta.kind(&staged).ok().flatten().is_some() {
-                let _ = self.meta.remove_dir_all(&staged);
-            }
-            return Err(e);
-        }
+        let from = match self.live {
+            Some(live) => Some(self.open_generation(live)?),
+            None => None,
+        };
+        self.meta
+            .build_dir(&Self::generation_dir(to), from.as_ref(), changes)?;
         Ok(to)
     }
 

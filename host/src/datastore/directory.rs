@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::{Datastore, DatastoreError, Op, Snapshot};
-use crate::fs::{Durable, FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
+use crate::fs::{FsError, Kind, NewFile, PRIVATE_FILE, Root, TEMP_MARKER};
 
 const KV: &str = ".kv";
 const CURRENT: &str = ".kv/current";
@@ -220,63 +220,24 @@ impl Datastore for DirectoryDatastore {
         let next = found + 1;
         let kv = Path::new(KV);
         self.root.create_dir_all(kv)?;
-        let partial = kv.join(format!(".{next}.partial"));
-        if self.root.exists(&partial) {
-            self.root.remove_dir_all(&partial)?;
+        let mut files = BTreeMap::new();
+        for op in ops {
+            let file = match op {
+                Op::Put { value, .. } => Some(NewFile {
+                    content: value.clone(),
+                    mode: PRIVATE_FILE,
+                }),
+                Op::Delete { .. } => None,
+            };
+            files.insert(Self::rel(op.key())?, file);
         }
-        let result = (|| -> Result<(), DatastoreError> {
-            self.root.create_dir_all(&partial)?;
-            let staging = self.root.open_dir(&partial)?;
-            let mut durable = Durable::new();
-            let replaced: Vec<PathBuf> = ops
-                .iter()
-                .map(|op| Self::rel(op.key()))
-                .collect::<Result<_, _>>()?;
-            if found > 0 {
-                let live = self.root.open_dir(&Self::revision_dir(found))?;
-                for (rel, kind) in live.walk(Path::new("."))? {
-                    if kind == Kind::Dir {
-                        staging.create_dir_all(&rel)?;
-                    } else if !replaced.contains(&rel)
-                        && !rel.to_string_lossy().contains(TEMP_MARKER)
-                    {
-                        live.copy_into(&rel, &staging, &rel, &mut durable)?;
-                    }
-                }
-            }
-            for op in ops {
-                if let Op::Put { key, value } = op {
-                    let rel = Self::rel(key)?;
-                    if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        staging.create_dir_all(parent)?;
-                    }
-                    staging.write_new(&rel, value, PRIVATE_FILE, None, &mut durable)?;
-                }
-            }
-            staging.sync_dir_later(Path::new("."), &mut durable)?;
-            for (rel, kind) in staging.walk(Path::new("."))? {
-                if kind == Kind::Dir {
-                    staging.sync_dir_later(&rel, &mut durable)?;
-                }
-            }
-            durable.sync()?;
-            self.root.rename(&partial, &Self::revision_dir(next))?;
-            self.root.sync_dir(kv)?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = self.root.remove_dir_all(&partial);
-            if self
-                .root
-                .kind(&Self::revision_dir(next))
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                let _ = self.root.remove_dir_all(&Self::revision_dir(next));
-            }
-            return Err(e);
-        }
+        let live = if found > 0 {
+            Some(self.root.open_dir(&Self::revision_dir(found))?)
+        } else {
+            None
+        };
+        self.root
+            .build_dir(&Self::revision_dir(next), live.as_ref(), &files)?;
         // The switch: one rename of the link. Once the rename is done the commit is made,
         // whatever follows: the new revision is never removed after it.
         let tmp = kv.join(format!(".current{TEMP_MARKER}{}", std::process::id()));

@@ -107,11 +107,6 @@ pub mod failpoints {
         }
     }
 
-    /// Steps counted so far in this process.
-    pub fn steps() -> u64 {
-        STEPS.load(Ordering::Relaxed)
-    }
-
     /// A named point: the process is killed here when `ROTOR_FAILPOINT` names it.
     pub fn named(name: &str) {
         if let Spec::Named(n) = &config().spec
@@ -210,6 +205,13 @@ impl Durable {
             })
         })
     }
+}
+
+/// A file to write: its bytes and mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewFile {
+    pub content: Vec<u8>,
+    pub mode: u32,
 }
 
 /// What a path is, without following a final symlink.
@@ -776,6 +778,72 @@ impl Root {
             modified,
             durable,
         )
+    }
+
+    /// Build the directory `to` (which must not exist) as a copy of `from` (when given) with
+    /// `files` applied: `Some` written with its mode, `None` left out. It is built under the
+    /// name `.NAME.partial` beside `to`, every file and directory made durable, then renamed to
+    /// `to`: whoever finds `to` finds it complete. On error nothing of it is left behind.
+    /// Names holding [`TEMP_MARKER`] are not copied.
+    pub fn build_dir(
+        &self,
+        to: &Path,
+        from: Option<&Root>,
+        files: &std::collections::BTreeMap<PathBuf, Option<NewFile>>,
+    ) -> Result<(), FsError> {
+        let (parent, name) = self.split(to)?;
+        let partial = parent.join(format!(".{name}.partial"));
+        if self.kind(&partial)?.is_some() {
+            self.remove_dir_all(&partial)?;
+        }
+        let result = (|| {
+            self.create_dir_all(&partial)?;
+            let dest = self.open_dir(&partial)?;
+            let mut durable = Durable::new();
+            let mut dirs = std::collections::BTreeSet::from([PathBuf::from(".")]);
+            if let Some(from) = from {
+                for (rel, kind) in from.walk(Path::new("."))? {
+                    if rel.to_string_lossy().contains(TEMP_MARKER) {
+                        continue;
+                    }
+                    if kind == Kind::Dir {
+                        dest.create_dir_unsynced(&rel)?;
+                        dirs.insert(rel);
+                    } else if !files.contains_key(&rel) {
+                        from.copy_into(&rel, &dest, &rel, &mut durable)?;
+                    }
+                }
+            }
+            for (rel, file) in files {
+                let Some(file) = file else { continue };
+                let ancestors: Vec<&Path> = rel
+                    .ancestors()
+                    .skip(1)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect();
+                for p in ancestors.into_iter().rev() {
+                    if dirs.insert(p.to_path_buf()) {
+                        dest.create_dir_unsynced(p)?;
+                    }
+                }
+                dest.write_new(rel, &file.content, file.mode, None, &mut durable)?;
+            }
+            for d in &dirs {
+                dest.sync_dir_later(d, &mut durable)?;
+            }
+            // Every file and directory durable before the tree gets its final name.
+            durable.sync()?;
+            self.rename(&partial, to)?;
+            self.sync_dir(&parent)
+        })();
+        if let Err(e) = result {
+            let _ = self.remove_dir_all(&partial);
+            if self.kind(to).ok().flatten().is_some() {
+                let _ = self.remove_dir_all(to);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Open `rel` for reading, as a file to read in pieces.
