@@ -205,12 +205,7 @@ fn renewal(c: &mut Criterion) {
         b.iter(|| black_box(sandbox.renewal(&request).expect("decision")))
     });
 
-    // What rotor runs: the bundle's session (warm sandbox, host rules, logs).
     let bundle = default_bundle(&default_engine);
-    let mut session = bundle.session();
-    group.bench_function("warm_bundle_session", |b| {
-        b.iter(|| black_box(session.renewal(&request).expect("decision")))
-    });
 
     // A fresh Store + instance (+ configure) per decision, for each engine choice.
     for (name, pooling, epoch) in [
@@ -244,30 +239,23 @@ fn renewal(c: &mut Criterion) {
 }
 
 /// 3: the SAN hook on an apiserver certificate's 12 names, and on a kubelet CSR; the CSR hook
-/// on the same CSR. Warm (as in a batch) and fresh (as for one command).
+/// on the same CSR, each in a fresh sandbox as rotor runs every decision.
 fn san_and_csr_hooks(c: &mut Criterion) {
     let engine = engine(true, true);
     let bundle = default_bundle(&engine);
     let apiserver = apiserver_san_request();
     let (csr, csr_names) = kubelet_csr();
-    let mut session = bundle.session();
     assert!(
         matches!(
-            session.validate_sans(&csr_names).expect("SAN").decision,
+            bundle.validate_sans(&csr_names).expect("SAN").decision,
             rotor::policy::decision::SanDecision::Allow
         ),
         "the bench CSR's names must be allowed, or the bench measures a denial"
     );
 
     let mut group = c.benchmark_group("san_hook");
-    group.bench_function("apiserver_12_sans/warm", |b| {
-        b.iter(|| black_box(session.validate_sans(&apiserver).expect("SAN")))
-    });
     group.bench_function("apiserver_12_sans/fresh", |b| {
         b.iter(|| black_box(bundle.validate_sans(&apiserver).expect("SAN")))
-    });
-    group.bench_function("kubelet_serving_csr/warm", |b| {
-        b.iter(|| black_box(session.validate_sans(&csr_names).expect("SAN")))
     });
     group.bench_function("kubelet_serving_csr/fresh", |b| {
         b.iter(|| black_box(bundle.validate_sans(&csr_names).expect("SAN")))
@@ -275,17 +263,14 @@ fn san_and_csr_hooks(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("csr_hook");
-    group.bench_function("kubelet_serving/warm", |b| {
-        b.iter(|| black_box(session.review_csr(&csr).expect("CSR")))
-    });
     group.bench_function("kubelet_serving/fresh", |b| {
         b.iter(|| black_box(bundle.review_csr(&csr).expect("CSR")))
     });
     group.finish();
 }
 
-/// 8: time per renewal decision for 1, 100 and 10,000 certificates (one session per batch, as
-/// `rotor start` and the CSR batch use it): the cost per decision stays flat.
+/// 8: time per renewal decision for 1, 100 and 10,000 certificates (a fresh sandbox for each,
+/// as rotor decides): the cost per decision stays flat.
 fn scaling(c: &mut Criterion) {
     let engine = engine(true, true);
     let bundle = default_bundle(&engine);
@@ -298,9 +283,8 @@ fn scaling(c: &mut Criterion) {
         }
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, &n| {
             b.iter(|| {
-                let mut session = bundle.session();
                 for _ in 0..n {
-                    black_box(session.renewal(&request).expect("decision"));
+                    black_box(bundle.renewal(&request).expect("decision"));
                 }
             })
         });

@@ -318,7 +318,7 @@ fn settings_refused_by_the_plugin_fail_the_bundle_load() {
         }],
     );
     let err = Bundle::load(&engine, &bundle_dir).unwrap_err();
-    let BundleError::Plugin { source, .. } = &err else {
+    let BundleError::Plugin { error: source, .. } = &err else {
         panic!("{err}")
     };
     assert!(

@@ -34,6 +34,7 @@ const TEST_PLUGINS: &[(&str, Target)] = &[
     ("hostile-lifetime", Target::Unknown),
     ("hostile-answers", Target::Unknown),
     ("hostile-wasi", Target::Wasip2),
+    ("hostile-stateful", Target::Unknown),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,13 @@
 //! Settings (JSON, every field optional):
 //! - `mode`: `"window"` (default) or `"fraction"`.
 //! - `lifetime_days`: lifetime to request for renewed certificates (default: the host's 365 days).
+//! - `issuer_backdate_seconds` (default 3600, at most a day): how far issuers set notBefore
+//!   before the real issuance (k3s, RKE2 and Let's Encrypt: one hour). The loop guard measures
+//!   a certificate's age from notBefore plus this, so a fresh certificate is never renewed.
 //! - window mode: `renew_before_days` (default 90): renew when expired or expiring within it.
+//!   When the window is not shorter than the certificate's life (a 30-day leaf and a 90-day
+//!   window), the window alone would renew it at once, forever: such a certificate is renewed
+//!   at 2/3 of its lifetime instead, as cert-manager does.
 //! - fraction mode: `renew_at_fraction` (default 2/3), `jitter_fraction` (default 0.1, moves the
 //!   renewal earlier by up to this fraction of the lifetime, seeded by the serial),
 //!   `renew_before_seconds` or `renew_before_percentage` (of the lifetime remaining),

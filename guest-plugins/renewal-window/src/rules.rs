@@ -43,6 +43,9 @@ pub enum Decision {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
     mode: Mode,
+    /// How far issuers set notBefore before the real issuance; the loop guard measures a
+    /// certificate's age from notBefore plus this.
+    backdate_seconds: i64,
     /// Lifetime requested for renewed certificates; `None` leaves it to the host (365 days).
     lifetime_seconds: Option<u64>,
 }
@@ -75,6 +78,7 @@ impl Default for Settings {
                 renew_before_seconds: 90 * DAY,
                 days: 90,
             },
+            backdate_seconds: DEFAULT_BACKDATE_SECONDS,
             lifetime_seconds: None,
         }
     }
@@ -87,6 +91,7 @@ impl Default for Settings {
 struct RawSettings {
     mode: Option<String>,
     lifetime_days: Option<u32>,
+    issuer_backdate_seconds: Option<u64>,
     // window mode
     renew_before_days: Option<u32>,
     // fraction mode
@@ -101,6 +106,13 @@ struct RawSettings {
 
 /// Longest lifetime or window a setting may ask for: 100 years.
 const MAX_DAYS: u32 = 36_500;
+/// k3s, RKE2 (dynamiclistener) and Let's Encrypt set notBefore one hour before issuance; the
+/// Kubernetes signer five minutes, kubeadm not at all. Assuming the longest only delays the
+/// loop guard of certificates that were not backdated, and never past their minimum time
+/// before notAfter.
+const DEFAULT_BACKDATE_SECONDS: i64 = 3600;
+/// Minimum age before a renewal, however short the certificate (cert-manager #1122).
+const MIN_AGE_SECONDS: i64 = 300;
 
 impl Settings {
     /// Parse and validate the operator's JSON settings. The error names the setting.
@@ -162,8 +174,18 @@ impl Settings {
                 ));
             }
         };
+        let backdate_seconds = match raw.issuer_backdate_seconds {
+            None => DEFAULT_BACKDATE_SECONDS,
+            Some(s) if s <= DAY as u64 => s as i64,
+            Some(s) => {
+                return Err(format!(
+                    "'issuer_backdate_seconds' must be at most {DAY} (one day), got {s}"
+                ));
+            }
+        };
         Ok(Settings {
             mode,
+            backdate_seconds,
             lifetime_seconds,
         })
     }
@@ -299,7 +321,37 @@ pub fn decide(
             renew_before_seconds,
             days,
         } => {
-            let left = i128::from(cert.not_after) - i128::from(now);
+            let na = i128::from(cert.not_after);
+            let left = na - i128::from(now);
+            let guard = loop_guard(settings, cert, 0, i128::from(MIN_AGE_SECONDS));
+            if na - i128::from(*renew_before_seconds) < guard {
+                // The window is as long as the certificate's life (a 30-day leaf, a 90-day
+                // window): the window alone would renew it at once, and its replacement too.
+                // cert-manager's answer: renew at 2/3 of the lifetime instead.
+                let nb = i128::from(cert.not_before);
+                let target = (nb + (na - nb) * 2 / 3).max(guard).min(na);
+                let how = format!(
+                    "the {days}-day renewal window is not shorter than the {} lifetime, so 2/3 of the lifetime",
+                    span(na - nb)
+                );
+                return if i128::from(now) >= target {
+                    renew(
+                        settings,
+                        format!("renewal time {} reached ({how})", date_i128(target)),
+                    )
+                } else {
+                    Decision::Keep {
+                        reason: format!(
+                            "expires on {} (in {}); renewal due on {} ({how})",
+                            date(cert.not_after),
+                            span(left),
+                            date_i128(target)
+                        ),
+                        // target lies between notBefore and notAfter, both i64.
+                        renew_at: Some(target as i64),
+                    }
+                };
+            }
             if left <= i128::from(*renew_before_seconds) {
                 renew(
                     settings,
@@ -321,7 +373,7 @@ pub fn decide(
             }
         }
         Mode::Fraction(f) => {
-            let (target, how) = fraction_target(f, cert, issuer_not_after);
+            let (target, how) = fraction_target(settings, f, cert, issuer_not_after);
             if i128::from(now) >= target {
                 renew(
                     settings,
@@ -348,6 +400,7 @@ fn renew(settings: &Settings, reason: String) -> Decision {
 /// The renewal instant for fraction mode, with a description of how it was chosen.
 /// Follows the algorithm of the reference study (policy-rules §4.3).
 fn fraction_target(
+    settings: &Settings,
     f: &Fraction,
     cert: &Certificate,
     issuer_not_after: Option<i64>,
@@ -355,7 +408,7 @@ fn fraction_target(
     let nb = i128::from(cert.not_before);
     let na = i128::from(cert.not_after);
     let lifetime = na - nb;
-    let loop_guard = nb + (lifetime * f.min_age_ppm / PPM).max(i128::from(f.min_age_seconds));
+    let loop_guard = loop_guard(settings, cert, f.min_age_ppm, i128::from(f.min_age_seconds));
     let min_renew_before = i128::from(f.min_renew_before_seconds);
 
     let fraction_rule = || {
@@ -426,6 +479,17 @@ fn fraction_target(
     }
     // Truncate to whole seconds is implicit (we work in seconds); keep it within the validity.
     (target.clamp(nb, na), how)
+}
+
+/// The earliest instant a renewal may be due: the certificate's real issuance (notBefore plus
+/// the issuer's backdating, never past notAfter) plus a minimum age, the larger of
+/// `min_age_ppm` of the time from issuance to notAfter and `min_age_seconds`. Measuring from
+/// notBefore instead renews a backdated short-lived certificate a minute after it was issued.
+fn loop_guard(settings: &Settings, cert: &Certificate, min_age_ppm: i128, min_age: i128) -> i128 {
+    let nb = i128::from(cert.not_before);
+    let na = i128::from(cert.not_after);
+    let issued = (nb + i128::from(settings.backdate_seconds)).min(na);
+    issued + ((na - issued) * min_age_ppm / PPM).max(min_age)
 }
 
 /// Deterministic 64-bit seed from the serial (FNV-1a, then the SplitMix64 finalizer), so a
@@ -656,6 +720,83 @@ mod tests {
         let s = Settings::default();
         assert!(!is_renew(&decide(&s, &c, None, 0)));
         assert!(is_renew(&decide(&s, &c, None, i64::MAX)));
+    }
+
+    fn backdated(lifetime: i64, backdate: i64, serial: &str) -> (Certificate, i64) {
+        let issued = T0;
+        (
+            Certificate {
+                is_ca: false,
+                not_before: issued - backdate,
+                not_after: issued - backdate + lifetime,
+                serial: serial.into(),
+            },
+            issued,
+        )
+    }
+
+    #[test]
+    fn window_rule_never_renews_a_fresh_certificate_shorter_than_the_window() {
+        // Acceptance 1(a): a 30-day leaf evaluated a minute after issuance, 90-day window.
+        let s = Settings::default();
+        for backdate in [0, 300, 3600] {
+            let (c, issued) = backdated(30 * DAY, backdate, "0a");
+            let d = decide(&s, &c, None, issued + 60);
+            assert!(!is_renew(&d), "backdate {backdate}: {d:?}");
+            // It renews at 2/3 of its lifetime instead, and then does renew.
+            let target = c.not_before + (c.not_after - c.not_before) * 2 / 3;
+            assert_eq!(
+                d,
+                match decide(&s, &c, None, issued + 60) {
+                    Decision::Keep { reason, .. } => Decision::Keep {
+                        reason,
+                        renew_at: Some(target)
+                    },
+                    other => other,
+                }
+            );
+            assert!(is_renew(&decide(&s, &c, None, target)));
+            assert!(!is_renew(&decide(&s, &c, None, target - 1)));
+        }
+        // A 90-day certificate backdated one hour (k3s) with a 90-day window: the window would
+        // open at the issuance itself; it is not renewed a minute later either.
+        let (c, issued) = backdated(90 * DAY + 3600, 3600, "0b");
+        assert!(!is_renew(&decide(&s, &c, None, issued + 60)));
+        // A year-long certificate keeps the plain window rule.
+        let (c, _) = backdated(365 * DAY + 3600, 3600, "0c");
+        assert!(is_renew(&decide(&s, &c, None, c.not_after - 90 * DAY)));
+        assert!(!is_renew(&decide(&s, &c, None, c.not_after - 90 * DAY - 1)));
+    }
+
+    #[test]
+    fn loop_guard_counts_from_the_real_issuance_of_a_backdated_certificate() {
+        // Acceptance 1(c): fraction rule, renew_before = lifetime - 10 min, notBefore backdated
+        // one hour (Let's Encrypt, k3s). Every lifetime from 70 minutes to a day, any serial:
+        // never renewed within a minute of issuance, never later than notAfter.
+        for minutes in (70..=180).chain([600, 1440]) {
+            let l = minutes * 60;
+            let s = fraction(&format!(
+                r#"{{"mode":"fraction","renew_before_seconds":{}}}"#,
+                l - 600
+            ));
+            for serial in ["01", "7f3a", "deadbeef"] {
+                let (c, issued) = backdated(l, 3600, serial);
+                let d = decide(&s, &c, None, issued + 60);
+                assert!(!is_renew(&d), "{minutes} min, serial {serial}: {d:?}");
+                assert!(is_renew(&decide(&s, &c, None, c.not_after)));
+            }
+        }
+        // With the issuer's backdating configured to zero, the guard counts from notBefore again.
+        let s = fraction(
+            r#"{"mode":"fraction","renew_before_seconds":3600,"issuer_backdate_seconds":0}"#,
+        );
+        let (c, issued) = backdated(5400, 3600, "01");
+        assert!(is_renew(&decide(&s, &c, None, issued + 60)));
+        assert!(
+            Settings::from_json(r#"{"issuer_backdate_seconds":90000}"#)
+                .unwrap_err()
+                .contains("'issuer_backdate_seconds'")
+        );
     }
 
     #[test]

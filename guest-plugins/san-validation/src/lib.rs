@@ -16,11 +16,16 @@
 //!   "profiles": {
 //!     "kubelet-serving": {
 //!       "max_dns_names": 1, "require_san": true, "dns": {"allow": []},
-//!       "node_binding": {"allowed_suffixes": ["int.example.com"], "require_ip_evidence": true}
+//!       "node_binding": {"allowed_suffixes": ["int.example.com"], "require_ip_evidence": true,
+//!                        "require_node_evidence": true}
 //!     }
 //!   }
 //! }
 //! ```
+//! With `node_binding`, a request for a node the host holds no evidence (addresses) for is
+//! denied with `NoNodeEvidence` unless `require_node_evidence` is false; the host turns a
+//! denial made only of missing evidence into "pending" (the CSR can be approved once evidence
+//! is given).
 //! A profile (chosen by the host: a signer profile such as `kubelet-serving` or a certificate
 //! name) replaces the base fields it sets. `ip.deny` defaults to the reserved ranges. See
 //! `rules.rs` for the exact semantics.

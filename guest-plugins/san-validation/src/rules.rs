@@ -118,6 +118,9 @@ struct RawNodeBinding {
     /// `--bypass-hostname-check`, narrowly scoped).
     #[serde(default)]
     bypass_dns_binding: bool,
+    /// The host must hold evidence (addresses) for the node at all, even for DNS-only names
+    /// (default true): a node nobody vouched for gets no serving certificate.
+    require_node_evidence: Option<bool>,
 }
 
 /// Reserved ranges denied by default when a rule set says nothing about `ip.deny`:
@@ -166,6 +169,7 @@ struct NodeBinding {
     suffixes: Vec<DnsName>,
     require_ip_evidence: bool,
     bypass_dns_binding: bool,
+    require_node_evidence: bool,
 }
 
 /// An email rule: `user@domain` (exact mailbox) or a domain pattern.
@@ -262,6 +266,7 @@ impl Rules {
                     .collect::<Result<_, _>>()?,
                 require_ip_evidence: nb.require_ip_evidence.unwrap_or(true),
                 bypass_dns_binding: nb.bypass_dns_binding,
+                require_node_evidence: nb.require_node_evidence.unwrap_or(true),
             }),
         };
         let max = |name: &str, v: Option<usize>, default: usize| -> Result<usize, String> {
@@ -431,6 +436,22 @@ pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
             format!(
                 "profile '{}' binds names to a node, but the request names no node",
                 request.profile
+            ),
+        ));
+    }
+    if let (Some(b), Some(node)) = (binding, &request.node)
+        && b.require_node_evidence
+        && node.addresses.is_empty()
+        && enforce
+    {
+        // Not proof against the request, only the lack of proof for it: the host leaves such
+        // a request pending until evidence is given.
+        out.push(violation(
+            "NoNodeEvidence",
+            node.name.as_str(),
+            format!(
+                "the host holds no evidence (addresses) for node '{}': names are bound only to a node someone vouched for",
+                node.name
             ),
         ));
     }

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use time::OffsetDateTime;
 
 use crate::cluster::Profile;
 use crate::datastore::RecordFormat;
@@ -27,7 +28,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options every command takes; `--help` lists them under their own heading.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The data dir: k3s/RKE2 `server/` and `agent/`, or kubeadm's `pki/` and kubeconfigs.
     #[arg(
@@ -149,8 +152,8 @@ pub struct InitArgs {
     #[arg(long, value_enum, default_value = "rotor-v1")]
     pub datastore_format: RecordFormat,
     /// Act at this instant (RFC 3339) instead of the system clock.
-    #[arg(long)]
-    pub now: Option<String>,
+    #[arg(long, value_parser = crate::clock::parse_now)]
+    pub now: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Args)]
@@ -159,8 +162,8 @@ pub struct StartArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Act at this instant (RFC 3339) instead of the system clock.
-    #[arg(long)]
-    pub now: Option<String>,
+    #[arg(long, value_parser = crate::clock::parse_now)]
+    pub now: Option<OffsetDateTime>,
     /// The token [default: the token file in the data dir].
     #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -178,8 +181,8 @@ pub enum CertificateCommand {
         services: Option<Vec<String>>,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -201,8 +204,8 @@ pub enum CertificateCommand {
     RotateDefaultCa {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -221,8 +224,8 @@ pub enum CertificateCommand {
         force: bool,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -232,8 +235,8 @@ pub enum CertificateCommand {
         /// Keep at most N previous keys [default: all].
         #[arg(long)]
         keep: Option<usize>,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -245,8 +248,8 @@ pub enum CertificateCommand {
     Check {
         #[arg(short, long, value_enum, default_value = "text")]
         output: CheckFormat,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
     },
 }
 
@@ -276,8 +279,8 @@ pub struct GenerateCustomCaArgs {
     #[arg(long, value_enum)]
     pub ca_key_type: Option<KeyType>,
     /// Act at this instant (RFC 3339) instead of the system clock.
-    #[arg(long)]
-    pub now: Option<String>,
+    #[arg(long, value_parser = crate::clock::parse_now)]
+    pub now: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,7 +334,8 @@ pub struct CsrArgs {
     /// PEM CSRs: a group of the requester (repeatable).
     #[arg(long = "group")]
     pub groups: Vec<String>,
-    /// PEM CSRs: a requested usage, Kubernetes spelling (repeatable).
+    /// PEM CSRs: a requested usage, Kubernetes spelling (repeatable) [default: the usages the
+    /// CSR requests in its own extensions, else the signer's standard usages].
     #[arg(long = "usage", value_parser = parse_usage)]
     pub usages: Vec<Usage>,
     /// PEM CSRs: requested lifetime in seconds (spec.expirationSeconds).
@@ -355,9 +359,14 @@ pub struct CsrArgs {
     /// Batch: worker threads [default: one per core].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The longest lifetime rotor issues, whatever the policy approves: `[SIGNER=]DURATION`
+    /// (`30d`, `12h`, `90m`, `600s`), for one signer or, without `SIGNER=`, for every signer
+    /// (repeatable) [default: 365d for every signer].
+    #[arg(long = "max-lifetime", value_parser = parse_max_lifetime, value_name = "[SIGNER=]DURATION")]
+    pub max_lifetimes: Vec<(Option<String>, u64)>,
     /// Review and sign at this instant (RFC 3339) instead of the system clock.
-    #[arg(long)]
-    pub now: Option<String>,
+    #[arg(long, value_parser = crate::clock::parse_now)]
+    pub now: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,8 +379,8 @@ pub enum TokenCommand {
         /// The current token [default: the token file].
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
     },
 }
 
@@ -389,15 +398,15 @@ pub enum CertsCommand {
     CheckExpiration {
         #[arg(short, long, value_enum, default_value = "text")]
         output: ExpirationFormat,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
     },
     /// Renew a certificate (or all) from its current attributes, with a new key.
     Renew {
         /// `all`, or a certificate name (admin.conf, apiserver, etcd-server, ...).
         which: String,
-        #[arg(long)]
-        now: Option<String>,
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
     },
     /// Write a key and a CSR per certificate, for an external CA to sign.
     GenerateCsr {
@@ -483,16 +492,16 @@ pub struct EvalArgs {
     pub input: PathBuf,
 
     /// Evaluate at this instant (RFC 3339) instead of the system clock.
-    #[arg(long)]
-    pub now: Option<String>,
+    #[arg(long, value_parser = crate::clock::parse_now)]
+    pub now: Option<OffsetDateTime>,
 
     /// Renewal: the certificate's name in its layout (default: its CN).
     #[arg(long)]
     pub name: Option<String>,
 
     /// Renewal: the issuing CA's notAfter (default: the next certificate in the PEM bundle).
-    #[arg(long)]
-    pub issuer_not_after: Option<String>,
+    #[arg(long, value_parser = crate::clock::parse_now)]
+    pub issuer_not_after: Option<OffsetDateTime>,
 
     /// SAN: rule profile (kubelet-serving, a certificate name, ...).
     #[arg(long)]
@@ -537,4 +546,41 @@ pub struct EvalArgs {
 
 fn parse_usage(s: &str) -> Result<Usage, String> {
     s.parse()
+}
+
+/// `[SIGNER=]DURATION` for `--max-lifetime`: a whole number of seconds, minutes, hours or days,
+/// from the Kubernetes signer's 10-minute floor to 100 years.
+fn parse_max_lifetime(s: &str) -> Result<(Option<String>, u64), String> {
+    let (signer, duration) = match s.rsplit_once('=') {
+        Some((signer, d)) if !signer.is_empty() => (Some(signer.to_string()), d),
+        Some(_) => return Err(format!("'{s}': the signer before '=' is empty")),
+        None => (None, s),
+    };
+    let split = duration
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(duration.len());
+    let (number, unit) = duration.split_at(split);
+    let unit_seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "'{duration}' is not a duration like 30d, 12h, 90m or 600s"
+            ));
+        }
+    };
+    let seconds = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_seconds))
+        .ok_or_else(|| format!("'{duration}' is not a duration like 30d, 12h, 90m or 600s"))?;
+    let (min, max) = (crate::csr::MIN_LIFETIME_SECONDS, 36_500 * 86_400);
+    if !(min..=max).contains(&seconds) {
+        return Err(format!(
+            "'{duration}' must be between {min} seconds and 36500 days"
+        ));
+    }
+    Ok((signer, seconds))
 }

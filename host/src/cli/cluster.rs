@@ -15,11 +15,9 @@ use crate::cluster::start::{self, Action, Mode};
 use crate::cluster::{Cluster, check, init, kubeadm_certs};
 use crate::policy::{Bundle, rfc3339};
 
-pub(super) fn now(arg: &Option<String>) -> anyhow::Result<OffsetDateTime> {
-    match arg {
-        Some(s) => clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--now': {e}")),
-        None => Ok(clock::system_now()),
-    }
+/// `--now` (already parsed and range-checked by clap), else the system clock.
+pub(super) fn now(arg: Option<OffsetDateTime>) -> OffsetDateTime {
+    arg.unwrap_or_else(clock::system_now)
 }
 
 fn bundle(global: &GlobalArgs) -> anyhow::Result<Bundle> {
@@ -39,8 +37,9 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
         token: args.token,
         key_type: args.key_type,
         datastore_format: args.datastore_format,
-        now: now(&args.now)?,
+        now: now(args.now),
     };
+    let at = opts.now;
     let profile = opts.profile;
     let report = init::init(
         &global.data_dir,
@@ -85,6 +84,7 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
     if let Some(h) = report.discovery_hash {
         outln!("kubeadm discovery hash: --discovery-token-ca-cert-hash {h}");
     }
+    warn_if_future(at, report.issued.len() + report.generated_cas.len());
     Ok(Exit::Success)
 }
 
@@ -111,6 +111,21 @@ fn print_plan(plan: &start::Plan, verb: &str) {
     for w in &plan.warnings {
         outln!("  warning: {w}");
     }
+}
+
+/// Certificates issued at a `--now` later than the system clock are not yet valid at the real
+/// time: every consumer refuses them until then. Say so loudly (standard error), once.
+pub(super) fn warn_if_future(now: OffsetDateTime, issued: usize) {
+    let real = clock::system_now();
+    // Backdating (5 minutes for kubeadm, an hour for k3s) covers a small lead.
+    if issued == 0 || now - real <= time::Duration::minutes(5) {
+        return;
+    }
+    eprintln!(
+        "rotor: WARNING: --now {} is {} after the system clock: the {issued} certificate(s) just written are not valid until about then, and every consumer refuses them until that time (run 'rotor certificate rotate' without --now to replace them)",
+        rfc3339(now),
+        check::short_duration(now - real),
+    );
 }
 
 fn run_plan(
@@ -172,6 +187,7 @@ fn run_plan(
     if let Some(b) = &applied.backup {
         outln!("previous files kept in {}", b.display());
     }
+    warn_if_future(now, applied.reissued.len());
     for w in &applied.warnings {
         outln!("  warning: {w}");
     }
@@ -193,7 +209,7 @@ pub(super) fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<Exit
         global,
         Mode::Start,
         args.dry_run,
-        now(&args.now)?,
+        now(args.now),
         args.token,
     )
 }
@@ -205,30 +221,30 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
             dry_run,
             now: at,
             token,
-        } => run_plan(global, Mode::Rotate { services }, dry_run, now(&at)?, token),
+        } => run_plan(global, Mode::Rotate { services }, dry_run, now(at), token),
         CertificateCommand::GenerateCustomCa(args) => super::rotation::generate_custom_ca(*args),
         CertificateCommand::RotateDefaultCa {
             out,
             now: at,
             token,
-        } => super::rotation::rotate_default_ca(global, &out, now(&at)?, token),
+        } => super::rotation::rotate_default_ca(global, &out, now(at), token),
         CertificateCommand::RotateCa {
             path,
             force,
             dry_run,
             now: at,
             token,
-        } => super::rotation::rotate_ca(global, &path, force, dry_run, now(&at)?, token),
+        } => super::rotation::rotate_ca(global, &path, force, dry_run, now(at), token),
         CertificateCommand::RotateServiceKey {
             keep,
             now: at,
             token,
-        } => super::rotation::rotate_service_key(global, keep, now(&at)?, token),
+        } => super::rotation::rotate_service_key(global, keep, now(at), token),
         CertificateCommand::Check {
             output: format,
             now: at,
         } => {
-            let at = now(&at)?;
+            let at = now(at);
             let bundle = bundle(global)?;
             let cluster = Cluster::open_read(
                 &global.data_dir,
@@ -313,7 +329,7 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             output: format,
             now: at,
         } => {
-            let at = now(&at)?;
+            let at = now(at);
             let cluster = Cluster::open_read(
                 &global.data_dir,
                 &super::datadir_options(global, "certs check-expiration"),
@@ -387,7 +403,7 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
             Ok(Exit::Success)
         }
         CertsCommand::Renew { which, now: at } => {
-            let at = now(&at)?;
+            let at = now(at);
             let bundle = bundle(global)?;
             let mut cluster = Cluster::open_write(
                 &global.data_dir,

@@ -14,7 +14,7 @@ use super::cluster::now;
 use super::output::{out, outln};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, LoadedCa};
 use crate::csr::batch::{self, Item, ItemInput, Summary};
-use crate::csr::{self, CsrInput, Verdict, k8s};
+use crate::csr::{self, CsrInput, SignerLimits, Verdict, k8s};
 use crate::facts::{PemKind, read_pem_blocks};
 use crate::pki::CaSigner;
 use crate::policy::Bundle;
@@ -115,7 +115,14 @@ fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
                     .find(|b| b.kind == PemKind::CertificateRequest),
                 context(args, evidence),
             ) {
-                (Some(b), Ok(ctx)) => ItemInput::Pem(CsrInput { der: b.der, ctx }),
+                (Some(b), Ok(mut ctx)) => {
+                    if ctx.usages.is_empty()
+                        && let Some((usages, _)) = csr::default_usages(&ctx.signer_name, &b.der)
+                    {
+                        ctx.usages = usages;
+                    }
+                    ItemInput::Pem(CsrInput { der: b.der, ctx })
+                }
                 (None, _) => ItemInput::Invalid(format!("{name}: no CERTIFICATE REQUEST block")),
                 (_, Err(e)) => ItemInput::Invalid(format!("{name}: {e}")),
             },
@@ -156,7 +163,7 @@ fn cas(
 pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Result<Exit> {
     let engine = super::engine(global)?;
     let bundle = Bundle::load(&engine, &global.bundle)?;
-    let at = now(&args.now)?;
+    let at = now(args.now);
     let evidence = Evidence::load(&args)?;
     let loaded = cas(global, sign)?;
     let signer_of = |signer: &str| -> Option<&CaSigner> {
@@ -165,8 +172,13 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
             .signer()
     };
 
+    let mut limits = SignerLimits::default();
+    for (signer, seconds) in &args.max_lifetimes {
+        limits.set_max_lifetime(signer.as_deref(), *seconds);
+    }
+
     if args.dir.is_some() || args.jsonl.is_some() {
-        return run_batch(&bundle, &args, &evidence, &signer_of, sign, at);
+        return run_batch(&bundle, &args, &evidence, &signer_of, &limits, sign, at);
     }
     let path = args
         .csr
@@ -184,11 +196,21 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
             }
             &o.input
         }
-        ItemInput::Pem(input) => input,
+        ItemInput::Pem(input) => {
+            if args.usages.is_empty()
+                && let Some((usages, from)) = csr::default_usages(&input.ctx.signer_name, &input.der)
+            {
+                let list: Vec<String> = usages.iter().map(|u| format!("'{u}'")).collect();
+                eprintln!(
+                    "rotor: no --usage given: using {} ({from})",
+                    list.join(", ")
+                );
+            }
+            input
+        }
     };
     let ca = signer_of(&input.ctx.signer_name);
-    let mut eval = bundle.session();
-    let review = csr::review(&mut eval, input, ca.map(|c| c.facts.not_after), at)?;
+    let review = csr::review(&bundle, input, ca.map(|c| c.facts.not_after), &limits, at)?;
     let certificate = match (&review.verdict, sign) {
         (Verdict::Approve { .. }, true) => {
             let ca = ca.ok_or_else(|| {
@@ -279,11 +301,82 @@ fn write_out(path: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// The file an outcome's certificate or object is written to in `--out-dir`, without its
+/// extension: the object's `metadata.name`, else the input file's stem, else (a `--jsonl` line)
+/// the stream's stem and line number. Only `[A-Za-z0-9._-]` are kept.
+fn output_stem(o: &batch::Outcome) -> String {
+    let base = match &o.csr {
+        Some(name) => name.clone(),
+        None => match o.name.rsplit_once(':') {
+            // `stream:line`
+            Some((stream, line)) if line.chars().all(|c| c.is_ascii_digit()) => {
+                let stem = Path::new(stream)
+                    .file_stem()
+                    .map_or_else(|| "stdin".into(), |s| s.to_string_lossy().into_owned());
+                format!("{stem}-line-{line}")
+            }
+            _ => Path::new(&o.name)
+                .file_stem()
+                .map_or_else(|| o.name.clone(), |s| s.to_string_lossy().into_owned()),
+        },
+    };
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match clean.trim_start_matches('.') {
+        "" => "csr".into(),
+        rest => rest.to_string(),
+    }
+}
+
+/// Write every certificate (PEM input) or updated object (Kubernetes input) of a batch into
+/// `root`, one file each, named by [`output_stem`] (`-2`, `-3`, ... when two outcomes share a
+/// name). Never overwrites: when any of the files exists already, nothing is written.
+fn write_outputs(root: &crate::fs::Root, outcomes: &[batch::Outcome]) -> anyhow::Result<()> {
+    let mut taken = std::collections::BTreeSet::new();
+    let mut files = Vec::new();
+    for o in outcomes {
+        let (ext, bytes) = if let Some(obj) = &o.object {
+            ("json", format!("{}\n", serde_json::to_string_pretty(obj)?))
+        } else if let Some(cert) = &o.certificate {
+            ("crt", cert.clone())
+        } else {
+            continue;
+        };
+        let stem = output_stem(o);
+        let mut file = format!("{stem}.{ext}");
+        let mut n = 1;
+        while !taken.insert(file.clone()) {
+            n += 1;
+            file = format!("{stem}-{n}.{ext}");
+        }
+        files.push((PathBuf::from(file), bytes));
+    }
+    if let Some((existing, _)) = files.iter().find(|(f, _)| root.exists(f)) {
+        anyhow::bail!(
+            "{}: already exists; --out-dir never overwrites (choose an empty directory); nothing was written",
+            root.display(existing).display()
+        );
+    }
+    for (file, bytes) in &files {
+        root.write_atomic(file, bytes.as_bytes(), crate::fs::PUBLIC_FILE)?;
+    }
+    Ok(())
+}
+
 fn run_batch<'ca>(
     bundle: &Bundle,
     args: &CsrArgs,
     evidence: &Evidence,
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    limits: &SignerLimits,
     sign: bool,
     at: time::OffsetDateTime,
 ) -> anyhow::Result<Exit> {
@@ -371,7 +464,7 @@ fn run_batch<'ca>(
                 bar.finish_and_clear();
             })
         });
-        let outcomes = batch::process(bundle, &items, signer, sign, at, threads, &done);
+        let outcomes = batch::process(bundle, &items, signer, limits, sign, at, threads, &done);
         if let Some(t) = ticker {
             let _ = t.join();
         }
@@ -382,27 +475,11 @@ fn run_batch<'ca>(
         Some(d) => Some(crate::fs::Root::create_ambient(d)?),
         None => None,
     };
+    if let Some(root) = &out_dir {
+        write_outputs(root, &outcomes)?;
+    }
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     for o in &outcomes {
-        if let Some(root) = &out_dir {
-            let stem: String = Path::new(&o.name)
-                .file_stem()
-                .map(|s| s.to_string_lossy().replace(':', "_"))
-                .unwrap_or_else(|| o.name.clone());
-            if let Some(obj) = &o.object {
-                root.write_atomic(
-                    &PathBuf::from(format!("{stem}.json")),
-                    format!("{}\n", serde_json::to_string_pretty(obj)?).as_bytes(),
-                    crate::fs::PUBLIC_FILE,
-                )?;
-            } else if let Some(cert) = &o.certificate {
-                root.write_atomic(
-                    &PathBuf::from(format!("{stem}.crt")),
-                    cert.as_bytes(),
-                    crate::fs::PUBLIC_FILE,
-                )?;
-            }
-        }
         writeln!(stdout, "{}", serde_json::to_string(o)?)?;
     }
     stdout.flush()?;

@@ -69,16 +69,8 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
 }
 
 fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
-    let now = match &args.now {
-        Some(s) => clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--now': {e}"))?,
-        None => clock::system_now(),
-    };
-    let issuer_not_after = match &args.issuer_not_after {
-        Some(s) => Some(
-            clock::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("'--issuer-not-after': {e}"))?,
-        ),
-        None => None,
-    };
+    let now = args.now.unwrap_or_else(clock::system_now);
+    let issuer_not_after = args.issuer_not_after;
     let what = args.input.display().to_string();
     let bytes = read_input(&args.input)?;
     let ctx = InputContext {

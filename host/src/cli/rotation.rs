@@ -58,7 +58,7 @@ pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<E
             } else {
                 KeyType::EcdsaP256
             }),
-        now: now(&args.now)?,
+        now: now(args.now),
     };
     let g = custom_ca::generate_custom_ca(&args.out, opts)?;
     outln!("wrote {} files to {}", g.files.len(), g.dir.display());
@@ -219,7 +219,7 @@ pub(super) fn token(global: &GlobalArgs, cmd: TokenCommand) -> anyhow::Result<Ex
                 &global.data_dir,
                 &super::datadir_options(global, "token rotate"),
             )?;
-            let t = secrets::rotate_token(&mut cluster, token.as_deref(), &new_token, now(&at)?)?;
+            let t = secrets::rotate_token(&mut cluster, token.as_deref(), &new_token, now(at))?;
             outln!(
                 "bootstrap data re-encrypted under the new token; the old token no longer decrypts it"
             );

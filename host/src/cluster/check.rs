@@ -2,8 +2,9 @@
 //! certificates in each chain included, as k3s does), with its status.
 //!
 //! Status: `NOT YET VALID`, `EXPIRED`, `WARNING` (a leaf the renewal policy would renew now, or a
-//! CA within 365 days of expiry), `OK`; `MISSING` and `INVALID` for files that are absent or
-//! unreadable. Read-only: needs neither the token nor the datastore.
+//! CA within 365 days of expiry), `ROTATE CA` (a leaf due for renewal whose CA ends too soon for
+//! a replacement to outlive it: `start` keeps it), `OK`; `MISSING` and `INVALID` for files that
+//! are absent or unreadable. Read-only: needs neither the token nor the datastore.
 
 use std::path::Path;
 
@@ -28,6 +29,9 @@ pub enum Status {
     Expired,
     #[serde(rename = "NOT YET VALID")]
     NotYetValid,
+    /// A leaf the policy would renew, but whose CA ends too soon for a replacement to help.
+    #[serde(rename = "ROTATE CA")]
+    RotateCa,
     #[serde(rename = "MISSING")]
     Missing,
     #[serde(rename = "INVALID")]
@@ -41,6 +45,7 @@ impl Status {
             Status::Warning => "WARNING",
             Status::Expired => "EXPIRED",
             Status::NotYetValid => "NOT YET VALID",
+            Status::RotateCa => "ROTATE CA",
             Status::Missing => "MISSING",
             Status::Invalid => "INVALID",
         }
@@ -209,6 +214,8 @@ fn certificates_in(
 /// Every certificate rotor manages.
 pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    // Each CA's notAfter, by name, from its own file (a leaf's chain may not carry it).
+    let mut ca_not_after = std::collections::BTreeMap::new();
     let rel = |p: &Path| p.display().to_string();
     for spec in &cluster.layout.cas {
         let external = cluster.config.is_external(spec.name);
@@ -241,6 +248,9 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
                     };
                     match parse_certificate_der("certificate", der) {
                         Ok(f) => {
+                            if i == 0 {
+                                ca_not_after.insert(spec.name, f.not_after);
+                            }
                             let (status, detail) = ca_status(&f, now);
                             rows.push(row(
                                 &rel(&spec.cert),
@@ -284,10 +294,11 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
                 continue;
             }
         };
-        let issuer_not_after = ders
-            .get(1)
-            .and_then(|d| parse_certificate_der("ca", d).ok())
-            .map(|f| f.not_after);
+        let issuer_not_after = ca_not_after.get(spec.ca).copied().or_else(|| {
+            ders.get(1)
+                .and_then(|d| parse_certificate_der("ca", d).ok())
+                .map(|f| f.not_after)
+        });
         for (i, der) in ders.iter().enumerate() {
             let f = match parse_certificate_der("certificate", der) {
                 Ok(f) => f,
@@ -326,7 +337,23 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
                     };
                     match bundle.renewal(&request) {
                         Ok(o) if o.decision.is_renew() => {
-                            (Status::Warning, o.decision.reason().to_string())
+                            let lifetime = o.decision.lifetime().map_or(
+                                super::init::LEAF_LIFETIME.whole_seconds().unsigned_abs(),
+                                |l| l.as_secs(),
+                            );
+                            let pointless = issuer_not_after.and_then(|ca| {
+                                super::start::replacement_pointless(
+                                    spec.ca,
+                                    ca,
+                                    f.not_after,
+                                    lifetime,
+                                    now,
+                                )
+                            });
+                            match pointless {
+                                Some(why) if !external => (Status::RotateCa, why),
+                                _ => (Status::Warning, o.decision.reason().to_string()),
+                            }
                         }
                         Ok(_) => (Status::Ok, String::new()),
                         Err(e) => (Status::Warning, format!("renewal policy failed: {e}")),

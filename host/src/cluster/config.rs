@@ -99,6 +99,15 @@ impl ClusterConfig {
         }
     }
 
+    /// The address generated kubeconfigs point the API server at: the first node IP, else
+    /// 127.0.0.1. The API server's certificate always covers it.
+    pub fn apiserver_ip(&self) -> IpAddr {
+        self.node_ips
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
     /// `--tls-san` values that are IPs, and those that are names.
     pub fn tls_san_split(&self) -> (Vec<String>, Vec<IpAddr>) {
         let mut names = Vec::new();

@@ -369,8 +369,7 @@ pub fn rotate_default_ca(
     now: OffsetDateTime,
 ) -> Result<RotatedDefault> {
     use sha2::Digest;
-    let token = cluster.token(token)?;
-    let data = cluster.bootstrap(&token)?;
+    let (token, data) = cluster.open_bootstrap(token, now)?;
     let layout = &cluster.layout;
     let tls = PathBuf::from(tls_dir(layout.profile));
     let stamp = now.unix_timestamp();

@@ -72,9 +72,17 @@ fn kubeconfig(file: &str, cn: &str, orgs: &[&str], restart: Vec<&'static str>) -
 pub(super) fn layout(config: &ClusterConfig) -> Layout {
     let node = &config.node_name;
     let mut apiserver = named("kube-apiserver", apiserver_sans(config));
-    // kubeadm's apiserver certificate carries no loopback or 'localhost' names.
-    apiserver.dns_names.retain(|d| d != "localhost");
-    apiserver.ip_addresses.retain(|ip| !ip.is_loopback());
+    // kubeadm's apiserver certificate carries no loopback or 'localhost' names of its own; it
+    // keeps every name the operator gave (`--tls-san`) and the address every generated
+    // kubeconfig points at (a node IP of 127.0.0.1 included), or kubectl could not connect.
+    let (tls_dns, tls_ips) = config.tls_san_split();
+    let kubeconfig_ip = config.apiserver_ip();
+    apiserver
+        .dns_names
+        .retain(|d| d != "localhost" || tls_dns.contains(d));
+    apiserver
+        .ip_addresses
+        .retain(|ip| !ip.is_loopback() || tls_ips.contains(ip) || *ip == kubeconfig_ip);
     let leaves = vec![
         files(
             "apiserver",

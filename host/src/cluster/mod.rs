@@ -462,6 +462,48 @@ impl Cluster {
         Token::parse(&text).map_err(|e| ClusterError::Token(e.to_string()))
     }
 
+    /// The token (`given` on the command line, else the token file's) and the bootstrap record
+    /// it opens. A given token that carries a CA hash must pin the cluster's token CA, as
+    /// `init` and `--new-token` require: a token for another cluster (or a stale one) is
+    /// refused before anything is decided.
+    pub fn open_bootstrap(
+        &self,
+        given: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<(Token, BootstrapData)> {
+        let token = self.token(given)?;
+        let data = self.bootstrap(&token)?;
+        if given.is_some()
+            && let Some(h) = &token.ca_hash
+        {
+            let hash = self.token_ca_hash(&data, now)?;
+            if *h != hash {
+                return Err(ClusterError::Token(format!(
+                    "'--token': its CA hash {h} does not match the cluster CA ({hash})"
+                )));
+            }
+        }
+        Ok((token, data))
+    }
+
+    /// The CA hash a token of this cluster carries: of the token CA in the datastore.
+    pub fn token_ca_hash(&self, data: &BootstrapData, now: OffsetDateTime) -> Result<String> {
+        let ca = self.layout.token_ca();
+        let content = &data
+            .get(ca.cert_field)
+            .ok_or_else(|| {
+                ClusterError::Invalid(format!("datastore {}: missing", ca.cert_field))
+            })?
+            .content;
+        let ders: Vec<Vec<u8>> = read_pem_blocks("ca", content)
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?
+            .into_iter()
+            .filter(|b| b.kind == PemKind::Certificate)
+            .map(|b| b.der)
+            .collect();
+        Ok(crate::pki::ca_hash(content, &ders, now))
+    }
+
     /// Read the bootstrap record with `token`.
     pub fn bootstrap(&self, token: &Token) -> Result<BootstrapData> {
         let store = self.datastore()?;
@@ -734,10 +776,9 @@ impl Cluster {
 
     /// The API server URL written into kubeconfigs.
     pub fn apiserver_url(&self) -> String {
-        let host = match self.config.node_ips.first() {
-            Some(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
-            Some(ip) => ip.to_string(),
-            None => "127.0.0.1".into(),
+        let host = match self.config.apiserver_ip() {
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
         };
         format!("https://{host}:6443")
     }

@@ -189,8 +189,7 @@ fn key_acceptable(alg: KeyAlgorithm, bits: u32) -> Option<String> {
 }
 
 pub fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
-    let token = cluster.token(opts.token)?;
-    let current = cluster.bootstrap(&token)?;
+    let (token, current) = cluster.open_bootstrap(opts.token, opts.now)?;
     let staging = staging_root(cluster, opts.path)?;
     let layout = &cluster.layout;
     let now = opts.now;

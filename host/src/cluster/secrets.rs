@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use super::{Change, Cluster, ClusterError, Result};
 use crate::datastore::Op;
 use crate::fs::{PRIVATE_FILE, failpoint};
-use crate::pki::{PrivateKey, Token, ca_hash};
+use crate::pki::{PrivateKey, Token};
 
 /// What `rotate-service-key` did.
 #[derive(Debug)]
@@ -28,15 +28,14 @@ pub fn rotate_service_key(
     cluster: &mut Cluster,
     token: Option<&str>,
     keep: Option<usize>,
-    _now: OffsetDateTime,
+    now: OffsetDateTime,
 ) -> Result<ServiceKeyRotation> {
     if keep == Some(0) {
         return Err(ClusterError::Invalid(
             "'--keep 0' would drop the current signing key and invalidate every service-account token; keep at least 1".into(),
         ));
     }
-    let token = cluster.token(token)?;
-    let mut data = cluster.bootstrap(&token)?;
+    let (token, mut data) = cluster.open_bootstrap(token, now)?;
     let sk = &cluster.layout.service_key;
     let old = data
         .get(sk.field)
@@ -71,7 +70,7 @@ pub fn rotate_token(
     new_token: &str,
     now: OffsetDateTime,
 ) -> Result<Token> {
-    let old = cluster.token(token)?;
+    let (old, data) = cluster.open_bootstrap(token, now)?;
     let new =
         Token::parse(new_token).map_err(|e| ClusterError::Token(format!("'--new-token': {e}")))?;
     if new.password == old.password {
@@ -79,20 +78,8 @@ pub fn rotate_token(
             "'--new-token' has the same password as the current token".into(),
         ));
     }
-    let data = cluster.bootstrap(&old)?;
     // The new token pins the current CA, whatever hash it was given with.
-    let ca = cluster.layout.token_ca();
-    let content = &data
-        .get(ca.cert_field)
-        .ok_or_else(|| ClusterError::Invalid(format!("datastore {}: missing", ca.cert_field)))?
-        .content;
-    let ders: Vec<Vec<u8>> = crate::facts::read_pem_blocks("ca", content)
-        .map_err(|e| ClusterError::Invalid(e.to_string()))?
-        .into_iter()
-        .filter(|b| b.kind == crate::facts::PemKind::Certificate)
-        .map(|b| b.der)
-        .collect();
-    let hash = ca_hash(content, &ders, now);
+    let hash = cluster.token_ca_hash(&data, now)?;
     if let Some(h) = &new.ca_hash
         && *h != hash
     {

@@ -130,8 +130,7 @@ pub fn prepare(
     mode: &Mode,
     now: OffsetDateTime,
 ) -> Result<Prepared> {
-    let token = cluster.token(token)?;
-    let data = cluster.bootstrap(&token)?;
+    let (_token, data) = cluster.open_bootstrap(token, now)?;
     let mut plan = Plan {
         extractions: extractions(cluster, &data, now)?,
         ..Plan::default()
@@ -140,7 +139,14 @@ pub fn prepare(
 
     for spec in &cluster.layout.cas {
         let f = cas[spec.name].facts();
-        if f.not_after <= now {
+        if now < f.not_before {
+            plan.warnings.push(format!(
+                "CA {} is not valid until {}: the clock ({}) is earlier than its notBefore (has it moved back?); nothing it signed is trusted before then",
+                spec.name,
+                crate::policy::rfc3339(f.not_before),
+                crate::policy::rfc3339(now)
+            ));
+        } else if f.not_after <= now {
             plan.warnings.push(format!(
                 "CA {} expired on {}: rotate it with 'rotor certificate rotate-ca'",
                 spec.name,
@@ -196,7 +202,11 @@ pub fn prepare(
     });
     for d in decided {
         let (leaf_plan, warnings) = d?;
-        plan.warnings.extend(warnings);
+        for w in warnings {
+            if !plan.warnings.contains(&w) {
+                plan.warnings.push(w);
+            }
+        }
         plan.leaves.push(leaf_plan);
     }
     Ok(Prepared { plan, cas })
@@ -304,6 +314,14 @@ fn start_leaf(
             facts,
             key_matches,
         } => {
+            if now < facts.not_before {
+                warnings.push(format!(
+                    "{} is not valid until {}: the clock ({}) is earlier than its notBefore (has it moved back?); 'rotor certificate rotate' re-issues it",
+                    spec.name,
+                    crate::policy::rfc3339(facts.not_before),
+                    crate::policy::rfc3339(now)
+                ));
+            }
             let request = RenewalRequest {
                 name: spec.name.clone(),
                 certificate: (*facts).clone(),
@@ -344,6 +362,23 @@ fn start_leaf(
                     if let Some(l) = outcome.decision.lifetime() {
                         lifetime = l.as_secs();
                     }
+                }
+                let pointless = if renew && forced.is_empty() {
+                    replacement_pointless(
+                        spec.ca,
+                        ca.facts().not_after,
+                        facts.not_after,
+                        lifetime,
+                        now,
+                    )
+                } else {
+                    None
+                };
+                if let Some(why) = pointless {
+                    // Said once per CA (deduplicated in `prepare`), not once per leaf.
+                    warnings.push(why.clone());
+                    (Action::Keep, vec![format!("{policy}; kept: {why}")], not_after)
+                } else if renew {
                     let mut reasons = vec![policy];
                     reasons.extend(forced);
                     (Action::Reissue, reasons, not_after)
@@ -364,6 +399,40 @@ fn start_leaf(
         lifetime_seconds: lifetime,
         restart: spec.restart.clone(),
     })
+}
+
+/// The least a replacement must outlive the certificate it replaces by: a tenth of its own
+/// lifetime, and never less than five minutes.
+fn meaningful_gain(replacement_lifetime: time::Duration) -> time::Duration {
+    std::cmp::max(replacement_lifetime / 10_i32, time::Duration::minutes(5))
+}
+
+/// Why re-issuing a leaf now would be pointless, if it would: its replacement, ending at the
+/// earlier of `now + lifetime` and its CA's notAfter, would not outlive the current certificate
+/// by [`meaningful_gain`]. That happens when the CA has less time left than the renewal window:
+/// every start would re-issue every leaf again (new keys, one more backup) for nothing. The
+/// answer is to rotate the CA, which the returned message says.
+pub(crate) fn replacement_pointless(
+    ca_name: &str,
+    ca_not_after: OffsetDateTime,
+    current_not_after: OffsetDateTime,
+    lifetime_seconds: u64,
+    now: OffsetDateTime,
+) -> Option<String> {
+    let wanted = time::Duration::seconds(i64::try_from(lifetime_seconds).unwrap_or(i64::MAX));
+    let replacement_end = now
+        .checked_add(wanted)
+        .map_or(ca_not_after, |end| end.min(ca_not_after));
+    let replacement_lifetime = replacement_end - now;
+    if replacement_lifetime > time::Duration::ZERO
+        && replacement_end - current_not_after >= meaningful_gain(replacement_lifetime)
+    {
+        return None;
+    }
+    Some(format!(
+        "CA {ca_name} expires on {}: rotate the CA (a certificate issued now would not outlive this one)",
+        crate::policy::rfc3339(ca_not_after)
+    ))
 }
 
 /// How the certificate drifted from what the layout says it must contain (k3s's

@@ -1,8 +1,8 @@
 //! Reviewing and signing many CSRs in parallel.
 //!
-//! One worker per core, each with its own warm policy session (one sandbox per hook, reused
-//! across that worker's CSRs and replaced after any failure). Results come back in input order,
-//! one per CSR.
+//! One worker per core; every plugin decision of every CSR runs in a fresh sandbox, so nothing
+//! one CSR's evaluation leaves in a plugin can reach another's. Results come back in input
+//! order, one per CSR.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,9 +11,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::k8s::{self, CsrObject};
-use super::{CsrInput, Verdict, review, sign};
+use super::{CsrInput, SignerLimits, Verdict, review, sign};
 use crate::pki::CaSigner;
-use crate::policy::{Bundle, Evaluator};
+use crate::policy::Bundle;
 
 /// One CSR of a batch.
 #[derive(Debug)]
@@ -103,13 +103,14 @@ fn error(name: &str, message: String) -> Outcome {
 /// Review (and, with `sign_approved`, sign) one CSR with `eval`. `signer` finds the CA that
 /// signs for a signer name, if this data dir has one.
 pub fn handle<'ca>(
-    eval: &mut Evaluator<'_>,
+    bundle: &Bundle,
     item: &Item,
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    limits: &SignerLimits,
     sign_approved: bool,
     now: OffsetDateTime,
 ) -> Outcome {
-    let mut outcome = review_and_sign(eval, item, signer, sign_approved, now);
+    let mut outcome = review_and_sign(bundle, item, signer, limits, sign_approved, now);
     if let ItemInput::Object(o) = &item.input {
         outcome.csr = Some(o.name.clone()).filter(|n| !n.is_empty());
     }
@@ -117,9 +118,10 @@ pub fn handle<'ca>(
 }
 
 fn review_and_sign<'ca>(
-    eval: &mut Evaluator<'_>,
+    bundle: &Bundle,
     item: &Item,
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    limits: &SignerLimits,
     sign_approved: bool,
     now: OffsetDateTime,
 ) -> Outcome {
@@ -142,7 +144,7 @@ fn review_and_sign<'ca>(
         ItemInput::Pem(input) => (input, None),
     };
     let ca = signer(&input.ctx.signer_name);
-    let r = match review(eval, input, ca.map(|c| c.facts.not_after), now) {
+    let r = match review(bundle, input, ca.map(|c| c.facts.not_after), limits, now) {
         Ok(r) => r,
         Err(e) => return error(&item.name, e.to_string()),
     };
@@ -187,6 +189,7 @@ pub fn process<'ca>(
     bundle: &Bundle,
     items: &[Item],
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
+    limits: &SignerLimits,
     sign_approved: bool,
     now: OffsetDateTime,
     threads: usize,
@@ -198,18 +201,16 @@ pub fn process<'ca>(
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut eval = bundle.session();
                     let mut out = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(item) = items.get(i) else { break };
                         // A bug in one CSR's handling must not lose the other results: report it
-                        // as that CSR's error and go on with fresh sandboxes.
+                        // as that CSR's error and go on (every decision has its own sandbox).
                         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            handle(&mut eval, item, signer, sign_approved, now)
+                            handle(bundle, item, signer, limits, sign_approved, now)
                         }));
                         let outcome = run.unwrap_or_else(|_| {
-                            eval = bundle.session();
                             error(
                                 &item.name,
                                 "internal error while handling this CSR (see log)".into(),

@@ -7,8 +7,9 @@
 //!    well-formed types; no CA request; one CN; every usage issuable on a leaf;
 //! 2. the CSR approval plugin (identity, authorization, profile) and the SAN plugin on the CSR's
 //!    names; any deny denies (with every reason from both), otherwise any abstain leaves the
-//!    request pending, otherwise (an IP SAN with no address evidence held for the node at all is
-//!    left pending rather than denied: missing evidence is not proof of a bad request):
+//!    request pending, otherwise (a request whose only objection is that the host holds no
+//!    evidence for the node at all is left pending rather than denied: missing evidence is not
+//!    proof of a bad request, and the request can be approved once evidence is given):
 //! 3. the final template is built from policy, never copied from the CSR: subject CN and O, the
 //!    DNS/IP/URI/email names, the approved usages (as key usage and extended key usage), the
 //!    approved lifetime (or `expirationSeconds`, or 365 days), clamped to the issuing CA;
@@ -30,7 +31,7 @@ use crate::pki::{
     ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku, LeafTemplate, Subject, Validity,
 };
 use crate::plugin::PluginError;
-use crate::policy::Evaluator;
+use crate::policy::Bundle;
 use crate::policy::decision::{CsrDecision, SanDecision};
 use crate::policy::request::{CsrContext, CsrRequest, SanStage};
 
@@ -186,16 +187,130 @@ fn usage_bits(u: Usage) -> Option<(Option<Ku>, Option<Eku>)> {
     }
 }
 
-/// The host's rules, before any plugin: every structural defect of the CSR, and usages that
-/// cannot be issued on a leaf.
-fn host_violations(csr: &CsrFacts, usages: &[Usage]) -> Vec<Violation> {
+/// The usages a Kubernetes signer may issue (its documented rules, as the kube-controller-manager
+/// signer enforces them); `None` for a signer without such a rule (`legacy-unknown`, signers
+/// outside `kubernetes.io/`).
+pub fn permitted_usages(signer: &str) -> Option<&'static [Usage]> {
+    const SERVING: &[Usage] = &[
+        Usage::DigitalSignature,
+        Usage::KeyEncipherment,
+        Usage::ServerAuth,
+    ];
+    const CLIENT: &[Usage] = &[
+        Usage::DigitalSignature,
+        Usage::KeyEncipherment,
+        Usage::ClientAuth,
+    ];
+    match signer {
+        "kubernetes.io/kubelet-serving" => Some(SERVING),
+        "kubernetes.io/kube-apiserver-client-kubelet" | "kubernetes.io/kube-apiserver-client" => {
+            Some(CLIENT)
+        }
+        _ => None,
+    }
+}
+
+/// The usages to review a PEM CSR with when none were given: those the CSR itself requests
+/// (its keyUsage and extendedKeyUsage extensions), else the signer's standard usages. Returns
+/// them with where they came from, or `None` when neither says (an unknown signer and a CSR
+/// without usage extensions).
+pub fn default_usages(signer: &str, der: &[u8]) -> Option<(Vec<Usage>, &'static str)> {
+    use crate::facts::{ExtendedKeyUsage as E, KeyUsageBit as K};
+    if let Ok(facts) = crate::facts::parse_csr_der("request", der) {
+        let mut usages = Vec::new();
+        for bit in facts.key_usage.iter().flatten() {
+            usages.push(match bit {
+                K::DigitalSignature => Usage::DigitalSignature,
+                K::ContentCommitment => Usage::ContentCommitment,
+                K::KeyEncipherment => Usage::KeyEncipherment,
+                K::DataEncipherment => Usage::DataEncipherment,
+                K::KeyAgreement => Usage::KeyAgreement,
+                K::KeyCertSign => Usage::CertSign,
+                K::CrlSign => Usage::CrlSign,
+                K::EncipherOnly => Usage::EncipherOnly,
+                K::DecipherOnly => Usage::DecipherOnly,
+            });
+        }
+        for eku in &facts.extended_key_usages {
+            usages.push(match eku {
+                E::ServerAuth => Usage::ServerAuth,
+                E::ClientAuth => Usage::ClientAuth,
+                E::CodeSigning => Usage::CodeSigning,
+                E::EmailProtection => Usage::EmailProtection,
+                E::TimeStamping => Usage::Timestamping,
+                E::OcspSigning => Usage::OcspSigning,
+                E::Any => Usage::Any,
+                // No Kubernetes spelling: the request cannot ask for it through the API.
+                E::Other(_) => continue,
+            });
+        }
+        if !usages.is_empty() {
+            return Some((usages, "requested by the CSR's own extensions"));
+        }
+    }
+    permitted_usages(signer).map(|p| (p.to_vec(), "the signer's standard usages"))
+}
+
+/// Limits the host owns for each signer, whatever a plugin answers: the longest lifetime it
+/// issues (365 days for every signer unless configured, Kubernetes'
+/// `--cluster-signing-duration` default).
+#[derive(Clone, Debug)]
+pub struct SignerLimits {
+    default_max_lifetime: u64,
+    max_lifetime: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for SignerLimits {
+    fn default() -> Self {
+        SignerLimits {
+            default_max_lifetime: DEFAULT_LIFETIME_SECONDS,
+            max_lifetime: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl SignerLimits {
+    /// Set the longest lifetime, in seconds, for `signer` (every signer when `None`).
+    pub fn set_max_lifetime(&mut self, signer: Option<&str>, seconds: u64) {
+        match signer {
+            Some(s) => {
+                self.max_lifetime.insert(s.to_string(), seconds);
+            }
+            None => self.default_max_lifetime = seconds,
+        }
+    }
+
+    /// The longest lifetime, in seconds, the host issues for `signer`.
+    pub fn max_lifetime(&self, signer: &str) -> u64 {
+        self.max_lifetime
+            .get(signer)
+            .copied()
+            .unwrap_or(self.default_max_lifetime)
+    }
+}
+
+/// The host's rules, before any plugin: every structural defect of the CSR, usages that cannot
+/// be issued on a leaf, and usages outside the signer's permitted set.
+fn host_violations(csr: &CsrFacts, signer: &str, usages: &[Usage]) -> Vec<Violation> {
     let mut v = csr.defects.clone();
+    let permitted = permitted_usages(signer);
     for u in usages {
         if usage_bits(*u).is_none() {
             v.push(Violation::new(
                 "UsageNotIssuable",
                 "spec.usages",
                 format!("'{u}' is only for CA certificates, which CSRs never get"),
+            ));
+        } else if let Some(p) = permitted
+            && !p.contains(u)
+        {
+            v.push(Violation::new(
+                "UsageNotPermittedForSigner",
+                "spec.usages",
+                format!(
+                    "'{u}' is not a usage {signer} issues (only {})",
+                    p.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(", ")
+                ),
             ));
         }
     }
@@ -209,14 +324,16 @@ pub struct CsrInput {
     pub ctx: CsrContext,
 }
 
-/// Review a CSR. `ca_not_after` is the issuing CA's notAfter (for the template's clamp).
+/// Review a CSR. `ca_not_after` is the issuing CA's notAfter and `limits` the host's per-signer
+/// limits (both cap the template's lifetime).
 ///
 /// # Errors
 /// Only a plugin failure under a bundle whose failure mode is `error`.
 pub fn review(
-    eval: &mut Evaluator<'_>,
+    bundle: &Bundle,
     input: &CsrInput,
     ca_not_after: Option<OffsetDateTime>,
+    limits: &SignerLimits,
     now: OffsetDateTime,
 ) -> Result<Review, PluginError> {
     let mut review = Review {
@@ -251,7 +368,7 @@ pub fn review(
             return Ok(review);
         }
     };
-    let host = host_violations(&facts, &input.ctx.usages);
+    let host = host_violations(&facts, &input.ctx.signer_name, &input.ctx.usages);
     if !host.is_empty() {
         review.stages.push(stage(
             "host",
@@ -276,13 +393,13 @@ pub fn review(
     // 2. The CSR plugin and the SAN plugin on the CSR.
     let request = CsrRequest::new(&facts, input.ctx.clone(), now);
     let profile = san_profile(&request.signer_name);
-    let csr_outcome = eval.review_csr(&request)?;
+    let csr_outcome = bundle.review_csr(&request)?;
     collect_notes(
         &mut review.notes,
         &csr_outcome.notes,
         csr_outcome.error.as_ref(),
     );
-    let san_outcome = eval.validate_sans(&request.san_request(&profile, SanStage::Csr))?;
+    let san_outcome = bundle.validate_sans(&request.san_request(&profile, SanStage::Csr))?;
     collect_notes(
         &mut review.notes,
         &san_outcome.notes,
@@ -315,7 +432,7 @@ pub fn review(
             // denial (kubelet-csr-approver's DNS-hiccup hole).
             Verdict::Abstain {
                 reason: format!(
-                    "the host holds no addresses for '{}', so its IP SANs cannot be checked; left pending (give --node-ip or --node-evidence)",
+                    "the host holds no addresses for '{}', so its names cannot be bound to the node; left pending (give --node-ip or --node-evidence)",
                     input.ctx.username
                 ),
             }
@@ -347,6 +464,14 @@ pub fn review(
         .or(request.expiration_seconds)
         .unwrap_or(DEFAULT_LIFETIME_SECONDS)
         .max(MIN_LIFETIME_SECONDS);
+    let max = limits.max_lifetime(&request.signer_name);
+    if seconds > max {
+        review.notes.push(format!(
+            "lifetime capped from {seconds} to {max} seconds, the most rotor issues for {}",
+            request.signer_name
+        ));
+        seconds = max;
+    }
     if let Some(ca) = ca_not_after
         && let Some(note) = crate::policy::evaluate::clamp_to_ca(&mut seconds, now, ca)
     {
@@ -371,7 +496,7 @@ pub fn review(
     final_request.subject.organizational_units.clear();
     final_request.subject.other_attributes.clear();
     let template_outcome =
-        eval.validate_sans(&final_request.san_request(&profile, SanStage::Template))?;
+        bundle.validate_sans(&final_request.san_request(&profile, SanStage::Template))?;
     collect_notes(
         &mut review.notes,
         &template_outcome.notes,
@@ -391,10 +516,13 @@ pub fn review(
     Ok(review)
 }
 
-/// Whether the only objections are IP SANs without evidence, and the host holds no evidence for
-/// the node at all.
+/// Whether the only objections are missing evidence (IP SANs without it, or none held for the
+/// node: `NoNodeEvidence`), and the host holds no evidence for the node at all.
 fn missing_evidence_only(violations: &[Violation], ctx: &CsrContext) -> bool {
-    ctx.node_addresses.is_empty() && violations.iter().all(|v| v.code == "IpNotInNodeEvidence")
+    ctx.node_addresses.is_empty()
+        && violations
+            .iter()
+            .all(|v| v.code == "IpNotInNodeEvidence" || v.code == "NoNodeEvidence")
 }
 
 fn collect_notes(notes: &mut Vec<String>, from: &[String], error: Option<&PluginError>) {

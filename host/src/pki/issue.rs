@@ -286,10 +286,22 @@ impl CaSigner {
         Ok(issued(cert))
     }
 
-    /// Limit `v` to the CA's validity; an expired CA cannot issue.
+    /// Limit `v` to the CA's validity; an expired CA, or one not valid yet for the whole
+    /// validity, cannot issue.
     fn clamp(&self, v: Validity) -> Result<Validity, PkiError> {
         let not_before = v.not_before.max(self.facts.not_before);
         let not_after = v.not_after.min(self.facts.not_after);
+        if not_after <= not_before && v.not_after <= self.facts.not_before {
+            return Err(PkiError::NotYetValid {
+                what: self
+                    .facts
+                    .subject
+                    .common_name
+                    .clone()
+                    .unwrap_or_else(|| self.facts.subject.text.clone()),
+                not_before: self.facts.not_before,
+            });
+        }
         if not_after <= not_before {
             return Err(PkiError::Expired {
                 what: self

@@ -101,19 +101,17 @@ pub enum BundleError {
         field: &'static str,
         message: String,
     },
-    #[error("{}: {source}", .path.display())]
-    Plugin {
-        path: PathBuf,
-        #[source]
-        source: PluginError,
-    },
+    // The plugin error is part of the message, not a `source`: error chains (anyhow's `{:#}`)
+    // would print it a second time.
+    #[error("{}: {error}", .path.display())]
+    Plugin { path: PathBuf, error: PluginError },
 }
 
 impl BundleError {
     /// The plugin error, when a plugin failed to load or refused its settings.
     pub fn plugin_error(&self) -> Option<&PluginError> {
         match self {
-            BundleError::Plugin { source, .. } => Some(source),
+            BundleError::Plugin { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -330,7 +328,7 @@ fn load_hook(
     });
     let plugin_error = |kind| BundleError::Plugin {
         path: manifest_path.to_path_buf(),
-        source: PluginError {
+        error: PluginError {
             plugin: plugin_name.clone(),
             hook,
             kind,
@@ -360,24 +358,24 @@ fn load_hook(
             let p =
                 engine
                     .load(&plugin_name, hook, &bytes)
-                    .map_err(|source| BundleError::Plugin {
+                    .map_err(|error| BundleError::Plugin {
                         path: manifest_path.to_path_buf(),
-                        source,
+                        error,
                     })?;
             loaded.insert(actual, p.clone());
             p
         }
     };
-    plugin.require(hook).map_err(|source| BundleError::Plugin {
+    plugin.require(hook).map_err(|error| BundleError::Plugin {
         path: manifest_path.to_path_buf(),
-        source,
+        error,
     })?;
     // Validate the settings once, now, so a bad bundle fails at load and not mid-rotation.
     plugin
         .sandbox(hook, &settings, &limits)
-        .map_err(|source| BundleError::Plugin {
+        .map_err(|error| BundleError::Plugin {
             path: manifest_path.to_path_buf(),
-            source,
+            error,
         })?;
     Ok(HookPlugin {
         plugin,

@@ -70,96 +70,23 @@ impl<D> Outcome<D> {
     }
 }
 
-/// Asks a bundle's plugins. [`Bundle::renewal`] and friends use a fresh sandbox per evaluation
-/// (the default: a clean slate every time). A batch may use [`Bundle::session`], which keeps one
-/// warm sandbox per hook and reuses it for the next evaluation of that hook, replacing it after
-/// any failure.
-pub struct Evaluator<'b> {
-    bundle: &'b Bundle,
-    warm: Option<WarmSandboxes>,
-}
-
-#[derive(Default)]
-struct WarmSandboxes {
-    renewal: Option<Sandbox>,
-    san: Option<Sandbox>,
-    csr: Option<Sandbox>,
-}
-
+// Every call runs in a fresh sandbox (a new instance, configured anew): no state passes from
+// one decision to the next, so a plugin that keeps a counter in a static sees 1 every time,
+// and one that fails on one subject cannot affect another's.
 impl Bundle {
-    /// An evaluator that reuses one sandbox per hook across calls (for batches).
-    pub fn session(&self) -> Evaluator<'_> {
-        Evaluator {
-            bundle: self,
-            warm: Some(WarmSandboxes::default()),
-        }
-    }
-
-    fn fresh(&self) -> Evaluator<'_> {
-        Evaluator {
-            bundle: self,
-            warm: None,
-        }
-    }
-
-    /// Ask the renewal hook whether to renew `request.certificate` (fresh sandbox).
-    /// See [`Evaluator::renewal`].
-    pub fn renewal(
-        &self,
-        request: &RenewalRequest,
-    ) -> Result<Outcome<RenewalDecision>, PluginError> {
-        self.fresh().renewal(request)
-    }
-
-    /// Ask the SAN hook (fresh sandbox). See [`Evaluator::validate_sans`].
-    pub fn validate_sans(&self, request: &SanRequest) -> Result<Outcome<SanDecision>, PluginError> {
-        self.fresh().validate_sans(request)
-    }
-
-    /// Ask the CSR hook (fresh sandbox). See [`Evaluator::review_csr`].
-    pub fn review_csr(&self, request: &CsrRequest) -> Result<Outcome<CsrDecision>, PluginError> {
-        self.fresh().review_csr(request)
-    }
-}
-
-impl Evaluator<'_> {
-    /// Run `call` in a sandbox of `hp` (fresh, or this session's warm one), collecting logs.
+    /// Run `call` in a fresh sandbox of `hp`, collecting its logs.
     fn run<D>(
-        &mut self,
         hp: &HookPlugin,
         hook: Hook,
         call: impl FnOnce(&mut Sandbox) -> Result<D, PluginError>,
     ) -> (Result<D, PluginError>, Vec<PluginLog>) {
-        let Some(warm) = &mut self.warm else {
-            return match hp.plugin.sandbox(hook, &hp.settings, &hp.limits) {
-                Ok(mut sandbox) => {
-                    let result = call(&mut sandbox);
-                    (result, sandbox.take_logs())
-                }
-                Err(e) => (Err(e), Vec::new()),
-            };
-        };
-        let slot = match hook {
-            Hook::Renewal => &mut warm.renewal,
-            Hook::San => &mut warm.san,
-            Hook::Csr => &mut warm.csr,
-        };
-        if slot.is_none() {
-            match hp.plugin.sandbox(hook, &hp.settings, &hp.limits) {
-                Ok(s) => *slot = Some(s),
-                Err(e) => return (Err(e), Vec::new()),
+        match hp.plugin.sandbox(hook, &hp.settings, &hp.limits) {
+            Ok(mut sandbox) => {
+                let result = call(&mut sandbox);
+                (result, sandbox.take_logs())
             }
+            Err(e) => (Err(e), Vec::new()),
         }
-        let Some(sandbox) = slot.as_mut() else {
-            return (Err(missing_sandbox(hp, hook)), Vec::new());
-        };
-        let result = call(sandbox);
-        let logs = sandbox.take_logs();
-        if result.is_err() {
-            // A trapped instance is poisoned; after any failure, start the next call afresh.
-            *slot = None;
-        }
-        (result, logs)
     }
 
     /// Ask the renewal hook whether to renew `request.certificate`.
@@ -170,11 +97,11 @@ impl Evaluator<'_> {
     /// # Errors
     /// Only when the plugin fails and the bundle's failure mode is `error`.
     pub fn renewal(
-        &mut self,
+        &self,
         request: &RenewalRequest,
     ) -> Result<Outcome<RenewalDecision>, PluginError> {
         let hook = Hook::Renewal;
-        let bundle = self.bundle;
+        let bundle = self;
         let mut outcome = match &bundle.renewal {
             None => {
                 let d = builtin::renewal(request, bundle.fallback_window);
@@ -184,7 +111,7 @@ impl Evaluator<'_> {
                 o
             }
             Some(hp) => {
-                let (result, logs) = self.run(hp, hook, |s| s.renewal(request));
+                let (result, logs) = Self::run(hp, hook, |s| s.renewal(request));
                 let mut o = match result {
                     Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
                     Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
@@ -212,18 +139,18 @@ impl Evaluator<'_> {
     /// # Errors
     /// Only when the plugin fails and the bundle's failure mode is `error`.
     pub fn validate_sans(
-        &mut self,
+        &self,
         request: &SanRequest,
     ) -> Result<Outcome<SanDecision>, PluginError> {
         let hook = Hook::San;
-        let bundle = self.bundle;
+        let bundle = self;
         let Some(hp) = &bundle.san else {
             let mut o = Outcome::new(hook, SanDecision::Allow, Source::BuiltIn, None);
             o.notes
                 .push("no SAN plugin in the bundle: names are not validated by policy".into());
             return Ok(o);
         };
-        let (result, logs) = self.run(hp, hook, |s| s.validate_sans(request));
+        let (result, logs) = Self::run(hp, hook, |s| s.validate_sans(request));
         let mut o = match result {
             Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
             Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
@@ -250,18 +177,18 @@ impl Evaluator<'_> {
     /// # Errors
     /// Only when the plugin fails and the bundle's failure mode is `error`.
     pub fn review_csr(
-        &mut self,
+        &self,
         request: &CsrRequest,
     ) -> Result<Outcome<CsrDecision>, PluginError> {
         let hook = Hook::Csr;
-        let bundle = self.bundle;
+        let bundle = self;
         let Some(hp) = &bundle.csr else {
             let d = CsrDecision::Abstain {
                 reason: "no CSR plugin in the bundle: manual approval required".into(),
             };
             return Ok(Outcome::new(hook, d, Source::BuiltIn, None));
         };
-        let (result, logs) = self.run(hp, hook, |s| s.review_csr(request));
+        let (result, logs) = Self::run(hp, hook, |s| s.review_csr(request));
         let result = result.and_then(|d| check_approval(request, d, hp));
         let mut o = match result {
             Ok((d, notes)) => {
@@ -290,16 +217,6 @@ impl Evaluator<'_> {
         };
         o.logs = logs;
         Ok(o)
-    }
-}
-
-fn missing_sandbox(hp: &HookPlugin, hook: Hook) -> PluginError {
-    PluginError {
-        plugin: hp.plugin.name().to_string(),
-        hook,
-        kind: crate::plugin::PluginErrorKind::Trap {
-            message: "no sandbox".into(),
-        },
     }
 }
 

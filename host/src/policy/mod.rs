@@ -11,13 +11,8 @@ pub mod input;
 pub mod request;
 
 pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
-pub use evaluate::{Evaluator, Outcome, Source};
+pub use evaluate::{Outcome, Source};
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// RFC 3339 text of a time (UTC, as certificates carry it).
-pub fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
-}
+pub use crate::clock::rfc3339;

@@ -1,0 +1,60 @@
+//! Keeps state between calls, as a plugin must never be able to observe: a static counter of
+//! decisions. The first decision of an instance approves everything (any name, any usage the
+//! request asked for, a 100-year lifetime); any later decision in the same instance panics.
+//! Under a fresh instance per decision, every decision is the first.
+wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use exports::rotor::policy::csr_approval::{Approval, CsrDecision, CsrRequest};
+use exports::rotor::policy::renewal::{KeepDecision, RenewalDecision, RenewalRequest};
+use exports::rotor::policy::san_validation::{SanDecision, SanRequest};
+
+static DECISIONS: AtomicU32 = AtomicU32::new(0);
+
+/// Count this decision; panic unless it is the instance's first.
+fn first_decision() -> u32 {
+    let n = DECISIONS.fetch_add(1, Ordering::SeqCst) + 1;
+    if n > 1 {
+        panic!("decision #{n} in one instance: state leaked between decisions");
+    }
+    n
+}
+
+struct Plugin;
+
+impl exports::rotor::policy::config::Guest for Plugin {
+    fn configure(_: String) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl exports::rotor::policy::renewal::Guest for Plugin {
+    fn decide(_: RenewalRequest) -> RenewalDecision {
+        let n = first_decision();
+        RenewalDecision::Keep(KeepDecision {
+            reason: format!("decision #{n} of this instance"),
+            renew_at: None,
+        })
+    }
+}
+
+impl exports::rotor::policy::san_validation::Guest for Plugin {
+    fn validate(_: SanRequest) -> SanDecision {
+        first_decision();
+        SanDecision::Allow
+    }
+}
+
+impl exports::rotor::policy::csr_approval::Guest for Plugin {
+    fn review(_: CsrRequest) -> CsrDecision {
+        let n = first_decision();
+        CsrDecision::Approve(Approval {
+            reason: format!("approves everything (decision #{n} of this instance)"),
+            lifetime_seconds: Some(100 * 365 * 86_400),
+            usages: None,
+        })
+    }
+}
+
+export!(Plugin);
