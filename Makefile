@@ -6,7 +6,7 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup deps plugins test-plugins build lint unit-tests integration-tests bench-build bench clean
+.PHONY: demo test setup deps plugins test-plugins build lint unit-tests integration-tests bench-build bench fuzz clean
 
 demo: plugins build
 	./scripts/demo.sh
@@ -36,6 +36,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --all --check --manifest-path guest-plugins/Cargo.toml
 	$(CARGO) fmt --all --check --manifest-path tests/plugins/Cargo.toml
+	$(CARGO) fmt --all --check --manifest-path fuzz/Cargo.toml
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --all-targets --manifest-path guest-plugins/Cargo.toml -- -D warnings
 
@@ -56,6 +57,14 @@ bench-build:
 # The criterion suite (release profile, several minutes); see docs/performance.md.
 bench: plugins
 	$(CARGO) bench -p rotor
+
+# Fuzz every parser of untrusted input for FUZZ_SECONDS each (nightly and cargo-fuzz, which
+# this installs; not part of `make test`, which replays the committed corpus on stable
+# through the same functions). New corpus entries land in fuzz/corpus/<target>/; crashes in
+# fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 180
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean:
 	$(CARGO) clean

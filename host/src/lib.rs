@@ -29,6 +29,8 @@ pub mod datadir;
 pub mod datastore;
 pub mod facts;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod pki;
 pub mod plugin;
 pub mod policy;

@@ -10,11 +10,13 @@
 
 mod common;
 
+mod acceptance;
 mod bundles;
 mod ca_rotation;
 mod cli;
 mod cluster;
 mod csr;
 mod default_plugins;
+mod fuzz_corpus;
 mod sandbox;
 mod state;

@@ -205,13 +205,7 @@ fn run_plan(
 }
 
 pub(super) fn start(global: &GlobalArgs, args: StartArgs) -> anyhow::Result<Exit> {
-    run_plan(
-        global,
-        Mode::Start,
-        args.dry_run,
-        now(args.now),
-        args.token,
-    )
+    run_plan(global, Mode::Start, args.dry_run, now(args.now), args.token)
 }
 
 pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyhow::Result<Exit> {

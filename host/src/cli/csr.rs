@@ -198,7 +198,8 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
         }
         ItemInput::Pem(input) => {
             if args.usages.is_empty()
-                && let Some((usages, from)) = csr::default_usages(&input.ctx.signer_name, &input.der)
+                && let Some((usages, from)) =
+                    csr::default_usages(&input.ctx.signer_name, &input.der)
             {
                 let list: Vec<String> = usages.iter().map(|u| format!("'{u}'")).collect();
                 eprintln!(

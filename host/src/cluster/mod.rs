@@ -491,9 +491,7 @@ impl Cluster {
         let ca = self.layout.token_ca();
         let content = &data
             .get(ca.cert_field)
-            .ok_or_else(|| {
-                ClusterError::Invalid(format!("datastore {}: missing", ca.cert_field))
-            })?
+            .ok_or_else(|| ClusterError::Invalid(format!("datastore {}: missing", ca.cert_field)))?
             .content;
         let ders: Vec<Vec<u8>> = read_pem_blocks("ca", content)
             .map_err(|e| ClusterError::Invalid(e.to_string()))?

@@ -377,7 +377,11 @@ fn start_leaf(
                 if let Some(why) = pointless {
                     // Said once per CA (deduplicated in `prepare`), not once per leaf.
                     warnings.push(why.clone());
-                    (Action::Keep, vec![format!("{policy}; kept: {why}")], not_after)
+                    (
+                        Action::Keep,
+                        vec![format!("{policy}; kept: {why}")],
+                        not_after,
+                    )
                 } else if renew {
                     let mut reasons = vec![policy];
                     reasons.extend(forced);
@@ -407,9 +411,9 @@ fn meaningful_gain(replacement_lifetime: time::Duration) -> time::Duration {
     std::cmp::max(replacement_lifetime / 10_i32, time::Duration::minutes(5))
 }
 
-/// Why re-issuing a leaf now would be pointless, if it would: its replacement, ending at the
-/// earlier of `now + lifetime` and its CA's notAfter, would not outlive the current certificate
-/// by [`meaningful_gain`]. That happens when the CA has less time left than the renewal window:
+/// Why re-issuing a leaf now would be pointless, if it would: its replacement would be cut
+/// short by its CA's notAfter (`now + lifetime` reaches past it) and would not outlive the
+/// current certificate by [`meaningful_gain`]. That happens when the CA has less time left than the renewal window:
 /// every start would re-issue every leaf again (new keys, one more backup) for nothing. The
 /// answer is to rotate the CA, which the returned message says.
 pub(crate) fn replacement_pointless(
@@ -420,12 +424,16 @@ pub(crate) fn replacement_pointless(
     now: OffsetDateTime,
 ) -> Option<String> {
     let wanted = time::Duration::seconds(i64::try_from(lifetime_seconds).unwrap_or(i64::MAX));
-    let replacement_end = now
+    let clamped = now
         .checked_add(wanted)
-        .map_or(ca_not_after, |end| end.min(ca_not_after));
-    let replacement_lifetime = replacement_end - now;
+        .is_none_or(|end| end >= ca_not_after);
+    // A replacement the CA does not cut short is the policy's choice, even a shorter one.
+    if !clamped {
+        return None;
+    }
+    let replacement_lifetime = ca_not_after - now;
     if replacement_lifetime > time::Duration::ZERO
-        && replacement_end - current_not_after >= meaningful_gain(replacement_lifetime)
+        && ca_not_after - current_not_after >= meaningful_gain(replacement_lifetime)
     {
         return None;
     }

@@ -309,7 +309,10 @@ fn host_violations(csr: &CsrFacts, signer: &str, usages: &[Usage]) -> Vec<Violat
                 "spec.usages",
                 format!(
                     "'{u}' is not a usage {signer} issues (only {})",
-                    p.iter().map(|u| format!("'{u}'")).collect::<Vec<_>>().join(", ")
+                    p.iter()
+                        .map(|u| format!("'{u}'"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }

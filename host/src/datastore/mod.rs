@@ -211,3 +211,14 @@ impl<'a> Bootstrap<'a> {
         Op::Delete { key: self.key() }
     }
 }
+
+/// Fuzzing entry: a stored record's format, its envelope parsed and its body opened (with a
+/// fixed key: see `envelope::fuzz_open`), and bootstrap JSON. Never panics.
+#[doc(hidden)]
+pub fn fuzz_record(data: &[u8]) {
+    let _ = record_format(data);
+    if let Some(plain) = envelope::fuzz_open("/bootstrap/fuzz", data) {
+        let _ = BootstrapData::from_json(&plain);
+    }
+    let _ = BootstrapData::from_json(data);
+}

@@ -279,6 +279,37 @@ impl Bundle {
     }
 }
 
+/// Fuzzing entry: parse a manifest and check every hook's fields and settings as
+/// [`Bundle::load`] does, without loading plugins. Never panics.
+#[doc(hidden)]
+pub fn fuzz_manifest(text: &str) {
+    let Ok(manifest) = toml::from_str::<Manifest>(text) else {
+        return;
+    };
+    for (hook, entry) in [
+        (Hook::Renewal, &manifest.renewal),
+        (Hook::San, &manifest.san),
+        (Hook::Csr, &manifest.csr),
+    ] {
+        let Some(entry) = entry else { continue };
+        if let Some(s) = &entry.failure_mode {
+            let _ = FailureMode::parse(hook, s);
+        }
+        let limits = SandboxLimits {
+            timeout: entry
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or_default(),
+            memory: entry
+                .memory_limit_mib
+                .map(|m| m.saturating_mul(1024 * 1024))
+                .unwrap_or_default(),
+        };
+        let _ = limits.validate();
+        let _ = serde_json::to_string(&toml_to_json(&entry.settings));
+    }
+}
+
 fn load_hook(
     engine: &PluginEngine,
     root: &Root,

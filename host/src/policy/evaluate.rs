@@ -138,10 +138,7 @@ impl Bundle {
     ///
     /// # Errors
     /// Only when the plugin fails and the bundle's failure mode is `error`.
-    pub fn validate_sans(
-        &self,
-        request: &SanRequest,
-    ) -> Result<Outcome<SanDecision>, PluginError> {
+    pub fn validate_sans(&self, request: &SanRequest) -> Result<Outcome<SanDecision>, PluginError> {
         let hook = Hook::San;
         let bundle = self;
         let Some(hp) = &bundle.san else {
@@ -176,10 +173,7 @@ impl Bundle {
     ///
     /// # Errors
     /// Only when the plugin fails and the bundle's failure mode is `error`.
-    pub fn review_csr(
-        &self,
-        request: &CsrRequest,
-    ) -> Result<Outcome<CsrDecision>, PluginError> {
+    pub fn review_csr(&self, request: &CsrRequest) -> Result<Outcome<CsrDecision>, PluginError> {
         let hook = Hook::Csr;
         let bundle = self;
         let Some(hp) = &bundle.csr else {

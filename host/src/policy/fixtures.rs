@@ -138,6 +138,25 @@ fn read_cases(root: &Root, file: &str) -> Result<Vec<Case>, String> {
     }
 }
 
+/// Fuzzing entry: parse a fixture file and build the request of every inline case, as
+/// [`run`] does before it asks a plugin. Never panics.
+#[doc(hidden)]
+pub fn fuzz_cases(bytes: &[u8]) {
+    let cases = match serde_json::from_slice::<CaseFile>(bytes) {
+        Ok(CaseFile::One(c)) => vec![*c],
+        Ok(CaseFile::Many(v)) => v,
+        Err(_) => return,
+    };
+    for case in cases {
+        if let Some(input) = &case.input
+            && let Ok(bytes) = serde_json::to_vec(input)
+        {
+            let now = case.now.unwrap_or(OffsetDateTime::UNIX_EPOCH);
+            let _ = build_request(case.hook, "fuzz", &bytes, &case.context, now);
+        }
+    }
+}
+
 fn run_case(bundle: &Bundle, root: &Root, file: &str, case: &Case) -> Result<(), String> {
     let (what, bytes) = match (&case.input, &case.input_file) {
         (Some(v), None) => (

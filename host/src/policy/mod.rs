@@ -13,6 +13,5 @@ pub mod request;
 pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
 pub use evaluate::{Outcome, Source};
 
-
 /// RFC 3339 text of a time (UTC, as certificates carry it).
 pub use crate::clock::rfc3339;
