@@ -151,6 +151,7 @@ fn csr_batch(c: &mut Criterion) {
     .expect("policies/default loads: run `make plugins` first");
     let ca = server_ca();
     let signer = |_: &str| Some(&ca);
+    let limits = rotor::csr::SignerLimits::default();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all = kubelet_csrs(10_000);
 
@@ -161,6 +162,7 @@ fn csr_batch(c: &mut Criterion) {
             &bundle,
             items,
             &signer,
+            &limits,
             true,
             now(),
             threads,
@@ -180,6 +182,7 @@ fn csr_batch(c: &mut Criterion) {
                     &bundle,
                     items,
                     &signer,
+                    &limits,
                     true,
                     now(),
                     threads,

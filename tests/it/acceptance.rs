@@ -651,7 +651,11 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
             0,
         ),
         (&data, vec!["policy", "check"], 0),
-        (&data, vec!["policy", "test", "policies/default/fixtures"], 0),
+        (
+            &data,
+            vec!["policy", "test", "policies/default/fixtures"],
+            0,
+        ),
         (&data, vec!["--help"], 0),
         (&data, vec!["--version"], 0),
     ];

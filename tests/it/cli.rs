@@ -174,7 +174,7 @@ fn bad_input_is_a_clear_error() {
     );
     assert_eq!(code, 2);
     assert!(
-        err.contains("'--now': 'tomorrow' is not an RFC 3339 time"),
+        err.contains("'--now <NOW>': 'tomorrow' is not an RFC 3339 time"),
         "{err}"
     );
 

@@ -884,6 +884,7 @@ fn a_batch_signs_a_directory_with_one_result_per_csr_and_a_summary() {
     std::fs::write(dir.join("not-a-csr.pem"), "hello").unwrap();
     std::fs::write(dir.join("README.txt"), "ignored: not a CSR file name").unwrap();
     std::fs::write(dir.join("flags.csr"), CsrSpec::node("a", &["a"]).0).unwrap();
+    evidence.insert("a".into(), json!(["10.9.9.9"]));
     let evidence_file = f.write("nodes.json", &Value::Object(evidence).to_string());
     let out_dir = f.work.join("signed");
 

@@ -146,8 +146,12 @@ fn kubelet_serving_names_are_bound_to_the_requesting_node() {
         assert_eq!(san_codes(&b, &ok), Vec::<String>::new(), "{name}");
         let other_node = kubelet_csr("a", &["b"], "system:node:a", &["10.0.0.5"]);
         assert_eq!(san_codes(&b, &other_node), ["SanNotBoundToNode"], "{name}");
-        let prefix = kubelet_csr("a", &["auth"], "system:node:a", &[]);
+        let prefix = kubelet_csr("a", &["auth"], "system:node:a", &["10.0.0.5"]);
         assert_eq!(san_codes(&b, &prefix), ["SanNotBoundToNode"], "{name}");
+        // No evidence for the node at all: even its own name is not bound (the host turns this
+        // denial into "pending").
+        let unknown_node = kubelet_csr("a", &["a"], "system:node:a", &[]);
+        assert_eq!(san_codes(&b, &unknown_node), ["NoNodeEvidence"], "{name}");
         let other_ip = kubelet_csr("a", &["10.0.0.6"], "system:node:a", &["10.0.0.5"]);
         assert_eq!(san_codes(&b, &other_ip), ["IpNotInNodeEvidence"], "{name}");
     }
