@@ -152,22 +152,18 @@ fn csr_batch(c: &mut Criterion) {
     let ca = server_ca();
     let signer = |_: &str| Some(&ca);
     let limits = rotor::csr::SignerLimits::default();
+    let how = batch::Decide {
+        limits: &limits,
+        sign_approved: true,
+        now: now(),
+    };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all = kubelet_csrs(10_000);
 
     let mut group = c.benchmark_group("csr_batch");
     for n in [1usize, 100, 10_000] {
         let items = &all[..n];
-        let check = batch::process(
-            &bundle,
-            items,
-            &signer,
-            &limits,
-            true,
-            now(),
-            threads,
-            &AtomicUsize::new(0),
-        );
+        let check = batch::process(&bundle, items, &signer, &how, threads, &AtomicUsize::new(0));
         assert!(
             check.iter().all(|o| o.certificate.is_some()),
             "every bench CSR must be approved and signed"
@@ -182,9 +178,7 @@ fn csr_batch(c: &mut Criterion) {
                     &bundle,
                     items,
                     &signer,
-                    &limits,
-                    true,
-                    now(),
+                    &how,
                     threads,
                     &AtomicUsize::new(0),
                 ))

@@ -11,8 +11,11 @@ use time::OffsetDateTime;
 use crate::plugin::Hook;
 use crate::policy::input::{InputContext, build_request};
 
+/// A fuzz target: arbitrary bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs` and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("certificate", certificate),
     ("csr", csr),
     ("k8s_csr", k8s_csr),

@@ -465,7 +465,18 @@ fn run_batch<'ca>(
                 bar.finish_and_clear();
             })
         });
-        let outcomes = batch::process(bundle, &items, signer, limits, sign, at, threads, &done);
+        let outcomes = batch::process(
+            bundle,
+            &items,
+            signer,
+            &batch::Decide {
+                limits,
+                sign_approved: sign,
+                now: at,
+            },
+            threads,
+            &done,
+        );
         if let Some(t) = ticker {
             let _ = t.join();
         }

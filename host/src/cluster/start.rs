@@ -358,10 +358,8 @@ fn start_leaf(
                 if !signed_by(&der, ca.cert_der()) {
                     forced.push(format!("not signed by the current {}", spec.ca));
                 }
-                if renew {
-                    if let Some(l) = outcome.decision.lifetime() {
-                        lifetime = l.as_secs();
-                    }
+                if renew && let Some(l) = outcome.decision.lifetime() {
+                    lifetime = l.as_secs();
                 }
                 let pointless = if renew && forced.is_empty() {
                     replacement_pointless(

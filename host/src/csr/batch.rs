@@ -100,17 +100,24 @@ fn error(name: &str, message: String) -> Outcome {
     }
 }
 
-/// Review (and, with `sign_approved`, sign) one CSR with `eval`. `signer` finds the CA that
+/// How a batch decides: the host's per-signer limits, whether approved CSRs are signed, and
+/// the instant.
+#[derive(Clone, Copy, Debug)]
+pub struct Decide<'a> {
+    pub limits: &'a SignerLimits,
+    pub sign_approved: bool,
+    pub now: OffsetDateTime,
+}
+
+/// Review (and, with `how.sign_approved`, sign) one CSR with `bundle`. `signer` finds the CA that
 /// signs for a signer name, if this data dir has one.
 pub fn handle<'ca>(
     bundle: &Bundle,
     item: &Item,
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
-    limits: &SignerLimits,
-    sign_approved: bool,
-    now: OffsetDateTime,
+    how: &Decide<'_>,
 ) -> Outcome {
-    let mut outcome = review_and_sign(bundle, item, signer, limits, sign_approved, now);
+    let mut outcome = review_and_sign(bundle, item, signer, how);
     if let ItemInput::Object(o) = &item.input {
         outcome.csr = Some(o.name.clone()).filter(|n| !n.is_empty());
     }
@@ -121,9 +128,7 @@ fn review_and_sign<'ca>(
     bundle: &Bundle,
     item: &Item,
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
-    limits: &SignerLimits,
-    sign_approved: bool,
-    now: OffsetDateTime,
+    how: &Decide<'_>,
 ) -> Outcome {
     let (input, mut object) = match &item.input {
         ItemInput::Invalid(e) => return error(&item.name, e.clone()),
@@ -144,12 +149,18 @@ fn review_and_sign<'ca>(
         ItemInput::Pem(input) => (input, None),
     };
     let ca = signer(&input.ctx.signer_name);
-    let r = match review(bundle, input, ca.map(|c| c.facts.not_after), limits, now) {
+    let r = match review(
+        bundle,
+        input,
+        ca.map(|c| c.facts.not_after),
+        how.limits,
+        how.now,
+    ) {
         Ok(r) => r,
         Err(e) => return error(&item.name, e.to_string()),
     };
     let mut certificate = None;
-    if sign_approved && matches!(r.verdict, Verdict::Approve { .. }) {
+    if how.sign_approved && matches!(r.verdict, Verdict::Approve { .. }) {
         match ca {
             Some(ca) => match sign(&r, ca) {
                 Ok(pem) => certificate = Some(pem),
@@ -167,7 +178,7 @@ fn review_and_sign<'ca>(
         }
     }
     if let Some(obj) = &mut object {
-        k8s::write_back(obj, &r.verdict, certificate.as_deref(), now);
+        k8s::write_back(obj, &r.verdict, certificate.as_deref(), how.now);
     }
     let codes = match &r.verdict {
         Verdict::Deny { violations } => violations.iter().map(|v| v.code.clone()).collect(),
@@ -189,9 +200,7 @@ pub fn process<'ca>(
     bundle: &Bundle,
     items: &[Item],
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
-    limits: &SignerLimits,
-    sign_approved: bool,
-    now: OffsetDateTime,
+    how: &Decide<'_>,
     threads: usize,
     progress: &AtomicUsize,
 ) -> Vec<Outcome> {
@@ -208,7 +217,7 @@ pub fn process<'ca>(
                         // A bug in one CSR's handling must not lose the other results: report it
                         // as that CSR's error and go on (every decision has its own sandbox).
                         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            handle(bundle, item, signer, limits, sign_approved, now)
+                            handle(bundle, item, signer, how)
                         }));
                         let outcome = run.unwrap_or_else(|_| {
                             error(
