@@ -74,6 +74,45 @@ fn leaf_not_after(pem_path: &Path) -> time::OffsetDateTime {
     parse_certificates_pem("cert", &std::fs::read(pem_path).unwrap()).unwrap()[0].not_after
 }
 
+/// `csr CMD --csr CSR --signer kubelet-serving --username system:node:NODE --group
+/// system:nodes --usage U... --node-ip IP... --now NOW`.
+fn serving_csr_args(
+    cmd: &str,
+    csr: &Path,
+    node: &str,
+    usages: &[&str],
+    ips: &[&str],
+    now: &str,
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "csr",
+        cmd,
+        "--csr",
+        csr.to_str().unwrap(),
+        "--signer",
+        SERVING,
+        "--username",
+        &format!("system:node:{node}"),
+        "--group",
+        "system:nodes",
+        "--now",
+        now,
+    ]
+    .map(String::from)
+    .to_vec();
+    for u in usages {
+        args.extend(["--usage".into(), u.to_string()]);
+    }
+    for ip in ips {
+        args.extend(["--node-ip".into(), ip.to_string()]);
+    }
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 // 1. Renewal loops ---------------------------------------------------------------------------
 
 /// (a) A 30-day leaf (shorter than the 90-day window) is not renewed again a minute after it was
@@ -191,22 +230,8 @@ fn every_decision_runs_in_a_fresh_plugin_instance() {
 
     let csr = tmp.path().join("a.csr");
     std::fs::write(&csr, kubelet_csr_pem("a", &["a"])).unwrap();
-    let mut args = vec![
-        "csr",
-        "review",
-        "--csr",
-        csr.to_str().unwrap(),
-        "--signer",
-        SERVING,
-        "--username",
-        "system:node:a",
-        "--now",
-        &now,
-    ];
-    for u in SERVING_USAGES {
-        args.extend(["--usage", u]);
-    }
-    let (code, out, err) = rotor_with(&data, Some(&bundle), &args);
+    let args = serving_csr_args("review", &csr, "a", SERVING_USAGES, &[], &now);
+    let (code, out, err) = rotor_with(&data, Some(&bundle), &strs(&args));
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("approve:"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
@@ -292,29 +317,10 @@ fn the_host_owns_each_signers_usages_and_longest_lifetime() {
     std::fs::write(&csr, kubelet_csr_pem("a", &["a"])).unwrap();
     let out_crt = tmp.path().join("a.crt");
     let sign = |usages: &[&str], extra: &[&str]| {
-        let mut args = vec![
-            "csr",
-            "sign",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--signer",
-            SERVING,
-            "--username",
-            "system:node:a",
-            "--node-ip",
-            "10.0.0.5",
-            "--out",
-            out_crt.to_str().unwrap(),
-            "--output",
-            "json",
-            "--now",
-            &now,
-        ];
-        for u in usages {
-            args.extend(["--usage", u]);
-        }
-        args.extend_from_slice(extra);
-        rotor_with(&data, Some(&bundle), &args)
+        let mut args = serving_csr_args("sign", &csr, "a", usages, &["10.0.0.5"], &now);
+        args.extend(["--out", out_crt.to_str().unwrap(), "--output", "json"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        rotor_with(&data, Some(&bundle), &strs(&args))
     };
 
     // `any` (anyExtendedKeyUsage) and `client auth` on a serving signer: denied by the host,
@@ -380,27 +386,8 @@ fn a_dns_only_serving_csr_without_node_evidence_is_left_pending() {
     std::fs::write(&csr, kubelet_csr_pem("a", &["a"])).unwrap();
     let now = rfc3339(t0() + days(1));
     let review = |ips: &[&str]| {
-        let mut args = vec![
-            "csr",
-            "review",
-            "--csr",
-            csr.to_str().unwrap(),
-            "--signer",
-            SERVING,
-            "--username",
-            "system:node:a",
-            "--group",
-            "system:nodes",
-            "--now",
-            &now,
-        ];
-        for u in SERVING_USAGES {
-            args.extend(["--usage", u]);
-        }
-        for ip in ips {
-            args.extend(["--node-ip", ip]);
-        }
-        rotor_at(&data, &args)
+        let args = serving_csr_args("review", &csr, "a", SERVING_USAGES, ips, &now);
+        rotor_at(&data, &strs(&args))
     };
     let (code, out, _) = review(&[]);
     assert_eq!(code, 3, "{out}");

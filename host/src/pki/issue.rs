@@ -291,26 +291,23 @@ impl CaSigner {
     fn clamp(&self, v: Validity) -> Result<Validity, PkiError> {
         let not_before = v.not_before.max(self.facts.not_before);
         let not_after = v.not_after.min(self.facts.not_after);
-        if not_after <= not_before && v.not_after <= self.facts.not_before {
-            return Err(PkiError::NotYetValid {
-                what: self
-                    .facts
-                    .subject
-                    .common_name
-                    .clone()
-                    .unwrap_or_else(|| self.facts.subject.text.clone()),
-                not_before: self.facts.not_before,
-            });
-        }
         if not_after <= not_before {
-            return Err(PkiError::Expired {
-                what: self
-                    .facts
-                    .subject
-                    .common_name
-                    .clone()
-                    .unwrap_or_else(|| self.facts.subject.text.clone()),
-                not_after: self.facts.not_after,
+            let what = self
+                .facts
+                .subject
+                .common_name
+                .clone()
+                .unwrap_or_else(|| self.facts.subject.text.clone());
+            return Err(if v.not_after <= self.facts.not_before {
+                PkiError::NotYetValid {
+                    what,
+                    not_before: self.facts.not_before,
+                }
+            } else {
+                PkiError::Expired {
+                    what,
+                    not_after: self.facts.not_after,
+                }
             });
         }
         Ok(Validity {
