@@ -6,9 +6,9 @@
 //! `cargo bench --bench commands` (after `make plugins`). The plugin cache is a temp dir warmed
 //! before measuring, as on a server after its first start. Figures: docs/performance.md.
 //!
-//! `ROTOR_BASELINE_BIN=/path/to/an/older/rotor` adds the `rotor start` cases run by that binary
-//! on data dirs it initialized itself, in the same run, for ratios against an earlier version
-//! (docs/performance.md names the commit each figure was compared with).
+//! `ROTOR_BASELINE_BIN=/path/to/an/older/rotor` adds the `rotor start` and CSR batch cases run
+//! by that binary on data dirs it initialized itself, in the same run, for ratios against an
+//! earlier version (docs/performance.md names the commit each figure was compared with).
 
 #[path = "common.rs"]
 mod common;
@@ -305,61 +305,67 @@ fn run_measured(mut cmd: Command) -> (Duration, i64) {
 /// 7 and 8: `rotor csr sign --jsonl` on 1, 100 and 10,000 kubelet-serving CSR objects (parse,
 /// both plugins, signing, JSON results), whole process, with peak memory.
 fn csr_batch(c: &mut Criterion) {
-    let env = Env::new();
-    let data = env.root.join("cluster");
-    env.init(&data, &["--profile", "k3s", "--datastore-format", "k3s"]);
-    let objects = common::kubelet_csr_objects(10_000);
-    let mut evidence = serde_json::Map::new();
-    for i in 0..objects.len() {
-        evidence.insert(
-            format!("node-{i}"),
-            serde_json::json!([common::node_address(i as u32)]),
-        );
+    // With ROTOR_BASELINE_BIN, the same batches by an older binary in the same run (before
+    // issue 11 it reused one plugin instance per thread; rotor now runs every decision fresh).
+    let mut envs = vec![("", Env::new())];
+    if let Some(baseline) = std::env::var_os("ROTOR_BASELINE_BIN") {
+        envs.push(("/baseline", Env::with_bin(PathBuf::from(baseline))));
     }
-    let evidence_path = env.root.join("nodes.json");
-    std::fs::write(&evidence_path, serde_json::to_vec(&evidence).expect("json"))
-        .expect("write evidence");
-
+    let objects = common::kubelet_csr_objects(10_000);
     let mut group = c.benchmark_group("csr_batch_process");
     group.sample_size(10);
-    for n in [1usize, 100, 10_000] {
-        let jsonl = env.root.join(format!("csrs-{n}.jsonl"));
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&jsonl).expect("jsonl"));
-        for o in &objects[..n] {
-            writeln!(file, "{o}").expect("write");
+    for (suffix, env) in &envs {
+        let data = env.root.join("cluster");
+        env.init(&data, &["--profile", "k3s", "--datastore-format", "k3s"]);
+        let mut evidence = serde_json::Map::new();
+        for i in 0..objects.len() {
+            evidence.insert(
+                format!("node-{i}"),
+                serde_json::json!([common::node_address(i as u32)]),
+            );
         }
-        file.flush().expect("flush");
-        drop(file);
-        let args = [
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-            "csr",
-            "sign",
-            "--jsonl",
-            jsonl.to_str().expect("utf-8"),
-            "--node-evidence",
-            evidence_path.to_str().expect("utf-8"),
-        ];
-        let command = || {
-            let mut cmd = env.command(&args);
-            cmd.stderr(Stdio::null());
-            cmd
-        };
-        let (elapsed, peak_kib) = run_measured(command());
-        eprintln!(
-            "csr_batch_process/{n}: one run {:.3} s, {:.0} CSRs/s, peak memory {} MiB",
-            elapsed.as_secs_f64(),
-            n as f64 / elapsed.as_secs_f64(),
-            peak_kib / 1024
-        );
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| run_measured(command()).0)
-                    .sum::<Duration>()
-            })
-        });
+        let evidence_path = env.root.join("nodes.json");
+        std::fs::write(&evidence_path, serde_json::to_vec(&evidence).expect("json"))
+            .expect("write evidence");
+        for n in [1usize, 100, 10_000] {
+            let jsonl = env.root.join(format!("csrs-{n}.jsonl"));
+            let mut file = std::io::BufWriter::new(std::fs::File::create(&jsonl).expect("jsonl"));
+            for o in &objects[..n] {
+                writeln!(file, "{o}").expect("write");
+            }
+            file.flush().expect("flush");
+            drop(file);
+            let args = [
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+                "csr",
+                "sign",
+                "--jsonl",
+                jsonl.to_str().expect("utf-8"),
+                "--node-evidence",
+                evidence_path.to_str().expect("utf-8"),
+            ];
+            let command = || {
+                let mut cmd = env.command(&args);
+                cmd.stderr(Stdio::null());
+                cmd
+            };
+            let (elapsed, peak_kib) = run_measured(command());
+            eprintln!(
+                "csr_batch_process{suffix}/{n}: one run {:.3} s, {:.0} CSRs/s, peak memory {} MiB",
+                elapsed.as_secs_f64(),
+                n as f64 / elapsed.as_secs_f64(),
+                peak_kib / 1024
+            );
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_function(BenchmarkId::from_parameter(format!("{n}{suffix}")), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| run_measured(command()).0)
+                        .sum::<Duration>()
+                })
+            });
+        }
     }
     group.finish();
 }

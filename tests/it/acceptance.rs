@@ -131,21 +131,32 @@ fn renewal_a_short_leaf_is_not_renewed_at_every_start() {
             settings: "mode = \"window\"\nrenew_before_days = 90\nlifetime_days = 30",
         }],
     );
-    // Day 300: inside the window: every leaf renewed, for 30 days.
+    // Day 300: inside the window, but a 30-day replacement would end before the 65 days the
+    // leaves have left: kept until a replacement outlives them.
     let day300 = rfc3339(t0() + days(300));
     let (code, out, err) = rotor_with(&data, Some(&bundle), &["start", "--now", &day300]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("nothing to do"), "{out}");
+    assert!(
+        out.contains("renewed once a replacement outlives it"),
+        "{out}"
+    );
+    // Day 340: 25 days left: every leaf renewed, for 30 days.
+    let day340 = rfc3339(t0() + days(340));
+    let (code, out, err) = rotor_with(&data, Some(&bundle), &["start", "--now", &day340]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("renewed 17 certificate(s)"), "{out}");
     let serving = data.join("server/tls/serving-kube-apiserver.crt");
     let first = leaf_not_after(&serving);
+    assert_eq!(first, t0() + days(370));
     // A minute later: nothing to do (before the fix: all 17 again, new keys, one more backup).
-    let later = rfc3339(t0() + days(300) + time::Duration::minutes(1));
+    let later = rfc3339(t0() + days(340) + time::Duration::minutes(1));
     let (code, out, err) = rotor_with(&data, Some(&bundle), &["start", "--now", &later]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("nothing to do"), "{out}");
     assert_eq!(leaf_not_after(&serving), first);
     // At 2/3 of the 30 days, they are renewed.
-    let due = rfc3339(t0() + days(321));
+    let due = rfc3339(t0() + days(361));
     let (_, out, _) = rotor_with(&data, Some(&bundle), &["start", "--now", &due]);
     assert!(out.contains("renewed 17 certificate(s)"), "{out}");
 }
@@ -372,6 +383,73 @@ fn the_host_owns_each_signers_usages_and_longest_lifetime() {
     let (code, _, err) = sign(SERVING_USAGES, &["--max-lifetime", "5m"]);
     assert_eq!(code, 2);
     assert!(err.contains("between 600 seconds and 36500 days"), "{err}");
+    let (code, _, err) = sign(SERVING_USAGES, &["--max-lifetime", "example.com/x=30d"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a signer rotor signs for"), "{err}");
+    std::fs::remove_file(&out_crt).unwrap();
+
+    // Without the signer's own extended key usage, a certificate would be good for any purpose:
+    // denied, however willing the plugin.
+    let (code, out, _) = sign(&["digital signature", "key encipherment"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("UsageRequiredForSigner"), "{out}");
+    assert!(!out_crt.exists());
+
+    // The client signers: client auth only, never server auth.
+    let client_csr = tmp.path().join("client.csr");
+    std::fs::write(
+        &client_csr,
+        kubelet_csr_pem("a", &[]), // CN=system:node:a, O=system:nodes, no SANs
+    )
+    .unwrap();
+    let client = |signer: &str, usages: &[&str]| {
+        let mut args = vec![
+            "csr",
+            "sign",
+            "--csr",
+            client_csr.to_str().unwrap(),
+            "--signer",
+            signer,
+            "--username",
+            "system:node:a",
+            "--output",
+            "json",
+            "--out",
+            out_crt.to_str().unwrap(),
+            "--now",
+            &now,
+        ];
+        for u in usages {
+            args.extend(["--usage", u]);
+        }
+        rotor_with(&data, Some(&bundle), &args)
+    };
+    for signer in [
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        "kubernetes.io/kube-apiserver-client",
+    ] {
+        let (code, out, _) = client(signer, &["digital signature", "server auth", "client auth"]);
+        assert_eq!(code, 1, "{signer}: {out}");
+        assert!(out.contains("UsageNotPermittedForSigner"), "{out}");
+        assert!(!out_crt.exists());
+    }
+    let (code, out, err) = client(
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        &["digital signature", "client auth"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let cert = &parse_certificates_pem("c", &std::fs::read(&out_crt).unwrap()).unwrap()[0];
+    assert_eq!(cert.extended_key_usages, vec![ExtendedKeyUsage::ClientAuth]);
+    std::fs::remove_file(&out_crt).unwrap();
+    // legacy-unknown (refused by the v1 API, no usage rules): approved by this plugin, never
+    // signed.
+    let (code, _, err) = client("kubernetes.io/legacy-unknown", &["any"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no CA of this data dir signs for 'kubernetes.io/legacy-unknown'"),
+        "{err}"
+    );
+    assert!(!out_crt.exists());
 }
 
 // 4. Evidence ----------------------------------------------------------------------------------
@@ -572,13 +650,96 @@ fn hostile_now_values_are_clear_errors_for_every_subcommand() {
         "nothing changed on disk"
     );
     assert!(!fresh.exists());
-    // The edges themselves are accepted and every command completes.
-    for now in ["1970-01-01T00:00:00Z", "9000-01-01T00:00:00Z"] {
-        let (code, out, err) = rotor_at(&data, &["certificate", "check", "--now", now]);
-        assert!(code == 0 || code == 1, "{now}: {out}{err}");
-        let (code, out, err) = rotor_at(&data, &["start", "--dry-run", "--now", now]);
-        assert_eq!(code, 0, "{now}: {out}{err}");
+    // At the edges themselves every command runs to its end: a clean exit or a clear error,
+    // never a panic.
+    for (i, now) in ["1970-01-01T00:00:00Z", "9000-01-01T00:00:00Z"]
+        .iter()
+        .enumerate()
+    {
+        let k3s_edge = tmp.path().join(format!("edge-k3s-{i}"));
+        let kubeadm_edge = tmp.path().join(format!("edge-kubeadm-{i}"));
+        let runs: Vec<(&Path, Vec<&str>)> = vec![
+            (&k3s_edge, vec!["init", "--node-name", "n"]),
+            (
+                &kubeadm_edge,
+                vec!["init", "--profile", "kubeadm", "--node-name", "n"],
+            ),
+            (&kubeadm_edge, vec!["certs", "renew", "all"]),
+            (&kubeadm_edge, vec!["certs", "check-expiration"]),
+            (&data, vec!["certificate", "check"]),
+            (&data, vec!["start", "--dry-run"]),
+            (&data, vec!["start"]),
+            (&data, vec!["certificate", "rotate"]),
+            (
+                &data,
+                vec!["certificate", "rotate-default-ca", "--out", out_dir],
+            ),
+            (
+                &data,
+                vec![
+                    "csr",
+                    "sign",
+                    "--csr",
+                    csr,
+                    "--signer",
+                    SERVING,
+                    "--username",
+                    "system:node:a",
+                    "--group",
+                    "system:nodes",
+                    "--node-ip",
+                    "10.0.0.5",
+                ],
+            ),
+        ];
+        for (dir, cmd) in runs {
+            let mut args = cmd.clone();
+            args.extend(["--now", now]);
+            let (code, out, err) = rotor_at(dir, &args);
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!((0..=3).contains(&code), "{args:?}: {code}: {out}{err}");
+        }
+        let _ = std::fs::remove_dir_all(out_dir);
     }
+}
+
+/// Certificates in the data dir with times at the ends of what X.509 can write (years 1 and
+/// 9999): `start` and `certificate check` report them, never panic.
+#[test]
+fn certificates_dated_at_the_ends_of_time_never_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = init(tmp.path(), &[]);
+    let ancient = time::macros::datetime!(0001-01-01 00:00 UTC);
+    let last = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+    let ca = Ca::new("odd-ca", ancient, last);
+    for (name, nb, na) in [
+        ("serving-kube-apiserver", ancient, last),
+        ("client-admin", ancient, ancient + days(1)),
+        ("client-controller", last - days(1), last),
+    ] {
+        let pem = ca.leaf_pem(name, &["localhost"], nb, na);
+        std::fs::write(data.join(format!("server/tls/{name}.crt")), pem).unwrap();
+    }
+    for now in [
+        t0(),
+        time::macros::datetime!(1970-01-01 00:00 UTC),
+        clock_edge(),
+    ] {
+        let now = rfc3339(now);
+        for args in [
+            vec!["start", "--dry-run", "--now", &now],
+            vec!["certificate", "check", "--now", &now],
+            vec!["start", "--now", &now],
+        ] {
+            let (code, out, err) = rotor_at(&data, &args);
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!((0..=2).contains(&code), "{args:?}: {code}: {out}{err}");
+        }
+    }
+}
+
+fn clock_edge() -> time::OffsetDateTime {
+    time::macros::datetime!(9000-01-01 00:00 UTC)
 }
 
 /// Every subcommand with its standard output closed before it prints (`| head -0`): no panic,
@@ -593,6 +754,29 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
     let now = rfc3339(t0() + days(300));
     let fresh = tmp.path().join("fresh");
     let kubeadm = tmp.path().join("kubeadm");
+    let jsonl = tmp.path().join("csrs.jsonl");
+    let mut lines = String::new();
+    for i in 0..3 {
+        let node = format!("n{i}");
+        let obj = csr_object(
+            &format!("csr-{i}"),
+            &kubelet_csr_pem(&node, &[&node]),
+            &format!("system:node:{node}"),
+            SERVING_USAGES,
+        );
+        lines.push_str(&format!("{obj}\n"));
+    }
+    std::fs::write(&jsonl, lines).unwrap();
+    let evidence = tmp.path().join("nodes.json");
+    std::fs::write(
+        &evidence,
+        json!({"n0": ["10.0.0.1"], "n1": ["10.0.0.2"], "n2": ["10.0.0.3"]}).to_string(),
+    )
+    .unwrap();
+    let (jsonl, evidence) = (
+        jsonl.to_str().unwrap().to_string(),
+        evidence.to_str().unwrap().to_string(),
+    );
     let runs: Vec<(&Path, Vec<&str>, i32)> = vec![
         (&fresh, vec!["init", "--node-name", "n", "--now", &now], 0),
         (
@@ -637,6 +821,70 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
             ],
             0,
         ),
+        (
+            &data,
+            vec![
+                "csr",
+                "sign",
+                "--csr",
+                csr,
+                "--signer",
+                SERVING,
+                "--username",
+                "system:node:a",
+                "--group",
+                "system:nodes",
+                "--node-ip",
+                "10.0.0.5",
+                "--now",
+                &now,
+            ],
+            0,
+        ),
+        (
+            &data,
+            vec![
+                "csr",
+                "sign",
+                "--jsonl",
+                &jsonl,
+                "--node-evidence",
+                &evidence,
+                "--now",
+                &now,
+            ],
+            0,
+        ),
+        (
+            &data,
+            vec![
+                "token",
+                "rotate",
+                "--new-token",
+                "K10::server:0123456789abcdef0123",
+            ],
+            0,
+        ),
+        (
+            &data,
+            vec!["certificate", "rotate-service-key", "--now", &now],
+            0,
+        ),
+        (&kubeadm, vec!["certs", "renew", "all", "--now", &now], 0),
+        (
+            &data,
+            vec![
+                "policy",
+                "eval",
+                "--hook",
+                "renewal",
+                "--input",
+                "policies/default/fixtures/inputs/serving-kube-apiserver.crt",
+                "--now",
+                &now,
+            ],
+            0,
+        ),
         (&data, vec!["policy", "check"], 0),
         (
             &data,
@@ -667,8 +915,11 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
     // The writing commands made their changes.
     assert!(fresh.join("server/tls/server-ca.crt").exists());
     assert!(kubeadm.join("pki/ca.crt").exists());
+    let token = std::fs::read_to_string(data.join("server/token")).unwrap();
+    assert!(token.trim().ends_with(":0123456789abcdef0123"), "{token}");
     let (_, out, _) = rotor_at(&data, &["start", "--dry-run", "--now", &now]);
-    assert!(out.contains("nothing to do"), "{out}");
+    assert!(out.contains("service.key"), "the new service key waits for start: {out}");
+    assert!(!out.contains("  renew "), "the rotation renewed every leaf: {out}");
 }
 
 // 7. Lost results ------------------------------------------------------------------------------

@@ -7,9 +7,10 @@
 //!   before the real issuance (k3s, RKE2 and Let's Encrypt: one hour). The loop guard measures
 //!   a certificate's age from notBefore plus this, so a fresh certificate is never renewed.
 //! - window mode: `renew_before_days` (default 90): renew when expired or expiring within it.
-//!   When the window is not shorter than the certificate's life (a 30-day leaf and a 90-day
-//!   window), the window alone would renew it at once, forever: such a certificate is renewed
-//!   at 2/3 of its lifetime instead, as cert-manager does.
+//!   When the window would open before a tenth of the certificate's life has passed (a 30-day
+//!   leaf and a 90-day window), the window alone would renew it at once, forever: such a
+//!   certificate is renewed at 2/3 of its lifetime instead (cert-manager's answer when
+//!   renew-before is not shorter than the lifetime).
 //! - fraction mode: `renew_at_fraction` (default 2/3), `jitter_fraction` (default 0.1, moves the
 //!   renewal earlier by up to this fraction of the lifetime, seeded by the serial),
 //!   `renew_before_seconds` or `renew_before_percentage` (of the lifetime remaining),

@@ -113,6 +113,9 @@ const MAX_DAYS: u32 = 36_500;
 const DEFAULT_BACKDATE_SECONDS: i64 = 3600;
 /// Minimum age before a renewal, however short the certificate (cert-manager #1122).
 const MIN_AGE_SECONDS: i64 = 300;
+/// Window mode's minimum age, as a fraction of the time from issuance to notAfter (10%): a
+/// window that opens earlier gives way to the 2/3 rule.
+const WINDOW_MIN_AGE_PPM: i128 = 100_000;
 
 impl Settings {
     /// Parse and validate the operator's JSON settings. The error names the setting.
@@ -323,7 +326,13 @@ pub fn decide(
         } => {
             let na = i128::from(cert.not_after);
             let left = na - i128::from(now);
-            let guard = loop_guard(settings, cert, 0, i128::from(MIN_AGE_SECONDS));
+            // The built-in fallback rule of the host uses the same guard.
+            let guard = loop_guard(
+                settings,
+                cert,
+                WINDOW_MIN_AGE_PPM,
+                i128::from(MIN_AGE_SECONDS),
+            );
             if na - i128::from(*renew_before_seconds) < guard {
                 // The window is as long as the certificate's life (a 30-day leaf, a 90-day
                 // window): the window alone would renew it at once, and its replacement too.

@@ -552,8 +552,14 @@ fn parse_usage(s: &str) -> Result<Usage, String> {
 /// from the Kubernetes signer's 10-minute floor to 100 years.
 fn parse_max_lifetime(s: &str) -> Result<(Option<String>, u64), String> {
     let (signer, duration) = match s.rsplit_once('=') {
-        Some((signer, d)) if !signer.is_empty() => (Some(signer.to_string()), d),
-        Some(_) => return Err(format!("'{s}': the signer before '=' is empty")),
+        Some((signer, d)) if crate::csr::required_usage(signer).is_some() => {
+            (Some(signer.to_string()), d)
+        }
+        Some((signer, _)) => {
+            return Err(format!(
+                "'{signer}' is not a signer rotor signs for (kubernetes.io/kubelet-serving, kubernetes.io/kube-apiserver-client-kubelet, kubernetes.io/kube-apiserver-client)"
+            ));
+        }
         None => (None, s),
     };
     let split = duration

@@ -417,6 +417,11 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                     }
                 }
             }
+            let done = results
+                .iter()
+                .filter(|r| matches!(r, kubeadm_certs::Renewed::Done { .. }))
+                .count();
+            warn_if_future(at, done);
             let restarts: Vec<&str> = kubeadm_certs::restarts(&results).into_iter().collect();
             if !restarts.is_empty() {
                 outln!(

@@ -11,7 +11,7 @@ use anyhow::Context;
 use super::Exit;
 use super::args::{CsrArgs, CsrFormat, GlobalArgs};
 use super::cluster::now;
-use super::output::{out, outln};
+use super::output::{self, out, outln};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, LoadedCa};
 use crate::csr::batch::{self, Item, ItemInput, Summary};
 use crate::csr::{self, CsrInput, SignerLimits, Verdict, k8s};
@@ -281,7 +281,8 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
 fn write_out(path: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     match path {
         None => {
-            std::io::stdout().write_all(bytes)?;
+            let mut stdout = std::io::stdout().lock();
+            output::unless_reader_gone(stdout.write_all(bytes).and_then(|()| stdout.flush()))?;
             Ok(())
         }
         Some(p) => {
@@ -302,13 +303,36 @@ fn write_out(path: Option<&Path>, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// The file an outcome's certificate or object is written to in `--out-dir`, without its
-/// extension: the object's `metadata.name`, else the input file's stem, else (a `--jsonl` line)
-/// the stream's stem and line number. Only `[A-Za-z0-9._-]` are kept.
-fn output_stem(o: &batch::Outcome) -> String {
-    let base = match &o.csr {
-        Some(name) => name.clone(),
-        None => match o.name.rsplit_once(':') {
+/// The file an item's certificate (`.crt`, PEM input) or updated object (`.json`, Kubernetes
+/// input) goes to in `--out-dir`: the object's `metadata.name`, else the input file's stem,
+/// else (a `--jsonl` line) the stream's stem and line number, with `-2`, `-3`, ... when names
+/// repeat. Only `[A-Za-z0-9._-]` are kept. `None` for an input that cannot produce either.
+fn output_files(items: &[Item]) -> Vec<Option<PathBuf>> {
+    let mut taken = std::collections::BTreeSet::new();
+    items
+        .iter()
+        .map(|item| {
+            let (ext, object_name) = match &item.input {
+                ItemInput::Object(o) => ("json", Some(o.name.as_str()).filter(|n| !n.is_empty())),
+                ItemInput::Pem(_) => ("crt", None),
+                ItemInput::Invalid(_) => return None,
+            };
+            let stem = output_stem(&item.name, object_name);
+            let mut file = format!("{stem}.{ext}");
+            let mut n = 1;
+            while !taken.insert(file.clone()) {
+                n += 1;
+                file = format!("{stem}-{n}.{ext}");
+            }
+            Some(PathBuf::from(file))
+        })
+        .collect()
+}
+
+fn output_stem(input: &str, object_name: Option<&str>) -> String {
+    let base = match object_name {
+        Some(name) => name.to_string(),
+        None => match input.rsplit_once(':') {
             // `stream:line`
             Some((stream, line)) if line.chars().all(|c| c.is_ascii_digit()) => {
                 let stem = Path::new(stream)
@@ -316,9 +340,9 @@ fn output_stem(o: &batch::Outcome) -> String {
                     .map_or_else(|| "stdin".into(), |s| s.to_string_lossy().into_owned());
                 format!("{stem}-line-{line}")
             }
-            _ => Path::new(&o.name)
+            _ => Path::new(input)
                 .file_stem()
-                .map_or_else(|| o.name.clone(), |s| s.to_string_lossy().into_owned()),
+                .map_or_else(|| input.to_string(), |s| s.to_string_lossy().into_owned()),
         },
     };
     let clean: String = base
@@ -337,36 +361,33 @@ fn output_stem(o: &batch::Outcome) -> String {
     }
 }
 
-/// Write every certificate (PEM input) or updated object (Kubernetes input) of a batch into
-/// `root`, one file each, named by [`output_stem`] (`-2`, `-3`, ... when two outcomes share a
-/// name). Never overwrites: when any of the files exists already, nothing is written.
-fn write_outputs(root: &crate::fs::Root, outcomes: &[batch::Outcome]) -> anyhow::Result<()> {
-    let mut taken = std::collections::BTreeSet::new();
-    let mut files = Vec::new();
-    for o in outcomes {
-        let (ext, bytes) = if let Some(obj) = &o.object {
-            ("json", format!("{}\n", serde_json::to_string_pretty(obj)?))
-        } else if let Some(cert) = &o.certificate {
-            ("crt", cert.clone())
-        } else {
-            continue;
-        };
-        let stem = output_stem(o);
-        let mut file = format!("{stem}.{ext}");
-        let mut n = 1;
-        while !taken.insert(file.clone()) {
-            n += 1;
-            file = format!("{stem}-{n}.{ext}");
-        }
-        files.push((PathBuf::from(file), bytes));
-    }
-    if let Some((existing, _)) = files.iter().find(|(f, _)| root.exists(f)) {
+/// `--out-dir` never overwrites: before any CSR is decided, none of the files the batch could
+/// write may exist.
+fn check_outputs_free(root: &crate::fs::Root, files: &[Option<PathBuf>]) -> anyhow::Result<()> {
+    if let Some(existing) = files.iter().flatten().find(|f| root.exists(f)) {
         anyhow::bail!(
-            "{}: already exists; --out-dir never overwrites (choose an empty directory); nothing was written",
+            "{}: already exists; --out-dir never overwrites (choose an empty directory); nothing was decided or written",
             root.display(existing).display()
         );
     }
-    for (file, bytes) in &files {
+    Ok(())
+}
+
+/// Write each outcome's certificate or object to its file (see [`output_files`]).
+fn write_outputs(
+    root: &crate::fs::Root,
+    outcomes: &[batch::Outcome],
+    files: &[Option<PathBuf>],
+) -> anyhow::Result<()> {
+    for (o, file) in outcomes.iter().zip(files) {
+        let Some(file) = file else { continue };
+        let bytes = if let Some(obj) = &o.object {
+            format!("{}\n", serde_json::to_string_pretty(obj)?)
+        } else if let Some(cert) = &o.certificate {
+            cert.clone()
+        } else {
+            continue;
+        };
         root.write_atomic(file, bytes.as_bytes(), crate::fs::PUBLIC_FILE)?;
     }
     Ok(())
@@ -442,6 +463,20 @@ fn run_batch<'ca>(
         "internal error while reading the batch's CSRs (see log)"
     );
     let done = AtomicUsize::new(0);
+    if args.usages.is_empty() && items.iter().any(|i| matches!(i.input, ItemInput::Pem(_))) {
+        eprintln!(
+            "rotor: PEM CSRs without --usage: each is reviewed with the usages it requests in its own extensions, else its signer's standard usages"
+        );
+    }
+    let files = output_files(&items);
+    let out_dir = match &args.out_dir {
+        Some(d) => {
+            let root = crate::fs::Root::create_ambient(d)?;
+            check_outputs_free(&root, &files)?;
+            Some(root)
+        }
+        None => None,
+    };
     let total = items.len();
     let show = std::io::stderr().is_terminal() && total > 1;
     let bar = show.then(|| {
@@ -483,18 +518,17 @@ fn run_batch<'ca>(
         outcomes
     });
 
-    let out_dir = match &args.out_dir {
-        Some(d) => Some(crate::fs::Root::create_ambient(d)?),
-        None => None,
-    };
     if let Some(root) = &out_dir {
-        write_outputs(root, &outcomes)?;
+        write_outputs(root, &outcomes, &files)?;
     }
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     for o in &outcomes {
-        writeln!(stdout, "{}", serde_json::to_string(o)?)?;
+        let line = serde_json::to_string(o)?;
+        if !output::unless_reader_gone(writeln!(stdout, "{line}"))? {
+            break;
+        }
     }
-    stdout.flush()?;
+    output::unless_reader_gone(stdout.flush())?;
     let s = Summary::of(&outcomes);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -43,6 +43,16 @@ macro_rules! outln {
 
 pub(crate) use {out, outln};
 
+/// A write to standard output whose reader may be gone: a closed pipe is not an error (the
+/// command completes; its output is simply not read), any other error is.
+pub(crate) fn unless_reader_gone(r: std::io::Result<()>) -> std::io::Result<bool> {
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Print rows as an aligned table with a header.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();

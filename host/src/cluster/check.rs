@@ -12,6 +12,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::layout::Storage;
+use super::start::Pointless;
 use super::{Cluster, Result, kubeconfig};
 use crate::facts::{
     CertificateFacts, ExtendedKeyUsage, PemKind, parse_certificate_der, read_pem_blocks,
@@ -351,7 +352,13 @@ pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<
                                 )
                             });
                             match pointless {
-                                Some(why) if !external => (Status::RotateCa, why),
+                                Some(Pointless::RotateCa(why)) if !external => {
+                                    (Status::RotateCa, why)
+                                }
+                                // `start` keeps it until a replacement would outlive it.
+                                Some(Pointless::ShorterLifetime(_)) if !external => {
+                                    (Status::Ok, String::new())
+                                }
                                 _ => (Status::Warning, o.decision.reason().to_string()),
                             }
                         }

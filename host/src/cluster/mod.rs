@@ -476,8 +476,14 @@ impl Cluster {
         if given.is_some()
             && let Some(h) = &token.ca_hash
         {
-            let hash = self.token_ca_hash(&data, now)?;
-            if *h != hash {
+            let (content, ders) = self.token_ca_material(&data)?;
+            let hash = crate::pki::ca_hash(content, &ders, now);
+            // k3s's hash depends on the time for a chain (its root once the chain verifies,
+            // else the file's bytes): a token made at another time may carry the other one.
+            let digest = |b: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b));
+            let pins_this_ca =
+                *h == hash || *h == digest(content) || ders.iter().any(|d| *h == digest(d));
+            if !pins_this_ca {
                 return Err(ClusterError::Token(format!(
                     "'--token': its CA hash {h} does not match the cluster CA ({hash})"
                 )));
@@ -488,6 +494,12 @@ impl Cluster {
 
     /// The CA hash a token of this cluster carries: of the token CA in the datastore.
     pub fn token_ca_hash(&self, data: &BootstrapData, now: OffsetDateTime) -> Result<String> {
+        let (content, ders) = self.token_ca_material(data)?;
+        Ok(crate::pki::ca_hash(content, &ders, now))
+    }
+
+    /// The token CA's file in the datastore and its certificates (DER).
+    fn token_ca_material<'d>(&self, data: &'d BootstrapData) -> Result<(&'d [u8], Vec<Vec<u8>>)> {
         let ca = self.layout.token_ca();
         let content = &data
             .get(ca.cert_field)
@@ -499,7 +511,7 @@ impl Cluster {
             .filter(|b| b.kind == PemKind::Certificate)
             .map(|b| b.der)
             .collect();
-        Ok(crate::pki::ca_hash(content, &ders, now))
+        Ok((content, ders))
     }
 
     /// Read the bootstrap record with `token`.
@@ -723,9 +735,17 @@ impl Cluster {
         } else {
             time::Duration::minutes(5)
         };
+        let not_after = now.checked_add(lifetime).ok_or_else(|| {
+            ClusterError::Invalid(format!(
+                "{}: a lifetime of {} seconds from {} ends past what X.509 can express",
+                spec.name,
+                lifetime.whole_seconds(),
+                crate::policy::rfc3339(now)
+            ))
+        })?;
         let validity = Validity {
             not_before: now - backdate,
-            not_after: now + lifetime,
+            not_after,
         };
         let issued = ca.issue_leaf(&spec.subject, spec.purpose, &key, validity)?;
         let facts = parse_certificate_der(&spec.name, &issued.der)

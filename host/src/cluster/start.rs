@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use time::OffsetDateTime;
 
 use super::layout::LeafSpec;
-use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, purpose_matches};
+use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, check, purpose_matches};
 use crate::datastore::BootstrapData;
 use crate::facts::CertificateFacts;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE};
@@ -372,9 +372,15 @@ fn start_leaf(
                 } else {
                     None
                 };
-                if let Some(why) = pointless {
-                    // Said once per CA (deduplicated in `prepare`), not once per leaf.
-                    warnings.push(why.clone());
+                if let Some(p) = pointless {
+                    let why = match p {
+                        Pointless::RotateCa(why) => {
+                            // Said once per CA (deduplicated in `prepare`), not once per leaf.
+                            warnings.push(why.clone());
+                            why
+                        }
+                        Pointless::ShorterLifetime(why) => why,
+                    };
                     (
                         Action::Keep,
                         vec![format!("{policy}; kept: {why}")],
@@ -409,36 +415,50 @@ fn meaningful_gain(replacement_lifetime: time::Duration) -> time::Duration {
     std::cmp::max(replacement_lifetime / 10_i32, time::Duration::minutes(5))
 }
 
-/// Why re-issuing a leaf now would be pointless, if it would: its replacement would be cut
-/// short by its CA's notAfter (`now + lifetime` reaches past it) and would not outlive the
-/// current certificate by [`meaningful_gain`]. That happens when the CA has less time left than the renewal window:
-/// every start would re-issue every leaf again (new keys, one more backup) for nothing. The
-/// answer is to rotate the CA, which the returned message says.
+/// Why re-issuing a leaf now would be pointless, if it would: its replacement, ending at the
+/// earlier of `now + lifetime` and its CA's notAfter, would not outlive the current certificate
+/// by [`meaningful_gain`]. When the CA is what cuts it short (the CA has less time left than
+/// the renewal window), every start would re-issue every leaf again (new keys, one more
+/// backup) for nothing, and the answer is to rotate the CA, which the message says.
 pub(crate) fn replacement_pointless(
     ca_name: &str,
     ca_not_after: OffsetDateTime,
     current_not_after: OffsetDateTime,
     lifetime_seconds: u64,
     now: OffsetDateTime,
-) -> Option<String> {
+) -> Option<Pointless> {
     let wanted = time::Duration::seconds(i64::try_from(lifetime_seconds).unwrap_or(i64::MAX));
-    let clamped = now
-        .checked_add(wanted)
-        .is_none_or(|end| end >= ca_not_after);
-    // A replacement the CA does not cut short is the policy's choice, even a shorter one.
-    if !clamped {
-        return None;
-    }
-    let replacement_lifetime = ca_not_after - now;
+    let (end, cut_by_ca) = match now.checked_add(wanted) {
+        Some(end) if end < ca_not_after => (end, false),
+        _ => (ca_not_after, true),
+    };
+    let replacement_lifetime = end - now;
     if replacement_lifetime > time::Duration::ZERO
-        && ca_not_after - current_not_after >= meaningful_gain(replacement_lifetime)
+        && end - current_not_after >= meaningful_gain(replacement_lifetime)
     {
         return None;
     }
-    Some(format!(
-        "CA {ca_name} expires on {}: rotate the CA (a certificate issued now would not outlive this one)",
-        crate::policy::rfc3339(ca_not_after)
-    ))
+    Some(if cut_by_ca {
+        Pointless::RotateCa(format!(
+            "CA {ca_name} expires on {}: rotate the CA (a certificate issued now would not outlive this one)",
+            crate::policy::rfc3339(ca_not_after)
+        ))
+    } else {
+        Pointless::ShorterLifetime(format!(
+            "a certificate issued now for {} would end on {}, not after this one: renewed once a replacement outlives it",
+            check::short_duration(wanted),
+            crate::policy::rfc3339(end)
+        ))
+    })
+}
+
+/// Why a renewal the policy asked for is not done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Pointless {
+    /// The CA ends too soon for any replacement to help: rotate the CA.
+    RotateCa(String),
+    /// The lifetime the policy asks for would end before the current certificate does.
+    ShorterLifetime(String),
 }
 
 /// How the certificate drifted from what the layout says it must contain (k3s's

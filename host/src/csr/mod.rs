@@ -129,17 +129,16 @@ pub struct Review {
 
 /// The CA that signs for a Kubernetes signer: k3s and RKE2 point the controller manager's
 /// signers at the client CA (`kube-apiserver-client`, `kube-apiserver-client-kubelet`) and the
-/// server CA (`kubelet-serving`, `legacy-unknown`); kubeadm at `ca` for all four.
+/// server CA (`kubelet-serving`); kubeadm at `ca` for all three. `legacy-unknown` gets no CA:
+/// the `certificates.k8s.io/v1` API refuses that signer, the controller manager never signs
+/// for it, and it has no usage rules, so an approval for it is never signed.
 pub fn ca_for_signer(profile: crate::cluster::Profile, signer: &str) -> Option<&'static str> {
     const CLIENT: [&str; 2] = [
         "kubernetes.io/kube-apiserver-client",
         "kubernetes.io/kube-apiserver-client-kubelet",
     ];
-    const SERVER: [&str; 2] = [
-        "kubernetes.io/kubelet-serving",
-        "kubernetes.io/legacy-unknown",
-    ];
-    let known = CLIENT.contains(&signer) || SERVER.contains(&signer);
+    const SERVER: &str = "kubernetes.io/kubelet-serving";
+    let known = CLIENT.contains(&signer) || signer == SERVER;
     match profile {
         _ if !known => None,
         crate::cluster::Profile::Kubeadm => Some("ca"),
@@ -187,9 +186,22 @@ fn usage_bits(u: Usage) -> Option<(Option<Ku>, Option<Eku>)> {
     }
 }
 
+/// The extended key usage every certificate of a Kubernetes signer carries (`server auth` for
+/// kubelet-serving, `client auth` for the client signers). A certificate without any extended
+/// key usage is good for every purpose, so the host issues none without it.
+pub fn required_usage(signer: &str) -> Option<Usage> {
+    match signer {
+        "kubernetes.io/kubelet-serving" => Some(Usage::ServerAuth),
+        "kubernetes.io/kube-apiserver-client-kubelet" | "kubernetes.io/kube-apiserver-client" => {
+            Some(Usage::ClientAuth)
+        }
+        _ => None,
+    }
+}
+
 /// The usages a Kubernetes signer may issue (its documented rules, as the kube-controller-manager
 /// signer enforces them); `None` for a signer without such a rule (`legacy-unknown`, signers
-/// outside `kubernetes.io/`).
+/// outside `kubernetes.io/`, none of which rotor signs).
 pub fn permitted_usages(signer: &str) -> Option<&'static [Usage]> {
     const SERVING: &[Usage] = &[
         Usage::DigitalSignature,
@@ -317,7 +329,20 @@ fn host_violations(csr: &CsrFacts, signer: &str, usages: &[Usage]) -> Vec<Violat
             ));
         }
     }
+    if let Some(required) = required_usage(signer)
+        && !usages.contains(&required)
+    {
+        v.push(missing_required(signer, required));
+    }
     v
+}
+
+fn missing_required(signer: &str, required: Usage) -> Violation {
+    Violation::new(
+        "UsageRequiredForSigner",
+        "spec.usages",
+        format!("every {signer} certificate carries '{required}'"),
+    )
 }
 
 /// A CSR with its Kubernetes context.
@@ -461,8 +486,22 @@ pub fn review(
         }
     };
 
-    // 3. The template, from policy.
+    // 3. The template, from policy. An approval may narrow the usages, never drop the signer's
+    // own extended key usage (a certificate without one is good for any purpose).
     let usages = usages.unwrap_or_else(|| request.usages.clone());
+    if let Some(required) = required_usage(&request.signer_name)
+        && !usages.contains(&required)
+    {
+        let v = missing_required(&request.signer_name, required);
+        review.notes.push(format!(
+            "the approval leaves out '{required}': denied ({})",
+            csr_outcome.plugin.as_deref().unwrap_or("policy")
+        ));
+        review.verdict = Verdict::Deny {
+            violations: vec![v],
+        };
+        return Ok(review);
+    }
     let mut seconds = lifetime
         .or(request.expiration_seconds)
         .unwrap_or(DEFAULT_LIFETIME_SECONDS)

@@ -72,10 +72,11 @@ const BACKDATE: i128 = 3600;
 /// The least age before a renewal, in seconds.
 const MIN_AGE: i128 = 300;
 
-/// When the window would open before the certificate is even a few minutes old (its life is
-/// not longer than the window), the window alone would renew it at once and its replacement
-/// too: renew at 2/3 of its lifetime instead (cert-manager's rule), never before the minimum
-/// age counted from the real issuance. `None` when the window rule applies. Computed in
+/// When the window would open before a tenth of the certificate's life (counted from its real
+/// issuance, at least five minutes) has passed, as for a 30-day leaf and a 90-day window, the
+/// window alone would renew it at once and its replacement too: renew at 2/3 of its lifetime
+/// instead (cert-manager's rule), never before that minimum age. The default plugin's window
+/// mode applies the same rule. `None` when the window rule applies. Computed in
 /// `i128` seconds: certificate times come from files and may be anywhere.
 fn two_thirds_instead(
     request: &RenewalRequest,

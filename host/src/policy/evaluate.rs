@@ -214,7 +214,12 @@ impl Bundle {
     }
 }
 
-/// Host rules on a renewal answer: never auto-renew a CA, clamp the lifetime to the CA.
+/// The longest lifetime rotor gives a renewed leaf, whatever a plugin asks: 100 years (the
+/// issuing CA's notAfter usually clamps it far earlier).
+pub const MAX_LEAF_LIFETIME_SECONDS: u64 = 36_500 * 86_400;
+
+/// Host rules on a renewal answer: never auto-renew a CA, cap the lifetime and clamp it to the
+/// CA.
 fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDecision>) {
     let cert = &request.certificate;
     if cert.is_ca && outcome.decision.is_renew() {
@@ -235,6 +240,12 @@ fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDe
     else {
         return;
     };
+    if *lifetime > MAX_LEAF_LIFETIME_SECONDS {
+        outcome.notes.push(format!(
+            "lifetime capped from {lifetime} to {MAX_LEAF_LIFETIME_SECONDS} seconds (100 years), the most rotor issues"
+        ));
+        *lifetime = MAX_LEAF_LIFETIME_SECONDS;
+    }
     let Some(ca_not_after) = request.issuer_not_after else {
         return;
     };
