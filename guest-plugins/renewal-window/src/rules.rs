@@ -771,6 +771,16 @@ mod tests {
         // open at the issuance itself; it is not renewed a minute later either.
         let (c, issued) = backdated(90 * DAY + 3600, 3600, "0b");
         assert!(!is_renew(&decide(&s, &c, None, issued + 60)));
+        // Lifetimes just above the window (the churn edge): never renewed within a tenth of
+        // their life, the fallback rule's guard too.
+        for extra_hours in [1, 2, 3, 24, 24 * 9] {
+            let (c, issued) = backdated(90 * DAY + extra_hours * 3600, 3600, "0d");
+            let tenth = (c.not_after - issued) / 10;
+            assert!(
+                !is_renew(&decide(&s, &c, None, issued + tenth - 60)),
+                "{extra_hours} h over the window"
+            );
+        }
         // A year-long certificate keeps the plain window rule.
         let (c, _) = backdated(365 * DAY + 3600, 3600, "0c");
         assert!(is_renew(&decide(&s, &c, None, c.not_after - 90 * DAY)));
