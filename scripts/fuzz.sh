@@ -17,12 +17,24 @@ for t in $targets; do
     cargo +nightly fuzz run -s none -a "$t" "$work" "corpus/$t" -- \
         -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
         -print_final_stats=1 2>&1 | grep -E '^(#[0-9]+.*DONE|stat::|==|SUMMARY|.*panicked)' || true
-    # Keep only inputs that add coverage: the committed corpus stays small.
-    mkdir -p "corpus/$t.min"
-    cargo +nightly fuzz run -s none -a "$t" "corpus/$t.min" "corpus/$t" "$work" -- -merge=1 \
-        >/dev/null 2>&1 || true
-    rm -rf "corpus/$t" "$work"
-    mv "corpus/$t.min" "corpus/$t"
+    # Keep a smallest set of inputs covering every edge reached (not every hit count): the
+    # committed corpus stays small. Replace the corpus only when the merge produced one.
+    min="$(mktemp -d)"
+    cargo +nightly fuzz run -s none -a "$t" "$min" "corpus/$t" "$work" -- \
+        -set_cover_merge=1 -use_counters=0 >/dev/null 2>&1 || true
+    if [ -n "$(ls -A "$min")" ]; then
+        rm -rf "corpus/$t"
+        mv "$min" "corpus/$t"
+    else
+        echo "   merge produced nothing: corpus/$t left as it was"
+        rm -rf "$min"
+    fi
+    rm -rf "$work"
     echo "   corpus: $(ls "corpus/$t" | wc -l) inputs"
 done
-ls artifacts 2>/dev/null && find artifacts -type f | sed 's/^/crash: /' || true
+crashes="$(find artifacts -type f 2>/dev/null)"
+if [ -n "$crashes" ]; then
+    echo "$crashes" | sed 's/^/crash: /'
+    exit 1
+fi
+echo "no crashes"
