@@ -918,8 +918,14 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
     let token = std::fs::read_to_string(data.join("server/token")).unwrap();
     assert!(token.trim().ends_with(":0123456789abcdef0123"), "{token}");
     let (_, out, _) = rotor_at(&data, &["start", "--dry-run", "--now", &now]);
-    assert!(out.contains("service.key"), "the new service key waits for start: {out}");
-    assert!(!out.contains("  renew "), "the rotation renewed every leaf: {out}");
+    assert!(
+        out.contains("service.key"),
+        "the new service key waits for start: {out}"
+    );
+    assert!(
+        !out.contains("  renew "),
+        "the rotation renewed every leaf: {out}"
+    );
 }
 
 // 7. Lost results ------------------------------------------------------------------------------
