@@ -299,6 +299,7 @@ fn start_leaf(
 ) -> Result<LeafPlan> {
     let external = ca.signer().is_none();
     let mut lifetime = super::init::LEAF_LIFETIME.whole_seconds() as u64;
+    let mut not_yet_valid = None;
     let (action, reasons, not_after) = match cluster.read_leaf(spec)? {
         LeafOnDisk::Missing(why) => (
             if external {
@@ -315,12 +316,7 @@ fn start_leaf(
             key_matches,
         } => {
             if now < facts.not_before {
-                warnings.push(format!(
-                    "{} is not valid until {}: the clock ({}) is earlier than its notBefore (has it moved back?); 'rotor certificate rotate' re-issues it",
-                    spec.name,
-                    crate::policy::rfc3339(facts.not_before),
-                    crate::policy::rfc3339(now)
-                ));
+                not_yet_valid = Some(facts.not_before);
             }
             let request = RenewalRequest {
                 name: spec.name.clone(),
@@ -398,6 +394,16 @@ fn start_leaf(
             }
         }
     };
+    // A kept certificate that is not valid yet (the clock moved back, or an earlier `--now`
+    // in the future) is what `certificate check` flags: say why nothing changes.
+    if let (Some(from), Action::Keep | Action::ExternallyManaged) = (not_yet_valid, action) {
+        warnings.push(format!(
+            "{} is not valid until {}: the clock ({}) is earlier than its notBefore (has it moved back?); 'rotor certificate rotate' re-issues it",
+            spec.name,
+            crate::policy::rfc3339(from),
+            crate::policy::rfc3339(now)
+        ));
+    }
     Ok(LeafPlan {
         name: spec.name.clone(),
         path: leaf_path(cluster, spec),
