@@ -777,6 +777,8 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
         jsonl.to_str().unwrap().to_string(),
         evidence.to_str().unwrap().to_string(),
     );
+    let review = serving_csr_args("review", Path::new(csr), "a", &[], &["10.0.0.5"], &now);
+    let sign = serving_csr_args("sign", Path::new(csr), "a", &[], &["10.0.0.5"], &now);
     let runs: Vec<(&Path, Vec<&str>, i32)> = vec![
         (&fresh, vec!["init", "--node-name", "n", "--now", &now], 0),
         (
@@ -801,46 +803,8 @@ fn a_closed_stdout_never_panics_in_any_subcommand() {
         (&data, vec!["start", "--now", &now], 0),
         (&data, vec!["certificate", "check", "--now", &now], 0),
         (&data, vec!["certificate", "rotate", "--now", &now], 0),
-        (
-            &data,
-            vec![
-                "csr",
-                "review",
-                "--csr",
-                csr,
-                "--signer",
-                SERVING,
-                "--username",
-                "system:node:a",
-                "--group",
-                "system:nodes",
-                "--node-ip",
-                "10.0.0.5",
-                "--now",
-                &now,
-            ],
-            0,
-        ),
-        (
-            &data,
-            vec![
-                "csr",
-                "sign",
-                "--csr",
-                csr,
-                "--signer",
-                SERVING,
-                "--username",
-                "system:node:a",
-                "--group",
-                "system:nodes",
-                "--node-ip",
-                "10.0.0.5",
-                "--now",
-                &now,
-            ],
-            0,
-        ),
+        (&data, strs(&review), 0),
+        (&data, strs(&sign), 0),
         (
             &data,
             vec![

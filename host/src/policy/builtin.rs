@@ -101,7 +101,8 @@ mod tests {
     use crate::pki::{KeyType, Subject, Validity, self_signed_ca};
     use time::macros::datetime;
 
-    /// A real certificate valid from `not_before` for `days`, presented as a leaf.
+    /// A real certificate valid from `not_before` for `days`, presented as a leaf. Test code:
+    /// its `unwrap`s only fail if key generation or rcgen itself is broken.
     fn request(
         not_before: time::OffsetDateTime,
         days: i64,
