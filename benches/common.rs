@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use rcgen::{CertificateParams, DnType, KeyPair, SanType};
-use rotor::csr::k8s;
+
+use rotor::contract::CsrContext;
 use rotor::facts::Usage;
-use rotor::policy::request::CsrContext;
 use serde_json::Value;
 
 /// The address of node `i` (10.x.y.z, never ending in .0).
@@ -54,5 +54,5 @@ pub(crate) fn kubelet_csr_object(i: u32, extra: Option<IpAddr>) -> Value {
         ],
         ..CsrContext::default()
     };
-    k8s::object_for(&format!("csr-{node}"), &pem, &ctx)
+    rotor::csr::k8s_object_for(&format!("csr-{node}"), &pem, &ctx)
 }

@@ -15,8 +15,8 @@ use std::sync::atomic::AtomicUsize;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rotor::csr::batch::{self, Item, ItemInput};
-use rotor::csr::k8s;
+use rotor::csr::{Decide, Item, ItemInput, process_batch};
+
 use rotor::datastore::{RecordFormat, open_record, seal_record};
 use rotor::pki::{CaSigner, KeyType, Purpose, Subject, Validity, self_signed_ca};
 use rotor::plugin::{EngineOptions, PluginEngine};
@@ -130,7 +130,8 @@ fn kubelet_csrs(n: u32) -> Vec<Item> {
         .enumerate()
         .map(|(i, object)| {
             let address = common::node_address(i as u32);
-            let parsed = k8s::parse("bench", object, &[address]).expect("object parses");
+            let parsed =
+                rotor::csr::parse_k8s_object("bench", object, &[address]).expect("object parses");
             Item {
                 name: format!("node-{i}"),
                 input: ItemInput::Object(Box::new(parsed)),
@@ -152,7 +153,7 @@ fn csr_batch(c: &mut Criterion) {
     let ca = server_ca();
     let signer = |_: &str| Some(&ca);
     let limits = rotor::csr::SignerLimits::default();
-    let how = batch::Decide {
+    let how = Decide {
         limits: &limits,
         sign_approved: true,
         now: now(),
@@ -163,7 +164,7 @@ fn csr_batch(c: &mut Criterion) {
     let mut group = c.benchmark_group("csr_batch");
     for n in [1usize, 100, 10_000] {
         let items = &all[..n];
-        let check = batch::process(&bundle, items, &signer, &how, threads, &AtomicUsize::new(0));
+        let check = process_batch(&bundle, items, &signer, &how, threads, &AtomicUsize::new(0));
         assert!(
             check.iter().all(|o| o.certificate.is_some()),
             "every bench CSR must be approved and signed"
@@ -174,7 +175,7 @@ fn csr_batch(c: &mut Criterion) {
         }
         group.bench_with_input(BenchmarkId::from_parameter(n), &items, |b, items| {
             b.iter(|| {
-                black_box(batch::process(
+                black_box(process_batch(
                     &bundle,
                     items,
                     &signer,

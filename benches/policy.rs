@@ -13,14 +13,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rotor::contract::Hook;
+use rotor::contract::RenewalDecision;
+use rotor::contract::{CsrContext, CsrRequest, RenewalRequest, SanRequest, SanStage};
 use rotor::facts::{
     CertificateFacts, DistinguishedName, SubjectAltNames, Usage, parse_certificates_pem,
     parse_csr_pem,
 };
-use rotor::plugin::{EngineOptions, Hook, PluginEngine, SandboxLimits};
+use rotor::plugin::{EngineOptions, PluginEngine, SandboxLimits};
 use rotor::policy::Bundle;
-use rotor::policy::decision::RenewalDecision;
-use rotor::policy::request::{CsrContext, CsrRequest, RenewalRequest, SanRequest, SanStage};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -248,7 +249,7 @@ fn san_and_csr_hooks(c: &mut Criterion) {
     assert!(
         matches!(
             bundle.validate_sans(&csr_names).expect("SAN").decision,
-            rotor::policy::decision::SanDecision::Allow
+            rotor::contract::SanDecision::Allow
         ),
         "the bench CSR's names must be allowed, or the bench measures a denial"
     );

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use time::OffsetDateTime;
 
-use crate::plugin::Hook;
+use crate::contract::Hook;
 use crate::policy::input::{InputContext, build_request};
 
 /// A fuzz target: arbitrary bytes in, nothing out.

@@ -21,9 +21,12 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the module map.
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod clock;
 pub mod cluster;
+pub mod contract;
 pub mod csr;
 pub mod datadir;
 pub mod datastore;

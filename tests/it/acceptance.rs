@@ -505,7 +505,7 @@ fn kubeadm_apiserver_covers_the_address_its_kubeconfigs_point_at() {
             &now,
         ],
     );
-    let admin = rotor::cluster::kubeconfig::read_embedded(
+    let admin = rotor::cluster::read_kubeconfig_credential(
         "admin.conf",
         &std::fs::read(data.join("admin.conf")).unwrap(),
     )

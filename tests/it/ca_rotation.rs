@@ -613,7 +613,7 @@ fn kubeadm_cas_rotate_with_the_same_tools() {
     );
     let out = rotor_ok(&dir, &["start", "--now", &at]);
     assert!(out.contains("renewed 12 certificate(s)"), "{out}");
-    let conf = rotor::cluster::kubeconfig::read_embedded(
+    let conf = rotor::cluster::read_kubeconfig_credential(
         "admin.conf",
         &std::fs::read(dir.join("admin.conf")).unwrap(),
     )

@@ -740,7 +740,7 @@ fn kubeadm_layout_kubeconfigs_renew_and_csrs() {
         openssl_verify(&dir.join(ca), &dir.join(leaf));
     }
     // Kubeconfigs embed the CA, a client certificate for the right user, and its key.
-    let conf = rotor::cluster::kubeconfig::read_embedded(
+    let conf = rotor::cluster::read_kubeconfig_credential(
         "admin.conf",
         &std::fs::read(dir.join("admin.conf")).unwrap(),
     )

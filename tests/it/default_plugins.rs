@@ -1,8 +1,8 @@
 //! The default plugins through the shipped bundles, on real certificates and CSRs.
 
+use rotor::contract::{CsrContext, CsrRequest, RenewalRequest, SanStage};
+use rotor::contract::{CsrDecision, RenewalDecision, SanDecision};
 use rotor::facts::{Usage, parse_certificates_pem, parse_csr_pem};
-use rotor::policy::decision::{CsrDecision, RenewalDecision, SanDecision};
-use rotor::policy::request::{CsrContext, CsrRequest, RenewalRequest, SanStage};
 use rotor::policy::{Bundle, Source};
 
 use crate::common::*;

@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use rotor::contract::Hook;
+use rotor::contract::{CsrContext, CsrRequest, RenewalRequest, SanRequest, SanStage};
+use rotor::contract::{CsrDecision, RenewalDecision, SanDecision};
 use rotor::facts::parse_certificates_pem;
-use rotor::plugin::{Hook, PluginEngine, PluginErrorKind, SandboxLimits};
-use rotor::policy::decision::{CsrDecision, RenewalDecision, SanDecision};
-use rotor::policy::request::{CsrContext, CsrRequest, RenewalRequest, SanRequest, SanStage};
+use rotor::plugin::{PluginEngine, PluginErrorKind, SandboxLimits};
 use rotor::policy::{Bundle, BundleError, Source};
 
 use crate::common::*;

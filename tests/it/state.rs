@@ -168,7 +168,7 @@ fn verify(dir: &Path, now: OffsetDateTime) -> Result<(), String> {
                 std::fs::read(dir.join(key)).map_err(|e| format!("{}: {e}", key.display()))?,
             ),
             Storage::Kubeconfig { file, .. } => {
-                let e = rotor::cluster::kubeconfig::read_embedded(
+                let e = rotor::cluster::read_kubeconfig_credential(
                     "kubeconfig",
                     &std::fs::read(dir.join(file)).unwrap(),
                 )?;

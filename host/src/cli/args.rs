@@ -8,11 +8,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use time::OffsetDateTime;
 
 use crate::cluster::Profile;
+use crate::contract::Hook;
+use crate::contract::SanStage;
 use crate::datastore::RecordFormat;
 use crate::facts::Usage;
 use crate::pki::KeyType;
-use crate::plugin::Hook;
-use crate::policy::request::SanStage;
 
 /// rotor: certificate rotation for k3s, RKE2 and kubeadm clusters, decided by sandboxed
 /// WebAssembly policy plugins.
@@ -21,7 +21,7 @@ use crate::policy::request::SanStage;
 #[command(
     after_help = "Exit status: 0 success, 1 done but needs attention (e.g. failing policy tests), 2 error."
 )]
-pub struct Cli {
+pub(super) struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
     #[command(subcommand)]
@@ -31,7 +31,7 @@ pub struct Cli {
 /// Options every command takes; `--help` lists them under their own heading.
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
-pub struct GlobalArgs {
+pub(super) struct GlobalArgs {
     /// The data dir: k3s/RKE2 `server/` and `agent/`, or kubeadm's `pki/` and kubeconfigs.
     #[arg(
         long,
@@ -87,7 +87,7 @@ pub struct GlobalArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Create the cluster PKI (or adopt CAs already in place) in the data dir.
     #[command(after_help = "Examples:\n  \
         rotor init --profile k3s --node-name server-1 --node-ip 192.168.1.10 --tls-san k8s.example.com\n  \
@@ -123,7 +123,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct InitArgs {
+pub(super) struct InitArgs {
     /// The distribution whose layout and conventions to follow.
     #[arg(long, value_enum, default_value = "k3s")]
     pub profile: Profile,
@@ -157,7 +157,7 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct StartArgs {
+pub(super) struct StartArgs {
     /// Print the plan (each certificate, the decision, the reason) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -170,7 +170,7 @@ pub struct StartArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CertificateCommand {
+pub(super) enum CertificateCommand {
     /// Re-issue client and serving certificates (new keys), all or those of some services.
     #[command(
         after_help = "Examples:\n  rotor certificate rotate\n  rotor certificate rotate --service api-server,kubelet --dry-run"
@@ -254,7 +254,7 @@ pub enum CertificateCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct GenerateCustomCaArgs {
+pub(super) struct GenerateCustomCaArgs {
     /// Output dir: files go to DIR/server/tls (k3s, RKE2) or DIR/pki (kubeadm).
     #[arg(long)]
     pub out: PathBuf,
@@ -284,7 +284,7 @@ pub struct GenerateCustomCaArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CsrCommand {
+pub(super) enum CsrCommand {
     /// The decision on a CSR: approve, deny (every reason) or abstain (pending).
     #[command(
         after_help = "Exit status: 0 approved, 1 denied, 3 pending (abstained), 2 error.\n\n\
@@ -306,13 +306,13 @@ pub enum CsrCommand {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CsrFormat {
+pub(super) enum CsrFormat {
     Text,
     Json,
 }
 
 #[derive(Debug, Args)]
-pub struct CsrArgs {
+pub(super) struct CsrArgs {
     /// A PEM CSR, or a CertificateSigningRequest object as JSON (`-` for standard input).
     #[arg(long)]
     pub csr: Option<PathBuf>,
@@ -370,7 +370,7 @@ pub struct CsrArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(super) enum TokenCommand {
     /// Re-encrypt the bootstrap data under a new token; the old one no longer decrypts it.
     Rotate {
         /// The new token (K10<hash>::server:<password>, or a bare password).
@@ -385,7 +385,7 @@ pub enum TokenCommand {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CheckFormat {
+pub(super) enum CheckFormat {
     Text,
     Table,
     Json,
@@ -393,7 +393,7 @@ pub enum CheckFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CertsCommand {
+pub(super) enum CertsCommand {
     /// kubeadm's expiry tables: certificates, then certificate authorities.
     CheckExpiration {
         #[arg(short, long, value_enum, default_value = "text")]
@@ -416,14 +416,14 @@ pub enum CertsCommand {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ExpirationFormat {
+pub(super) enum ExpirationFormat {
     Text,
     Json,
     Yaml,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(super) enum PolicyCommand {
     /// Load every plugin of the bundle, validate its settings, and print what was loaded.
     #[command(after_help = "Example:\n  rotor policy check --bundle policies/strict")]
     Check,
@@ -481,7 +481,7 @@ impl From<StageArg> for SanStage {
 }
 
 #[derive(Debug, Args)]
-pub struct EvalArgs {
+pub(super) struct EvalArgs {
     /// Which hook to ask.
     #[arg(long, value_enum)]
     pub hook: HookArg,

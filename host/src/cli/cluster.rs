@@ -11,9 +11,10 @@ use super::args::{
 use super::output;
 use super::output::{out, outln};
 use crate::clock;
+use crate::clock::rfc3339;
 use crate::cluster::start::{self, Action, Mode};
 use crate::cluster::{Cluster, check, init, kubeadm_certs};
-use crate::policy::{Bundle, rfc3339};
+use crate::policy::Bundle;
 
 /// `--now` (already parsed and range-checked by clap), else the system clock.
 pub(super) fn now(arg: Option<OffsetDateTime>) -> OffsetDateTime {

@@ -12,13 +12,13 @@ use super::Exit;
 use super::args::{CsrArgs, CsrFormat, GlobalArgs};
 use super::cluster::now;
 use super::output::{self, out, outln};
-use crate::cluster::{Cluster, ClusterConfig, ClusterError, LoadedCa};
+use crate::cluster::{Cluster, ClusterError, Layout, LoadedCa};
+use crate::contract::CsrContext;
 use crate::csr::batch::{self, Item, ItemInput, Summary};
 use crate::csr::{self, CsrInput, SignerLimits, Verdict, k8s};
 use crate::facts::{PemKind, read_pem_blocks};
 use crate::pki::CaSigner;
 use crate::policy::Bundle;
-use crate::policy::request::CsrContext;
 
 /// Exit statuses of `csr review` and `csr sign` for one CSR.
 fn exit_for(verdict: &Verdict) -> Exit {
@@ -140,14 +140,14 @@ fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
 fn cas(
     global: &GlobalArgs,
     sign: bool,
-) -> anyhow::Result<Option<(ClusterConfig, BTreeMap<&'static str, LoadedCa>)>> {
+) -> anyhow::Result<Option<(Layout, BTreeMap<&'static str, LoadedCa>)>> {
     let options = super::datadir_options(global, if sign { "csr sign" } else { "csr review" });
     match Cluster::open_read(&global.data_dir, &options) {
         Ok(cluster) => {
             let cas = cluster.cas_from_disk()?;
             // The CAs are in memory: writers need not wait for the batch.
-            let (config, _) = cluster.release();
-            Ok(Some((config, cas)))
+            let (_, layout) = cluster.release();
+            Ok(Some((layout, cas)))
         }
         Err(ClusterError::NotInitialized(_)) if !sign => Ok(None),
         Err(ClusterError::NotInitialized(dir)) => {
@@ -167,9 +167,8 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
     let evidence = Evidence::load(&args)?;
     let loaded = cas(global, sign)?;
     let signer_of = |signer: &str| -> Option<&CaSigner> {
-        let (config, cas) = loaded.as_ref()?;
-        cas.get(csr::ca_for_signer(config.profile, signer)?)?
-            .signer()
+        let (layout, cas) = loaded.as_ref()?;
+        cas.get(layout.ca_for_signer(signer)?.name)?.signer()
     };
 
     let mut limits = SignerLimits::default();

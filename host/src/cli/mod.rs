@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-pub use args::Cli;
+use args::Cli;
 use args::{Command, GlobalArgs};
 
 use crate::plugin::{EngineOptions, PluginEngine};

@@ -8,7 +8,7 @@ use super::Exit;
 use super::args::{EvalArgs, GlobalArgs, PolicyCommand};
 use super::output::outln;
 use crate::clock;
-use crate::plugin::Hook;
+use crate::contract::Hook;
 use crate::policy::input::{HookRequest, InputContext, build_request};
 use crate::policy::{Bundle, fixtures};
 

@@ -14,14 +14,14 @@ use time::OffsetDateTime;
 use super::layout::Storage;
 use super::start::Pointless;
 use super::{Cluster, Result, kubeconfig};
+use crate::contract::RenewalRequest;
 use crate::facts::{
     CertificateFacts, ExtendedKeyUsage, PemKind, parse_certificate_der, read_pem_blocks,
 };
 use crate::policy::Bundle;
-use crate::policy::request::RenewalRequest;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Status {
+pub(crate) enum Status {
     #[serde(rename = "OK")]
     Ok,
     #[serde(rename = "WARNING")]
@@ -40,7 +40,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "OK",
             Status::Warning => "WARNING",
@@ -52,14 +52,14 @@ impl Status {
         }
     }
 
-    pub fn needs_attention(self) -> bool {
+    pub(crate) fn needs_attention(self) -> bool {
         self != Status::Ok
     }
 }
 
 /// One certificate.
 #[derive(Clone, Debug, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// File, relative to the data dir.
     pub file: String,
     /// The certificate's name in the layout (leaf or CA name); chain entries repeat it with
@@ -86,7 +86,7 @@ pub struct Row {
 const CA_WARNING: time::Duration = time::Duration::days(365);
 
 /// kubeadm's short human duration: `364d`, `9y`, `23h`, `59m`, `<invalid>` once expired.
-pub fn short_duration(d: time::Duration) -> String {
+pub(crate) fn short_duration(d: time::Duration) -> String {
     let s = d.whole_seconds();
     if s <= 0 {
         return "<invalid>".into();
@@ -213,7 +213,7 @@ fn certificates_in(
 }
 
 /// Every certificate rotor manages.
-pub fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<Vec<Row>> {
+pub(crate) fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     // Each CA's notAfter, by name, from its own file (a leaf's chain may not carry it).
     let mut ca_not_after = std::collections::BTreeMap::new();

@@ -56,7 +56,7 @@ impl Profile {
 }
 
 /// The file name of the configuration in the data dir.
-pub const CONFIG_FILE: &str = "rotor.json";
+pub(crate) const CONFIG_FILE: &str = "rotor.json";
 
 /// What `rotor init` was told, and what it decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

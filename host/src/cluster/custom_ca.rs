@@ -38,7 +38,7 @@ fn tls_dir(profile: Profile) -> &'static str {
 }
 
 /// A CA's certificate path relative to the TLS dir (`server-ca.crt`, `etcd/peer-ca.crt`).
-pub fn staged(layout: &Layout, path: &Path) -> PathBuf {
+pub(crate) fn staged(layout: &Layout, path: &Path) -> PathBuf {
     let tls = tls_dir(layout.profile);
     path.strip_prefix(tls)
         .map(Path::to_path_buf)
@@ -77,7 +77,7 @@ fn ca_type(spec: &CaSpec) -> String {
 }
 
 /// An existing root (and intermediate) to build under.
-pub enum Parent {
+pub(crate) enum Parent {
     /// Generate root and intermediate.
     None,
     /// An existing root: generate the intermediate under it.
@@ -90,7 +90,7 @@ pub enum Parent {
     },
 }
 
-pub struct CustomCaOptions {
+pub(crate) struct CustomCaOptions {
     pub profile: Profile,
     pub parent: Parent,
     pub root_key_type: KeyType,
@@ -101,7 +101,7 @@ pub struct CustomCaOptions {
 
 /// What was written.
 #[derive(Debug)]
-pub struct Generated {
+pub(crate) struct Generated {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
     /// Root and intermediate keys written here, which belong off the nodes.
@@ -191,7 +191,7 @@ fn prepend_service_key(key_type: KeyType, existing: Option<&[u8]>) -> Result<Vec
 }
 
 /// `rotor certificate generate-custom-ca --out DIR`.
-pub fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Generated> {
+pub(crate) fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Generated> {
     let layout = bare_layout(opts.profile);
     let tls = PathBuf::from(tls_dir(opts.profile));
     let stamp = opts.now.unix_timestamp();
@@ -351,7 +351,7 @@ pub fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Generated
 
 /// What `rotate-default-ca` wrote.
 #[derive(Debug)]
-pub struct RotatedDefault {
+pub(crate) struct RotatedDefault {
     pub dir: PathBuf,
     pub files: Vec<PathBuf>,
     /// The token nodes must use once the new CAs are loaded.
@@ -362,7 +362,7 @@ pub struct RotatedDefault {
 }
 
 /// `rotor certificate rotate-default-ca --out DIR`.
-pub fn rotate_default_ca(
+pub(crate) fn rotate_default_ca(
     cluster: &Cluster,
     token: Option<&str>,
     out: &Path,

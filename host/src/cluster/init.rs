@@ -17,6 +17,7 @@ use super::{
     Change, Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names,
     kubeconfig, load_external_ca,
 };
+use crate::contract::SanStage;
 use crate::datadir::{DataDir, Entry, META, Options};
 use crate::datastore::{BOOTSTRAP_PREFIX, BootstrapData, DirectoryDatastore, RecordFormat};
 use crate::fs::{Kind, PRIVATE_FILE, PUBLIC_FILE, Root, TEMP_MARKER};
@@ -25,11 +26,10 @@ use crate::pki::{
     self_signed_ca,
 };
 use crate::policy::Bundle;
-use crate::policy::request::SanStage;
 
 /// What `rotor init` was asked.
 #[derive(Clone, Debug)]
-pub struct InitOptions {
+pub(crate) struct InitOptions {
     pub profile: Profile,
     pub node_name: String,
     pub node_ips: Vec<IpAddr>,
@@ -45,7 +45,7 @@ pub struct InitOptions {
 
 /// What `rotor init` did.
 #[derive(Debug)]
-pub struct InitReport {
+pub(crate) struct InitReport {
     pub token: Token,
     pub generated_cas: Vec<&'static str>,
     pub adopted_cas: Vec<&'static str>,
@@ -60,7 +60,7 @@ pub struct InitReport {
 
 const CA_LIFETIME_DAYS: i64 = 3650;
 /// Leaf lifetime when nothing else says: the documents' 365 days.
-pub const LEAF_LIFETIME: time::Duration = time::Duration::days(365);
+pub(crate) const LEAF_LIFETIME: time::Duration = time::Duration::days(365);
 
 fn validate_node_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -90,7 +90,7 @@ struct PlannedCa {
     write: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-pub fn init(
+pub(crate) fn init(
     data_dir: &Path,
     opts: InitOptions,
     bundle: &Bundle,
@@ -447,7 +447,7 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                 if ca.facts.not_after <= now {
                     return Err(ClusterError::Invalid(format!(
                         "{what}: the CA expired on {}",
-                        crate::policy::rfc3339(ca.facts.not_after)
+                        crate::clock::rfc3339(ca.facts.not_after)
                     )));
                 }
                 PlannedCa {

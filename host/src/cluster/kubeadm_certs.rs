@@ -15,11 +15,11 @@ use time::OffsetDateTime;
 use super::check::short_duration;
 use super::layout::{LeafSpec, Storage};
 use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, check_names};
+use crate::contract::SanStage;
 use crate::facts::ExtendedKeyUsage;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE, Root};
 use crate::pki::{Purpose, Subject};
 use crate::policy::Bundle;
-use crate::policy::request::SanStage;
 
 fn require_kubeadm(cluster: &Cluster, command: &str) -> Result<()> {
     if cluster.config.profile != super::Profile::Kubeadm {
@@ -32,7 +32,7 @@ fn require_kubeadm(cluster: &Cluster, command: &str) -> Result<()> {
 }
 
 /// kubeadm's date format: `Dec 30, 2020 23:36 UTC`.
-pub fn kubeadm_date(t: OffsetDateTime) -> String {
+pub(crate) fn kubeadm_date(t: OffsetDateTime) -> String {
     let fmt =
         time::macros::format_description!("[month repr:short] [day], [year] [hour]:[minute] UTC");
     t.to_offset(time::UtcOffset::UTC)
@@ -41,7 +41,7 @@ pub fn kubeadm_date(t: OffsetDateTime) -> String {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ExpirationRow {
+pub(crate) struct ExpirationRow {
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expiration_date: OffsetDateTime,
@@ -53,14 +53,14 @@ pub struct ExpirationRow {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Expiration {
+pub(crate) struct Expiration {
     pub certificates: Vec<ExpirationRow>,
     pub certificate_authorities: Vec<ExpirationRow>,
 }
 
 /// `certs check-expiration`: the certificates kubeadm manages (kubelet.conf excluded: the
 /// kubelet rotates it) and the CAs.
-pub fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expiration> {
+pub(crate) fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expiration> {
     require_kubeadm(cluster, "check-expiration")?;
     let mut certificates = Vec::new();
     for spec in cluster
@@ -117,7 +117,7 @@ pub fn check_expiration(cluster: &Cluster, now: OffsetDateTime) -> Result<Expira
 
 /// What `certs renew` did for one certificate.
 #[derive(Debug)]
-pub enum Renewed {
+pub(crate) enum Renewed {
     Done {
         name: String,
         restart: Vec<&'static str>,
@@ -129,14 +129,14 @@ pub enum Renewed {
 }
 
 /// `certs renew all|NAME`.
-pub fn renew(
+pub(crate) fn renew(
     cluster: &mut Cluster,
     bundle: &Bundle,
     which: &str,
     now: OffsetDateTime,
 ) -> Result<(Vec<Renewed>, Option<PathBuf>)> {
     require_kubeadm(cluster, "renew")?;
-    let names = super::kubeadm::renewable_names(&cluster.layout);
+    let names = super::layout::kubeadm::renewable_names(&cluster.layout);
     let selected: Vec<&LeafSpec> = if which == "all" {
         cluster
             .layout
@@ -222,7 +222,7 @@ pub fn renew(
 }
 
 /// The components `renew` results require restarting.
-pub fn restarts(results: &[Renewed]) -> BTreeSet<&'static str> {
+pub(crate) fn restarts(results: &[Renewed]) -> BTreeSet<&'static str> {
     results
         .iter()
         .filter_map(|r| match r {
@@ -246,7 +246,7 @@ fn csr_base(spec: &LeafSpec) -> PathBuf {
 
 /// `certs generate-csr --csr-dir DIR`: a new key and a CSR (subject and names from the layout)
 /// for every certificate, for an external CA to sign. Refuses to overwrite anything.
-pub fn generate_csr(cluster: &Cluster, csr_dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn generate_csr(cluster: &Cluster, csr_dir: &Path) -> Result<Vec<PathBuf>> {
     require_kubeadm(cluster, "generate-csr")?;
     let out = Root::create_ambient(csr_dir)?;
     let mut planned = Vec::new();

@@ -91,7 +91,7 @@ struct User {
 }
 
 /// A kubeconfig as kubeadm writes it: cluster `kubernetes`, one user, everything embedded.
-pub fn embedded(
+pub(crate) fn embedded(
     server: &str,
     ca_pem: &[u8],
     user: &str,
@@ -136,7 +136,7 @@ pub fn embedded(
 }
 
 /// A kubeconfig as k3s writes it in `server/cred`: paths to the files.
-pub fn referencing(server: &str, ca_path: &str, cert_path: &str, key_path: &str) -> Vec<u8> {
+pub(crate) fn referencing(server: &str, ca_path: &str, cert_path: &str, key_path: &str) -> Vec<u8> {
     let config = Kubeconfig {
         api_version: "v1".into(),
         kind: "Config".into(),

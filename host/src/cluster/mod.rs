@@ -6,18 +6,16 @@
 //! (expiry report), [`kubeadm_certs`] (`certs renew`, `certs generate-csr`). Shared here: opening
 //! a data dir, reading CAs and leaves, issuing and writing a leaf, backups.
 
-pub mod check;
-pub mod config;
-pub mod custom_ca;
-pub mod init;
-mod k3s;
-pub mod kubeadm;
-pub mod kubeadm_certs;
-pub mod kubeconfig;
-pub mod layout;
-pub mod rotate_ca;
-pub mod secrets;
-pub mod start;
+pub(crate) mod check;
+pub(crate) mod config;
+pub(crate) mod custom_ca;
+pub(crate) mod init;
+pub(crate) mod kubeadm_certs;
+pub(crate) mod kubeconfig;
+pub(crate) mod layout;
+pub(crate) mod rotate_ca;
+pub(crate) mod secrets;
+pub(crate) mod start;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +23,9 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 pub use config::{ClusterConfig, Profile};
+pub use kubeconfig::{
+    Embedded as KubeconfigCredential, read_embedded as read_kubeconfig_credential,
+};
 pub use layout::{CaSpec, Layout, LeafSpec, Storage};
 
 use crate::datadir::{
@@ -152,46 +153,54 @@ pub enum LoadedCa {
     /// Certificate and key: rotor can sign with it.
     Signing(CaSigner),
     /// Certificate only (kubeadm external-CA mode): its leaves are managed elsewhere.
-    External {
-        bundle_pem: Vec<u8>,
-        bundle_der: Vec<Vec<u8>>,
-        facts: CertificateFacts,
-    },
+    External(ExternalCa),
+}
+
+/// A CA certificate (with any chain after it) without its key. Made only by
+/// [`load_external_ca`], so it always holds a first certificate, and that one is a CA.
+#[derive(Debug)]
+pub struct ExternalCa {
+    bundle_pem: Vec<u8>,
+    /// The CA certificate itself.
+    cert_der: Vec<u8>,
+    /// Every certificate of the bundle, the CA first.
+    bundle_der: Vec<Vec<u8>>,
+    facts: CertificateFacts,
 }
 
 impl LoadedCa {
     pub fn facts(&self) -> &CertificateFacts {
         match self {
             LoadedCa::Signing(s) => &s.facts,
-            LoadedCa::External { facts, .. } => facts,
+            LoadedCa::External(e) => &e.facts,
         }
     }
 
     pub fn cert_der(&self) -> &[u8] {
         match self {
             LoadedCa::Signing(s) => s.cert_der(),
-            LoadedCa::External { bundle_der, .. } => &bundle_der[0],
+            LoadedCa::External(e) => &e.cert_der,
         }
     }
 
     pub fn bundle_pem(&self) -> &[u8] {
         match self {
             LoadedCa::Signing(s) => &s.bundle_pem,
-            LoadedCa::External { bundle_pem, .. } => bundle_pem,
+            LoadedCa::External(e) => &e.bundle_pem,
         }
     }
 
     pub fn bundle_der(&self) -> &[Vec<u8>] {
         match self {
             LoadedCa::Signing(s) => &s.bundle_der,
-            LoadedCa::External { bundle_der, .. } => bundle_der,
+            LoadedCa::External(e) => &e.bundle_der,
         }
     }
 
     pub fn signer(&self) -> Option<&CaSigner> {
         match self {
             LoadedCa::Signing(s) => Some(s),
-            LoadedCa::External { .. } => None,
+            LoadedCa::External(_) => None,
         }
     }
 }
@@ -205,21 +214,23 @@ pub fn load_external_ca(what: &str, cert_pem: &[u8]) -> Result<LoadedCa> {
         .filter(|b| b.kind == PemKind::Certificate)
         .map(|b| b.der)
         .collect();
-    let first = bundle_der
+    let cert_der = bundle_der
         .first()
+        .cloned()
         .ok_or_else(|| ClusterError::Invalid(format!("{what}: no CERTIFICATE block")))?;
     let facts =
-        parse_certificate_der(what, first).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        parse_certificate_der(what, &cert_der).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     if !facts.is_ca {
         return Err(ClusterError::Invalid(format!(
             "{what}: the certificate is not a CA"
         )));
     }
-    Ok(LoadedCa::External {
+    Ok(LoadedCa::External(ExternalCa {
         bundle_pem: cert_pem.to_vec(),
+        cert_der,
         bundle_der,
         facts,
-    })
+    }))
 }
 
 /// A leaf issued in memory, not written yet.
@@ -234,15 +245,15 @@ pub fn check_names(
     bundle: &crate::policy::Bundle,
     certificate: &str,
     subject: &crate::pki::Subject,
-    stage: crate::policy::request::SanStage,
+    stage: crate::contract::SanStage,
     now: OffsetDateTime,
 ) -> Result<()> {
+    use crate::contract::SanDecision;
     use crate::facts::{DistinguishedName, SubjectAltNames};
-    use crate::policy::decision::SanDecision;
     if subject.dns_names.is_empty() && subject.ip_addresses.is_empty() {
         return Ok(());
     }
-    let request = crate::policy::request::SanRequest {
+    let request = crate::contract::SanRequest {
         profile: certificate.to_string(),
         stage,
         subject: DistinguishedName {
@@ -740,7 +751,7 @@ impl Cluster {
                 "{}: a lifetime of {} seconds from {} ends past what X.509 can express",
                 spec.name,
                 lifetime.whole_seconds(),
-                crate::policy::rfc3339(now)
+                crate::clock::rfc3339(now)
             ))
         })?;
         let validity = Validity {

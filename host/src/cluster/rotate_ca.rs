@@ -32,7 +32,7 @@ use crate::pki::{CaSigner, PrivateKey, Token, ca_hash, is_self_issued, signed_by
 
 /// One failed check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// The CA name, `service-account key`, or `token`.
     pub subject: String,
     pub message: String,
@@ -48,7 +48,7 @@ impl std::fmt::Display for Problem {
 
 /// What the rotation did (or would do).
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub staging_dir: PathBuf,
     /// Fields replaced: CA names and `service-account key`.
     pub replaced: Vec<String>,
@@ -63,7 +63,7 @@ pub struct Report {
     pub saved: bool,
 }
 
-pub struct Options<'a> {
+pub(crate) struct Options<'a> {
     pub path: &'a Path,
     pub force: bool,
     pub dry_run: bool,
@@ -188,7 +188,7 @@ fn key_acceptable(alg: KeyAlgorithm, bits: u32) -> Option<String> {
     }
 }
 
-pub fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
+pub(crate) fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
     let (token, current) = cluster.open_bootstrap(opts.token, opts.now)?;
     let staging = staging_root(cluster, opts.path)?;
     let layout = &cluster.layout;
@@ -309,8 +309,8 @@ pub fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
                     spec.name,
                     format!(
                         "the new CA expires on {}, before the current one ({})",
-                        crate::policy::rfc3339(f.not_after),
-                        crate::policy::rfc3339(old_facts.not_after)
+                        crate::clock::rfc3339(f.not_after),
+                        crate::clock::rfc3339(old_facts.not_after)
                     ),
                     true,
                 ));
@@ -319,7 +319,7 @@ pub fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Report> {
         if f.not_after < now + time::Duration::days(LEAF_LIFETIME_DAYS) {
             problems.push(problem(
                 spec.name,
-                format!("the new CA expires on {}, before the {LEAF_LIFETIME_DAYS}-day leaves it must sign", crate::policy::rfc3339(f.not_after)),
+                format!("the new CA expires on {}, before the {LEAF_LIFETIME_DAYS}-day leaves it must sign", crate::clock::rfc3339(f.not_after)),
                 true,
             ));
         }

@@ -17,14 +17,14 @@ use crate::pki::{PrivateKey, Token};
 
 /// What `rotate-service-key` did.
 #[derive(Debug)]
-pub struct ServiceKeyRotation {
+pub(crate) struct ServiceKeyRotation {
     /// Keys now in the list, the new signing key included.
     pub keys: usize,
     /// Previous keys dropped because of `--keep`.
     pub dropped: usize,
 }
 
-pub fn rotate_service_key(
+pub(crate) fn rotate_service_key(
     cluster: &mut Cluster,
     token: Option<&str>,
     keep: Option<usize>,
@@ -64,7 +64,7 @@ pub fn rotate_service_key(
 }
 
 /// `rotor token rotate --new-token T`.
-pub fn rotate_token(
+pub(crate) fn rotate_token(
     cluster: &mut Cluster,
     token: Option<&str>,
     new_token: &str,

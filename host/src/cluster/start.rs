@@ -14,12 +14,12 @@ use time::OffsetDateTime;
 
 use super::layout::LeafSpec;
 use super::{Change, Cluster, ClusterError, LeafOnDisk, LoadedCa, Result, check, purpose_matches};
+use crate::contract::RenewalRequest;
 use crate::datastore::BootstrapData;
 use crate::facts::CertificateFacts;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE};
 use crate::pki::signed_by;
 use crate::policy::Bundle;
-use crate::policy::request::RenewalRequest;
 
 /// Tolerated clock skew between a file's mtime and the datastore's timestamp (k3s: 3 s).
 const SKEW_SECONDS: i64 = 3;
@@ -28,7 +28,7 @@ const CA_WARNING_DAYS: i64 = 365;
 
 /// What to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Every start: renew what the policy, drift or issuer say.
     Start,
     /// `certificate rotate`: re-issue the leaves of these services (all when `None`).
@@ -37,7 +37,7 @@ pub enum Mode {
 
 /// A file to (re)write from the datastore.
 #[derive(Clone, Debug)]
-pub struct Extraction {
+pub(crate) struct Extraction {
     pub path: PathBuf,
     pub content: Vec<u8>,
     pub private: bool,
@@ -46,7 +46,7 @@ pub struct Extraction {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     Keep,
     Reissue,
     /// Signed by an external CA: rotor reports it and never touches it.
@@ -55,7 +55,7 @@ pub enum Action {
 
 /// The decision for one leaf.
 #[derive(Clone, Debug, serde::Serialize)]
-pub struct LeafPlan {
+pub(crate) struct LeafPlan {
     pub name: String,
     pub path: PathBuf,
     pub action: Action,
@@ -69,7 +69,7 @@ pub struct LeafPlan {
 
 /// Everything a start or rotate would do.
 #[derive(Debug, Default)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub extractions: Vec<Extraction>,
     pub leaves: Vec<LeafPlan>,
     pub warnings: Vec<String>,
@@ -78,18 +78,18 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn reissues(&self) -> impl Iterator<Item = &LeafPlan> {
+    pub(crate) fn reissues(&self) -> impl Iterator<Item = &LeafPlan> {
         self.leaves.iter().filter(|l| l.action == Action::Reissue)
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.extractions.is_empty()
             && self.reissues().next().is_none()
             && !self.regenerate_dynamic_cert
     }
 
     /// Components that must restart once the plan is applied.
-    pub fn restarts(&self) -> BTreeSet<&'static str> {
+    pub(crate) fn restarts(&self) -> BTreeSet<&'static str> {
         let mut set: BTreeSet<&'static str> = self
             .reissues()
             .flat_map(|l| l.restart.iter().copied())
@@ -105,14 +105,14 @@ impl Plan {
 }
 
 /// A loaded, decided start: the plan and the material to apply it.
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub plan: Plan,
     cas: BTreeMap<&'static str, LoadedCa>,
 }
 
 /// What applying did.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// The generation the change replaced, kept as the backup.
     pub backup: Option<PathBuf>,
     /// The generation now live.
@@ -123,7 +123,7 @@ pub struct Applied {
 }
 
 /// Build the plan. Reads the datastore with `token`; changes nothing.
-pub fn prepare(
+pub(crate) fn prepare(
     cluster: &Cluster,
     bundle: &Bundle,
     token: Option<&str>,
@@ -143,20 +143,20 @@ pub fn prepare(
             plan.warnings.push(format!(
                 "CA {} is not valid until {}: the clock ({}) is earlier than its notBefore (has it moved back?); nothing it signed is trusted before then",
                 spec.name,
-                crate::policy::rfc3339(f.not_before),
-                crate::policy::rfc3339(now)
+                crate::clock::rfc3339(f.not_before),
+                crate::clock::rfc3339(now)
             ));
         } else if f.not_after <= now {
             plan.warnings.push(format!(
                 "CA {} expired on {}: rotate it with 'rotor certificate rotate-ca'",
                 spec.name,
-                crate::policy::rfc3339(f.not_after)
+                crate::clock::rfc3339(f.not_after)
             ));
         } else if f.not_after - now <= time::Duration::days(CA_WARNING_DAYS) {
             plan.warnings.push(format!(
                 "CA {} expires on {} (in {} days): CAs are never renewed automatically; plan a 'rotor certificate rotate-ca'",
                 spec.name,
-                crate::policy::rfc3339(f.not_after),
+                crate::clock::rfc3339(f.not_after),
                 (f.not_after - now).whole_days()
             ));
         }
@@ -400,8 +400,8 @@ fn start_leaf(
         warnings.push(format!(
             "{} is not valid until {}: the clock ({}) is earlier than its notBefore (has it moved back?); 'rotor certificate rotate' re-issues it",
             spec.name,
-            crate::policy::rfc3339(from),
-            crate::policy::rfc3339(now)
+            crate::clock::rfc3339(from),
+            crate::clock::rfc3339(now)
         ));
     }
     Ok(LeafPlan {
@@ -447,13 +447,13 @@ pub(crate) fn replacement_pointless(
     Some(if cut_by_ca {
         Pointless::RotateCa(format!(
             "CA {ca_name} expires on {}: rotate the CA (a certificate issued now would not outlive this one)",
-            crate::policy::rfc3339(ca_not_after)
+            crate::clock::rfc3339(ca_not_after)
         ))
     } else {
         Pointless::ShorterLifetime(format!(
             "a certificate issued now for {} would end on {}, not after this one: renewed once a replacement outlives it",
             check::short_duration(wanted),
-            crate::policy::rfc3339(end)
+            crate::clock::rfc3339(end)
         ))
     })
 }
@@ -663,7 +663,7 @@ fn stored_timestamp(
 
 /// Apply a prepared plan: every leaf issued in memory first, then the whole change (extracted
 /// files, new leaves, triggers) made live in one step. `now` dates the new certificates.
-pub fn apply(
+pub(crate) fn apply(
     cluster: &mut Cluster,
     prepared: &Prepared,
     rotate: bool,

@@ -111,7 +111,7 @@ pub struct Decide<'a> {
 
 /// Review (and, with `how.sign_approved`, sign) one CSR with `bundle`. `signer` finds the CA that
 /// signs for a signer name, if this data dir has one.
-pub fn handle<'ca>(
+pub(crate) fn handle<'ca>(
     bundle: &Bundle,
     item: &Item,
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),

@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::{CsrInput, Verdict};
+use crate::contract::CsrContext;
 use crate::facts::{PemKind, Usage, read_pem_blocks};
-use crate::policy::request::CsrContext;
 
 /// A parsed object.
 #[derive(Clone, Debug)]
@@ -36,7 +36,7 @@ fn field<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
 }
 
 /// Whether `bytes` look like a JSON object rather than PEM.
-pub fn is_json(bytes: &[u8]) -> bool {
+pub(crate) fn is_json(bytes: &[u8]) -> bool {
     bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
@@ -136,7 +136,7 @@ pub fn parse(what: &str, value: Value, node_addresses: &[IpAddr]) -> Result<CsrO
 
 /// Record the verdict (and the certificate) in the object's status. An abstention adds nothing:
 /// the request stays pending.
-pub fn write_back(
+pub(crate) fn write_back(
     object: &mut Value,
     verdict: &Verdict,
     certificate_pem: Option<&str>,
@@ -147,7 +147,7 @@ pub fn write_back(
         Verdict::Deny { .. } => ("Denied", "RotorPolicyDenied"),
         Verdict::Abstain { .. } => return,
     };
-    let stamp = crate::policy::rfc3339(now.replace_nanosecond(0).unwrap_or(now));
+    let stamp = crate::clock::rfc3339(now.replace_nanosecond(0).unwrap_or(now));
     let condition = json!({
         "type": kind,
         "status": "True",

@@ -18,22 +18,25 @@
 //! A plugin that fails never approves: the bundle's failure mode leaves the CSR pending or
 //! denies it.
 
-pub mod batch;
-pub mod k8s;
+pub(crate) mod batch;
+pub(crate) mod k8s;
+
+pub use batch::{Decide, Item, ItemInput, Summary, process as process_batch};
+pub use k8s::{object_for as k8s_object_for, parse as parse_k8s_object};
 
 use std::net::IpAddr;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::contract::{CsrContext, CsrRequest, SanStage};
+use crate::contract::{CsrDecision, SanDecision};
 use crate::facts::{CsrFacts, Usage, Violation, parse_csr_der_with_key};
 use crate::pki::{
     ExtendedKeyUsagePurpose as Eku, KeyUsagePurpose as Ku, LeafTemplate, Subject, Validity,
 };
 use crate::plugin::PluginError;
 use crate::policy::Bundle;
-use crate::policy::decision::{CsrDecision, SanDecision};
-use crate::policy::request::{CsrContext, CsrRequest, SanStage};
 
 /// Default lifetime when neither the policy nor the request says (Kubernetes'
 /// `--cluster-signing-duration` default).
@@ -125,26 +128,6 @@ pub struct Review {
     /// The CSR's SubjectPublicKeyInfo, for signing.
     #[serde(skip)]
     pub spki: Vec<u8>,
-}
-
-/// The CA that signs for a Kubernetes signer: k3s and RKE2 point the controller manager's
-/// signers at the client CA (`kube-apiserver-client`, `kube-apiserver-client-kubelet`) and the
-/// server CA (`kubelet-serving`); kubeadm at `ca` for all three. `legacy-unknown` gets no CA:
-/// the `certificates.k8s.io/v1` API refuses that signer, the controller manager never signs
-/// for it, and it has no usage rules, so an approval for it is never signed.
-pub fn ca_for_signer(profile: crate::cluster::Profile, signer: &str) -> Option<&'static str> {
-    const CLIENT: [&str; 2] = [
-        "kubernetes.io/kube-apiserver-client",
-        "kubernetes.io/kube-apiserver-client-kubelet",
-    ];
-    const SERVER: &str = "kubernetes.io/kubelet-serving";
-    let known = CLIENT.contains(&signer) || signer == SERVER;
-    match profile {
-        _ if !known => None,
-        crate::cluster::Profile::Kubeadm => Some("ca"),
-        _ if CLIENT.contains(&signer) => Some("client-ca"),
-        _ => Some("server-ca"),
-    }
 }
 
 /// The SAN rule profile for a signer (`kubernetes.io/kubelet-serving` -> `kubelet-serving`).

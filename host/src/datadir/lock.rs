@@ -116,7 +116,7 @@ impl DirLock {
             let mut record = format!(
                 "pid {}\ncommand rotor {command}\nsince {}\n",
                 std::process::id(),
-                crate::policy::rfc3339(crate::clock::system_now())
+                crate::clock::rfc3339(crate::clock::system_now())
             )
             .into_bytes();
             record.resize(RECORD_LEN.max(record.len()), b' ');

@@ -469,7 +469,7 @@ impl DataDir {
             format: 1,
             command: self.options.command.clone(),
             pid: std::process::id(),
-            started: crate::policy::rfc3339(crate::clock::system_now()),
+            started: crate::clock::rfc3339(crate::clock::system_now()),
             from: self.live,
             to,
             adopt,

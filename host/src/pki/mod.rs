@@ -24,13 +24,13 @@ pub enum PkiError {
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     /// The CA's validity starts after the certificate would end (a clock far behind it).
-    #[error("CA '{what}' is not valid until {}: check the clock", crate::policy::rfc3339(*.not_before))]
+    #[error("CA '{what}' is not valid until {}: check the clock", crate::clock::rfc3339(*.not_before))]
     NotYetValid {
         what: String,
         not_before: OffsetDateTime,
     },
     /// The CA expired: it cannot issue any more.
-    #[error("CA '{what}' expired on {}: rotate the CA first", crate::policy::rfc3339(*.not_after))]
+    #[error("CA '{what}' expired on {}: rotate the CA first", crate::clock::rfc3339(*.not_after))]
     Expired {
         what: String,
         not_after: OffsetDateTime,

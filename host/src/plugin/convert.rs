@@ -13,12 +13,12 @@ use super::bindings::exports::rotor::policy::{
 };
 use super::bindings::rotor::policy::types as wit;
 use super::sandbox::sanitize;
+use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
+use crate::contract::{CsrRequest, RenewalRequest, SanRequest, SanStage};
 use crate::facts::{
     CertificateFacts, DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsageBit,
     PublicKeyInfo, SubjectAltNames, Usage, Violation,
 };
-use crate::policy::decision::{CsrDecision, RenewalDecision, SanDecision};
-use crate::policy::request::{CsrRequest, RenewalRequest, SanRequest, SanStage};
 
 /// Longest reason or message kept from a plugin, in characters.
 const MAX_TEXT: usize = 4096;

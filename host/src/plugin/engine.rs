@@ -13,9 +13,10 @@ use wasmtime::{
 
 use super::bindings::Policy;
 use super::cache::ArtifactCache;
-use super::error::{Hook, PluginError, PluginErrorKind};
+use super::error::{PluginError, PluginErrorKind};
 use super::loaded::LoadedPlugin;
 use super::sandbox::SandboxState;
+use crate::contract::Hook;
 
 /// Upper bound for any plugin's memory cap: the pooling allocator reserves slots of this size.
 pub const MAX_MEMORY_LIMIT: u64 = 512 * 1024 * 1024;

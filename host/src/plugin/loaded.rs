@@ -6,8 +6,9 @@ use wasmtime::component::{Component, InstancePre};
 
 use super::bindings::exports::rotor::policy::{config, csr_approval, renewal, san_validation};
 use super::engine::PluginEngine;
-use super::error::{Hook, PluginError, PluginErrorKind};
+use super::error::{PluginError, PluginErrorKind};
 use super::sandbox::{Sandbox, SandboxLimits, SandboxState};
+use crate::contract::Hook;
 
 /// Import names a plugin may have. `types` carries only type definitions (it appears as an
 /// import when a hook interface uses shared types); `host` is the logging function.

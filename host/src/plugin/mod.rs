@@ -5,7 +5,7 @@
 //! runs in a fresh [`Sandbox`] (new store, memory cap, deadline) that converts the host's request
 //! into WIT records, calls the hook, and validates the answer.
 
-pub mod bindings;
+pub(crate) mod bindings;
 mod cache;
 mod convert;
 mod engine;
@@ -15,6 +15,6 @@ mod sandbox;
 
 pub use convert::MIN_LIFETIME_SECONDS;
 pub use engine::{EngineError, EngineOptions, MAX_MEMORY_LIMIT, PluginEngine};
-pub use error::{Hook, PluginError, PluginErrorKind};
+pub use error::{PluginError, PluginErrorKind};
 pub use loaded::LoadedPlugin;
 pub use sandbox::{PluginLog, Sandbox, SandboxLimits, sanitize};

@@ -14,10 +14,11 @@ use super::bindings::rotor::policy::host::{self, LogLevel};
 use super::bindings::rotor::policy::types;
 use super::convert;
 use super::engine::MAX_MEMORY_LIMIT;
-use super::error::{Hook, PluginError, PluginErrorKind};
+use super::error::{PluginError, PluginErrorKind};
 use super::loaded::LoadedPlugin;
-use crate::policy::decision::{CsrDecision, RenewalDecision, SanDecision};
-use crate::policy::request::{CsrRequest, RenewalRequest, SanRequest};
+use crate::contract::Hook;
+use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
+use crate::contract::{CsrRequest, RenewalRequest, SanRequest};
 
 /// Per-plugin limits, from the bundle (or the defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

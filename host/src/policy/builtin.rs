@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use super::decision::RenewalDecision;
-use super::request::RenewalRequest;
+use crate::contract::RenewalDecision;
+use crate::contract::RenewalRequest;
 
 /// Renew when the certificate has expired or expires within `window`; never renew a CA.
-pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
+pub(crate) fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
     let cert = &request.certificate;
     if cert.is_ca {
         return RenewalDecision::Keep {
@@ -22,7 +22,7 @@ pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
         RenewalDecision::Renew {
             reason: format!(
                 "expired on {} (built-in rule)",
-                super::rfc3339(cert.not_after)
+                crate::clock::rfc3339(cert.not_after)
             ),
             lifetime_seconds: None,
         }
@@ -31,7 +31,7 @@ pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
             RenewalDecision::Renew {
                 reason: format!(
                     "renewal time {} reached: the {days}-day window is not shorter than the certificate's life, so 2/3 of its lifetime (built-in rule)",
-                    super::rfc3339(target)
+                    crate::clock::rfc3339(target)
                 ),
                 lifetime_seconds: None,
             }
@@ -39,9 +39,9 @@ pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
             RenewalDecision::Keep {
                 reason: format!(
                     "expires on {} (in {} days); renewal due on {}: the {days}-day window is not shorter than the certificate's life, so 2/3 of its lifetime (built-in rule)",
-                    super::rfc3339(cert.not_after),
+                    crate::clock::rfc3339(cert.not_after),
                     left.whole_days(),
-                    super::rfc3339(target)
+                    crate::clock::rfc3339(target)
                 ),
                 renew_at: Some(target),
             }
@@ -50,7 +50,7 @@ pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
         RenewalDecision::Renew {
             reason: format!(
                 "expires on {} (in {} days), within the {days}-day window (built-in rule)",
-                super::rfc3339(cert.not_after),
+                crate::clock::rfc3339(cert.not_after),
                 left.whole_days()
             ),
             lifetime_seconds: None,
@@ -59,7 +59,7 @@ pub fn renewal(request: &RenewalRequest, window: Duration) -> RenewalDecision {
         RenewalDecision::Keep {
             reason: format!(
                 "expires on {} (in {} days), outside the {days}-day window (built-in rule)",
-                super::rfc3339(cert.not_after),
+                crate::clock::rfc3339(cert.not_after),
                 left.whole_days()
             ),
             renew_at: cert.not_after.checked_sub(window),

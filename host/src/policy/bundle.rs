@@ -30,10 +30,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::contract::Hook;
 use crate::fs::{FsError, Root};
-use crate::plugin::{
-    Hook, LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits,
-};
+use crate::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits};
 
 /// What the host does when a hook's plugin fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -176,7 +175,7 @@ pub struct Bundle {
 }
 
 /// Default window of the built-in renewal rule: the documents' 90 days.
-pub const DEFAULT_FALLBACK_DAYS: u32 = 90;
+pub(crate) const DEFAULT_FALLBACK_DAYS: u32 = 90;
 
 impl Bundle {
     /// Load the bundle at `path`: a directory holding `bundle.toml`, or the manifest file
@@ -282,7 +281,7 @@ impl Bundle {
 /// Fuzzing entry: parse a manifest and check every hook's fields and settings as
 /// [`Bundle::load`] does, without loading plugins. Never panics.
 #[doc(hidden)]
-pub fn fuzz_manifest(text: &str) {
+pub(crate) fn fuzz_manifest(text: &str) {
     let Ok(manifest) = toml::from_str::<Manifest>(text) else {
         return;
     };

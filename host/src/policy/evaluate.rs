@@ -9,10 +9,11 @@ use time::OffsetDateTime;
 
 use super::builtin;
 use super::bundle::{Bundle, FailureMode, HookPlugin};
-use super::decision::{CsrDecision, RenewalDecision, SanDecision};
-use super::request::{CsrRequest, RenewalRequest, SanRequest};
+use crate::contract::Hook;
+use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
+use crate::contract::{CsrRequest, RenewalRequest, SanRequest};
 use crate::facts::Violation;
-use crate::plugin::{Hook, PluginError, PluginLog, Sandbox};
+use crate::plugin::{PluginError, PluginLog, Sandbox};
 
 /// Who made the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -216,7 +217,7 @@ impl Bundle {
 
 /// The longest lifetime rotor gives a renewed leaf, whatever a plugin asks: 100 years (the
 /// issuing CA's notAfter usually clamps it far earlier).
-pub const MAX_LEAF_LIFETIME_SECONDS: u64 = 36_500 * 86_400;
+pub(crate) const MAX_LEAF_LIFETIME_SECONDS: u64 = 36_500 * 86_400;
 
 /// Host rules on a renewal answer: never auto-renew a CA, cap the lifetime and clamp it to the
 /// CA.
@@ -256,7 +257,7 @@ fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDe
 
 /// Clamp `lifetime` (seconds from `now`) so it ends no later than `ca_not_after`. Returns a note
 /// when it changed anything.
-pub fn clamp_to_ca(
+pub(crate) fn clamp_to_ca(
     lifetime: &mut u64,
     now: OffsetDateTime,
     ca_not_after: OffsetDateTime,
@@ -265,7 +266,7 @@ pub fn clamp_to_ca(
     if available <= 0 {
         return Some(format!(
             "the issuing CA expired on {}; the certificate cannot be renewed until the CA is rotated",
-            super::rfc3339(ca_not_after)
+            crate::clock::rfc3339(ca_not_after)
         ));
     }
     let available = available as u64;
@@ -274,7 +275,7 @@ pub fn clamp_to_ca(
             "lifetime clamped from {} to {} seconds: the issuing CA expires on {}",
             lifetime,
             available,
-            super::rfc3339(ca_not_after)
+            crate::clock::rfc3339(ca_not_after)
         );
         *lifetime = available;
         return Some(note);

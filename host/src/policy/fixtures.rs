@@ -29,11 +29,11 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::bundle::Bundle;
-use super::decision::{CsrDecision, RenewalDecision, SanDecision};
 use super::evaluate::Source;
 use super::input::{HookRequest, InputContext, build_request};
+use crate::contract::Hook;
+use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
 use crate::fs::{FsError, Root};
-use crate::plugin::Hook;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +68,7 @@ enum CaseFile {
 
 /// One case's result.
 #[derive(Debug)]
-pub struct CaseResult {
+pub(crate) struct CaseResult {
     /// `file.json: case name`.
     pub name: String,
     /// `None` when it passed, otherwise why it failed.
@@ -77,7 +77,7 @@ pub struct CaseResult {
 
 /// The fixture directory itself is unusable (not the cases: those fail one by one).
 #[derive(Debug, thiserror::Error)]
-pub enum FixtureError {
+pub(crate) enum FixtureError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error("{}: no *.json fixture files", .0.display())]
@@ -85,7 +85,7 @@ pub enum FixtureError {
 }
 
 /// Run every case of `dir` against `bundle`.
-pub fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
+pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
     let root = Root::open_ambient(dir)?;
     let mut files: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| FsError {
@@ -141,7 +141,7 @@ fn read_cases(root: &Root, file: &str) -> Result<Vec<Case>, String> {
 /// Fuzzing entry: parse a fixture file and build the request of every inline case, as
 /// [`run`] does before it asks a plugin. Never panics.
 #[doc(hidden)]
-pub fn fuzz_cases(bytes: &[u8]) {
+pub(crate) fn fuzz_cases(bytes: &[u8]) {
     let cases = match serde_json::from_slice::<CaseFile>(bytes) {
         Ok(CaseFile::One(c)) => vec![*c],
         Ok(CaseFile::Many(v)) => v,

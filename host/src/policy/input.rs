@@ -7,15 +7,15 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::request::{CsrContext, CsrRequest, NodeIdentity, RenewalRequest, SanRequest, SanStage};
+use crate::contract::Hook;
+use crate::contract::{CsrContext, CsrRequest, NodeIdentity, RenewalRequest, SanRequest, SanStage};
 use crate::facts::{self, CertificateFacts, CsrFacts, FactsError, PemKind, Usage};
-use crate::plugin::Hook;
 
 /// Context that a certificate or CSR does not carry by itself. Every field is optional; the
 /// CSR hook needs at least `signer_name` and `username`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct InputContext {
+pub(crate) struct InputContext {
     /// Renewal: the certificate's name in its layout (default: its CN).
     pub name: Option<String>,
     /// Renewal: the issuing CA's notAfter (default: the next certificate of the PEM bundle).
@@ -47,7 +47,7 @@ pub struct InputContext {
 
 /// A request for one hook.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HookRequest {
+pub(crate) enum HookRequest {
     Renewal(RenewalRequest),
     San(SanRequest),
     Csr(CsrRequest),
@@ -56,7 +56,7 @@ pub enum HookRequest {
 /// The input cannot become a request for the hook.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum InputError {
+pub(crate) enum InputError {
     #[error(transparent)]
     Facts(#[from] FactsError),
     #[error("{what}: not a JSON {hook} request: {message}")]
@@ -116,7 +116,7 @@ fn parse(what: &str, bytes: &[u8]) -> Result<Parsed, InputError> {
 
 /// Build the request for `hook` from the bytes of `what`. `now` is used unless a JSON record
 /// carries its own.
-pub fn build_request(
+pub(crate) fn build_request(
     hook: Hook,
     what: &str,
     bytes: &[u8],
@@ -127,7 +127,7 @@ pub fn build_request(
         Parsed::Json(mut value) => {
             if let Some(obj) = value.as_object_mut() {
                 obj.entry("now")
-                    .or_insert_with(|| serde_json::Value::String(super::rfc3339(now)));
+                    .or_insert_with(|| serde_json::Value::String(crate::clock::rfc3339(now)));
             }
             let json_err = |e: serde_json::Error| InputError::Json {
                 what: what.into(),

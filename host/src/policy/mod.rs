@@ -1,17 +1,13 @@
-//! Policy: what the host asks the plugins ([`request`]), what they answer ([`decision`]), the
-//! bundles that say which plugin answers which hook ([`bundle`]), and how a bundle is asked
-//! ([`evaluate`]), with the built-in rules ([`builtin`]) for missing or failed plugins.
+//! Policy: the bundles that say which plugin answers which hook ([`bundle`]), and how a bundle is
+//! asked ([`evaluate`]), with the host's rules applied to every answer and the built-in rules
+//! ([`builtin`]) for missing or failed plugins. What is asked and answered is
+//! [`crate::contract`].
 
-pub mod builtin;
-pub mod bundle;
-pub mod decision;
-pub mod evaluate;
-pub mod fixtures;
-pub mod input;
-pub mod request;
+pub(crate) mod builtin;
+pub(crate) mod bundle;
+pub(crate) mod evaluate;
+pub(crate) mod fixtures;
+pub(crate) mod input;
 
 pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
 pub use evaluate::{Outcome, Source};
-
-/// RFC 3339 text of a time (UTC, as certificates carry it).
-pub use crate::clock::rfc3339;

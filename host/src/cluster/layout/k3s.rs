@@ -6,11 +6,12 @@
 
 use std::path::PathBuf;
 
-use super::config::{ClusterConfig, Profile};
-use super::layout::{
+use super::{CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER};
+use super::{
     CaSpec, FileKubeconfig, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named,
     node_sans, subject,
 };
+use crate::cluster::config::{ClusterConfig, Profile};
 use crate::pki::{KeyType, Purpose};
 
 const TLS: &str = "server/tls";
@@ -331,6 +332,11 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             field: "ServiceKey",
             key_type: KeyType::Rsa2048,
         },
+        signers: vec![
+            (CLIENT_SIGNER, "client-ca"),
+            (KUBELET_CLIENT_SIGNER, "client-ca"),
+            (KUBELET_SERVING_SIGNER, "server-ca"),
+        ],
         token_file: PathBuf::from("server/token"),
         datastore_dir: PathBuf::from("server/db"),
         file_kubeconfigs,

@@ -1,14 +1,24 @@
 //! Where each distribution keeps which certificate, and what each certificate must contain.
 //!
 //! A [`Layout`] is computed from the [`ClusterConfig`]: the CAs, every leaf with its subject,
-//! names, purpose and issuing CA, the service-account key, the token file, and the services
-//! and components each leaf belongs to. `k3s.rs` and `kubeadm.rs` each answer the same
-//! questions for their distribution.
+//! names, purpose and issuing CA, the service-account key, the token file, the services
+//! and components each leaf belongs to, and which CA signs for each Kubernetes signer. The
+//! children [`k3s`] and [`kubeadm`] each answer the same questions for their distribution.
 
 use std::path::PathBuf;
 
+pub(super) mod k3s;
+pub(super) mod kubeadm;
+
 use super::config::{ClusterConfig, Profile};
 use crate::pki::{KeyType, Purpose, Subject};
+
+/// The client-certificate signer of the Kubernetes API (`kube-apiserver-client`).
+pub(crate) const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+/// The kubelet's client-certificate signer.
+pub(crate) const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The kubelet's serving-certificate signer.
+pub(crate) const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 
 /// A CA of the cluster.
 #[derive(Clone, Debug)]
@@ -149,6 +159,12 @@ pub struct Layout {
     pub token_file: PathBuf,
     pub datastore_dir: PathBuf,
     pub file_kubeconfigs: Vec<FileKubeconfig>,
+    /// Which CA signs for each Kubernetes signer this layout signs for (`csr sign`). k3s and
+    /// RKE2 point the controller manager's client signers at `client-ca` and
+    /// `kubelet-serving` at `server-ca`; kubeadm uses `ca` for all three. `legacy-unknown` has
+    /// no CA: the `certificates.k8s.io/v1` API refuses that signer, the controller manager
+    /// never signs for it, and it has no usage rules, so an approval for it is never signed.
+    pub signers: Vec<(&'static str, &'static str)>,
     /// Directories rotor owns whole (k3s `server/tls`, kubeadm `pki`): each is one link into
     /// the live generation. Every other managed file is linked on its own.
     pub managed_dirs: Vec<PathBuf>,
@@ -167,8 +183,8 @@ pub struct Layout {
 impl Layout {
     pub fn for_config(config: &ClusterConfig) -> Layout {
         match config.profile {
-            Profile::K3s | Profile::Rke2 => super::k3s::layout(config),
-            Profile::Kubeadm => super::kubeadm::layout(config),
+            Profile::K3s | Profile::Rke2 => k3s::layout(config),
+            Profile::Kubeadm => kubeadm::layout(config),
         }
     }
 
@@ -219,6 +235,13 @@ impl Layout {
             }
         }
         out
+    }
+
+    /// The CA that signs for a Kubernetes signer (`kubernetes.io/kubelet-serving`, ...), or
+    /// `None` for a signer this layout never signs for.
+    pub fn ca_for_signer(&self, signer: &str) -> Option<&CaSpec> {
+        let (_, ca) = self.signers.iter().find(|(s, _)| *s == signer)?;
+        self.ca(ca)
     }
 
     /// The CA whose hash the join token pins (k3s: server CA; kubeadm: `ca`).

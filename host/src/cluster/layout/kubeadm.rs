@@ -4,10 +4,11 @@
 
 use std::path::PathBuf;
 
-use super::config::ClusterConfig;
-use super::layout::{
+use super::{CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER};
+use super::{
     CaSpec, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named, node_sans, subject,
 };
+use crate::cluster::config::ClusterConfig;
 use crate::pki::Purpose;
 
 fn ca(
@@ -193,6 +194,11 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             field: "ServiceAccountKey",
             key_type: config.key_type,
         },
+        signers: vec![
+            (CLIENT_SIGNER, "ca"),
+            (KUBELET_CLIENT_SIGNER, "ca"),
+            (KUBELET_SERVING_SIGNER, "ca"),
+        ],
         token_file: PathBuf::from("rotor-token"),
         datastore_dir: PathBuf::from("datastore"),
         file_kubeconfigs: Vec::new(),
@@ -206,7 +212,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
 }
 
 /// kubeadm's certificate names accepted by `rotor certs renew`, in kubeadm's order.
-pub fn renewable_names(layout: &Layout) -> Vec<&str> {
+pub(crate) fn renewable_names(layout: &Layout) -> Vec<&str> {
     let mut names: Vec<&str> = layout
         .leaves
         .iter()

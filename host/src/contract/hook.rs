@@ -1,0 +1,40 @@
+//! The three hooks a plugin may serve.
+
+use std::fmt;
+
+/// The hook (or load step) a plugin was serving when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    Renewal,
+    San,
+    Csr,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 3] = [Hook::Renewal, Hook::San, Hook::Csr];
+
+    /// The bundle section and CLI name: `renewal`, `san`, `csr`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::Renewal => "renewal",
+            Hook::San => "san",
+            Hook::Csr => "csr",
+        }
+    }
+
+    /// The WIT interface that implements it.
+    pub fn interface(self) -> &'static str {
+        match self {
+            Hook::Renewal => "rotor:policy/renewal@0.1.0",
+            Hook::San => "rotor:policy/san-validation@0.1.0",
+            Hook::Csr => "rotor:policy/csr-approval@0.1.0",
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} hook", self.as_str())
+    }
+}
