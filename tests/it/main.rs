@@ -18,5 +18,6 @@ mod cluster;
 mod csr;
 mod default_plugins;
 mod fuzz_corpus;
+mod installed;
 mod sandbox;
 mod state;

@@ -41,14 +41,10 @@ pub(super) struct GlobalArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// Policy bundle: a directory holding bundle.toml, or the manifest file.
-    #[arg(
-        long,
-        global = true,
-        env = "ROTOR_BUNDLE",
-        default_value = "policies/default"
-    )]
-    pub bundle: PathBuf,
+    /// Policy bundle: a directory holding bundle.toml, or the manifest file [default: the
+    /// bundle `rotor init` recorded in the data dir, else the built-in default bundle].
+    #[arg(long, global = true, env = "ROTOR_BUNDLE")]
+    pub bundle: Option<PathBuf>,
 
     /// Directory for precompiled plugins [default: $XDG_CACHE_HOME/rotor/plugins or
     /// ~/.cache/rotor/plugins].
@@ -435,6 +431,12 @@ pub(super) enum PolicyCommand {
         rotor policy eval --hook csr --input node.csr --signer kubernetes.io/kubelet-serving \\\n    \
         --username system:node:a --group system:nodes --usage 'digital signature' --usage 'server auth'")]
     Eval(Box<EvalArgs>),
+
+    /// Record the bundle (--bundle) in the data dir: later commands there decide with it.
+    #[command(
+        after_help = "Example:\n  rotor policy use --bundle policies/strict --data-dir /var/lib/rancher/k3s"
+    )]
+    Use,
 
     /// Run fixture cases (*.json: input and expected decision) against the bundle.
     #[command(

@@ -21,10 +21,7 @@ pub(super) fn now(arg: Option<OffsetDateTime>) -> OffsetDateTime {
     arg.unwrap_or_else(clock::system_now)
 }
 
-fn bundle(global: &GlobalArgs) -> anyhow::Result<Bundle> {
-    let engine = super::engine(global)?;
-    Ok(Bundle::load(&engine, &global.bundle)?)
-}
+use super::bundle;
 
 pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> {
     let bundle = bundle(global)?;

@@ -161,8 +161,7 @@ fn cas(
 }
 
 pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Result<Exit> {
-    let engine = super::engine(global)?;
-    let bundle = Bundle::load(&engine, &global.bundle)?;
+    let bundle = super::bundle(global)?;
     let at = now(args.now);
     let evidence = Evidence::load(&args)?;
     let loaded = cas(global, sign)?;

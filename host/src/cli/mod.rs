@@ -86,6 +86,24 @@ fn datadir_options(global: &GlobalArgs, command: &str) -> crate::datadir::Option
     }
 }
 
+/// The bundle a command decides with: `--bundle` (or `ROTOR_BUNDLE`), else the bundle
+/// `rotor init` recorded in the data dir, else the default bundle built into rotor.
+fn bundle(global: &GlobalArgs) -> anyhow::Result<crate::policy::Bundle> {
+    use crate::policy::Bundle;
+    let engine = engine(global)?;
+    if let Some(path) = &global.bundle {
+        return Ok(Bundle::load(&engine, path)?);
+    }
+    let recorded = std::path::Path::new(crate::cluster::POLICY_DIR);
+    let has_recorded = crate::fs::Root::open_ambient(&global.data_dir)
+        .is_ok_and(|root| root.exists(&recorded.join("bundle.toml")));
+    if has_recorded {
+        // Opened once: every file is read from the same generation.
+        return Ok(Bundle::load(&engine, &global.data_dir.join(recorded))?);
+    }
+    Ok(Bundle::builtin(&engine)?)
+}
+
 /// The plugin engine for this run, with the precompiled cache unless disabled.
 fn engine(global: &GlobalArgs) -> anyhow::Result<PluginEngine> {
     let cache_dir = if global.no_plugin_cache {

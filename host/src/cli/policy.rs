@@ -8,18 +8,41 @@ use super::Exit;
 use super::args::{EvalArgs, GlobalArgs, PolicyCommand};
 use super::output::outln;
 use crate::clock;
+use crate::cluster::Cluster;
 use crate::contract::Hook;
 use crate::policy::input::{HookRequest, InputContext, build_request};
 use crate::policy::{Bundle, fixtures};
 
 pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exit> {
-    let engine = super::engine(global)?;
-    let bundle = Bundle::load(&engine, &global.bundle)?;
+    let bundle = super::bundle(global)?;
     match cmd {
         PolicyCommand::Check => check(&bundle),
+        PolicyCommand::Use => record(global, &bundle),
         PolicyCommand::Eval(args) => eval(&bundle, *args),
         PolicyCommand::Test { dir } => test(&bundle, &dir),
     }
+}
+
+/// `rotor policy use`: record the bundle in the data dir, as one change.
+fn record(global: &GlobalArgs, bundle: &Bundle) -> anyhow::Result<Exit> {
+    if global.bundle.is_none() {
+        anyhow::bail!("policy use: give the bundle to record with --bundle DIR");
+    }
+    let options = super::datadir_options(global, "policy use");
+    let mut cluster = Cluster::open_write(&global.data_dir, &options)?;
+    let committed = cluster.record_bundle(bundle)?;
+    outln!(
+        "{}: now decides with bundle {} ({}){}",
+        global.data_dir.display(),
+        bundle.name,
+        bundle.path.display(),
+        if committed {
+            ""
+        } else {
+            "; it was recorded already"
+        }
+    );
+    Ok(Exit::Success)
 }
 
 fn check(bundle: &Bundle) -> anyhow::Result<Exit> {

@@ -57,6 +57,9 @@ impl Profile {
 
 /// The file name of the configuration in the data dir.
 pub(crate) const CONFIG_FILE: &str = "rotor.json";
+/// The policy bundle `rotor init` recorded (its manifest and the plugins it pins), which later
+/// commands on the data dir decide with unless given `--bundle`.
+pub const POLICY_DIR: &str = "rotor-policy";
 
 /// What `rotor init` was told, and what it decided.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

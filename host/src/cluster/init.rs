@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
-use super::config::{CONFIG_FILE, ClusterConfig, Profile};
+use super::config::{CONFIG_FILE, ClusterConfig, POLICY_DIR, Profile};
 use super::layout::{CaSpec, Storage};
 use super::{
     Change, Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names,
@@ -337,6 +337,7 @@ fn init_in(
         format!("{}\n", token.render()).into_bytes(),
         PRIVATE_FILE,
     );
+    record_bundle(&mut change, bundle);
     change.write(
         PathBuf::from(CONFIG_FILE),
         cluster
@@ -606,5 +607,47 @@ impl Cluster {
                 kubeconfig::referencing(&kc.server, &path(&ca.cert), &path(cert), &path(key));
             change.write(kc.file.clone(), bytes, PRIVATE_FILE);
         }
+    }
+}
+
+/// Record `bundle` in the change: its manifest and plugins under [`POLICY_DIR`], replacing
+/// whatever bundle was recorded before.
+pub(crate) fn record_bundle(change: &mut Change, bundle: &Bundle) {
+    for (rel, bytes) in bundle.files() {
+        change.write(Path::new(POLICY_DIR).join(rel), bytes.clone(), PUBLIC_FILE);
+    }
+}
+
+impl Cluster {
+    /// `rotor policy use`: make `bundle` the data dir's recorded bundle, replacing the one
+    /// recorded before, as one change. `false` when it was recorded already (nothing written).
+    pub fn record_bundle(&mut self, bundle: &Bundle) -> Result<bool> {
+        let dir = Path::new(POLICY_DIR);
+        let mut old: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
+        if self.live.exists(dir) {
+            for (path, kind) in self.live.walk(dir)? {
+                if kind == Kind::File {
+                    let bytes = self.live.read(&path)?;
+                    old.insert(path, bytes);
+                }
+            }
+        }
+        let mut change = Change::default();
+        record_bundle(&mut change, bundle);
+        let unchanged = old.len() == change.files.len()
+            && change.files.iter().all(|(path, new)| {
+                new.as_ref()
+                    .is_some_and(|f| old.get(path).is_some_and(|b| *b == f.content))
+            });
+        if unchanged {
+            return Ok(false);
+        }
+        for path in old.keys() {
+            if !change.files.contains_key(path) {
+                change.remove(path.clone());
+            }
+        }
+        self.commit(change, false)?;
+        Ok(true)
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
 
-pub use config::{ClusterConfig, Profile};
+pub use config::{ClusterConfig, POLICY_DIR, Profile};
 pub use kubeconfig::{
     Embedded as KubeconfigCredential, read_embedded as read_kubeconfig_credential,
 };

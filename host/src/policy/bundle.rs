@@ -172,6 +172,42 @@ pub struct Bundle {
     pub csr: Option<HookPlugin>,
     /// Window of the built-in renewal rule, used without a renewal plugin or when it fails.
     pub fallback_window: Duration,
+    /// The manifest and every plugin file it pins, as read: what `rotor init` records in a
+    /// data dir (paths relative to the bundle directory).
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+/// The default bundle (`policies/default`) as it was when this rotor was built: empty when
+/// the plugins were not built then (`make plugins`).
+static BUILTIN: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/builtin_bundle.rs"));
+
+/// What [`Bundle::builtin`] calls the embedded bundle in messages.
+pub const BUILTIN_NAME: &str = "built-in default bundle";
+
+/// Where a bundle's files are read from.
+enum Files {
+    /// A directory, through a capability: plugin paths cannot leave it.
+    Dir(Root),
+    /// The embedded default bundle.
+    Builtin,
+}
+
+impl Files {
+    fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
+        match self {
+            Files::Dir(root) => root.read(rel),
+            Files::Builtin => BUILTIN
+                .iter()
+                .find(|(name, _)| Path::new(name) == rel)
+                .map(|(_, bytes)| bytes.to_vec())
+                .ok_or_else(|| {
+                    FsError::io(
+                        Path::new(BUILTIN_NAME).join(rel),
+                        std::io::ErrorKind::NotFound.into(),
+                    )
+                }),
+        }
+    }
 }
 
 /// Default window of the built-in renewal rule: the documents' 90 days.
@@ -204,7 +240,55 @@ impl Bundle {
         };
         let root = Root::open_ambient(&dir)?;
         let manifest_path = root.display(&manifest_name);
-        let text = root.read(&manifest_name)?;
+        let default_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into());
+        Bundle::load_from(
+            engine,
+            &Files::Dir(root),
+            &manifest_name,
+            manifest_path,
+            default_name,
+        )
+    }
+
+    /// The default bundle embedded in this build of rotor (`policies/default` when it was
+    /// built), for commands given no `--bundle` and no data dir that recorded one.
+    pub fn builtin(engine: &PluginEngine) -> Result<Bundle, BundleError> {
+        let manifest_name = PathBuf::from("bundle.toml");
+        let manifest_path = PathBuf::from(BUILTIN_NAME);
+        if BUILTIN.is_empty() {
+            return Err(BundleError::Manifest {
+                path: manifest_path,
+                message: "this rotor was built without its default plugins (run `make plugins`, \
+                          then build rotor again), so give --bundle DIR or set ROTOR_BUNDLE"
+                    .into(),
+            });
+        }
+        Bundle::load_from(
+            engine,
+            &Files::Builtin,
+            &manifest_name,
+            manifest_path,
+            "default".into(),
+        )
+    }
+
+    /// The manifest and plugin files this bundle was loaded from, relative to its directory.
+    pub(crate) fn files(&self) -> &[(PathBuf, Vec<u8>)] {
+        &self.files
+    }
+
+    fn load_from(
+        engine: &PluginEngine,
+        source: &Files,
+        manifest_name: &Path,
+        manifest_path: PathBuf,
+        default_name: String,
+    ) -> Result<Bundle, BundleError> {
+        let manifest_bytes = source.read(manifest_name)?;
+        let text = manifest_bytes.clone();
         let text = String::from_utf8(text).map_err(|_| BundleError::Manifest {
             path: manifest_path.clone(),
             message: "not UTF-8 text".into(),
@@ -215,10 +299,17 @@ impl Bundle {
         })?;
 
         let mut loaded: HashMap<String, LoadedPlugin> = HashMap::new();
+        let mut files = vec![(manifest_name.to_path_buf(), manifest_bytes)];
         let mut load_hook =
             |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
                 let Some(entry) = entry else { return Ok(None) };
-                load_hook(engine, &root, &manifest_path, hook, entry, &mut loaded).map(Some)
+                let (plugin, bytes) =
+                    load_hook(engine, source, &manifest_path, hook, entry, &mut loaded)?;
+                let rel = PathBuf::from(&entry.plugin);
+                if !files.iter().any(|(p, _)| *p == rel) {
+                    files.push((rel, bytes));
+                }
+                Ok(Some(plugin))
             };
         let renewal = load_hook(Hook::Renewal, &manifest.renewal)?;
         let san = load_hook(Hook::San, &manifest.san)?;
@@ -253,11 +344,7 @@ impl Bundle {
                 });
             }
         }
-        let name = manifest.bundle.name.clone().unwrap_or_else(|| {
-            dir.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "bundle".into())
-        });
+        let name = manifest.bundle.name.clone().unwrap_or(default_name);
         Ok(Bundle {
             name,
             description: manifest.bundle.description,
@@ -266,6 +353,7 @@ impl Bundle {
             san,
             csr,
             fallback_window: Duration::from_secs(u64::from(fallback_days) * 86_400),
+            files,
         })
     }
 
@@ -311,12 +399,12 @@ pub(crate) fn fuzz_manifest(text: &str) {
 
 fn load_hook(
     engine: &PluginEngine,
-    root: &Root,
+    source: &Files,
     manifest_path: &Path,
     hook: Hook,
     entry: &HookEntry,
     loaded: &mut HashMap<String, LoadedPlugin>,
-) -> Result<HookPlugin, BundleError> {
+) -> Result<(HookPlugin, Vec<u8>), BundleError> {
     let field = |field: &'static str, message: String| BundleError::Field {
         path: manifest_path.to_path_buf(),
         hook,
@@ -365,7 +453,7 @@ fn load_hook(
         },
     };
 
-    let bytes = root.read(Path::new(&entry.plugin)).map_err(|e| {
+    let bytes = source.read(Path::new(&entry.plugin)).map_err(|e| {
         let hint = if e.is_not_found() {
             " (build the default plugins with `make plugins`)"
         } else {
@@ -407,13 +495,16 @@ fn load_hook(
             path: manifest_path.to_path_buf(),
             error,
         })?;
-    Ok(HookPlugin {
-        plugin,
-        file: entry.plugin.clone(),
-        settings,
-        limits,
-        failure_mode,
-    })
+    Ok((
+        HookPlugin {
+            plugin,
+            file: entry.plugin.clone(),
+            settings,
+            limits,
+            failure_mode,
+        },
+        bytes,
+    ))
 }
 
 /// TOML settings as JSON. TOML dates have no JSON counterpart and become strings.

@@ -11,7 +11,7 @@ use super::{
     CaSpec, FileKubeconfig, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named,
     node_sans, subject,
 };
-use crate::cluster::config::{ClusterConfig, Profile};
+use crate::cluster::config::{ClusterConfig, POLICY_DIR, Profile};
 use crate::pki::{KeyType, Purpose};
 
 const TLS: &str = "server/tls";
@@ -340,7 +340,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         token_file: PathBuf::from("server/token"),
         datastore_dir: PathBuf::from("server/db"),
         file_kubeconfigs,
-        managed_dirs: vec![PathBuf::from(TLS)],
+        managed_dirs: vec![PathBuf::from(TLS), PathBuf::from(POLICY_DIR)],
         services: vec![
             "admin",
             "api-server",

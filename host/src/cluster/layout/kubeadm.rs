@@ -8,7 +8,7 @@ use super::{CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER};
 use super::{
     CaSpec, Layout, LeafSpec, ServiceKeySpec, Storage, apiserver_sans, named, node_sans, subject,
 };
-use crate::cluster::config::ClusterConfig;
+use crate::cluster::config::{ClusterConfig, POLICY_DIR};
 use crate::pki::Purpose;
 
 fn ca(
@@ -202,7 +202,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
         token_file: PathBuf::from("rotor-token"),
         datastore_dir: PathBuf::from("datastore"),
         file_kubeconfigs: Vec::new(),
-        managed_dirs: vec![PathBuf::from("pki")],
+        managed_dirs: vec![PathBuf::from("pki"), PathBuf::from(POLICY_DIR)],
         services: vec![],
         dynamic_cert: None,
         force_restart_file: None,

@@ -1,0 +1,58 @@
+//! Embeds the default policy bundle (`policies/default`: `bundle.toml` and the plugins it pins)
+//! into the library, so an installed `rotor` decides with it from any directory. When the
+//! plugins are not built yet (`make plugins`), the embedded bundle is empty and rotor says so.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let bundle = manifest_dir.join("../policies/default");
+    let manifest = bundle.join("bundle.toml");
+    let plugins = bundle.join("plugins");
+    println!("cargo:rerun-if-changed={}", manifest.display());
+    println!("cargo:rerun-if-changed={}", plugins.display());
+
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&plugins) {
+        let mut wasm: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+            .collect();
+        wasm.sort();
+        for p in wasm {
+            println!("cargo:rerun-if-changed={}", p.display());
+            let name = format!(
+                "plugins/{}",
+                p.file_name().expect("a file").to_string_lossy()
+            );
+            files.push((name, p));
+        }
+    }
+    // Without plugins the manifest alone would fail to load: embed nothing then.
+    if !files.is_empty() && manifest.is_file() {
+        files.insert(0, ("bundle.toml".into(), manifest));
+    } else {
+        files.clear();
+    }
+
+    let mut out = String::from("&[\n");
+    for (name, path) in &files {
+        let path = canonical(path);
+        writeln!(
+            out,
+            "    ({name:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        )
+        .expect("writing to a String");
+    }
+    out.push(']');
+    let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
+    std::fs::write(dest.join("builtin_bundle.rs"), out).expect("OUT_DIR is writable");
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
