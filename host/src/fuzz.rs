@@ -71,7 +71,7 @@ pub fn datastore_record(data: &[u8]) {
 
 /// Kubeconfigs with embedded client credentials.
 pub fn kubeconfig(data: &[u8]) {
-    let _ = crate::cluster::kubeconfig::read_embedded("fuzz", data);
+    let _ = crate::cluster::read_kubeconfig_credential("fuzz", data);
 }
 
 /// Join tokens (`K10<hash>::<user>:<password>` and bare passwords).

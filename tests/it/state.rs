@@ -171,7 +171,8 @@ fn verify(dir: &Path, now: OffsetDateTime) -> Result<(), String> {
                 let e = rotor::cluster::read_kubeconfig_credential(
                     "kubeconfig",
                     &std::fs::read(dir.join(file)).unwrap(),
-                )?;
+                )
+                .map_err(|e| e.to_string())?;
                 (e.cert_pem, e.key_pem.ok_or("kubeconfig without a key")?)
             }
         };

@@ -14,7 +14,6 @@ use crate::clock;
 use crate::clock::rfc3339;
 use crate::cluster::start::{self, Action, Mode};
 use crate::cluster::{Cluster, check, init, kubeadm_certs};
-use crate::policy::Bundle;
 
 /// `--now` (already parsed and range-checked by clap), else the system clock.
 pub(super) fn now(arg: Option<OffsetDateTime>) -> OffsetDateTime {

@@ -24,6 +24,7 @@ use crate::plugin::{EngineOptions, PluginEngine};
 /// How a command ended when it did not fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
+    /// Done; nothing needs attention (exit status 0).
     Success,
     /// Done, but something needs the operator's attention (exit status 1).
     Attention,
@@ -41,10 +42,33 @@ pub fn main() -> ExitCode {
         Ok(Exit::Pending) => ExitCode::from(3),
         Err(e) => {
             // Never a panic, even with standard error closed.
-            let _ = writeln!(std::io::stderr(), "rotor: {e:#}");
+            let _ = writeln!(std::io::stderr(), "rotor: {}", describe(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error as the operator should read it: the whole chain of causes, and an input the
+/// library names in words (`node name`) named by its flag (`'--node-name'`).
+fn describe(e: &anyhow::Error) -> String {
+    use crate::cluster::{ClusterError, Input};
+    let Some((input, problem)) = e
+        .downcast_ref::<ClusterError>()
+        .and_then(ClusterError::input_problem)
+    else {
+        return format!("{e:#}");
+    };
+    let flag = match input {
+        Input::NodeName => "--node-name",
+        Input::KeyType => "--key-type",
+        Input::ClusterDomain => "--cluster-domain",
+        Input::Token => "--token",
+        Input::NewToken => "--new-token",
+        Input::KeepKeys => "--keep",
+        Input::RootCert => "--root-cert",
+        Input::IntermediateCert => "--intermediate-cert",
+    };
+    format!("'{flag}': {problem}")
 }
 
 fn run(cli: Cli) -> anyhow::Result<Exit> {

@@ -15,9 +15,7 @@ use super::layout::Storage;
 use super::start::Pointless;
 use super::{Cluster, Result, kubeconfig};
 use crate::contract::RenewalRequest;
-use crate::facts::{
-    CertificateFacts, ExtendedKeyUsage, PemKind, parse_certificate_der, read_pem_blocks,
-};
+use crate::facts::{CertificateFacts, ExtendedKeyUsage, parse_certificate_der};
 use crate::policy::Bundle;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -198,17 +196,13 @@ fn certificates_in(
     };
     let pem = match storage {
         Storage::Files { .. } => bytes,
-        Storage::Kubeconfig { .. } => kubeconfig::read_embedded("kubeconfig", &bytes)?.cert_pem,
+        Storage::Kubeconfig { .. } => {
+            kubeconfig::read_embedded(cluster.path(path), &bytes)
+                .map_err(|e| e.to_string())?
+                .cert_pem
+        }
     };
-    let blocks = read_pem_blocks("certificate", &pem).map_err(|e| e.to_string())?;
-    let ders: Vec<Vec<u8>> = blocks
-        .into_iter()
-        .filter(|b| b.kind == PemKind::Certificate)
-        .map(|b| b.der)
-        .collect();
-    if ders.is_empty() {
-        return Err("no CERTIFICATE block".into());
-    }
+    let ders = crate::facts::certificate_ders("certificate", &pem).map_err(|e| e.to_string())?;
     Ok(Some(ders))
 }
 

@@ -9,6 +9,7 @@ use std::path::Path;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::ClusterError;
 use crate::datastore::RecordFormat;
 use crate::fs::Root;
 use crate::pki::KeyType;
@@ -17,12 +18,16 @@ use crate::pki::KeyType;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
+    /// k3s: `server/tls`, `agent/`, the datastore under `server/db`.
     K3s,
+    /// RKE2: k3s's layout with RKE2's names.
     Rke2,
+    /// kubeadm: `pki/`, `sa.key`, and kubeconfigs with embedded credentials.
     Kubeadm,
 }
 
 impl Profile {
+    /// The profile's name: `k3s`, `rke2`, `kubeadm`.
     pub fn as_str(self) -> &'static str {
         match self {
             Profile::K3s => "k3s",
@@ -36,6 +41,7 @@ impl Profile {
         matches!(self, Profile::K3s | Profile::Rke2)
     }
 
+    /// The service network the distribution uses when not told (its API server's first address is a SAN).
     pub fn default_service_cidr(self) -> IpNet {
         match self {
             Profile::K3s | Profile::Rke2 => {
@@ -47,6 +53,7 @@ impl Profile {
         }
     }
 
+    /// The key algorithm the distribution generates: ECDSA P-256 for k3s and RKE2, RSA-2048 for kubeadm.
     pub fn default_key_type(self) -> KeyType {
         match self {
             Profile::K3s | Profile::Rke2 => KeyType::EcdsaP256,
@@ -67,14 +74,19 @@ pub const POLICY_DIR: &str = "rotor-policy";
 pub struct ClusterConfig {
     /// Format of this file.
     pub format: u32,
+    /// Which distribution's layout the data dir follows.
     pub profile: Profile,
+    /// This node's name (leaf subjects and SANs).
     pub node_name: String,
+    /// This node's addresses (SANs of its serving certificates).
     #[serde(default)]
     pub node_ips: Vec<IpAddr>,
     /// Extra subject alternative names for the API server (`--tls-san`), as given.
     #[serde(default)]
     pub tls_sans: Vec<String>,
+    /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// The service network; its first address is the API server's in-cluster address.
     pub service_cidr: IpNet,
     /// Key algorithm of CAs and leaves rotor generates.
     pub key_type: KeyType,
@@ -124,33 +136,39 @@ impl ClusterConfig {
         (names, ips)
     }
 
+    /// Whether the CA `ca` is external: its key is not in the data dir.
     pub fn is_external(&self, ca: &str) -> bool {
         self.external_cas.iter().any(|c| c == ca)
     }
 
     /// Read the configuration of the data dir; `Ok(None)` when the data dir is not initialized.
-    pub fn read(root: &Root) -> anyhow::Result<Option<ClusterConfig>> {
+    pub fn read(root: &Root) -> Result<Option<ClusterConfig>, ClusterError> {
         let path = Path::new(CONFIG_FILE);
         let bytes = match root.read(path) {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let config: ClusterConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", root.display(path).display()))?;
+        let config: ClusterConfig =
+            serde_json::from_slice(&bytes).map_err(|source| ClusterError::Config {
+                path: root.display(path),
+                source,
+            })?;
         if config.format != 1 {
-            anyhow::bail!(
-                "{}: unsupported format {}",
-                root.display(path).display(),
-                config.format
-            );
+            return Err(ClusterError::BadFile {
+                path: root.display(path),
+                reason: format!("unsupported format {}", config.format),
+            });
         }
         Ok(Some(config))
     }
 
     /// The file's bytes.
-    pub fn to_json(&self) -> anyhow::Result<Vec<u8>> {
-        let mut json = serde_json::to_vec_pretty(self)?;
+    pub fn to_json(&self) -> Result<Vec<u8>, ClusterError> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(|source| ClusterError::Config {
+            path: CONFIG_FILE.into(),
+            source,
+        })?;
         json.push(b'\n');
         Ok(json)
     }

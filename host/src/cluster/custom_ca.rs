@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 
 use super::config::{ClusterConfig, Profile};
 use super::layout::{CaSpec, Layout};
-use super::{Cluster, ClusterError, Result};
+use super::{Cluster, ClusterError, Input, Result};
 use crate::datastore::RecordFormat;
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE, Root};
 use crate::pki::{
@@ -113,19 +113,7 @@ pub(crate) struct Generated {
 }
 
 fn pem_certs(what: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
-    let blocks = crate::facts::read_pem_blocks(what, bytes)
-        .map_err(|e| ClusterError::Invalid(e.to_string()))?;
-    let certs: Vec<Vec<u8>> = blocks
-        .into_iter()
-        .filter(|b| b.kind == crate::facts::PemKind::Certificate)
-        .map(|b| b.der)
-        .collect();
-    if certs.is_empty() {
-        return Err(ClusterError::Invalid(format!(
-            "{what}: no CERTIFICATE block"
-        )));
-    }
-    Ok(certs)
+    Ok(crate::facts::certificate_ders(what, bytes)?)
 }
 
 /// Files to write, checked for conflicts before anything is written.
@@ -147,7 +135,7 @@ impl Staging {
             .map(|(rel, _, _)| self.root.display(rel).display().to_string())
             .collect();
         if !existing.is_empty() {
-            return Err(ClusterError::Invalid(format!(
+            return Err(ClusterError::Refused(format!(
                 "refusing to overwrite existing CA files:\n  {}\n(stage into an empty directory)",
                 existing.join("\n  ")
             )));
@@ -169,7 +157,7 @@ impl Staging {
 fn staging_dir(out: &Path) -> Result<Root> {
     let root = Root::create_ambient(out)?;
     if root.kind(Path::new(crate::datadir::META))?.is_some() {
-        return Err(ClusterError::Invalid(format!(
+        return Err(ClusterError::Refused(format!(
             "{}: this is a rotor data dir; stage the CA files in another directory, then load them \
              with 'rotor certificate rotate-ca --path DIR'",
             out.display()
@@ -231,7 +219,7 @@ pub(crate) fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Ge
         }
         Parent::Root { cert, key } => (
             cert.clone(),
-            Some(CaSigner::load("--root-cert", cert, key)?),
+            Some(CaSigner::load(Input::RootCert.describe(), cert, key)?),
         ),
         Parent::Intermediate { root_cert, .. } => (root_cert.clone(), None),
     };
@@ -242,11 +230,12 @@ pub(crate) fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Ge
     // Intermediate.
     let (int_pem, int_signer) = match &opts.parent {
         Parent::Intermediate { cert, key, .. } => {
-            let signer = CaSigner::load("--intermediate-cert", cert, key)?;
+            let signer = CaSigner::load(Input::IntermediateCert.describe(), cert, key)?;
             if !signed_by(signer.cert_der(), &root_der) {
-                return Err(ClusterError::Invalid(
-                    "--intermediate-cert is not signed by --root-cert".into(),
-                ));
+                return Err(ClusterError::BadInput {
+                    input: Input::IntermediateCert,
+                    reason: "it is not signed by the root certificate".into(),
+                });
             }
             (
                 crate::pki::pem_encode("CERTIFICATE", signer.cert_der()).into_bytes(),
@@ -256,7 +245,7 @@ pub(crate) fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Ge
         _ => {
             let parent = root_signer
                 .as_ref()
-                .ok_or_else(|| ClusterError::Invalid("no root to sign with".into()))?;
+                .ok_or_else(|| ClusterError::Refused("no root to sign with".into()))?;
             let key = opts.intermediate_key_type.generate()?;
             let cert = parent.issue_ca(
                 &subject(format!("{prod}-intermediate-ca@{stamp}")),
@@ -390,9 +379,9 @@ pub(crate) fn rotate_default_ca(
         let what = format!("datastore {}", spec.cert_field);
         let cert = data
             .get(spec.cert_field)
-            .ok_or_else(|| ClusterError::Invalid(format!("{what}: missing")))?;
+            .ok_or_else(|| ClusterError::Refused(format!("{what}: missing")))?;
         let key_file = data.get(spec.key_field).ok_or_else(|| {
-            ClusterError::Invalid(format!(
+            ClusterError::Refused(format!(
                 "{}: the CA key is not available (external CA)",
                 spec.name
             ))
@@ -416,14 +405,14 @@ pub(crate) fn rotate_default_ca(
                 })
                 .cloned()
                 .ok_or_else(|| {
-                    ClusterError::Invalid(format!(
+                    ClusterError::Refused(format!(
                         "{}: cannot find the root of the current CA in its bundle",
                         spec.name
                     ))
                 })?
         };
         let old_root_key = keys.iter().find(|k| k.matches_certificate(&old_root)).ok_or_else(|| {
-            ClusterError::Invalid(format!(
+            ClusterError::Refused(format!(
                 "{}: the key of the current root is not in the CA key file: this cluster's CAs are not rotor/k3s self-signed \
                  CAs (use 'rotor certificate generate-custom-ca' with your root instead)",
                 spec.name

@@ -14,7 +14,7 @@ use time::OffsetDateTime;
 use super::config::{CONFIG_FILE, ClusterConfig, POLICY_DIR, Profile};
 use super::layout::{CaSpec, Storage};
 use super::{
-    Change, Cluster, ClusterError, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names,
+    Change, Cluster, ClusterError, Input, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names,
     kubeconfig, load_external_ca,
 };
 use crate::contract::SanStage;
@@ -76,9 +76,12 @@ fn validate_node_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(ClusterError::Invalid(format!(
-            "'--node-name': '{name}' is not a valid node name (lowercase RFC 1123 subdomain: a-z, 0-9, '-', '.')"
-        )))
+        Err(ClusterError::BadInput {
+            input: Input::NodeName,
+            reason: format!(
+                "'{name}' is not a valid node name (lowercase RFC 1123 subdomain: a-z, 0-9, '-', '.')"
+            ),
+        })
     }
 }
 
@@ -98,15 +101,16 @@ pub(crate) fn init(
 ) -> Result<InitReport> {
     validate_node_name(&opts.node_name)?;
     if opts.profile.is_k3s_family() && opts.key_type.is_some_and(|k| k != KeyType::EcdsaP256) {
-        return Err(ClusterError::Invalid(
-            "'--key-type': k3s and RKE2 use ECDSA P-256 for every CA and leaf; --key-type applies to --profile kubeadm".into(),
-        ));
+        return Err(ClusterError::BadInput {
+            input: Input::KeyType,
+            reason: "k3s and RKE2 use ECDSA P-256 for every CA and leaf; a key type applies to the kubeadm profile only".into(),
+        });
     }
     if opts.cluster_domain.is_empty() || opts.cluster_domain.contains(char::is_whitespace) {
-        return Err(ClusterError::Invalid(format!(
-            "'--cluster-domain': '{}' is not a domain",
-            opts.cluster_domain
-        )));
+        return Err(ClusterError::BadInput {
+            input: Input::ClusterDomain,
+            reason: format!("'{}' is not a domain", opts.cluster_domain),
+        });
     }
     let root = Root::create_ambient(data_dir)?;
     root.refuse_if_shared(Path::new("."))?;
@@ -260,13 +264,18 @@ fn init_in(
     );
     let token = match &opts.token {
         Some(t) => {
-            let t = Token::parse(t).map_err(|e| ClusterError::Token(format!("'--token': {e}")))?;
+            let t = Token::parse(t).map_err(|source| ClusterError::BadToken {
+                input: Input::Token,
+                source,
+            })?;
             if let Some(h) = &t.ca_hash
                 && *h != hash
             {
-                return Err(ClusterError::Token(format!(
-                    "'--token': its CA hash {h} does not match the cluster CA ({hash})"
-                )));
+                return Err(ClusterError::TokenPinsAnotherCa {
+                    input: Input::Token,
+                    given: h.clone(),
+                    cluster: hash,
+                });
             }
             t.with_hash(hash)
         }
@@ -302,7 +311,7 @@ fn init_in(
         }
     }
     if !missing_external.is_empty() {
-        return Err(ClusterError::Invalid(format!(
+        return Err(ClusterError::Refused(format!(
             "external-CA mode ({} without its key): every certificate that CA signs must be in place before init; \
              missing or invalid:\n  {}\n(make CSRs for them with 'rotor certs generate-csr' on a data dir with the same settings)",
             cluster.path(&cluster.layout.cas[0].cert).display(),
@@ -328,7 +337,7 @@ fn init_in(
         let spec = &cluster.layout.leaves[*i];
         let signer = cas[spec.ca]
             .signer()
-            .ok_or_else(|| ClusterError::Invalid("unreachable: external CA".into()))?;
+            .ok_or(ClusterError::Internal("an external CA was asked to sign"))?;
         cluster.write_leaf(&mut change, spec, signer, leaf);
     }
     cluster.write_file_kubeconfigs(&mut change);
@@ -340,10 +349,7 @@ fn init_in(
     record_bundle(&mut change, bundle);
     change.write(
         PathBuf::from(CONFIG_FILE),
-        cluster
-            .config
-            .to_json()
-            .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?,
+        cluster.config.to_json()?,
         PUBLIC_FILE,
     );
 
@@ -428,7 +434,7 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
             .map(|p| cluster.path(p).display().to_string())
             .collect();
         if !missing.is_empty() {
-            return Err(ClusterError::Invalid(format!(
+            return Err(ClusterError::Refused(format!(
                 "custom CA: some CA files are in place but not all; missing:\n  {}\n(put every CA certificate and key in place, \
                  e.g. with 'rotor certificate generate-custom-ca', or remove them all to generate self-signed CAs)",
                 missing.join("\n  ")
@@ -446,10 +452,13 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                     &cluster.live.read(&spec.key)?,
                 )?;
                 if ca.facts.not_after <= now {
-                    return Err(ClusterError::Invalid(format!(
-                        "{what}: the CA expired on {}",
-                        crate::clock::rfc3339(ca.facts.not_after)
-                    )));
+                    return Err(ClusterError::BadFile {
+                        path: cluster.path(&spec.cert),
+                        reason: format!(
+                            "the CA expired on {}",
+                            crate::clock::rfc3339(ca.facts.not_after)
+                        ),
+                    });
                 }
                 PlannedCa {
                     spec: spec.clone(),
@@ -466,16 +475,19 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                 }
             }
             (true, false) => {
-                return Err(ClusterError::Invalid(format!(
-                    "{what}: present without its key {}; only kubeadm's ca.crt may come without a key (external-CA mode)",
-                    cluster.path(&spec.key).display()
-                )));
+                return Err(ClusterError::BadFile {
+                    path: cluster.path(&spec.cert),
+                    reason: format!(
+                        "present without its key {}; only kubeadm's ca.crt may come without a key (external-CA mode)",
+                        cluster.path(&spec.key).display()
+                    ),
+                });
             }
             (false, true) => {
-                return Err(ClusterError::Invalid(format!(
-                    "{}: a CA key without its certificate {what}",
-                    cluster.path(&spec.key).display()
-                )));
+                return Err(ClusterError::BadFile {
+                    path: cluster.path(&spec.key),
+                    reason: format!("a CA key without its certificate {what}"),
+                });
             }
             (false, false) => {
                 let key = cluster.config.key_type.generate()?;

@@ -23,7 +23,7 @@ use crate::policy::Bundle;
 
 fn require_kubeadm(cluster: &Cluster, command: &str) -> Result<()> {
     if cluster.config.profile != super::Profile::Kubeadm {
-        return Err(ClusterError::Invalid(format!(
+        return Err(ClusterError::Refused(format!(
             "'rotor certs {command}' is kubeadm's; this data dir uses the {} profile (see 'rotor certificate')",
             cluster.config.profile.as_str()
         )));
@@ -148,7 +148,7 @@ pub(crate) fn renew(
         match cluster.layout.leaf(which).filter(|l| !l.rotated_by_kubelet) {
             Some(l) => vec![l],
             None => {
-                return Err(ClusterError::Invalid(format!(
+                return Err(ClusterError::Refused(format!(
                     "unknown certificate '{which}'; valid: all, {}",
                     names.join(", ")
                 )));
@@ -274,7 +274,7 @@ pub(crate) fn generate_csr(cluster: &Cluster, csr_dir: &Path) -> Result<Vec<Path
             let name = d
                 .as_str()
                 .try_into()
-                .map_err(|_| ClusterError::Invalid(format!("'{d}' is not an ASCII DNS name")))?;
+                .map_err(|_| ClusterError::Refused(format!("'{d}' is not an ASCII DNS name")))?;
             params.subject_alt_names.push(rcgen::SanType::DnsName(name));
         }
         for ip in &spec.subject.ip_addresses {
@@ -285,7 +285,7 @@ pub(crate) fn generate_csr(cluster: &Cluster, csr_dir: &Path) -> Result<Vec<Path
         let csr = params
             .serialize_request(key.pair())
             .and_then(|c| c.pem())
-            .map_err(|e| ClusterError::Invalid(format!("{}: making the CSR: {e}", spec.name)))?;
+            .map_err(|e| ClusterError::Refused(format!("{}: making the CSR: {e}", spec.name)))?;
         planned.push((key_path, key.pem().to_string(), csr_path, csr));
     }
     let mut written = Vec::new();

@@ -3,7 +3,11 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Kubeconfig {
@@ -176,48 +180,58 @@ pub(crate) fn referencing(server: &str, ca_path: &str, cert_path: &str, key_path
 /// What an embedded kubeconfig holds.
 #[derive(Debug)]
 pub struct Embedded {
+    /// The API server URL of the current context's cluster.
     pub server: String,
+    /// The cluster's CA bundle (`certificate-authority-data`).
     pub ca_pem: Vec<u8>,
+    /// The user's client certificate (`client-certificate-data`).
     pub cert_pem: Vec<u8>,
     /// Absent in kubeconfigs prepared for an external CA without a key yet.
     pub key_pem: Option<Vec<u8>>,
 }
 
-/// Read the current user's embedded certificate and key. `what` names the file in errors.
-pub fn read_embedded(what: &str, bytes: &[u8]) -> Result<Embedded, String> {
+/// Read the current user's embedded certificate and key from the kubeconfig at `path` (named
+/// in errors).
+pub fn read_embedded(path: impl AsRef<Path>, bytes: &[u8]) -> Result<Embedded, ClusterError> {
+    let bad = |reason: String| ClusterError::BadFile {
+        path: path.as_ref().to_path_buf(),
+        reason,
+    };
     let config: Kubeconfig =
-        serde_yaml_ng::from_slice(bytes).map_err(|e| format!("{what}: not a kubeconfig: {e}"))?;
+        serde_yaml_ng::from_slice(bytes).map_err(|e| bad(format!("not a kubeconfig: {e}")))?;
     let context = config
         .contexts
         .iter()
         .find(|c| c.name == config.current_context)
         .ok_or_else(|| {
-            format!(
-                "{what}: current-context '{}' is not defined",
+            bad(format!(
+                "current-context '{}' is not defined",
                 config.current_context
-            )
+            ))
         })?;
     let user = config
         .users
         .iter()
         .find(|u| u.name == context.context.user)
-        .ok_or_else(|| format!("{what}: user '{}' is not defined", context.context.user))?;
+        .ok_or_else(|| bad(format!("user '{}' is not defined", context.context.user)))?;
     let cluster = config
         .clusters
         .iter()
         .find(|c| c.name == context.context.cluster)
         .ok_or_else(|| {
-            format!(
-                "{what}: cluster '{}' is not defined",
+            bad(format!(
+                "cluster '{}' is not defined",
                 context.context.cluster
-            )
+            ))
         })?;
-    let decode = |field: &str, v: &Option<String>| -> Result<Vec<u8>, String> {
+    let decode = |field: &str, v: &Option<String>| -> Result<Vec<u8>, ClusterError> {
         let v = v.as_ref().ok_or_else(|| {
-            format!("{what}: {field} is missing (rotor manages embedded credentials)")
+            bad(format!(
+                "{field} is missing (rotor manages embedded credentials)"
+            ))
         })?;
         B64.decode(v.trim())
-            .map_err(|e| format!("{what}: {field}: invalid base64: {e}"))
+            .map_err(|e| bad(format!("{field}: invalid base64: {e}")))
     };
     Ok(Embedded {
         server: cluster.cluster.server.clone(),
@@ -271,12 +285,14 @@ mod tests {
         assert!(
             read_embedded("x.conf", b"- not a map")
                 .unwrap_err()
+                .to_string()
                 .starts_with("x.conf: not a kubeconfig")
         );
         let y = referencing("https://127.0.0.1:6443", "/ca", "/c", "/k");
         assert!(
             read_embedded("k.kubeconfig", &y)
                 .unwrap_err()
+                .to_string()
                 .contains("certificate-authority-data is missing")
         );
     }

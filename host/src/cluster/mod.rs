@@ -1,14 +1,16 @@
 //! The cluster PKI: a data dir laid out as k3s, RKE2 or kubeadm lays it out, its CAs kept in the
 //! encrypted datastore, its leaves renewed through the policy bundle.
 //!
-//! Operations, one module each: [`init`] (create or adopt the PKI), [`start`] (what a server
-//! does at every start: extract CAs, renew leaves; also `certificate rotate`), [`check`]
-//! (expiry report), [`kubeadm_certs`] (`certs renew`, `certs generate-csr`). Shared here: opening
-//! a data dir, reading CAs and leaves, issuing and writing a leaf, backups.
+//! A [`Cluster`] is an opened data dir under its lock; its [`Layout`] says which file holds which
+//! certificate and which CA signs for which Kubernetes signer. Every writing operation decides
+//! one [`Change`] in memory and makes it live with [`Cluster::commit`]. The operations (`init`,
+//! `start`, `check`, kubeadm's `certs`, CA and secret rotations) are private modules driven by
+//! the CLI; errors are [`ClusterError`]s that name the file or [`Input`] they concern.
 
 pub(crate) mod check;
 pub(crate) mod config;
 pub(crate) mod custom_ca;
+mod error;
 pub(crate) mod init;
 pub(crate) mod kubeadm_certs;
 pub(crate) mod kubeconfig;
@@ -23,69 +25,24 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 pub use config::{ClusterConfig, POLICY_DIR, Profile};
+pub use error::{ClusterError, Input};
 pub use kubeconfig::{
     Embedded as KubeconfigCredential, read_embedded as read_kubeconfig_credential,
 };
 pub use layout::{CaSpec, Layout, LeafSpec, Storage};
 
 use crate::datadir::{
-    DataDir, DataDirError, Entry, FileChanges, Intent, IntentOutcome, LockMode, META, NewFile,
-    Options,
+    DataDir, Entry, FileChanges, Intent, IntentOutcome, LockMode, META, NewFile, Options,
 };
 use crate::datastore::{
     BOOTSTRAP_PREFIX, Bootstrap, BootstrapData, Datastore, DatastoreError, DirectoryDatastore, Op,
     Snapshot,
 };
-use crate::facts::{CertificateFacts, PemKind, parse_certificate_der, read_pem_blocks};
+use crate::facts::{CertificateFacts, certificate_ders, parse_certificate_der};
 use crate::fs::{FsError, PRIVATE_FILE, PUBLIC_FILE, Root, failpoint};
-use crate::pki::{CaSigner, PkiError, PrivateKey, Purpose, Token, Validity};
-use crate::plugin::PluginError;
+use crate::pki::{CaSigner, PrivateKey, Purpose, Token, Validity};
 
-/// A cluster operation failed. Messages start with the file or the input they concern.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClusterError {
-    #[error(transparent)]
-    Fs(#[from] FsError),
-    #[error(transparent)]
-    Datastore(#[from] DatastoreError),
-    #[error(transparent)]
-    Pki(#[from] PkiError),
-    #[error(transparent)]
-    Plugin(#[from] PluginError),
-    #[error("{}: not initialized (no {}): run 'rotor init' first", .0.display(), config::CONFIG_FILE)]
-    NotInitialized(PathBuf),
-    #[error("{}: already initialized ({what}); refusing to touch it", .path.display())]
-    AlreadyInitialized { path: PathBuf, what: String },
-    #[error("{}: {reason}", .path.display())]
-    BadFile { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the SAN policy denies names of {certificate}:\n  {}", .violations.join("\n  "))]
-    NamesDenied {
-        certificate: String,
-        violations: Vec<String>,
-    },
-    #[error(
-        "{}: the copy on disk differs from the datastore and is newer (by {seconds} s): it could be a CA \
-         rotation in progress or a manual change, and overwriting it could cause an outage; nothing was changed. \
-         Load it with 'rotor certificate rotate-ca', or remove the file to restore the datastore's copy",
-        .path.display()
-    )]
-    Conflict { path: PathBuf, seconds: i64 },
-    #[error("unknown service '{name}'; valid services: {}", .valid.join(", "))]
-    UnknownService { name: String, valid: Vec<String> },
-    #[error("{0}")]
-    Token(String),
-    #[error(transparent)]
-    DataDir(#[from] DataDirError),
-    #[error(
-        "{0}\nthe datastore holds this change but the data dir does not show it yet: the next rotor \
-         command on this data dir finishes it (or run 'rotor certificate check')"
-    )]
-    Interrupted(Box<ClusterError>),
-}
-
+/// A cluster operation's result.
 pub type Result<T> = std::result::Result<T, ClusterError>;
 
 /// An opened, initialized data dir, held under its lock (exclusive for a writer, shared for a
@@ -96,7 +53,9 @@ pub struct Cluster {
     /// Where managed files are read: the live generation (at `init`, the data dir itself,
     /// whose files in place may be adopted).
     pub live: Root,
+    /// What `rotor init` was told and decided.
     pub config: ClusterConfig,
+    /// Which file holds which certificate.
     pub layout: Layout,
     /// The data dir's lock and generations (`None` only while `init` decides, before it takes
     /// the lock on a data dir rotor never wrote to).
@@ -117,6 +76,7 @@ pub struct Change {
 }
 
 impl Change {
+    /// Write `content` to the managed file `rel` with permissions `mode`.
     pub fn write(&mut self, rel: impl Into<PathBuf>, content: impl Into<Vec<u8>>, mode: u32) {
         self.files.insert(
             rel.into(),
@@ -127,10 +87,12 @@ impl Change {
         );
     }
 
+    /// Remove the managed file `rel`.
     pub fn remove(&mut self, rel: impl Into<PathBuf>) {
         self.files.insert(rel.into(), None);
     }
 
+    /// Whether the change changes nothing.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.ops.is_empty() && self.after.is_empty()
     }
@@ -169,6 +131,7 @@ pub struct ExternalCa {
 }
 
 impl LoadedCa {
+    /// The CA certificate's facts.
     pub fn facts(&self) -> &CertificateFacts {
         match self {
             LoadedCa::Signing(s) => &s.facts,
@@ -176,6 +139,7 @@ impl LoadedCa {
         }
     }
 
+    /// The CA certificate (DER).
     pub fn cert_der(&self) -> &[u8] {
         match self {
             LoadedCa::Signing(s) => s.cert_der(),
@@ -183,6 +147,7 @@ impl LoadedCa {
         }
     }
 
+    /// The CA's file: the CA certificate and any chain after it (PEM).
     pub fn bundle_pem(&self) -> &[u8] {
         match self {
             LoadedCa::Signing(s) => &s.bundle_pem,
@@ -190,6 +155,7 @@ impl LoadedCa {
         }
     }
 
+    /// Every certificate of the CA's file (DER), the CA first.
     pub fn bundle_der(&self) -> &[Vec<u8>] {
         match self {
             LoadedCa::Signing(s) => &s.bundle_der,
@@ -197,6 +163,7 @@ impl LoadedCa {
         }
     }
 
+    /// The CA as a signer, when its key is here.
     pub fn signer(&self) -> Option<&CaSigner> {
         match self {
             LoadedCa::Signing(s) => Some(s),
@@ -207,21 +174,13 @@ impl LoadedCa {
 
 /// Load a CA certificate without its key.
 pub fn load_external_ca(what: &str, cert_pem: &[u8]) -> Result<LoadedCa> {
-    let blocks =
-        read_pem_blocks(what, cert_pem).map_err(|e| ClusterError::Invalid(e.to_string()))?;
-    let bundle_der: Vec<Vec<u8>> = blocks
-        .into_iter()
-        .filter(|b| b.kind == PemKind::Certificate)
-        .map(|b| b.der)
-        .collect();
-    let cert_der = bundle_der
-        .first()
-        .cloned()
-        .ok_or_else(|| ClusterError::Invalid(format!("{what}: no CERTIFICATE block")))?;
-    let facts =
-        parse_certificate_der(what, &cert_der).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    let bundle_der = certificate_ders(what, cert_pem)?;
+    let cert_der = bundle_der.first().cloned().ok_or(ClusterError::Internal(
+        "certificate_ders returned no certificate",
+    ))?;
+    let facts = parse_certificate_der(what, &cert_der)?;
     if !facts.is_ca {
-        return Err(ClusterError::Invalid(format!(
+        return Err(ClusterError::Refused(format!(
             "{what}: the certificate is not a CA"
         )));
     }
@@ -235,8 +194,11 @@ pub fn load_external_ca(what: &str, cert_pem: &[u8]) -> Result<LoadedCa> {
 
 /// A leaf issued in memory, not written yet.
 pub struct IssuedLeaf {
+    /// The certificate (PEM).
     pub cert_pem: String,
+    /// Its new private key (PEM).
     pub key_pem: String,
+    /// The certificate's facts.
     pub facts: CertificateFacts,
 }
 
@@ -284,9 +246,11 @@ pub fn check_names(
 pub enum LeafOnDisk {
     /// No certificate (or no key): it must be issued.
     Missing(String),
+    /// A certificate is there.
     Present {
         /// The leaf certificate (first of the file).
         der: Vec<u8>,
+        /// Its facts.
         facts: Box<CertificateFacts>,
         /// Whether the key on disk is the certificate's key.
         key_matches: bool,
@@ -340,10 +304,7 @@ impl Cluster {
                 Cluster::from_live(root.try_clone()?, writer)?.tidy_locked()?;
             }
         }
-        Err(ClusterError::Invalid(format!(
-            "{}: writers keep dying in the middle of their changes; look at their errors",
-            data_dir.display()
-        )))
+        Err(ClusterError::WritersKeepDying(data_dir.to_path_buf()))
     }
 
     /// The cluster as its live generation describes it.
@@ -352,12 +313,10 @@ impl Cluster {
             .live()
             .ok_or_else(|| ClusterError::NotInitialized(root.path().to_path_buf()))?;
         let live = dir.open_generation(live_n)?;
-        let config = ClusterConfig::read(&live)
-            .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?
-            .ok_or_else(|| ClusterError::BadFile {
-                path: dir.generation_path(live_n).join(config::CONFIG_FILE),
-                reason: "missing from the live generation".into(),
-            })?;
+        let config = ClusterConfig::read(&live)?.ok_or_else(|| ClusterError::BadFile {
+            path: dir.generation_path(live_n).join(config::CONFIG_FILE),
+            reason: "missing from the live generation".into(),
+        })?;
         let layout = Layout::for_config(&config);
         let store = DirectoryDatastore::existing(&root, &layout.datastore_dir)?;
         Ok(Cluster {
@@ -392,9 +351,9 @@ impl Cluster {
     }
 
     fn datadir(&self) -> Result<&DataDir> {
-        self.dir.as_ref().ok_or_else(|| {
-            ClusterError::Invalid("internal error: the data dir is not locked".into())
-        })
+        self.dir
+            .as_ref()
+            .ok_or(ClusterError::Internal("the data dir is not locked"))
     }
 
     /// Under the exclusive lock: debris removed, links in place.
@@ -417,6 +376,7 @@ impl Cluster {
         (self.config, self.layout)
     }
 
+    /// The path of `rel` in the data dir, for messages.
     pub fn path(&self, rel: &Path) -> PathBuf {
         self.root.display(rel)
     }
@@ -438,10 +398,10 @@ impl Cluster {
     pub fn datastore(&self) -> Result<&dyn Datastore> {
         match &self.store {
             Some(s) => Ok(s),
-            None => Err(ClusterError::Invalid(format!(
-                "{}: no datastore: the data dir was not initialized by rotor, or the datastore was removed",
-                self.path(&self.layout.datastore_dir).display()
-            ))),
+            None => Err(ClusterError::NoDatastore {
+                path: self.path(&self.layout.datastore_dir),
+                what: "datastore",
+            }),
         }
     }
 
@@ -457,20 +417,32 @@ impl Cluster {
 
     /// The token: `--token` if given, else the token file.
     pub fn token(&self, given: Option<&str>) -> Result<Token> {
+        let from_file = given.is_none();
         let text = match given {
             Some(t) => t.to_string(),
             None => {
-                let bytes = self.live.read(&self.layout.token_file).map_err(|e| {
-                    ClusterError::Token(format!(
-                        "{}: {} (give the token with --token)",
-                        self.path(&self.layout.token_file).display(),
-                        e.message
-                    ))
+                let bytes = self.live.read(&self.layout.token_file).map_err(|source| {
+                    ClusterError::TokenFile {
+                        path: self.path(&self.layout.token_file),
+                        source,
+                    }
                 })?;
                 String::from_utf8_lossy(&bytes).trim().to_string()
             }
         };
-        Token::parse(&text).map_err(|e| ClusterError::Token(e.to_string()))
+        Token::parse(&text).map_err(|source| {
+            if from_file {
+                ClusterError::BadFile {
+                    path: self.path(&self.layout.token_file),
+                    reason: source.to_string(),
+                }
+            } else {
+                ClusterError::BadToken {
+                    input: Input::Token,
+                    source,
+                }
+            }
+        })
     }
 
     /// The token (`given` on the command line, else the token file's) and the bootstrap record
@@ -495,9 +467,11 @@ impl Cluster {
             let pins_this_ca =
                 *h == hash || *h == digest(content) || ders.iter().any(|d| *h == digest(d));
             if !pins_this_ca {
-                return Err(ClusterError::Token(format!(
-                    "'--token': its CA hash {h} does not match the cluster CA ({hash})"
-                )));
+                return Err(ClusterError::TokenPinsAnotherCa {
+                    input: Input::Token,
+                    given: h.clone(),
+                    cluster: hash,
+                });
             }
         }
         Ok((token, data))
@@ -514,14 +488,11 @@ impl Cluster {
         let ca = self.layout.token_ca();
         let content = &data
             .get(ca.cert_field)
-            .ok_or_else(|| ClusterError::Invalid(format!("datastore {}: missing", ca.cert_field)))?
+            .ok_or(ClusterError::MissingField {
+                field: ca.cert_field,
+            })?
             .content;
-        let ders: Vec<Vec<u8>> = read_pem_blocks("ca", content)
-            .map_err(|e| ClusterError::Invalid(e.to_string()))?
-            .into_iter()
-            .filter(|b| b.kind == PemKind::Certificate)
-            .map(|b| b.der)
-            .collect();
+        let ders = certificate_ders(&format!("datastore {}", ca.cert_field), content)?;
         Ok((content, ders))
     }
 
@@ -531,10 +502,10 @@ impl Cluster {
         let snapshot = self.snapshot()?;
         match Bootstrap::new(store, snapshot, &token.password).load() {
             Ok(Some(data)) => Ok(data),
-            Ok(None) => Err(ClusterError::Invalid(format!(
-                "{}: no bootstrap data in the datastore: the data dir was not initialized by rotor, or the datastore was removed",
-                self.path(&self.layout.datastore_dir).display()
-            ))),
+            Ok(None) => Err(ClusterError::NoDatastore {
+                path: self.path(&self.layout.datastore_dir),
+                what: "bootstrap record",
+            }),
             Err(DatastoreError::OtherToken { keys, .. }) => Err(DatastoreError::OtherToken {
                 keys,
                 hint: self.token_hint(token),
@@ -613,19 +584,20 @@ impl Cluster {
         let mut cas = BTreeMap::new();
         for spec in &self.layout.cas {
             let what = format!("datastore {}", spec.cert_field);
-            let cert = data.get(spec.cert_field).ok_or_else(|| {
-                ClusterError::Invalid(format!("{what}: missing from the bootstrap data"))
-            })?;
+            let cert = data
+                .get(spec.cert_field)
+                .ok_or(ClusterError::MissingField {
+                    field: spec.cert_field,
+                })?;
             let ca = match data.get(spec.key_field) {
                 Some(key) => LoadedCa::Signing(CaSigner::load(&what, &cert.content, &key.content)?),
                 None if self.config.is_external(spec.name) => {
                     load_external_ca(&what, &cert.content)?
                 }
                 None => {
-                    return Err(ClusterError::Invalid(format!(
-                        "datastore {}: missing from the bootstrap data",
-                        spec.key_field
-                    )));
+                    return Err(ClusterError::MissingField {
+                        field: spec.key_field,
+                    });
                 }
             };
             cas.insert(spec.name, ca);
@@ -691,29 +663,19 @@ impl Cluster {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let what = self.path(file).display().to_string();
-                let e = kubeconfig::read_embedded(&what, &bytes).map_err(|reason| {
-                    ClusterError::BadFile {
-                        path: self.path(file),
-                        reason: strip_prefix(&what, reason),
-                    }
-                })?;
+                let e = kubeconfig::read_embedded(self.path(file), &bytes)?;
                 (e.cert_pem, e.key_pem)
             }
         };
-        let path = self.path(spec.storage.cert_path());
-        // Errors name the file once: facts errors start with their `what`, dropped here.
-        let bad = |reason: String| ClusterError::BadFile {
-            path: path.clone(),
-            reason: strip_prefix("certificate", reason),
-        };
-        let blocks = read_pem_blocks("certificate", &cert_pem).map_err(|e| bad(e.to_string()))?;
-        let der = blocks
+        // Errors name the file, once: it is the `what` of the parse.
+        let what = self.path(spec.storage.cert_path()).display().to_string();
+        let der = certificate_ders(&what, &cert_pem)?
             .into_iter()
-            .find(|b| b.kind == PemKind::Certificate)
-            .map(|b| b.der)
-            .ok_or_else(|| bad("no CERTIFICATE block".into()))?;
-        let facts = parse_certificate_der("certificate", &der).map_err(|e| bad(e.to_string()))?;
+            .next()
+            .ok_or(ClusterError::Internal(
+                "certificate_ders returned no certificate",
+            ))?;
+        let facts = parse_certificate_der(&what, &der)?;
         let Some(key_pem) = key_pem else {
             return Ok(LeafOnDisk::Missing("private key missing".into()));
         };
@@ -721,10 +683,7 @@ impl Cluster {
             Storage::Files { key, .. } => self.path(key),
             Storage::Kubeconfig { file, .. } => self.path(file),
         };
-        let key = PrivateKey::from_pem("key", &key_pem).map_err(|e| ClusterError::BadFile {
-            path: key_path,
-            reason: strip_prefix("key", e.to_string()),
-        })?;
+        let key = PrivateKey::from_pem(&key_path.display().to_string(), &key_pem)?;
         Ok(LeafOnDisk::Present {
             key_matches: key.matches_certificate(&der),
             der,
@@ -747,7 +706,7 @@ impl Cluster {
             time::Duration::minutes(5)
         };
         let not_after = now.checked_add(lifetime).ok_or_else(|| {
-            ClusterError::Invalid(format!(
+            ClusterError::Refused(format!(
                 "{}: a lifetime of {} seconds from {} ends past what X.509 can express",
                 spec.name,
                 lifetime.whole_seconds(),
@@ -759,8 +718,7 @@ impl Cluster {
             not_after,
         };
         let issued = ca.issue_leaf(&spec.subject, spec.purpose, &key, validity)?;
-        let facts = parse_certificate_der(&spec.name, &issued.der)
-            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        let facts = parse_certificate_der(&spec.name, &issued.der)?;
         Ok(IssuedLeaf {
             cert_pem: issued.pem,
             key_pem: key.pem().to_string(),
@@ -820,8 +778,8 @@ impl Cluster {
     /// after it leaves the journal, and the next command completes the change.
     pub fn commit(&mut self, change: Change, adopt: bool) -> Result<Committed> {
         if self.dir.as_ref().map(DataDir::lock_mode) != Some(LockMode::Exclusive) {
-            return Err(ClusterError::Invalid(
-                "internal error: a change committed without the exclusive lock".into(),
+            return Err(ClusterError::Internal(
+                "a change committed without the exclusive lock",
             ));
         }
         if change.is_empty() {
@@ -837,7 +795,7 @@ impl Cluster {
         let entries = self.layout.entries();
         let Change { files, ops, after } = change;
         let (Some(dir), store) = (self.dir.as_mut(), self.store.as_ref()) else {
-            return Err(ClusterError::Invalid("internal error: no data dir".into()));
+            return Err(ClusterError::Internal("no data dir"));
         };
         if files.is_empty() && after.is_empty() {
             // Only the datastore changes: its commit is the one step.
@@ -1040,24 +998,15 @@ fn recover(dir: &mut DataDir) -> Result<()> {
 /// The layout a generation's configuration describes.
 fn layout_of(dir: &DataDir, generation: u64) -> Result<Layout> {
     let root = dir.open_generation(generation)?;
-    let config = ClusterConfig::read(&root)
-        .map_err(|e| ClusterError::Invalid(format!("{e:#}")))?
-        .ok_or_else(|| ClusterError::BadFile {
-            path: dir.generation_path(generation).join(config::CONFIG_FILE),
-            reason: "missing from the generation".into(),
-        })?;
+    let config = ClusterConfig::read(&root)?.ok_or_else(|| ClusterError::BadFile {
+        path: dir.generation_path(generation).join(config::CONFIG_FILE),
+        reason: "missing from the generation".into(),
+    })?;
     Ok(Layout::for_config(&config))
 }
 
 fn entries_of(dir: &DataDir, generation: u64) -> Result<Vec<Entry>> {
     Ok(layout_of(dir, generation)?.entries())
-}
-
-fn strip_prefix(what: &str, reason: String) -> String {
-    reason
-        .strip_prefix(&format!("{what}: "))
-        .map(str::to_string)
-        .unwrap_or(reason)
 }
 
 /// A leaf's purpose, as the EKU set it must carry.

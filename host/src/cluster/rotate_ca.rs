@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use super::custom_ca::staged;
 use super::{Change, Cluster, ClusterError, Result};
 use crate::datastore::BootstrapData;
-use crate::facts::{KeyAlgorithm, KeyUsageBit, PemKind, parse_certificate_der, read_pem_blocks};
+use crate::facts::{KeyAlgorithm, KeyUsageBit, certificate_ders, parse_certificate_der};
 use crate::fs::{PRIVATE_FILE, Root, failpoint};
 use crate::pki::{CaSigner, PrivateKey, Token, ca_hash, is_self_issued, signed_by};
 
@@ -106,7 +106,7 @@ fn staging_root(cluster: &Cluster, path: &Path) -> Result<Root> {
             continue;
         }
         if live.is_some() && root.identity(Path::new(".")).ok() == live {
-            return Err(ClusterError::Invalid(format!(
+            return Err(ClusterError::Refused(format!(
                 "{}: this is the live TLS directory of the data dir: stage the new CA files in another directory \
                  (never overwrite the data in use)",
                 root.path().display()
@@ -114,7 +114,7 @@ fn staging_root(cluster: &Cluster, path: &Path) -> Result<Root> {
         }
         return Ok(root);
     }
-    Err(ClusterError::Invalid(format!(
+    Err(ClusterError::Refused(format!(
         "{}: no staged CA files (expected {} directly, or under tls/ or server/tls/)",
         path.display(),
         expected
@@ -126,16 +126,7 @@ fn staging_root(cluster: &Cluster, path: &Path) -> Result<Root> {
 }
 
 fn certs_of(what: &str, pem: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
-    let blocks = read_pem_blocks(what, pem).map_err(|e| e.to_string())?;
-    let certs: Vec<Vec<u8>> = blocks
-        .into_iter()
-        .filter(|b| b.kind == PemKind::Certificate)
-        .map(|b| b.der)
-        .collect();
-    if certs.is_empty() {
-        return Err(format!("{what}: no CERTIFICATE block"));
-    }
-    Ok(certs)
+    certificate_ders(what, pem).map_err(|e| e.to_string())
 }
 
 fn valid_at(der: &[u8], now: OffsetDateTime) -> bool {
@@ -289,11 +280,10 @@ pub(crate) fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Repo
         let old_bundle = old_field
             .map(|o| certs_of("current CA", &o.content))
             .transpose()
-            .map_err(ClusterError::Invalid)?
+            .map_err(ClusterError::Refused)?
             .unwrap_or_default();
         if let Some(old) = old_bundle.first() {
-            let old_facts = parse_certificate_der("current CA", old)
-                .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+            let old_facts = parse_certificate_der("current CA", old)?;
             let (roots, mut inter): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
                 old_bundle.iter().cloned().partition(|c| is_self_issued(c));
             inter.extend(new_bundle[1..].iter().cloned());
@@ -375,7 +365,7 @@ pub(crate) fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Repo
     }
 
     if report.replaced.is_empty() && problems.is_empty() {
-        return Err(ClusterError::Invalid(format!(
+        return Err(ClusterError::Refused(format!(
             "{}: nothing staged to rotate",
             staging.path().display()
         )));
@@ -417,7 +407,7 @@ pub(crate) fn rotate_ca(cluster: &mut Cluster, opts: Options<'_>) -> Result<Repo
                 }
             )
         }));
-        return Err(ClusterError::Invalid(format!(
+        return Err(ClusterError::Refused(format!(
             "rotate-ca refused, nothing changed:\n  {}{}",
             lines.join("\n  "),
             if hard.is_empty() {

@@ -10,7 +10,7 @@
 
 use time::OffsetDateTime;
 
-use super::{Change, Cluster, ClusterError, Result};
+use super::{Change, Cluster, ClusterError, Input, Result};
 use crate::datastore::Op;
 use crate::fs::{PRIVATE_FILE, failpoint};
 use crate::pki::{PrivateKey, Token};
@@ -31,9 +31,10 @@ pub(crate) fn rotate_service_key(
     now: OffsetDateTime,
 ) -> Result<ServiceKeyRotation> {
     if keep == Some(0) {
-        return Err(ClusterError::Invalid(
-            "'--keep 0' would drop the current signing key and invalidate every service-account token; keep at least 1".into(),
-        ));
+        return Err(ClusterError::BadInput {
+            input: Input::KeepKeys,
+            reason: "0 would drop the current signing key and invalidate every service-account token; keep at least 1".into(),
+        });
     }
     let (token, mut data) = cluster.open_bootstrap(token, now)?;
     let sk = &cluster.layout.service_key;
@@ -71,21 +72,26 @@ pub(crate) fn rotate_token(
     now: OffsetDateTime,
 ) -> Result<Token> {
     let (old, data) = cluster.open_bootstrap(token, now)?;
-    let new =
-        Token::parse(new_token).map_err(|e| ClusterError::Token(format!("'--new-token': {e}")))?;
+    let new = Token::parse(new_token).map_err(|source| ClusterError::BadToken {
+        input: Input::NewToken,
+        source,
+    })?;
     if new.password == old.password {
-        return Err(ClusterError::Token(
-            "'--new-token' has the same password as the current token".into(),
-        ));
+        return Err(ClusterError::BadInput {
+            input: Input::NewToken,
+            reason: "it has the same password as the current token".into(),
+        });
     }
     // The new token pins the current CA, whatever hash it was given with.
     let hash = cluster.token_ca_hash(&data, now)?;
     if let Some(h) = &new.ca_hash
         && *h != hash
     {
-        return Err(ClusterError::Token(format!(
-            "'--new-token': its CA hash {h} does not match the cluster CA ({hash})"
-        )));
+        return Err(ClusterError::TokenPinsAnotherCa {
+            input: Input::NewToken,
+            given: h.clone(),
+            cluster: hash,
+        });
     }
     let new = Token {
         ca_hash: Some(hash),

@@ -192,11 +192,8 @@ pub(crate) fn prepare(
         handles
             .into_iter()
             .flat_map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    vec![Err(ClusterError::Invalid(
-                        "internal error: a leaf check panicked".into(),
-                    ))]
-                })
+                h.join()
+                    .unwrap_or_else(|_| vec![Err(ClusterError::Internal("a leaf check panicked"))])
             })
             .collect()
     });
@@ -558,13 +555,10 @@ fn extractions(
         let (Some(nochain), Some(stored)) = (&spec.nochain, data.get(spec.cert_field)) else {
             continue;
         };
-        let first = crate::facts::read_pem_blocks("datastore", &stored.content)
+        let first = crate::facts::certificate_ders("datastore", &stored.content)
             .ok()
-            .and_then(|b| {
-                b.into_iter()
-                    .find(|b| b.kind == crate::facts::PemKind::Certificate)
-            })
-            .map(|b| crate::pki::pem_encode("CERTIFICATE", &b.der));
+            .and_then(|ders| ders.into_iter().next())
+            .map(|der| crate::pki::pem_encode("CERTIFICATE", &der));
         if let Some(first) = first {
             files.push((nochain.clone(), first.into_bytes(), false, false));
         }
@@ -586,14 +580,7 @@ fn extractions(
         data.get(token_ca.cert_field),
     ) && let Ok(token) = crate::pki::Token::parse(String::from_utf8_lossy(&bytes).trim())
     {
-        let ders: Vec<Vec<u8>> = crate::facts::read_pem_blocks("datastore", &stored.content)
-            .map(|b| {
-                b.into_iter()
-                    .filter(|b| b.kind == crate::facts::PemKind::Certificate)
-                    .map(|b| b.der)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let ders = crate::facts::certificate_ders("datastore", &stored.content).unwrap_or_default();
         let hash = crate::pki::ca_hash(&stored.content, &ders, now);
         if token.ca_hash.as_deref() != Some(hash.as_str()) {
             let text = format!("{}\n", token.with_hash(hash).render());
@@ -688,7 +675,7 @@ pub(crate) fn apply(
             continue;
         };
         let signer = prepared.cas[spec.ca].signer().ok_or_else(|| {
-            ClusterError::Invalid(format!("{}: its CA has no key here", spec.name))
+            ClusterError::Refused(format!("{}: its CA has no key here", spec.name))
         })?;
         let lifetime =
             time::Duration::seconds(i64::try_from(lp.lifetime_seconds).unwrap_or(i64::MAX / 2));

@@ -6,12 +6,16 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {
+    /// Keep or renew a certificate, and for how long.
     Renewal,
+    /// Are these subject names acceptable.
     San,
+    /// Approve, deny or abstain on a certificate signing request.
     Csr,
 }
 
 impl Hook {
+    /// Every hook, in the order bundles list them.
     pub const ALL: [Hook; 3] = [Hook::Renewal, Hook::San, Hook::Csr];
 
     /// The bundle section and CLI name: `renewal`, `san`, `csr`.

@@ -19,10 +19,12 @@ pub struct RenewalRequest {
     /// Name of the certificate in its layout (`serving-kube-apiserver`, `apiserver`, ...).
     #[serde(default = "default_name")]
     pub name: String,
+    /// The certificate whose names were checked.
     pub certificate: CertificateFacts,
     /// notAfter of the issuing CA, when known.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub issuer_not_after: Option<OffsetDateTime>,
+    /// The time to decide at (`--now`, else the clock).
     #[serde(with = "time::serde::rfc3339")]
     pub now: OffsetDateTime,
 }
@@ -47,6 +49,7 @@ pub enum SanStage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeIdentity {
+    /// The node's name.
     pub name: String,
     /// Evidence held by the host (never taken from the request itself).
     #[serde(default)]
@@ -59,12 +62,17 @@ pub struct NodeIdentity {
 pub struct SanRequest {
     /// Rule profile (`kubelet-serving`, a certificate name, ...).
     pub profile: String,
+    /// Which names are asked about.
     pub stage: SanStage,
+    /// The subject of the certificate or CSR.
     #[serde(default)]
     pub subject: DistinguishedName,
+    /// The names to validate.
     pub sans: SubjectAltNames,
+    /// The node the names should belong to, when known.
     #[serde(default)]
     pub node: Option<NodeIdentity>,
+    /// The time to decide at.
     #[serde(with = "time::serde::rfc3339")]
     pub now: OffsetDateTime,
 }
@@ -73,28 +81,40 @@ pub struct SanRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsrRequest {
+    /// The Kubernetes signer asked to sign (`kubernetes.io/kubelet-serving`, ...).
     pub signer_name: String,
+    /// The requesting user (`system:node:<name>`, ...).
     pub username: String,
+    /// The requesting user's UID.
     #[serde(default)]
     pub uid: String,
+    /// The requesting user's groups.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The CSR's subject.
     #[serde(default)]
     pub subject: DistinguishedName,
+    /// The CSR's subject alternative names.
     #[serde(default)]
     pub sans: SubjectAltNames,
+    /// The CSR's public key.
     pub public_key: PublicKeyInfo,
+    /// The usages requested (`spec.usages`).
     #[serde(default)]
     pub usages: Vec<Usage>,
+    /// The lifetime requested (`spec.expirationSeconds`).
     #[serde(default)]
     pub expiration_seconds: Option<u64>,
+    /// Whether the CSR asks for a CA certificate (basicConstraints cA).
     #[serde(default)]
     pub requests_ca: bool,
+    /// OIDs of any other extension the CSR requests.
     #[serde(default)]
     pub other_extensions: Vec<String>,
     /// Evidence the host holds about the requesting node (`--node-ip`).
     #[serde(default)]
     pub node_addresses: Vec<IpAddr>,
+    /// The time to decide at.
     #[serde(with = "time::serde::rfc3339")]
     pub now: OffsetDateTime,
 }
@@ -102,12 +122,19 @@ pub struct CsrRequest {
 /// The Kubernetes side of a CSR: who asks, with which signer and usages.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CsrContext {
+    /// The Kubernetes signer (`spec.signerName`).
     pub signer_name: String,
+    /// The requesting user (`spec.username`).
     pub username: String,
+    /// The requesting user's UID (`spec.uid`).
     pub uid: String,
+    /// The requesting user's groups (`spec.groups`).
     pub groups: Vec<String>,
+    /// The usages requested (`spec.usages`).
     pub usages: Vec<Usage>,
+    /// The lifetime requested (`spec.expirationSeconds`).
     pub expiration_seconds: Option<u64>,
+    /// Addresses the host knows for the requesting node (node evidence).
     pub node_addresses: Vec<IpAddr>,
 }
 

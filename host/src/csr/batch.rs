@@ -20,12 +20,16 @@ use crate::policy::Bundle;
 pub struct Item {
     /// A name for the result (`metadata.name`, or the file name).
     pub name: String,
+    /// The CSR, or why it could not be read.
     pub input: ItemInput,
 }
 
+/// One input of a batch, as read.
 #[derive(Debug)]
 pub enum ItemInput {
+    /// A `CertificateSigningRequest` object.
     Object(Box<CsrObject>),
+    /// A PEM CSR with its context from the command line.
     Pem(CsrInput),
     /// Could not be read; reported as an error result.
     Invalid(String),
@@ -55,16 +59,24 @@ pub struct Outcome {
 /// Totals of a batch.
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
+    /// CSRs in the batch.
     pub total: usize,
+    /// Approved (signed or not).
     pub approved: usize,
+    /// Approved and signed.
     pub signed: usize,
+    /// Denied.
     pub denied: usize,
+    /// Left pending (a policy abstained).
     pub pending: usize,
+    /// Skipped (already decided objects).
     pub skipped: usize,
+    /// Inputs that could not be read or decided.
     pub errors: usize,
 }
 
 impl Summary {
+    /// Count the outcomes.
     pub fn of(outcomes: &[Outcome]) -> Summary {
         let mut s = Summary {
             total: outcomes.len(),
@@ -104,8 +116,11 @@ fn error(name: &str, message: String) -> Outcome {
 /// the instant.
 #[derive(Clone, Copy, Debug)]
 pub struct Decide<'a> {
+    /// The host's per-signer limits.
     pub limits: &'a SignerLimits,
+    /// Whether approved CSRs are signed.
     pub sign_approved: bool,
+    /// The time to decide and sign at.
     pub now: OffsetDateTime,
 }
 

@@ -50,19 +50,25 @@ const BACKDATE: time::Duration = time::Duration::minutes(5);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Verdict {
+    /// Approved: the host may sign it.
     Approve {
+        /// Why it is not usable.
         reason: String,
     },
+    /// Denied, with every reason.
     Deny {
+        /// Every violation found, not only the first.
         violations: Vec<Violation>,
     },
     /// Left pending for a human (or another approver).
     Abstain {
+        /// Why it is not usable.
         reason: String,
     },
 }
 
 impl Verdict {
+    /// `approve`, `deny` or `abstain`.
     pub fn kind(&self) -> &'static str {
         match self {
             Verdict::Approve { .. } => "approve",
@@ -89,9 +95,12 @@ impl Verdict {
 pub struct Stage {
     /// `host`, `csr-approval`, `san (csr)`, `san (template)`.
     pub stage: &'static str,
+    /// What it said (`approve`, `deny`, `abstain`, `allow`, `error`, ...).
     pub decision: &'static str,
+    /// The plugin that said it, if a plugin did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// Its reasons.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -99,15 +108,24 @@ pub struct Stage {
 /// The certificate that would be issued.
 #[derive(Clone, Debug, Serialize)]
 pub struct Template {
+    /// The subject's common name.
     pub common_name: String,
+    /// The subject's organizations.
     pub organizations: Vec<String>,
+    /// DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// IP subject alternative names.
     pub ip_addresses: Vec<IpAddr>,
+    /// URI subject alternative names.
     pub uris: Vec<String>,
+    /// Email subject alternative names.
     pub emails: Vec<String>,
+    /// The usages the certificate would carry.
     pub usages: Vec<Usage>,
+    /// Start of its validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
+    /// End of its validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
 }
@@ -115,11 +133,16 @@ pub struct Template {
 /// A reviewed CSR.
 #[derive(Debug, Serialize)]
 pub struct Review {
+    /// The final word.
     #[serde(flatten)]
     pub verdict: Verdict,
+    /// The signer asked.
     pub signer_name: String,
+    /// The requesting user.
     pub username: String,
+    /// What each stage said, in order.
     pub stages: Vec<Stage>,
+    /// The certificate that would be issued, when approved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template: Option<Template>,
     /// Host adjustments (lifetime clamps) and plugin failures.
@@ -331,7 +354,9 @@ fn missing_required(signer: &str, required: Usage) -> Violation {
 /// A CSR with its Kubernetes context.
 #[derive(Clone, Debug)]
 pub struct CsrInput {
+    /// The CSR (DER).
     pub der: Vec<u8>,
+    /// Who asks, for which signer and usages.
     pub ctx: CsrContext,
 }
 

@@ -32,6 +32,7 @@ pub enum LockMode {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LockError {
+    /// The lock file could not be opened.
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(
@@ -39,14 +40,21 @@ pub enum LockError {
          Wait for it to finish, or stop it; the kernel releases the lock when it exits",
         .path.display()
     )]
+    /// Another command held the lock for longer than this one would wait.
     Timeout {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// Who holds the lock (pid and command line), as far as the system tells.
         holder: String,
+        /// How long this command waited, in seconds.
         waited_s: u64,
     },
+    /// The lock call failed.
     #[error("{}: cannot lock: {source}", .path.display())]
     Io {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: io::Error,
     },
@@ -126,6 +134,7 @@ impl DirLock {
         Ok(lock)
     }
 
+    /// Shared or exclusive.
     pub fn mode(&self) -> LockMode {
         self.mode
     }

@@ -62,19 +62,33 @@ const ADOPTED: &str = "adopted";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataDirError {
+    /// A file of the data dir could not be read or written.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The data dir's lock.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The data dir's own state (`.rotor`) is damaged.
     #[error("{}: {reason}", .path.display())]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// Why it is not usable.
+        reason: String,
+    },
     #[error(
         "{}: expected rotor's link into its generations, found a {found}: something other than rotor \
          put it there. rotor does not overwrite it; move it away (its content may be worth keeping) \
          and run the command again",
         .path.display()
     )]
-    NotOurs { path: PathBuf, found: &'static str },
+    /// A path rotor manages is not what rotor left there.
+    NotOurs {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is there instead (a file, a directory, a foreign link).
+        found: &'static str,
+    },
 }
 
 type Result<T> = std::result::Result<T, DataDirError>;
@@ -89,6 +103,7 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// The managed path, relative to the data dir.
     pub fn path(&self) -> &Path {
         match self {
             Entry::Dir(p) | Entry::File(p) => p,
@@ -138,6 +153,7 @@ pub struct Intent {
     pub expected_revision: u64,
     /// Key -> SHA-256 of the value put.
     pub puts: BTreeMap<String, String>,
+    /// Every key the datastore will delete.
     pub deletes: Vec<String>,
 }
 
@@ -154,6 +170,7 @@ pub enum IntentOutcome {
 }
 
 impl Intent {
+    /// The intent of committing `ops` on `expected_revision`.
     pub fn of(expected_revision: u64, ops: &[Op]) -> Intent {
         let mut intent = Intent {
             expected_revision,
@@ -170,10 +187,12 @@ impl Intent {
         intent
     }
 
+    /// Whether the datastore does not change.
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty() && self.deletes.is_empty()
     }
 
+    /// Whether `snapshot` holds this change, the state before it, or something else.
     pub fn outcome(&self, snapshot: &Snapshot) -> IntentOutcome {
         if self.is_empty() {
             return if snapshot.revision == self.expected_revision {
@@ -202,9 +221,11 @@ impl Intent {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Journal {
+    /// Format of the journal file.
     pub format: u32,
     /// The command that made it (`token rotate`).
     pub command: String,
+    /// The process that wrote it.
     pub pid: u32,
     /// When it started (RFC 3339).
     pub started: String,
@@ -215,6 +236,7 @@ pub struct Journal {
     /// Real files and directories found at managed paths are taken over (init).
     #[serde(default)]
     pub adopt: bool,
+    /// What the datastore commit will do.
     pub datastore: Intent,
     /// Trigger files outside the generations to create once the change is live (RKE2's
     /// `force-restart`): relative to the data dir.
@@ -310,6 +332,7 @@ impl DataDir {
         )?)
     }
 
+    /// How this handle holds the data dir.
     pub fn lock_mode(&self) -> LockMode {
         self.lock.mode()
     }

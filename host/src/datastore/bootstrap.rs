@@ -17,7 +17,9 @@ use time::format_description::well_known::Rfc3339;
 /// One file kept in the datastore.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootstrapFile {
+    /// When it was written (k3s compares it with file times).
     pub timestamp: OffsetDateTime,
+    /// The file's bytes.
     pub content: Vec<u8>,
 }
 
@@ -32,19 +34,23 @@ struct Wire {
 /// Every file of a bootstrap record, by field name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootstrapData {
+    /// Files by field name (`ServerCA`, `ServiceKey`, ...).
     pub files: BTreeMap<String, BootstrapFile>,
 }
 
 impl BootstrapData {
+    /// The file of `field`.
     pub fn get(&self, field: &str) -> Option<&BootstrapFile> {
         self.files.get(field)
     }
 
+    /// Set `field` to `content`, written at `timestamp`.
     pub fn set(&mut self, field: &str, content: Vec<u8>, timestamp: OffsetDateTime) {
         self.files
             .insert(field.to_string(), BootstrapFile { timestamp, content });
     }
 
+    /// The record's JSON, as k3s writes it.
     pub fn to_json(&self) -> Vec<u8> {
         let wire: BTreeMap<&str, Wire> = self
             .files
@@ -64,6 +70,7 @@ impl BootstrapData {
         serde_json::to_vec(&wire).unwrap_or_default()
     }
 
+    /// Parse the record's JSON.
     pub fn from_json(bytes: &[u8]) -> Result<BootstrapData, String> {
         let wire: BTreeMap<String, Wire> = serde_json::from_slice(bytes)
             .map_err(|e| format!("bootstrap data is not the expected JSON: {e}"))?;

@@ -41,12 +41,15 @@ const TAG_LEN: usize = 16;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopeError {
+    /// The envelope is not in the expected format.
     #[error("malformed bootstrap record ({0}): truncated or corrupted")]
     Malformed(&'static str),
     #[error(
         "the token does not decrypt the bootstrap data (wrong token, or a tampered or truncated record)"
     )]
+    /// The key does not open it, or it was changed.
     WrongKeyOrTampered,
+    /// The system's random number generator failed.
     #[error("no randomness available")]
     Random,
 }

@@ -35,25 +35,49 @@ pub const BOOTSTRAP_PREFIX: &str = "/bootstrap/";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DatastoreError {
+    /// A file of the directory datastore.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// A key outside what rotor writes.
     #[error("datastore key '{0}' is not a valid key")]
     BadKey(String),
+    /// A record's envelope could not be opened.
     #[error("{what}: {error}")]
-    Envelope { what: String, error: EnvelopeError },
+    Envelope {
+        /// What was being read or changed.
+        what: String,
+        /// The underlying error.
+        error: EnvelopeError,
+    },
     #[error(
         "the token does not decrypt the bootstrap data: the datastore holds it under another token ({keys}){hint}"
     )]
-    OtherToken { keys: String, hint: String },
+    /// The records are sealed with another token.
+    OtherToken {
+        /// The records found.
+        keys: String,
+        /// How to find the token that opens them.
+        hint: String,
+    },
+    /// A record or revision is damaged.
     #[error("{what}: {reason}")]
-    Corrupt { what: String, reason: String },
+    Corrupt {
+        /// What was being read or changed.
+        what: String,
+        /// Why it is not usable.
+        reason: String,
+    },
     #[error(
         "{what}: changed by someone else since this command read it (revision {expected}, now {found}); \
          nothing was written: run the command again"
     )]
+    /// Another writer changed the datastore since this command read it.
     Conflict {
+        /// What was being read or changed.
         what: String,
+        /// The revision this command read.
         expected: u64,
+        /// The revision the datastore is at now.
         found: u64,
     },
 }
@@ -61,11 +85,22 @@ pub enum DatastoreError {
 /// One change to a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    /// Store a value under a key.
+    Put {
+        /// The key.
+        key: String,
+        /// The value stored under it.
+        value: Vec<u8>,
+    },
+    /// Delete a key.
+    Delete {
+        /// The key.
+        key: String,
+    },
 }
 
 impl Op {
+    /// The key the operation changes.
     pub fn key(&self) -> &str {
         match self {
             Op::Put { key, .. } | Op::Delete { key } => key,
@@ -78,10 +113,12 @@ impl Op {
 pub struct Snapshot {
     /// The store's revision: 0 before the first commit, then one more per commit.
     pub revision: u64,
+    /// Every key under the prefix read, with its value.
     pub entries: BTreeMap<String, Vec<u8>>,
 }
 
 impl Snapshot {
+    /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&[u8]> {
         self.entries.get(key).map(Vec::as_slice)
     }
@@ -145,6 +182,7 @@ pub struct Bootstrap<'a> {
 }
 
 impl<'a> Bootstrap<'a> {
+    /// The record `password` opens, in `snapshot` of `store`.
     pub fn new(store: &'a dyn Datastore, snapshot: &'a Snapshot, password: &'a str) -> Self {
         Bootstrap {
             store,
@@ -153,6 +191,7 @@ impl<'a> Bootstrap<'a> {
         }
     }
 
+    /// The record's key: `/bootstrap/<hash of the password>`.
     pub fn key(&self) -> String {
         bootstrap_key(self.password)
     }

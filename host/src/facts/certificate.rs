@@ -15,23 +15,33 @@ pub fn parse_certificates_pem(
     what: &str,
     bytes: &[u8],
 ) -> Result<Vec<CertificateFacts>, FactsError> {
-    let blocks = read_pem_blocks(what, bytes)?;
-    let certs: Vec<_> = blocks
+    certificate_ders(what, bytes)?
         .iter()
+        .map(|der| parse_certificate_der(what, der))
+        .collect()
+}
+
+/// The DER of every CERTIFICATE block of a PEM file, in order (a leaf and its CA bundle, a CA
+/// and its chain); an error when there is none. Other blocks (keys) are skipped.
+pub fn certificate_ders(what: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>, FactsError> {
+    let blocks = read_pem_blocks(what, bytes)?;
+    let first = blocks.first().map(|b| b.kind);
+    let ders: Vec<Vec<u8>> = blocks
+        .into_iter()
         .filter(|b| b.kind == PemKind::Certificate)
-        .map(|b| parse_certificate_der(what, &b.der))
-        .collect::<Result<_, _>>()?;
-    if certs.is_empty() {
-        return match blocks.first() {
-            Some(b) => Err(FactsError::WrongPemKind {
+        .map(|b| b.der)
+        .collect();
+    if ders.is_empty() {
+        return match first {
+            Some(kind) => Err(FactsError::WrongPemKind {
                 what: what.into(),
                 expected: "CERTIFICATE",
-                found: b.kind.label().into(),
+                found: kind.label().into(),
             }),
             None => Err(FactsError::NoPem { what: what.into() }),
         };
     }
-    Ok(certs)
+    Ok(ders)
 }
 
 /// One DER certificate.

@@ -22,9 +22,12 @@ use super::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsrFacts {
+    /// The requested subject.
     pub subject: DistinguishedName,
+    /// The requested subject alternative names.
     #[serde(default)]
     pub sans: SubjectAltNames,
+    /// The public key.
     pub public_key: PublicKeyInfo,
     /// basicConstraints cA = true was requested.
     #[serde(default)]
@@ -32,6 +35,7 @@ pub struct CsrFacts {
     /// Requested keyUsage, if the CSR carries the extension.
     #[serde(default)]
     pub key_usage: Option<Vec<KeyUsageBit>>,
+    /// The extended key usages requested in its extensions.
     #[serde(default)]
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
     /// Dotted OIDs of the other requested extensions.

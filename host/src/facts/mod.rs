@@ -18,7 +18,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use certificate::{parse_certificate_der, parse_certificates_pem};
+pub use certificate::{certificate_ders, parse_certificate_der, parse_certificates_pem};
 pub use csr::{CsrFacts, parse_csr_der, parse_csr_der_with_key, parse_csr_pem};
 pub use pem::{PemBlock, PemKind, read_pem_blocks};
 
@@ -26,26 +26,48 @@ pub use pem::{PemBlock, PemKind, read_pem_blocks};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FactsError {
+    /// No PEM block at all.
     #[error("{what}: no PEM block found")]
-    NoPem { what: String },
+    NoPem {
+        /// What was being read or used (usually a file name).
+        what: String,
+    },
+    /// PEM, but not the kind expected.
     #[error("{what}: expected a {expected} PEM block, found '{found}'")]
     WrongPemKind {
+        /// What was being read or used (usually a file name).
         what: String,
+        /// The PEM label expected.
         expected: &'static str,
+        /// The label found.
         found: String,
     },
+    /// The PEM armor is malformed.
     #[error("{what}: malformed PEM: {reason}")]
-    BadPem { what: String, reason: String },
-    #[error("{what}: not a valid X.509 {kind}: {reason}")]
-    BadDer {
+    BadPem {
+        /// What was being read or used (usually a file name).
         what: String,
-        kind: &'static str,
+        /// Why it is not usable.
         reason: String,
     },
+    /// The DER inside is not a valid X.509 structure.
+    #[error("{what}: not a valid X.509 {kind}: {reason}")]
+    BadDer {
+        /// What was being read or used (usually a file name).
+        what: String,
+        /// What kind of object it should be.
+        kind: &'static str,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// A field has a value rotor cannot use.
     #[error("{what}: {field}: {reason}")]
     BadField {
+        /// What was being read or used (usually a file name).
         what: String,
+        /// The field concerned.
         field: &'static str,
+        /// Why it is not usable.
         reason: String,
     },
 }
@@ -60,8 +82,10 @@ pub struct DistinguishedName {
     /// The first CN attribute. Further CNs are listed in `other_attributes` as `2.5.4.3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub common_name: Option<String>,
+    /// O attributes.
     #[serde(default)]
     pub organizations: Vec<String>,
+    /// OU attributes.
     #[serde(default)]
     pub organizational_units: Vec<String>,
     /// Dotted OIDs of any other attribute.
@@ -73,13 +97,16 @@ pub struct DistinguishedName {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectAltNames {
+    /// DNS names.
     #[serde(default)]
     pub dns_names: Vec<String>,
     /// Canonical: IPv4-mapped IPv6 addresses are stored as IPv4.
     #[serde(default)]
     pub ip_addresses: Vec<IpAddr>,
+    /// URIs.
     #[serde(default)]
     pub uris: Vec<String>,
+    /// Email addresses (rfc822Name).
     #[serde(default)]
     pub emails: Vec<String>,
     /// Other GeneralName kinds as `kind:value`.
@@ -88,6 +115,7 @@ pub struct SubjectAltNames {
 }
 
 impl SubjectAltNames {
+    /// Whether there is no name at all.
     pub fn is_empty(&self) -> bool {
         self.dns_names.is_empty()
             && self.ip_addresses.is_empty()
@@ -109,15 +137,23 @@ impl SubjectAltNames {
     }
 }
 
+/// The algorithm of a public key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyAlgorithm {
+    /// RSA.
     Rsa,
+    /// ECDSA on NIST P-256.
     EcdsaP256,
+    /// ECDSA on NIST P-384.
     EcdsaP384,
+    /// ECDSA on NIST P-521.
     EcdsaP521,
+    /// Ed25519.
     Ed25519,
+    /// Ed448.
     Ed448,
+    /// Anything else.
     Other,
 }
 
@@ -135,9 +171,11 @@ impl fmt::Display for KeyAlgorithm {
     }
 }
 
+/// What a public key is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublicKeyInfo {
+    /// Its algorithm.
     pub algorithm: KeyAlgorithm,
     /// RSA modulus length or curve size in bits.
     pub bits: u32,
@@ -147,14 +185,23 @@ pub struct PublicKeyInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyUsageBit {
+    /// digitalSignature.
     DigitalSignature,
+    /// contentCommitment (nonRepudiation).
     ContentCommitment,
+    /// keyEncipherment.
     KeyEncipherment,
+    /// dataEncipherment.
     DataEncipherment,
+    /// keyAgreement.
     KeyAgreement,
+    /// keyCertSign.
     KeyCertSign,
+    /// cRLSign.
     CrlSign,
+    /// encipherOnly.
     EncipherOnly,
+    /// decipherOnly.
     DecipherOnly,
 }
 
@@ -163,13 +210,21 @@ pub enum KeyUsageBit {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum ExtendedKeyUsage {
+    /// id-kp-serverAuth (TLS server).
     ServerAuth,
+    /// id-kp-clientAuth (TLS client).
     ClientAuth,
+    /// id-kp-codeSigning.
     CodeSigning,
+    /// id-kp-emailProtection.
     EmailProtection,
+    /// id-kp-timeStamping.
     TimeStamping,
+    /// id-kp-OCSPSigning.
     OcspSigning,
+    /// anyExtendedKeyUsage.
     Any,
+    /// Any other purpose, by dotted OID.
     Other(String),
 }
 
@@ -215,87 +270,55 @@ impl TryFrom<String> for ExtendedKeyUsage {
     }
 }
 
-/// Kubernetes certificate usages (`CertificateSigningRequest.spec.usages`), with their
-/// Kubernetes spelling (`digital signature`, `server auth`, ...).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Usage {
-    #[serde(rename = "signing")]
-    Signing,
-    #[serde(rename = "digital signature")]
-    DigitalSignature,
-    #[serde(rename = "content commitment")]
-    ContentCommitment,
-    #[serde(rename = "key encipherment")]
-    KeyEncipherment,
-    #[serde(rename = "key agreement")]
-    KeyAgreement,
-    #[serde(rename = "data encipherment")]
-    DataEncipherment,
-    #[serde(rename = "cert sign")]
-    CertSign,
-    #[serde(rename = "crl sign")]
-    CrlSign,
-    #[serde(rename = "encipher only")]
-    EncipherOnly,
-    #[serde(rename = "decipher only")]
-    DecipherOnly,
-    #[serde(rename = "any")]
-    Any,
-    #[serde(rename = "server auth")]
-    ServerAuth,
-    #[serde(rename = "client auth")]
-    ClientAuth,
-    #[serde(rename = "code signing")]
-    CodeSigning,
-    #[serde(rename = "email protection")]
-    EmailProtection,
-    #[serde(rename = "s/mime")]
-    SMime,
-    #[serde(rename = "ipsec end system")]
-    IpsecEndSystem,
-    #[serde(rename = "ipsec tunnel")]
-    IpsecTunnel,
-    #[serde(rename = "ipsec user")]
-    IpsecUser,
-    #[serde(rename = "timestamping")]
-    Timestamping,
-    #[serde(rename = "ocsp signing")]
-    OcspSigning,
-    #[serde(rename = "microsoft sgc")]
-    MicrosoftSgc,
-    #[serde(rename = "netscape sgc")]
-    NetscapeSgc,
+/// Declares [`Usage`] from one list: each variant with its Kubernetes spelling, which is its
+/// documentation, its `Display`, its serde form and what `FromStr` accepts.
+macro_rules! usages {
+    ($($variant:ident = $name:literal,)*) => {
+        /// Kubernetes certificate usages (`CertificateSigningRequest.spec.usages`), with their
+        /// Kubernetes spelling (`digital signature`, `server auth`, ...).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Usage {
+            $(#[doc = concat!("`", $name, "`")] $variant,)*
+        }
+
+        impl Usage {
+            /// Every usage, in the order of the Kubernetes API reference.
+            pub const ALL: &'static [Usage] = &[$(Usage::$variant,)*];
+
+            /// The Kubernetes spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Usage::$variant => $name,)*
+                }
+            }
+        }
+    };
 }
 
-impl Usage {
-    /// The Kubernetes spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Usage::Signing => "signing",
-            Usage::DigitalSignature => "digital signature",
-            Usage::ContentCommitment => "content commitment",
-            Usage::KeyEncipherment => "key encipherment",
-            Usage::KeyAgreement => "key agreement",
-            Usage::DataEncipherment => "data encipherment",
-            Usage::CertSign => "cert sign",
-            Usage::CrlSign => "crl sign",
-            Usage::EncipherOnly => "encipher only",
-            Usage::DecipherOnly => "decipher only",
-            Usage::Any => "any",
-            Usage::ServerAuth => "server auth",
-            Usage::ClientAuth => "client auth",
-            Usage::CodeSigning => "code signing",
-            Usage::EmailProtection => "email protection",
-            Usage::SMime => "s/mime",
-            Usage::IpsecEndSystem => "ipsec end system",
-            Usage::IpsecTunnel => "ipsec tunnel",
-            Usage::IpsecUser => "ipsec user",
-            Usage::Timestamping => "timestamping",
-            Usage::OcspSigning => "ocsp signing",
-            Usage::MicrosoftSgc => "microsoft sgc",
-            Usage::NetscapeSgc => "netscape sgc",
-        }
-    }
+usages! {
+    Signing = "signing",
+    DigitalSignature = "digital signature",
+    ContentCommitment = "content commitment",
+    KeyEncipherment = "key encipherment",
+    KeyAgreement = "key agreement",
+    DataEncipherment = "data encipherment",
+    CertSign = "cert sign",
+    CrlSign = "crl sign",
+    EncipherOnly = "encipher only",
+    DecipherOnly = "decipher only",
+    Any = "any",
+    ServerAuth = "server auth",
+    ClientAuth = "client auth",
+    CodeSigning = "code signing",
+    EmailProtection = "email protection",
+    SMime = "s/mime",
+    IpsecEndSystem = "ipsec end system",
+    IpsecTunnel = "ipsec tunnel",
+    IpsecUser = "ipsec user",
+    Timestamping = "timestamping",
+    OcspSigning = "ocsp signing",
+    MicrosoftSgc = "microsoft sgc",
+    NetscapeSgc = "netscape sgc",
 }
 
 impl fmt::Display for Usage {
@@ -307,11 +330,28 @@ impl fmt::Display for Usage {
 impl FromStr for Usage {
     type Err = String;
     fn from_str(s: &str) -> Result<Usage, String> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            format!(
-                "unknown usage '{s}' (Kubernetes spelling, e.g. 'digital signature', 'server auth')"
-            )
-        })
+        Usage::ALL
+            .iter()
+            .copied()
+            .find(|u| u.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown usage '{s}' (Kubernetes spelling, e.g. 'digital signature', 'server auth')"
+                )
+            })
+    }
+}
+
+impl Serialize for Usage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Usage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Usage, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -319,27 +359,37 @@ impl FromStr for Usage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateFacts {
+    /// Subject.
     pub subject: DistinguishedName,
+    /// Issuer.
     #[serde(default)]
     pub issuer: DistinguishedName,
+    /// Subject alternative names.
     #[serde(default)]
     pub sans: SubjectAltNames,
     /// Lowercase hex of the serial's big-endian bytes.
     pub serial: String,
+    /// Start of its validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
+    /// End of its validity.
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
+    /// basicConstraints cA.
     #[serde(default)]
     pub is_ca: bool,
+    /// The public key.
     pub public_key: PublicKeyInfo,
     /// `None` when the certificate has no keyUsage extension.
     #[serde(default)]
     pub key_usage: Option<Vec<KeyUsageBit>>,
+    /// extendedKeyUsage purposes (empty when absent).
     #[serde(default)]
     pub extended_key_usages: Vec<ExtendedKeyUsage>,
+    /// subjectKeyIdentifier, lowercase hex.
     #[serde(default)]
     pub subject_key_id: Option<String>,
+    /// authorityKeyIdentifier's key identifier, lowercase hex.
     #[serde(default)]
     pub authority_key_id: Option<String>,
 }
@@ -353,10 +403,12 @@ pub struct Violation {
     /// What it is about: a name, a field, or empty.
     #[serde(default)]
     pub field: String,
+    /// What went wrong.
     pub message: String,
 }
 
 impl Violation {
+    /// A violation with a TitleCase `code`, the `field` it concerns and a message.
     pub fn new(code: &str, field: impl Into<String>, message: impl Into<String>) -> Violation {
         Violation {
             code: code.to_string(),

@@ -9,7 +9,9 @@ use super::FactsError;
 /// The kinds of PEM block rotor reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PemKind {
+    /// `CERTIFICATE`.
     Certificate,
+    /// `CERTIFICATE REQUEST` (or `NEW CERTIFICATE REQUEST`).
     CertificateRequest,
     /// PKCS#8 `PRIVATE KEY`.
     PrivateKey,
@@ -17,11 +19,14 @@ pub enum PemKind {
     RsaPrivateKey,
     /// SEC1 `EC PRIVATE KEY`.
     EcPrivateKey,
+    /// `PUBLIC KEY`.
     PublicKey,
+    /// Any other label.
     Other,
 }
 
 impl PemKind {
+    /// The PEM label.
     pub fn label(self) -> &'static str {
         match self {
             PemKind::Certificate => "CERTIFICATE",
@@ -34,6 +39,7 @@ impl PemKind {
         }
     }
 
+    /// Whether the block holds a private key (PKCS#8, PKCS#1 or SEC1).
     pub fn is_private_key(self) -> bool {
         matches!(
             self,
@@ -45,7 +51,9 @@ impl PemKind {
 /// One decoded PEM block.
 #[derive(Clone, Debug)]
 pub struct PemBlock {
+    /// What the PEM label says the block holds.
     pub kind: PemKind,
+    /// The decoded bytes.
     pub der: Vec<u8>,
 }
 

@@ -126,7 +126,9 @@ pub fn failpoint(name: &str) {
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct FsError {
+    /// The file or directory concerned.
     pub path: PathBuf,
+    /// What went wrong.
     pub message: String,
     /// The underlying error (its text is already in `message`, so it is not a `source`).
     pub io: Option<io::Error>,
@@ -172,6 +174,7 @@ pub struct Durable {
 }
 
 impl Durable {
+    /// An empty set of pending fsyncs.
     pub fn new() -> Durable {
         Durable::default()
     }
@@ -210,15 +213,20 @@ impl Durable {
 /// A file to write: its bytes and mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewFile {
+    /// The bytes.
     pub content: Vec<u8>,
+    /// Unix permissions (`0o600`, `0o644`).
     pub mode: u32,
 }
 
 /// What a path is, without following a final symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symbolic link (never followed).
     Symlink,
 }
 
@@ -340,6 +348,7 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
+    /// The whole file `rel`.
     pub fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
         self.check(rel)?;
         self.dir
@@ -347,6 +356,7 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
+    /// Whether `rel` exists (following a final symlink).
     pub fn exists(&self, rel: &Path) -> bool {
         self.check(rel).is_ok() && self.dir.exists(rel)
     }

@@ -23,48 +23,65 @@ use time::OffsetDateTime;
 
 use super::PkiError;
 use super::key::PrivateKey;
-use crate::facts::{CertificateFacts, PemKind, parse_certificate_der, read_pem_blocks};
+use crate::facts::{CertificateFacts, certificate_ders, parse_certificate_der};
 
 /// What a leaf certificate authenticates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Purpose {
+    /// TLS server: serverAuth, and the key usages for it.
     Server,
+    /// TLS client: clientAuth.
     Client,
+    /// Both (etcd peers, k3s's supervisor).
     ServerAndClient,
 }
 
 /// The subject and names of a certificate to issue.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subject {
+    /// CN.
     pub common_name: String,
+    /// O attributes (Kubernetes groups).
     pub organizations: Vec<String>,
+    /// DNS subject alternative names.
     pub dns_names: Vec<String>,
+    /// IP subject alternative names.
     pub ip_addresses: Vec<IpAddr>,
 }
 
 /// A validity period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validity {
+    /// Start of its validity.
     pub not_before: OffsetDateTime,
+    /// End of its validity.
     pub not_after: OffsetDateTime,
 }
 
 /// Everything a leaf certificate says, but its key.
 #[derive(Clone, Debug)]
 pub struct LeafTemplate {
+    /// Subject and names.
     pub subject: Subject,
+    /// URI subject alternative names.
     pub uris: Vec<String>,
+    /// Email subject alternative names.
     pub emails: Vec<String>,
+    /// keyUsage bits.
     pub key_usages: Vec<KeyUsagePurpose>,
+    /// extendedKeyUsage purposes.
     pub extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+    /// notBefore and notAfter.
     pub validity: Validity,
 }
 
 /// A certificate just issued.
 #[derive(Clone, Debug)]
 pub struct Issued {
+    /// The certificate (DER).
     pub der: Vec<u8>,
+    /// The certificate (PEM).
     pub pem: String,
 }
 
@@ -75,14 +92,15 @@ pub struct CaSigner {
     pub bundle_pem: Vec<u8>,
     /// Every certificate of the bundle, DER, in file order.
     pub bundle_der: Vec<Vec<u8>>,
+    /// The CA certificate's facts.
     pub facts: CertificateFacts,
+    /// The CA's private key.
     pub key: PrivateKey,
 }
 
 fn serial() -> Result<SerialNumber, PkiError> {
     let mut bytes = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| PkiError::Crypto("no randomness for a serial".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| PkiError::NoRandomness("a serial number"))?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // and never a leading zero byte
     Ok(SerialNumber::from_slice(&bytes))
@@ -142,7 +160,10 @@ pub fn self_signed_ca(
     p.use_authority_key_identifier_extension = false;
     let cert = p
         .self_signed(key.pair())
-        .map_err(|e| PkiError::Crypto(format!("signing a CA: {e}")))?;
+        .map_err(|source| PkiError::Crypto {
+            doing: "signing a CA".into(),
+            source,
+        })?;
     Ok(issued(cert))
 }
 
@@ -154,16 +175,11 @@ impl CaSigner {
             what: what.into(),
             reason,
         };
-        let blocks = read_pem_blocks(what, cert_pem).map_err(|e| invalid(e.to_string()))?;
-        let bundle_der: Vec<Vec<u8>> = blocks
-            .into_iter()
-            .filter(|b| b.kind == PemKind::Certificate)
-            .map(|b| b.der)
-            .collect();
+        let bundle_der = certificate_ders(what, cert_pem)?;
         let first = bundle_der
             .first()
             .ok_or_else(|| invalid("no CERTIFICATE block".into()))?;
-        let facts = parse_certificate_der(what, first).map_err(|e| invalid(e.to_string()))?;
+        let facts = parse_certificate_der(what, first)?;
         if !facts.is_ca {
             return Err(invalid(
                 "the certificate is not a CA (basicConstraints cA is not set)".into(),
@@ -189,8 +205,12 @@ impl CaSigner {
     }
 
     fn issuer(&self) -> Result<Issuer<'_, &rcgen::KeyPair>, PkiError> {
-        Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der()), self.key.pair())
-            .map_err(|e| PkiError::Crypto(format!("reading the CA certificate: {e}")))
+        Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der()), self.key.pair()).map_err(
+            |source| PkiError::Crypto {
+                doing: "reading the CA certificate".into(),
+                source,
+            },
+        )
     }
 
     /// Issue a leaf for `key`. The validity is clamped to the CA's: a leaf never outlives its CA.
@@ -264,9 +284,12 @@ impl CaSigner {
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = template.key_usages.clone();
         p.extended_key_usages = template.extended_key_usages.clone();
-        let cert = p.signed_by(public_key, &self.issuer()?).map_err(|e| {
-            PkiError::Crypto(format!("signing '{}': {e}", template.subject.common_name))
-        })?;
+        let cert = p
+            .signed_by(public_key, &self.issuer()?)
+            .map_err(|e| PkiError::Crypto {
+                doing: format!("signing '{}'", template.subject.common_name),
+                source: e,
+            })?;
         Ok(issued(cert))
     }
 
@@ -282,7 +305,10 @@ impl CaSigner {
         let p = ca_params(subject, self.clamp(validity)?)?;
         let cert = p
             .signed_by(key.pair(), &self.issuer()?)
-            .map_err(|e| PkiError::Crypto(format!("signing CA '{}': {e}", subject.common_name)))?;
+            .map_err(|source| PkiError::Crypto {
+                doing: format!("signing CA '{}'", subject.common_name),
+                source,
+            })?;
         Ok(issued(cert))
     }
 

@@ -14,18 +14,23 @@ use crate::facts::{KeyAlgorithm, PemKind, read_pem_blocks};
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyType {
+    /// ECDSA on P-256 with SHA-256 (k3s, RKE2).
     #[value(name = "ecdsa-p256")]
     #[serde(rename = "ecdsa-p256")]
     EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
     #[value(name = "ecdsa-p384")]
     #[serde(rename = "ecdsa-p384")]
     EcdsaP384,
+    /// RSA-2048 with SHA-256 (kubeadm's default).
     #[value(name = "rsa-2048")]
     #[serde(rename = "rsa-2048")]
     Rsa2048,
+    /// RSA-3072 with SHA-256.
     #[value(name = "rsa-3072")]
     #[serde(rename = "rsa-3072")]
     Rsa3072,
+    /// RSA-4096 with SHA-256.
     #[value(name = "rsa-4096")]
     #[serde(rename = "rsa-4096")]
     Rsa4096,
@@ -59,7 +64,10 @@ impl KeyType {
                 rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
             }
         }
-        .map_err(|e| PkiError::Crypto(format!("generating a {self} key: {e}")))?;
+        .map_err(|source| PkiError::Crypto {
+            doing: format!("generating a {self} key"),
+            source,
+        })?;
         let pem = pair.serialize_pem();
         Ok(PrivateKey { pair, pem })
     }
@@ -94,10 +102,7 @@ impl PrivateKey {
 
     /// Every private key of a PEM file, in order (k3s's `service.key` may hold several).
     pub fn all_from_pem(what: &str, pem: &[u8]) -> Result<Vec<PrivateKey>, PkiError> {
-        let blocks = read_pem_blocks(what, pem).map_err(|e| PkiError::Invalid {
-            what: what.into(),
-            reason: e.to_string(),
-        })?;
+        let blocks = read_pem_blocks(what, pem)?;
         blocks
             .into_iter()
             .filter(|b| b.kind.is_private_key())
@@ -138,6 +143,7 @@ impl PrivateKey {
         super::chain::public_key_bits(cert_der).as_deref() == Some(self.public_key_raw())
     }
 
+    /// The key's algorithm, as certificates report it.
     pub fn algorithm(&self) -> KeyAlgorithm {
         let alg = self.pair.algorithm();
         if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {

@@ -1,6 +1,6 @@
 //! Keys and certificates: generation, issuance, chain checks, and the join token.
 //!
-//! Issuing always goes through [`issue`] (rcgen on aws-lc-rs); reading always through
+//! Issuing always goes through [`CaSigner`] and [`self_signed_ca`] (rcgen on aws-lc-rs); reading always through
 //! [`crate::facts`] (x509-parser). Signatures are checked with x509-parser's aws-lc-rs backend.
 
 mod chain;
@@ -16,26 +16,49 @@ pub use token::{Token, TokenError, generate_password};
 
 use time::OffsetDateTime;
 
+use crate::facts::FactsError;
+
 /// A key or certificate could not be made or used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PkiError {
     /// The input (named by `what`, usually a file) is not usable.
     #[error("{what}: {reason}")]
-    Invalid { what: String, reason: String },
+    Invalid {
+        /// The input, usually a file.
+        what: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// The input could not be parsed (the error names it).
+    #[error(transparent)]
+    Facts(#[from] FactsError),
     /// The CA's validity starts after the certificate would end (a clock far behind it).
     #[error("CA '{what}' is not valid until {}: check the clock", crate::clock::rfc3339(*.not_before))]
     NotYetValid {
+        /// The CA's common name.
         what: String,
+        /// When its validity starts.
         not_before: OffsetDateTime,
     },
     /// The CA expired: it cannot issue any more.
     #[error("CA '{what}' expired on {}: rotate the CA first", crate::clock::rfc3339(*.not_after))]
     Expired {
+        /// The CA's common name.
         what: String,
+        /// When it expired.
         not_after: OffsetDateTime,
     },
-    /// The cryptographic library failed.
-    #[error("crypto: {0}")]
-    Crypto(String),
+    /// rcgen (on aws-lc-rs) could not generate, sign or read key material.
+    #[error("{doing}")]
+    Crypto {
+        /// What rotor was doing (`signing 'kube-apiserver'`, ...).
+        doing: String,
+        /// What the library said.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The system's random number generator failed.
+    #[error("no randomness for {0}")]
+    NoRandomness(&'static str),
 }

@@ -10,7 +10,9 @@ use std::fmt;
 pub struct Token {
     /// 64 lowercase hex digits, when the token pins a CA.
     pub ca_hash: Option<String>,
+    /// The kubeconfig user whose credentials hold the certificate.
     pub user: String,
+    /// The password: it names and opens the bootstrap record.
     pub password: String,
 }
 
@@ -23,13 +25,17 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A token that cannot be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TokenError {
+    /// The CA hash is not 64 hex digits.
     #[error("invalid token: the CA hash must be 64 hex digits, got {0}")]
     HashLength(usize),
+    /// Not `K10<hash>::<user>:<password>` nor a bare password.
     #[error("invalid token: expected K10<hash>::<user>:<password>")]
     Format,
+    /// The password is empty.
     #[error("invalid token: empty password")]
     EmptyPassword,
 }
@@ -88,7 +94,7 @@ impl Token {
 pub fn generate_password() -> Result<String, super::PkiError> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| super::PkiError::Crypto("no randomness".into()))?;
+        .map_err(|_| super::PkiError::NoRandomness("a token password"))?;
     Ok(hex::encode(bytes))
 }
 

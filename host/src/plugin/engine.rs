@@ -100,6 +100,7 @@ impl std::fmt::Debug for PluginEngine {
 pub struct EngineError(String);
 
 impl PluginEngine {
+    /// An engine with `options`: pooling allocator, epoch interruption, the precompiled cache.
     pub fn new(options: EngineOptions) -> Result<PluginEngine, EngineError> {
         let (engine, pooling_active) = match build_engine(&options, options.pooling) {
             Ok(engine) => (engine, options.pooling),
@@ -146,6 +147,7 @@ impl PluginEngine {
         })
     }
 
+    /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
     }
@@ -154,6 +156,7 @@ impl PluginEngine {
         &self.inner.linker
     }
 
+    /// The options it was made with.
     pub fn options(&self) -> &EngineOptions {
         &self.inner.options
     }

@@ -9,8 +9,11 @@ use crate::contract::Hook;
 #[derive(Debug, thiserror::Error)]
 #[error("plugin '{plugin}' ({hook}): {kind}")]
 pub struct PluginError {
+    /// The plugin's name.
     pub plugin: String,
+    /// The hook it was serving.
     pub hook: Hook,
+    /// What went wrong.
     pub kind: PluginErrorKind,
 }
 
@@ -23,34 +26,63 @@ pub enum PluginErrorKind {
     Timeout(Duration),
     /// It tried to grow its memory beyond the cap.
     #[error("exceeded its memory limit of {} MiB", .limit / (1024 * 1024))]
-    MemoryExhausted { limit: u64 },
+    MemoryExhausted {
+        /// The cap, in bytes.
+        limit: u64,
+    },
     /// It trapped (a panic, an `unreachable`, an out-of-bounds access, ...).
     #[error("trapped: {message}")]
-    Trap { message: String },
+    Trap {
+        /// What went wrong.
+        message: String,
+    },
     /// `configure` refused the operator's settings.
     #[error("rejected its settings: {message}")]
-    InvalidSettings { message: String },
+    InvalidSettings {
+        /// What went wrong.
+        message: String,
+    },
     /// The answer broke the contract (e.g. a denial without any violation).
     #[error("returned a malformed answer: {message}")]
-    InvalidAnswer { message: String },
+    InvalidAnswer {
+        /// What went wrong.
+        message: String,
+    },
     /// It imports something other than `rotor:policy/host`.
     #[error(
         "imports {}: plugins may import only rotor:policy/host (no WASI, files, network, clock or environment)",
         .imports.join(", ")
     )]
-    ForbiddenImport { imports: Vec<String> },
+    ForbiddenImport {
+        /// The imports that are not allowed.
+        imports: Vec<String>,
+    },
     /// It does not export an interface the bundle needs.
     #[error("does not export {interface}")]
-    MissingExport { interface: String },
+    MissingExport {
+        /// The WIT interface it lacks.
+        interface: String,
+    },
     /// Its sha256 differs from the one pinned in the bundle.
     #[error("sha256 {actual} does not match the pinned {expected}; refusing to load it")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch {
+        /// The sha256 pinned in the bundle.
+        expected: String,
+        /// The file's sha256.
+        actual: String,
+    },
     /// It is not a valid component for this engine.
     #[error("is not a loadable WebAssembly component: {message}")]
-    Invalid { message: String },
+    Invalid {
+        /// What went wrong.
+        message: String,
+    },
     /// It could not be read.
     #[error("{message}")]
-    Io { message: String },
+    Io {
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl PluginErrorKind {

@@ -84,6 +84,7 @@ impl LoadedPlugin {
         })
     }
 
+    /// The plugin's name (from the bundle, else the file stem).
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -68,7 +68,9 @@ impl SandboxLimits {
 /// One message a plugin logged.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct PluginLog {
+    /// `debug`, `info`, `warn` or `error`.
     pub level: &'static str,
+    /// What went wrong.
     pub message: String,
 }
 
@@ -308,6 +310,7 @@ impl Sandbox {
         self.error(PluginErrorKind::InvalidAnswer { message })
     }
 
+    /// Ask the renewal hook.
     pub fn renewal(&mut self, request: &RenewalRequest) -> Result<RenewalDecision, PluginError> {
         self.begin(Hook::Renewal)?;
         let Guest::Renewal(guest) = &self.guest else {
@@ -320,6 +323,7 @@ impl Sandbox {
         }
     }
 
+    /// Ask the SAN hook.
     pub fn validate_sans(&mut self, request: &SanRequest) -> Result<SanDecision, PluginError> {
         self.begin(Hook::San)?;
         let Guest::San(guest) = &self.guest else {
@@ -332,6 +336,7 @@ impl Sandbox {
         }
     }
 
+    /// Ask the CSR hook.
     pub fn review_csr(&mut self, request: &CsrRequest) -> Result<CsrDecision, PluginError> {
         self.begin(Hook::Csr)?;
         let Guest::Csr(guest) = &self.guest else {

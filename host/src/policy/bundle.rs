@@ -89,21 +89,39 @@ impl FailureMode {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BundleError {
+    /// A file of the bundle could not be read.
     #[error(transparent)]
     Fs(#[from] FsError),
+    /// The manifest is not a valid bundle.
     #[error("{}: {message}", .path.display())]
-    Manifest { path: PathBuf, message: String },
+    Manifest {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// A field of a hook's section is not acceptable.
     #[error("{}: [{hook}] '{field}' {message}", .path.display(), hook = .hook.as_str())]
     Field {
+        /// The file or directory concerned.
         path: PathBuf,
+        /// The hook whose section holds the field.
         hook: Hook,
+        /// The field concerned.
         field: &'static str,
+        /// What went wrong.
         message: String,
     },
     // The plugin error is part of the message, not a `source`: error chains (anyhow's `{:#}`)
     // would print it a second time.
+    /// A plugin could not be loaded or refused its settings.
     #[error("{}: {error}", .path.display())]
-    Plugin { path: PathBuf, error: PluginError },
+    Plugin {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        error: PluginError,
+    },
 }
 
 impl BundleError {
@@ -151,24 +169,32 @@ struct HookEntry {
 /// One hook's plugin, loaded and configured.
 #[derive(Clone, Debug)]
 pub struct HookPlugin {
+    /// The compiled plugin.
     pub plugin: LoadedPlugin,
     /// Plugin file, relative to the bundle directory.
     pub file: String,
     /// Settings as the JSON object handed to `configure`.
     pub settings: String,
+    /// Its deadline and memory cap.
     pub limits: SandboxLimits,
+    /// What a failure of the plugin means.
     pub failure_mode: FailureMode,
 }
 
 /// A loaded bundle: the plugins of each hook, ready to evaluate.
 #[derive(Clone, Debug)]
 pub struct Bundle {
+    /// The name given.
     pub name: String,
+    /// What the bundle decides, in words.
     pub description: Option<String>,
     /// The manifest file.
     pub path: PathBuf,
+    /// The renewal plugin, if any (else the built-in rule).
     pub renewal: Option<HookPlugin>,
+    /// The SAN plugin, if any.
     pub san: Option<HookPlugin>,
+    /// The CSR plugin, if any.
     pub csr: Option<HookPlugin>,
     /// Window of the built-in renewal rule, used without a renewal plugin or when it fails.
     pub fallback_window: Duration,
@@ -182,7 +208,7 @@ pub struct Bundle {
 static BUILTIN: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/builtin_bundle.rs"));
 
 /// What [`Bundle::builtin`] calls the embedded bundle in messages.
-pub const BUILTIN_NAME: &str = "built-in default bundle";
+pub(crate) const BUILTIN_NAME: &str = "built-in default bundle";
 
 /// Where a bundle's files are read from.
 enum Files {
@@ -357,6 +383,7 @@ impl Bundle {
         })
     }
 
+    /// The plugin that answers `hook`, if any.
     pub fn hook(&self, hook: Hook) -> Option<&HookPlugin> {
         match hook {
             Hook::Renewal => self.renewal.as_ref(),

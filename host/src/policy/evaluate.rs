@@ -30,9 +30,12 @@ pub enum Source {
 /// A decision with everything the operator should know about how it was reached.
 #[derive(Debug, Serialize)]
 pub struct Outcome<D> {
+    /// The hook whose section holds the field.
     pub hook: Hook,
+    /// The decision, after the host's rules.
     #[serde(flatten)]
     pub decision: D,
+    /// The underlying error.
     pub source: Source,
     /// The plugin asked, if any.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,6 +1,7 @@
-//! Policy: the bundles that say which plugin answers which hook ([`bundle`]), and how a bundle is
-//! asked ([`evaluate`]), with the host's rules applied to every answer and the built-in rules
-//! ([`builtin`]) for missing or failed plugins. What is asked and answered is
+//! Policy: a [`Bundle`] says which plugin answers which hook, with its pinned digest, settings,
+//! limits and [`FailureMode`]; asking it applies the host's rules to every answer (clamps, CA
+//! protection, usage grants) and falls back to the built-in rules for a missing or failed
+//! plugin, and says where the answer came from ([`Source`]). What is asked and answered is
 //! [`crate::contract`].
 
 pub(crate) mod builtin;

@@ -25,13 +25,17 @@ pub(crate) const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 pub struct CaSpec {
     /// `server-ca`, `client-ca`, ... (k3s) or `ca`, `front-proxy-ca`, `etcd-ca` (kubeadm).
     pub name: &'static str,
+    /// The CA certificate file (relative to the data dir).
     pub cert: PathBuf,
+    /// The CA key file (relative to the data dir).
     pub key: PathBuf,
     /// Bootstrap record fields of the certificate and the key.
     pub cert_field: &'static str,
+    /// Bootstrap record field of the key.
     pub key_field: &'static str,
     /// Common name of a generated CA (k3s appends `@<unix time>`).
     pub common_name: String,
+    /// Whether a generated CA's common name ends in `@<unix time>` (k3s).
     pub timestamped_cn: bool,
     /// k3s also writes the first certificate alone (`server-ca.nochain.crt`).
     pub nochain: Option<PathBuf>,
@@ -42,12 +46,20 @@ pub struct CaSpec {
 pub enum Storage {
     /// A certificate file and a key file. k3s writes the leaf followed by its CA bundle.
     Files {
+        /// The certificate file.
         cert: PathBuf,
+        /// The key file.
         key: PathBuf,
+        /// Whether the CA bundle follows the leaf in the file.
         with_ca_bundle: bool,
     },
     /// Embedded in a kubeconfig (kubeadm's `admin.conf`, ...).
-    Kubeconfig { file: PathBuf, user: String },
+    Kubeconfig {
+        /// The kubeconfig file.
+        file: PathBuf,
+        /// The kubeconfig user whose credentials hold the certificate.
+        user: String,
+    },
 }
 
 impl Storage {
@@ -66,8 +78,11 @@ pub struct LeafSpec {
     /// Stable name: the file stem for k3s (`serving-kube-apiserver`), kubeadm's certificate
     /// name (`apiserver`, `admin.conf`). Also the SAN policy profile for its names.
     pub name: String,
+    /// Where its certificate and key are.
     pub storage: Storage,
+    /// Its subject and subject alternative names.
     pub subject: Subject,
+    /// Server, client or both (key usages and extended key usages).
     pub purpose: Purpose,
     /// Name of the issuing CA.
     pub ca: &'static str,
@@ -152,12 +167,19 @@ pub struct FileKubeconfig {
 /// Everything rotor manages in one data dir.
 #[derive(Clone, Debug)]
 pub struct Layout {
+    /// The distribution.
     pub profile: Profile,
+    /// Every CA; the first is the one the join token pins.
     pub cas: Vec<CaSpec>,
+    /// Every leaf certificate rotor issues.
     pub leaves: Vec<LeafSpec>,
+    /// The service-account signing key.
     pub service_key: ServiceKeySpec,
+    /// The file holding the join token.
     pub token_file: PathBuf,
+    /// The directory of the directory datastore (`server/db`, `datastore`).
     pub datastore_dir: PathBuf,
+    /// Kubeconfigs that point at certificate files (k3s).
     pub file_kubeconfigs: Vec<FileKubeconfig>,
     /// Which CA signs for each Kubernetes signer this layout signs for (`csr sign`). k3s and
     /// RKE2 point the controller manager's client signers at `client-ca` and
@@ -181,6 +203,7 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout of a data dir with this configuration.
     pub fn for_config(config: &ClusterConfig) -> Layout {
         match config.profile {
             Profile::K3s | Profile::Rke2 => k3s::layout(config),
@@ -188,10 +211,12 @@ impl Layout {
         }
     }
 
+    /// The CA named `name` (`server-ca`, `ca`, ...).
     pub fn ca(&self, name: &str) -> Option<&CaSpec> {
         self.cas.iter().find(|c| c.name == name)
     }
 
+    /// The leaf named `name` (`serving-kube-apiserver`, `apiserver`, ...).
     pub fn leaf(&self, name: &str) -> Option<&LeafSpec> {
         self.leaves.iter().find(|l| l.name == name)
     }
