@@ -6,12 +6,12 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup deps plugins test-plugins build lint unit-tests integration-tests bench-build bench fuzz clean
+.PHONY: demo test setup deps plugins test-plugins build lint doc unit-tests integration-tests bench-build bench fuzz clean
 
 demo: plugins build
 	./scripts/demo.sh
 
-test: plugins test-plugins lint unit-tests integration-tests bench-build
+test: plugins test-plugins lint doc unit-tests integration-tests bench-build
 
 # The wasm targets; rust-toolchain.toml pins the toolchain that the plugin digests match.
 setup:
@@ -30,29 +30,35 @@ test-plugins: setup
 	$(CARGO) xtask build-test-plugins
 
 build:
-	$(CARGO) build --release -p rotor --bin rotor
+	$(CARGO) build --locked --release -p rotor --bin rotor
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --all --check --manifest-path guest-plugins/Cargo.toml
 	$(CARGO) fmt --all --check --manifest-path tests/plugins/Cargo.toml
 	$(CARGO) fmt --all --check --manifest-path fuzz/Cargo.toml
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --all-targets --manifest-path guest-plugins/Cargo.toml -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --manifest-path guest-plugins/Cargo.toml -- -D warnings
+	$(CARGO) clippy --locked --all-targets --manifest-path tests/plugins/Cargo.toml -- -D warnings
+
+# The library's documentation (missing docs and broken links are errors): what `cargo doc`
+# shows is the surface a user of the library gets.
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps -p rotor
 
 # The plugins' rules on the host target, and the host's unit tests.
 unit-tests:
-	$(CARGO) test --manifest-path guest-plugins/Cargo.toml
-	$(CARGO) test --workspace --lib --bins --examples
+	$(CARGO) test --locked --manifest-path guest-plugins/Cargo.toml
+	$(CARGO) test --locked --workspace --lib --bins --examples
 
 # Real plugins, real files, real TLS, the real binary (tests/it): the release build, the one
 # that ships, which the crash and concurrency tests kill and race (tests/it/state.rs).
 integration-tests: deps build
-	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test -p rotor --test it -- --show-output
+	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test --locked -p rotor --test it -- --show-output
 
 # The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.
 bench-build:
-	$(CARGO) build -p rotor --benches
+	$(CARGO) build --locked -p rotor --benches
 
 # The criterion suite (release profile, several minutes); see docs/performance.md.
 bench: plugins

@@ -10,6 +10,11 @@
 //! by that binary on data dirs it initialized itself, in the same run, for ratios against an
 //! earlier version (docs/performance.md names the commit each figure was compared with).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "benches set up data dirs and inputs directly"
+)]
+
 #[path = "common.rs"]
 mod common;
 #[path = "settings.rs"]

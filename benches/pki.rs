@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench pki` (after `make plugins`). Figures: docs/performance.md.
 
+#![allow(clippy::disallowed_methods, reason = "benches set up inputs directly")]
+
 #[path = "common.rs"]
 mod common;
 #[path = "settings.rs"]

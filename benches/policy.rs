@@ -5,6 +5,8 @@
 //! `cargo bench --bench policy` (after `make plugins`). Inputs are fixed certificates and CSRs
 //! at a fixed `now`, so runs are comparable. Figures: docs/performance.md.
 
+#![allow(clippy::disallowed_methods, reason = "benches set up inputs directly")]
+
 #[path = "settings.rs"]
 mod settings;
 

@@ -6,6 +6,11 @@
 //!
 //! `cargo bench -p rotor --bench state` (after `make plugins`). Figures: docs/performance.md.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "benches set up data dirs directly"
+)]
+
 #[path = "settings.rs"]
 mod settings;
 

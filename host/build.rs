@@ -2,6 +2,11 @@
 //! into the library, so an installed `rotor` decides with it from any directory. When the
 //! plugins are not built yet (`make plugins`), the embedded bundle is empty and rotor says so.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the build script reads the default bundle to embed it"
+)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

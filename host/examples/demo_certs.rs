@@ -6,6 +6,11 @@
 //! Issuing belongs to rotor itself from `rotor init` on; this example only makes inputs for the
 //! policy commands.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "an example that writes demo inputs, not the library"
+)]
+
 use std::path::PathBuf;
 
 use rcgen::{

@@ -12,6 +12,11 @@
 //! an address of another node, so the batch shows denials too. Keys are fresh ECDSA P-256. The
 //! objects are the benches' (`benches/common.rs`).
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "an example that writes demo inputs, not the library"
+)]
+
 #[path = "../../benches/common.rs"]
 #[allow(
     dead_code,

@@ -2,6 +2,10 @@
     unreachable_pub,
     reason = "test helpers are shared between the test modules"
 )]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests set up and inspect files directly, as an operator would"
+)]
 
 //! rotor's integration tests: real compiled plugins, real certificates, real files.
 //!

@@ -181,6 +181,45 @@ fn a_lifetime_beyond_the_ca_is_clamped_and_reported() {
     assert_eq!(outcome.source, Source::Plugin);
 }
 
+/// A plugin that renews everything is still never obeyed for a CA: the host keeps it. (The
+/// default plugin keeps CAs by itself, so only a plugin that says "renew" tests the host.)
+#[test]
+fn a_plugin_that_renews_everything_never_renews_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = test_plugin("hostile-lifetime");
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "",
+            settings: "",
+        }],
+    );
+    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    let ca = Ca::new("k3s-client-ca", t0(), t0() + days(10));
+    let certs = parse_certificates_pem("client-ca.crt", ca.cert.pem().as_bytes()).unwrap();
+    let mut request = RenewalRequest {
+        name: "client-ca".into(),
+        certificate: certs[0].clone(),
+        issuer_not_after: None,
+        now: t0() + days(20),
+    };
+    let outcome = bundle.renewal(&request).unwrap();
+    assert!(!outcome.decision.is_renew(), "{:?}", outcome.decision);
+    assert_eq!(outcome.source, Source::Plugin);
+    assert!(
+        outcome.notes[0].contains("CA certificates are never renewed automatically"),
+        "{:?}",
+        outcome.notes
+    );
+    // The same plugin asked about the same certificate as a leaf renews it.
+    request.certificate.is_ca = false;
+    assert!(bundle.renewal(&request).unwrap().decision.is_renew());
+}
+
 #[test]
 fn malformed_answers_are_typed_errors_and_fail_safe() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,11 @@
 //! Builds are reproducible (paths are remapped, `Cargo.lock` is committed), so the sha256 pins
 //! committed in the bundles match on any machine with the same toolchain.
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a build tool: it copies plugin files between the workspaces"
+)]
+
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -21,11 +21,14 @@
 //! `default_lifetime_seconds`. Without `profiles`, the four standard signers get their built-in
 //! kinds. Names are checked by the SAN plugin, not here.
 
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
+
 mod rules;
 
 use guest_alloc as _;
-
-use std::cell::RefCell;
 
 wit_bindgen::generate!({
     world: "csr-policy",
@@ -38,17 +41,13 @@ use exports::rotor::policy::csr_approval::{
 };
 use rotor::policy::types::{KeyAlgorithm, Usage, Violation};
 
-thread_local! {
-    static SETTINGS: RefCell<rules::Settings> = RefCell::new(rules::Settings::default());
-}
+plugin_settings::settings_slot!(rules::Settings, rules::Settings::from_json);
 
 struct Plugin;
 
 impl Config for Plugin {
     fn configure(settings: String) -> Result<(), String> {
-        let parsed = rules::Settings::from_json(&settings)?;
-        SETTINGS.with(|s| *s.borrow_mut() = parsed);
-        Ok(())
+        configure_settings(&settings)
     }
 }
 
@@ -110,7 +109,7 @@ impl CsrApproval for Plugin {
             expiration_seconds: request.expiration_seconds,
             requests_ca: request.requests_ca,
         };
-        match SETTINGS.with(|s| rules::review(&s.borrow(), &req)) {
+        match with_settings(|s| rules::review(s, &req)) {
             rules::Decision::Approve {
                 reason,
                 lifetime_seconds,

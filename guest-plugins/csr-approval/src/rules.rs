@@ -10,15 +10,17 @@
 //! profile auto-approves, otherwise left pending (abstain) for a human, as Kubernetes does for
 //! `kube-apiserver-client` and `legacy-unknown`. Unknown signers are abstained on.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
 /// Requested or granted usage, Kubernetes spelling (`digital signature`, `server auth`, ...).
-pub type UsageName = &'static str;
+pub(crate) type UsageName = &'static str;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     Rsa,
     EcdsaP256,
     EcdsaP384,
@@ -30,7 +32,7 @@ pub enum KeyKind {
 
 /// The request, in plain Rust.
 #[derive(Clone, Debug)]
-pub struct Request {
+pub(crate) struct Request {
     pub signer_name: String,
     pub username: String,
     pub groups: Vec<String>,
@@ -51,7 +53,7 @@ pub struct Request {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
+pub(crate) struct Violation {
     pub code: &'static str,
     pub field: String,
     pub message: String,
@@ -66,7 +68,7 @@ fn v(code: &'static str, field: impl Into<String>, message: impl Into<String>) -
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Approve {
         reason: String,
         lifetime_seconds: Option<u64>,
@@ -126,7 +128,7 @@ struct Keys {
 }
 
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     unknown_signer_denies: bool,
     keys: Keys,
     profiles: BTreeMap<String, Profile>,
@@ -377,12 +379,8 @@ impl Profile {
 }
 
 impl Settings {
-    pub fn from_json(json: &str) -> Result<Settings, String> {
-        let raw: RawSettings = if json.trim().is_empty() {
-            RawSettings::default()
-        } else {
-            serde_json::from_str(json).map_err(|e| format!("settings: {e}"))?
-        };
+    pub(crate) fn from_json(json: &str) -> Result<Settings, String> {
+        let raw: RawSettings = plugin_settings::parse(json)?;
         let unknown_signer_denies = match raw.unknown_signer.as_deref().unwrap_or("abstain") {
             "abstain" => false,
             "deny" => true,
@@ -453,7 +451,7 @@ fn node_of(username: &str) -> Option<&str> {
     name_rules::node_of_username(username)
 }
 
-pub fn review(settings: &Settings, r: &Request) -> Decision {
+pub(crate) fn review(settings: &Settings, r: &Request) -> Decision {
     let Some(profile) = settings.profiles.get(&r.signer_name) else {
         if settings.unknown_signer_denies {
             return Decision::Deny(vec![v(

@@ -15,6 +15,10 @@
 #![no_std]
 
 #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[allow(
+    unsafe_code,
+    reason = "an allocator hands out raw memory; every unsafe block says why it is sound"
+)]
 mod wasm {
     use core::alloc::Layout;
     use core::arch::wasm32::memory_grow;
@@ -35,7 +39,7 @@ mod wasm {
     /// First the arena, claimed from its bottom in 64 KiB steps (so an evaluation dirties only
     /// the pages it uses, next to the stack and data), then `memory.grow`.
     #[derive(Debug)]
-    pub struct ArenaThenGrow {
+    pub(crate) struct ArenaThenGrow {
         /// Bytes of the arena claimed so far.
         claimed: usize,
     }
@@ -56,6 +60,8 @@ mod wasm {
                 // reached through this allocator.
                 let base = unsafe { (&raw mut ARENA).cast::<u8>().add(talc.source.claimed) };
                 talc.source.claimed += want;
+                // SAFETY: `base..base + want` is that part of the arena, now marked claimed, so
+                // talc is its only user from here on.
                 if unsafe { talc.claim(base, want) }.is_some() {
                     return Ok(());
                 }

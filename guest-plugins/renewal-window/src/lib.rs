@@ -19,11 +19,14 @@
 //!
 //! CA certificates are always kept: rotor never renews a CA automatically.
 
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
+
 mod rules;
 
 use guest_alloc as _;
-
-use std::cell::RefCell;
 
 wit_bindgen::generate!({
     world: "renewal-policy",
@@ -35,17 +38,13 @@ use exports::rotor::policy::renewal::{
     Guest as Renewal, KeepDecision, RenewDecision, RenewalDecision, RenewalRequest,
 };
 
-thread_local! {
-    static SETTINGS: RefCell<rules::Settings> = RefCell::new(rules::Settings::default());
-}
+plugin_settings::settings_slot!(rules::Settings, rules::Settings::from_json);
 
 struct Plugin;
 
 impl Config for Plugin {
     fn configure(settings: String) -> Result<(), String> {
-        let parsed = rules::Settings::from_json(&settings)?;
-        SETTINGS.with(|s| *s.borrow_mut() = parsed);
-        Ok(())
+        configure_settings(&settings)
     }
 }
 
@@ -57,8 +56,8 @@ impl Renewal for Plugin {
             not_after: request.certificate.not_after,
             serial: request.certificate.serial,
         };
-        let decision = SETTINGS
-            .with(|s| rules::decide(&s.borrow(), &cert, request.issuer_not_after, request.now));
+        let decision =
+            with_settings(|s| rules::decide(s, &cert, request.issuer_not_after, request.now));
         match decision {
             rules::Decision::Keep { reason, renew_at } => {
                 RenewalDecision::Keep(KeepDecision { reason, renew_at })

@@ -10,6 +10,8 @@
 //! All time arithmetic is done in `i128` seconds, so no input can overflow it
 //! (cert-manager #8937 overflowed `int64` nanoseconds on five-year certificates).
 
+#![forbid(unsafe_code)]
+
 use serde::Deserialize;
 
 const DAY: i64 = 86_400;
@@ -18,7 +20,7 @@ const PPM: i128 = 1_000_000;
 
 /// What the rules need to know about a certificate.
 #[derive(Clone, Debug)]
-pub struct Certificate {
+pub(crate) struct Certificate {
     pub is_ca: bool,
     pub not_before: i64,
     pub not_after: i64,
@@ -28,7 +30,7 @@ pub struct Certificate {
 
 /// The decision, before it is turned into the WIT type.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Keep {
         reason: String,
         renew_at: Option<i64>,
@@ -41,7 +43,7 @@ pub enum Decision {
 
 /// Validated settings.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
+pub(crate) struct Settings {
     mode: Mode,
     /// How far issuers set notBefore before the real issuance; the loop guard measures a
     /// certificate's age from notBefore plus this.
@@ -119,12 +121,8 @@ const WINDOW_MIN_AGE_PPM: i128 = 100_000;
 
 impl Settings {
     /// Parse and validate the operator's JSON settings. The error names the setting.
-    pub fn from_json(json: &str) -> Result<Settings, String> {
-        let raw: RawSettings = if json.trim().is_empty() {
-            RawSettings::default()
-        } else {
-            serde_json::from_str(json).map_err(|e| format!("settings: {e}"))?
-        };
+    pub(crate) fn from_json(json: &str) -> Result<Settings, String> {
+        let raw: RawSettings = plugin_settings::parse(json)?;
         let lifetime_seconds = match raw.lifetime_days {
             None => None,
             Some(d) if (1..=MAX_DAYS).contains(&d) => Some(u64::from(d) * DAY as u64),
@@ -287,7 +285,7 @@ impl Fraction {
 }
 
 /// Decide for one certificate at `now`. `issuer_not_after` is the CA's notAfter, when known.
-pub fn decide(
+pub(crate) fn decide(
     settings: &Settings,
     cert: &Certificate,
     issuer_not_after: Option<i64>,

@@ -30,11 +30,15 @@
 //! name) replaces the base fields it sets. `ip.deny` defaults to the reserved ranges. See
 //! `rules.rs` for the exact semantics.
 
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
+
 mod rules;
 
 use guest_alloc as _;
 
-use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 wit_bindgen::generate!({
@@ -46,17 +50,13 @@ use exports::rotor::policy::config::Guest as Config;
 use exports::rotor::policy::san_validation::{Guest as SanValidation, SanDecision, SanRequest};
 use rotor::policy::types::{IpAddress, Violation};
 
-thread_local! {
-    static SETTINGS: RefCell<rules::Settings> = RefCell::new(rules::Settings::default());
-}
+plugin_settings::settings_slot!(rules::Settings, rules::Settings::from_json);
 
 struct Plugin;
 
 impl Config for Plugin {
     fn configure(settings: String) -> Result<(), String> {
-        let parsed = rules::Settings::from_json(&settings)?;
-        SETTINGS.with(|s| *s.borrow_mut() = parsed);
-        Ok(())
+        configure_settings(&settings)
     }
 }
 
@@ -84,7 +84,7 @@ impl SanValidation for Plugin {
                 addresses: n.addresses.into_iter().map(ip).collect(),
             }),
         };
-        let violations = SETTINGS.with(|s| rules::validate(&s.borrow(), &req));
+        let violations = with_settings(|s| rules::validate(s, &req));
         if violations.is_empty() {
             SanDecision::Allow
         } else {

@@ -12,6 +12,8 @@
 //!   host holds as evidence for the node, also for CSRs that carry only IPs;
 //! - every violation is reported, not only the first.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -20,7 +22,7 @@ use serde::Deserialize;
 
 /// The request, in plain Rust.
 #[derive(Clone, Debug, Default)]
-pub struct Request {
+pub(crate) struct Request {
     pub profile: String,
     pub common_name: Option<String>,
     pub dns_names: Vec<String>,
@@ -32,13 +34,13 @@ pub struct Request {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct Node {
+pub(crate) struct Node {
     pub name: String,
     pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
+pub(crate) struct Violation {
     pub code: &'static str,
     pub field: String,
     pub message: String,
@@ -207,7 +209,7 @@ impl EmailPattern {
 
 /// Validated settings: base rules and per-profile rules.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     allow_all: bool,
     base: Rules,
     profiles: BTreeMap<String, Rules>,
@@ -352,12 +354,8 @@ fn overlay(base: &RawRules, profile: &RawRules) -> RawRules {
 }
 
 impl Settings {
-    pub fn from_json(json: &str) -> Result<Settings, String> {
-        let raw: RawSettings = if json.trim().is_empty() {
-            RawSettings::default()
-        } else {
-            serde_json::from_str(json).map_err(|e| format!("settings: {e}"))?
-        };
+    pub(crate) fn from_json(json: &str) -> Result<Settings, String> {
+        let raw: RawSettings = plugin_settings::parse(json)?;
         let base = Rules::from_raw("rules.", &raw.rules)?;
         let mut profiles = BTreeMap::new();
         for (name, p) in &raw.profiles {
@@ -375,7 +373,7 @@ impl Settings {
 // ---- evaluation -----------------------------------------------------------------------------
 
 /// Every violation of `request` under `settings`; empty means allow.
-pub fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
+pub(crate) fn validate(settings: &Settings, request: &Request) -> Vec<Violation> {
     let rules = settings
         .profiles
         .get(&request.profile)

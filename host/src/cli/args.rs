@@ -318,25 +318,8 @@ pub(super) struct CsrArgs {
     /// Batch: one CertificateSigningRequest object per line (`-` for standard input).
     #[arg(long, conflicts_with = "csr")]
     pub jsonl: Option<PathBuf>,
-    /// PEM CSRs: the signer name.
-    #[arg(long)]
-    pub signer: Option<String>,
-    /// PEM CSRs: who asks.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// PEM CSRs: the requester's uid (spec.uid).
-    #[arg(long)]
-    pub uid: Option<String>,
-    /// PEM CSRs: a group of the requester (repeatable).
-    #[arg(long = "group")]
-    pub groups: Vec<String>,
-    /// PEM CSRs: a requested usage, Kubernetes spelling (repeatable) [default: the usages the
-    /// CSR requests in its own extensions, else the signer's standard usages].
-    #[arg(long = "usage", value_parser = parse_usage)]
-    pub usages: Vec<Usage>,
-    /// PEM CSRs: requested lifetime in seconds (spec.expirationSeconds).
-    #[arg(long)]
-    pub expiration_seconds: Option<u64>,
+    #[command(flatten)]
+    pub context: CsrContextArgs,
     /// An address the host holds as evidence for the requesting node (repeatable).
     #[arg(long = "node-ip")]
     pub node_ips: Vec<IpAddr>,
@@ -521,29 +504,48 @@ pub(super) struct EvalArgs {
     #[arg(long = "node-ip")]
     pub node_ips: Vec<IpAddr>,
 
-    /// CSR: the signer name (spec.signerName).
+    #[command(flatten)]
+    pub context: CsrContextArgs,
+}
+
+/// The Kubernetes context of a PEM CSR (a CertificateSigningRequest object carries its own):
+/// the same flags for `csr review`, `csr sign` and `policy eval --hook csr`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "CSR context (PEM CSRs)")]
+pub(super) struct CsrContextArgs {
+    /// The signer name (spec.signerName).
     #[arg(long)]
     pub signer: Option<String>,
-
-    /// CSR: the requesting user (spec.username).
+    /// The requesting user (spec.username).
     #[arg(long)]
     pub username: Option<String>,
-
-    /// CSR: the requesting user's uid (spec.uid).
+    /// The requesting user's uid (spec.uid).
     #[arg(long)]
     pub uid: Option<String>,
-
-    /// CSR: a group of the requesting user (repeatable).
+    /// A group of the requesting user (repeatable).
     #[arg(long = "group")]
     pub groups: Vec<String>,
-
-    /// CSR: a requested usage, Kubernetes spelling (repeatable).
+    /// A requested usage, Kubernetes spelling (repeatable) [default: the usages the CSR
+    /// requests in its own extensions, else the signer's standard usages].
     #[arg(long = "usage", value_parser = parse_usage)]
     pub usages: Vec<Usage>,
-
-    /// CSR: requested lifetime (spec.expirationSeconds).
+    /// The requested lifetime in seconds (spec.expirationSeconds).
     #[arg(long)]
     pub expiration_seconds: Option<u64>,
+}
+
+impl CsrContextArgs {
+    /// The flags as the library's PEM context.
+    pub(super) fn pem_context(&self) -> crate::csr::PemContext {
+        crate::csr::PemContext {
+            signer: self.signer.clone(),
+            username: self.username.clone(),
+            uid: self.uid.clone(),
+            groups: self.groups.clone(),
+            usages: self.usages.clone(),
+            expiration_seconds: self.expiration_seconds,
+        }
+    }
 }
 
 fn parse_usage(s: &str) -> Result<Usage, String> {

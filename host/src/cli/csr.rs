@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read, Write};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,10 +12,8 @@ use super::args::{CsrArgs, CsrFormat, GlobalArgs};
 use super::cluster::now;
 use super::output::{self, out, outln};
 use crate::cluster::{Cluster, ClusterError, Layout, LoadedCa};
-use crate::contract::CsrContext;
 use crate::csr::batch::{self, Item, ItemInput, Summary};
-use crate::csr::{self, CsrInput, SignerLimits, Verdict, k8s};
-use crate::facts::{PemKind, read_pem_blocks};
+use crate::csr::{self, Evidence, SignerLimits, Verdict, k8s};
 use crate::pki::CaSigner;
 use crate::policy::Bundle;
 
@@ -37,102 +34,26 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
             .context("reading standard input")?;
         return Ok(buf);
     }
-    std::fs::read(path).with_context(|| path.display().to_string())
+    Ok(crate::fs::Root::read_ambient_file(path)?)
 }
 
-/// Evidence the host holds about nodes: `--node-ip` for the requester, or a JSON map
-/// `{"node-name": ["10.0.0.5", ...]}` from `--node-evidence`.
-struct Evidence {
-    flags: Vec<IpAddr>,
-    by_node: BTreeMap<String, Vec<IpAddr>>,
-}
-
-impl Evidence {
-    fn load(args: &CsrArgs) -> anyhow::Result<Evidence> {
-        let by_node = match &args.node_evidence {
-            None => BTreeMap::new(),
-            Some(p) => serde_json::from_slice(&read_input(p)?).with_context(|| {
-                format!("{}: expected {{\"node\": [\"ip\", ...]}}", p.display())
-            })?,
-        };
-        Ok(Evidence {
-            flags: args.node_ips.clone(),
-            by_node,
-        })
-    }
-
-    fn for_user(&self, username: &str) -> Vec<IpAddr> {
-        let node = username.strip_prefix("system:node:").unwrap_or("");
-        let mut ips = self.flags.clone();
-        if let Some(more) = self.by_node.get(node) {
-            ips.extend(more.iter().copied());
-        }
-        ips
-    }
-}
-
-fn context(args: &CsrArgs, evidence: &Evidence) -> anyhow::Result<CsrContext> {
-    let signer_name = args.signer.clone().ok_or_else(|| {
-        anyhow::anyhow!("a PEM CSR needs --signer (a CertificateSigningRequest object carries it)")
-    })?;
-    let username = args
-        .username
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("a PEM CSR needs --username (who asks)"))?;
-    Ok(CsrContext {
-        node_addresses: evidence.for_user(&username),
-        signer_name,
-        username,
-        uid: args.uid.clone().unwrap_or_default(),
-        groups: args.groups.clone(),
-        usages: args.usages.clone(),
-        expiration_seconds: args.expiration_seconds,
+/// The evidence `--node-ip` and `--node-evidence` give.
+fn evidence(args: &CsrArgs) -> anyhow::Result<Evidence> {
+    let map = args.node_evidence.as_deref().map(read_input).transpose()?;
+    Evidence::new(args.node_ips.clone(), map.as_deref()).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e}",
+            args.node_evidence
+                .as_deref()
+                .unwrap_or(Path::new("-"))
+                .display()
+        )
     })
 }
 
-/// A CSR file: a Kubernetes object (JSON) or PEM with the context from the flags.
+/// One input file, classified with the context flags of PEM CSRs.
 fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
-    let input = if k8s::is_json(bytes) {
-        match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Ok(v) => {
-                let user = v
-                    .pointer("/spec/username")
-                    .and_then(|u| u.as_str())
-                    .unwrap_or("")
-                    .to_string();
-                match k8s::parse(name, v, &evidence.for_user(&user)) {
-                    Ok(o) => ItemInput::Object(Box::new(o)),
-                    Err(e) => ItemInput::Invalid(e),
-                }
-            }
-            Err(e) => ItemInput::Invalid(format!("{name}: not JSON: {e}")),
-        }
-    } else {
-        match read_pem_blocks(name, bytes) {
-            Ok(blocks) => match (
-                blocks
-                    .into_iter()
-                    .find(|b| b.kind == PemKind::CertificateRequest),
-                context(args, evidence),
-            ) {
-                (Some(b), Ok(mut ctx)) => {
-                    if ctx.usages.is_empty()
-                        && let Some((usages, _)) = csr::default_usages(&ctx.signer_name, &b.der)
-                    {
-                        ctx.usages = usages;
-                    }
-                    ItemInput::Pem(CsrInput { der: b.der, ctx })
-                }
-                (None, _) => ItemInput::Invalid(format!("{name}: no CERTIFICATE REQUEST block")),
-                (_, Err(e)) => ItemInput::Invalid(format!("{name}: {e}")),
-            },
-            Err(e) => ItemInput::Invalid(e.to_string()),
-        }
-    };
-    Item {
-        name: name.to_string(),
-        input,
-    }
+    csr::classify(name, bytes, &args.context.pem_context(), evidence)
 }
 
 /// The data dir's CAs (for signing and for clamping lifetimes). No data dir is fine for a
@@ -163,7 +84,7 @@ fn cas(
 pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Result<Exit> {
     let bundle = super::bundle(global)?;
     let at = now(args.now);
-    let evidence = Evidence::load(&args)?;
+    let evidence = evidence(&args)?;
     let loaded = cas(global, sign)?;
     let signer_of = |signer: &str| -> Option<&CaSigner> {
         let (layout, cas) = loaded.as_ref()?;
@@ -195,7 +116,7 @@ pub(super) fn run(global: &GlobalArgs, args: CsrArgs, sign: bool) -> anyhow::Res
             &o.input
         }
         ItemInput::Pem(input) => {
-            if args.usages.is_empty()
+            if args.context.usages.is_empty()
                 && let Some((usages, from)) =
                     csr::default_usages(&input.ctx.signer_name, &input.der)
             {
@@ -461,7 +382,8 @@ fn run_batch<'ca>(
         "internal error while reading the batch's CSRs (see log)"
     );
     let done = AtomicUsize::new(0);
-    if args.usages.is_empty() && items.iter().any(|i| matches!(i.input, ItemInput::Pem(_))) {
+    if args.context.usages.is_empty() && items.iter().any(|i| matches!(i.input, ItemInput::Pem(_)))
+    {
         eprintln!(
             "rotor: PEM CSRs without --usage: each is reviewed with the usages it requests in its own extensions, else its signer's standard usages"
         );

@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use super::Exit;
 use super::args::{EvalArgs, GlobalArgs, PolicyCommand};
 use super::output::outln;
@@ -103,12 +101,12 @@ fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
         stage: args.stage.map(Into::into),
         node_name: args.node_name,
         node_addresses: args.node_ips,
-        signer_name: args.signer,
-        username: args.username,
-        uid: args.uid,
-        groups: args.groups,
-        usages: args.usages,
-        expiration_seconds: args.expiration_seconds,
+        signer_name: args.context.signer,
+        username: args.context.username,
+        uid: args.context.uid,
+        groups: args.context.groups,
+        usages: args.context.usages,
+        expiration_seconds: args.context.expiration_seconds,
     };
     let request = build_request(args.hook.into(), &what, &bytes, &ctx, now)?;
     let (json, failure) = match &request {
@@ -144,7 +142,7 @@ fn eval(bundle: &Bundle, args: EvalArgs) -> anyhow::Result<Exit> {
 
 /// Read an input file named on the command line.
 fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{}", path.display()))
+    Ok(crate::fs::Root::read_ambient_file(path)?)
 }
 
 fn test(bundle: &Bundle, dir: &Path) -> anyhow::Result<Exit> {

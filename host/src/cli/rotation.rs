@@ -10,8 +10,7 @@ use super::args::{GenerateCustomCaArgs, GlobalArgs, TokenCommand};
 use super::cluster::now;
 use super::output::outln;
 use crate::cluster::custom_ca::{self, CustomCaOptions, Parent};
-use crate::cluster::{Cluster, Profile, rotate_ca, secrets};
-use crate::pki::KeyType;
+use crate::cluster::{Cluster, rotate_ca, secrets};
 
 /// Read a file the operator named on the command line, through its directory (read-only).
 fn read_named(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -53,11 +52,7 @@ pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<E
         intermediate_key_type: args.intermediate_key_type,
         ca_key_type: args
             .ca_key_type
-            .unwrap_or(if args.profile == Profile::Kubeadm {
-                KeyType::Rsa2048
-            } else {
-                KeyType::EcdsaP256
-            }),
+            .unwrap_or_else(|| args.profile.default_key_type()),
         now: now(args.now),
     };
     let g = custom_ca::generate_custom_ca(&args.out, opts)?;

@@ -81,7 +81,7 @@ pub(crate) struct Row {
     pub detail: String,
 }
 
-const CA_WARNING: time::Duration = time::Duration::days(365);
+use crate::pki::CA_WARNING;
 
 /// kubeadm's short human duration: `364d`, `9y`, `23h`, `59m`, `<invalid>` once expired.
 pub(crate) fn short_duration(d: time::Duration) -> String {
@@ -333,7 +333,7 @@ pub(crate) fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> 
                     match bundle.renewal(&request) {
                         Ok(o) if o.decision.is_renew() => {
                             let lifetime = o.decision.lifetime().map_or(
-                                super::init::LEAF_LIFETIME.whole_seconds().unsigned_abs(),
+                                crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs(),
                                 |l| l.as_secs(),
                             );
                             let pointless = issuer_not_after.and_then(|ca| {

@@ -59,8 +59,6 @@ pub(crate) struct InitReport {
 }
 
 const CA_LIFETIME_DAYS: i64 = 3650;
-/// Leaf lifetime when nothing else says: the documents' 365 days.
-pub(crate) const LEAF_LIFETIME: time::Duration = time::Duration::days(365);
 
 fn validate_node_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -154,25 +152,53 @@ fn init_in(
     // the lock. On a data dir it never wrote to, there is nothing to recover: it decides first
     // and takes the lock only to commit, so a refused init (a denied name, a partial custom CA
     // set) leaves nothing behind, not even its lock file.
-    let already = |what: String| ClusterError::AlreadyInitialized {
-        path: data_dir.to_path_buf(),
-        what,
-    };
-    let lock = |root: &Root| -> Result<DataDir> {
-        let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
-        super::check_permissions(&dir)?;
-        super::recover(&mut dir)?;
-        if let Some(n) = dir.live() {
-            return Err(already(format!("generation {n} is live")));
-        }
-        Ok(dir)
-    };
     let dir = if root.kind(Path::new(META))? == Some(Kind::Dir) {
-        Some(lock(&root)?)
+        Some(lock_for_init(&root, options, data_dir)?)
     } else {
         None
     };
-    let config = ClusterConfig {
+    let mut cluster = Cluster::for_init(root, dir, initial_config(&opts))?;
+    let entries = cluster.layout.entries();
+    if cluster.dir.is_some() {
+        cluster.tidy_locked()?;
+    }
+    check_init_permissions(&cluster, &entries)?;
+    refuse_initialized_store(&cluster, data_dir)?;
+
+    // Check and decide everything in memory, then plan the one change.
+    let decided = decide(&mut cluster, &opts, bundle)?;
+    let change = plan(&cluster, &entries, bundle, &decided)?;
+
+    if cluster.dir.is_none() {
+        // Decided: now the lock, and a second look at what a concurrent init may have done.
+        cluster.dir = Some(lock_for_init(&cluster.root, options, data_dir)?);
+        cluster.store = DirectoryDatastore::existing(&cluster.root, &cluster.layout.datastore_dir)?;
+        cluster.snapshot = std::sync::OnceLock::new();
+        refuse_initialized_store(&cluster, data_dir)?;
+    }
+    committing.set(true);
+    cluster.commit(change, true)?;
+    Ok(report(&cluster, decided))
+}
+
+/// Take the data dir's lock for `init`, finish what a dead writer left, and refuse a data dir
+/// that has a live generation.
+fn lock_for_init(root: &Root, options: &Options, data_dir: &Path) -> Result<DataDir> {
+    let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
+    super::check_permissions(&dir)?;
+    super::recover(&mut dir)?;
+    if let Some(n) = dir.live() {
+        return Err(ClusterError::AlreadyInitialized {
+            path: data_dir.to_path_buf(),
+            what: format!("generation {n} is live"),
+        });
+    }
+    Ok(dir)
+}
+
+/// The configuration `init` starts from (external CAs and custom-CA mode are decided later).
+fn initial_config(opts: &InitOptions) -> ClusterConfig {
+    ClusterConfig {
         format: 1,
         profile: opts.profile,
         node_name: opts.node_name.clone(),
@@ -189,29 +215,56 @@ fn init_in(
         datastore_format: opts.datastore_format,
         external_cas: Vec::new(),
         custom_ca: false,
-    };
-    let mut cluster = Cluster::for_init(root, dir, config)?;
-    let entries = cluster.layout.entries();
-    if cluster.dir.is_some() {
-        cluster.tidy_locked()?;
     }
-    check_init_permissions(&cluster, &entries)?;
-    let initialized_store = |cluster: &Cluster| -> Result<()> {
-        if cluster
-            .snapshot()?
-            .keys_under(BOOTSTRAP_PREFIX)
-            .next()
-            .is_some()
-        {
-            return Err(already(format!(
+}
+
+/// A datastore that already holds a bootstrap record belongs to an initialized cluster.
+fn refuse_initialized_store(cluster: &Cluster, data_dir: &Path) -> Result<()> {
+    if cluster
+        .snapshot()?
+        .keys_under(BOOTSTRAP_PREFIX)
+        .next()
+        .is_some()
+    {
+        return Err(ClusterError::AlreadyInitialized {
+            path: data_dir.to_path_buf(),
+            what: format!(
                 "bootstrap data in {}",
                 cluster.path(&cluster.layout.datastore_dir).display()
-            )));
-        }
-        Ok(())
-    };
-    initialized_store(&cluster)?;
+            ),
+        });
+    }
+    Ok(())
+}
 
+/// Leaves issued now, by index in the layout.
+type Issued = Vec<(usize, IssuedLeaf)>;
+
+/// Everything `init` decided, before anything is written.
+struct Decided {
+    planned: Vec<PlannedCa>,
+    service_pem: Vec<u8>,
+    token: Token,
+    issued: Issued,
+    /// External-CA leaves found in place.
+    kept: Vec<String>,
+}
+
+impl Decided {
+    fn ca(&self, name: &str) -> Result<&LoadedCa> {
+        self.planned
+            .iter()
+            .find(|p| p.spec.name == name)
+            .map(|p| &p.ca)
+            .ok_or(ClusterError::Internal(
+                "a layout names a CA it does not define",
+            ))
+    }
+}
+
+/// Names, CAs, service-account keys, token and leaves, in that order: any refusal comes before
+/// anything is generated that depends on it, and nothing is written.
+fn decide(cluster: &mut Cluster, opts: &InitOptions, bundle: &Bundle) -> Result<Decided> {
     // 1. Names: every requested name passes the SAN policy, before anything is generated.
     for leaf in &cluster.layout.leaves {
         check_names(
@@ -224,17 +277,33 @@ fn init_in(
     }
 
     // 2. CAs: adopt what is in place, generate the rest.
-    let planned = plan_cas(&cluster, opts.now)?;
+    let planned = plan_cas(cluster, opts.now)?;
     cluster.config.external_cas = planned
         .iter()
         .filter(|p| p.ca.signer().is_none())
         .map(|p| p.spec.name.to_string())
         .collect();
     cluster.config.custom_ca = planned.iter().any(|p| p.write.is_none());
-    let cas: BTreeMap<&'static str, &LoadedCa> =
-        planned.iter().map(|p| (p.spec.name, &p.ca)).collect();
+    let mut decided = Decided {
+        planned,
+        service_pem: service_keys(cluster)?,
+        token: Token {
+            ca_hash: None,
+            user: String::new(),
+            password: String::new(),
+        },
+        issued: Vec::new(),
+        kept: Vec::new(),
+    };
+    decided.token = token(opts, decided.ca(cluster.layout.token_ca().name)?)?;
+    let (issued, kept) = leaves(cluster, &decided, opts.now)?;
+    decided.issued = issued;
+    decided.kept = kept;
+    Ok(decided)
+}
 
-    // 3. Service-account key(s).
+/// Step 3, the service-account key(s): adopted from disk, else generated.
+fn service_keys(cluster: &Cluster) -> Result<Vec<u8>> {
     let sk = &cluster.layout.service_key;
     let service_pem = match cluster.live.read(&sk.adopt) {
         Ok(pem) => {
@@ -253,16 +322,14 @@ fn init_in(
     };
     // Every key must parse (the files are derived from its PEM blocks).
     PrivateKey::all_from_pem("service key", &service_pem)?;
+    Ok(service_pem)
+}
 
-    // 4. Token, pinned to the CA as agents will compute it.
-    let token_ca = cluster.layout.token_ca();
-    let token_loaded = cas[token_ca.name];
-    let hash = ca_hash(
-        token_loaded.bundle_pem(),
-        token_loaded.bundle_der(),
-        opts.now,
-    );
-    let token = match &opts.token {
+/// Step 4, the token, pinned to the token CA as agents will compute it: the one given (whose
+/// hash, if any, must pin that CA), else a new one.
+fn token(opts: &InitOptions, token_ca: &LoadedCa) -> Result<Token> {
+    let hash = ca_hash(token_ca.bundle_pem(), token_ca.bundle_der(), opts.now);
+    Ok(match &opts.token {
         Some(t) => {
             let t = Token::parse(t).map_err(|source| ClusterError::BadToken {
                 input: Input::Token,
@@ -284,16 +351,26 @@ fn init_in(
             user: "server".into(),
             password: generate_password()?,
         },
-    };
+    })
+}
 
-    // 5. Leaves: external-CA leaves must be in place; the rest are issued now.
-    let mut issued: Vec<(usize, IssuedLeaf)> = Vec::new();
+/// Step 5, the leaves: issued now under the CAs rotor holds the keys of; an external CA's
+/// leaves must already be in place, signed by it. Returns the issued ones and those kept.
+fn leaves(
+    cluster: &Cluster,
+    decided: &Decided,
+    now: OffsetDateTime,
+) -> Result<(Issued, Vec<String>)> {
+    let mut issued: Issued = Vec::new();
     let mut kept = Vec::new();
     let mut missing_external = Vec::new();
     for (i, leaf) in cluster.layout.leaves.iter().enumerate() {
-        let ca = cas[leaf.ca];
+        let ca = decided.ca(leaf.ca)?;
         match ca.signer() {
-            Some(signer) => issued.push((i, cluster.issue(leaf, signer, opts.now, LEAF_LIFETIME)?)),
+            Some(signer) => issued.push((
+                i,
+                cluster.issue(leaf, signer, now, crate::pki::LEAF_LIFETIME)?,
+            )),
             None => match cluster.read_leaf(leaf)? {
                 LeafOnDisk::Present { der, .. } if crate::pki::signed_by(&der, ca.cert_der()) => {
                     kept.push(leaf.name.clone())
@@ -318,11 +395,19 @@ fn init_in(
             missing_external.join("\n  ")
         )));
     }
+    Ok((issued, kept))
+}
 
-    // 6. The change, all in memory: what was found in place (adopted), then the CA files,
-    // service key, leaves, kubeconfigs, token, configuration, and the datastore record.
-    let mut change = adopted_files(&cluster, &entries)?;
-    for p in &planned {
+/// Step 6, the change, all in memory: what was found in place (adopted), then the CA files,
+/// service key, leaves, kubeconfigs, token, bundle, configuration, and the datastore record.
+fn plan(
+    cluster: &Cluster,
+    entries: &[Entry],
+    bundle: &Bundle,
+    decided: &Decided,
+) -> Result<Change> {
+    let mut change = adopted_files(cluster, entries)?;
+    for p in &decided.planned {
         if let Some((cert, key)) = &p.write {
             change.write(p.spec.key.clone(), key.clone(), PRIVATE_FILE);
             change.write(p.spec.cert.clone(), cert.clone(), PUBLIC_FILE);
@@ -332,10 +417,11 @@ fn init_in(
             change.write(nochain.clone(), first.into_bytes(), PUBLIC_FILE);
         }
     }
-    cluster.write_service_keys(&mut change, &service_pem)?;
-    for (i, leaf) in &issued {
+    cluster.write_service_keys(&mut change, &decided.service_pem)?;
+    for (i, leaf) in &decided.issued {
         let spec = &cluster.layout.leaves[*i];
-        let signer = cas[spec.ca]
+        let signer = decided
+            .ca(spec.ca)?
             .signer()
             .ok_or(ClusterError::Internal("an external CA was asked to sign"))?;
         cluster.write_leaf(&mut change, spec, signer, leaf);
@@ -343,7 +429,7 @@ fn init_in(
     cluster.write_file_kubeconfigs(&mut change);
     change.write(
         cluster.layout.token_file.clone(),
-        format!("{}\n", token.render()).into_bytes(),
+        format!("{}\n", decided.token.render()).into_bytes(),
         PRIVATE_FILE,
     );
     record_bundle(&mut change, bundle);
@@ -357,7 +443,7 @@ fn init_in(
     // the real time of writing, whatever '--now' says.
     let written_at = crate::clock::system_now();
     let mut data = BootstrapData::default();
-    for p in &planned {
+    for p in &decided.planned {
         data.set(p.spec.cert_field, p.ca.bundle_pem().to_vec(), written_at);
         if p.ca.signer().is_some() {
             let key = match &p.write {
@@ -367,29 +453,33 @@ fn init_in(
             data.set(p.spec.key_field, key, written_at);
         }
     }
-    data.set(sk.field, service_pem.clone(), written_at);
+    data.set(
+        cluster.layout.service_key.field,
+        decided.service_pem.clone(),
+        written_at,
+    );
     change.ops.push(crate::datastore::bootstrap_put(
-        &token.password,
+        &decided.token.password,
         &data,
         cluster.config.datastore_format,
     )?);
-    if cluster.dir.is_none() {
-        // Decided: now the lock, and a second look at what a concurrent init may have done.
-        cluster.dir = Some(lock(&cluster.root)?);
-        cluster.store = DirectoryDatastore::existing(&cluster.root, &cluster.layout.datastore_dir)?;
-        cluster.snapshot = std::sync::OnceLock::new();
-        initialized_store(&cluster)?;
-    }
-    committing.set(true);
-    cluster.commit(change, true)?;
+    Ok(change)
+}
 
+/// What `init` did, for the operator.
+fn report(cluster: &Cluster, decided: Decided) -> InitReport {
+    let planned = &decided.planned;
+    let token_ca = planned
+        .iter()
+        .find(|p| p.spec.name == cluster.layout.token_ca().name);
     let discovery_hash = (cluster.config.profile == Profile::Kubeadm).then(|| {
         use sha2::Digest;
-        let spki = crate::pki::spki_of(token_loaded.cert_der()).unwrap_or_default();
+        let spki = token_ca
+            .and_then(|p| crate::pki::spki_of(p.ca.cert_der()))
+            .unwrap_or_default();
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(spki)))
     });
-    Ok(InitReport {
-        token,
+    InitReport {
         generated_cas: planned
             .iter()
             .filter(|p| p.write.is_some())
@@ -405,14 +495,16 @@ fn init_in(
             .filter(|p| p.ca.signer().is_none())
             .map(|p| p.spec.name)
             .collect(),
-        issued: issued
+        issued: decided
+            .issued
             .iter()
             .map(|(i, _)| cluster.layout.leaves[*i].name.clone())
             .collect(),
-        kept,
+        kept: decided.kept,
         discovery_hash,
         token_file: cluster.path(&cluster.layout.token_file),
-    })
+        token: decided.token,
+    }
 }
 
 /// Decide each CA: adopt files in place, generate missing ones, or fail on a partial set.
@@ -605,8 +697,7 @@ impl Cluster {
 
     /// k3s's `server/cred/*.kubeconfig`: they name the files (by the paths consumers know).
     pub fn write_file_kubeconfigs(&self, change: &mut Change) {
-        let abs = std::fs::canonicalize(self.root.path())
-            .unwrap_or_else(|_| self.root.path().to_path_buf());
+        let abs = self.root.absolute_path();
         for kc in &self.layout.file_kubeconfigs {
             let (Some(leaf), Some(ca)) = (self.layout.leaf(kc.leaf), self.layout.ca(kc.ca)) else {
                 continue;

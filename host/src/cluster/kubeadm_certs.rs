@@ -210,7 +210,7 @@ pub(crate) fn renew(
     // Every certificate issued in memory, then all of them made live in one step.
     let mut change = Change::default();
     for (spec, signer) in &work {
-        let leaf = cluster.issue(spec, signer, now, super::init::LEAF_LIFETIME)?;
+        let leaf = cluster.issue(spec, signer, now, crate::pki::LEAF_LIFETIME)?;
         cluster.write_leaf(&mut change, spec, signer, &leaf);
         results.push(Renewed::Done {
             name: spec.name.clone(),

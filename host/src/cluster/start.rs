@@ -23,9 +23,6 @@ use crate::policy::Bundle;
 
 /// Tolerated clock skew between a file's mtime and the datastore's timestamp (k3s: 3 s).
 const SKEW_SECONDS: i64 = 3;
-/// CAs expiring within this are reported (k3s certmonitor: 365 days).
-const CA_WARNING_DAYS: i64 = 365;
-
 /// What to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -152,7 +149,7 @@ pub(crate) fn prepare(
                 spec.name,
                 crate::clock::rfc3339(f.not_after)
             ));
-        } else if f.not_after - now <= time::Duration::days(CA_WARNING_DAYS) {
+        } else if f.not_after - now <= crate::pki::CA_WARNING {
             plan.warnings.push(format!(
                 "CA {} expires on {} (in {} days): CAs are never renewed automatically; plan a 'rotor certificate rotate-ca'",
                 spec.name,
@@ -281,7 +278,7 @@ fn rotate_leaf(
         action,
         reasons,
         not_after,
-        lifetime_seconds: super::init::LEAF_LIFETIME.whole_seconds() as u64,
+        lifetime_seconds: crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs(),
         restart: spec.restart.clone(),
     })
 }
@@ -295,7 +292,7 @@ fn start_leaf(
     warnings: &mut Vec<String>,
 ) -> Result<LeafPlan> {
     let external = ca.signer().is_none();
-    let mut lifetime = super::init::LEAF_LIFETIME.whole_seconds() as u64;
+    let mut lifetime = crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs();
     let mut not_yet_valid = None;
     let (action, reasons, not_after) = match cluster.read_leaf(spec)? {
         LeafOnDisk::Missing(why) => (

@@ -19,9 +19,11 @@
 //! denies it.
 
 pub(crate) mod batch;
+mod input;
 pub(crate) mod k8s;
 
 pub use batch::{Decide, Item, ItemInput, Summary, process as process_batch};
+pub use input::{Evidence, PemContext, classify};
 pub use k8s::{object_for as k8s_object_for, parse as parse_k8s_object};
 
 use std::net::IpAddr;
@@ -39,8 +41,8 @@ use crate::plugin::PluginError;
 use crate::policy::Bundle;
 
 /// Default lifetime when neither the policy nor the request says (Kubernetes'
-/// `--cluster-signing-duration` default).
-pub const DEFAULT_LIFETIME_SECONDS: u64 = 365 * 86_400;
+/// `--cluster-signing-duration` default): [`crate::pki::LEAF_LIFETIME`].
+pub const DEFAULT_LIFETIME_SECONDS: u64 = crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs();
 /// The Kubernetes signer's floor.
 pub const MIN_LIFETIME_SECONDS: u64 = 600;
 /// Backdating of notBefore, for clock skew (as the Kubernetes signer).
@@ -454,45 +456,19 @@ pub fn review(
         san_detail(&san_outcome.decision),
     ));
 
-    let mut violations = Vec::new();
-    if let CsrDecision::Deny { violations: v } = &csr_outcome.decision {
-        violations.extend(v.iter().cloned());
-    }
-    if let SanDecision::Deny { violations: v } = &san_outcome.decision {
-        violations.extend(v.iter().cloned());
-    }
-    if !violations.is_empty() {
-        review.verdict = if missing_evidence_only(&violations, &input.ctx) {
-            // Evidence the host does not hold is not proof of a bad request: leave the CSR
-            // pending so it can be approved once evidence is given, instead of a permanent
-            // denial (kubelet-csr-approver's DNS-hiccup hole).
-            Verdict::Abstain {
-                reason: format!(
-                    "the host holds no addresses for '{}', so its names cannot be bound to the node; left pending (give --node-ip or --node-evidence)",
-                    input.ctx.username
-                ),
+    let plugin = csr_outcome.plugin.clone();
+    let (reason, lifetime, usages) =
+        match combine(csr_outcome.decision, &san_outcome.decision, &input.ctx) {
+            Combined::Decided(verdict) => {
+                review.verdict = verdict;
+                return Ok(review);
             }
-        } else {
-            Verdict::Deny { violations }
+            Combined::Approved {
+                reason,
+                lifetime,
+                usages,
+            } => (reason, lifetime, usages),
         };
-        return Ok(review);
-    }
-    let (reason, lifetime, usages) = match csr_outcome.decision {
-        CsrDecision::Approve {
-            reason,
-            lifetime_seconds,
-            usages,
-        } => (reason, lifetime_seconds, usages),
-        CsrDecision::Abstain { reason } => {
-            review.verdict = Verdict::Abstain { reason };
-            return Ok(review);
-        }
-        // A denial carries at least one violation (validated), so it was handled above.
-        CsrDecision::Deny { violations } => {
-            review.verdict = Verdict::Deny { violations };
-            return Ok(review);
-        }
-    };
 
     // 3. The template, from policy. An approval may narrow the usages, never drop the signer's
     // own extended key usage (a certificate without one is good for any purpose).
@@ -503,30 +479,21 @@ pub fn review(
         let v = missing_required(&request.signer_name, required);
         review.notes.push(format!(
             "the approval leaves out '{required}': denied ({})",
-            csr_outcome.plugin.as_deref().unwrap_or("policy")
+            plugin.as_deref().unwrap_or("policy")
         ));
         review.verdict = Verdict::Deny {
             violations: vec![v],
         };
         return Ok(review);
     }
-    let mut seconds = lifetime
-        .or(request.expiration_seconds)
-        .unwrap_or(DEFAULT_LIFETIME_SECONDS)
-        .max(MIN_LIFETIME_SECONDS);
-    let max = limits.max_lifetime(&request.signer_name);
-    if seconds > max {
-        review.notes.push(format!(
-            "lifetime capped from {seconds} to {max} seconds, the most rotor issues for {}",
-            request.signer_name
-        ));
-        seconds = max;
-    }
-    if let Some(ca) = ca_not_after
-        && let Some(note) = crate::policy::evaluate::clamp_to_ca(&mut seconds, now, ca)
-    {
-        review.notes.push(note);
-    }
+    let (seconds, notes) = template_lifetime(
+        lifetime.or(request.expiration_seconds),
+        limits.max_lifetime(&request.signer_name),
+        &request.signer_name,
+        ca_not_after,
+        now,
+    );
+    review.notes.extend(notes);
     let not_after = now + time::Duration::seconds(i64::try_from(seconds).unwrap_or(i64::MAX / 4));
     let template = Template {
         common_name: facts.subject.common_name.clone().unwrap_or_default(),
@@ -564,6 +531,89 @@ pub fn review(
         SanDecision::Deny { violations } => Verdict::Deny { violations },
     };
     Ok(review)
+}
+
+/// What the CSR plugin's and the SAN plugin's answers on a request add up to.
+#[derive(Debug, PartialEq)]
+enum Combined {
+    /// Denied or left pending: the review ends here.
+    Decided(Verdict),
+    /// Approved by the CSR plugin and no objection from the SAN plugin: on to the template.
+    Approved {
+        reason: String,
+        lifetime: Option<u64>,
+        usages: Option<Vec<Usage>>,
+    },
+}
+
+/// The stage order: any denial denies, with every violation of both plugins; a denial made only
+/// of missing node evidence leaves the CSR pending; then the CSR plugin's abstention; only then
+/// its approval.
+fn combine(csr: CsrDecision, san: &SanDecision, ctx: &CsrContext) -> Combined {
+    let mut violations = Vec::new();
+    if let CsrDecision::Deny { violations: v } = &csr {
+        violations.extend(v.iter().cloned());
+    }
+    if let SanDecision::Deny { violations: v } = san {
+        violations.extend(v.iter().cloned());
+    }
+    if !violations.is_empty() {
+        return Combined::Decided(if missing_evidence_only(&violations, ctx) {
+            // Evidence the host does not hold is not proof of a bad request: leave the CSR
+            // pending so it can be approved once evidence is given, instead of a permanent
+            // denial (kubelet-csr-approver's DNS-hiccup hole).
+            Verdict::Abstain {
+                reason: format!(
+                    "the host holds no addresses for '{}', so its names cannot be bound to the node; left pending (give --node-ip or --node-evidence)",
+                    ctx.username
+                ),
+            }
+        } else {
+            Verdict::Deny { violations }
+        });
+    }
+    match csr {
+        CsrDecision::Approve {
+            reason,
+            lifetime_seconds,
+            usages,
+        } => Combined::Approved {
+            reason,
+            lifetime: lifetime_seconds,
+            usages,
+        },
+        CsrDecision::Abstain { reason } => Combined::Decided(Verdict::Abstain { reason }),
+        // A denial carries at least one violation (validated), so it was handled above.
+        CsrDecision::Deny { violations } => Combined::Decided(Verdict::Deny { violations }),
+    }
+}
+
+/// The lifetime of a certificate for an approved CSR: what the plugin granted or the request
+/// asked, else the default; at least the signer's floor, at most the signer's limit `max`, and
+/// never past the CA. With a note for each cut.
+fn template_lifetime(
+    asked: Option<u64>,
+    max: u64,
+    signer: &str,
+    ca_not_after: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> (u64, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut seconds = asked
+        .unwrap_or(DEFAULT_LIFETIME_SECONDS)
+        .max(MIN_LIFETIME_SECONDS);
+    if seconds > max {
+        notes.push(format!(
+            "lifetime capped from {seconds} to {max} seconds, the most rotor issues for {signer}"
+        ));
+        seconds = max;
+    }
+    if let Some(ca) = ca_not_after
+        && let Some(note) = crate::policy::rules::clamp_to_ca(&mut seconds, now, ca)
+    {
+        notes.push(note);
+    }
+    (seconds, notes)
 }
 
 /// Whether the only objections are missing evidence (IP SANs without it, or none held for the
@@ -657,4 +707,132 @@ pub fn sign(review: &Review, ca: &crate::pki::CaSigner) -> Result<String, crate:
     Ok(ca
         .sign_for_public_key(&template.leaf_template(), &review.spki)?
         .pem)
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    const NOW: OffsetDateTime = datetime!(2027-01-01 00:00 UTC);
+
+    fn ctx(node_addresses: Vec<IpAddr>) -> CsrContext {
+        CsrContext {
+            signer_name: "kubernetes.io/kubelet-serving".into(),
+            username: "system:node:a".into(),
+            uid: String::new(),
+            groups: vec!["system:nodes".into()],
+            usages: vec![Usage::DigitalSignature, Usage::ServerAuth],
+            expiration_seconds: None,
+            node_addresses,
+        }
+    }
+
+    fn violation(code: &str) -> Violation {
+        Violation::new(code, "spec", "m")
+    }
+
+    fn approve() -> CsrDecision {
+        CsrDecision::Approve {
+            reason: "ok".into(),
+            lifetime_seconds: Some(3600),
+            usages: None,
+        }
+    }
+
+    #[test]
+    fn any_denial_denies_with_every_violation_then_abstain_then_approve() {
+        let with_evidence = ctx(vec!["10.0.0.5".parse().unwrap()]);
+        let san_deny = SanDecision::Deny {
+            violations: vec![violation("DnsNotAllowed")],
+        };
+        // The SAN plugin's denial wins over the CSR plugin's approval.
+        assert_eq!(
+            combine(approve(), &san_deny, &with_evidence),
+            Combined::Decided(Verdict::Deny {
+                violations: vec![violation("DnsNotAllowed")]
+            })
+        );
+        // Both deny: both plugins' violations, the CSR plugin's first.
+        let csr_deny = CsrDecision::Deny {
+            violations: vec![violation("UsageNotAllowed")],
+        };
+        assert_eq!(
+            combine(csr_deny, &san_deny, &with_evidence),
+            Combined::Decided(Verdict::Deny {
+                violations: vec![violation("UsageNotAllowed"), violation("DnsNotAllowed")]
+            })
+        );
+        // An abstention with no denial stays an abstention.
+        let abstain = CsrDecision::Abstain {
+            reason: "manual".into(),
+        };
+        assert_eq!(
+            combine(abstain, &SanDecision::Allow, &with_evidence),
+            Combined::Decided(Verdict::Abstain {
+                reason: "manual".into()
+            })
+        );
+        assert!(matches!(
+            combine(approve(), &SanDecision::Allow, &with_evidence),
+            Combined::Approved {
+                lifetime: Some(3600),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_denial_made_only_of_missing_evidence_leaves_the_csr_pending() {
+        let missing = SanDecision::Deny {
+            violations: vec![
+                violation("NoNodeEvidence"),
+                violation("IpNotInNodeEvidence"),
+            ],
+        };
+        let Combined::Decided(Verdict::Abstain { reason }) =
+            combine(approve(), &missing, &ctx(vec![]))
+        else {
+            panic!("not pending");
+        };
+        assert!(
+            reason.contains("no addresses for 'system:node:a'"),
+            "{reason}"
+        );
+        // With evidence held, the same objections are a denial.
+        assert!(matches!(
+            combine(approve(), &missing, &ctx(vec!["10.0.0.5".parse().unwrap()])),
+            Combined::Decided(Verdict::Deny { .. })
+        ));
+        // Mixed with another objection, it is a denial too.
+        let mixed = SanDecision::Deny {
+            violations: vec![violation("NoNodeEvidence"), violation("DnsNotAllowed")],
+        };
+        assert!(matches!(
+            combine(approve(), &mixed, &ctx(vec![])),
+            Combined::Decided(Verdict::Deny { .. })
+        ));
+    }
+
+    #[test]
+    fn a_template_lifetime_is_floored_capped_and_clamped_to_the_ca() {
+        let signer = "kubernetes.io/kubelet-serving";
+        let year = DEFAULT_LIFETIME_SECONDS;
+        assert_eq!(
+            template_lifetime(None, year, signer, None, NOW),
+            (year, vec![])
+        );
+        assert_eq!(
+            template_lifetime(Some(60), year, signer, None, NOW).0,
+            MIN_LIFETIME_SECONDS
+        );
+        let (s, notes) = template_lifetime(Some(10 * year), year, signer, None, NOW);
+        assert_eq!(s, year);
+        assert!(notes[0].contains("capped"), "{notes:?}");
+        let ca = NOW + time::Duration::days(10);
+        let (s, notes) = template_lifetime(Some(year), year, signer, Some(ca), NOW);
+        assert_eq!(s, 10 * 86_400);
+        assert!(notes[0].contains("clamped"), "{notes:?}");
+    }
 }

@@ -760,6 +760,10 @@ impl DataDir {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests set up and inspect files directly"
+)]
 mod tests {
     use super::*;
 

@@ -320,6 +320,10 @@ impl Datastore for DirectoryDatastore {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests set up and inspect files directly"
+)]
 mod tests {
     use super::*;
 

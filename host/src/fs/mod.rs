@@ -282,10 +282,49 @@ impl Root {
         let mut builder = std::fs::DirBuilder::new();
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR);
         builder.recursive(true);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the ambient creation of a directory the user named, before it is a capability"
+        )]
         builder
             .create(path)
             .map_err(|e| FsError::io(path.to_path_buf(), e))?;
         Root::open_ambient(path)
+    }
+
+    /// Read a whole file the user named (an input: a CSR, a certificate, a fixture's JSON).
+    ///
+    /// # Ambient authority
+    /// The third place a path from outside becomes a capability: the path is resolved as the
+    /// user gave it (symlinks they chose are followed), its directory opened as a [`Root`], and
+    /// the file read through it.
+    pub fn read_ambient_file(path: &Path) -> Result<Vec<u8>, FsError> {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "resolving a path the user named, before it is a capability"
+        )]
+        let real = std::fs::canonicalize(path).map_err(|e| FsError::io(path.to_path_buf(), e))?;
+        let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+            return Err(FsError::io(
+                path.to_path_buf(),
+                io::Error::new(io::ErrorKind::InvalidInput, "not a file"),
+            ));
+        };
+        let root = Root::open_ambient(dir)?;
+        root.dir
+            .read(name)
+            .map_err(|e| FsError::io(path.to_path_buf(), e))
+    }
+
+    /// The directory's absolute path with symlinks resolved, for files that name it to
+    /// consumers (k3s's kubeconfigs name their certificate files); as given when it cannot be
+    /// resolved.
+    pub fn absolute_path(&self) -> PathBuf {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "a path query for text written into a file, no access"
+        )]
+        std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
     }
 
     /// Another handle on the same directory.
@@ -891,6 +930,10 @@ impl Root {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests set up and inspect files directly"
+)]
 mod tests {
     use super::*;
 

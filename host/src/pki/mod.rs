@@ -18,6 +18,14 @@ use time::OffsetDateTime;
 
 use crate::facts::FactsError;
 
+/// A leaf's lifetime when nothing else says: the documents' 365 days, which is also the
+/// Kubernetes signer's `--cluster-signing-duration` default.
+pub const LEAF_LIFETIME: time::Duration = time::Duration::days(365);
+
+/// How long before a CA expires rotor starts warning: a year (k3s certmonitor: 365 days),
+/// enough to plan a rotation, and as long as a leaf lives.
+pub const CA_WARNING: time::Duration = time::Duration::days(365);
+
 /// A key or certificate could not be made or used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

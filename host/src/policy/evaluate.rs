@@ -5,10 +5,9 @@
 //! to the built-in rule unless the bundle says `failure_mode = "error"`.
 
 use serde::Serialize;
-use time::OffsetDateTime;
 
-use super::builtin;
 use super::bundle::{Bundle, FailureMode, HookPlugin};
+use super::{builtin, rules};
 use crate::contract::Hook;
 use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
 use crate::contract::{CsrRequest, RenewalRequest, SanRequest};
@@ -30,12 +29,12 @@ pub enum Source {
 /// A decision with everything the operator should know about how it was reached.
 #[derive(Debug, Serialize)]
 pub struct Outcome<D> {
-    /// The hook whose section holds the field.
+    /// The hook asked.
     pub hook: Hook,
     /// The decision, after the host's rules.
     #[serde(flatten)]
     pub decision: D,
-    /// The underlying error.
+    /// Who decided: the plugin, the failure mode, or the built-in rule.
     pub source: Source,
     /// The plugin asked, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -134,7 +133,9 @@ impl Bundle {
                 o
             }
         };
-        apply_renewal_rules(request, &mut outcome);
+        let (decision, notes) = rules::renewal(request, outcome.decision);
+        outcome.decision = decision;
+        outcome.notes.extend(notes);
         Ok(outcome)
     }
 
@@ -187,7 +188,13 @@ impl Bundle {
             return Ok(Outcome::new(hook, d, Source::BuiltIn, None));
         };
         let (result, logs) = Self::run(hp, hook, |s| s.review_csr(request));
-        let result = result.and_then(|d| check_approval(request, d, hp));
+        let result = result.and_then(|d| {
+            rules::csr_answer(request, d).map_err(|message| PluginError {
+                plugin: hp.plugin.name().to_string(),
+                hook,
+                kind: crate::plugin::PluginErrorKind::InvalidAnswer { message },
+            })
+        });
         let mut o = match result {
             Ok((d, notes)) => {
                 let mut o = Outcome::new(hook, d, Source::Plugin, Some(hp));
@@ -216,118 +223,4 @@ impl Bundle {
         o.logs = logs;
         Ok(o)
     }
-}
-
-/// The longest lifetime rotor gives a renewed leaf, whatever a plugin asks: 100 years (the
-/// issuing CA's notAfter usually clamps it far earlier).
-pub(crate) const MAX_LEAF_LIFETIME_SECONDS: u64 = 36_500 * 86_400;
-
-/// Host rules on a renewal answer: never auto-renew a CA, cap the lifetime and clamp it to the
-/// CA.
-fn apply_renewal_rules(request: &RenewalRequest, outcome: &mut Outcome<RenewalDecision>) {
-    let cert = &request.certificate;
-    if cert.is_ca && outcome.decision.is_renew() {
-        outcome.notes.push(format!(
-            "the policy said renew ({}), but CA certificates are never renewed automatically: kept",
-            outcome.decision.reason()
-        ));
-        outcome.decision = RenewalDecision::Keep {
-            reason: "CA certificate: rotate CAs with 'rotor certificate rotate-ca'".into(),
-            renew_at: None,
-        };
-        return;
-    }
-    let RenewalDecision::Renew {
-        lifetime_seconds: Some(lifetime),
-        ..
-    } = &mut outcome.decision
-    else {
-        return;
-    };
-    if *lifetime > MAX_LEAF_LIFETIME_SECONDS {
-        outcome.notes.push(format!(
-            "lifetime capped from {lifetime} to {MAX_LEAF_LIFETIME_SECONDS} seconds (100 years), the most rotor issues"
-        ));
-        *lifetime = MAX_LEAF_LIFETIME_SECONDS;
-    }
-    let Some(ca_not_after) = request.issuer_not_after else {
-        return;
-    };
-    if let Some(note) = clamp_to_ca(lifetime, request.now, ca_not_after) {
-        outcome.notes.push(note);
-    }
-}
-
-/// Clamp `lifetime` (seconds from `now`) so it ends no later than `ca_not_after`. Returns a note
-/// when it changed anything.
-pub(crate) fn clamp_to_ca(
-    lifetime: &mut u64,
-    now: OffsetDateTime,
-    ca_not_after: OffsetDateTime,
-) -> Option<String> {
-    let available = (ca_not_after - now).whole_seconds();
-    if available <= 0 {
-        return Some(format!(
-            "the issuing CA expired on {}; the certificate cannot be renewed until the CA is rotated",
-            crate::clock::rfc3339(ca_not_after)
-        ));
-    }
-    let available = available as u64;
-    if *lifetime > available {
-        let note = format!(
-            "lifetime clamped from {} to {} seconds: the issuing CA expires on {}",
-            lifetime,
-            available,
-            crate::clock::rfc3339(ca_not_after)
-        );
-        *lifetime = available;
-        return Some(note);
-    }
-    None
-}
-
-/// Host rules on a CSR answer. An approval adding usages is a malformed answer.
-fn check_approval(
-    request: &CsrRequest,
-    decision: CsrDecision,
-    hp: &HookPlugin,
-) -> Result<(CsrDecision, Vec<String>), PluginError> {
-    let mut notes = Vec::new();
-    let CsrDecision::Approve {
-        reason,
-        mut lifetime_seconds,
-        usages,
-    } = decision
-    else {
-        return Ok((decision, notes));
-    };
-    if let Some(granted) = &usages
-        && let Some(extra) = granted.iter().find(|u| !request.usages.contains(u))
-    {
-        return Err(PluginError {
-            plugin: hp.plugin.name().to_string(),
-            hook: Hook::Csr,
-            kind: crate::plugin::PluginErrorKind::InvalidAnswer {
-                message: format!(
-                    "the approval grants usage '{extra}', which the request did not ask for"
-                ),
-            },
-        });
-    }
-    if let (Some(l), Some(asked)) = (lifetime_seconds, request.expiration_seconds)
-        && l > asked
-    {
-        notes.push(format!(
-            "lifetime clamped from {l} to the requested {asked} seconds"
-        ));
-        lifetime_seconds = Some(asked);
-    }
-    Ok((
-        CsrDecision::Approve {
-            reason,
-            lifetime_seconds,
-            usages,
-        },
-        notes,
-    ))
 }

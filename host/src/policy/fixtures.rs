@@ -87,14 +87,9 @@ pub(crate) enum FixtureError {
 /// Run every case of `dir` against `bundle`.
 pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
     let root = Root::open_ambient(dir)?;
-    let mut files: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| FsError {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-            io: Some(e),
-        })?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let mut files: Vec<String> = root
+        .list_dir(Path::new("."))?
+        .into_iter()
         .filter(|n| n.ends_with(".json"))
         .collect();
     files.sort();

@@ -9,6 +9,7 @@ pub(crate) mod bundle;
 pub(crate) mod evaluate;
 pub(crate) mod fixtures;
 pub(crate) mod input;
+pub(crate) mod rules;
 
 pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
 pub use evaluate::{Outcome, Source};

@@ -1,5 +1,10 @@
 //! Implements every hook and answers each one against the contract; its `configure` refuses
 //! `{"refuse": true}`.
+
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
 wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
 
 use exports::rotor::policy::csr_approval::{Approval, CsrDecision, CsrRequest};

@@ -1,4 +1,9 @@
 //! Always renews, asking for a 100-year lifetime (longer than any CA).
+
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
 wit_bindgen::generate!({ world: "renewal-policy", path: "../../../wit" });
 
 use exports::rotor::policy::renewal::{Guest, RenewDecision, RenewalDecision, RenewalRequest};

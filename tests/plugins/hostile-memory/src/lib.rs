@@ -1,4 +1,9 @@
 //! Allocates 1 MiB after 1 MiB, forever.
+
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
 wit_bindgen::generate!({ world: "renewal-policy", path: "../../../wit" });
 
 use exports::rotor::policy::renewal::{Guest, KeepDecision, RenewalDecision, RenewalRequest};

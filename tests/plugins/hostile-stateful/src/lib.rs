@@ -2,6 +2,11 @@
 //! decisions. The first decision of an instance approves everything (any name, any usage the
 //! request asked for, a 100-year lifetime); any later decision in the same instance panics.
 //! Under a fresh instance per decision, every decision is the first.
+
+#![allow(
+    unsafe_code,
+    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+)]
 wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
 
 use std::sync::atomic::{AtomicU32, Ordering};
