@@ -53,7 +53,23 @@ fn evidence(args: &CsrArgs) -> anyhow::Result<Evidence> {
 
 /// One input file, classified with the context flags of PEM CSRs.
 fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
-    csr::classify(name, bytes, &args.context.pem_context(), evidence)
+    csr::classify(
+        name,
+        bytes,
+        &args.context.pem_context(),
+        evidence,
+        &missing_flag,
+    )
+}
+
+/// What a PEM CSR lacks, named by its flag.
+fn missing_flag(m: csr::MissingContext) -> String {
+    match m {
+        csr::MissingContext::Signer => {
+            "a PEM CSR needs --signer (a CertificateSigningRequest object carries it)".into()
+        }
+        csr::MissingContext::Username => "a PEM CSR needs --username (who asks)".into(),
+    }
 }
 
 /// The data dir's CAs (for signing and for clamping lifetimes). No data dir is fine for a
@@ -312,6 +328,52 @@ fn write_outputs(
     Ok(())
 }
 
+/// Run `work` with a progress bar on a terminal: `work` counts what it has done in `done`.
+fn with_progress<T>(total: usize, work: impl FnOnce(&AtomicUsize) -> T) -> T {
+    let done = AtomicUsize::new(0);
+    let show = std::io::stderr().is_terminal() && total > 1;
+    let bar = show.then(|| {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} CSRs {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    std::thread::scope(|scope| {
+        let ticker = bar.as_ref().map(|bar| {
+            let done = &done;
+            scope.spawn(move || {
+                while done.load(Ordering::Relaxed) < total {
+                    bar.set_position(done.load(Ordering::Relaxed) as u64);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                bar.finish_and_clear();
+            })
+        });
+        let result = work(&done);
+        if let Some(t) = ticker {
+            let _ = t.join();
+        }
+        result
+    })
+}
+
+/// One JSON line per outcome on standard output; a reader that went away ends it quietly.
+fn print_outcomes(outcomes: &[batch::Outcome]) -> anyhow::Result<()> {
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    for o in outcomes {
+        let line = serde_json::to_string(o)?;
+        if !output::unless_reader_gone(writeln!(stdout, "{line}"))? {
+            break;
+        }
+    }
+    output::unless_reader_gone(stdout.flush())?;
+    Ok(())
+}
+
 fn run_batch<'ca>(
     bundle: &Bundle,
     args: &CsrArgs,
@@ -322,8 +384,11 @@ fn run_batch<'ca>(
     at: time::OffsetDateTime,
 ) -> anyhow::Result<Exit> {
     let started = std::time::Instant::now();
-    // Read every input first (names and bytes), then parse them on every core: parsing (JSON,
-    // base64, PEM, the CSR's DER) is a fair share of a batch's work.
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    // Read every input first (names and bytes), then classify them on every core.
     let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(dir) = &args.dir {
         let root = crate::fs::Root::open_ambient(dir)?;
@@ -349,39 +414,19 @@ fn run_batch<'ca>(
             lines.push((format!("{}:{}", path.display(), n + 1), line.as_bytes()));
         }
     }
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
     let inputs: Vec<(&str, &[u8])> = raw
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .chain(lines.iter().map(|(n, b)| (n.as_str(), *b)))
         .collect();
-    let chunk = inputs.len().div_ceil(threads).max(1);
-    let items: Vec<Item> = std::thread::scope(|scope| {
-        let parsers: Vec<_> = inputs
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(name, bytes)| item(name, bytes, args, evidence))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        parsers
-            .into_iter()
-            .flat_map(|p| {
-                p.join().unwrap_or_else(|_| vec![]) // a parser panic loses its part: reported below
-            })
-            .collect()
-    });
-    anyhow::ensure!(
-        items.len() == inputs.len(),
-        "internal error while reading the batch's CSRs (see log)"
-    );
-    let done = AtomicUsize::new(0);
+    let items = csr::classify_all(
+        &inputs,
+        &args.context.pem_context(),
+        evidence,
+        &missing_flag,
+        threads,
+    )
+    .ok_or_else(|| anyhow::anyhow!("internal error while reading the batch's CSRs"))?;
     if args.context.usages.is_empty() && items.iter().any(|i| matches!(i.input, ItemInput::Pem(_)))
     {
         eprintln!(
@@ -397,58 +442,18 @@ fn run_batch<'ca>(
         }
         None => None,
     };
-    let total = items.len();
-    let show = std::io::stderr().is_terminal() && total > 1;
-    let bar = show.then(|| {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} CSRs {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
+    let how = batch::Decide {
+        limits,
+        sign_approved: sign,
+        now: at,
+    };
+    let outcomes = with_progress(items.len(), |done| {
+        batch::process(bundle, &items, signer, &how, threads, done)
     });
-    let outcomes = std::thread::scope(|scope| {
-        let ticker = bar.as_ref().map(|bar| {
-            let done = &done;
-            scope.spawn(move || {
-                while done.load(Ordering::Relaxed) < total {
-                    bar.set_position(done.load(Ordering::Relaxed) as u64);
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                bar.finish_and_clear();
-            })
-        });
-        let outcomes = batch::process(
-            bundle,
-            &items,
-            signer,
-            &batch::Decide {
-                limits,
-                sign_approved: sign,
-                now: at,
-            },
-            threads,
-            &done,
-        );
-        if let Some(t) = ticker {
-            let _ = t.join();
-        }
-        outcomes
-    });
-
     if let Some(root) = &out_dir {
         write_outputs(root, &outcomes, &files)?;
     }
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    for o in &outcomes {
-        let line = serde_json::to_string(o)?;
-        if !output::unless_reader_gone(writeln!(stdout, "{line}"))? {
-            break;
-        }
-    }
-    output::unless_reader_gone(stdout.flush())?;
+    print_outcomes(&outcomes)?;
     let s = Summary::of(&outcomes);
     let secs = started.elapsed().as_secs_f64();
     eprintln!(

@@ -52,6 +52,9 @@ pub fn main() -> ExitCode {
 /// library names in words (`node name`) named by its flag (`'--node-name'`).
 fn describe(e: &anyhow::Error) -> String {
     use crate::cluster::{ClusterError, Input};
+    if let Some(ClusterError::TokenFile { .. }) = e.downcast_ref::<ClusterError>() {
+        return format!("{e:#} (give it with --token)");
+    }
     let Some((input, problem)) = e
         .downcast_ref::<ClusterError>()
         .and_then(ClusterError::input_problem)
@@ -118,12 +121,17 @@ fn bundle(global: &GlobalArgs) -> anyhow::Result<crate::policy::Bundle> {
     if let Some(path) = &global.bundle {
         return Ok(Bundle::load(&engine, path)?);
     }
-    let recorded = std::path::Path::new(crate::cluster::POLICY_DIR);
-    let has_recorded = crate::fs::Root::open_ambient(&global.data_dir)
-        .is_ok_and(|root| root.exists(&recorded.join("bundle.toml")));
-    if has_recorded {
-        // Opened once: every file is read from the same generation.
-        return Ok(Bundle::load(&engine, &global.data_dir.join(recorded))?);
+    // The recorded bundle is read like everything else of the data dir: under its lock, after
+    // recovery and the permission checks, from the live generation.
+    let options = datadir_options(global, "policy");
+    match crate::cluster::Cluster::open_read(&global.data_dir, &options) {
+        Ok(cluster) => {
+            if let Some(root) = cluster.recorded_bundle()? {
+                return Ok(Bundle::load_root(&engine, root)?);
+            }
+        }
+        Err(crate::cluster::ClusterError::NotInitialized(_)) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(Bundle::builtin(&engine)?)
 }

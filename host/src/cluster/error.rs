@@ -53,7 +53,8 @@ pub enum ClusterError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The data dir's configuration file could not be read or written.
+    /// The data dir's configuration file is not valid JSON of rotor's configuration (or, when
+    /// writing, could not be serialized).
     #[error("{}: not a valid rotor configuration", .path.display())]
     Config {
         /// The configuration file.
@@ -155,8 +156,9 @@ pub enum ClusterError {
     Internal(&'static str),
     /// The change is in the datastore but not live in the data dir yet.
     #[error(
-        "{0}\nthe datastore holds this change but the data dir does not show it yet: the next rotor \
-         command on this data dir finishes it (or run 'rotor certificate check')"
+        "{}\nthe datastore holds this change but the data dir does not show it yet: the next rotor \
+         command on this data dir finishes it (or run 'rotor certificate check')",
+        chain(.0)
     )]
     Interrupted(Box<ClusterError>),
 }
@@ -223,4 +225,16 @@ impl std::fmt::Display for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.describe())
     }
+}
+
+/// An error with every cause after it, as `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -722,6 +722,26 @@ pub(crate) fn record_bundle(change: &mut Change, bundle: &Bundle) {
 }
 
 impl Cluster {
+    /// The bundle `init` (or `policy use`) recorded, as a directory of the live generation;
+    /// `None` for a data dir that recorded none.
+    ///
+    /// # Errors
+    /// A recorded directory without its `bundle.toml`, or one that cannot be opened.
+    pub fn recorded_bundle(&self) -> Result<Option<Root>> {
+        let dir = Path::new(POLICY_DIR);
+        if self.live.kind(dir)?.is_none() {
+            return Ok(None);
+        }
+        let root = self.live.open_dir(dir)?;
+        if root.kind(Path::new("bundle.toml"))?.is_none() {
+            return Err(ClusterError::BadFile {
+                path: self.path(dir),
+                reason: "the recorded policy bundle has no bundle.toml: record one with 'rotor policy use --bundle DIR'".into(),
+            });
+        }
+        Ok(Some(root))
+    }
+
     /// `rotor policy use`: make `bundle` the data dir's recorded bundle, replacing the one
     /// recorded before, as one change. `false` when it was recorded already (nothing written).
     pub fn record_bundle(&mut self, bundle: &Bundle) -> Result<bool> {

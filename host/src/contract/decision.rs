@@ -13,7 +13,7 @@ use crate::facts::{Usage, Violation};
 pub enum RenewalDecision {
     /// Keep the certificate.
     Keep {
-        /// Why it is not usable.
+        /// Why, in words, for logs, reports and the CSR's condition.
         reason: String,
         #[serde(
             default,
@@ -25,7 +25,7 @@ pub enum RenewalDecision {
     },
     /// Re-issue the certificate.
     Renew {
-        /// Why it is not usable.
+        /// Why, in words, for logs, reports and the CSR's condition.
         reason: String,
         /// Lifetime of the new certificate; `None` means the host default (365 days).
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,7 +84,7 @@ impl SanDecision {
 pub enum CsrDecision {
     /// Approve the CSR.
     Approve {
-        /// Why it is not usable.
+        /// Why, in words, for logs, reports and the CSR's condition.
         reason: String,
         /// The certificate lifetime the plugin grants, if it limits it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -100,7 +100,7 @@ pub enum CsrDecision {
     },
     /// Leave the CSR pending for a human or another approver.
     Abstain {
-        /// Why it is not usable.
+        /// Why, in words, for logs, reports and the CSR's condition.
         reason: String,
     },
 }

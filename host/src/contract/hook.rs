@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// The hook (or load step) a plugin was serving when it failed.
+/// A question the host asks plugins: each hook is one WIT interface and one bundle section.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Hook {

@@ -64,19 +64,37 @@ pub struct PemContext {
     pub expiration_seconds: Option<u64>,
 }
 
+/// What a PEM CSR's context lacks. A front end names it its own way (the CLI: `--signer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingContext {
+    /// The signer name.
+    Signer,
+    /// The requesting user.
+    Username,
+}
+
+impl std::fmt::Display for MissingContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MissingContext::Signer => {
+                "a PEM CSR needs its signer name (a CertificateSigningRequest object carries its own)"
+            }
+            MissingContext::Username => "a PEM CSR needs the name of the user who asks",
+        })
+    }
+}
+
+/// How a front end says what a PEM CSR's context lacks: `MissingContext::to_string` in words.
+pub type NameMissing = dyn Fn(MissingContext) -> String + Sync;
+
 impl PemContext {
     /// The context of one PEM CSR: these values, and the evidence held for its requester.
     ///
     /// # Errors
     /// No signer or no user was given.
-    pub fn context(&self, evidence: &Evidence) -> Result<CsrContext, String> {
-        let signer_name = self.signer.clone().ok_or(
-            "a PEM CSR needs a signer name (a CertificateSigningRequest object carries its own)",
-        )?;
-        let username = self
-            .username
-            .clone()
-            .ok_or("a PEM CSR needs the requesting user's name")?;
+    pub fn context(&self, evidence: &Evidence) -> Result<CsrContext, MissingContext> {
+        let signer_name = self.signer.clone().ok_or(MissingContext::Signer)?;
+        let username = self.username.clone().ok_or(MissingContext::Username)?;
         Ok(CsrContext {
             node_addresses: evidence.for_user(&username),
             signer_name,
@@ -90,9 +108,16 @@ impl PemContext {
 }
 
 /// Classify one input named `name`: a Kubernetes object (JSON) or a PEM CSR with `pem`'s
-/// context, either with the evidence held for its requester. An input that is neither is an
-/// [`ItemInput::Invalid`] naming it, so one bad file never stops a batch.
-pub fn classify(name: &str, bytes: &[u8], pem: &PemContext, evidence: &Evidence) -> Item {
+/// context, either with the evidence held for its requester. An input that is neither, or a
+/// PEM CSR whose context lacks something (said by `missing`), is an [`ItemInput::Invalid`]
+/// naming it, so one bad file never stops a batch.
+pub fn classify(
+    name: &str,
+    bytes: &[u8],
+    pem: &PemContext,
+    evidence: &Evidence,
+    missing: &NameMissing,
+) -> Item {
     let input = if k8s::is_json(bytes) {
         match serde_json::from_slice::<serde_json::Value>(bytes) {
             Ok(v) => {
@@ -125,7 +150,7 @@ pub fn classify(name: &str, bytes: &[u8], pem: &PemContext, evidence: &Evidence)
                     ItemInput::Pem(CsrInput { der: b.der, ctx })
                 }
                 (None, _) => ItemInput::Invalid(format!("{name}: no CERTIFICATE REQUEST block")),
-                (_, Err(e)) => ItemInput::Invalid(format!("{name}: {e}")),
+                (_, Err(m)) => ItemInput::Invalid(format!("{name}: {}", missing(m))),
             },
             Err(e) => ItemInput::Invalid(e.to_string()),
         }
@@ -134,6 +159,35 @@ pub fn classify(name: &str, bytes: &[u8], pem: &PemContext, evidence: &Evidence)
         name: name.to_string(),
         input,
     }
+}
+
+/// [`classify`] every `(name, bytes)` input on `threads` threads, in order: parsing (JSON,
+/// base64, PEM, the CSR's DER) is a fair share of a batch's work. `None` if a thread panicked.
+pub fn classify_all(
+    inputs: &[(&str, &[u8])],
+    pem: &PemContext,
+    evidence: &Evidence,
+    missing: &NameMissing,
+    threads: usize,
+) -> Option<Vec<Item>> {
+    let chunk = inputs.len().div_ceil(threads.max(1)).max(1);
+    let items: Vec<Item> = std::thread::scope(|scope| {
+        let parsers: Vec<_> = inputs
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(name, bytes)| classify(name, bytes, pem, evidence, missing))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parsers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_default())
+            .collect()
+    });
+    (items.len() == inputs.len()).then_some(items)
 }
 
 #[cfg(test)]
@@ -160,20 +214,21 @@ mod tests {
     fn inputs_that_are_neither_are_named_and_never_stop_a_batch() {
         let pem = PemContext::default();
         let e = Evidence::default();
-        let item = classify("x.json", b"{not json", &pem, &e);
+        let words = |m: MissingContext| m.to_string();
+        let item = classify("x.json", b"{not json", &pem, &e, &words);
         assert!(matches!(&item.input, ItemInput::Invalid(m) if m.starts_with("x.json: not JSON")));
         let item = classify(
             "x.pem",
             b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
             &pem,
             &e,
+            &words,
         );
         assert!(
             matches!(&item.input, ItemInput::Invalid(m) if m.contains("no CERTIFICATE REQUEST")),
             "{:?}",
             item.input
         );
-        let err = pem.context(&e).unwrap_err();
-        assert!(err.contains("signer"), "{err}");
+        assert_eq!(pem.context(&e).unwrap_err(), MissingContext::Signer);
     }
 }

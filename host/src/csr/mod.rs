@@ -23,7 +23,7 @@ mod input;
 pub(crate) mod k8s;
 
 pub use batch::{Decide, Item, ItemInput, Summary, process as process_batch};
-pub use input::{Evidence, PemContext, classify};
+pub use input::{Evidence, MissingContext, NameMissing, PemContext, classify, classify_all};
 pub use k8s::{object_for as k8s_object_for, parse as parse_k8s_object};
 
 use std::net::IpAddr;
@@ -54,7 +54,7 @@ const BACKDATE: time::Duration = time::Duration::minutes(5);
 pub enum Verdict {
     /// Approved: the host may sign it.
     Approve {
-        /// Why it is not usable.
+        /// Why, in words, for logs, reports and the CSR's condition.
         reason: String,
     },
     /// Denied, with every reason.
@@ -64,7 +64,7 @@ pub enum Verdict {
     },
     /// Left pending for a human (or another approver).
     Abstain {
-        /// Why it is not usable.
+        /// Why, in words, for logs, reports and the CSR's condition.
         reason: String,
     },
 }

@@ -262,7 +262,12 @@ impl Root {
     /// # Ambient authority
     /// This is one of the two places where a path from outside becomes a capability.
     pub fn open_ambient(path: &Path) -> Result<Root, FsError> {
-        let dir = Dir::open_ambient_dir(path, ambient_authority())
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the ambient opening of a directory the user named: what makes it a capability"
+        )]
+        let authority = ambient_authority();
+        let dir = Dir::open_ambient_dir(path, authority)
             .map_err(|e| FsError::io(path.to_path_buf(), e))?;
         Ok(Root {
             dir,
@@ -275,7 +280,12 @@ impl Root {
     /// # Ambient authority
     /// This is one of the two places where a path from outside becomes a capability.
     pub fn create_ambient(path: &Path) -> Result<Root, FsError> {
-        if !path.is_dir() {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "whether a directory the user named exists, before it is a capability"
+        )]
+        let exists = path.is_dir();
+        if !exists {
             failpoints::step(|| format!("mkdir -p {}", path.display()))
                 .map_err(|e| FsError::io(path.to_path_buf(), e))?;
         }
@@ -295,25 +305,20 @@ impl Root {
     /// Read a whole file the user named (an input: a CSR, a certificate, a fixture's JSON).
     ///
     /// # Ambient authority
-    /// The third place a path from outside becomes a capability: the path is resolved as the
-    /// user gave it (symlinks they chose are followed), its directory opened as a [`Root`], and
-    /// the file read through it.
+    /// The third place a path from outside is used: one file, opened as the user named it and
+    /// read whole. No capability outlives the call.
     pub fn read_ambient_file(path: &Path) -> Result<Vec<u8>, FsError> {
+        // Opened as named, symlinks and all: `/dev/stdin`, `<(...)` pipes and links the user
+        // chose are inputs too. A single file grants nothing beyond its bytes.
         #[expect(
             clippy::disallowed_methods,
-            reason = "resolving a path the user named, before it is a capability"
+            reason = "the ambient opening of one input file the user named"
         )]
-        let real = std::fs::canonicalize(path).map_err(|e| FsError::io(path.to_path_buf(), e))?;
-        let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
-            return Err(FsError::io(
-                path.to_path_buf(),
-                io::Error::new(io::ErrorKind::InvalidInput, "not a file"),
-            ));
-        };
-        let root = Root::open_ambient(dir)?;
-        root.dir
-            .read(name)
-            .map_err(|e| FsError::io(path.to_path_buf(), e))
+        let file = std::fs::File::open(path);
+        let mut bytes = Vec::new();
+        file.and_then(|mut f| io::Read::read_to_end(&mut f, &mut bytes))
+            .map_err(|e| FsError::io(path.to_path_buf(), e))?;
+        Ok(bytes)
     }
 
     /// The directory's absolute path with symlinks resolved, for files that name it to

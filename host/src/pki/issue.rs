@@ -160,9 +160,9 @@ pub fn self_signed_ca(
     p.use_authority_key_identifier_extension = false;
     let cert = p
         .self_signed(key.pair())
-        .map_err(|source| PkiError::Crypto {
+        .map_err(|error| PkiError::Crypto {
             doing: "signing a CA".into(),
-            source,
+            error,
         })?;
     Ok(issued(cert))
 }
@@ -206,9 +206,9 @@ impl CaSigner {
 
     fn issuer(&self) -> Result<Issuer<'_, &rcgen::KeyPair>, PkiError> {
         Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der()), self.key.pair()).map_err(
-            |source| PkiError::Crypto {
+            |error| PkiError::Crypto {
                 doing: "reading the CA certificate".into(),
-                source,
+                error,
             },
         )
     }
@@ -288,7 +288,7 @@ impl CaSigner {
             .signed_by(public_key, &self.issuer()?)
             .map_err(|e| PkiError::Crypto {
                 doing: format!("signing '{}'", template.subject.common_name),
-                source: e,
+                error: e,
             })?;
         Ok(issued(cert))
     }
@@ -305,9 +305,9 @@ impl CaSigner {
         let p = ca_params(subject, self.clamp(validity)?)?;
         let cert = p
             .signed_by(key.pair(), &self.issuer()?)
-            .map_err(|source| PkiError::Crypto {
+            .map_err(|error| PkiError::Crypto {
                 doing: format!("signing CA '{}'", subject.common_name),
-                source,
+                error,
             })?;
         Ok(issued(cert))
     }

@@ -64,9 +64,9 @@ impl KeyType {
                 rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
             }
         }
-        .map_err(|source| PkiError::Crypto {
+        .map_err(|error| PkiError::Crypto {
             doing: format!("generating a {self} key"),
-            source,
+            error,
         })?;
         let pem = pair.serialize_pem();
         Ok(PrivateKey { pair, pem })

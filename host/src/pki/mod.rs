@@ -58,13 +58,12 @@ pub enum PkiError {
         not_after: OffsetDateTime,
     },
     /// rcgen (on aws-lc-rs) could not generate, sign or read key material.
-    #[error("{doing}")]
+    #[error("{doing}: {error}")]
     Crypto {
         /// What rotor was doing (`signing 'kube-apiserver'`, ...).
         doing: String,
-        /// What the library said.
-        #[source]
-        source: rcgen::Error,
+        /// What the library said (in the message: it is the whole explanation).
+        error: rcgen::Error,
     },
     /// The system's random number generator failed.
     #[error("no randomness for {0}")]

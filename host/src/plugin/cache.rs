@@ -121,7 +121,12 @@ impl ArtifactCache {
         // same descriptor and copied.
         use std::os::fd::AsRawFd;
         let by_fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let loaded = if by_fd.exists() {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "whether this process has /proc, to reopen its own descriptor"
+        )]
+        let proc_fd = by_fd.exists();
+        let loaded = if proc_fd {
             // SAFETY: as in `deserialize_own`: the file is our own `precompile_component` output
             // in the owner-only cache directory, and its bytes are the ones just checked against
             // the digest recorded when it was written; wasmtime rejects incompatible artifacts.

@@ -245,28 +245,49 @@ impl Bundle {
     /// checked against its pin, compiled or taken from the cache, and configured once with its
     /// settings, which the plugin may refuse.
     pub fn load(engine: &PluginEngine, path: &Path) -> Result<Bundle, BundleError> {
-        if !path.exists() {
-            return Err(BundleError::Manifest {
-                path: path.to_path_buf(),
-                message: "no policy bundle here (give --bundle DIR or set ROTOR_BUNDLE)".into(),
-            });
-        }
-        let (dir, manifest_name) = if path.is_dir() {
-            (path.to_path_buf(), PathBuf::from("bundle.toml"))
-        } else {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let name = path
-                .file_name()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("bundle.toml"));
-            (dir.to_path_buf(), name)
+        // A directory holding bundle.toml, else the manifest file in its directory.
+        let (root, manifest_name) = match Root::open_ambient(path) {
+            Ok(root) => (root, PathBuf::from("bundle.toml")),
+            Err(e) if e.is_not_found() => {
+                return Err(BundleError::Manifest {
+                    path: path.to_path_buf(),
+                    message: "no policy bundle here (give --bundle DIR or set ROTOR_BUNDLE)".into(),
+                });
+            }
+            Err(_) => {
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let name = path
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("bundle.toml"));
+                (Root::open_ambient(dir)?, name)
+            }
         };
-        let root = Root::open_ambient(&dir)?;
+        let dir = root.path().to_path_buf();
         let manifest_path = root.display(&manifest_name);
         let default_name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into());
+        Bundle::load_from(
+            engine,
+            &Files::Dir(root),
+            &manifest_name,
+            manifest_path,
+            default_name,
+        )
+    }
+
+    /// Load the bundle whose directory is `root` (its manifest is `bundle.toml`): a data dir's
+    /// recorded bundle, opened in its live generation, so every file comes from one generation.
+    pub fn load_root(engine: &PluginEngine, root: Root) -> Result<Bundle, BundleError> {
+        let manifest_name = PathBuf::from("bundle.toml");
+        let manifest_path = root.display(&manifest_name);
+        let default_name = root
+            .path()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "bundle".into());
@@ -325,7 +346,8 @@ impl Bundle {
         })?;
 
         let mut loaded: HashMap<String, LoadedPlugin> = HashMap::new();
-        let mut files = vec![(manifest_name.to_path_buf(), manifest_bytes)];
+        // Recorded as `bundle.toml` whatever the manifest was called, where a data dir looks.
+        let mut files = vec![(PathBuf::from("bundle.toml"), manifest_bytes)];
         let mut load_hook =
             |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
                 let Some(entry) = entry else { return Ok(None) };
