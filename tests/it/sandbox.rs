@@ -29,6 +29,25 @@ fn load(engine: &PluginEngine, name: &str, hook: Hook) -> rotor::plugin::LoadedP
     engine.load(name, hook, &bytes).unwrap()
 }
 
+/// A bundle whose renewal hook is the test plugin `name` (and the temporary directories it
+/// lives in, kept alive by the caller).
+fn renewal_bundle(name: &str) -> ((tempfile::TempDir, tempfile::TempDir), Bundle) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let plugin = test_plugin(name);
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &plugin,
+            extra: "",
+            settings: "",
+        }],
+    );
+    let bundle = Bundle::load(&engine(cache.path()), &bundle_dir).unwrap();
+    ((dir, cache), bundle)
+}
+
 /// The engine still works: a healthy default plugin answers.
 fn still_healthy(engine: &PluginEngine) {
     let bytes = std::fs::read(default_plugin("renewal-window")).unwrap();
@@ -145,20 +164,7 @@ fn a_wasi_plugin_is_refused_at_load_with_the_import_named() {
 
 #[test]
 fn a_lifetime_beyond_the_ca_is_clamped_and_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let engine = engine(cache.path());
-    let plugin = test_plugin("hostile-lifetime");
-    let bundle_dir = write_bundle(
-        dir.path(),
-        &[HookSpec {
-            hook: "renewal",
-            plugin: &plugin,
-            extra: "",
-            settings: "",
-        }],
-    );
-    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    let (_dirs, bundle) = renewal_bundle("hostile-lifetime");
     // The CA expires 400 days after t0; the request is evaluated at t0 + 100 days.
     let request = renewal_request(400);
     let outcome = bundle.renewal(&request).unwrap();
@@ -185,20 +191,7 @@ fn a_lifetime_beyond_the_ca_is_clamped_and_reported() {
 /// default plugin keeps CAs by itself, so only a plugin that says "renew" tests the host.)
 #[test]
 fn a_plugin_that_renews_everything_never_renews_a_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let engine = engine(cache.path());
-    let plugin = test_plugin("hostile-lifetime");
-    let bundle_dir = write_bundle(
-        dir.path(),
-        &[HookSpec {
-            hook: "renewal",
-            plugin: &plugin,
-            extra: "",
-            settings: "",
-        }],
-    );
-    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    let (_dirs, bundle) = renewal_bundle("hostile-lifetime");
     let ca = Ca::new("k3s-client-ca", t0(), t0() + days(10));
     let certs = parse_certificates_pem("client-ca.crt", ca.cert.pem().as_bytes()).unwrap();
     let mut request = RenewalRequest {

@@ -526,22 +526,32 @@ mod tests {
 
     const NOW: OffsetDateTime = datetime!(2027-01-01 00:00 UTC);
 
-    /// A self-signed CA valid for `days` from a day before NOW: (certificate PEM, key PEM).
-    fn root(cn: &str, days: i64) -> (String, String) {
+    fn subject(cn: &str) -> Subject {
+        Subject {
+            common_name: cn.into(),
+            ..Subject::default()
+        }
+    }
+
+    /// From a day before NOW to `days` after it.
+    fn validity(days: i64) -> Validity {
+        Validity {
+            not_before: NOW - time::Duration::days(1),
+            not_after: NOW + time::Duration::days(days),
+        }
+    }
+
+    /// A self-signed CA valid for `days`: (certificate PEM, its key).
+    fn root_with_key(cn: &str, days: i64) -> (String, PrivateKey) {
         let key = KeyType::EcdsaP256.generate().unwrap();
-        let issued = self_signed_ca(
-            &Subject {
-                common_name: cn.into(),
-                ..Subject::default()
-            },
-            &key,
-            Validity {
-                not_before: NOW - time::Duration::days(1),
-                not_after: NOW + time::Duration::days(days),
-            },
-        )
-        .unwrap();
-        (issued.pem, key.pem().to_string())
+        let issued = self_signed_ca(&subject(cn), &key, validity(days)).unwrap();
+        (issued.pem, key)
+    }
+
+    /// A self-signed CA valid for `days`: (certificate PEM, key PEM).
+    fn root(cn: &str, days: i64) -> (String, String) {
+        let (pem, key) = root_with_key(cn, days);
+        (pem, key.pem().to_string())
     }
 
     fn messages(problems: &[Problem]) -> Vec<(String, bool)> {
@@ -572,51 +582,14 @@ mod tests {
 
         // Bundled with the current root and cross-signed by it: no problem left but the
         // bundle's chain, which now verifies.
-        let old_key = KeyType::EcdsaP256.generate().unwrap();
-        let (old_pem, old_signer) = {
-            let issued = self_signed_ca(
-                &Subject {
-                    common_name: "old".into(),
-                    ..Subject::default()
-                },
-                &old_key,
-                Validity {
-                    not_before: NOW - time::Duration::days(1),
-                    not_after: NOW + time::Duration::days(3650),
-                },
-            )
-            .unwrap();
-            let signer =
-                CaSigner::load("old", issued.pem.as_bytes(), old_key.pem().as_bytes()).unwrap();
-            (issued.pem, signer)
-        };
-        let new_key = KeyType::EcdsaP256.generate().unwrap();
-        let new_root = self_signed_ca(
-            &Subject {
-                common_name: "new".into(),
-                ..Subject::default()
-            },
-            &new_key,
-            Validity {
-                not_before: NOW - time::Duration::days(1),
-                not_after: NOW + time::Duration::days(7300),
-            },
-        )
-        .unwrap();
+        let (old_pem, old_key) = root_with_key("old", 3650);
+        let old_signer =
+            CaSigner::load("old", old_pem.as_bytes(), old_key.pem().as_bytes()).unwrap();
+        let (new_root_pem, new_key) = root_with_key("new", 7300);
         let cross = old_signer
-            .issue_ca(
-                &Subject {
-                    common_name: "new".into(),
-                    ..Subject::default()
-                },
-                &new_key,
-                Validity {
-                    not_before: NOW - time::Duration::days(1),
-                    not_after: NOW + time::Duration::days(3000),
-                },
-            )
+            .issue_ca(&subject("new"), &new_key, validity(3000))
             .unwrap();
-        let bundle = format!("{}{}", new_root.pem, cross.pem);
+        let bundle = format!("{new_root_pem}{}", cross.pem);
         let found = check_ca(
             "server-ca",
             "new.crt",

@@ -266,26 +266,23 @@ impl Bundle {
                 (Root::open_ambient(dir)?, name)
             }
         };
-        let dir = root.path().to_path_buf();
-        let manifest_path = root.display(&manifest_name);
-        let default_name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "bundle".into());
-        Bundle::load_from(
-            engine,
-            &Files::Dir(root),
-            &manifest_name,
-            manifest_path,
-            default_name,
-        )
+        Bundle::load_dir(engine, root, &manifest_name)
     }
 
     /// Load the bundle whose directory is `root` (its manifest is `bundle.toml`): a data dir's
     /// recorded bundle, opened in its live generation, so every file comes from one generation.
     pub fn load_root(engine: &PluginEngine, root: Root) -> Result<Bundle, BundleError> {
-        let manifest_name = PathBuf::from("bundle.toml");
-        let manifest_path = root.display(&manifest_name);
+        Bundle::load_dir(engine, root, Path::new("bundle.toml"))
+    }
+
+    /// The bundle of directory `root` whose manifest is `manifest_name`, named after the
+    /// directory unless the manifest names it.
+    fn load_dir(
+        engine: &PluginEngine,
+        root: Root,
+        manifest_name: &Path,
+    ) -> Result<Bundle, BundleError> {
+        let manifest_path = root.display(manifest_name);
         let default_name = root
             .path()
             .file_name()
@@ -294,7 +291,7 @@ impl Bundle {
         Bundle::load_from(
             engine,
             &Files::Dir(root),
-            &manifest_name,
+            manifest_name,
             manifest_path,
             default_name,
         )
