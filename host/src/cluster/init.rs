@@ -732,7 +732,8 @@ impl Cluster {
         if self.live.kind(dir)?.is_none() {
             return Ok(None);
         }
-        let root = self.live.open_dir(dir)?;
+        // Named as consumers see it (`<data-dir>/rotor-policy`), read in the live generation.
+        let root = self.live.open_dir(dir)?.named(self.path(dir));
         if root.kind(Path::new("bundle.toml"))?.is_none() {
             return Err(ClusterError::BadFile {
                 path: self.path(dir),

@@ -425,6 +425,13 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
+    /// The same directory, named `path` in messages (a path through a link the user knows,
+    /// rather than the directory the link resolves to).
+    pub(crate) fn named(mut self, path: PathBuf) -> Root {
+        self.path = path;
+        self
+    }
+
     /// A sub-directory as its own root.
     pub fn open_dir(&self, rel: &Path) -> Result<Root, FsError> {
         if rel == Path::new(".") {
