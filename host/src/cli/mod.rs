@@ -123,7 +123,7 @@ fn bundle(global: &GlobalArgs) -> anyhow::Result<crate::policy::Bundle> {
     }
     // The recorded bundle is read like everything else of the data dir: under its lock, after
     // recovery and the permission checks, from the live generation.
-    let options = datadir_options(global, "policy");
+    let options = datadir_options(global, "reading the recorded policy bundle");
     match crate::cluster::Cluster::open_read(&global.data_dir, &options) {
         Ok(cluster) => {
             if let Some(root) = cluster.recorded_bundle()? {
