@@ -34,6 +34,7 @@ pub mod facts;
 pub mod fs;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod input;
 pub mod pki;
 pub mod plugin;
 pub mod policy;

@@ -35,6 +35,7 @@ pub enum Exit {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    crate::input::name_inputs(flag);
     init_logging(cli.global.verbose);
     match run(cli) {
         Ok(Exit::Success) => ExitCode::SUCCESS,
@@ -51,17 +52,20 @@ pub fn main() -> ExitCode {
 /// The error as the operator should read it: the whole chain of causes, and an input the
 /// library names in words (`node name`) named by its flag (`'--node-name'`).
 fn describe(e: &anyhow::Error) -> String {
-    use crate::cluster::{ClusterError, Input};
-    if let Some(ClusterError::TokenFile { .. }) = e.downcast_ref::<ClusterError>() {
-        return format!("{e:#} (give it with --token)");
-    }
+    use crate::cluster::ClusterError;
     let Some((input, problem)) = e
         .downcast_ref::<ClusterError>()
         .and_then(ClusterError::input_problem)
     else {
         return format!("{e:#}");
     };
-    let flag = match input {
+    format!("'{}': {problem}", flag(input))
+}
+
+/// The flag that gives each input: how the library's messages name inputs in this CLI.
+fn flag(input: crate::input::Input) -> &'static str {
+    use crate::input::Input;
+    match input {
         Input::NodeName => "--node-name",
         Input::KeyType => "--key-type",
         Input::ClusterDomain => "--cluster-domain",
@@ -70,8 +74,14 @@ fn describe(e: &anyhow::Error) -> String {
         Input::KeepKeys => "--keep",
         Input::RootCert => "--root-cert",
         Input::IntermediateCert => "--intermediate-cert",
-    };
-    format!("'{flag}': {problem}")
+        Input::Force => "--force",
+        Input::LockTimeout => "--lock-timeout",
+        Input::NodeIp => "--node-ip",
+        Input::NodeEvidence => "--node-evidence",
+        Input::Bundle => "--bundle DIR (or ROTOR_BUNDLE)",
+        Input::Signer => "--signer",
+        Input::Username => "--username",
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<Exit> {

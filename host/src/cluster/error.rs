@@ -9,6 +9,7 @@ use crate::datadir::DataDirError;
 use crate::datastore::DatastoreError;
 use crate::facts::FactsError;
 use crate::fs::FsError;
+use crate::input::Input;
 use crate::pki::{PkiError, TokenError};
 use crate::plugin::PluginError;
 
@@ -91,7 +92,7 @@ pub enum ClusterError {
         cluster: String,
     },
     /// No token was given and the token file cannot be read.
-    #[error("{}: no token to open the datastore with: give the cluster's token", .path.display())]
+    #[error("{}: no token to open the datastore with: give the cluster's token ({})", .path.display(), Input::Token)]
     TokenFile {
         /// The token file.
         path: PathBuf,
@@ -180,50 +181,6 @@ impl ClusterError {
             )),
             _ => None,
         }
-    }
-}
-
-/// A value a cluster operation was given, named in errors about it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Input {
-    /// The node's name.
-    NodeName,
-    /// The key algorithm for generated keys.
-    KeyType,
-    /// The cluster's DNS domain.
-    ClusterDomain,
-    /// The cluster's current join token.
-    Token,
-    /// The join token to rotate to.
-    NewToken,
-    /// How many service-account keys to keep.
-    KeepKeys,
-    /// The root CA certificate of a custom CA set.
-    RootCert,
-    /// The intermediate CA certificate of a custom CA set.
-    IntermediateCert,
-}
-
-impl Input {
-    /// What the value is, in words.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Input::NodeName => "node name",
-            Input::KeyType => "key type",
-            Input::ClusterDomain => "cluster domain",
-            Input::Token => "token",
-            Input::NewToken => "new token",
-            Input::KeepKeys => "service-account keys to keep",
-            Input::RootCert => "root certificate",
-            Input::IntermediateCert => "intermediate certificate",
-        }
-    }
-}
-
-impl std::fmt::Display for Input {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.describe())
     }
 }
 

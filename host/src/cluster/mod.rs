@@ -24,8 +24,9 @@ use std::path::{Path, PathBuf};
 
 use time::OffsetDateTime;
 
+pub use crate::input::Input;
 pub use config::{ClusterConfig, POLICY_DIR, Profile};
-pub use error::{ClusterError, Input};
+pub use error::ClusterError;
 pub use kubeconfig::{
     Embedded as KubeconfigCredential, read_embedded as read_kubeconfig_credential,
 };
@@ -537,8 +538,9 @@ impl Cluster {
             && opens(&t)
         {
             return format!(
-                ". The token in {} opens it: leave out --token to use it",
-                file.display()
+                ". The token in {} opens it: leave out {} to use it",
+                file.display(),
+                Input::Token
             );
         }
         let Some(dir) = &self.dir else {
@@ -562,16 +564,18 @@ impl Cluster {
                 return format!(
                     ". The token in the backup {} opens it: rotor changes the token file and the \
                      record in one step, so the token file was changed outside rotor. Restore it \
-                     with 'cp {} {}', or give that token with --token",
+                     with 'cp {} {}', or give that token ({})",
                     backup.display(),
                     backup.display(),
-                    file.display()
+                    file.display(),
+                    Input::Token
                 );
             }
         }
         format!(
-            ". Give the current token with --token (the one the last 'rotor init' or 'rotor token \
+            ". Give the current token ({}: the one the last 'rotor init' or 'rotor token \
              rotate' printed) and put it back in {}",
+            Input::Token,
             file.display()
         )
     }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use super::custom_ca::staged;
-use super::{Change, Cluster, ClusterError, Layout, Result};
+use super::{Change, Cluster, ClusterError, Input, Layout, Result};
 use crate::datastore::BootstrapData;
 use crate::facts::{KeyAlgorithm, KeyUsageBit, certificate_ders, parse_certificate_der};
 use crate::fs::{PRIVATE_FILE, Root, failpoint};
@@ -477,18 +477,21 @@ fn gate(problems: Vec<Problem>, force: bool) -> Result<Vec<Problem>> {
         return Ok(soft);
     }
     let mut lines: Vec<String> = hard.iter().map(ToString::to_string).collect();
-    lines.extend(
-        soft.iter()
-            .map(|p| format!("{p}{}", if force { "" } else { " [--force overrides]" })),
-    );
-    Err(ClusterError::Refused(format!(
-        "rotate-ca refused, nothing changed:\n  {}{}",
-        lines.join("\n  "),
-        if hard.is_empty() {
-            ""
+    lines.extend(soft.iter().map(|p| {
+        if force {
+            p.to_string()
         } else {
-            "\n(--force does not override unusable material)"
+            format!("{p} [{} overrides]", Input::Force)
         }
+    }));
+    let unusable = if hard.is_empty() {
+        String::new()
+    } else {
+        format!("\n({} does not override unusable material)", Input::Force)
+    };
+    Err(ClusterError::Refused(format!(
+        "rotate-ca refused, nothing changed:\n  {}{unusable}",
+        lines.join("\n  "),
     )))
 }
 
@@ -665,7 +668,10 @@ mod tests {
         let hard = problem("client-ca", "not its key".into(), false);
         assert!(gate(vec![], false).unwrap().is_empty());
         let err = gate(vec![soft.clone()], false).unwrap_err().to_string();
-        assert!(err.contains("expires early [--force overrides]"), "{err}");
+        assert!(
+            err.contains(&format!("expires early [{} overrides]", Input::Force)),
+            "{err}"
+        );
         assert_eq!(gate(vec![soft.clone()], true).unwrap(), vec![soft.clone()]);
         let err = gate(vec![soft, hard], true).unwrap_err().to_string();
         assert!(

@@ -564,8 +564,10 @@ fn combine(csr: CsrDecision, san: &SanDecision, ctx: &CsrContext) -> Combined {
             // denial (kubelet-csr-approver's DNS-hiccup hole).
             Verdict::Abstain {
                 reason: format!(
-                    "the host holds no addresses for '{}', so its names cannot be bound to the node; left pending (give --node-ip or --node-evidence)",
-                    ctx.username
+                    "the host holds no addresses for '{}', so its names cannot be bound to the node; left pending (give {} or {})",
+                    ctx.username,
+                    crate::input::Input::NodeIp,
+                    crate::input::Input::NodeEvidence
                 ),
             }
         } else {

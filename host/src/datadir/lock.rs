@@ -36,9 +36,10 @@ pub enum LockError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(
-        "{}: the data dir is locked by {holder}; gave up after {waited_s} s (--lock-timeout). \
+        "{}: the data dir is locked by {holder}; gave up after {waited_s} s ({}). \
          Wait for it to finish, or stop it; the kernel releases the lock when it exits",
-        .path.display()
+        .path.display(),
+        crate::input::Input::LockTimeout
     )]
     /// Another command held the lock for longer than this one would wait.
     Timeout {

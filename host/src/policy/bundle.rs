@@ -251,7 +251,10 @@ impl Bundle {
             Err(e) if e.is_not_found() => {
                 return Err(BundleError::Manifest {
                     path: path.to_path_buf(),
-                    message: "no policy bundle here (give --bundle DIR or set ROTOR_BUNDLE)".into(),
+                    message: format!(
+                        "no policy bundle here (give {})",
+                        crate::input::Input::Bundle
+                    ),
                 });
             }
             Err(_) => {
@@ -305,9 +308,11 @@ impl Bundle {
         if BUILTIN.is_empty() {
             return Err(BundleError::Manifest {
                 path: manifest_path,
-                message: "this rotor was built without its default plugins (run `make plugins`, \
-                          then build rotor again), so give --bundle DIR or set ROTOR_BUNDLE"
-                    .into(),
+                message: format!(
+                    "this rotor was built without its default plugins (run `make plugins`, then \
+                     build rotor again), so give {}",
+                    crate::input::Input::Bundle
+                ),
             });
         }
         Bundle::load_from(

@@ -71,8 +71,11 @@ pub(crate) enum InputError {
         hook: &'static str,
         needs: &'static str,
     },
-    #[error("{what}: the csr hook needs {flag} (the CSR does not say it)")]
-    MissingContext { what: String, flag: &'static str },
+    #[error("{what}: the csr hook needs {input} (the CSR does not say it)")]
+    MissingContext {
+        what: String,
+        input: crate::input::Input,
+    },
     #[error("{what}: neither PEM, JSON, nor a DER certificate or CSR")]
     Unrecognized { what: String },
 }
@@ -192,11 +195,11 @@ pub(crate) fn build_request(
             Hook::Csr => {
                 let signer_name = ctx.signer_name.clone().ok_or(InputError::MissingContext {
                     what: what.into(),
-                    flag: "--signer",
+                    input: crate::input::Input::Signer,
                 })?;
                 let username = ctx.username.clone().ok_or(InputError::MissingContext {
                     what: what.into(),
-                    flag: "--username",
+                    input: crate::input::Input::Username,
                 })?;
                 let context = CsrContext {
                     signer_name,
