@@ -1,7 +1,7 @@
 //! The values and options a front end gives rotor's operations, named in messages about them.
 //!
 //! Library messages never spell a command-line flag: they mention an [`Input`], which displays
-//! in words (`token`), or however the front end says (the CLI: `--token`) once it has called
+//! in words (`the token`), or however the front end says (the CLI: `--token`) once it has called
 //! [`name_inputs`].
 
 use std::sync::OnceLock;

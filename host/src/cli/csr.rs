@@ -53,23 +53,7 @@ fn evidence(args: &CsrArgs) -> anyhow::Result<Evidence> {
 
 /// One input file, classified with the context flags of PEM CSRs.
 fn item(name: &str, bytes: &[u8], args: &CsrArgs, evidence: &Evidence) -> Item {
-    csr::classify(
-        name,
-        bytes,
-        &args.context.pem_context(),
-        evidence,
-        &missing_flag,
-    )
-}
-
-/// What a PEM CSR lacks, named by its flag.
-fn missing_flag(m: csr::MissingContext) -> String {
-    match m {
-        csr::MissingContext::Signer => {
-            "a PEM CSR needs --signer (a CertificateSigningRequest object carries it)".into()
-        }
-        csr::MissingContext::Username => "a PEM CSR needs --username (who asks)".into(),
-    }
+    csr::classify(name, bytes, &args.context.pem_context(), evidence)
 }
 
 /// The data dir's CAs (for signing and for clamping lifetimes). No data dir is fine for a
@@ -419,14 +403,8 @@ fn run_batch<'ca>(
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .chain(lines.iter().map(|(n, b)| (n.as_str(), *b)))
         .collect();
-    let items = csr::classify_all(
-        &inputs,
-        &args.context.pem_context(),
-        evidence,
-        &missing_flag,
-        threads,
-    )
-    .ok_or_else(|| anyhow::anyhow!("internal error while reading the batch's CSRs"))?;
+    let items = csr::classify_all(&inputs, &args.context.pem_context(), evidence, threads)
+        .ok_or_else(|| anyhow::anyhow!("internal error while reading the batch's CSRs"))?;
     if args.context.usages.is_empty() && items.iter().any(|i| matches!(i.input, ItemInput::Pem(_)))
     {
         eprintln!(

@@ -12,18 +12,6 @@ use super::output::outln;
 use crate::cluster::custom_ca::{self, CustomCaOptions, Parent};
 use crate::cluster::{Cluster, rotate_ca, secrets};
 
-/// Read a file the operator named on the command line, through its directory (read-only).
-fn read_named(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow::anyhow!("{}: not a file", path.display()))?;
-    Ok(crate::fs::Root::open_ambient(dir)?.read(Path::new(name))?)
-}
-
 pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<Exit> {
     let parent = match (
         &args.root_cert,
@@ -33,13 +21,13 @@ pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<E
     ) {
         (None, None, None, None) => Parent::None,
         (Some(rc), Some(rk), None, None) => Parent::Root {
-            cert: read_named(rc)?,
-            key: read_named(rk)?,
+            cert: crate::fs::Root::read_ambient_file(rc)?,
+            key: crate::fs::Root::read_ambient_file(rk)?,
         },
         (Some(rc), None, Some(ic), Some(ik)) => Parent::Intermediate {
-            cert: read_named(ic)?,
-            key: read_named(ik)?,
-            root_cert: read_named(rc)?,
+            cert: crate::fs::Root::read_ambient_file(ic)?,
+            key: crate::fs::Root::read_ambient_file(ik)?,
+            root_cert: crate::fs::Root::read_ambient_file(rc)?,
         },
         _ => anyhow::bail!(
             "give either --root-cert with --root-key, or --intermediate-cert with --intermediate-key and --root-cert"

@@ -9,6 +9,7 @@ use super::batch::{Item, ItemInput};
 use super::{CsrInput, default_usages, k8s};
 use crate::contract::CsrContext;
 use crate::facts::{PemKind, Usage, read_pem_blocks};
+use crate::input::Input;
 
 /// Addresses the host holds as evidence for nodes: some for whoever asks (`--node-ip`), and a
 /// map by node name (`--node-evidence`: `{"node-name": ["10.0.0.5", ...]}`).
@@ -64,7 +65,7 @@ pub struct PemContext {
     pub expiration_seconds: Option<u64>,
 }
 
-/// What a PEM CSR's context lacks. A front end names it its own way (the CLI: `--signer`).
+/// What a PEM CSR's context lacks (named as the front end names [`Input`]s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MissingContext {
     /// The signer name.
@@ -75,17 +76,15 @@ pub enum MissingContext {
 
 impl std::fmt::Display for MissingContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MissingContext::Signer => {
-                "a PEM CSR needs its signer name (a CertificateSigningRequest object carries its own)"
-            }
-            MissingContext::Username => "a PEM CSR needs the name of the user who asks",
+        f.write_str(&match self {
+            MissingContext::Signer => format!(
+                "a PEM CSR needs {} (a CertificateSigningRequest object carries it)",
+                Input::Signer
+            ),
+            MissingContext::Username => format!("a PEM CSR needs {} (who asks)", Input::Username),
         })
     }
 }
-
-/// How a front end says what a PEM CSR's context lacks: `MissingContext::to_string` in words.
-pub type NameMissing = dyn Fn(MissingContext) -> String + Sync;
 
 impl PemContext {
     /// The context of one PEM CSR: these values, and the evidence held for its requester.
@@ -109,15 +108,9 @@ impl PemContext {
 
 /// Classify one input named `name`: a Kubernetes object (JSON) or a PEM CSR with `pem`'s
 /// context, either with the evidence held for its requester. An input that is neither, or a
-/// PEM CSR whose context lacks something (said by `missing`), is an [`ItemInput::Invalid`]
-/// naming it, so one bad file never stops a batch.
-pub fn classify(
-    name: &str,
-    bytes: &[u8],
-    pem: &PemContext,
-    evidence: &Evidence,
-    missing: &NameMissing,
-) -> Item {
+/// PEM CSR whose context lacks something, is an [`ItemInput::Invalid`] naming it, so one bad
+/// file never stops a batch.
+pub fn classify(name: &str, bytes: &[u8], pem: &PemContext, evidence: &Evidence) -> Item {
     let input = if k8s::is_json(bytes) {
         match serde_json::from_slice::<serde_json::Value>(bytes) {
             Ok(v) => {
@@ -150,7 +143,7 @@ pub fn classify(
                     ItemInput::Pem(CsrInput { der: b.der, ctx })
                 }
                 (None, _) => ItemInput::Invalid(format!("{name}: no CERTIFICATE REQUEST block")),
-                (_, Err(m)) => ItemInput::Invalid(format!("{name}: {}", missing(m))),
+                (_, Err(m)) => ItemInput::Invalid(format!("{name}: {m}")),
             },
             Err(e) => ItemInput::Invalid(e.to_string()),
         }
@@ -167,7 +160,6 @@ pub fn classify_all(
     inputs: &[(&str, &[u8])],
     pem: &PemContext,
     evidence: &Evidence,
-    missing: &NameMissing,
     threads: usize,
 ) -> Option<Vec<Item>> {
     let chunk = inputs.len().div_ceil(threads.max(1)).max(1);
@@ -177,7 +169,7 @@ pub fn classify_all(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|(name, bytes)| classify(name, bytes, pem, evidence, missing))
+                        .map(|(name, bytes)| classify(name, bytes, pem, evidence))
                         .collect::<Vec<_>>()
                 })
             })
@@ -214,15 +206,13 @@ mod tests {
     fn inputs_that_are_neither_are_named_and_never_stop_a_batch() {
         let pem = PemContext::default();
         let e = Evidence::default();
-        let words = |m: MissingContext| m.to_string();
-        let item = classify("x.json", b"{not json", &pem, &e, &words);
+        let item = classify("x.json", b"{not json", &pem, &e);
         assert!(matches!(&item.input, ItemInput::Invalid(m) if m.starts_with("x.json: not JSON")));
         let item = classify(
             "x.pem",
             b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
             &pem,
             &e,
-            &words,
         );
         assert!(
             matches!(&item.input, ItemInput::Invalid(m) if m.contains("no CERTIFICATE REQUEST")),

@@ -23,7 +23,7 @@ mod input;
 pub(crate) mod k8s;
 
 pub use batch::{Decide, Item, ItemInput, Summary, process as process_batch};
-pub use input::{Evidence, MissingContext, NameMissing, PemContext, classify, classify_all};
+pub use input::{Evidence, MissingContext, PemContext, classify, classify_all};
 pub use k8s::{object_for as k8s_object_for, parse as parse_k8s_object};
 
 use std::net::IpAddr;
