@@ -40,6 +40,14 @@ pub enum Input {
     Signer,
     /// A PEM CSR's requesting user.
     Username,
+    /// The shared datastore's endpoints.
+    DatastoreEndpoint,
+    /// The CA of the shared datastore's serving certificates.
+    DatastoreCaFile,
+    /// The client certificate for the shared datastore.
+    DatastoreCertFile,
+    /// The client certificate's key for the shared datastore.
+    DatastoreKeyFile,
 }
 
 impl Input {
@@ -61,6 +69,10 @@ impl Input {
             Input::Bundle => "a policy bundle",
             Input::Signer => "a signer name",
             Input::Username => "the requesting user's name",
+            Input::DatastoreEndpoint => "the datastore endpoint",
+            Input::DatastoreCaFile => "the datastore's CA file",
+            Input::DatastoreCertFile => "the datastore client certificate",
+            Input::DatastoreKeyFile => "the datastore client key",
         }
     }
 }

@@ -66,6 +66,17 @@ pub(super) struct GlobalArgs {
     )]
     pub lock_timeout: u64,
 
+    /// Seconds one request to a shared datastore (etcd) may take before the command fails
+    /// with nothing changed.
+    #[arg(
+        long,
+        global = true,
+        env = "ROTOR_DATASTORE_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECONDS"
+    )]
+    pub datastore_timeout: u64,
+
     /// Earlier generations of the data dir's files kept as backups (.rotor/generations/N).
     #[arg(
         long,
@@ -147,6 +158,44 @@ pub(super) struct InitArgs {
     /// authenticated header) or k3s (k3s's own format: PBKDF2-SHA1, 4096 iterations).
     #[arg(long, value_enum, default_value = "rotor-v1")]
     pub datastore_format: RecordFormat,
+    /// Keep the CA material in etcd, shared by every server, instead of the data dir:
+    /// comma-separated client URLs (https://HOST:2379 or http://). Recorded in the data dir:
+    /// later commands use it. With an initialized cluster in it, init joins that cluster
+    /// (give its --token).
+    #[arg(
+        long,
+        env = "ROTOR_DATASTORE_ENDPOINT",
+        value_name = "URL[,URL...]",
+        help_heading = "Shared datastore (etcd)"
+    )]
+    pub datastore_endpoint: Option<String>,
+    /// The CA that signed etcd's serving certificates (PEM; needed for https).
+    #[arg(
+        long,
+        env = "ROTOR_DATASTORE_CAFILE",
+        value_name = "FILE",
+        requires = "datastore_endpoint",
+        help_heading = "Shared datastore (etcd)"
+    )]
+    pub datastore_cafile: Option<PathBuf>,
+    /// A client certificate for etcd (PEM), with --datastore-keyfile.
+    #[arg(
+        long,
+        env = "ROTOR_DATASTORE_CERTFILE",
+        value_name = "FILE",
+        requires = "datastore_endpoint",
+        help_heading = "Shared datastore (etcd)"
+    )]
+    pub datastore_certfile: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long,
+        env = "ROTOR_DATASTORE_KEYFILE",
+        value_name = "FILE",
+        requires = "datastore_endpoint",
+        help_heading = "Shared datastore (etcd)"
+    )]
+    pub datastore_keyfile: Option<PathBuf>,
     /// Act at this instant (RFC 3339) instead of the system clock.
     #[arg(long, value_parser = crate::clock::parse_now)]
     pub now: Option<OffsetDateTime>,

@@ -24,6 +24,29 @@ use super::bundle;
 
 pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> {
     let bundle = bundle(global)?;
+    let datastore = match &args.datastore_endpoint {
+        Some(endpoints) => Some(
+            crate::datastore::EtcdConfig::new(
+                endpoints,
+                args.datastore_cafile.clone(),
+                args.datastore_certfile.clone(),
+                args.datastore_keyfile.clone(),
+            )
+            .map_err(|e| {
+                let input = match e.field {
+                    "cafile" => crate::input::Input::DatastoreCaFile,
+                    "certfile" => crate::input::Input::DatastoreCertFile,
+                    "keyfile" => crate::input::Input::DatastoreKeyFile,
+                    _ => crate::input::Input::DatastoreEndpoint,
+                };
+                crate::cluster::ClusterError::BadInput {
+                    input,
+                    reason: e.reason,
+                }
+            })?,
+        ),
+        None => None,
+    };
     let opts = init::InitOptions {
         profile: args.profile,
         node_name: args.node_name,
@@ -34,6 +57,7 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
         token: args.token,
         key_type: args.key_type,
         datastore_format: args.datastore_format,
+        datastore,
         now: now(args.now),
     };
     let at = opts.now;
@@ -51,6 +75,12 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
     );
     if !report.generated_cas.is_empty() {
         outln!("  generated CAs: {}", report.generated_cas.join(", "));
+    }
+    if !report.joined_cas.is_empty() {
+        outln!(
+            "  joined the cluster in the shared datastore: its CAs taken from there: {}",
+            report.joined_cas.join(", ")
+        );
     }
     if !report.adopted_cas.is_empty() {
         outln!(
@@ -75,7 +105,9 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
             report.kept.join(", ")
         );
     }
-    outln!("  CA material stored encrypted in the datastore");
+    if report.joined_cas.is_empty() {
+        outln!("  CA material stored encrypted in the datastore");
+    }
     outln!("token (also in {}):", report.token_file.display());
     outln!("{}", report.token.render());
     if let Some(h) = report.discovery_hash {

@@ -81,6 +81,10 @@ fn flag(input: crate::input::Input) -> &'static str {
         Input::Bundle => "--bundle DIR (or ROTOR_BUNDLE)",
         Input::Signer => "--signer",
         Input::Username => "--username",
+        Input::DatastoreEndpoint => "--datastore-endpoint",
+        Input::DatastoreCaFile => "--datastore-cafile",
+        Input::DatastoreCertFile => "--datastore-certfile",
+        Input::DatastoreKeyFile => "--datastore-keyfile",
     }
 }
 
@@ -120,6 +124,7 @@ fn datadir_options(global: &GlobalArgs, command: &str) -> crate::datadir::Option
         lock_timeout: std::time::Duration::from_secs(global.lock_timeout),
         backup_keep: global.backup_keep,
         command: command.to_string(),
+        datastore_timeout: std::time::Duration::from_secs(global.datastore_timeout.max(1)),
     }
 }
 

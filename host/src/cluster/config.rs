@@ -99,6 +99,10 @@ pub struct ClusterConfig {
     /// The CAs were found in place at init rather than generated.
     #[serde(default)]
     pub custom_ca: bool,
+    /// The shared datastore (etcd) this server keeps the CA material in; `None`: the
+    /// directory datastore in the data dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore: Option<crate::datastore::EtcdConfig>,
 }
 
 impl ClusterConfig {

@@ -59,6 +59,7 @@ fn bare_layout(profile: Profile) -> Layout {
         datastore_format: RecordFormat::RotorV1,
         external_cas: Vec::new(),
         custom_ca: true,
+        datastore: None,
     };
     Layout::for_config(&config)
 }

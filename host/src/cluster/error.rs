@@ -105,12 +105,11 @@ pub enum ClusterError {
     WritersKeepDying(PathBuf),
     /// The datastore, or the record this data dir needs in it, is missing.
     #[error(
-        "{}: no {what}: the data dir was not initialized by rotor, or the datastore was removed",
-        .path.display()
+        "{store}: no {what}: the data dir was not initialized by rotor, or the datastore was removed"
     )]
     NoDatastore {
-        /// The datastore directory.
-        path: PathBuf,
+        /// The datastore: its directory, or its etcd endpoints.
+        store: String,
         /// What is missing: the datastore or the bootstrap record.
         what: &'static str,
     },

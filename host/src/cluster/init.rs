@@ -19,7 +19,10 @@ use super::{
 };
 use crate::contract::SanStage;
 use crate::datadir::{DataDir, Entry, META, Options};
-use crate::datastore::{BOOTSTRAP_PREFIX, BootstrapData, DirectoryDatastore, RecordFormat};
+use crate::datastore::{
+    BOOTSTRAP_PREFIX, Bootstrap, BootstrapData, DatastoreError, DirectoryDatastore, EtcdConfig,
+    RecordFormat,
+};
 use crate::fs::{Kind, PRIVATE_FILE, PUBLIC_FILE, Root, TEMP_MARKER};
 use crate::pki::{
     CaSigner, KeyType, PrivateKey, Subject, Token, Validity, ca_hash, generate_password,
@@ -40,6 +43,8 @@ pub(crate) struct InitOptions {
     pub token: Option<String>,
     pub key_type: Option<KeyType>,
     pub datastore_format: RecordFormat,
+    /// A shared datastore (etcd) instead of the directory in the data dir.
+    pub datastore: Option<EtcdConfig>,
     pub now: OffsetDateTime,
 }
 
@@ -48,6 +53,8 @@ pub(crate) struct InitOptions {
 pub(crate) struct InitReport {
     pub token: Token,
     pub generated_cas: Vec<&'static str>,
+    /// CAs taken from a shared datastore another server initialized (a join).
+    pub joined_cas: Vec<&'static str>,
     pub adopted_cas: Vec<&'static str>,
     pub external_cas: Vec<&'static str>,
     pub issued: Vec<String>,
@@ -89,6 +96,8 @@ struct PlannedCa {
     ca: LoadedCa,
     /// Certificate and key PEM to write (`None` when adopted from disk).
     write: Option<(Vec<u8>, Vec<u8>)>,
+    /// Taken from the shared datastore (a join): its files are written, nothing generated.
+    joined: bool,
 }
 
 pub(crate) fn init(
@@ -157,24 +166,36 @@ fn init_in(
     } else {
         None
     };
-    let mut cluster = Cluster::for_init(root, dir, initial_config(&opts))?;
+    let mut cluster = Cluster::for_init(root, dir, initial_config(&opts), options)?;
     let entries = cluster.layout.entries();
     if cluster.dir.is_some() {
         cluster.tidy_locked()?;
     }
     check_init_permissions(&cluster, &entries)?;
+    // A shared datastore: the first initialization of the cluster is one server's at a time
+    // (held until this init ends); whoever comes next finds the record and joins.
+    let _init_lock = match (&cluster.config.datastore, &cluster.store) {
+        (Some(_), Some(store)) => Some(store.lock_init(options.lock_timeout)?),
+        _ => None,
+    };
     refuse_initialized_store(&cluster, data_dir)?;
+    let joining = joined(&cluster, &opts)?;
 
     // Check and decide everything in memory, then plan the one change.
-    let decided = decide(&mut cluster, &opts, bundle)?;
+    let decided = decide(&mut cluster, &opts, bundle, joining.as_ref())?;
     let change = plan(&cluster, &entries, bundle, &decided)?;
 
     if cluster.dir.is_none() {
         // Decided: now the lock, and a second look at what a concurrent init may have done.
+        // (A shared datastore keeps the snapshot: the commit is conditioned on it.)
         cluster.dir = Some(lock_for_init(&cluster.root, options, data_dir)?);
-        cluster.store = DirectoryDatastore::existing(&cluster.root, &cluster.layout.datastore_dir)?;
-        cluster.snapshot = std::sync::OnceLock::new();
-        refuse_initialized_store(&cluster, data_dir)?;
+        if cluster.config.datastore.is_none() {
+            cluster.store =
+                DirectoryDatastore::existing(&cluster.root, &cluster.layout.datastore_dir)?
+                    .map(|s| Box::new(s) as Box<dyn crate::datastore::Datastore>);
+            cluster.snapshot = std::sync::OnceLock::new();
+            refuse_initialized_store(&cluster, data_dir)?;
+        }
     }
     committing.set(true);
     cluster.commit(change, true)?;
@@ -215,26 +236,66 @@ fn initial_config(opts: &InitOptions) -> ClusterConfig {
         datastore_format: opts.datastore_format,
         external_cas: Vec::new(),
         custom_ca: false,
+        datastore: opts.datastore.clone(),
     }
 }
 
-/// A datastore that already holds a bootstrap record belongs to an initialized cluster.
+/// A data dir's own datastore that already holds a bootstrap record belongs to an initialized
+/// cluster. (In a shared one, it means this server joins: see [`joined`].)
 fn refuse_initialized_store(cluster: &Cluster, data_dir: &Path) -> Result<()> {
-    if cluster
-        .snapshot()?
+    if cluster.config.datastore.is_none()
+        && cluster
+            .snapshot()?
         .keys_under(BOOTSTRAP_PREFIX)
         .next()
         .is_some()
     {
         return Err(ClusterError::AlreadyInitialized {
             path: data_dir.to_path_buf(),
-            what: format!(
-                "bootstrap data in {}",
-                cluster.path(&cluster.layout.datastore_dir).display()
-            ),
+            what: format!("bootstrap data in {}", cluster.datastore_name()),
         });
     }
     Ok(())
+}
+
+/// A shared datastore that holds a cluster's bootstrap data: this server joins that cluster.
+/// The token must open the record (nothing is decided otherwise).
+fn joined(cluster: &Cluster, opts: &InitOptions) -> Result<Option<BootstrapData>> {
+    if cluster.config.datastore.is_none() {
+        return Ok(None);
+    }
+    let snapshot = cluster.snapshot()?;
+    if snapshot.keys_under(BOOTSTRAP_PREFIX).next().is_none() {
+        return Ok(None);
+    }
+    let Some(given) = &opts.token else {
+        return Err(ClusterError::BadInput {
+            input: Input::Token,
+            reason: format!(
+                "{} already holds a cluster's CA material: to join this server to that cluster, give the \
+                 cluster's token (the one the first server's 'rotor init' or the last 'rotor token rotate' printed)",
+                cluster.datastore_name()
+            ),
+        });
+    };
+    let token = Token::parse(given).map_err(|source| ClusterError::BadToken {
+        input: Input::Token,
+        source,
+    })?;
+    match Bootstrap::new(cluster.datastore()?, snapshot, &token.password).load() {
+        Ok(Some(data)) => Ok(Some(data)),
+        Ok(None) => Ok(None),
+        Err(DatastoreError::OtherToken { keys, .. }) => Err(DatastoreError::OtherToken {
+            keys,
+            hint: format!(
+                ". Give the cluster's current token ({}: the one the first server's 'rotor init' \
+                 or the last 'rotor token rotate' printed); nothing was written",
+                Input::Token
+            ),
+        }
+        .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Leaves issued now, by index in the layout.
@@ -248,6 +309,8 @@ struct Decided {
     issued: Issued,
     /// External-CA leaves found in place.
     kept: Vec<String>,
+    /// The cluster's record was found in the shared datastore: it stays as it is.
+    joined: bool,
 }
 
 impl Decided {
@@ -264,7 +327,12 @@ impl Decided {
 
 /// Names, CAs, service-account keys, token and leaves, in that order: any refusal comes before
 /// anything is generated that depends on it, and nothing is written.
-fn decide(cluster: &mut Cluster, opts: &InitOptions, bundle: &Bundle) -> Result<Decided> {
+fn decide(
+    cluster: &mut Cluster,
+    opts: &InitOptions,
+    bundle: &Bundle,
+    joining: Option<&BootstrapData>,
+) -> Result<Decided> {
     // 1. Names: every requested name passes the SAN policy, before anything is generated.
     for leaf in &cluster.layout.leaves {
         check_names(
@@ -276,17 +344,31 @@ fn decide(cluster: &mut Cluster, opts: &InitOptions, bundle: &Bundle) -> Result<
         )?;
     }
 
-    // 2. CAs: adopt what is in place, generate the rest.
-    let planned = plan_cas(cluster, opts.now)?;
+    // 2. CAs: those of the cluster joined, else adopt what is in place and generate the rest.
+    let planned = match joining {
+        Some(data) => join_cas(cluster, data)?,
+        None => plan_cas(cluster, opts.now)?,
+    };
     cluster.config.external_cas = planned
         .iter()
         .filter(|p| p.ca.signer().is_none())
         .map(|p| p.spec.name.to_string())
         .collect();
-    cluster.config.custom_ca = planned.iter().any(|p| p.write.is_none());
+    cluster.config.custom_ca = planned.iter().any(|p| p.write.is_none() && !p.joined);
+    let service_pem = match joining {
+        Some(data) => {
+            let field = cluster.layout.service_key.field;
+            data.get(field)
+                .ok_or(ClusterError::MissingField { field })?
+                .content
+                .clone()
+        }
+        None => service_keys(cluster)?,
+    };
     let mut decided = Decided {
+        joined: joining.is_some(),
         planned,
-        service_pem: service_keys(cluster)?,
+        service_pem,
         token: Token {
             ca_hash: None,
             user: String::new(),
@@ -411,6 +493,8 @@ fn plan(
         if let Some((cert, key)) = &p.write {
             change.write(p.spec.key.clone(), key.clone(), PRIVATE_FILE);
             change.write(p.spec.cert.clone(), cert.clone(), PUBLIC_FILE);
+        } else if p.joined {
+            change.write(p.spec.cert.clone(), p.ca.bundle_pem().to_vec(), PUBLIC_FILE);
         }
         if let Some(nochain) = &p.spec.nochain {
             let first = crate::pki::pem_encode("CERTIFICATE", p.ca.cert_der());
@@ -439,6 +523,10 @@ fn plan(
         PUBLIC_FILE,
     );
 
+    if decided.joined {
+        // The record stays as the cluster has it; the commit is still conditioned on it.
+        return Ok(change);
+    }
     // Timestamps are compared with file modification times (conflict detection), so they are
     // the real time of writing, whatever '--now' says.
     let written_at = crate::clock::system_now();
@@ -482,12 +570,17 @@ fn report(cluster: &Cluster, decided: Decided) -> InitReport {
     InitReport {
         generated_cas: planned
             .iter()
-            .filter(|p| p.write.is_some())
+            .filter(|p| p.write.is_some() && !p.joined)
+            .map(|p| p.spec.name)
+            .collect(),
+        joined_cas: planned
+            .iter()
+            .filter(|p| p.joined)
             .map(|p| p.spec.name)
             .collect(),
         adopted_cas: planned
             .iter()
-            .filter(|p| p.write.is_none() && p.ca.signer().is_some())
+            .filter(|p| p.write.is_none() && !p.joined && p.ca.signer().is_some())
             .map(|p| p.spec.name)
             .collect(),
         external_cas: planned
@@ -556,6 +649,7 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                     spec: spec.clone(),
                     ca: LoadedCa::Signing(ca),
                     write: None,
+                    joined: false,
                 }
             }
             (true, false) if spec.name == "ca" && !k3s_family => {
@@ -564,6 +658,7 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                     spec: spec.clone(),
                     ca,
                     write: None,
+                    joined: false,
                 }
             }
             (true, false) => {
@@ -607,10 +702,41 @@ fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
                     spec: spec.clone(),
                     ca: LoadedCa::Signing(signer),
                     write: Some((cert.pem.into_bytes(), key.pem().as_bytes().to_vec())),
+                    joined: false,
                 }
             }
         };
         planned.push(p);
+    }
+    Ok(planned)
+}
+
+/// The CAs of the cluster a server joins, from its bootstrap data: written to this data dir as
+/// the datastore holds them; a CA without its key there is external here too.
+fn join_cas(cluster: &mut Cluster, data: &BootstrapData) -> Result<Vec<PlannedCa>> {
+    cluster.config.external_cas = cluster
+        .layout
+        .cas
+        .iter()
+        .filter(|spec| data.get(spec.key_field).is_none())
+        .map(|spec| spec.name.to_string())
+        .collect();
+    let mut loaded = cluster.cas_from_bootstrap(data)?;
+    let mut planned = Vec::new();
+    for spec in &cluster.layout.cas {
+        let ca = loaded
+            .remove(spec.name)
+            .ok_or(ClusterError::Internal("a layout names a CA it does not define"))?;
+        let write = match data.get(spec.key_field) {
+            Some(key) => Some((ca.bundle_pem().to_vec(), key.content.clone())),
+            None => None,
+        };
+        planned.push(PlannedCa {
+            spec: spec.clone(),
+            ca,
+            write,
+            joined: true,
+        });
     }
     Ok(planned)
 }
@@ -629,7 +755,9 @@ fn check_init_permissions(cluster: &Cluster, entries: &[Entry]) -> Result<()> {
             p = d.parent();
         }
     }
-    if let Some(store) = &cluster.store {
+    if cluster.config.datastore.is_none()
+        && let Some(store) = DirectoryDatastore::existing(root, &cluster.layout.datastore_dir)?
+    {
         store.root().refuse_if_shared(Path::new("."))?;
     }
     Ok(())

@@ -61,7 +61,7 @@ pub struct Cluster {
     /// The data dir's lock and generations (`None` only while `init` decides, before it takes
     /// the lock on a data dir rotor never wrote to).
     dir: Option<DataDir>,
-    store: Option<DirectoryDatastore>,
+    store: Option<Box<dyn Datastore>>,
     snapshot: std::sync::OnceLock<Snapshot>,
 }
 
@@ -319,7 +319,7 @@ impl Cluster {
             reason: "missing from the live generation".into(),
         })?;
         let layout = Layout::for_config(&config);
-        let store = DirectoryDatastore::existing(&root, &layout.datastore_dir)?;
+        let store = open_store(&root, &config, &layout, dir.options())?;
         Ok(Cluster {
             root,
             live,
@@ -337,9 +337,10 @@ impl Cluster {
         root: Root,
         dir: Option<DataDir>,
         config: ClusterConfig,
+        options: &Options,
     ) -> Result<Cluster> {
         let layout = Layout::for_config(&config);
-        let store = DirectoryDatastore::existing(&root, &layout.datastore_dir)?;
+        let store = open_store(&root, &config, &layout, options)?;
         Ok(Cluster {
             live: root.try_clone()?,
             root,
@@ -398,11 +399,22 @@ impl Cluster {
     /// The datastore, for messages and reads.
     pub fn datastore(&self) -> Result<&dyn Datastore> {
         match &self.store {
-            Some(s) => Ok(s),
+            Some(s) => Ok(s.as_ref()),
             None => Err(ClusterError::NoDatastore {
-                path: self.path(&self.layout.datastore_dir),
+                store: self.datastore_name(),
                 what: "datastore",
             }),
+        }
+    }
+
+    /// Where the datastore is, for messages: its directory or its etcd endpoints.
+    pub fn datastore_name(&self) -> String {
+        match &self.config.datastore {
+            Some(etcd) => etcd.describe(),
+            None => self
+                .path(&self.layout.datastore_dir)
+                .display()
+                .to_string(),
         }
     }
 
@@ -504,7 +516,7 @@ impl Cluster {
         match Bootstrap::new(store, snapshot, &token.password).load() {
             Ok(Some(data)) => Ok(data),
             Ok(None) => Err(ClusterError::NoDatastore {
-                path: self.path(&self.layout.datastore_dir),
+                store: self.datastore_name(),
                 what: "bootstrap record",
             }),
             Err(DatastoreError::OtherToken { keys, .. }) => Err(DatastoreError::OtherToken {
@@ -789,22 +801,23 @@ impl Cluster {
         if change.is_empty() {
             return Ok(Committed::default());
         }
-        let expected = self.snapshot()?.revision;
+        let base = self.snapshot()?.clone();
+        let expected = base.revision;
         if self.store.is_none() && !change.ops.is_empty() {
-            self.store = Some(DirectoryDatastore::within(
+            self.store = Some(Box::new(DirectoryDatastore::within(
                 &self.root,
                 &self.layout.datastore_dir,
-            )?);
+            )?));
         }
         let entries = self.layout.entries();
         let Change { files, ops, after } = change;
-        let (Some(dir), store) = (self.dir.as_mut(), self.store.as_ref()) else {
+        let (Some(dir), store) = (self.dir.as_mut(), self.store.as_deref()) else {
             return Err(ClusterError::Internal("no data dir"));
         };
         if files.is_empty() && after.is_empty() {
             // Only the datastore changes: its commit is the one step.
             if let Some(store) = store
-                && let Err(e) = store.commit(expected, &ops)
+                && let Err(e) = store.commit(&base, &ops)
             {
                 // Made but not confirmed (a failed fsync after the switch, a remote timeout):
                 // ask the store before calling it a failure.
@@ -828,7 +841,7 @@ impl Cluster {
         }
         failpoint("commit:journaled");
         if let Some(store) = store
-            && let Err(e) = store.commit(expected, &ops)
+            && let Err(e) = store.commit(&base, &ops)
         {
             // A remote store may have applied a commit it failed to confirm: ask it.
             match store
@@ -916,7 +929,10 @@ fn check_permissions(dir: &DataDir) -> Result<()> {
     let Some(described) = dir.live().or(staged) else {
         return Ok(dir.check_permissions(&[], None, &[])?);
     };
-    let layout = layout_of(dir, described)?;
+    let (config, layout) = layout_of(dir, described)?;
+    if config.datastore.is_some() {
+        return Ok(dir.check_permissions(&layout.entries(), staged, &[])?);
+    }
     let store = DirectoryDatastore::existing(dir.root(), &layout.datastore_dir)?;
     let mut extra: Vec<(&Root, &Path)> = Vec::new();
     if let Some(store) = &store {
@@ -960,8 +976,8 @@ fn recover(dir: &mut DataDir) -> Result<()> {
     let staged = dir.generations()?.contains(&journal.to);
     let outcome = if staged {
         // Where the datastore is: the live generation says (init: the staged one).
-        let layout = layout_of(dir, dir.live().unwrap_or(journal.to))?;
-        let snapshot = match DirectoryDatastore::existing(dir.root(), &layout.datastore_dir)? {
+        let (config, layout) = layout_of(dir, dir.live().unwrap_or(journal.to))?;
+        let snapshot = match open_store(dir.root(), &config, &layout, dir.options())? {
             Some(store) => store.snapshot(BOOTSTRAP_PREFIX)?,
             None => Snapshot::default(),
         };
@@ -999,18 +1015,37 @@ fn recover(dir: &mut DataDir) -> Result<()> {
     Ok(())
 }
 
-/// The layout a generation's configuration describes.
-fn layout_of(dir: &DataDir, generation: u64) -> Result<Layout> {
+/// The configuration of a generation, and the layout it describes.
+fn layout_of(dir: &DataDir, generation: u64) -> Result<(ClusterConfig, Layout)> {
     let root = dir.open_generation(generation)?;
     let config = ClusterConfig::read(&root)?.ok_or_else(|| ClusterError::BadFile {
         path: dir.generation_path(generation).join(config::CONFIG_FILE),
         reason: "missing from the generation".into(),
     })?;
-    Ok(Layout::for_config(&config))
+    let layout = Layout::for_config(&config);
+    Ok((config, layout))
 }
 
 fn entries_of(dir: &DataDir, generation: u64) -> Result<Vec<Entry>> {
-    Ok(layout_of(dir, generation)?.entries())
+    Ok(layout_of(dir, generation)?.1.entries())
+}
+
+/// The datastore a configuration names: its etcd cluster (connected), else the directory in
+/// the data dir if it exists (reading never creates it).
+fn open_store(
+    root: &Root,
+    config: &ClusterConfig,
+    layout: &Layout,
+    options: &Options,
+) -> Result<Option<Box<dyn Datastore>>> {
+    Ok(match &config.datastore {
+        Some(etcd) => Some(Box::new(crate::datastore::EtcdDatastore::connect(
+            etcd,
+            options.datastore_timeout,
+        )?)),
+        None => DirectoryDatastore::existing(root, &layout.datastore_dir)?
+            .map(|s| Box::new(s) as Box<dyn Datastore>),
+    })
 }
 
 /// A leaf's purpose, as the EKU set it must carry.

@@ -128,11 +128,14 @@ pub struct Options {
     pub backup_keep: usize,
     /// The command, as `rotor <command>` (recorded in the lock and the journal).
     pub command: String,
+    /// How long one request to a shared datastore (etcd) may take.
+    pub datastore_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
+            datastore_timeout: Duration::from_secs(10),
             lock_timeout: Duration::from_secs(30),
             backup_keep: 5,
             command: "(library)".into(),
@@ -332,7 +335,12 @@ impl DataDir {
         )?)
     }
 
-    /// How this handle holds the data dir.
+    /// The options this data dir was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// How this data dir is held.
     pub fn lock_mode(&self) -> LockMode {
         self.lock.mode()
     }

@@ -203,7 +203,8 @@ impl Datastore for DirectoryDatastore {
         })
     }
 
-    fn commit(&self, expected: u64, ops: &[Op]) -> Result<u64, DatastoreError> {
+    fn commit(&self, base: &Snapshot, ops: &[Op]) -> Result<u64, DatastoreError> {
+        let expected = base.revision;
         crate::fs::failpoints::step(|| format!("datastore commit {}", self.root.path().display()))
             .map_err(|e| FsError::io(self.root.path().to_path_buf(), e))?;
         let found = self.current()?;
@@ -336,11 +337,15 @@ mod tests {
         assert_eq!(empty.revision, 0);
         assert!(empty.entries.is_empty());
 
+        let at = |revision| Snapshot {
+            revision,
+            ..Snapshot::default()
+        };
         let put = |k: &str, v: &[u8]| Op::Put {
             key: k.into(),
             value: v.to_vec(),
         };
-        let r1 = store.commit(0, &[put("/bootstrap/aaa", b"one")]).unwrap();
+        let r1 = store.commit(&at(0), &[put("/bootstrap/aaa", b"one")]).unwrap();
         assert_eq!(r1, 1);
         // The record is where it always was, through the link.
         assert_eq!(
@@ -348,7 +353,7 @@ mod tests {
             b"one"
         );
         // A stale revision is a conflict and changes nothing.
-        let err = store.commit(0, &[put("/bootstrap/bbb", b"x")]).unwrap_err();
+        let err = store.commit(&at(0), &[put("/bootstrap/bbb", b"x")]).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -363,7 +368,7 @@ mod tests {
         // Put one and delete another in one step; the old revision is gone.
         let r2 = store
             .commit(
-                1,
+                &at(1),
                 &[
                     put("/bootstrap/bbb", b"two"),
                     Op::Delete {
@@ -381,8 +386,8 @@ mod tests {
         );
         assert!(!tmp.path().join("server/db/.kv/1").exists());
         // Empty ops only check the revision.
-        assert_eq!(store.commit(2, &[]).unwrap(), 2);
-        assert!(store.commit(1, &[]).is_err());
+        assert_eq!(store.commit(&at(2), &[]).unwrap(), 2);
+        assert!(store.commit(&at(1), &[]).is_err());
 
         // Debris of a dead writer is cleaned; the live revision stays.
         std::fs::create_dir_all(tmp.path().join("server/db/.kv/.3.partial/bootstrap")).unwrap();

@@ -35,6 +35,8 @@ const K3S_ITERATIONS: u32 = 4096;
 /// Iterations of rotor v1 records.
 pub const V1_ITERATIONS: u32 = 600_000;
 const V1_PREFIX: &str = "rotor-v1$pbkdf2-sha256$";
+/// How every rotor-v1 record starts.
+pub(crate) const V1_MAGIC: &[u8] = b"rotor-v1$";
 const TAG_LEN: usize = 16;
 
 /// Why a record could not be opened.

@@ -15,14 +15,19 @@
 mod bootstrap;
 mod directory;
 mod envelope;
+mod etcd;
 
 pub use bootstrap::{BootstrapData, BootstrapFile};
 pub use directory::DirectoryDatastore;
+pub use etcd::{
+    EtcdConfig, EtcdConfigError, EtcdDatastore, INIT_LOCK, LEASE_TTL_SECONDS, ROTOR_PREFIX,
+};
 pub use envelope::{
     EnvelopeError, RecordFormat, V1_ITERATIONS, open_record, record_format, seal_record,
 };
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -66,6 +71,30 @@ pub enum DatastoreError {
         what: String,
         /// Why it is not usable.
         reason: String,
+    },
+    /// A shared datastore did not answer, or answered with an error.
+    #[error("{store}: {doing} failed: {reason}; nothing was written")]
+    Unavailable {
+        /// The store (its endpoints).
+        store: String,
+        /// What rotor was doing.
+        doing: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Another server holds the init lock.
+    #[error(
+        "{store}: another server is initializing the cluster: the lock {lock} stayed taken for {} s; \
+         run the command again (a dead holder's lease expires within {LEASE_TTL_SECONDS} s)",
+        waited.as_secs()
+    )]
+    Busy {
+        /// The store (its endpoints).
+        store: String,
+        /// The lock's key.
+        lock: &'static str,
+        /// How long this command waited.
+        waited: Duration,
     },
     #[error(
         "{what}: changed by someone else since this command read it (revision {expected}, now {found}); \
@@ -133,18 +162,52 @@ impl Snapshot {
 }
 
 /// A key-value backend for the datastore.
-pub trait Datastore {
+pub trait Datastore: Send + Sync {
     /// Every key under `prefix` and its value, read at one revision.
     fn snapshot(&self, prefix: &str) -> Result<Snapshot, DatastoreError>;
-    /// Apply `ops` in one step if the store is still at revision `expected`; otherwise change
-    /// nothing and fail with [`DatastoreError::Conflict`]. With no ops, only the revision is
-    /// checked. Returns the new revision.
-    fn commit(&self, expected: u64, ops: &[Op]) -> Result<u64, DatastoreError>;
+    /// Apply `ops` in one step if the store still holds what `base` (a snapshot of this store)
+    /// read; otherwise change nothing and fail with [`DatastoreError::Conflict`]. With no ops,
+    /// only that is checked. Returns the new revision.
+    fn commit(&self, base: &Snapshot, ops: &[Op]) -> Result<u64, DatastoreError>;
     /// A description for messages (a path, a URL).
     fn describe(&self, key: &str) -> String;
     /// Remove what a writer that died left behind (temporary files, unused revisions). Only
     /// called by the holder of the data dir's lock.
     fn clean(&self) -> Result<(), DatastoreError>;
+    /// Serialize the first initialization of a cluster among the servers sharing this store,
+    /// waiting at most `wait`; held until the returned value is dropped. A local store has no
+    /// other servers: the data dir's lock is enough, and this returns at once.
+    fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
+        let _ = wait;
+        Ok(DatastoreLock::none())
+    }
+}
+
+/// A lock in a datastore, released when dropped.
+pub struct DatastoreLock {
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl DatastoreLock {
+    /// No lock to release.
+    pub fn none() -> DatastoreLock {
+        DatastoreLock { release: None }
+    }
+
+    /// A held lock, released by `release`.
+    pub fn held(release: impl FnOnce() + Send + 'static) -> DatastoreLock {
+        DatastoreLock {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for DatastoreLock {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// The datastore key of the bootstrap record for a token password (k3s's naming).

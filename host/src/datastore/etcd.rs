@@ -1,0 +1,492 @@
+//! The etcd backend: the datastore k3s and RKE2 servers share, through etcd's v3 API.
+//!
+//! ```text
+//! /bootstrap/<first 12 hex of SHA-256(password)>        a k3s-format record (k3s reads it too)
+//! /rotor/bootstrap/<first 12 hex of SHA-256(password)>  a rotor-v1 record (k3s never sees it)
+//! /rotor/locks/init                                     the lease-backed lock of a first init
+//! ```
+//!
+//! Values are the bytes the directory backend writes. Callers name every record by its k3s key
+//! (`/bootstrap/<hash>`); a rotor-v1 record is stored under `/rotor` + that key, so a k3s
+//! server sharing the etcd never finds a record it cannot open under its own key. (A rotor-v1
+//! envelope binds the k3s key as associated data, whichever backend holds it.)
+//!
+//! **Revisions.** A [`Snapshot`] is read in one transaction (both prefixes at one etcd
+//! revision); its revision is the highest `mod_revision` among the records read (0 when there
+//! are none), so writes elsewhere in a shared etcd do not count as conflicts. A commit is one
+//! transaction conditioned on the snapshot: no key under either prefix modified after it (a
+//! range compare, `mod_revision < revision + 1`), and every record read still there. If
+//! another server changed anything under the prefixes meanwhile, nothing is written and the
+//! command fails with [`DatastoreError::Conflict`].
+//!
+//! **Timeouts.** Every request is bounded (connect and request timeouts, and an outer timer),
+//! and requests ask for a leader (`require_leader`), so a member that lost quorum answers "no
+//! leader" at once instead of hanging.
+//!
+//! **The init lock.** [`EtcdDatastore::lock_init`] takes etcd's lock
+//! (`/rotor/locks/init`) under a lease of [`LEASE_TTL_SECONDS`] that a background task keeps
+//! alive: if the holder dies the lease expires and the next server gets the lock within that
+//! time (k3s's empty-key lock needs five 5-second polls).
+//!
+//! The client is `etcd-client` (gRPC over tonic, TLS through rustls): etcd's own protocol,
+//! transactions with range compares, leases with keep-alive and the lock service, and balancing
+//! over every endpoint given, so one dead member of three is routed around. etcd's JSON gateway
+//! would have saved the `protoc` build step, but its lease keep-alive is a streaming call the
+//! gateway serves poorly, and the failover between endpoints would have been ours to write.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LockOptions,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{BOOTSTRAP_PREFIX, Datastore, DatastoreError, DatastoreLock, Op, Snapshot};
+use crate::fs::Root;
+
+/// Where rotor-v1 records live: this prefix, then the k3s key.
+pub const ROTOR_PREFIX: &str = "/rotor";
+/// The key of the lock that serializes the first initialization of a cluster.
+pub const INIT_LOCK: &str = "/rotor/locks/init";
+/// The lease of the init lock: how long a dead holder keeps it.
+pub const LEASE_TTL_SECONDS: i64 = 10;
+
+/// Which etcd cluster holds the datastore, and how to reach it (recorded at `init`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdConfig {
+    /// Client URLs of the members (`https://127.0.0.1:2379`); requests are balanced over them.
+    pub endpoints: Vec<String>,
+    /// The CA that signed the members' serving certificates (PEM); required for https.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate to present (PEM), with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Why an etcd configuration is not usable; `field` names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct EtcdConfigError {
+    /// The setting at fault: `endpoint`, `cafile`, `certfile` or `keyfile`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl EtcdConfig {
+    /// A configuration from k3s-style settings: comma-separated endpoints and optional files
+    /// (made absolute, since later commands may run elsewhere).
+    pub fn new(
+        endpoints: &str,
+        ca_file: Option<PathBuf>,
+        cert_file: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+    ) -> Result<EtcdConfig, EtcdConfigError> {
+        let bad = |field, reason: String| EtcdConfigError { field, reason };
+        let endpoints: Vec<String> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(bad("endpoint", "no endpoint given".into()));
+        }
+        let mut tls = false;
+        for e in &endpoints {
+            let rest = if let Some(rest) = e.strip_prefix("https://") {
+                tls = true;
+                rest
+            } else if let Some(rest) = e.strip_prefix("http://") {
+                rest
+            } else {
+                return Err(bad(
+                    "endpoint",
+                    format!(
+                        "'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
+                    ),
+                ));
+            };
+            let authority = rest.trim_end_matches('/');
+            if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+                return Err(bad(
+                    "endpoint",
+                    format!("'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"),
+                ));
+            }
+        }
+        if tls && ca_file.is_none() {
+            return Err(bad(
+                "cafile",
+                "an https endpoint needs the CA that signed etcd's serving certificate".into(),
+            ));
+        }
+        if !tls && (ca_file.is_some() || cert_file.is_some() || key_file.is_some()) {
+            return Err(bad(
+                "endpoint",
+                "TLS files were given for http:// endpoints: use https://".into(),
+            ));
+        }
+        match (&cert_file, &key_file) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "keyfile",
+                    "a client certificate needs its key".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "certfile",
+                    "a client key needs its certificate".into(),
+                ));
+            }
+            _ => {}
+        }
+        let absolute = |p: Option<PathBuf>, field| {
+            p.map(|p| std::path::absolute(&p).map_err(|e| bad(field, format!("{}: {e}", p.display()))))
+                .transpose()
+        };
+        Ok(EtcdConfig {
+            endpoints,
+            ca_file: absolute(ca_file, "cafile")?,
+            cert_file: absolute(cert_file, "certfile")?,
+            key_file: absolute(key_file, "keyfile")?,
+        })
+    }
+
+    /// The endpoints, for messages.
+    pub fn describe(&self) -> String {
+        format!("etcd {}", self.endpoints.join(","))
+    }
+}
+
+/// The datastore in an etcd cluster.
+pub struct EtcdDatastore {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    config: EtcdConfig,
+    timeout: Duration,
+    /// Where each record of the last snapshot was found (k3s key -> etcd key).
+    located: Mutex<BTreeMap<String, String>>,
+}
+
+/// The etcd key a record with `value` is stored under.
+fn physical(key: &str, value: &[u8]) -> String {
+    if value.starts_with(super::envelope::V1_MAGIC) {
+        format!("{ROTOR_PREFIX}{key}")
+    } else {
+        key.to_string()
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's prefix convention).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+impl EtcdDatastore {
+    /// Connect to the etcd cluster `config` names; every request is bounded by `timeout`.
+    pub fn connect(config: &EtcdConfig, timeout: Duration) -> Result<EtcdDatastore, DatastoreError> {
+        let unavailable = |reason: String| DatastoreError::Unavailable {
+            store: config.describe(),
+            doing: "connecting",
+            reason,
+        };
+        // One worker: the lock's keep-alive runs while the command works.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rotor-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| unavailable(format!("cannot start the client's runtime: {e}")))?;
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_require_leader(true)
+            .with_keep_alive(Duration::from_secs(5), timeout);
+        if let Some(ca) = &config.ca_file {
+            let mut tls = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(Root::read_ambient_file(ca)?));
+            if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+                tls = tls.identity(Identity::from_pem(
+                    Root::read_ambient_file(cert)?,
+                    Root::read_ambient_file(key)?,
+                ));
+            }
+            options = options.with_tls(tls);
+        }
+        let endpoints = config.endpoints.clone();
+        let client = runtime
+            .block_on(async {
+                tokio::time::timeout(timeout, Client::connect(endpoints, Some(options))).await
+            })
+            .map_err(|_| unavailable(no_answer(timeout)))?
+            .map_err(|e| unavailable(reason(&e)))?;
+        Ok(EtcdDatastore {
+            runtime,
+            client,
+            config: config.clone(),
+            timeout,
+            located: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Run one request, bounded by the timeout.
+    fn run<T>(
+        &self,
+        doing: &'static str,
+        request: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, DatastoreError> {
+        let unavailable = |reason| DatastoreError::Unavailable {
+            store: self.config.describe(),
+            doing,
+            reason,
+        };
+        self.runtime
+            .block_on(async { tokio::time::timeout(self.timeout, request).await })
+            .map_err(|_| unavailable(no_answer(self.timeout)))?
+            .map_err(|e| unavailable(reason(&e)))
+    }
+
+    fn check_key(key: &str) -> Result<(), DatastoreError> {
+        if key.starts_with(BOOTSTRAP_PREFIX) && key.len() > BOOTSTRAP_PREFIX.len() {
+            Ok(())
+        } else {
+            Err(DatastoreError::BadKey(key.to_string()))
+        }
+    }
+}
+
+fn no_answer(timeout: Duration) -> String {
+    format!(
+        "no answer within {} s (is etcd running, reachable, and does it have quorum?)",
+        timeout.as_secs_f64()
+    )
+}
+
+/// An etcd client error in words: a gRPC status by its message.
+fn reason(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let message = s.message();
+            if message.is_empty() {
+                format!("{:?}", s.code())
+            } else {
+                message.to_string()
+            }
+        }
+        etcd_client::Error::TransportError(t) => {
+            // The source chain says why (connection refused, a TLS failure).
+            let mut text = t.to_string();
+            let mut source = std::error::Error::source(t);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+impl Datastore for EtcdDatastore {
+    fn snapshot(&self, prefix: &str) -> Result<Snapshot, DatastoreError> {
+        if prefix != BOOTSTRAP_PREFIX {
+            return Err(DatastoreError::BadKey(prefix.to_string()));
+        }
+        let rotor_prefix = format!("{ROTOR_PREFIX}{prefix}");
+        // Both prefixes in one transaction: one revision.
+        let read = Txn::new().and_then([
+            TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
+            TxnOp::get(rotor_prefix.as_str(), Some(GetOptions::new().with_prefix())),
+        ]);
+        let mut kv = self.client.kv_client();
+        let response = self.run("reading the bootstrap records", kv.txn(read))?;
+        let mut snapshot = Snapshot::default();
+        let mut located = BTreeMap::new();
+        for op in response.op_responses() {
+            let TxnOpResponse::Get(get) = op else {
+                continue;
+            };
+            for item in get.kvs() {
+                let key = String::from_utf8_lossy(item.key()).into_owned();
+                let logical = key
+                    .strip_prefix(ROTOR_PREFIX)
+                    .filter(|k| k.starts_with(prefix))
+                    .unwrap_or(&key)
+                    .to_string();
+                if let Some(other) = located.insert(logical.clone(), key.clone()) {
+                    return Err(DatastoreError::Corrupt {
+                        what: self.describe(&logical),
+                        reason: format!("two records for one token: {other} and {key}"),
+                    });
+                }
+                snapshot.revision = snapshot
+                    .revision
+                    .max(u64::try_from(item.mod_revision()).unwrap_or(0));
+                snapshot.entries.insert(logical, item.value().to_vec());
+            }
+        }
+        if let Ok(mut l) = self.located.lock() {
+            *l = located;
+        }
+        Ok(snapshot)
+    }
+
+    fn commit(&self, base: &Snapshot, ops: &[Op]) -> Result<u64, DatastoreError> {
+        let revision = i64::try_from(base.revision)
+            .map_err(|_| DatastoreError::BadKey(format!("revision {}", base.revision)))?;
+        let rotor_prefix = format!("{ROTOR_PREFIX}{BOOTSTRAP_PREFIX}");
+        // Nothing under either prefix changed since the snapshot...
+        let mut compares = vec![
+            Compare::mod_revision(BOOTSTRAP_PREFIX, CompareOp::Less, revision + 1)
+                .with_range(prefix_end(BOOTSTRAP_PREFIX)),
+            Compare::mod_revision(rotor_prefix.as_str(), CompareOp::Less, revision + 1)
+                .with_range(prefix_end(&rotor_prefix)),
+        ];
+        // ...and nothing read was deleted.
+        let located = self.located.lock().map(|l| l.clone()).unwrap_or_default();
+        for (key, value) in &base.entries {
+            let at = located
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| physical(key, value));
+            compares.push(Compare::version(at, CompareOp::Greater, 0));
+        }
+        let mut writes = Vec::new();
+        for op in ops {
+            Self::check_key(op.key())?;
+            match op {
+                Op::Put { key, value } => {
+                    let at = physical(key, value);
+                    let other = if at == *key {
+                        format!("{ROTOR_PREFIX}{key}")
+                    } else {
+                        key.clone()
+                    };
+                    writes.push(TxnOp::put(at, value.clone(), None));
+                    writes.push(TxnOp::delete(other, None));
+                }
+                Op::Delete { key } => {
+                    writes.push(TxnOp::delete(key.as_str(), None));
+                    writes.push(TxnOp::delete(format!("{ROTOR_PREFIX}{key}"), None));
+                }
+            }
+        }
+        crate::fs::failpoints::step(|| format!("datastore commit {}", self.config.describe()))
+            .map_err(|e| DatastoreError::Unavailable {
+                store: self.config.describe(),
+                doing: "writing the bootstrap records",
+                reason: e.to_string(),
+            })?;
+        let txn = Txn::new().when(compares).and_then(writes);
+        let mut kv = self.client.kv_client();
+        let response = self.run("writing the bootstrap records", kv.txn(txn))?;
+        if !response.succeeded() {
+            let found = self
+                .snapshot(BOOTSTRAP_PREFIX)
+                .map(|s| s.revision)
+                .unwrap_or(0);
+            return Err(DatastoreError::Conflict {
+                what: self.config.describe(),
+                expected: base.revision,
+                found,
+            });
+        }
+        let new = response
+            .header()
+            .map(|h| u64::try_from(h.revision()).unwrap_or(0))
+            .unwrap_or(base.revision);
+        Ok(if ops.is_empty() { base.revision } else { new })
+    }
+
+    fn describe(&self, key: &str) -> String {
+        format!("{} key {key}", self.config.describe())
+    }
+
+    fn clean(&self) -> Result<(), DatastoreError> {
+        Ok(())
+    }
+
+    fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
+        let mut client = self.client.clone();
+        let lease = self
+            .run("granting the init lock's lease", client.lease_grant(LEASE_TTL_SECONDS, None))?
+            .id();
+        let (mut keeper, mut responses) =
+            self.run("keeping the init lock's lease", client.lease_keep_alive(lease))?;
+        let keep_alive = self.runtime.spawn(async move {
+            let every = Duration::from_secs((LEASE_TTL_SECONDS / 3).max(1) as u64);
+            loop {
+                tokio::time::sleep(every).await;
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                if !matches!(responses.message().await, Ok(Some(_))) {
+                    break;
+                }
+            }
+        });
+        let handle = self.runtime.handle().clone();
+        let mut release = {
+            let mut client = self.client.clone();
+            let handle = handle.clone();
+            move |key: Option<Vec<u8>>| {
+                keep_alive.abort();
+                // Revoking the lease releases the lock (and a queued wait) at once.
+                let _ = handle.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(2), async {
+                        if let Some(key) = key {
+                            let _ = client.unlock(key).await;
+                        }
+                        client.lease_revoke(lease).await
+                    })
+                    .await
+                });
+            }
+        };
+        let mut locker = self.client.clone();
+        let acquired = handle.block_on(async {
+            tokio::time::timeout(
+                wait,
+                locker.lock(INIT_LOCK, Some(LockOptions::new().with_lease(lease))),
+            )
+            .await
+        });
+        match acquired {
+            Ok(Ok(response)) => {
+                let key = response.key().to_vec();
+                Ok(DatastoreLock::held(move || release(Some(key))))
+            }
+            Ok(Err(e)) => {
+                release(None);
+                Err(DatastoreError::Unavailable {
+                    store: self.config.describe(),
+                    doing: "taking the init lock",
+                    reason: reason(&e),
+                })
+            }
+            Err(_) => {
+                release(None);
+                Err(DatastoreError::Busy {
+                    store: self.config.describe(),
+                    lock: INIT_LOCK,
+                    waited: wait,
+                })
+            }
+        }
+    }
+}
