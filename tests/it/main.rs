@@ -21,6 +21,7 @@ mod cli;
 mod cluster;
 mod csr;
 mod default_plugins;
+mod etcd;
 mod fuzz_corpus;
 mod installed;
 mod sandbox;

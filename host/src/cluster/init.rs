@@ -178,6 +178,7 @@ fn init_in(
         (Some(_), Some(store)) => Some(store.lock_init(options.lock_timeout)?),
         _ => None,
     };
+    crate::fs::failpoint("init:decide");
     refuse_initialized_store(&cluster, data_dir)?;
     let joining = joined(&cluster, &opts)?;
 
@@ -246,9 +247,9 @@ fn refuse_initialized_store(cluster: &Cluster, data_dir: &Path) -> Result<()> {
     if cluster.config.datastore.is_none()
         && cluster
             .snapshot()?
-        .keys_under(BOOTSTRAP_PREFIX)
-        .next()
-        .is_some()
+            .keys_under(BOOTSTRAP_PREFIX)
+            .next()
+            .is_some()
     {
         return Err(ClusterError::AlreadyInitialized {
             path: data_dir.to_path_buf(),
@@ -724,9 +725,9 @@ fn join_cas(cluster: &mut Cluster, data: &BootstrapData) -> Result<Vec<PlannedCa
     let mut loaded = cluster.cas_from_bootstrap(data)?;
     let mut planned = Vec::new();
     for spec in &cluster.layout.cas {
-        let ca = loaded
-            .remove(spec.name)
-            .ok_or(ClusterError::Internal("a layout names a CA it does not define"))?;
+        let ca = loaded.remove(spec.name).ok_or(ClusterError::Internal(
+            "a layout names a CA it does not define",
+        ))?;
         let write = match data.get(spec.key_field) {
             Some(key) => Some((ca.bundle_pem().to_vec(), key.content.clone())),
             None => None,

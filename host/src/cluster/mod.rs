@@ -411,10 +411,7 @@ impl Cluster {
     pub fn datastore_name(&self) -> String {
         match &self.config.datastore {
             Some(etcd) => etcd.describe(),
-            None => self
-                .path(&self.layout.datastore_dir)
-                .display()
-                .to_string(),
+            None => self.path(&self.layout.datastore_dir).display().to_string(),
         }
     }
 

@@ -345,7 +345,9 @@ mod tests {
             key: k.into(),
             value: v.to_vec(),
         };
-        let r1 = store.commit(&at(0), &[put("/bootstrap/aaa", b"one")]).unwrap();
+        let r1 = store
+            .commit(&at(0), &[put("/bootstrap/aaa", b"one")])
+            .unwrap();
         assert_eq!(r1, 1);
         // The record is where it always was, through the link.
         assert_eq!(
@@ -353,7 +355,9 @@ mod tests {
             b"one"
         );
         // A stale revision is a conflict and changes nothing.
-        let err = store.commit(&at(0), &[put("/bootstrap/bbb", b"x")]).unwrap_err();
+        let err = store
+            .commit(&at(0), &[put("/bootstrap/bbb", b"x")])
+            .unwrap_err();
         assert!(
             matches!(
                 err,

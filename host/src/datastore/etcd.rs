@@ -120,7 +120,9 @@ impl EtcdConfig {
             if authority.is_empty() || authority.contains('/') || authority.contains('@') {
                 return Err(bad(
                     "endpoint",
-                    format!("'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"),
+                    format!(
+                        "'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
+                    ),
                 ));
             }
         }
@@ -138,22 +140,18 @@ impl EtcdConfig {
         }
         match (&cert_file, &key_file) {
             (Some(_), None) => {
-                return Err(bad(
-                    "keyfile",
-                    "a client certificate needs its key".into(),
-                ));
+                return Err(bad("keyfile", "a client certificate needs its key".into()));
             }
             (None, Some(_)) => {
-                return Err(bad(
-                    "certfile",
-                    "a client key needs its certificate".into(),
-                ));
+                return Err(bad("certfile", "a client key needs its certificate".into()));
             }
             _ => {}
         }
         let absolute = |p: Option<PathBuf>, field| {
-            p.map(|p| std::path::absolute(&p).map_err(|e| bad(field, format!("{}: {e}", p.display()))))
-                .transpose()
+            p.map(|p| {
+                std::path::absolute(&p).map_err(|e| bad(field, format!("{}: {e}", p.display())))
+            })
+            .transpose()
         };
         Ok(EtcdConfig {
             endpoints,
@@ -172,7 +170,11 @@ impl EtcdConfig {
 /// The datastore in an etcd cluster.
 pub struct EtcdDatastore {
     runtime: tokio::runtime::Runtime,
-    client: Client,
+    /// One client per endpoint: a request that cannot reach a member (refused, no leader,
+    /// no answer) is tried on the next one.
+    clients: Vec<Client>,
+    /// The member that answered last.
+    preferred: std::sync::atomic::AtomicUsize,
     config: EtcdConfig,
     timeout: Duration,
     /// Where each record of the last snapshot was found (k3s key -> etcd key).
@@ -199,7 +201,10 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
 
 impl EtcdDatastore {
     /// Connect to the etcd cluster `config` names; every request is bounded by `timeout`.
-    pub fn connect(config: &EtcdConfig, timeout: Duration) -> Result<EtcdDatastore, DatastoreError> {
+    pub fn connect(
+        config: &EtcdConfig,
+        timeout: Duration,
+    ) -> Result<EtcdDatastore, DatastoreError> {
         let unavailable = |reason: String| DatastoreError::Unavailable {
             store: config.describe(),
             doing: "connecting",
@@ -212,9 +217,10 @@ impl EtcdDatastore {
             .enable_all()
             .build()
             .map_err(|e| unavailable(format!("cannot start the client's runtime: {e}")))?;
+        // No per-request timeout on the channel: waiting for the init lock may take longer.
+        // Every other request is bounded by `run`.
         let mut options = ConnectOptions::new()
             .with_connect_timeout(timeout)
-            .with_timeout(timeout)
             .with_require_leader(true)
             .with_keep_alive(Duration::from_secs(5), timeout);
         if let Some(ca) = &config.ca_file {
@@ -228,37 +234,79 @@ impl EtcdDatastore {
             }
             options = options.with_tls(tls);
         }
-        let endpoints = config.endpoints.clone();
-        let client = runtime
-            .block_on(async {
-                tokio::time::timeout(timeout, Client::connect(endpoints, Some(options))).await
-            })
-            .map_err(|_| unavailable(no_answer(timeout)))?
-            .map_err(|e| unavailable(reason(&e)))?;
+        let mut clients = Vec::new();
+        for endpoint in &config.endpoints {
+            let client = runtime
+                .block_on(async {
+                    tokio::time::timeout(
+                        timeout,
+                        Client::connect([endpoint.as_str()], Some(options.clone())),
+                    )
+                    .await
+                })
+                .map_err(|_| unavailable(no_answer(timeout)))?
+                .map_err(|e| unavailable(format!("{endpoint}: {}", reason(&e))))?;
+            clients.push(client);
+        }
         Ok(EtcdDatastore {
             runtime,
-            client,
+            clients,
+            preferred: std::sync::atomic::AtomicUsize::new(0),
             config: config.clone(),
             timeout,
             located: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Run one request, bounded by the timeout.
-    fn run<T>(
+    /// The client of the member that answered last.
+    fn client(&self) -> Client {
+        let i = self.preferred.load(std::sync::atomic::Ordering::Relaxed);
+        self.clients[i % self.clients.len()].clone()
+    }
+
+    /// Run one request, each try bounded by the timeout: on the member that answered last,
+    /// then on the others while a member cannot serve it (unreachable, no leader, no answer).
+    /// A request that reached a member that then failed to confirm it may have been applied:
+    /// a retried commit then fails its compare, and the caller asks the store what it holds.
+    fn run<T, F>(
         &self,
         doing: &'static str,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, DatastoreError> {
-        let unavailable = |reason| DatastoreError::Unavailable {
+        request: impl Fn(Client) -> F,
+    ) -> Result<T, DatastoreError>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for k in 0..self.clients.len() {
+            let i = (first + k) % self.clients.len();
+            let attempt = request(self.clients[i].clone());
+            let result = self
+                .runtime
+                .block_on(async { tokio::time::timeout(self.timeout, attempt).await });
+            let endpoint = &self.config.endpoints[i];
+            match result {
+                Ok(Ok(value)) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if !member_unavailable(&e) => {
+                    return Err(DatastoreError::Unavailable {
+                        store: self.config.describe(),
+                        doing,
+                        reason: format!("{endpoint}: {}", reason(&e)),
+                    });
+                }
+                Ok(Err(e)) => failures.push(format!("{endpoint}: {}", reason(&e))),
+                Err(_) => failures.push(format!("{endpoint}: {}", no_answer(self.timeout))),
+            }
+        }
+        Err(DatastoreError::Unavailable {
             store: self.config.describe(),
             doing,
-            reason,
-        };
-        self.runtime
-            .block_on(async { tokio::time::timeout(self.timeout, request).await })
-            .map_err(|_| unavailable(no_answer(self.timeout)))?
-            .map_err(|e| unavailable(reason(&e)))
+            reason: failures.join("; "),
+        })
     }
 
     fn check_key(key: &str) -> Result<(), DatastoreError> {
@@ -267,6 +315,18 @@ impl EtcdDatastore {
         } else {
             Err(DatastoreError::BadKey(key.to_string()))
         }
+    }
+}
+
+/// Whether an error says the member cannot serve requests now (another member may).
+fn member_unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
     }
 }
 
@@ -313,8 +373,10 @@ impl Datastore for EtcdDatastore {
             TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
             TxnOp::get(rotor_prefix.as_str(), Some(GetOptions::new().with_prefix())),
         ]);
-        let mut kv = self.client.kv_client();
-        let response = self.run("reading the bootstrap records", kv.txn(read))?;
+        let response = self.run("reading the bootstrap records", |client| {
+            let read = read.clone();
+            async move { client.kv_client().txn(read).await }
+        })?;
         let mut snapshot = Snapshot::default();
         let mut located = BTreeMap::new();
         for op in response.op_responses() {
@@ -393,8 +455,10 @@ impl Datastore for EtcdDatastore {
                 reason: e.to_string(),
             })?;
         let txn = Txn::new().when(compares).and_then(writes);
-        let mut kv = self.client.kv_client();
-        let response = self.run("writing the bootstrap records", kv.txn(txn))?;
+        let response = self.run("writing the bootstrap records", |client| {
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
+        })?;
         if !response.succeeded() {
             let found = self
                 .snapshot(BOOTSTRAP_PREFIX)
@@ -422,12 +486,25 @@ impl Datastore for EtcdDatastore {
     }
 
     fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
-        let mut client = self.client.clone();
         let lease = self
-            .run("granting the init lock's lease", client.lease_grant(LEASE_TTL_SECONDS, None))?
+            .run("granting the init lock's lease", |mut client| async move {
+                client.lease_grant(LEASE_TTL_SECONDS, None).await
+            })?
             .id();
-        let (mut keeper, mut responses) =
-            self.run("keeping the init lock's lease", client.lease_keep_alive(lease))?;
+        // The member that granted the lease keeps it alive and serves the lock.
+        let mut client = self.client();
+        let (mut keeper, mut responses) = self
+            .runtime
+            .block_on(async {
+                tokio::time::timeout(self.timeout, client.lease_keep_alive(lease)).await
+            })
+            .map_err(|_| no_answer(self.timeout))
+            .and_then(|r| r.map_err(|e| reason(&e)))
+            .map_err(|reason| DatastoreError::Unavailable {
+                store: self.config.describe(),
+                doing: "keeping the init lock's lease",
+                reason,
+            })?;
         let keep_alive = self.runtime.spawn(async move {
             let every = Duration::from_secs((LEASE_TTL_SECONDS / 3).max(1) as u64);
             loop {
@@ -442,7 +519,7 @@ impl Datastore for EtcdDatastore {
         });
         let handle = self.runtime.handle().clone();
         let mut release = {
-            let mut client = self.client.clone();
+            let mut client = self.client();
             let handle = handle.clone();
             move |key: Option<Vec<u8>>| {
                 keep_alive.abort();
@@ -458,7 +535,7 @@ impl Datastore for EtcdDatastore {
                 });
             }
         };
-        let mut locker = self.client.clone();
+        let mut locker = self.client();
         let acquired = handle.block_on(async {
             tokio::time::timeout(
                 wait,

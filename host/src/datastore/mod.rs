@@ -19,11 +19,11 @@ mod etcd;
 
 pub use bootstrap::{BootstrapData, BootstrapFile};
 pub use directory::DirectoryDatastore;
-pub use etcd::{
-    EtcdConfig, EtcdConfigError, EtcdDatastore, INIT_LOCK, LEASE_TTL_SECONDS, ROTOR_PREFIX,
-};
 pub use envelope::{
     EnvelopeError, RecordFormat, V1_ITERATIONS, open_record, record_format, seal_record,
+};
+pub use etcd::{
+    EtcdConfig, EtcdConfigError, EtcdDatastore, INIT_LOCK, LEASE_TTL_SECONDS, ROTOR_PREFIX,
 };
 
 use std::collections::BTreeMap;

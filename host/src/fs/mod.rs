@@ -35,7 +35,10 @@ pub const PRIVATE_DIR: u32 = 0o700;
 ///
 /// - `kill@N`: the process SIGKILLs itself just before step N (as an operator's `kill -9`);
 /// - `error@N`: step N fails with ENOSPC, as a full disk would make it fail;
-/// - `NAME`: the process SIGKILLs itself at the named point (see [`failpoint`]).
+/// - `NAME`: the process SIGKILLs itself at the named point (see [`failpoint`]);
+/// - `wait:NAME`: at the named point the process says `rotor: failpoint: waiting at NAME` on
+///   standard error and waits until the file `ROTOR_FAILPOINT_RESUME` names exists (at most
+///   60 s), so a test can act between two steps (start a second writer, stop a server).
 ///
 /// `ROTOR_FAILPOINT_TRACE=1` prints every step (`rotor: step N: what`) to standard error, so a
 /// test can count the steps of a command and then stop it at each one. Release builds keep
@@ -50,6 +53,7 @@ pub mod failpoints {
         KillAt(u64),
         ErrorAt(u64),
         Named(String),
+        Wait(String),
     }
 
     struct Config {
@@ -69,6 +73,7 @@ pub mod failpoints {
                 Ok(v) if v.starts_with("error@") => {
                     v[6..].parse().map(Spec::ErrorAt).unwrap_or(Spec::None)
                 }
+                Ok(v) if v.starts_with("wait:") => Spec::Wait(v[5..].to_string()),
                 Ok(v) if !v.is_empty() => Spec::Named(v),
                 _ => Spec::None,
             };
@@ -109,10 +114,26 @@ pub mod failpoints {
 
     /// A named point: the process is killed here when `ROTOR_FAILPOINT` names it.
     pub fn named(name: &str) {
-        if let Spec::Named(n) = &config().spec
-            && n == name
-        {
-            kill_self(name);
+        match &config().spec {
+            Spec::Named(n) if n == name => kill_self(name),
+            Spec::Wait(n) if n == name => wait_here(name),
+            _ => {}
+        }
+    }
+
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a test's resume file, named by the environment, only checked for existence"
+    )]
+    fn wait_here(name: &str) {
+        eprintln!("rotor: failpoint: waiting at {name}");
+        let Some(resume) = std::env::var_os("ROTOR_FAILPOINT_RESUME") else {
+            return;
+        };
+        let resume = std::path::PathBuf::from(resume);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !resume.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 }
