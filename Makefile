@@ -6,7 +6,7 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup deps plugins test-plugins build lint doc unit-tests integration-tests bench-build bench fuzz clean
+.PHONY: demo test setup build-deps deps plugins test-plugins build lint doc unit-tests integration-tests bench-build bench fuzz clean
 
 demo: plugins build
 	./scripts/demo.sh
@@ -14,10 +14,15 @@ demo: plugins build
 test: plugins test-plugins lint doc unit-tests integration-tests bench-build
 
 # The wasm targets; rust-toolchain.toml pins the toolchain that the plugin digests match.
-setup:
+setup: build-deps
 	rustup target add $(WASM_TARGETS)
 
-# openssl, Python's cryptography, flock, mount, chattr: installed when missing (apt-get as root).
+# protoc (the etcd client's gRPC code is generated at build time): installed when missing.
+build-deps:
+	./scripts/install-deps.sh build
+
+# What the tests use besides: openssl, Python's cryptography, flock, mount, chattr, etcd and
+# etcdctl; installed when missing (apt-get as root).
 deps:
 	./scripts/install-deps.sh
 
@@ -29,10 +34,10 @@ plugins: setup
 test-plugins: setup
 	$(CARGO) xtask build-test-plugins
 
-build:
+build: build-deps
 	$(CARGO) build --locked --release -p rotor --bin rotor
 
-lint:
+lint: build-deps
 	$(CARGO) fmt --all --check
 	$(CARGO) fmt --all --check --manifest-path guest-plugins/Cargo.toml
 	$(CARGO) fmt --all --check --manifest-path tests/plugins/Cargo.toml
@@ -43,11 +48,11 @@ lint:
 
 # The library's documentation (missing docs and broken links are errors): what `cargo doc`
 # shows is the surface a user of the library gets.
-doc:
+doc: build-deps
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps -p rotor
 
 # The plugins' rules on the host target, and the host's unit tests.
-unit-tests:
+unit-tests: build-deps
 	$(CARGO) test --locked --manifest-path guest-plugins/Cargo.toml
 	$(CARGO) test --locked --workspace --lib --bins --examples
 
@@ -57,7 +62,7 @@ integration-tests: deps build
 	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test --locked -p rotor --test it -- --show-output
 
 # The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.
-bench-build:
+bench-build: build-deps
 	$(CARGO) build --locked -p rotor --benches
 
 # The criterion suite (release profile, several minutes); see docs/performance.md.

@@ -1,7 +1,8 @@
 //! Whole `rotor` processes, as operators run them: `rotor start` with nothing and with
 //! everything to renew, `rotor init` (k3s, kubeadm RSA-2048), `generate-custom-ca` against the
 //! same CA set built by the `openssl` command line (benches/openssl-custom-ca.sh), and a
-//! 10,000-CSR batch with its peak memory.
+//! 10,000-CSR batch with its peak memory; `rotor start` against etcd (a real etcd on loopback,
+//! TLS with client certificates) as a ratio to the directory datastore, and a server's join.
 //!
 //! `cargo bench --bench commands` (after `make plugins`). The plugin cache is a temp dir warmed
 //! before measuring, as on a server after its first start. Figures: docs/performance.md.
@@ -375,9 +376,182 @@ fn csr_batch(c: &mut Criterion) {
     group.finish();
 }
 
+/// A real etcd on a free loopback port, serving TLS with client-certificate auth under
+/// certificates rotor issued (a kubeadm data dir's etcd CA, server and apiserver-etcd-client
+/// certificates); killed when dropped.
+struct EtcdServer {
+    child: std::process::Child,
+    flags: Vec<String>,
+}
+
+impl EtcdServer {
+    fn start(env: &Env) -> Option<EtcdServer> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            eprintln!("etcd is not installed (make deps): the datastore benches are skipped");
+            return None;
+        }
+        let pki = env.root.join("etcd-pki");
+        env.rotor(&[
+            "--data-dir",
+            pki.to_str().expect("utf-8"),
+            "init",
+            "--profile",
+            "kubeadm",
+            "--node-name",
+            "etcd",
+            "--node-ip",
+            "127.0.0.1",
+            "--key-type",
+            "ecdsa-p256",
+        ])
+        .expect("etcd pki");
+        let file = |rel: &str| {
+            pki.join("pki")
+                .join(rel)
+                .to_str()
+                .expect("utf-8")
+                .to_string()
+        };
+        let port = |()| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+        };
+        let client = format!("https://127.0.0.1:{}", port(()));
+        let peer = format!("https://127.0.0.1:{}", port(()));
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(env.root.join("etcd-data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .args([
+                "--cert-file",
+                &file("etcd/server.crt"),
+                "--key-file",
+                &file("etcd/server.key"),
+            ])
+            .args([
+                "--trusted-ca-file",
+                &file("etcd/ca.crt"),
+                "--client-cert-auth",
+            ])
+            .args([
+                "--peer-cert-file",
+                &file("etcd/peer.crt"),
+                "--peer-key-file",
+                &file("etcd/peer.key"),
+            ])
+            .args(["--peer-trusted-ca-file", &file("etcd/ca.crt")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let flags = vec![
+            "--datastore-endpoint".to_string(),
+            client,
+            "--datastore-cafile".into(),
+            file("etcd/ca.crt"),
+            "--datastore-certfile".into(),
+            file("apiserver-etcd-client.crt"),
+            "--datastore-keyfile".into(),
+            file("apiserver-etcd-client.key"),
+        ];
+        let server = EtcdServer { child, flags };
+        // Ready when a first server can initialize against it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = env.root.join("etcd-first");
+        loop {
+            let mut args = vec!["--data-dir", first.to_str().expect("utf-8"), "init"];
+            args.extend(["--node-name", "server-1", "--node-ip", "10.0.0.5"]);
+            args.extend(["--datastore-format", "k3s", "--token", "bench-password"]);
+            args.extend(server.flags.iter().map(String::as_str));
+            match env.rotor(&args) {
+                Ok(()) => return Some(server),
+                Err(e) if Instant::now() > deadline => panic!("etcd never became ready: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// 13: the shared datastore. `rotor start` with nothing to renew on a server whose datastore
+/// is etcd, against the same on the directory datastore (both in k3s's record format, so the
+/// key derivation does not hide the datastore's cost); and a server joining (init on a new data
+/// dir against an initialized etcd: CAs extracted, its own 17 leaves issued) against a first
+/// init on the directory datastore.
+fn datastore(c: &mut Criterion) {
+    let env = Env::new();
+    let Some(etcd) = EtcdServer::start(&env) else {
+        return;
+    };
+    let mut group = c.benchmark_group("datastore");
+    group.sample_size(20);
+    let local = env.root.join("local");
+    env.init(&local, &["--profile", "k3s", "--datastore-format", "k3s"]);
+    let shared = env.root.join("etcd-first");
+    for (name, dir) in [
+        ("start_nothing_to_renew/directory", &local),
+        ("start_nothing_to_renew/etcd", &shared),
+    ] {
+        let d = dir.to_str().expect("utf-8");
+        group.bench_function(name, |b| {
+            b.iter(|| env.rotor(&["--data-dir", d, "start"]).expect("start"))
+        });
+    }
+    let mut n = 0;
+    group.bench_function("init/directory", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                env.root.join(format!("local-init-{n}"))
+            },
+            |dir| {
+                env.init(&dir, &["--profile", "k3s", "--datastore-format", "k3s"]);
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("join/etcd", |b| {
+        b.iter_batched(
+            || {
+                n += 1;
+                env.root.join(format!("join-{n}"))
+            },
+            |dir| {
+                let mut args = vec!["--token", "bench-password"];
+                args.extend(etcd.flags.iter().map(String::as_str));
+                env.init(&dir, &args);
+                dir
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = settings::config();
-    targets = start, init, custom_ca, csr_batch
+    targets = start, init, custom_ca, csr_batch, datastore
 }
 criterion_main!(benches);

@@ -58,6 +58,7 @@ fn options() -> Options {
         lock_timeout: Duration::from_secs(5),
         backup_keep: 5,
         command: "bench".into(),
+        ..Options::default()
     }
 }
 

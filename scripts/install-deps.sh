@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
-# The system tools the tests use, installed when missing (make test runs this first):
-#   openssl, and Python's cryptography package: independent checkers of what rotor writes;
-#   flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
-#   cases of tests/it/state.rs.
-# Debian packages need root (apt-get); the Python package goes to the python3 on the PATH.
+# System tools, installed when missing (Debian packages by apt-get, as root).
+#
+#   install-deps.sh build   what building rotor needs: protoc (protobuf-compiler), for the
+#                           etcd client's gRPC code (make build, lint, demo run this first)
+#   install-deps.sh         that, and what the tests use (make test runs this first):
+#     openssl, and Python's cryptography package: independent checkers of what rotor writes;
+#     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
+#     cases of tests/it/state.rs;
+#     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs.
+# The Python package goes to the python3 on the PATH.
 set -euo pipefail
 
 need=()
-command -v openssl >/dev/null || need+=(openssl)
-command -v flock >/dev/null || need+=(util-linux)
-command -v mount >/dev/null || need+=(mount)
-command -v chattr >/dev/null || need+=(e2fsprogs)
-command -v python3 >/dev/null || need+=(python3 python3-pip)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+if [ "${1:-all}" != build ]; then
+  command -v openssl >/dev/null || need+=(openssl)
+  command -v flock >/dev/null || need+=(util-linux)
+  command -v mount >/dev/null || need+=(mount)
+  command -v chattr >/dev/null || need+=(e2fsprogs)
+  command -v python3 >/dev/null || need+=(python3 python3-pip)
+  command -v etcd >/dev/null || need+=(etcd-server)
+  command -v etcdctl >/dev/null || need+=(etcd-client)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -20,10 +30,11 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "install-deps: apt-get install ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  # The etcd-server package must not start a system etcd: the tests start their own.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-if ! python3 -c 'import cryptography' 2>/dev/null; then
+if [ "${1:-all}" != build ] && ! python3 -c 'import cryptography' 2>/dev/null; then
   echo "install-deps: pip install cryptography (for $(command -v python3))"
   python3 -m pip install --quiet cryptography 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages cryptography

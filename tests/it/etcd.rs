@@ -218,6 +218,17 @@ impl Etcd {
             .collect()
     }
 
+    /// The value of `key`.
+    fn value(&self, key: &str) -> Vec<u8> {
+        let out = self.etcdctl(&self.endpoints(), &["get", key, "--print-value-only"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut value = out.stdout;
+        if value.last() == Some(&b'\n') {
+            value.pop();
+        }
+        value
+    }
+
     /// The bootstrap records (the init lock's keys come and go).
     fn records(&self) -> Vec<String> {
         self.keys()
@@ -712,9 +723,14 @@ fn a_token_rotation_on_one_server_locks_the_old_token_out_everywhere() {
         return;
     };
     let s: Vec<PathBuf> = (1..=3).map(|n| tmp.path().join(format!("s{n}"))).collect();
-    let (code, out, err) = init_server(&s[0], 1, &etcd, &[]);
+    // k3s's record format: at k3s's key, bytes k3s opens.
+    let (code, out, err) = init_server(&s[0], 1, &etcd, &["--datastore-format", "k3s"]);
     assert_eq!(code, 0, "{out}{err}");
     let old = printed_token(&out);
+    let key = rotor::datastore::bootstrap_key(&old.password);
+    assert_eq!(etcd.records(), vec![key.clone()]);
+    let plain = rotor::datastore::open_record(&old.password, &key, &etcd.value(&key)).unwrap();
+    assert!(String::from_utf8_lossy(&plain).contains("\"ServerCA\""));
     for (i, dir) in s.iter().enumerate().skip(1) {
         let n = u8::try_from(i + 1).unwrap();
         let (code, out, err) = init_server(dir, n, &etcd, &["--token", &old.render()]);
@@ -726,9 +742,9 @@ fn a_token_rotation_on_one_server_locks_the_old_token_out_everywhere() {
     );
     let new = printed_token(&out);
     assert_eq!(
-        etcd.records().len(),
-        1,
-        "the old record is deleted in the same transaction"
+        etcd.records(),
+        vec![rotor::datastore::bootstrap_key(&new.password)],
+        "the old record is deleted in the same transaction; the format stays k3s's"
     );
     for dir in &s[1..] {
         for given in [None, Some(old.render())] {

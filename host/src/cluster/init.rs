@@ -728,10 +728,9 @@ fn join_cas(cluster: &mut Cluster, data: &BootstrapData) -> Result<Vec<PlannedCa
         let ca = loaded.remove(spec.name).ok_or(ClusterError::Internal(
             "a layout names a CA it does not define",
         ))?;
-        let write = match data.get(spec.key_field) {
-            Some(key) => Some((ca.bundle_pem().to_vec(), key.content.clone())),
-            None => None,
-        };
+        let write = data
+            .get(spec.key_field)
+            .map(|key| (ca.bundle_pem().to_vec(), key.content.clone()));
         planned.push(PlannedCa {
             spec: spec.clone(),
             ca,

@@ -787,6 +787,7 @@ mod tests {
             lock_timeout: Duration::ZERO,
             backup_keep: 1,
             command: "test".into(),
+            ..Options::default()
         }
     }
 

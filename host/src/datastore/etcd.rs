@@ -337,29 +337,29 @@ fn no_answer(timeout: Duration) -> String {
     )
 }
 
-/// An etcd client error in words: a gRPC status by its message.
+/// An etcd client error in words: a gRPC status by its message, then every cause under it
+/// (`tcp connect error: Connection refused`, a TLS failure).
 fn reason(e: &etcd_client::Error) -> String {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => {
-            let message = s.message();
-            if message.is_empty() {
+    let (mut text, mut source) = match e {
+        etcd_client::Error::GRpcStatus(s) => (
+            if s.message().is_empty() {
                 format!("{:?}", s.code())
             } else {
-                message.to_string()
-            }
+                s.message().to_string()
+            },
+            std::error::Error::source(s),
+        ),
+        etcd_client::Error::TransportError(t) => (t.to_string(), std::error::Error::source(t)),
+        other => (other.to_string(), None),
+    };
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
         }
-        etcd_client::Error::TransportError(t) => {
-            // The source chain says why (connection refused, a TLS failure).
-            let mut text = t.to_string();
-            let mut source = std::error::Error::source(t);
-            while let Some(s) = source {
-                text = format!("{text}: {s}");
-                source = s.source();
-            }
-            text
-        }
-        other => other.to_string(),
+        source = s.source();
     }
+    text
 }
 
 impl Datastore for EtcdDatastore {
@@ -565,5 +565,39 @@ impl Datastore for EtcdDatastore {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(endpoints: &str, ca: bool, cert: bool, key: bool) -> Result<EtcdConfig, &'static str> {
+        let p = |b: bool, name: &str| b.then(|| PathBuf::from(name));
+        EtcdConfig::new(endpoints, p(ca, "ca.crt"), p(cert, "c.crt"), p(key, "c.key"))
+            .map_err(|e| e.field)
+    }
+
+    #[test]
+    fn settings_are_checked_and_named() {
+        let ok = field("https://127.0.0.1:2379, https://127.0.0.2:2379", true, true, true).unwrap();
+        assert_eq!(ok.endpoints.len(), 2);
+        assert!(ok.ca_file.unwrap().is_absolute(), "recorded as absolute paths");
+        assert_eq!(field("http://127.0.0.1:2379", false, false, false).unwrap().ca_file, None);
+        assert_eq!(field("", false, false, false), Err("endpoint"));
+        assert_eq!(field("127.0.0.1:2379", false, false, false), Err("endpoint"));
+        assert_eq!(field("unix:///run/etcd.sock", false, false, false), Err("endpoint"));
+        assert_eq!(field("https://h:1/path", true, false, false), Err("endpoint"));
+        assert_eq!(field("https://127.0.0.1:2379", false, false, false), Err("cafile"));
+        assert_eq!(field("https://127.0.0.1:2379", true, true, false), Err("keyfile"));
+        assert_eq!(field("https://127.0.0.1:2379", true, false, true), Err("certfile"));
+        assert_eq!(field("http://127.0.0.1:2379", true, false, false), Err("endpoint"));
+    }
+
+    #[test]
+    fn rotor_v1_records_live_under_their_own_key() {
+        assert_eq!(physical("/bootstrap/abc", b"rotor-v1$pbkdf2"), "/rotor/bootstrap/abc");
+        assert_eq!(physical("/bootstrap/abc", b"0123456789abcdef:AAAA"), "/bootstrap/abc");
+        assert_eq!(prefix_end("/bootstrap/"), b"/bootstrap0".to_vec());
     }
 }
