@@ -221,7 +221,11 @@ impl Etcd {
     /// The value of `key`.
     fn value(&self, key: &str) -> Vec<u8> {
         let out = self.etcdctl(&self.endpoints(), &["get", key, "--print-value-only"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut value = out.stdout;
         if value.last() == Some(&b'\n') {
             value.pop();

@@ -13,8 +13,8 @@
 //! ```
 //!
 //! This is Kubernetes' `AtomicWriter` (projected volumes) for a whole data dir, plus a
-//! journal for the one part that cannot be in the same rename, the datastore (a remote one
-//! next). A change is made like this, by [`crate::cluster::Cluster::commit`]:
+//! journal for the one part that cannot be in the same rename, the datastore (the data
+//! dir's own, or etcd). A change is made like this, by [`crate::cluster::Cluster::commit`]:
 //!
 //! 1. decide everything in memory (the change: files to write or remove, datastore ops);
 //! 2. [`DataDir::stage`]: copy the live generation to `generations/.8.partial`, apply the

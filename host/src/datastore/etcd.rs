@@ -574,30 +574,76 @@ mod tests {
 
     fn field(endpoints: &str, ca: bool, cert: bool, key: bool) -> Result<EtcdConfig, &'static str> {
         let p = |b: bool, name: &str| b.then(|| PathBuf::from(name));
-        EtcdConfig::new(endpoints, p(ca, "ca.crt"), p(cert, "c.crt"), p(key, "c.key"))
-            .map_err(|e| e.field)
+        EtcdConfig::new(
+            endpoints,
+            p(ca, "ca.crt"),
+            p(cert, "c.crt"),
+            p(key, "c.key"),
+        )
+        .map_err(|e| e.field)
     }
 
     #[test]
     fn settings_are_checked_and_named() {
-        let ok = field("https://127.0.0.1:2379, https://127.0.0.2:2379", true, true, true).unwrap();
+        let ok = field(
+            "https://127.0.0.1:2379, https://127.0.0.2:2379",
+            true,
+            true,
+            true,
+        )
+        .unwrap();
         assert_eq!(ok.endpoints.len(), 2);
-        assert!(ok.ca_file.unwrap().is_absolute(), "recorded as absolute paths");
-        assert_eq!(field("http://127.0.0.1:2379", false, false, false).unwrap().ca_file, None);
+        assert!(
+            ok.ca_file.unwrap().is_absolute(),
+            "recorded as absolute paths"
+        );
+        assert_eq!(
+            field("http://127.0.0.1:2379", false, false, false)
+                .unwrap()
+                .ca_file,
+            None
+        );
         assert_eq!(field("", false, false, false), Err("endpoint"));
-        assert_eq!(field("127.0.0.1:2379", false, false, false), Err("endpoint"));
-        assert_eq!(field("unix:///run/etcd.sock", false, false, false), Err("endpoint"));
-        assert_eq!(field("https://h:1/path", true, false, false), Err("endpoint"));
-        assert_eq!(field("https://127.0.0.1:2379", false, false, false), Err("cafile"));
-        assert_eq!(field("https://127.0.0.1:2379", true, true, false), Err("keyfile"));
-        assert_eq!(field("https://127.0.0.1:2379", true, false, true), Err("certfile"));
-        assert_eq!(field("http://127.0.0.1:2379", true, false, false), Err("endpoint"));
+        assert_eq!(
+            field("127.0.0.1:2379", false, false, false),
+            Err("endpoint")
+        );
+        assert_eq!(
+            field("unix:///run/etcd.sock", false, false, false),
+            Err("endpoint")
+        );
+        assert_eq!(
+            field("https://h:1/path", true, false, false),
+            Err("endpoint")
+        );
+        assert_eq!(
+            field("https://127.0.0.1:2379", false, false, false),
+            Err("cafile")
+        );
+        assert_eq!(
+            field("https://127.0.0.1:2379", true, true, false),
+            Err("keyfile")
+        );
+        assert_eq!(
+            field("https://127.0.0.1:2379", true, false, true),
+            Err("certfile")
+        );
+        assert_eq!(
+            field("http://127.0.0.1:2379", true, false, false),
+            Err("endpoint")
+        );
     }
 
     #[test]
     fn rotor_v1_records_live_under_their_own_key() {
-        assert_eq!(physical("/bootstrap/abc", b"rotor-v1$pbkdf2"), "/rotor/bootstrap/abc");
-        assert_eq!(physical("/bootstrap/abc", b"0123456789abcdef:AAAA"), "/bootstrap/abc");
+        assert_eq!(
+            physical("/bootstrap/abc", b"rotor-v1$pbkdf2"),
+            "/rotor/bootstrap/abc"
+        );
+        assert_eq!(
+            physical("/bootstrap/abc", b"0123456789abcdef:AAAA"),
+            "/bootstrap/abc"
+        );
         assert_eq!(prefix_end("/bootstrap/"), b"/bootstrap0".to_vec());
     }
 }

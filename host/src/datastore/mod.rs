@@ -11,6 +11,10 @@
 //! a commit builds the next revision beside the current one and switches the `current` link in
 //! one rename (see its docs). The bootstrap record is stored under k3s's key name,
 //! `/bootstrap/<first 12 hex digits of SHA-256(password)>`.
+//!
+//! [`EtcdDatastore`] keeps the same records in an etcd cluster that several servers share
+//! (`rotor init --datastore-endpoint`); each commit is one etcd transaction, and the first
+//! initialization of a cluster is serialized by [`Datastore::lock_init`] (see its docs).
 
 mod bootstrap;
 mod directory;
