@@ -66,14 +66,15 @@ pub(super) struct GlobalArgs {
     )]
     pub lock_timeout: u64,
 
-    /// Seconds one request to a shared datastore (etcd) may take before the command fails
-    /// with nothing changed.
+    /// Seconds one request to a shared datastore (etcd) may take on one member before the next
+    /// member is tried (1 to 3600).
     #[arg(
         long,
         global = true,
         env = "ROTOR_DATASTORE_TIMEOUT",
         default_value_t = 10,
-        value_name = "SECONDS"
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600)
     )]
     pub datastore_timeout: u64,
 

@@ -161,6 +161,17 @@ pub enum ClusterError {
         chain(.0)
     )]
     Interrupted(Box<ClusterError>),
+    /// The datastore commit may or may not have landed, and the datastore cannot be asked now.
+    #[error(
+        "{}\nwhether the datastore holds this change is not known (it cannot be reached to ask); \
+         the data dir still shows the state before it: the next rotor command on this data dir \
+         asks the datastore first, then finishes the change or rolls it back",
+        chain(.0)
+    )]
+    Unsettled(Box<ClusterError>),
+    /// The datastore commit failed and is known not to have landed.
+    #[error("{0}; nothing was written")]
+    NotWritten(#[source] DatastoreError),
 }
 
 impl ClusterError {

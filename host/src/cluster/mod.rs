@@ -818,14 +818,13 @@ impl Cluster {
             {
                 // Made but not confirmed (a failed fsync after the switch, a remote timeout):
                 // ask the store before calling it a failure.
-                let intent = Intent::of(expected, &ops);
-                let landed = store
-                    .snapshot(BOOTSTRAP_PREFIX)
-                    .is_ok_and(|s| intent.outcome(&s) == IntentOutcome::Applied);
-                if !landed || ops.is_empty() {
-                    return Err(e.into());
+                match settle(store, expected, &ops, &e) {
+                    Some(IntentOutcome::Applied) if !ops.is_empty() => {
+                        tracing::warn!("the datastore holds the change, but reported: {e}");
+                    }
+                    Some(_) => return Err(ClusterError::NotWritten(e)),
+                    None => return Err(ClusterError::Unsettled(Box::new(e.into()))),
                 }
-                tracing::warn!("the datastore holds the change, but reported: {e}");
             }
             self.snapshot = std::sync::OnceLock::new();
             return Ok(Committed::default());
@@ -841,16 +840,14 @@ impl Cluster {
             && let Err(e) = store.commit(&base, &ops)
         {
             // A remote store may have applied a commit it failed to confirm: ask it.
-            match store
-                .snapshot(BOOTSTRAP_PREFIX)
-                .map(|s| journal.datastore.outcome(&s))
-            {
-                Ok(IntentOutcome::Applied) if !ops.is_empty() => {}
-                Ok(_) => {
+            match settle(store, expected, &ops, &e) {
+                Some(IntentOutcome::Applied) if !ops.is_empty() => {}
+                Some(_) => {
                     discard_after(dir, &journal, &e);
-                    return Err(e.into());
+                    return Err(ClusterError::NotWritten(e));
                 }
-                Err(_) => return Err(ClusterError::Interrupted(Box::new(e.into()))),
+                // The journal stays: the next command asks the store again.
+                None => return Err(ClusterError::Unsettled(Box::new(e.into()))),
             }
         }
         failpoint("commit:datastore");
@@ -877,6 +874,25 @@ impl Cluster {
             warnings,
         })
     }
+}
+
+/// Whether a commit of `ops` on revision `expected` that failed with `error` is in the store:
+/// after a failure without a clear answer, the store is fenced first, so the answer cannot
+/// change later. `None` when the store cannot tell.
+fn settle(
+    store: &dyn Datastore,
+    expected: u64,
+    ops: &[Op],
+    error: &DatastoreError,
+) -> Option<IntentOutcome> {
+    if !matches!(error, DatastoreError::Conflict { .. })
+        && let Err(e) = store.fence(expected)
+    {
+        tracing::warn!("after '{error}', fencing the datastore failed too: {e}");
+        return None;
+    }
+    let snapshot = store.snapshot(BOOTSTRAP_PREFIX).ok()?;
+    Some(Intent::of(expected, ops).outcome(&snapshot))
 }
 
 /// Roll back after `error`; if that fails too, say so and leave the rest to the next command
@@ -974,11 +990,24 @@ fn recover(dir: &mut DataDir) -> Result<()> {
     let outcome = if staged {
         // Where the datastore is: the live generation says (init: the staged one).
         let (config, layout) = layout_of(dir, dir.live().unwrap_or(journal.to))?;
-        let snapshot = match open_store(dir.root(), &config, &layout, dir.options())? {
-            Some(store) => store.snapshot(BOOTSTRAP_PREFIX)?,
-            None => Snapshot::default(),
-        };
-        journal.datastore.outcome(&snapshot)
+        match open_store(dir.root(), &config, &layout, dir.options())? {
+            Some(store) => {
+                let outcome = journal
+                    .datastore
+                    .outcome(&store.snapshot(BOOTSTRAP_PREFIX)?);
+                if outcome == IntentOutcome::Applied {
+                    outcome
+                } else {
+                    // Its commit may still be in flight in a shared store: fence it off, then
+                    // look again (afterwards the answer cannot change).
+                    store.fence(journal.datastore.expected_revision)?;
+                    journal
+                        .datastore
+                        .outcome(&store.snapshot(BOOTSTRAP_PREFIX)?)
+                }
+            }
+            None => journal.datastore.outcome(&Snapshot::default()),
+        }
     } else {
         IntentOutcome::NotApplied
     };
@@ -1037,7 +1066,13 @@ fn open_store(
 ) -> Result<Option<Box<dyn Datastore>>> {
     Ok(match &config.datastore {
         Some(etcd) => Some(Box::new(crate::datastore::EtcdDatastore::connect(
-            etcd,
+            {
+                etcd.check().map_err(|e| ClusterError::BadFile {
+                    path: root.display(Path::new(config::CONFIG_FILE)),
+                    reason: format!("datastore {}: {}", e.field, e.reason),
+                })?;
+                etcd
+            },
             options.datastore_timeout,
         )?)),
         None => DirectoryDatastore::existing(root, &layout.datastore_dir)?

@@ -19,14 +19,24 @@
 //! another server changed anything under the prefixes meanwhile, nothing is written and the
 //! command fails with [`DatastoreError::Conflict`].
 //!
-//! **Timeouts.** Every request is bounded (connect and request timeouts, and an outer timer),
-//! and requests ask for a leader (`require_leader`), so a member that lost quorum answers "no
-//! leader" at once instead of hanging.
+//! **Timeouts and members.** Every request is bounded by the datastore timeout on each member
+//! and tried on the next member when one is unreachable, has no leader or does not answer;
+//! requests ask for a leader (`require_leader`), so a member that lost quorum answers "no
+//! leader" at once instead of hanging. The exceptions are the init lock's: the wait for the
+//! lock is bounded by the lock timeout, and the lock, its lease's keep-alive and its release
+//! use the member that granted the lease.
+//!
+//! **Unconfirmed commits.** A commit that got no clear answer may still be in etcd's log.
+//! Before anyone decides it did not happen, [`EtcdDatastore::fence`] writes a fence key inside
+//! the compared range on the same condition: afterwards the commit has landed, or it never
+//! will (its compare fails).
 //!
 //! **The init lock.** [`EtcdDatastore::lock_init`] takes etcd's lock
 //! (`/rotor/locks/init`) under a lease of [`LEASE_TTL_SECONDS`] that a background task keeps
 //! alive: if the holder dies the lease expires and the next server gets the lock within that
-//! time (k3s's empty-key lock needs five 5-second polls).
+//! time (k3s's empty-key lock needs five 5-second polls). A holder whose lease lapsed (it
+//! stalled past the TTL) is not told; its commit is still conditioned on what it read, so a
+//! second server that initialized meanwhile makes it fail with a conflict, never overwrites.
 //!
 //! The client is `etcd-client` (gRPC over tonic, TLS through rustls): etcd's own protocol,
 //! transactions with range compares, leases with keep-alive and the lock service, and balancing
@@ -52,6 +62,8 @@ use crate::fs::Root;
 pub const ROTOR_PREFIX: &str = "/rotor";
 /// The key of the lock that serializes the first initialization of a cluster.
 pub const INIT_LOCK: &str = "/rotor/locks/init";
+/// A key inside the compared range that only [`Datastore::fence`] writes; never a record.
+const FENCE_KEY: &str = "/rotor/bootstrap/~fence";
 /// The lease of the init lock: how long a dead holder keeps it.
 pub const LEASE_TTL_SECONDS: i64 = 10;
 
@@ -101,64 +113,82 @@ impl EtcdConfig {
         if endpoints.is_empty() {
             return Err(bad("endpoint", "no endpoint given".into()));
         }
-        let mut tls = false;
-        for e in &endpoints {
-            let rest = if let Some(rest) = e.strip_prefix("https://") {
-                tls = true;
-                rest
-            } else if let Some(rest) = e.strip_prefix("http://") {
-                rest
-            } else {
-                return Err(bad(
-                    "endpoint",
-                    format!(
-                        "'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
-                    ),
-                ));
-            };
-            let authority = rest.trim_end_matches('/');
-            if authority.is_empty() || authority.contains('/') || authority.contains('@') {
-                return Err(bad(
-                    "endpoint",
-                    format!(
-                        "'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"
-                    ),
-                ));
-            }
-        }
-        if tls && ca_file.is_none() {
-            return Err(bad(
-                "cafile",
-                "an https endpoint needs the CA that signed etcd's serving certificate".into(),
-            ));
-        }
-        if !tls && (ca_file.is_some() || cert_file.is_some() || key_file.is_some()) {
-            return Err(bad(
-                "endpoint",
-                "TLS files were given for http:// endpoints: use https://".into(),
-            ));
-        }
-        match (&cert_file, &key_file) {
-            (Some(_), None) => {
-                return Err(bad("keyfile", "a client certificate needs its key".into()));
-            }
-            (None, Some(_)) => {
-                return Err(bad("certfile", "a client key needs its certificate".into()));
-            }
-            _ => {}
-        }
         let absolute = |p: Option<PathBuf>, field| {
             p.map(|p| {
                 std::path::absolute(&p).map_err(|e| bad(field, format!("{}: {e}", p.display())))
             })
             .transpose()
         };
-        Ok(EtcdConfig {
+        let config = EtcdConfig {
             endpoints,
             ca_file: absolute(ca_file, "cafile")?,
             cert_file: absolute(cert_file, "certfile")?,
             key_file: absolute(key_file, "keyfile")?,
-        })
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Whether the settings are usable: at least one endpoint, every one `http://HOST:PORT` or
+    /// every one `https://HOST:PORT`, a CA for https, a client certificate with its key. (Also
+    /// run on the settings a data dir recorded, before connecting.)
+    pub fn check(&self) -> Result<(), EtcdConfigError> {
+        let bad = |field, reason: String| EtcdConfigError { field, reason };
+        let not_url = |e: &str| {
+            bad(
+                "endpoint",
+                format!("'{e}' is not an etcd client URL (http://HOST:PORT or https://HOST:PORT)"),
+            )
+        };
+        if self.endpoints.is_empty() {
+            return Err(bad("endpoint", "no endpoint given".into()));
+        }
+        let mut schemes = std::collections::BTreeSet::new();
+        for e in &self.endpoints {
+            let (scheme, rest) = e.split_once("://").ok_or_else(|| not_url(e))?;
+            if scheme != "http" && scheme != "https" {
+                return Err(not_url(e));
+            }
+            schemes.insert(scheme);
+            let authority = rest.strip_suffix('/').unwrap_or(rest);
+            let (host, port) = authority.rsplit_once(':').ok_or_else(|| not_url(e))?;
+            let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))
+            {
+                v6.parse::<std::net::Ipv6Addr>().is_ok()
+            } else {
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            };
+            if !host_ok || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(not_url(e));
+            }
+        }
+        if schemes.len() > 1 {
+            return Err(bad(
+                "endpoint",
+                "mixes http:// and https:// endpoints: the members of one etcd cluster serve one way".into(),
+            ));
+        }
+        let tls = schemes.contains("https");
+        if tls && self.ca_file.is_none() {
+            return Err(bad(
+                "cafile",
+                "an https endpoint needs the CA that signed etcd's serving certificate".into(),
+            ));
+        }
+        if !tls && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()) {
+            return Err(bad(
+                "endpoint",
+                "TLS files were given for http:// endpoints: use https://".into(),
+            ));
+        }
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err(bad("keyfile", "a client certificate needs its key".into())),
+            (None, Some(_)) => Err(bad("certfile", "a client key needs its certificate".into())),
+            _ => Ok(()),
+        }
     }
 
     /// The endpoints, for messages.
@@ -179,6 +209,31 @@ pub struct EtcdDatastore {
     timeout: Duration,
     /// Where each record of the last snapshot was found (k3s key -> etcd key).
     located: Mutex<BTreeMap<String, String>>,
+}
+
+enum PemWant {
+    Certificates,
+    Key,
+}
+
+/// A TLS file's bytes, checked here so that a wrong file is named (the TLS stack would only say
+/// "Error parsing TLS certificate").
+fn pem_file(path: &std::path::Path, want: PemWant) -> Result<Vec<u8>, DatastoreError> {
+    let bytes = Root::read_ambient_file(path)?;
+    let what = path.display().to_string();
+    let checked = match want {
+        PemWant::Certificates => crate::facts::certificate_ders(&what, &bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        PemWant::Key => crate::pki::PrivateKey::from_pem(&what, &bytes)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+    };
+    checked.map_err(|reason| DatastoreError::Corrupt {
+        what: "etcd TLS file".into(),
+        reason,
+    })?;
+    Ok(bytes)
 }
 
 /// The etcd key a record with `value` is stored under.
@@ -225,11 +280,11 @@ impl EtcdDatastore {
             .with_keep_alive(Duration::from_secs(5), timeout);
         if let Some(ca) = &config.ca_file {
             let mut tls = TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(Root::read_ambient_file(ca)?));
+                .ca_certificate(Certificate::from_pem(pem_file(ca, PemWant::Certificates)?));
             if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
                 tls = tls.identity(Identity::from_pem(
-                    Root::read_ambient_file(cert)?,
-                    Root::read_ambient_file(key)?,
+                    pem_file(cert, PemWant::Certificates)?,
+                    pem_file(key, PemWant::Key)?,
                 ));
             }
             options = options.with_tls(tls);
@@ -385,6 +440,14 @@ impl Datastore for EtcdDatastore {
             };
             for item in get.kvs() {
                 let key = String::from_utf8_lossy(item.key()).into_owned();
+                // The fence counts for the revision (a commit compares against it), but it is
+                // no record.
+                snapshot.revision = snapshot
+                    .revision
+                    .max(u64::try_from(item.mod_revision()).unwrap_or(0));
+                if key == FENCE_KEY {
+                    continue;
+                }
                 let logical = key
                     .strip_prefix(ROTOR_PREFIX)
                     .filter(|k| k.starts_with(prefix))
@@ -396,9 +459,6 @@ impl Datastore for EtcdDatastore {
                         reason: format!("two records for one token: {other} and {key}"),
                     });
                 }
-                snapshot.revision = snapshot
-                    .revision
-                    .max(u64::try_from(item.mod_revision()).unwrap_or(0));
                 snapshot.entries.insert(logical, item.value().to_vec());
             }
         }
@@ -485,7 +545,31 @@ impl Datastore for EtcdDatastore {
         Ok(())
     }
 
+    /// One transaction: if nothing under the prefixes changed since `expected`, put the fence
+    /// key (inside the compared range). Either way, afterwards a commit conditioned on
+    /// `expected` that is still in etcd's log fails its compare: it landed before, or never.
+    fn fence(&self, expected: u64) -> Result<(), DatastoreError> {
+        let revision = i64::try_from(expected)
+            .map_err(|_| DatastoreError::BadKey(format!("revision {expected}")))?;
+        let rotor_prefix = format!("{ROTOR_PREFIX}{BOOTSTRAP_PREFIX}");
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(BOOTSTRAP_PREFIX, CompareOp::Less, revision + 1)
+                    .with_range(prefix_end(BOOTSTRAP_PREFIX)),
+                Compare::mod_revision(rotor_prefix.as_str(), CompareOp::Less, revision + 1)
+                    .with_range(prefix_end(&rotor_prefix)),
+            ])
+            .and_then([TxnOp::put(FENCE_KEY, "fence", None)]);
+        self.run("fencing off an unconfirmed write", |client| {
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
+        })
+        .map(|_| ())
+    }
+
     fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
+        // A zero wait would give up before any answer could come.
+        let wait = wait.max(self.timeout);
         let lease = self
             .run("granting the init lock's lease", |mut client| async move {
                 client.lease_grant(LEASE_TTL_SECONDS, None).await
@@ -631,6 +715,31 @@ mod tests {
         assert_eq!(
             field("http://127.0.0.1:2379", true, false, false),
             Err("endpoint")
+        );
+        assert_eq!(
+            field("http://a:1,https://b:2", true, false, false),
+            Err("endpoint")
+        );
+        assert_eq!(
+            field("https://etcd.example", true, false, false),
+            Err("endpoint")
+        );
+        assert_eq!(
+            field("https://etcd.example:0", true, false, false),
+            Err("endpoint")
+        );
+        assert_eq!(
+            field("https://h st:2379", true, false, false),
+            Err("endpoint")
+        );
+        assert!(
+            field(
+                "https://[::1]:2379,https://etcd-2.example:2379",
+                true,
+                false,
+                false
+            )
+            .is_ok()
         );
     }
 

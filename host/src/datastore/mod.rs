@@ -77,7 +77,7 @@ pub enum DatastoreError {
         reason: String,
     },
     /// A shared datastore did not answer, or answered with an error.
-    #[error("{store}: {doing} failed: {reason}; nothing was written")]
+    #[error("{store}: {doing} failed: {reason}")]
     Unavailable {
         /// The store (its endpoints).
         store: String,
@@ -184,6 +184,14 @@ pub trait Datastore: Send + Sync {
     fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
         let _ = wait;
         Ok(DatastoreLock::none())
+    }
+    /// After a commit on revision `expected` failed without a clear answer, make sure it can
+    /// never land later: afterwards, either the store holds it or it never will. A local store
+    /// commits synchronously, so there is nothing to do; a shared one writes a fence inside the
+    /// compared range (see [`EtcdDatastore`]).
+    fn fence(&self, expected: u64) -> Result<(), DatastoreError> {
+        let _ = expected;
+        Ok(())
     }
 }
 
