@@ -270,6 +270,14 @@ fn init_server(dir: &Path, n: u8, etcd: &Etcd, extra: &[&str]) -> (i32, String, 
     rotor_at(dir, &all)
 }
 
+/// `init_server` that must succeed; returns what it printed and the token.
+fn init_ok(dir: &Path, n: u8, etcd: &Etcd, extra: &[&str]) -> (String, Token) {
+    let (code, out, err) = init_server(dir, n, etcd, extra);
+    assert_eq!(code, 0, "{out}{err}");
+    let token = printed_token(&out);
+    (out, token)
+}
+
 /// A rotor process started in the background, with extra environment.
 fn spawn_rotor(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Child {
     let mut cmd = Command::new(rotor_bin());
@@ -367,10 +375,8 @@ fn three_servers_share_one_etcd_join_rotate_and_reconcile() {
         return;
     };
     let s: Vec<PathBuf> = (1..=3).map(|n| tmp.path().join(format!("s{n}"))).collect();
-    let (code, out, err) = init_server(&s[0], 1, &etcd, &[]);
-    assert_eq!(code, 0, "{out}{err}");
+    let (out, token) = init_ok(&s[0], 1, &etcd, &[]);
     assert!(out.contains("generated CAs"), "{out}");
-    let token = printed_token(&out);
     assert!(!s[0].join("server/db").exists(), "no local datastore");
     // A rotor-v1 record, under rotor's own key (k3s's key stays free for k3s records).
     let records = etcd.records();
@@ -501,11 +507,8 @@ fn concurrent_rotations_on_two_servers_one_wins_the_other_changes_nothing() {
     };
     let s1 = tmp.path().join("s1");
     let s2 = tmp.path().join("s2");
-    let (code, out, err) = init_server(&s1, 1, &etcd, &[]);
-    assert_eq!(code, 0, "{out}{err}");
-    let token = printed_token(&out);
-    let (code, out, err) = init_server(&s2, 2, &etcd, &["--token", &token.render()]);
-    assert_eq!(code, 0, "{out}{err}");
+    let (_, token) = init_ok(&s1, 1, &etcd, &[]);
+    init_ok(&s2, 2, &etcd, &["--token", &token.render()]);
     let staged: Vec<PathBuf> = [&s1, &s2]
         .iter()
         .enumerate()
@@ -591,8 +594,7 @@ fn a_three_member_etcd_survives_one_loss_fails_cleanly_without_quorum_and_recove
         return;
     };
     let s1 = tmp.path().join("s1");
-    let (code, out, err) = init_server(&s1, 1, &etcd, &[]);
-    assert_eq!(code, 0, "{out}{err}");
+    init_ok(&s1, 1, &etcd, &[]);
     let t = ["--datastore-timeout", "4"];
 
     // One member down: reads and writes go on through the other two.
@@ -667,8 +669,7 @@ fn etcd_dying_between_read_and_write_leaves_nothing_half_written() {
         return;
     };
     let s1 = tmp.path().join("s1");
-    let (code, out, err) = init_server(&s1, 1, &etcd, &[]);
-    assert_eq!(code, 0, "{out}{err}");
+    init_ok(&s1, 1, &etcd, &[]);
     let token_file = std::fs::read(s1.join("server/token")).unwrap();
     let records = etcd.records();
     let live = |dir: &Path| {
@@ -731,9 +732,7 @@ fn a_token_rotation_on_one_server_locks_the_old_token_out_everywhere() {
     };
     let s: Vec<PathBuf> = (1..=3).map(|n| tmp.path().join(format!("s{n}"))).collect();
     // k3s's record format: at k3s's key, bytes k3s opens.
-    let (code, out, err) = init_server(&s[0], 1, &etcd, &["--datastore-format", "k3s"]);
-    assert_eq!(code, 0, "{out}{err}");
-    let old = printed_token(&out);
+    let (_, old) = init_ok(&s[0], 1, &etcd, &["--datastore-format", "k3s"]);
     let key = rotor::datastore::bootstrap_key(&old.password);
     assert_eq!(etcd.records(), vec![key.clone()]);
     let plain = rotor::datastore::open_record(&old.password, &key, &etcd.value(&key)).unwrap();
@@ -774,8 +773,7 @@ fn a_token_rotation_on_one_server_locks_the_old_token_out_everywhere() {
     assert_ne!(code, 0);
     assert!(err.contains("token does not decrypt"), "{err}");
     assert!(!s4.join(".rotor").exists(), "a refused join writes nothing");
-    let (code, out, err) = init_server(&s4, 4, &etcd, &["--token", &new.render()]);
-    assert_eq!(code, 0, "{out}{err}");
+    init_ok(&s4, 4, &etcd, &["--token", &new.render()]);
 }
 
 #[test]
