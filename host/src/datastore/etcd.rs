@@ -265,6 +265,10 @@ impl EtcdDatastore {
             doing: "connecting",
             reason,
         };
+        config.check().map_err(|e| DatastoreError::Corrupt {
+            what: format!("etcd settings ({})", e.field),
+            reason: e.reason,
+        })?;
         // One worker: the lock's keep-alive runs while the command works.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
