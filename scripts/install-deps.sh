@@ -7,8 +7,9 @@
 #     openssl, and Python's cryptography package: independent checkers of what rotor writes;
 #     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
 #     cases of tests/it/state.rs;
-#     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs.
-# The Python package goes to the python3 on the PATH.
+#     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs;
+#     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page.
+# The Python packages go to the python3 on the PATH.
 set -euo pipefail
 
 need=()
@@ -38,4 +39,10 @@ if [ "${1:-all}" != build ] && ! python3 -c 'import cryptography' 2>/dev/null; t
   echo "install-deps: pip install cryptography (for $(command -v python3))"
   python3 -m pip install --quiet cryptography 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages cryptography
+fi
+
+if [ "${1:-all}" != build ] && ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+  echo "install-deps: pip install prometheus-client (for $(command -v python3))"
+  python3 -m pip install --quiet prometheus-client 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages prometheus-client
 fi

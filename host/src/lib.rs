@@ -38,3 +38,4 @@ pub mod input;
 pub mod pki;
 pub mod plugin;
 pub mod policy;
+pub mod serve;

@@ -25,4 +25,5 @@ mod etcd;
 mod fuzz_corpus;
 mod installed;
 mod sandbox;
+mod serve;
 mod state;

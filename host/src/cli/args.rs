@@ -128,6 +128,80 @@ pub(super) enum Command {
     /// Load, inspect, evaluate and test policy bundles and their plugins.
     #[command(subcommand)]
     Policy(PolicyCommand),
+
+    /// Keep the data dir's certificates fresh until stopped: renew what the policy says when it
+    /// says, run post-renewal actions, hot-swap the policy bundle (SIGHUP or a change of its
+    /// files), shadow a candidate bundle, export Prometheus metrics, log every decision.
+    #[command(after_help = "Examples:\n  \
+        rotor --data-dir /var/lib/rancher/k3s serve\n  \
+        rotor serve --listen 127.0.0.1:9464 --decision-log /var/log/rotor/decisions.jsonl\n  \
+        rotor serve --shadow-bundle /etc/rotor/candidate --actions /etc/rotor/actions.toml\n  \
+        rotor serve --tls-ca server-ca   # HTTPS with a certificate from the cluster's server CA\n\n\
+        SIGTERM or SIGINT: stop after the change in progress. SIGHUP: reload the policy bundle.")]
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Serve no HTTP endpoint.
+    #[arg(long, conflicts_with_all = ["listen", "tls_ca"])]
+    pub no_listen: bool,
+    /// Serve HTTPS with a certificate issued (and renewed) by this CA of the layout, e.g.
+    /// server-ca (k3s, RKE2) or ca (kubeadm); scrapers trust that CA's certificate file.
+    #[arg(long, value_name = "CA")]
+    pub tls_ca: Option<String>,
+    /// A candidate bundle: it decides alongside the active one and never acts; its decisions
+    /// and disagreements are logged and counted.
+    #[arg(long, value_name = "DIR")]
+    pub shadow_bundle: Option<PathBuf>,
+    /// Write every decision as a JSON line to this file [default: standard output].
+    #[arg(long, value_name = "FILE")]
+    pub decision_log: Option<PathBuf>,
+    /// Rotate the decision log (to FILE.1, FILE.1 to FILE.2, ...) when it would exceed this
+    /// many bytes.
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..), value_name = "BYTES")]
+    pub decision_log_max_bytes: u64,
+    /// Rotated decision logs to keep.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub decision_log_keep: u32,
+    /// Post-renewal actions (TOML): commands or signals per component.
+    #[arg(long, value_name = "FILE")]
+    pub actions: Option<PathBuf>,
+    /// The longest sleep between two cycles (e.g. 30m, 1h, 7d).
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    pub max_interval: std::time::Duration,
+    /// Wake this long before the next certificate expires, whatever the policy hints.
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    pub expiry_margin: std::time::Duration,
+    /// How often the policy bundle's files are checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_watch_interval)]
+    pub watch_interval: std::time::Duration,
+    /// The token [default: the token file in the data dir].
+    #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// How often to look at the bundle's files: 100ms to 1h.
+fn parse_watch_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 500ms, 2s or 1m ({e})"))?;
+    if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(3600) {
+        return Err(format!("'{s}' is outside 100ms to 1h"));
+    }
+    Ok(d)
+}
+
+/// A duration such as `90s`, `30m`, `1h`, `7d` (1 second to 365 days).
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 15m, 1h or 7d ({e})"))?;
+    if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(365 * 86_400) {
+        return Err(format!("'{s}' is outside 1s to 365d"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -479,6 +553,52 @@ pub(super) enum PolicyCommand {
         /// Directory of fixture files.
         dir: PathBuf,
     },
+
+    /// Filter and pretty-print a decision log written by `rotor serve --decision-log`.
+    #[command(after_help = "Examples:\n  \
+        rotor policy log /var/log/rotor/decisions.jsonl --decision renew\n  \
+        rotor policy log decisions.jsonl --disagreements --rotated\n  \
+        rotor policy log decisions.jsonl --certificate serving-kube-apiserver --since 2027-01-01T00:00:00Z")]
+    Log(Box<LogArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct LogArgs {
+    /// The decision log.
+    pub file: PathBuf,
+    /// Read its rotated files (FILE.N ... FILE.1) first.
+    #[arg(long)]
+    pub rotated: bool,
+    /// Only this hook's decisions.
+    #[arg(long, value_enum)]
+    pub hook: Option<HookArg>,
+    /// Only decisions about this certificate (or CSR).
+    #[arg(long, value_name = "NAME")]
+    pub certificate: Option<String>,
+    /// Only these decisions: keep, renew, allow, deny, approve, abstain, error.
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// Only the decisions acted on (the active bundle's) or only the shadow bundle's.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+    /// Only shadow decisions that disagree with the active bundle.
+    #[arg(long)]
+    pub disagreements: bool,
+    /// Only decisions at or after this time (RFC 3339).
+    #[arg(long, value_parser = crate::clock::parse_rfc3339)]
+    pub since: Option<OffsetDateTime>,
+    /// Only decisions before this time (RFC 3339).
+    #[arg(long, value_parser = crate::clock::parse_rfc3339)]
+    pub until: Option<OffsetDateTime>,
+    /// Print the matching records as JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(super) enum RoleArg {
+    Acted,
+    Shadow,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -9,6 +9,7 @@ mod csr;
 mod output;
 mod policy;
 mod rotation;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -98,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Csr(args::CsrCommand::Review(args)) => csr::run(&cli.global, *args, false),
         Command::Csr(args::CsrCommand::Sign(args)) => csr::run(&cli.global, *args, true),
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
+        Command::Serve(args) => serve::run(&cli.global, *args),
     }
 }
 

@@ -12,12 +12,16 @@ use crate::policy::input::{HookRequest, InputContext, build_request};
 use crate::policy::{Bundle, fixtures};
 
 pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exit> {
+    if let PolicyCommand::Log(args) = cmd {
+        return super::serve::log(*args);
+    }
     let bundle = super::bundle(global)?;
     match cmd {
         PolicyCommand::Check => check(&bundle),
         PolicyCommand::Use => record(global, &bundle),
         PolicyCommand::Eval(args) => eval(&bundle, *args),
         PolicyCommand::Test { dir } => test(&bundle, &dir),
+        PolicyCommand::Log(args) => super::serve::log(*args),
     }
 }
 

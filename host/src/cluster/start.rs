@@ -62,9 +62,30 @@ pub(crate) struct LeafPlan {
     /// Lifetime of the re-issued certificate, in seconds.
     pub lifetime_seconds: u64,
     pub restart: Vec<&'static str>,
+    /// How the renewal hook decided, when it was asked (`rotor serve` logs and exports it).
+    #[serde(skip)]
+    pub decided: Option<Box<LeafDecision>>,
 }
 
-/// Everything a start or rotate would do.
+/// The renewal hook's decision on one leaf, with what `rotor serve` needs to log, export and
+/// replay it against a shadow bundle.
+#[derive(Clone, Debug)]
+pub(crate) struct LeafDecision {
+    /// The question asked.
+    pub request: RenewalRequest,
+    /// The answer, after the host's rules.
+    pub decision: crate::contract::RenewalDecision,
+    /// Who decided.
+    pub source: crate::policy::Source,
+    /// The plugin asked, with its digest.
+    pub plugin: Option<(String, String)>,
+    /// The code of the plugin failure that made the failure mode decide.
+    pub error: Option<&'static str>,
+    /// Notes of the host's rules and the failure, in words.
+    pub notes: Vec<String>,
+    /// How long the evaluation took.
+    pub latency: std::time::Duration,
+}
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
     pub extractions: Vec<Extraction>,
@@ -105,6 +126,13 @@ impl Plan {
 pub(crate) struct Prepared {
     pub plan: Plan,
     cas: BTreeMap<&'static str, LoadedCa>,
+}
+
+impl Prepared {
+    /// The CA named `name`, as this plan loaded it.
+    pub(crate) fn ca(&self, name: &str) -> Option<&LoadedCa> {
+        self.cas.get(name)
+    }
 }
 
 /// What applying did.
@@ -280,6 +308,7 @@ fn rotate_leaf(
         not_after,
         lifetime_seconds: crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs(),
         restart: spec.restart.clone(),
+        decided: None,
     })
 }
 
@@ -294,6 +323,7 @@ fn start_leaf(
     let external = ca.signer().is_none();
     let mut lifetime = crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs();
     let mut not_yet_valid = None;
+    let mut decided = None;
     let (action, reasons, not_after) = match cluster.read_leaf(spec)? {
         LeafOnDisk::Missing(why) => (
             if external {
@@ -318,7 +348,23 @@ fn start_leaf(
                 issuer_not_after: Some(ca.facts().not_after),
                 now,
             };
+            let started = std::time::Instant::now();
             let outcome = bundle.renewal(&request)?;
+            let latency = started.elapsed();
+            let mut notes = outcome.notes.clone();
+            notes.extend(outcome.error.iter().map(ToString::to_string));
+            decided = Some(Box::new(LeafDecision {
+                request: request.clone(),
+                decision: outcome.decision.clone(),
+                source: outcome.source,
+                plugin: bundle
+                    .renewal
+                    .as_ref()
+                    .map(|hp| (hp.plugin.name().to_string(), hp.plugin.digest().to_string())),
+                error: outcome.error.as_ref().map(|e| e.kind.code()),
+                notes,
+                latency,
+            }));
             warnings.extend(outcome.notes.iter().map(|n| format!("{}: {n}", spec.name)));
             warnings.extend(outcome.error.iter().map(|e| format!("{}: {e}", spec.name)));
             let source = match (&outcome.plugin, outcome.source) {
@@ -406,6 +452,7 @@ fn start_leaf(
         not_after,
         lifetime_seconds: lifetime,
         restart: spec.restart.clone(),
+        decided,
     })
 }
 

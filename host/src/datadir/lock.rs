@@ -61,6 +61,19 @@ pub enum LockError {
     },
 }
 
+static WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WAITED_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times this process waited for a lock another process held, and for how long in
+/// all (`rotor serve` exports both).
+pub fn wait_totals() -> (u64, Duration) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (
+        WAITS.load(Relaxed),
+        Duration::from_nanos(WAITED_NANOS.load(Relaxed)),
+    )
+}
+
 /// A held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct DirLock {
@@ -116,6 +129,12 @@ impl DirLock {
             }
             std::thread::sleep(pause.min(timeout - waited));
             pause = (pause * 2).min(Duration::from_millis(100));
+        }
+        if announced {
+            use std::sync::atomic::Ordering::Relaxed;
+            WAITS.fetch_add(1, Relaxed);
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            WAITED_NANOS.fetch_add(nanos, Relaxed);
         }
         let lock = DirLock { file, mode, path };
         if mode == LockMode::Exclusive {

@@ -39,7 +39,7 @@
 
 mod lock;
 
-pub use lock::{DirLock, LockError, LockMode};
+pub use lock::{DirLock, LockError, LockMode, wait_totals};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};

@@ -937,6 +937,24 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
+    /// Open `rel` to append to, creating it (with `mode`) when missing: a log. Its current
+    /// length comes with it.
+    pub fn open_append(&self, rel: &Path, mode: u32) -> Result<(std::fs::File, u64), FsError> {
+        self.check(rel)?;
+        let mut opts = OpenOptions::new();
+        opts.append(true).create(true).mode(mode);
+        let file = self
+            .dir
+            .open_with(rel, &opts)
+            .map(|f| f.into_std())
+            .map_err(|e| FsError::io(self.display(rel), e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| FsError::io(self.display(rel), e))?
+            .len();
+        Ok((file, len))
+    }
+
     /// Open (and with `create`, create, mode 0600) a file to hold an advisory lock on, for
     /// writing when `write` (an exclusive `flock` is an `fcntl` write lock on NFS, which needs
     /// a writable descriptor). The lock is the caller's business.

@@ -1,0 +1,108 @@
+//! `rotor serve` and `rotor policy log`.
+
+use std::sync::Arc;
+
+use super::Exit;
+use super::args::{GlobalArgs, LogArgs, RoleArg, ServeArgs};
+use super::output::outln;
+use crate::clock::rfc3339;
+use crate::serve::{Clock, Role, ServeOptions, Service};
+
+pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> {
+    let clock = Clock::from_env().map_err(anyhow::Error::msg)?;
+    let engine = Arc::new(super::engine(global)?);
+    let options = ServeOptions {
+        data_dir: global.data_dir.clone(),
+        datadir: super::datadir_options(global, "serve"),
+        bundle: global.bundle.clone(),
+        shadow_bundle: args.shadow_bundle,
+        token: args.token,
+        listen: (!args.no_listen).then_some(args.listen),
+        tls_ca: args.tls_ca,
+        decision_log: args.decision_log,
+        decision_log_max_bytes: args.decision_log_max_bytes,
+        decision_log_keep: args.decision_log_keep,
+        actions: args.actions,
+        max_interval: args.max_interval,
+        expiry_margin: args.expiry_margin,
+        watch_interval: args.watch_interval,
+    };
+    let service = Service::new(options, engine, clock)?;
+    if let Some(addr) = service.listening() {
+        // Tests and scripts that ask for port 0 read the port here.
+        eprintln!("rotor serve: listening on {addr}");
+    }
+    service.run()?;
+    Ok(Exit::Success)
+}
+
+pub(super) fn log(args: LogArgs) -> anyhow::Result<Exit> {
+    let records = crate::serve::log::read(&args.file, args.rotated)?;
+    let hook = args.hook.map(|h| crate::contract::Hook::from(h).as_str());
+    let role = args.role.map(|r| match r {
+        RoleArg::Acted => Role::Acted,
+        RoleArg::Shadow => Role::Shadow,
+    });
+    let selected = records.iter().filter(|r| {
+        hook.is_none_or(|h| r.hook == h)
+            && args.certificate.as_ref().is_none_or(|c| {
+                r.subject.certificate.as_ref() == Some(c) || r.subject.csr.as_ref() == Some(c)
+            })
+            && args.decision.as_ref().is_none_or(|d| &r.decision == d)
+            && role.is_none_or(|x| r.role == x)
+            && (!args.disagreements || r.disagrees == Some(true))
+            && args.since.is_none_or(|t| r.time >= t)
+            && args.until.is_none_or(|t| r.time < t)
+    });
+    let mut shown = 0usize;
+    for r in selected {
+        shown += 1;
+        if args.json {
+            outln!("{}", serde_json::to_string(r)?);
+            continue;
+        }
+        let subject = match (&r.subject.certificate, &r.subject.serial, &r.subject.csr) {
+            (Some(c), Some(s), _) => format!("{c} (serial {s})"),
+            (Some(c), None, _) => c.clone(),
+            (None, _, Some(csr)) => format!("CSR {csr}"),
+            _ => "-".into(),
+        };
+        let who = match (&r.plugin, &r.digest) {
+            (Some(p), Some(d)) => format!("{p} {}", short_digest(d)),
+            (Some(p), None) => p.clone(),
+            _ => "built-in rule".into(),
+        };
+        let role = match (r.role, r.disagrees) {
+            (Role::Acted, _) => "acted".to_string(),
+            (Role::Shadow, Some(true)) => "shadow DISAGREES".to_string(),
+            (Role::Shadow, _) => "shadow".to_string(),
+        };
+        outln!(
+            "{}  {:<7} {:<8} {}  [{role}; bundle {}; {who}; {:.2} ms]",
+            rfc3339(r.time),
+            r.hook,
+            r.decision,
+            subject,
+            r.bundle,
+            r.latency_ms
+        );
+        for reason in &r.reasons {
+            outln!("    {reason}");
+        }
+        if let Some(t) = r.renew_at {
+            outln!("    ask again at {}", rfc3339(t));
+        }
+        if let Some(e) = &r.error {
+            outln!("    plugin error: {e}");
+        }
+    }
+    if !args.json {
+        outln!("{shown} of {} decisions shown", records.len());
+    }
+    Ok(Exit::Success)
+}
+
+fn short_digest(d: &str) -> String {
+    let hex = d.strip_prefix("sha256:").unwrap_or(d);
+    format!("sha256:{}", &hex[..hex.len().min(12)])
+}

@@ -1,0 +1,329 @@
+//! Post-renewal actions: what to do once certificates were renewed, per component (a command
+//! to run, or a signal to the process of a pid file), configured by the operator in a TOML file:
+//!
+//! ```toml
+//! [[action]]
+//! name = "reload-apiserver"                # names the action in logs and metrics
+//! components = ["kube-apiserver"]          # restart components of renewed leaves; "*": any
+//! certificates = []                        # or leaf names (serving-kube-apiserver, ...)
+//! command = ["systemctl", "restart", "k3s"]
+//! timeout_seconds = 60                     # default 60
+//! retries = 5                              # further attempts after a failure (default 5)
+//!
+//! [[action]]
+//! name = "etcd-hup"
+//! components = ["etcd"]
+//! signal = "HUP"                           # HUP, INT, TERM, USR1, USR2
+//! pid_file = "/run/etcd.pid"
+//! ```
+//!
+//! A command gets the renewal in its environment: `ROTOR_RENEWED_CERTIFICATES` and
+//! `ROTOR_COMPONENTS` (space-separated), `ROTOR_DATA_DIR`. Each action runs on its own thread:
+//! a failing one is reported, counted and retried with backoff (1 s, 2 s, 4 s, ... at most a
+//! minute), and never delays a renewal or another action. Renewals that arrive while an action
+//! is pending or retrying are merged into its next run.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use super::Shared;
+use super::metrics::{ActionLabels, Metrics};
+use crate::fs::Root;
+
+/// The actions file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    action: Vec<Action>,
+}
+
+/// One post-renewal action.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Action {
+    pub name: String,
+    #[serde(default)]
+    pub components: Vec<String>,
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub signal: Option<String>,
+    pub pid_file: Option<PathBuf>,
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+fn default_retries() -> u32 {
+    5
+}
+
+fn signal_of(name: &str) -> Option<rustix::process::Signal> {
+    use rustix::process::Signal;
+    Some(match name.trim_start_matches("SIG") {
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "TERM" => Signal::TERM,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        _ => return None,
+    })
+}
+
+/// Read and check the actions file `path`.
+pub(crate) fn load(path: &Path) -> Result<Vec<Action>, String> {
+    let bytes = Root::read_ambient_file(path).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut names = BTreeSet::new();
+    for (i, a) in file.action.iter().enumerate() {
+        let at = format!("{}: action[{i}] ({})", path.display(), a.name);
+        if a.name.is_empty() || !names.insert(a.name.clone()) {
+            return Err(format!("{at}: 'name' must be set and unique"));
+        }
+        if a.components.is_empty() && a.certificates.is_empty() {
+            return Err(format!(
+                "{at}: give 'components' (\"*\" for any) or 'certificates'"
+            ));
+        }
+        match (&a.command[..], &a.signal, &a.pid_file) {
+            ([_, ..], None, None) => {}
+            ([], Some(s), Some(_)) => {
+                if signal_of(s).is_none() {
+                    return Err(format!(
+                        "{at}: 'signal' {s:?} is not one of HUP, INT, TERM, USR1, USR2"
+                    ));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{at}: give either 'command' (a non-empty list) or both 'signal' and 'pid_file'"
+                ));
+            }
+        }
+        if a.timeout_seconds == 0 || a.timeout_seconds > 3600 {
+            return Err(format!("{at}: 'timeout_seconds' must be 1 to 3600"));
+        }
+    }
+    Ok(file.action)
+}
+
+/// What was renewed, for an action's next run.
+#[derive(Debug, Default)]
+struct Pending {
+    certificates: BTreeSet<String>,
+    components: BTreeSet<String>,
+    stop: bool,
+}
+
+struct Worker {
+    action: Action,
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+/// The actions, each on its thread.
+pub(crate) struct Runner {
+    workers: Vec<Arc<Worker>>,
+}
+
+impl Runner {
+    pub(crate) fn start(actions: Vec<Action>, data_dir: PathBuf, shared: Arc<Shared>) -> Runner {
+        let workers: Vec<Arc<Worker>> = actions
+            .into_iter()
+            .map(|action| {
+                Arc::new(Worker {
+                    action,
+                    pending: Mutex::new(Pending::default()),
+                    wake: Condvar::new(),
+                })
+            })
+            .collect();
+        for w in &workers {
+            let w = Arc::clone(w);
+            let shared = Arc::clone(&shared);
+            let data_dir = data_dir.clone();
+            std::thread::spawn(move || w.run(&data_dir, &shared.metrics));
+        }
+        Runner { workers }
+    }
+
+    /// Queue the actions that `renewed` (certificate name, its restart components) concern.
+    pub(crate) fn renewed(&self, renewed: &[(String, Vec<String>)]) {
+        for w in &self.workers {
+            let a = &w.action;
+            let hit: Vec<&(String, Vec<String>)> = renewed
+                .iter()
+                .filter(|(name, components)| {
+                    a.certificates.contains(name)
+                        || a.components
+                            .iter()
+                            .any(|c| c == "*" || components.contains(c))
+                })
+                .collect();
+            if hit.is_empty() {
+                continue;
+            }
+            let mut p = w.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, components) in hit {
+                p.certificates.insert(name.clone());
+                p.components.extend(components.iter().cloned());
+            }
+            w.wake.notify_one();
+        }
+    }
+
+    /// Stop the workers once their current run ends; pending runs are dropped (and said so).
+    pub(crate) fn stop(&self) {
+        for w in &self.workers {
+            let mut p = w.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if !p.certificates.is_empty() {
+                eprintln!(
+                    "rotor serve: action {}: not run for {} (stopping)",
+                    w.action.name,
+                    p.certificates.iter().cloned().collect::<Vec<_>>().join(" ")
+                );
+            }
+            p.stop = true;
+            w.wake.notify_one();
+        }
+    }
+}
+
+impl Worker {
+    fn run(&self, data_dir: &Path, metrics: &Metrics) {
+        let mut failures: u32 = 0;
+        loop {
+            let (certificates, components) = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                while p.certificates.is_empty() && !p.stop {
+                    p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+                }
+                if p.stop {
+                    return;
+                }
+                (
+                    std::mem::take(&mut p.certificates),
+                    std::mem::take(&mut p.components),
+                )
+            };
+            let a = &self.action;
+            let result = self.once(data_dir, &certificates, &components);
+            let outcome = if result.is_ok() { "success" } else { "failure" };
+            metrics
+                .actions
+                .get_or_create(&ActionLabels {
+                    action: a.name.clone(),
+                    outcome: outcome.into(),
+                })
+                .inc();
+            let names = certificates.iter().cloned().collect::<Vec<_>>().join(" ");
+            match result {
+                Ok(()) => {
+                    failures = 0;
+                    eprintln!("rotor serve: action {}: done for {names}", a.name);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures > a.retries {
+                        eprintln!(
+                            "rotor serve: action {}: FAILED for {names}: {e}; gave up after {failures} attempts (the next renewal runs it again)",
+                            a.name
+                        );
+                        failures = 0;
+                        continue;
+                    }
+                    let backoff = Duration::from_secs(1 << (failures - 1).min(6))
+                        .min(Duration::from_secs(60));
+                    eprintln!(
+                        "rotor serve: action {}: failed for {names}: {e}; retrying in {} s ({failures} of {} retries)",
+                        a.name,
+                        backoff.as_secs(),
+                        a.retries
+                    );
+                    // Put the run back, merged with whatever arrived meanwhile, and wait.
+                    let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    p.certificates.extend(certificates);
+                    p.components.extend(components);
+                    let deadline = Instant::now() + backoff;
+                    while !p.stop && Instant::now() < deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        p = self
+                            .wake
+                            .wait_timeout(p, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                }
+            }
+        }
+    }
+
+    fn once(
+        &self,
+        data_dir: &Path,
+        certificates: &BTreeSet<String>,
+        components: &BTreeSet<String>,
+    ) -> Result<(), String> {
+        let a = &self.action;
+        if let (Some(signal), Some(pid_file)) = (&a.signal, &a.pid_file) {
+            let bytes = Root::read_ambient_file(pid_file).map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&bytes);
+            let pid: i32 = text.trim().parse().map_err(|_| {
+                format!(
+                    "{}: not a process id: {:?}",
+                    pid_file.display(),
+                    text.trim()
+                )
+            })?;
+            let pid = rustix::process::Pid::from_raw(pid)
+                .ok_or_else(|| format!("{}: not a process id: {pid}", pid_file.display()))?;
+            let sig = signal_of(signal).ok_or_else(|| format!("unknown signal {signal}"))?;
+            return rustix::process::kill_process(pid, sig)
+                .map_err(|e| format!("signal {signal} to pid {pid:?}: {e}"));
+        }
+        let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
+        let mut cmd = std::process::Command::new(&a.command[0]);
+        cmd.args(&a.command[1..])
+            .env("ROTOR_RENEWED_CERTIFICATES", join(certificates))
+            .env("ROTOR_COMPONENTS", join(components))
+            .env("ROTOR_DATA_DIR", data_dir)
+            .stdin(std::process::Stdio::null());
+        // Its output goes to rotor's standard error: standard output may be the decision log.
+        if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
+            cmd.stdout(std::process::Stdio::from(err));
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", a.command[0]))?;
+        let deadline = Instant::now() + Duration::from_secs(a.timeout_seconds);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => return Err(format!("{} exited with {status}", a.command[0])),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{} still running after {} s: killed",
+                        a.command[0], a.timeout_seconds
+                    ));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("waiting for {}: {e}", a.command[0])),
+            }
+        }
+    }
+}
+
+use std::os::fd::AsFd;

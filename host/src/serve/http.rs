@@ -1,0 +1,143 @@
+//! `rotor serve`'s HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, over plain HTTP or TLS
+//! with a certificate rotor issues from the cluster's CA and renews in place.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use super::Shared;
+
+/// The serving certificate of the TLS endpoint, replaced when rotor renews it.
+#[derive(Debug, Default)]
+pub(crate) struct Resolver {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl Resolver {
+    pub(crate) fn set(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        "/healthz" | "/livez" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
+        "/readyz" => match shared.not_ready() {
+            None => (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "ready\n".into(),
+            ),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("not ready: {why}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, v);
+    }
+    response
+}
+
+/// Serve on `listener` (already bound) on a thread of its own, until the process exits.
+pub(crate) fn spawn(
+    listener: std::net::TcpListener,
+    tls: Option<Arc<Resolver>>,
+    shared: Arc<Shared>,
+) -> std::io::Result<SocketAddr> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let acceptor = tls.map(|resolver| {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_no_client_auth().with_cert_resolver(resolver));
+        config.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)))
+    });
+    let acceptor = match acceptor {
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => return Err(std::io::Error::other(e)),
+        None => None,
+    };
+    std::thread::Builder::new()
+        .name("rotor-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("rotor serve: http: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let shared = Arc::clone(&shared);
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: Request<_>| {
+                            let r = respond(&shared, req.uri().path());
+                            async move { Ok::<_, Infallible>(r) }
+                        });
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match acceptor {
+                            Some(acceptor) => {
+                                if let Ok(tls) = acceptor.accept(stream).await {
+                                    let _ = http
+                                        .serve_connection(
+                                            hyper_util::rt::TokioIo::new(tls),
+                                            service,
+                                        )
+                                        .await;
+                                }
+                            }
+                            None => {
+                                let _ = http
+                                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                    .await;
+                            }
+                        }
+                    });
+                }
+            });
+        })?;
+    Ok(addr)
+}
