@@ -438,6 +438,16 @@ retries = 3
             assert_eq!(nb as i64, not_before, "{file:?}");
             if s.labels["kind"] == "leaf" {
                 assert_eq!(not_after, (t0 + days(915)).unix_timestamp(), "{file:?}");
+                let renewal = value(
+                    &samples,
+                    "rotor_certificate_renewal_timestamp_seconds",
+                    &[("file", &s.labels["file"])],
+                );
+                assert_eq!(
+                    renewal as i64,
+                    not_after - days(90).whole_seconds(),
+                    "{file:?}"
+                );
             }
         }
         assert_eq!(

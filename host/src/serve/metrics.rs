@@ -83,6 +83,7 @@ pub(crate) struct Metrics {
     pub registry: Registry,
     pub expiration: Family<CertLabels, Gauge>,
     pub not_before: Family<CertLabels, Gauge>,
+    pub renewal: Family<CertLabels, Gauge>,
     pub renewals: Family<RenewalLabels, Counter>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
@@ -105,6 +106,7 @@ impl Metrics {
         let m = Metrics {
             expiration: Family::default(),
             not_before: Family::default(),
+            renewal: Family::default(),
             renewals: Family::default(),
             decisions: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
@@ -130,6 +132,11 @@ impl Metrics {
             "rotor_certificate_not_before_timestamp_seconds",
             "notBefore of each certificate of the data dir, as a Unix time",
             m.not_before.clone(),
+        );
+        registry.register(
+            "rotor_certificate_renewal_timestamp_seconds",
+            "When the renewal policy will renew each leaf (its renew-at hint), as a Unix time",
+            m.renewal.clone(),
         );
         registry.register(
             "rotor_renewals",

@@ -680,7 +680,22 @@ impl Service {
         let m = &self.shared.metrics;
         m.expiration.clear();
         m.not_before.clear();
+        m.renewal.clear();
         let layout = cluster.config.profile.as_str().to_string();
+        let hints: std::collections::BTreeMap<&str, (&str, OffsetDateTime)> = prepared
+            .plan
+            .leaves
+            .iter()
+            .filter_map(|l| {
+                let d = l.decided.as_ref()?;
+                match d.decision {
+                    RenewalDecision::Keep {
+                        renew_at: Some(at), ..
+                    } => Some((l.name.as_str(), (d.request.certificate.serial.as_str(), at))),
+                    _ => None,
+                }
+            })
+            .collect();
         let set = |labels: CertLabels, not_before: OffsetDateTime, not_after: OffsetDateTime| {
             m.not_before
                 .get_or_create(&labels)
@@ -707,17 +722,22 @@ impl Service {
         }
         for spec in &cluster.layout.leaves {
             if let Ok(crate::cluster::LeafOnDisk::Present { facts, .. }) = cluster.read_leaf(spec) {
-                set(
-                    CertLabels {
-                        name: spec.name.clone(),
-                        file: spec.storage.cert_path().display().to_string(),
-                        layout: layout.clone(),
-                        issuer: spec.ca.to_string(),
-                        kind: "leaf".into(),
-                    },
-                    facts.not_before,
-                    facts.not_after,
-                );
+                let labels = CertLabels {
+                    name: spec.name.clone(),
+                    file: spec.storage.cert_path().display().to_string(),
+                    layout: layout.clone(),
+                    issuer: spec.ca.to_string(),
+                    kind: "leaf".into(),
+                };
+                // The hint is about the certificate the policy saw: a renewed one gets its
+                // hint at the next cycle, which follows at once.
+                let hint = hints
+                    .get(spec.name.as_str())
+                    .and_then(|(serial, at)| (*serial == facts.serial).then_some(*at));
+                if let Some(at) = hint {
+                    m.renewal.get_or_create(&labels).set(at.unix_timestamp());
+                }
+                set(labels, facts.not_before, facts.not_after);
             }
         }
     }
