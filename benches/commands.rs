@@ -549,9 +549,212 @@ fn datastore(c: &mut Criterion) {
     group.finish();
 }
 
+/// 9: `rotor serve`: one idle cycle over the k3s layout (17 leaves, nothing to renew) in the
+/// running server, against `rotor start` with nothing to renew (a process) in the same run;
+/// the idle server's resident memory against `rotor start`'s peak; and a hot swap's pause (from
+/// the last decision with the old bundle to the first with the new, decisions running all the
+/// time on another thread) against a stop-the-world reload (load and validate, then decide).
+fn serve(c: &mut Criterion) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use rotor::plugin::{EngineOptions, PluginEngine};
+    use rotor::serve::{Clock, ServeOptions, Service};
+
+    let env = Env::new();
+    let dir = env.root.join("serve-k3s");
+    env.init(&dir, &["--profile", "k3s", "--datastore-format", "k3s"]);
+    let d = dir.to_str().expect("utf-8");
+    let engine = Arc::new(
+        PluginEngine::new(EngineOptions {
+            cache_dir: Some(env.cache.clone()),
+            ..EngineOptions::default()
+        })
+        .expect("engine"),
+    );
+    let options = |bundle: PathBuf| ServeOptions {
+        data_dir: dir.clone(),
+        datadir: rotor::datadir::Options {
+            command: "serve".into(),
+            ..rotor::datadir::Options::default()
+        },
+        bundle: Some(bundle),
+        shadow_bundle: None,
+        token: None,
+        listen: None,
+        tls_ca: None,
+        decision_log: Some(env.root.join("decisions.jsonl")),
+        decision_log_max_bytes: 1 << 20,
+        decision_log_keep: 1,
+        actions: None,
+        max_interval: Duration::from_secs(3600),
+        expiry_margin: Duration::from_secs(3600),
+        watch_interval: Duration::from_secs(3600),
+    };
+
+    let mut group = c.benchmark_group("serve");
+    group.sample_size(20);
+    group.bench_function("rotor_start_nothing_to_renew/k3s", |b| {
+        b.iter(|| env.rotor(&["--data-dir", d, "start"]).expect("start"))
+    });
+    let mut service = Service::new(
+        options(repo().join("policies/default")),
+        Arc::clone(&engine),
+        Clock::System,
+    )
+    .expect("serve");
+    group.bench_function("idle_cycle/k3s", |b| {
+        b.iter(|| {
+            let report = service.cycle().expect("cycle");
+            assert!(report.renewed.is_empty() && report.checked == 17);
+        })
+    });
+    drop(service);
+
+    // Resident memory: the idle server after its first cycle, and `rotor start`'s peak.
+    let mut cmd = env.command(&["--data-dir", d, "serve", "--listen", "127.0.0.1:0"]);
+    cmd.stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("rotor serve");
+    let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    // Read standard error to the end: a closed pipe would fail the server's next message.
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            let port = line
+                .split("listening on ")
+                .nth(1)
+                .and_then(|a| a.rsplit(':').next()?.parse::<u16>().ok());
+            if let Some(port) = port {
+                let _ = port_tx.send(port);
+            }
+        }
+    });
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("listening");
+    let ready = || {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut answer = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+        answer.starts_with("HTTP/1.1 200")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    let rss_kib: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    let _ = child.kill();
+    let _ = child.wait();
+    let (_, start_peak_kib) = run_measured(env.command(&["--data-dir", d, "start"]));
+    eprintln!(
+        "serve/idle_rss: {:.1} MiB; rotor start peak {:.1} MiB ({:.2}x)",
+        rss_kib as f64 / 1024.0,
+        start_peak_kib as f64 / 1024.0,
+        rss_kib as f64 / start_peak_kib as f64
+    );
+
+    // Hot swap. The bundle's name alternates, so the decision thread sees which one decided.
+    let bundle = env.root.join("swap-bundle");
+    copy_tree(&repo().join("policies/default"), &bundle);
+    let manifest = bundle.join("bundle.toml");
+    let original = std::fs::read_to_string(&manifest).expect("manifest");
+    let name_it = |name: &str| {
+        let tmp = env.root.join("manifest.tmp");
+        std::fs::write(
+            &tmp,
+            original.replacen("name = \"default\"", &format!("name = \"{name}\""), 1),
+        )
+        .expect("manifest");
+        std::fs::rename(&tmp, &manifest).expect("manifest");
+    };
+    name_it("b0");
+    let service =
+        Service::new(options(bundle.clone()), Arc::clone(&engine), Clock::System).expect("serve");
+    let request = {
+        let pem = std::fs::read(dir.join("server/tls/serving-kube-apiserver.crt")).expect("leaf");
+        let certs = rotor::facts::parse_certificates_pem("leaf", &pem).expect("leaf");
+        rotor::contract::RenewalRequest {
+            name: "serving-kube-apiserver".into(),
+            certificate: certs[0].clone(),
+            issuer_not_after: Some(certs[1].not_after),
+            now: OffsetDateTime::now_utc(),
+        }
+    };
+    let mut generation = 0u64;
+    group.sample_size(10);
+    group.bench_function("hot_swap_pause", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                generation += 1;
+                let new_name = format!("b{generation}");
+                name_it(&new_name);
+                let stop = AtomicBool::new(false);
+                let deciding = AtomicBool::new(false);
+                let pause = std::thread::scope(|scope| {
+                    let decider = scope.spawn(|| {
+                        let mut last_old = None;
+                        loop {
+                            let bundle = service.active_bundle().expect("bundle");
+                            bundle.renewal(&request).expect("decision");
+                            let at = Instant::now();
+                            if bundle.name == new_name {
+                                return last_old.map(|old| at - old);
+                            }
+                            last_old = Some(at);
+                            deciding.store(true, Ordering::Release);
+                            if stop.load(Ordering::Relaxed) {
+                                return None;
+                            }
+                        }
+                    });
+                    while !deciding.load(Ordering::Acquire) {
+                        std::hint::spin_loop();
+                    }
+                    let swapped = service.reload();
+                    if !swapped {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    let pause = decider.join().expect("decider");
+                    assert!(swapped, "the new bundle was refused");
+                    pause.expect("an old decision before the new one")
+                });
+                total += pause;
+            }
+            total
+        })
+    });
+    group.bench_function("stop_the_world_reload", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                generation += 1;
+                name_it(&format!("b{generation}"));
+                // The decisions wait while the bundle is loaded and validated, then resume.
+                let started = Instant::now();
+                assert!(service.reload(), "reload");
+                let bundle = service.active_bundle().expect("bundle");
+                bundle.renewal(&request).expect("decision");
+                total += started.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = settings::config();
-    targets = start, init, custom_ca, csr_batch, datastore
+    targets = start, init, custom_ca, csr_batch, datastore, serve
 }
 criterion_main!(benches);

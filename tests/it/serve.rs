@@ -41,8 +41,8 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 impl Serve {
-    /// Start `rotor serve` on `dir` at `at` (the test clock), and wait until its first cycle
-    /// is done.
+    /// Start `rotor serve` on `dir` at `at` (the test clock) and, unless `--no-listen`, wait
+    /// until it listens (then [`Serve::advance`] to `at` waits for the first cycle).
     fn start(dir: &Path, at: OffsetDateTime, args: &[&str], env: &[(&str, &Path)]) -> Serve {
         let clock = dir.with_extension("clock");
         write_clock(&clock, at);
@@ -493,11 +493,25 @@ retries = 3
     }
 
     // The action ran with the renewal in its environment; its first run failed and was
-    // retried.
-    wait_for("the action's retry", Duration::from_secs(30), || {
-        std::fs::read_to_string(&out).is_ok_and(|s| s.lines().count() >= 2)
-    });
+    // retried (rotor counts a run once it has seen the command exit).
+    let action_runs = |outcome: &str| {
+        let (_, page) = serve.get("/metrics");
+        parse_metrics(&page).map(|samples| {
+            value(
+                &samples,
+                "rotor_post_renewal_actions_total",
+                &[("action", "record"), ("outcome", outcome)],
+            )
+        })
+    };
+    if action_runs("failure").is_some() {
+        wait_for("the action's retry", Duration::from_secs(30), || {
+            action_runs("success").unwrap_or(0.0) >= 1.0
+        });
+        assert_eq!(action_runs("failure"), Some(1.0));
+    }
     let ran = std::fs::read_to_string(&out).unwrap();
+    assert!(ran.lines().count() >= 2, "{ran}");
     let first = ran.lines().next().unwrap();
     let (names, components) = first.split_once('|').unwrap();
     assert_eq!(names.split(' ').count(), 17, "{first}");
@@ -509,24 +523,6 @@ retries = 3
         components.split(' ').any(|c| c == "kube-apiserver"),
         "{first}"
     );
-    let (_, page) = serve.get("/metrics");
-    if let Some(samples) = parse_metrics(&page) {
-        assert_eq!(
-            value(
-                &samples,
-                "rotor_post_renewal_actions_total",
-                &[("action", "record"), ("outcome", "failure")]
-            ),
-            1.0
-        );
-        assert!(
-            value(
-                &samples,
-                "rotor_post_renewal_actions_total",
-                &[("action", "record"), ("outcome", "success")]
-            ) >= 1.0
-        );
-    }
 
     // `rotor policy log` reads the rotated files back and filters.
     let out = rotor_ok(
@@ -881,19 +877,19 @@ fn hot_swaps_refuse_a_bad_bundle_and_a_shadow_bundle_never_acts() {
 
     // Without the stale fixtures it is accepted (the watcher sees the change; SIGHUP reloads
     // too) and decides from then on: with 165 days left, a 200-day window renews.
-    std::fs::remove_dir_all(bundle.join("fixtures")).unwrap();
-    wait_for("the swap", Duration::from_secs(60), || {
-        serve
-            .stderr()
-            .contains("'wide' loaded, validated and switched in")
-    });
-    serve.signal("HUP");
-    wait_for("the reload on SIGHUP", Duration::from_secs(60), || {
+    let switched = |serve: &Serve| {
         serve
             .stderr()
             .matches("'wide' loaded, validated and switched in")
             .count()
-            >= 2
+    };
+    std::fs::rename(bundle.join("fixtures"), tmp.path().join("old-fixtures")).unwrap();
+    wait_for("the swap", Duration::from_secs(60), || {
+        switched(&serve) == 1
+    });
+    serve.signal("HUP");
+    wait_for("the reload on SIGHUP", Duration::from_secs(60), || {
+        switched(&serve) == 2
     });
     wait_for(
         "the renewals of the new bundle",
@@ -954,7 +950,12 @@ fn readyz_says_why_the_server_is_not_ready() {
     copy_dir(&repo_root().join("policies/default"), &bundle);
     let manifest = bundle.join("bundle.toml");
     let good = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, good.replacen("sha256 = \"f", "sha256 = \"0", 1)).unwrap();
+    let pin = good
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = \""))
+        .map(|rest| &rest[..64])
+        .expect("a pin");
+    std::fs::write(&manifest, good.replacen(pin, &"0".repeat(64), 1)).unwrap();
     let serve = Serve::start(
         &dir,
         t0(),
@@ -982,7 +983,7 @@ fn readyz_says_why_the_server_is_not_ready() {
     drop(serve);
 
     // A token that does not open the datastore.
-    let mut serve = Serve::start(
+    let serve = Serve::start(
         &dir,
         t0(),
         &[
@@ -999,7 +1000,6 @@ fn readyz_says_why_the_server_is_not_ready() {
     let (code, body) = serve.get("/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("datastore cannot be loaded"), "{body}");
-    let _ = serve.exited();
 }
 
 /// SIGTERM while a renewal is being committed: the change is finished, the process exits 0,
@@ -1012,6 +1012,17 @@ fn sigterm_in_the_middle_of_a_renewal_finishes_it_and_stops() {
     init_k3s(&dir, t0);
     let resume = tmp.path().join("resume");
     let at = t0 + days(300);
+    // The renewal's action is owed when SIGTERM comes: it runs before the process exits.
+    let out = tmp.path().join("action.out");
+    let actions = tmp.path().join("actions.toml");
+    std::fs::write(
+        &actions,
+        format!(
+            "[[action]]\nname = \"record\"\ncomponents = [\"*\"]\ncommand = [\"sh\", \"-c\", \"echo \\\"$ROTOR_RENEWED_CERTIFICATES\\\" >> {}\"]\n",
+            out.display()
+        ),
+    )
+    .unwrap();
     let serve = Serve::start(
         &dir,
         at,
@@ -1019,6 +1030,8 @@ fn sigterm_in_the_middle_of_a_renewal_finishes_it_and_stops() {
             "--no-listen",
             "--decision-log",
             tmp.path().join("d.jsonl").to_str().unwrap(),
+            "--actions",
+            actions.to_str().unwrap(),
         ],
         &[
             ("ROTOR_FAILPOINT", Path::new("wait:commit:journaled")),
@@ -1041,6 +1054,9 @@ fn sigterm_in_the_middle_of_a_renewal_finishes_it_and_stops() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("renewed"), "{err}");
     assert!(err.contains("rotor serve: stopped"), "{err}");
+    let ran = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(ran.lines().count(), 1, "{ran}\n{err}");
+    assert_eq!(ran.split_whitespace().count(), 17, "{ran}");
     // Consistent and complete: nothing left to do at that time, and the lock is free.
     let start = Instant::now();
     let out = rotor_ok(&dir, &["start", "--dry-run", "--now", &rfc3339(at)]);
@@ -1082,4 +1098,38 @@ impl Serve {
         std::thread::sleep(Duration::from_millis(50));
         (status.code().unwrap_or(-1), self.stderr())
     }
+}
+
+/// On the system clock, a server sleeping until its next cycle (an hour away) stops at once
+/// on SIGTERM, and SIGHUP before `run` does not kill it.
+#[test]
+fn sigterm_while_sleeping_stops_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("k3s");
+    init_k3s(&dir, OffsetDateTime::now_utc() - days(1));
+    let mut serve = Serve::start(
+        &dir,
+        t0(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--decision-log",
+            tmp.path().join("d.jsonl").to_str().unwrap(),
+        ],
+        &[("ROTOR_TEST_CLOCK", Path::new(""))],
+    );
+    serve.signal("HUP");
+    wait_for("ready", Duration::from_secs(60), || {
+        serve.get("/readyz").0 == 200
+    });
+    assert!(!serve.exited(), "{}", serve.stderr());
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let (code, err) = serve.terminate();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        started.elapsed() < DEADLINE_SLACK,
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -37,14 +37,16 @@ pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> 
 }
 
 pub(super) fn log(args: LogArgs) -> anyhow::Result<Exit> {
-    let records = crate::serve::log::read(&args.file, args.rotated)?;
     let hook = args.hook.map(|h| crate::contract::Hook::from(h).as_str());
     let role = args.role.map(|r| match r {
         RoleArg::Acted => Role::Acted,
         RoleArg::Shadow => Role::Shadow,
     });
-    let selected = records.iter().filter(|r| {
-        hook.is_none_or(|h| r.hook == h)
+    let (mut shown, mut total) = (0usize, 0usize);
+    let mut failed = None;
+    crate::serve::log::read(&args.file, args.rotated, |r| {
+        total += 1;
+        let selected = hook.is_none_or(|h| r.hook == h)
             && args.certificate.as_ref().is_none_or(|c| {
                 r.subject.certificate.as_ref() == Some(c) || r.subject.csr.as_ref() == Some(c)
             })
@@ -52,57 +54,67 @@ pub(super) fn log(args: LogArgs) -> anyhow::Result<Exit> {
             && role.is_none_or(|x| r.role == x)
             && (!args.disagreements || r.disagrees == Some(true))
             && args.since.is_none_or(|t| r.time >= t)
-            && args.until.is_none_or(|t| r.time < t)
-    });
-    let mut shown = 0usize;
-    for r in selected {
+            && args.until.is_none_or(|t| r.time < t);
+        if !selected || failed.is_some() {
+            return;
+        }
         shown += 1;
         if args.json {
-            outln!("{}", serde_json::to_string(r)?);
-            continue;
+            match serde_json::to_string(&r) {
+                Ok(line) => outln!("{line}"),
+                Err(e) => failed = Some(e),
+            }
+        } else {
+            print_record(&r);
         }
-        let subject = match (&r.subject.certificate, &r.subject.serial, &r.subject.csr) {
-            (Some(c), Some(s), _) => format!("{c} (serial {s})"),
-            (Some(c), None, _) => c.clone(),
-            (None, _, Some(csr)) => format!("CSR {csr}"),
-            _ => "-".into(),
-        };
-        let who = match (&r.plugin, &r.digest) {
-            (Some(p), Some(d)) => format!("{p} {}", short_digest(d)),
-            (Some(p), None) => p.clone(),
-            _ => "built-in rule".into(),
-        };
-        let role = match (r.role, r.disagrees) {
-            (Role::Acted, _) => "acted".to_string(),
-            (Role::Shadow, Some(true)) => "shadow DISAGREES".to_string(),
-            (Role::Shadow, _) => "shadow".to_string(),
-        };
-        outln!(
-            "{}  {:<7} {:<8} {}  [{role}; bundle {}; {who}; {:.2} ms]",
-            rfc3339(r.time),
-            r.hook,
-            r.decision,
-            subject,
-            r.bundle,
-            r.latency_ms
-        );
-        for reason in &r.reasons {
-            outln!("    {reason}");
-        }
-        if let Some(t) = r.renew_at {
-            outln!("    ask again at {}", rfc3339(t));
-        }
-        if let Some(e) = &r.error {
-            outln!("    plugin error: {e}");
-        }
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     if !args.json {
-        outln!("{shown} of {} decisions shown", records.len());
+        outln!("{shown} of {total} decisions shown");
     }
     Ok(Exit::Success)
 }
 
+fn print_record(r: &crate::serve::DecisionRecord) {
+    let subject = match (&r.subject.certificate, &r.subject.serial, &r.subject.csr) {
+        (Some(c), Some(s), _) => format!("{c} (serial {s})"),
+        (Some(c), None, _) => c.clone(),
+        (None, _, Some(csr)) => format!("CSR {csr}"),
+        _ => "-".into(),
+    };
+    let who = match (&r.plugin, &r.digest) {
+        (Some(p), Some(d)) => format!("{p} {}", short_digest(d)),
+        (Some(p), None) => p.clone(),
+        _ => "built-in rule".into(),
+    };
+    let role = match (r.role, r.disagrees) {
+        (Role::Acted, _) => "acted".to_string(),
+        (Role::Shadow, Some(true)) => "shadow DISAGREES".to_string(),
+        (Role::Shadow, _) => "shadow".to_string(),
+    };
+    outln!(
+        "{}  {:<7} {:<8} {}  [{role}; bundle {}; {who}; {:.2} ms]",
+        rfc3339(r.time),
+        r.hook,
+        r.decision,
+        subject,
+        r.bundle,
+        r.latency_ms
+    );
+    for reason in &r.reasons {
+        outln!("    {reason}");
+    }
+    if let Some(t) = r.renew_at {
+        outln!("    ask again at {}", rfc3339(t));
+    }
+    if let Some(e) = &r.error {
+        outln!("    plugin error: {e}");
+    }
+}
+
 fn short_digest(d: &str) -> String {
     let hex = d.strip_prefix("sha256:").unwrap_or(d);
-    format!("sha256:{}", &hex[..hex.len().min(12)])
+    format!("sha256:{}", hex.chars().take(12).collect::<String>())
 }

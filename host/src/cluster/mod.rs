@@ -283,6 +283,17 @@ impl Cluster {
     /// no writer changes it meanwhile. A change a dead writer left in flight is finished or
     /// rolled back first (under the exclusive lock, for that moment).
     pub fn open_read(data_dir: &Path, options: &Options) -> Result<Cluster> {
+        Cluster::open_read_with(data_dir, options, true)
+    }
+
+    /// [`Cluster::open_read`] without connecting to the datastore: the data dir's own files
+    /// only (its config, layout, recorded bundle, certificates). What needs the datastore fails
+    /// with [`ClusterError::NoDatastore`].
+    pub fn open_read_local(data_dir: &Path, options: &Options) -> Result<Cluster> {
+        Cluster::open_read_with(data_dir, options, false)
+    }
+
+    fn open_read_with(data_dir: &Path, options: &Options, connect: bool) -> Result<Cluster> {
         let root = open_data_dir(data_dir)?;
         let not_initialized = || ClusterError::NotInitialized(data_dir.to_path_buf());
         // A journal under the shared lock means a writer died: recover under the exclusive
@@ -297,7 +308,7 @@ impl Cluster {
                 if dir.live().is_none() {
                     return Err(not_initialized());
                 }
-                return Cluster::from_live(root, dir);
+                return Cluster::from_live_with(root, dir, connect);
             }
             let mut writer = dir.upgrade()?;
             recover(&mut writer)?;
@@ -310,6 +321,10 @@ impl Cluster {
 
     /// The cluster as its live generation describes it.
     fn from_live(root: Root, dir: DataDir) -> Result<Cluster> {
+        Cluster::from_live_with(root, dir, true)
+    }
+
+    fn from_live_with(root: Root, dir: DataDir, connect: bool) -> Result<Cluster> {
         let live_n = dir
             .live()
             .ok_or_else(|| ClusterError::NotInitialized(root.path().to_path_buf()))?;
@@ -319,7 +334,11 @@ impl Cluster {
             reason: "missing from the live generation".into(),
         })?;
         let layout = Layout::for_config(&config);
-        let store = open_store(&root, &config, &layout, dir.options())?;
+        let store = if connect {
+            open_store(&root, &config, &layout, dir.options())?
+        } else {
+            None
+        };
         Ok(Cluster {
             root,
             live,

@@ -64,8 +64,8 @@ pub enum LockError {
 static WAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static WAITED_NANOS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// How many times this process waited for a lock another process held, and for how long in
-/// all (`rotor serve` exports both).
+/// How many times this process waited for a lock another process held (whether it got it or
+/// gave up), and for how long in all (`rotor serve` exports both).
 pub fn wait_totals() -> (u64, Duration) {
     use std::sync::atomic::Ordering::Relaxed;
     (
@@ -112,6 +112,10 @@ impl DirLock {
             }
             let waited = started.elapsed();
             if waited >= timeout {
+                use std::sync::atomic::Ordering::Relaxed;
+                WAITS.fetch_add(1, Relaxed);
+                let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+                WAITED_NANOS.fetch_add(nanos, Relaxed);
                 return Err(LockError::Timeout {
                     holder: holders(&file, &path),
                     path,

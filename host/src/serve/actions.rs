@@ -24,6 +24,8 @@
 //! is pending or retrying are merged into its next run.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -135,6 +137,7 @@ struct Worker {
 /// The actions, each on its thread.
 pub(crate) struct Runner {
     workers: Vec<Arc<Worker>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Runner {
@@ -149,13 +152,19 @@ impl Runner {
                 })
             })
             .collect();
+        let mut threads = Vec::new();
         for w in &workers {
             let w = Arc::clone(w);
             let shared = Arc::clone(&shared);
             let data_dir = data_dir.clone();
-            std::thread::spawn(move || w.run(&data_dir, &shared.metrics));
+            threads.push(std::thread::spawn(move || {
+                w.run(&data_dir, &shared.metrics)
+            }));
         }
-        Runner { workers }
+        Runner {
+            workers,
+            threads: Mutex::new(threads),
+        }
     }
 
     /// Queue the actions that `renewed` (certificate name, its restart components) concern.
@@ -183,19 +192,29 @@ impl Runner {
         }
     }
 
-    /// Stop the workers once their current run ends; pending runs are dropped (and said so).
-    pub(crate) fn stop(&self) {
+    /// Stopping: every action with a run pending (a renewal that just happened, or a retry)
+    /// runs once more, without further retries; wait for them, at most each action's timeout.
+    pub(crate) fn finish(&self) {
         for w in &self.workers {
             let mut p = w.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if !p.certificates.is_empty() {
-                eprintln!(
-                    "rotor serve: action {}: not run for {} (stopping)",
-                    w.action.name,
-                    p.certificates.iter().cloned().collect::<Vec<_>>().join(" ")
-                );
-            }
             p.stop = true;
             w.wake.notify_one();
+        }
+        let longest = self
+            .workers
+            .iter()
+            .map(|w| w.action.timeout_seconds)
+            .max()
+            .unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(longest + 2);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
         }
     }
 }
@@ -204,17 +223,18 @@ impl Worker {
     fn run(&self, data_dir: &Path, metrics: &Metrics) {
         let mut failures: u32 = 0;
         loop {
-            let (certificates, components) = {
+            let (certificates, components, stopping) = {
                 let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
                 while p.certificates.is_empty() && !p.stop {
                     p = self.wake.wait(p).unwrap_or_else(|e| e.into_inner());
                 }
-                if p.stop {
+                if p.certificates.is_empty() {
                     return;
                 }
                 (
                     std::mem::take(&mut p.certificates),
                     std::mem::take(&mut p.components),
+                    p.stop,
                 )
             };
             let a = &self.action;
@@ -232,6 +252,13 @@ impl Worker {
                 Ok(()) => {
                     failures = 0;
                     eprintln!("rotor serve: action {}: done for {names}", a.name);
+                }
+                Err(e) if stopping => {
+                    eprintln!(
+                        "rotor serve: action {}: FAILED for {names}: {e}; not retried (stopping)",
+                        a.name
+                    );
+                    return;
                 }
                 Err(e) => {
                     failures += 1;
@@ -277,20 +304,15 @@ impl Worker {
     ) -> Result<(), String> {
         let a = &self.action;
         if let (Some(signal), Some(pid_file)) = (&a.signal, &a.pid_file) {
-            let bytes = Root::read_ambient_file(pid_file).map_err(|e| e.to_string())?;
-            let text = String::from_utf8_lossy(&bytes);
-            let pid: i32 = text.trim().parse().map_err(|_| {
-                format!(
-                    "{}: not a process id: {:?}",
-                    pid_file.display(),
-                    text.trim()
-                )
-            })?;
-            let pid = rustix::process::Pid::from_raw(pid)
-                .ok_or_else(|| format!("{}: not a process id: {pid}", pid_file.display()))?;
+            let pid = read_pid(pid_file)?;
             let sig = signal_of(signal).ok_or_else(|| format!("unknown signal {signal}"))?;
-            return rustix::process::kill_process(pid, sig)
-                .map_err(|e| format!("signal {signal} to pid {pid:?}: {e}"));
+            return rustix::process::kill_process(pid, sig).map_err(|e| {
+                format!(
+                    "signal {signal} to pid {} ({}): {e}",
+                    pid.as_raw_nonzero(),
+                    pid_file.display()
+                )
+            });
         }
         let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
         let mut cmd = std::process::Command::new(&a.command[0]);
@@ -298,7 +320,9 @@ impl Worker {
             .env("ROTOR_RENEWED_CERTIFICATES", join(certificates))
             .env("ROTOR_COMPONENTS", join(components))
             .env("ROTOR_DATA_DIR", data_dir)
-            .stdin(std::process::Stdio::null());
+            .stdin(std::process::Stdio::null())
+            // Its own process group, so a timeout kills what it started too.
+            .process_group(0);
         // Its output goes to rotor's standard error: standard output may be the decision log.
         if let Ok(err) = std::io::stderr().as_fd().try_clone_to_owned() {
             cmd.stdout(std::process::Stdio::from(err));
@@ -306,24 +330,109 @@ impl Worker {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", a.command[0]))?;
+        let group = rustix::process::Pid::from_child(&child);
         let deadline = Instant::now() + Duration::from_secs(a.timeout_seconds);
+        let kill = |child: &mut std::process::Child| {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        };
         loop {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(status)) => return Err(format!("{} exited with {status}", a.command[0])),
                 Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
+                    kill(&mut child);
                     return Err(format!(
                         "{} still running after {} s: killed",
                         a.command[0], a.timeout_seconds
                     ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("waiting for {}: {e}", a.command[0])),
+                Err(e) => {
+                    kill(&mut child);
+                    return Err(format!("waiting for {}: {e}", a.command[0]));
+                }
             }
         }
     }
 }
 
-use std::os::fd::AsFd;
+/// The process a pid file names: a positive pid other than init's (a `-1` or `0` there would
+/// signal a whole process group, or every process).
+fn read_pid(pid_file: &Path) -> Result<rustix::process::Pid, String> {
+    let bytes = Root::read_ambient_file(pid_file).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&bytes);
+    let bad = || {
+        format!(
+            "{}: not a process id: {:?}",
+            pid_file.display(),
+            text.trim()
+        )
+    };
+    let pid: u32 = text.trim().parse().map_err(|_| bad())?;
+    if pid <= 1 {
+        return Err(bad());
+    }
+    let pid = i32::try_from(pid).map_err(|_| bad())?;
+    rustix::process::Pid::from_raw(pid).ok_or_else(bad)
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests write their fixtures directly"
+)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_files_that_would_signal_more_than_one_process_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["-1", "0", "1", "-42", "x", "", "99999999999", "12 13"] {
+            let f = dir.path().join("pid");
+            std::fs::write(&f, bad).unwrap();
+            let e = read_pid(&f).unwrap_err();
+            assert!(e.contains("not a process id"), "{bad}: {e}");
+        }
+        let f = dir.path().join("pid");
+        std::fs::write(&f, "4242\n").unwrap();
+        assert_eq!(read_pid(&f).unwrap().as_raw_nonzero().get(), 4242);
+    }
+
+    #[test]
+    fn an_action_file_names_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("actions.toml");
+        for (text, want) in [
+            (
+                "[[action]]\nname = \"a\"\ncommand = [\"true\"]\n",
+                "give 'components'",
+            ),
+            (
+                "[[action]]\nname = \"a\"\ncomponents = [\"*\"]\n",
+                "either 'command'",
+            ),
+            (
+                "[[action]]\nname = \"a\"\ncomponents = [\"*\"]\nsignal = \"KILL\"\npid_file = \"/p\"\n",
+                "is not one of",
+            ),
+            (
+                "[[action]]\nname = \"a\"\ncomponents = [\"*\"]\ncommand = [\"true\"]\ntimeout_seconds = 0\n",
+                "timeout_seconds",
+            ),
+            (
+                "[[action]]\nname = \"a\"\ncomponents = [\"*\"]\ncommand = [\"true\"]\n[[action]]\nname = \"a\"\ncomponents = [\"*\"]\ncommand = [\"true\"]\n",
+                "unique",
+            ),
+            ("[[action]]\nnme = \"a\"\n", "unknown field"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(
+                e.contains(want) && e.contains("actions.toml"),
+                "{text}: {e}"
+            );
+        }
+    }
+}

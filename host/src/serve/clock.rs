@@ -92,9 +92,17 @@ impl Clock {
                         .min(Duration::from_secs(60))
                 }
                 Clock::Test(t) => {
-                    if t.advance_to(deadline) {
+                    if t.reach(deadline) {
                         return Woken::Deadline;
                     }
+                    // An event already queued (a swapped bundle) is work due now: the
+                    // acknowledgement waits for it.
+                    match events.try_recv() {
+                        Ok(e) => return Woken::Event(e),
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return Woken::Closed,
+                        Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    }
+                    t.acknowledge();
                     TEST_POLL
                 }
             };
@@ -147,21 +155,26 @@ impl TestClock {
     }
 
     /// Move the time towards `deadline`, as far as the limit allows; `true` when it got there.
-    fn advance_to(&self, deadline: OffsetDateTime) -> bool {
+    fn reach(&self, deadline: OffsetDateTime) -> bool {
         // A file being rewritten may read empty for a moment: keep the last limit.
         let limit = self.limit().ok();
         let mut now = self.now.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(limit) = limit
-            && limit >= deadline
-        {
-            *now = (*now).max(deadline);
-            return true;
+        match limit {
+            Some(limit) if limit >= deadline => {
+                *now = (*now).max(deadline);
+                true
+            }
+            Some(limit) => {
+                *now = (*now).max(limit);
+                false
+            }
+            None => false,
         }
-        if let Some(limit) = limit {
-            *now = (*now).max(limit);
-        }
-        let at = *now;
-        drop(now);
+    }
+
+    /// Say (in `FILE.now`) that everything due up to the current time is done.
+    fn acknowledge(&self) {
+        let at = *self.now.lock().unwrap_or_else(|e| e.into_inner());
         let mut acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
         if *acked != Some(at) {
             let text = format!("{}\n", crate::clock::rfc3339(at));
@@ -173,6 +186,5 @@ impl TestClock {
                 *acked = Some(at);
             }
         }
-        false
     }
 }

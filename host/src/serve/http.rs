@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -12,6 +13,11 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::Shared;
+
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to finish its TLS handshake, and then to send its request headers.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The serving certificate of the TLS endpoint, replaced when rotor renews it.
 #[derive(Debug, Default)]
@@ -95,6 +101,9 @@ pub(crate) fn spawn(
         Some(Err(e)) => return Err(std::io::Error::other(e)),
         None => None,
     };
+    // At most this many connections at a time; each must send its request (and finish its
+    // TLS handshake) within the timeout: a slow or stuck client cannot take every descriptor.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     std::thread::Builder::new()
         .name("rotor-http".into())
         .spawn(move || {
@@ -107,20 +116,33 @@ pub(crate) fn spawn(
                     }
                 };
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        continue;
+                    let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                        return;
+                    };
+                    let stream = match listener.accept().await {
+                        Ok((stream, _)) => stream,
+                        Err(_) => {
+                            // Out of descriptors, most likely: let some close.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
                     };
                     let shared = Arc::clone(&shared);
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let service = hyper::service::service_fn(move |req: Request<_>| {
                             let r = respond(&shared, req.uri().path());
                             async move { Ok::<_, Infallible>(r) }
                         });
-                        let http = hyper::server::conn::http1::Builder::new();
+                        let mut http = hyper::server::conn::http1::Builder::new();
+                        http.timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(CLIENT_TIMEOUT);
                         match acceptor {
                             Some(acceptor) => {
-                                if let Ok(tls) = acceptor.accept(stream).await {
+                                let handshake =
+                                    tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(stream));
+                                if let Ok(Ok(tls)) = handshake.await {
                                     let _ = http
                                         .serve_connection(
                                             hyper_util::rt::TokioIo::new(tls),

@@ -161,7 +161,18 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Rotate. A failure leaves the current file in use and is not retried before another
+    /// `max_bytes` were written, so a rotation that keeps failing (a full directory, no file
+    /// descriptors) never shifts the older files away one by one.
     fn rotate(&mut self) -> Result<(), FsError> {
+        let result = self.shift();
+        if result.is_err() {
+            self.len = 0;
+        }
+        result
+    }
+
+    fn shift(&mut self) -> Result<(), FsError> {
         let numbered = |n: u32| PathBuf::from(format!("{}.{n}", self.name));
         if self.keep == 0 {
             self.dir.remove_file(Path::new(&self.name))?;
@@ -177,6 +188,7 @@ impl RotatingFile {
             }
             self.dir.rename(Path::new(&self.name), &numbered(1))?;
         }
+        // Until this succeeds, lines go on to the renamed file, still open.
         let (file, len) = self.dir.open_append(Path::new(&self.name), PRIVATE_FILE)?;
         self.file = file;
         self.len = len;
@@ -214,9 +226,14 @@ pub enum LogError {
     },
 }
 
-/// Read the records of the decision log `path`, oldest first; with `rotated`, its rotated files
-/// (`FILE.N` ... `FILE.1`) first. Empty lines are skipped.
-pub fn read(path: &Path, rotated: bool) -> Result<Vec<DecisionRecord>, LogError> {
+/// Hand every record of the decision log `path` to `each`, oldest first; with `rotated`, its
+/// rotated files (`FILE.N` ... `FILE.1`) first. One file is in memory at a time; empty lines
+/// are skipped; a line that is not a record is an error naming the file and the line.
+pub fn read(
+    path: &Path,
+    rotated: bool,
+    mut each: impl FnMut(DecisionRecord),
+) -> Result<(), LogError> {
     let (dir, name) = split(path)?;
     let mut files: Vec<PathBuf> = Vec::new();
     if rotated {
@@ -228,7 +245,6 @@ pub fn read(path: &Path, rotated: bool) -> Result<Vec<DecisionRecord>, LogError>
         files.reverse();
     }
     files.push(PathBuf::from(&name));
-    let mut records = Vec::new();
     for file in files {
         let bytes = dir.read(&file)?;
         let text = String::from_utf8_lossy(&bytes);
@@ -241,8 +257,8 @@ pub fn read(path: &Path, rotated: bool) -> Result<Vec<DecisionRecord>, LogError>
                 line: i + 1,
                 reason: e.to_string(),
             })?;
-            records.push(record);
+            each(record);
         }
     }
-    Ok(records)
+    Ok(())
 }

@@ -44,6 +44,8 @@ pub(crate) struct DecisionLabels {
 pub(crate) struct PluginLabels {
     pub hook: String,
     pub plugin: String,
+    /// `acted` or `shadow`.
+    pub role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,6 +53,8 @@ pub(crate) struct PluginErrorLabels {
     pub hook: String,
     pub plugin: String,
     pub kind: String,
+    /// `acted` or `shadow`.
+    pub role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -45,8 +45,9 @@ use crate::fs::Root;
 use crate::plugin::PluginEngine;
 use crate::policy::{Bundle, Source};
 
-/// The shortest sleep between two cycles, whatever the hints say.
-const MIN_INTERVAL: time::Duration = time::Duration::seconds(1);
+/// The shortest sleep between two cycles, whatever the hints say: a plugin cannot make rotor
+/// spin, and a renewal is followed by a cycle that learns the new certificates' hints.
+const MIN_INTERVAL: time::Duration = time::Duration::seconds(60);
 /// The first retry of a failed cycle; doubled at each failure, up to the maximum interval.
 const FIRST_BACKOFF: time::Duration = time::Duration::seconds(10);
 /// Lifetime of the TLS endpoint's certificate; renewed after two thirds of it.
@@ -116,10 +117,9 @@ pub enum ServeError {
 enum BundleSource {
     /// `--bundle`: a directory (or its manifest), watched.
     Path(PathBuf),
-    /// The bundle the data dir records (`rotor policy use`), watched through the data dir.
-    Recorded,
-    /// The default bundle built into rotor: it never changes.
-    Builtin,
+    /// The bundle the data dir records (`rotor policy use`), else the built-in one: resolved
+    /// at every load, so a bundle recorded while the server runs is picked up.
+    DataDir,
 }
 
 /// What the HTTP endpoint and the threads share with the cycles.
@@ -192,6 +192,21 @@ enum Event {
     Swapped,
 }
 
+/// The signal handlers' channels, until `run` takes them.
+struct Channels {
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    reload: Receiver<()>,
+}
+
+/// The TLS endpoint's certificate: the resolver the server asks, and when to renew it.
+struct Tls {
+    ca: String,
+    resolver: Arc<http::Resolver>,
+    /// The CA certificate the current one was issued under, and when to renew it (real time).
+    issued: Option<(Vec<u8>, OffsetDateTime)>,
+}
+
 /// A running `rotor serve`.
 pub struct Service {
     options: ServeOptions,
@@ -202,16 +217,27 @@ pub struct Service {
     shared: Arc<Shared>,
     sink: Sink,
     actions: Option<actions::Runner>,
-    tls: Option<Arc<http::Resolver>>,
-    tls_renew_after: Option<OffsetDateTime>,
+    tls: Option<Tls>,
     failures: u32,
+    /// Leaves renewed by the last cycle, and how many cycles in a row renewed one of them.
+    renewed_last: std::collections::BTreeSet<String>,
+    renewal_loops: u32,
+    /// Plan warnings already said.
+    warned: std::collections::BTreeSet<String>,
+    /// The certificate series exported by the last cycle (stale ones are removed).
+    exported: std::collections::HashSet<CertLabels>,
+    /// The bundle files' digest when the active bundle was loaded.
+    seen: Option<String>,
     listening: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    channels: Mutex<Option<Channels>>,
 }
 
 impl Service {
-    /// Check the options, load the bundles and the actions, open the decision log and start
-    /// the HTTP endpoint. A bundle that fails to load leaves the server up but not ready (the
-    /// watcher loads it once it is fixed); every other problem is an error.
+    /// Check the options, load the bundles and the actions, open the decision log, install
+    /// the signal handlers and start the HTTP endpoint. A bundle that fails to load leaves the
+    /// server up but not ready (the watcher loads it once it is fixed), as does a datastore
+    /// that cannot be reached; every other problem is an error.
     ///
     /// # Errors
     /// A setting, a file or the listening address is unusable.
@@ -220,18 +246,22 @@ impl Service {
         engine: Arc<PluginEngine>,
         clock: Clock,
     ) -> Result<Service, ServeError> {
-        // The data dir must be initialized: the first cycle would say so, but later.
-        drop(Cluster::open_read(&options.data_dir, &options.datadir)?);
+        // The data dir must be initialized; its datastore may be down for now.
+        let local = Cluster::open_read_local(&options.data_dir, &options.datadir)?;
+        if let Some(ca) = &options.tls_ca
+            && !local.layout.cas.iter().any(|c| c.name == ca)
+        {
+            let names: Vec<&str> = local.layout.cas.iter().map(|c| c.name).collect();
+            return Err(ServeError::Config(format!(
+                "the {} layout has no CA named '{ca}' for the TLS endpoint (its CAs: {})",
+                local.config.profile.as_str(),
+                names.join(", ")
+            )));
+        }
+        drop(local);
         let source = match &options.bundle {
             Some(p) => BundleSource::Path(p.clone()),
-            None => {
-                let cluster = Cluster::open_read(&options.data_dir, &options.datadir)?;
-                if cluster.recorded_bundle()?.is_some() {
-                    BundleSource::Recorded
-                } else {
-                    BundleSource::Builtin
-                }
-            }
+            None => BundleSource::DataDir,
         };
         let shadow = match &options.shadow_bundle {
             Some(p) => Some(Arc::new(
@@ -249,6 +279,10 @@ impl Service {
             options.decision_log_max_bytes,
             options.decision_log_keep,
         )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (events_tx, events) = channel::<Event>();
+        let (reload_tx, reload) = channel::<()>();
+        spawn_signals(events_tx.clone(), reload_tx, Arc::clone(&stop))?;
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             active: RwLock::new(None),
@@ -257,6 +291,8 @@ impl Service {
             cycled: AtomicBool::new(false),
             datadir: Mutex::new(()),
         });
+        // The files as they are before loading: a change from here on is a new bundle.
+        let seen = fingerprint(&source, &options).ok();
         match load_bundle(&engine, &source, &options) {
             Ok(b) => {
                 *shared.active.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(b));
@@ -265,15 +301,17 @@ impl Service {
                 eprintln!(
                     "rotor serve: the policy bundle cannot be loaded (not ready until it can): {e}"
                 );
+                shared.metrics.bundle_refused.set(1);
                 Shared::set_problem(&shared.bundle_problem, Some(e));
             }
         }
         let actions = actions
             .map(|a| actions::Runner::start(a, options.data_dir.clone(), Arc::clone(&shared)));
-        let tls = options
-            .tls_ca
-            .as_ref()
-            .map(|_| Arc::new(http::Resolver::default()));
+        let tls = options.tls_ca.as_ref().map(|ca| Tls {
+            ca: ca.clone(),
+            resolver: Arc::new(http::Resolver::default()),
+            issued: None,
+        });
         let mut service = Service {
             options,
             engine,
@@ -284,17 +322,41 @@ impl Service {
             sink,
             actions,
             tls,
-            tls_renew_after: None,
             failures: 0,
+            renewed_last: Default::default(),
+            renewal_loops: 0,
+            warned: Default::default(),
+            exported: Default::default(),
+            seen,
             listening: None,
+            stop,
+            channels: Mutex::new(Some(Channels {
+                events_tx,
+                events,
+                reload,
+            })),
         };
         service.export_bundle_info();
         if let Some(addr) = service.options.listen {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|source| ServeError::Listen { addr, source })?;
-            let bound = http::spawn(listener, service.tls.clone(), Arc::clone(&service.shared))
+            service.listening = Some(
+                listener
+                    .local_addr()
+                    .map_err(|source| ServeError::Listen { addr, source })?,
+            );
+            // The first certificate before the first connection: /healthz answers over HTTPS
+            // even while cycles fail.
+            if service.tls.is_some()
+                && let Err(e) = service.tls_from_datastore()
+            {
+                eprintln!(
+                    "rotor serve: no certificate for the TLS endpoint yet (the next cycle tries again): {e}"
+                );
+            }
+            let resolver = service.tls.as_ref().map(|t| Arc::clone(&t.resolver));
+            http::spawn(listener, resolver, Arc::clone(&service.shared))
                 .map_err(|source| ServeError::Listen { addr, source })?;
-            service.listening = Some(bound);
         }
         Ok(service)
     }
@@ -302,6 +364,23 @@ impl Service {
     /// The address the HTTP endpoint listens on, once bound (port 0 picks one).
     pub fn listening(&self) -> Option<SocketAddr> {
         self.listening
+    }
+
+    /// The bundle deciding now (`None` while none could be loaded).
+    pub fn active_bundle(&self) -> Option<Arc<Bundle>> {
+        self.shared.bundle()
+    }
+
+    /// Load, validate and switch in the bundle now, as SIGHUP does: the bundle deciding until
+    /// then keeps deciding meanwhile (from any thread). `false` when the new one was refused.
+    pub fn reload(&self) -> bool {
+        swap(
+            &self.engine,
+            &self.source,
+            &self.options,
+            &self.shared,
+            self.shadow.as_deref(),
+        )
     }
 
     /// The metrics page, as `/metrics` serves it.
@@ -313,20 +392,27 @@ impl Service {
     /// data dir's lock is not held between cycles.
     ///
     /// # Errors
-    /// The signal handlers cannot be installed.
+    /// Never today; kept for what a future stop may report.
     pub fn run(mut self) -> Result<(), ServeError> {
-        let (events_tx, events) = channel::<Event>();
-        let (reload_tx, reload_rx) = channel::<()>();
-        let stop = Arc::new(AtomicBool::new(false));
-        spawn_signals(events_tx.clone(), reload_tx, Arc::clone(&stop))?;
-        self.spawn_watcher(reload_rx, events_tx);
+        let Some(Channels {
+            events_tx,
+            events,
+            reload,
+        }) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return Ok(());
+        };
+        self.spawn_watcher(reload, events_tx);
         eprintln!(
             "rotor serve: keeping {} fresh{}{}",
             self.options.data_dir.display(),
             self.listening
                 .map(|a| format!(
-                    "; {} on {}://{a}",
-                    "/metrics, /healthz, /readyz",
+                    "; /metrics, /healthz, /readyz on {}://{a}",
                     if self.tls.is_some() { "https" } else { "http" }
                 ))
                 .unwrap_or_default(),
@@ -336,23 +422,25 @@ impl Service {
             }
         );
         loop {
-            if stop.load(Ordering::Acquire) {
+            if self.stop.load(Ordering::Acquire) {
                 break;
             }
-            let now = self.clock.now();
             let next = match self.cycle() {
                 Ok(report) => {
                     if !report.renewed.is_empty() {
                         eprintln!(
                             "rotor serve: {}: renewed {}",
-                            crate::clock::rfc3339(now),
+                            crate::clock::rfc3339(self.clock.now()),
                             report.renewed.join(", ")
                         );
                     }
-                    report.next.unwrap_or(now + MIN_INTERVAL)
+                    report
+                        .next
+                        .unwrap_or_else(|| self.clock.now() + MIN_INTERVAL)
                 }
                 Err(e) => {
                     let wait = self.backoff();
+                    let now = self.clock.now();
                     eprintln!(
                         "rotor serve: {}: cycle failed (retrying in {}): {e}",
                         crate::clock::rfc3339(now),
@@ -362,7 +450,7 @@ impl Service {
                 }
             };
             self.shared.metrics.next_cycle.set(next.unix_timestamp());
-            if stop.load(Ordering::Acquire) {
+            if self.stop.load(Ordering::Acquire) {
                 break;
             }
             match self.clock.sleep_until(next, &events) {
@@ -371,7 +459,7 @@ impl Service {
             }
         }
         if let Some(a) = &self.actions {
-            a.stop();
+            a.finish();
         }
         eprintln!("rotor serve: stopped");
         Ok(())
@@ -379,10 +467,14 @@ impl Service {
 
     fn backoff(&mut self) -> time::Duration {
         self.failures = self.failures.saturating_add(1);
-        let max =
-            time::Duration::try_from(self.options.max_interval).unwrap_or(time::Duration::DAY);
+        // Never longer than an hour: a failure must not sleep past an expiry.
+        let max = time::Duration::try_from(self.options.max_interval)
+            .unwrap_or(time::Duration::HOUR)
+            .min(time::Duration::HOUR);
         let factor = 1_i32 << self.failures.saturating_sub(1).min(16);
-        (FIRST_BACKOFF * factor).min(max).max(MIN_INTERVAL)
+        (FIRST_BACKOFF * factor)
+            .min(max)
+            .max(time::Duration::SECOND)
     }
 
     /// One cycle: decide about every leaf, renew what the policy says, export, schedule.
@@ -428,23 +520,21 @@ impl Service {
         m.lock_waits.inc_by(waits1 - waits0);
         m.lock_wait_seconds
             .inc_by((waited1 - waited0).as_secs_f64());
-        let mut cluster = opened?;
-        let prepared = match start::prepare(
+        let datastore = |e: &ClusterError| {
+            if is_datastore_error(e) {
+                Shared::set_problem(&shared.datastore_problem, Some(e.to_string()));
+            }
+        };
+        let mut cluster = opened.inspect_err(datastore)?;
+        let prepared = start::prepare(
             &cluster,
             &bundle,
             self.options.token.as_deref(),
             &Mode::Start,
             now,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                if is_datastore_error(&e) {
-                    Shared::set_problem(&self.shared.datastore_problem, Some(e.to_string()));
-                }
-                return Err(e.into());
-            }
-        };
-        Shared::set_problem(&self.shared.datastore_problem, None);
+        )
+        .inspect_err(datastore)?;
+        Shared::set_problem(&shared.datastore_problem, None);
         let mut report = CycleReport {
             checked: prepared.plan.leaves.len(),
             ..CycleReport::default()
@@ -454,41 +544,34 @@ impl Service {
                 report.disagreements += usize::from(self.record(&bundle, leaf, d, now));
             }
         }
-        for w in &prepared.plan.warnings {
-            tracing::info!("{w}");
+        // Said once, not at every cycle (the CA that expires in 300 days, the clock that moved
+        // back), and again when they change.
+        let warnings: std::collections::BTreeSet<String> =
+            prepared.plan.warnings.iter().cloned().collect();
+        for w in warnings.difference(&self.warned) {
+            eprintln!("rotor serve: warning: {w}");
         }
+        self.warned = warnings;
         let reissues: Vec<&start::LeafPlan> = prepared.plan.reissues().collect();
         if !prepared.plan.is_empty() {
-            match start::apply(&mut cluster, &prepared, false, now) {
-                Ok(applied) => {
-                    for leaf in &reissues {
-                        m.renewals
-                            .get_or_create(&RenewalLabels {
-                                outcome: "success".into(),
-                                reason: reason_of(leaf).into(),
-                            })
-                            .inc();
-                    }
-                    report.renewed = applied.reissued;
-                }
-                Err(e) => {
-                    for leaf in &reissues {
-                        m.renewals
-                            .get_or_create(&RenewalLabels {
-                                outcome: "failure".into(),
-                                reason: reason_of(leaf).into(),
-                            })
-                            .inc();
-                    }
-                    if is_datastore_error(&e) {
-                        Shared::set_problem(&self.shared.datastore_problem, Some(e.to_string()));
-                    }
-                    return Err(e.into());
-                }
+            let applied = start::apply(&mut cluster, &prepared, false, now);
+            let outcome = if applied.is_ok() {
+                "success"
+            } else {
+                "failure"
+            };
+            for leaf in &reissues {
+                m.renewals
+                    .get_or_create(&RenewalLabels {
+                        outcome: outcome.into(),
+                        reason: reason_of(leaf).into(),
+                    })
+                    .inc();
             }
+            report.renewed = applied.inspect_err(datastore)?.reissued;
         }
         self.export_certificates(&cluster, &prepared);
-        if let Err(e) = self.refresh_tls(&cluster, &prepared) {
+        if let Err(e) = self.refresh_tls(&cluster, |name| prepared.ca(name)) {
             eprintln!("rotor serve: the TLS endpoint's certificate: {e}");
         }
         drop(cluster);
@@ -507,16 +590,38 @@ impl Service {
             }
         }
         m.last_success.set(now.unix_timestamp());
-        report.next = Some(if report.renewed.is_empty() {
+        let renewed: std::collections::BTreeSet<String> = report.renewed.iter().cloned().collect();
+        report.next = Some(if renewed.is_empty() {
+            self.renewal_loops = 0;
             self.schedule(&prepared.plan, now)
         } else {
-            // Ask again at once: the renewed certificates' hints are not known yet.
-            now
+            // Ask again soon, for the renewed certificates' hints. A leaf renewed again at
+            // once means something reverts it or a policy renews it forever: back off.
+            let again: Vec<&String> = renewed.intersection(&self.renewed_last).collect();
+            if again.is_empty() {
+                self.renewal_loops = 0;
+            } else {
+                self.renewal_loops = self.renewal_loops.saturating_add(1);
+                eprintln!(
+                    "rotor serve: warning: renewed again in the next cycle: {}; something reverts them (backing off)",
+                    again
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let factor = 1_i32 << self.renewal_loops.min(12);
+            let max =
+                time::Duration::try_from(self.options.max_interval).unwrap_or(time::Duration::HOUR);
+            now + (MIN_INTERVAL * factor).min(max.max(MIN_INTERVAL))
         });
+        self.renewed_last = renewed;
         Ok(report)
     }
 
-    /// The earliest of the hints, the next expiry minus the margin, and the maximum interval.
+    /// The earliest of the hints, the next expiry minus the margin, and the maximum interval;
+    /// never sooner than [`MIN_INTERVAL`].
     fn schedule(&self, plan: &start::Plan, now: OffsetDateTime) -> OffsetDateTime {
         let max =
             time::Duration::try_from(self.options.max_interval).unwrap_or(time::Duration::DAY);
@@ -603,6 +708,8 @@ impl Service {
                 record
             }
             Err(e) => {
+                // The candidate could not decide (its failure mode is `error`): an error of
+                // the shadow, not a disagreement.
                 let mut record = decision_record(
                     &shadow.name,
                     &d.request,
@@ -614,7 +721,7 @@ impl Service {
                     vec![e.to_string()],
                     latency,
                     Role::Shadow,
-                    Some(true),
+                    None,
                     now,
                 );
                 record.decision = "error".into();
@@ -632,6 +739,7 @@ impl Service {
                 .get_or_create(&PluginLabels {
                     hook: Hook::Renewal.as_str().into(),
                     plugin: record.plugin.clone().unwrap_or_else(|| "built-in".into()),
+                    role: Role::Shadow.as_str().into(),
                 })
                 .inc();
         }
@@ -642,12 +750,13 @@ impl Service {
     fn export_decision(&self, r: &DecisionRecord, error: Option<&'static str>) {
         let m = &self.shared.metrics;
         let plugin = r.plugin.clone().unwrap_or_else(|| "built-in".into());
+        let role = r.role.as_str().to_string();
         m.decisions
             .get_or_create(&DecisionLabels {
                 hook: r.hook.clone(),
                 outcome: r.decision.clone(),
                 plugin: plugin.clone(),
-                role: r.role.as_str().into(),
+                role: role.clone(),
             })
             .inc();
         if r.source != "built_in" {
@@ -655,6 +764,7 @@ impl Service {
                 .get_or_create(&PluginLabels {
                     hook: r.hook.clone(),
                     plugin: plugin.clone(),
+                    role: role.clone(),
                 })
                 .observe(r.latency_ms / 1000.0);
         }
@@ -664,6 +774,7 @@ impl Service {
                     hook: r.hook.clone(),
                     plugin,
                     kind: kind.into(),
+                    role,
                 })
                 .inc();
         }
@@ -675,12 +786,11 @@ impl Service {
         }
     }
 
-    /// Every certificate's validity, as the files say after this cycle.
-    fn export_certificates(&self, cluster: &Cluster, prepared: &start::Prepared) {
+    /// Every certificate's validity, as the files say after this cycle. Series are replaced
+    /// in place (a scrape in the middle of a cycle sees the old value or the new one, never
+    /// none); those of certificates gone are removed.
+    fn export_certificates(&mut self, cluster: &Cluster, prepared: &start::Prepared) {
         let m = &self.shared.metrics;
-        m.expiration.clear();
-        m.not_before.clear();
-        m.renewal.clear();
         let layout = cluster.config.profile.as_str().to_string();
         let hints: std::collections::BTreeMap<&str, (&str, OffsetDateTime)> = prepared
             .plan
@@ -696,13 +806,26 @@ impl Service {
                 }
             })
             .collect();
-        let set = |labels: CertLabels, not_before: OffsetDateTime, not_after: OffsetDateTime| {
+        let mut exported = std::collections::HashSet::new();
+        let mut set = |labels: CertLabels,
+                       not_before: OffsetDateTime,
+                       not_after: OffsetDateTime,
+                       renewal: Option<OffsetDateTime>| {
             m.not_before
                 .get_or_create(&labels)
                 .set(not_before.unix_timestamp());
             m.expiration
                 .get_or_create(&labels)
                 .set(not_after.unix_timestamp());
+            match renewal {
+                Some(at) => {
+                    m.renewal.get_or_create(&labels).set(at.unix_timestamp());
+                }
+                None => {
+                    m.renewal.remove(&labels);
+                }
+            }
+            exported.insert(labels);
         };
         for spec in &cluster.layout.cas {
             if let Some(ca) = prepared.ca(spec.name) {
@@ -717,6 +840,7 @@ impl Service {
                     },
                     f.not_before,
                     f.not_after,
+                    None,
                 );
             }
         }
@@ -730,76 +854,78 @@ impl Service {
                     kind: "leaf".into(),
                 };
                 // The hint is about the certificate the policy saw: a renewed one gets its
-                // hint at the next cycle, which follows at once.
+                // hint at the next cycle, which follows soon.
                 let hint = hints
                     .get(spec.name.as_str())
                     .and_then(|(serial, at)| (*serial == facts.serial).then_some(*at));
-                if let Some(at) = hint {
-                    m.renewal.get_or_create(&labels).set(at.unix_timestamp());
-                }
-                set(labels, facts.not_before, facts.not_after);
+                set(labels, facts.not_before, facts.not_after, hint);
             }
         }
+        for gone in self.exported.difference(&exported) {
+            m.expiration.remove(gone);
+            m.not_before.remove(gone);
+            m.renewal.remove(gone);
+        }
+        self.exported = exported;
     }
 
     fn export_bundle_info(&self) {
-        let m = &self.shared.metrics;
-        m.bundle_info.clear();
-        let active = self.shared.bundle();
-        for (role, bundle) in [
-            ("active", active.as_deref()),
-            ("shadow", self.shadow.as_deref()),
-        ] {
-            let Some(bundle) = bundle else { continue };
-            for hook in [Hook::Renewal, Hook::San, Hook::Csr] {
-                let (plugin, digest) = match bundle.hook(hook) {
-                    Some(hp) => (hp.plugin.name().to_string(), hp.plugin.digest().to_string()),
-                    None => ("built-in".to_string(), String::new()),
-                };
-                m.bundle_info
-                    .get_or_create(&BundleInfoLabels {
-                        role: role.into(),
-                        bundle: bundle.name.clone(),
-                        hook: hook.as_str().into(),
-                        plugin,
-                        digest,
-                    })
-                    .set(1);
-            }
-        }
+        export_bundle_info(&self.shared, self.shadow.as_deref());
     }
 
-    /// Issue (or renew, after two thirds of its life) the TLS endpoint's certificate.
-    fn refresh_tls(&mut self, cluster: &Cluster, prepared: &start::Prepared) -> Result<(), String> {
-        let (Some(resolver), Some(ca_name)) = (&self.tls, &self.options.tls_ca) else {
+    /// Issue the TLS endpoint's first certificate, reading the CA from the datastore.
+    fn tls_from_datastore(&mut self) -> Result<(), String> {
+        let cluster = Cluster::open_read(&self.options.data_dir, &self.options.datadir)
+            .map_err(|e| e.to_string())?;
+        let now = crate::clock::system_now();
+        let (_token, data) = cluster
+            .open_bootstrap(self.options.token.as_deref(), now)
+            .map_err(|e| e.to_string())?;
+        let cas = cluster
+            .cas_from_bootstrap(&data)
+            .map_err(|e| e.to_string())?;
+        self.refresh_tls(&cluster, |name| cas.get(name))
+    }
+
+    /// Issue (or renew, after two thirds of its life, or when its CA changed) the TLS
+    /// endpoint's certificate.
+    fn refresh_tls<'a>(
+        &mut self,
+        cluster: &Cluster,
+        ca_of: impl Fn(&str) -> Option<&'a crate::cluster::LoadedCa>,
+    ) -> Result<(), String> {
+        let listening = self.listening;
+        let Some(tls) = &mut self.tls else {
             return Ok(());
         };
         // Real TLS clients check the real time, whatever clock the cycles run on.
         let real = crate::clock::system_now();
-        if self.tls_renew_after.is_some_and(|t| real < t) {
+        let ca =
+            ca_of(&tls.ca).ok_or_else(|| format!("the layout has no CA named {:?}", tls.ca))?;
+        if let Some((der, renew_after)) = &tls.issued
+            && der == ca.cert_der()
+            && real < *renew_after
+        {
             return Ok(());
         }
-        let ca = prepared
-            .ca(ca_name)
-            .ok_or_else(|| format!("the layout has no CA named {ca_name:?}"))?;
-        let signer = ca
-            .signer()
-            .ok_or_else(|| format!("CA {ca_name} has no key here"))?;
+        let signer = ca.signer().ok_or_else(|| {
+            format!(
+                "CA {} has no key here: it cannot issue the endpoint's certificate",
+                tls.ca
+            )
+        })?;
         let mut ips: Vec<IpAddr> = Vec::new();
-        let mut dns = vec!["localhost".to_string()];
-        if let Some(addr) = self.listening {
+        let mut dns = vec!["localhost".to_string(), cluster.config.node_name.clone()];
+        dns.dedup();
+        if let Some(addr) = listening {
             if addr.ip().is_unspecified() {
-                ips.extend(
-                    ["127.0.0.1".parse::<IpAddr>().ok(), "::1".parse().ok()]
-                        .into_iter()
-                        .flatten(),
-                );
+                ips.push(IpAddr::from([127, 0, 0, 1]));
+                ips.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
                 ips.extend(cluster.config.node_ips.iter().copied());
             } else {
                 ips.push(addr.ip());
             }
         }
-        dns.push(cluster.config.node_name.clone());
         let subject = crate::pki::Subject {
             common_name: "rotor-serve".into(),
             organizations: Vec::new(),
@@ -828,8 +954,9 @@ impl Service {
             rustls_pki_types::CertificateDer::from(issued.der),
             rustls_pki_types::CertificateDer::from(ca.cert_der().to_vec()),
         ];
-        resolver.set(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)));
-        self.tls_renew_after = Some(real + (not_after - real) * 2 / 3);
+        tls.resolver
+            .set(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)));
+        tls.issued = Some((ca.cert_der().to_vec(), real + (not_after - real) * 2 / 3));
         Ok(())
     }
 
@@ -840,37 +967,44 @@ impl Service {
         let shared = Arc::clone(&self.shared);
         let shadow = self.shadow.clone();
         let interval = self.options.watch_interval.max(Duration::from_millis(100));
-        if matches!(source, BundleSource::Builtin) {
-            // Nothing to watch; SIGHUP has nothing to reload either.
-            std::thread::spawn(move || {
-                while reload.recv().is_ok() {
-                    eprintln!(
-                        "rotor serve: SIGHUP: the built-in bundle cannot change (record one with 'rotor policy use')"
-                    );
-                }
-            });
-            return;
-        }
+        let mut seen = self.seen.clone();
         let _ = std::thread::Builder::new()
             .name("rotor-bundle-watch".into())
             .spawn(move || {
-                let mut seen = {
-                    let _guard = shared.datadir.lock().unwrap_or_else(|e| e.into_inner());
-                    fingerprint(&source, &options).ok()
-                };
+                // A change is loaded once the files have stayed the same for one interval:
+                // an operator copying a bundle file by file is not refused halfway.
+                let mut settling: Option<String> = None;
+                let mut last_link = live_link(&source, &options);
+                let mut last_fingerprint = seen.clone();
                 loop {
                     let forced = match reload.recv_timeout(interval) {
                         Ok(()) => true,
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                     };
-                    let now = {
+                    // The data dir's bundle changes only with a new generation: look at the
+                    // live link (no lock) and read the bundle only when it moved.
+                    let link = live_link(&source, &options);
+                    let now = if !forced && link.is_some() && link == last_link {
+                        last_fingerprint.clone()
+                    } else {
                         let _guard = shared.datadir.lock().unwrap_or_else(|e| e.into_inner());
                         fingerprint(&source, &options).ok()
                     };
-                    if !forced && (now.is_none() || now == seen) {
-                        continue;
+                    last_link = link;
+                    last_fingerprint = now.clone();
+                    if !forced {
+                        let Some(fp) = &now else { continue };
+                        if Some(fp) == seen.as_ref() {
+                            settling = None;
+                            continue;
+                        }
+                        if settling.as_ref() != Some(fp) {
+                            settling = Some(fp.clone());
+                            continue;
+                        }
                     }
+                    settling = None;
                     seen = now;
                     let swapped = swap(&engine, &source, &options, &shared, shadow.as_deref());
                     if swapped && events.send(Event::Swapped).is_err() {
@@ -878,6 +1012,31 @@ impl Service {
                     }
                 }
             });
+    }
+}
+
+/// The info metric: the plugins of the active and the shadow bundles, with their digests.
+fn export_bundle_info(shared: &Shared, shadow: Option<&Bundle>) {
+    let m = &shared.metrics;
+    m.bundle_info.clear();
+    let active = shared.bundle();
+    for (role, b) in [("active", active.as_deref()), ("shadow", shadow)] {
+        let Some(b) = b else { continue };
+        for hook in [Hook::Renewal, Hook::San, Hook::Csr] {
+            let (plugin, digest) = match b.hook(hook) {
+                Some(hp) => (hp.plugin.name().to_string(), hp.plugin.digest().to_string()),
+                None => ("built-in".to_string(), String::new()),
+            };
+            m.bundle_info
+                .get_or_create(&BundleInfoLabels {
+                    role: role.into(),
+                    bundle: b.name.clone(),
+                    hook: hook.as_str().into(),
+                    plugin,
+                    digest,
+                })
+                .set(1);
+        }
     }
 }
 
@@ -891,7 +1050,7 @@ fn swap(
     shadow: Option<&Bundle>,
 ) -> bool {
     let m = &shared.metrics;
-    let loaded = if matches!(source, BundleSource::Recorded) {
+    let loaded = if matches!(source, BundleSource::DataDir) {
         let _guard = shared.datadir.lock().unwrap_or_else(|e| e.into_inner());
         load_bundle(engine, source, options)
     } else {
@@ -908,27 +1067,7 @@ fn swap(
                 })
                 .inc();
             m.bundle_refused.set(0);
-            // The info metric follows the active bundle.
-            m.bundle_info.clear();
-            let active = shared.bundle();
-            for (role, b) in [("active", active.as_deref()), ("shadow", shadow)] {
-                let Some(b) = b else { continue };
-                for hook in [Hook::Renewal, Hook::San, Hook::Csr] {
-                    let (plugin, digest) = match b.hook(hook) {
-                        Some(hp) => (hp.plugin.name().to_string(), hp.plugin.digest().to_string()),
-                        None => ("built-in".to_string(), String::new()),
-                    };
-                    m.bundle_info
-                        .get_or_create(&BundleInfoLabels {
-                            role: role.into(),
-                            bundle: b.name.clone(),
-                            hook: hook.as_str().into(),
-                            plugin,
-                            digest,
-                        })
-                        .set(1);
-                }
-            }
+            export_bundle_info(shared, shadow);
             eprintln!("rotor serve: policy bundle '{name}' loaded, validated and switched in");
             true
         }
@@ -939,6 +1078,9 @@ fn swap(
                 })
                 .inc();
             m.bundle_refused.set(1);
+            if shared.bundle().is_none() {
+                Shared::set_problem(&shared.bundle_problem, Some(e.clone()));
+            }
             eprintln!(
                 "rotor serve: new policy bundle REFUSED, the previous one keeps deciding: {e}"
             );
@@ -955,24 +1097,20 @@ fn load_bundle(
     options: &ServeOptions,
 ) -> Result<Bundle, String> {
     match source {
-        BundleSource::Builtin => Bundle::builtin(engine).map_err(|e| e.to_string()),
-        BundleSource::Recorded => {
-            let cluster = Cluster::open_read(&options.data_dir, &options.datadir)
+        BundleSource::DataDir => {
+            let cluster = Cluster::open_read_local(&options.data_dir, &options.datadir)
                 .map_err(|e| e.to_string())?;
-            let root = cluster
-                .recorded_bundle()
-                .map_err(|e| e.to_string())?
-                .ok_or("the data dir records no bundle any more")?;
-            Bundle::load_root(engine, root).map_err(|e| e.to_string())
+            match cluster.recorded_bundle().map_err(|e| e.to_string())? {
+                Some(root) => Bundle::load_root(engine, root).map_err(|e| e.to_string()),
+                None => Bundle::builtin(engine).map_err(|e| e.to_string()),
+            }
         }
         BundleSource::Path(path) => {
+            let dir = bundle_dir(path)?;
             let bundle = Bundle::load(engine, path).map_err(|e| e.to_string())?;
-            let dir = bundle_dir(path);
             let fixtures = dir.join("fixtures");
-            let has_fixtures = Root::open_ambient(&dir)
-                .map(|r| r.is_dir(Path::new("fixtures")))
-                .unwrap_or(false);
-            if has_fixtures {
+            // Followed if it is a symlink, as the operator's shell would.
+            if Root::open_ambient(&fixtures).is_ok() {
                 let results = crate::policy::fixtures::run(&bundle, &fixtures)
                     .map_err(|e| format!("fixtures: {e}"))?;
                 let failed: Vec<String> = results
@@ -994,47 +1132,75 @@ fn load_bundle(
     }
 }
 
-/// The directory of a bundle given as a directory or as its manifest.
-fn bundle_dir(path: &Path) -> PathBuf {
+/// The directory of a bundle given as a directory or as its manifest file.
+fn bundle_dir(path: &Path) -> Result<PathBuf, String> {
     if Root::open_ambient(path).is_ok() {
-        path.to_path_buf()
-    } else {
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf()
+        return Ok(path.to_path_buf());
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: no policy bundle here", path.display()))?;
+    let root = Root::open_ambient(parent).map_err(|e| e.to_string())?;
+    match root.kind(Path::new(name)).map_err(|e| e.to_string())? {
+        Some(crate::fs::Kind::File) => Ok(parent.to_path_buf()),
+        _ => Err(format!(
+            "{}: no policy bundle here (a directory holding bundle.toml, or the manifest)",
+            path.display()
+        )),
     }
 }
 
-/// A digest of every file of the bundle's directory: a change of any is a new bundle.
+/// Where the data dir's live generation link points (`None` for a `--bundle` directory).
+fn live_link(source: &BundleSource, options: &ServeOptions) -> Option<PathBuf> {
+    match source {
+        BundleSource::Path(_) => None,
+        BundleSource::DataDir => Root::open_ambient(&options.data_dir)
+            .and_then(|r| r.read_link(&Path::new(crate::datadir::META).join("current")))
+            .ok(),
+    }
+}
+
+/// A digest of every entry of the bundle's directory (files by content, links by target,
+/// directories by name): a change of any is a new bundle. For the data dir's bundle, the
+/// recorded bundle's files, or "built-in".
 fn fingerprint(source: &BundleSource, options: &ServeOptions) -> Result<String, String> {
-    let (root, dir) = match source {
-        BundleSource::Builtin => return Ok(String::new()),
-        BundleSource::Recorded => {
-            let cluster = Cluster::open_read(&options.data_dir, &options.datadir)
+    let root = match source {
+        BundleSource::DataDir => {
+            let cluster = Cluster::open_read_local(&options.data_dir, &options.datadir)
                 .map_err(|e| e.to_string())?;
-            let root = cluster
-                .recorded_bundle()
-                .map_err(|e| e.to_string())?
-                .ok_or("no recorded bundle")?;
-            (root, PathBuf::from("."))
+            match cluster.recorded_bundle().map_err(|e| e.to_string())? {
+                Some(root) => root,
+                None => return Ok("built-in".into()),
+            }
         }
-        BundleSource::Path(p) => (
-            Root::open_ambient(&bundle_dir(p)).map_err(|e| e.to_string())?,
-            PathBuf::from("."),
-        ),
+        BundleSource::Path(p) => Root::open_ambient(&bundle_dir(p)?).map_err(|e| e.to_string())?,
     };
     let mut hash = Sha256::new();
-    let mut entries = root.walk(&dir).map_err(|e| e.to_string())?;
+    let mut entries = root.walk(Path::new(".")).map_err(|e| e.to_string())?;
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     for (path, kind) in entries {
-        if kind != crate::fs::Kind::File {
-            continue;
-        }
         hash.update(path.to_string_lossy().as_bytes());
-        hash.update([0]);
-        let bytes = root.read(&path).map_err(|e| e.to_string())?;
-        hash.update(Sha256::digest(&bytes));
+        match kind {
+            crate::fs::Kind::File => {
+                hash.update(b"\x00f");
+                let bytes = root.read(&path).map_err(|e| e.to_string())?;
+                hash.update(Sha256::digest(&bytes));
+            }
+            crate::fs::Kind::Symlink => {
+                hash.update(b"\x00l");
+                let target = root.read_link(&path).map_err(|e| e.to_string())?;
+                hash.update(target.to_string_lossy().as_bytes());
+                // What it points at, when that is a file of the bundle.
+                if let Ok(bytes) = root.read(&path) {
+                    hash.update(Sha256::digest(&bytes));
+                }
+            }
+            _ => hash.update(b"\x00d"),
+        }
     }
     Ok(hex::encode(hash.finalize()))
 }
