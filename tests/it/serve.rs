@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use crate::common::*;
 
 /// A running `rotor serve`; killed when dropped.
-struct Serve {
+pub struct Serve {
     child: Option<Child>,
     stderr: Arc<Mutex<String>>,
     clock: PathBuf,
@@ -43,7 +43,7 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 impl Serve {
     /// Start `rotor serve` on `dir` at `at` (the test clock) and, unless `--no-listen`, wait
     /// until it listens (then [`Serve::advance`] to `at` waits for the first cycle).
-    fn start(dir: &Path, at: OffsetDateTime, args: &[&str], env: &[(&str, &Path)]) -> Serve {
+    pub fn start(dir: &Path, at: OffsetDateTime, args: &[&str], env: &[(&str, &Path)]) -> Serve {
         let clock = dir.with_extension("clock");
         write_clock(&clock, at);
         let _ = std::fs::remove_file(clock.with_extension("clock.now"));
@@ -93,18 +93,18 @@ impl Serve {
         serve
     }
 
-    fn stderr(&self) -> String {
+    pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
 
-    fn exited(&mut self) -> bool {
+    pub fn exited(&mut self) -> bool {
         self.child
             .as_mut()
             .is_none_or(|c| c.try_wait().unwrap().is_some())
     }
 
     /// Move the test clock to `to` and wait until the server has done everything due by then.
-    fn advance(&mut self, to: OffsetDateTime) {
+    pub fn advance(&mut self, to: OffsetDateTime) {
         write_clock(&self.clock, to);
         let ack = self.clock.with_extension("clock.now");
         let want = rfc3339(to);
@@ -123,11 +123,11 @@ impl Serve {
         }
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
+    pub fn get(&self, path: &str) -> (u16, String) {
         http_get(self.port.expect("listening"), path)
     }
 
-    fn signal(&self, sig: &str) {
+    pub fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         let status = Command::new("kill")
             .args(["-s", sig, &pid])
@@ -137,7 +137,7 @@ impl Serve {
     }
 
     /// SIGTERM, and the exit code and standard error once it stopped (at most 60 s).
-    fn terminate(mut self) -> (i32, String) {
+    pub fn terminate(mut self) -> (i32, String) {
         self.signal("TERM");
         let mut child = self.child.take().unwrap();
         let start = Instant::now();
