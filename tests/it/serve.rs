@@ -364,6 +364,10 @@ retries = 3
     assert_eq!(serve.get("/healthz").0, 200);
     let (code, body) = serve.get("/readyz");
     assert_eq!(code, 200, "{body}");
+    // One server per data dir.
+    let (code, _, err) = rotor_at(&dir, &["serve", "--no-listen"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another rotor serve keeps"), "{err}");
 
     let end = t0 + days(800);
     serve.advance(end);
@@ -860,7 +864,7 @@ fn hot_swaps_refuse_a_bad_bundle_and_a_shadow_bundle_never_acts() {
             value(
                 &samples,
                 "rotor_policy_bundle_reloads_total",
-                &[("outcome", "refused")]
+                &[("role", "active"), ("outcome", "refused")]
             ),
             1.0
         );
@@ -869,7 +873,7 @@ fn hot_swaps_refuse_a_bad_bundle_and_a_shadow_bundle_never_acts() {
             value(
                 &samples,
                 "rotor_policy_bundle_reloads_total",
-                &[("outcome", "accepted")]
+                &[("role", "active"), ("outcome", "accepted")]
             ),
             0.0
         );
@@ -890,6 +894,9 @@ fn hot_swaps_refuse_a_bad_bundle_and_a_shadow_bundle_never_acts() {
     serve.signal("HUP");
     wait_for("the reload on SIGHUP", Duration::from_secs(60), || {
         switched(&serve) == 2
+            && serve
+                .stderr()
+                .contains("shadow bundle 'eager' loaded, validated and switched in")
     });
     wait_for(
         "the renewals of the new bundle",
@@ -924,7 +931,7 @@ fn hot_swaps_refuse_a_bad_bundle_and_a_shadow_bundle_never_acts() {
             value(
                 &samples,
                 "rotor_policy_bundle_reloads_total",
-                &[("outcome", "accepted")]
+                &[("role", "active"), ("outcome", "accepted")]
             ) >= 2.0
         );
         assert!(

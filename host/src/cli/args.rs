@@ -575,8 +575,8 @@ pub(super) struct LogArgs {
     /// Only decisions about this certificate (or CSR).
     #[arg(long, value_name = "NAME")]
     pub certificate: Option<String>,
-    /// Only these decisions: keep, renew, allow, deny, approve, abstain, error.
-    #[arg(long)]
+    /// Only these decisions.
+    #[arg(long, value_parser = ["keep", "renew", "allow", "deny", "approve", "abstain", "error"])]
     pub decision: Option<String>,
     /// Only the decisions acted on (the active bundle's) or only the shadow bundle's.
     #[arg(long, value_enum)]

@@ -82,8 +82,15 @@ fn signal_of(name: &str) -> Option<rustix::process::Signal> {
     })
 }
 
-/// Read and check the actions file `path`.
-pub(crate) fn load(path: &Path) -> Result<Vec<Action>, String> {
+/// Read and check the actions file `path` against `layout`: a component or certificate it
+/// does not have is a typo that would never fire.
+pub(crate) fn load(path: &Path, layout: &crate::cluster::Layout) -> Result<Vec<Action>, String> {
+    let components: BTreeSet<&str> = layout
+        .leaves
+        .iter()
+        .flat_map(|l| l.restart.iter().copied())
+        .collect();
+    let certificates: BTreeSet<&str> = layout.leaves.iter().map(|l| l.name.as_str()).collect();
     let bytes = Root::read_ambient_file(path).map_err(|e| e.to_string())?;
     let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8", path.display()))?;
     let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -96,6 +103,30 @@ pub(crate) fn load(path: &Path) -> Result<Vec<Action>, String> {
         if a.components.is_empty() && a.certificates.is_empty() {
             return Err(format!(
                 "{at}: give 'components' (\"*\" for any) or 'certificates'"
+            ));
+        }
+        if let Some(c) = a
+            .components
+            .iter()
+            .find(|c| *c != "*" && !components.contains(c.as_str()))
+        {
+            return Err(format!(
+                "{at}: no certificate of this data dir names the component {c:?} (its components: \"*\", {})",
+                components
+                    .iter()
+                    .map(|c| format!("{c:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(c) = a
+            .certificates
+            .iter()
+            .find(|c| !certificates.contains(c.as_str()))
+        {
+            return Err(format!(
+                "{at}: this data dir has no certificate {c:?} (its certificates: {})",
+                certificates.iter().copied().collect::<Vec<_>>().join(", ")
             ));
         }
         match (&a.command[..], &a.signal, &a.pid_file) {
@@ -319,7 +350,10 @@ impl Worker {
         cmd.args(&a.command[1..])
             .env("ROTOR_RENEWED_CERTIFICATES", join(certificates))
             .env("ROTOR_COMPONENTS", join(components))
-            .env("ROTOR_DATA_DIR", data_dir)
+            .env(
+                "ROTOR_DATA_DIR",
+                std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()),
+            )
             .stdin(std::process::Stdio::null())
             // Its own process group, so a timeout kills what it started too.
             .process_group(0);
@@ -402,6 +436,21 @@ mod tests {
 
     #[test]
     fn an_action_file_names_what_is_wrong() {
+        let profile = crate::cluster::Profile::K3s;
+        let layout = crate::cluster::Layout::for_config(&crate::cluster::ClusterConfig {
+            format: 1,
+            profile,
+            node_name: "n1".into(),
+            node_ips: Vec::new(),
+            tls_sans: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            service_cidr: profile.default_service_cidr(),
+            key_type: profile.default_key_type(),
+            datastore_format: crate::datastore::RecordFormat::RotorV1,
+            external_cas: Vec::new(),
+            custom_ca: false,
+            datastore: None,
+        });
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("actions.toml");
         for (text, want) in [
@@ -426,9 +475,17 @@ mod tests {
                 "unique",
             ),
             ("[[action]]\nnme = \"a\"\n", "unknown field"),
+            (
+                "[[action]]\nname = \"a\"\ncomponents = [\"kube-apiservr\"]\ncommand = [\"true\"]\n",
+                "names the component \"kube-apiservr\"",
+            ),
+            (
+                "[[action]]\nname = \"a\"\ncertificates = [\"serving-apiserver\"]\ncommand = [\"true\"]\n",
+                "no certificate \"serving-apiserver\"",
+            ),
         ] {
             std::fs::write(&f, text).unwrap();
-            let e = load(&f).unwrap_err();
+            let e = load(&f, &layout).unwrap_err();
             assert!(
                 e.contains(want) && e.contains("actions.toml"),
                 "{text}: {e}"

@@ -40,8 +40,13 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn respond(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+fn respond(shared: &Shared, method: &hyper::Method, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
+        _ if method != hyper::Method::GET && method != hyper::Method::HEAD => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".into(),
+        ),
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -132,7 +137,7 @@ pub(crate) fn spawn(
                     tokio::spawn(async move {
                         let _slot = slot;
                         let service = hyper::service::service_fn(move |req: Request<_>| {
-                            let r = respond(&shared, req.uri().path());
+                            let r = respond(&shared, req.method(), req.uri().path());
                             async move { Ok::<_, Infallible>(r) }
                         });
                         let mut http = hyper::server::conn::http1::Builder::new();

@@ -72,6 +72,13 @@ pub(crate) struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReloadLabels {
+    /// `active` or `shadow`.
+    pub role: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ActionLabels {
     pub action: String,
     pub outcome: String,
@@ -94,7 +101,7 @@ pub(crate) struct Metrics {
     pub plugin_errors: Family<PluginErrorLabels, Counter>,
     pub shadow_disagreements: Family<PluginLabels, Counter>,
     pub bundle_info: Family<BundleInfoLabels, Gauge>,
-    pub bundle_reloads: Family<OutcomeLabels, Counter>,
+    pub bundle_reloads: Family<ReloadLabels, Counter>,
     pub bundle_refused: Gauge,
     pub cycles: Family<OutcomeLabels, Counter>,
     pub last_success: Gauge,
@@ -174,7 +181,7 @@ impl Metrics {
         );
         registry.register(
             "rotor_policy_bundle_reloads",
-            "Bundle reloads: accepted, or refused (the old bundle kept deciding)",
+            "Bundle reloads of the active and shadow bundles: accepted, or refused (the old bundle kept deciding)",
             m.bundle_reloads.clone(),
         );
         registry.register(

@@ -36,7 +36,7 @@ pub use log::{DecisionRecord, Role, Subject};
 use self::log::Sink;
 use self::metrics::{
     BundleInfoLabels, CertLabels, DecisionLabels, Metrics, OutcomeLabels, PluginErrorLabels,
-    PluginLabels, RenewalLabels,
+    PluginLabels, ReloadLabels, RenewalLabels,
 };
 use crate::cluster::start::{self, Action, LeafDecision, Mode};
 use crate::cluster::{Cluster, ClusterError};
@@ -102,12 +102,16 @@ pub enum ServeError {
     /// No bundle could be loaded yet.
     #[error("no policy bundle loaded: {0}")]
     NoBundle(String),
+    /// Stopped (SIGTERM, SIGINT) before the cycle wrote anything.
+    #[error("stopped before renewing anything")]
+    Stopped,
     /// The HTTP endpoint.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -126,6 +130,7 @@ enum BundleSource {
 pub(crate) struct Shared {
     metrics: Metrics,
     active: RwLock<Option<Arc<Bundle>>>,
+    shadow: RwLock<Option<Arc<Bundle>>>,
     bundle_problem: Mutex<Option<String>>,
     datastore_problem: Mutex<Option<String>>,
     cycled: AtomicBool,
@@ -161,6 +166,13 @@ impl Shared {
 
     fn bundle(&self) -> Option<Arc<Bundle>> {
         self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn shadow(&self) -> Option<Arc<Bundle>> {
+        self.shadow
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -213,8 +225,9 @@ pub struct Service {
     engine: Arc<PluginEngine>,
     clock: Clock,
     source: BundleSource,
-    shadow: Option<Arc<Bundle>>,
     shared: Arc<Shared>,
+    /// Held while the server runs: one `rotor serve` per data dir.
+    _serve_lock: crate::datadir::DirLock,
     sink: Sink,
     actions: Option<actions::Runner>,
     tls: Option<Tls>,
@@ -258,9 +271,34 @@ impl Service {
                 names.join(", ")
             )));
         }
+        // One server per data dir: two would run every action twice.
+        let serve_lock = crate::datadir::DirLock::acquire(
+            &Root::open_ambient(&options.data_dir)?,
+            &Path::new(crate::datadir::META).join("serve.lock"),
+            crate::datadir::LockMode::Exclusive,
+            Duration::ZERO,
+            "serve",
+            true,
+        )
+        .map_err(|e| match e {
+            crate::datadir::LockError::Timeout { holder, .. } => ServeError::Config(format!(
+                "another rotor serve keeps {} fresh already ({holder})",
+                options.data_dir.display()
+            )),
+            e => ServeError::Config(e.to_string()),
+        })?;
+        let actions = match &options.actions {
+            Some(p) => Some(actions::load(p, &local.layout).map_err(ServeError::Config)?),
+            None => None,
+        };
         drop(local);
         let source = match &options.bundle {
-            Some(p) => BundleSource::Path(p.clone()),
+            Some(p) => {
+                // A path that is not a bundle is a mistake to say now; a bundle that does not
+                // load leaves the server up and not ready until it is fixed.
+                bundle_dir(p).map_err(ServeError::Config)?;
+                BundleSource::Path(p.clone())
+            }
             None => BundleSource::DataDir,
         };
         let shadow = match &options.shadow_bundle {
@@ -270,15 +308,12 @@ impl Service {
             )),
             None => None,
         };
-        let actions = match &options.actions {
-            Some(p) => Some(actions::load(p).map_err(ServeError::Config)?),
-            None => None,
-        };
         let sink = Sink::open(
             options.decision_log.as_deref(),
             options.decision_log_max_bytes,
             options.decision_log_keep,
-        )?;
+        )
+        .map_err(|e| ServeError::Config(format!("the decision log: {e}")))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (events_tx, events) = channel::<Event>();
         let (reload_tx, reload) = channel::<()>();
@@ -286,6 +321,7 @@ impl Service {
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             active: RwLock::new(None),
+            shadow: RwLock::new(shadow),
             bundle_problem: Mutex::new(None),
             datastore_problem: Mutex::new(None),
             cycled: AtomicBool::new(false),
@@ -317,8 +353,8 @@ impl Service {
             engine,
             clock,
             source,
-            shadow,
             shared,
+            _serve_lock: serve_lock,
             sink,
             actions,
             tls,
@@ -337,6 +373,41 @@ impl Service {
             })),
         };
         service.export_bundle_info();
+        // Counters that exist from the start (at 0), so an alert on them never sees them absent.
+        let m = &service.shared.metrics;
+        for outcome in ["accepted", "refused"] {
+            for role in ["active", "shadow"] {
+                if role == "active" || service.options.shadow_bundle.is_some() {
+                    m.bundle_reloads
+                        .get_or_create(&ReloadLabels {
+                            role: role.into(),
+                            outcome: outcome.into(),
+                        })
+                        .inc_by(0);
+                }
+            }
+        }
+        for outcome in ["success", "failure"] {
+            m.cycles
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .inc_by(0);
+        }
+        if let Some(hp) = service
+            .shared
+            .shadow()
+            .as_ref()
+            .and_then(|b| b.renewal.clone())
+        {
+            m.shadow_disagreements
+                .get_or_create(&PluginLabels {
+                    hook: Hook::Renewal.as_str().into(),
+                    plugin: hp.plugin.name().to_string(),
+                    role: Role::Shadow.as_str().into(),
+                })
+                .inc_by(0);
+        }
         if let Some(addr) = service.options.listen {
             let listener = std::net::TcpListener::bind(addr)
                 .map_err(|source| ServeError::Listen { addr, source })?;
@@ -374,13 +445,7 @@ impl Service {
     /// Load, validate and switch in the bundle now, as SIGHUP does: the bundle deciding until
     /// then keeps deciding meanwhile (from any thread). `false` when the new one was refused.
     pub fn reload(&self) -> bool {
-        swap(
-            &self.engine,
-            &self.source,
-            &self.options,
-            &self.shared,
-            self.shadow.as_deref(),
-        )
+        swap(&self.engine, &self.source, &self.options, &self.shared)
     }
 
     /// The metrics page, as `/metrics` serves it.
@@ -426,6 +491,7 @@ impl Service {
                 break;
             }
             let next = match self.cycle() {
+                Err(ServeError::Stopped) => break,
                 Ok(report) => {
                     if !report.renewed.is_empty() {
                         eprintln!(
@@ -553,6 +619,10 @@ impl Service {
         }
         self.warned = warnings;
         let reissues: Vec<&start::LeafPlan> = prepared.plan.reissues().collect();
+        if !prepared.plan.is_empty() && self.stop.load(Ordering::Acquire) {
+            // Stopping before anything was written: the next server (or `rotor start`) does it.
+            return Err(ServeError::Stopped);
+        }
         if !prepared.plan.is_empty() {
             let applied = start::apply(&mut cluster, &prepared, false, now);
             let outcome = if applied.is_ok() {
@@ -675,7 +745,7 @@ impl Service {
         );
         self.export_decision(&record, d.error);
         self.write(&record);
-        let Some(shadow) = self.shadow.clone() else {
+        let Some(shadow) = self.shared.shadow() else {
             return false;
         };
         let started = Instant::now();
@@ -870,7 +940,7 @@ impl Service {
     }
 
     fn export_bundle_info(&self) {
-        export_bundle_info(&self.shared, self.shadow.as_deref());
+        export_bundle_info(&self.shared);
     }
 
     /// Issue the TLS endpoint's first certificate, reading the CA from the datastore.
@@ -965,7 +1035,6 @@ impl Service {
         let engine = Arc::clone(&self.engine);
         let options = self.options.clone();
         let shared = Arc::clone(&self.shared);
-        let shadow = self.shadow.clone();
         let interval = self.options.watch_interval.max(Duration::from_millis(100));
         let mut seen = self.seen.clone();
         let _ = std::thread::Builder::new()
@@ -1006,7 +1075,11 @@ impl Service {
                     }
                     settling = None;
                     seen = now;
-                    let swapped = swap(&engine, &source, &options, &shared, shadow.as_deref());
+                    let swapped = swap(&engine, &source, &options, &shared);
+                    // SIGHUP reloads the shadow bundle too.
+                    if forced && let Some(path) = &options.shadow_bundle {
+                        swap_shadow(&engine, path, &options, &shared);
+                    }
                     if swapped && events.send(Event::Swapped).is_err() {
                         return;
                     }
@@ -1016,11 +1089,12 @@ impl Service {
 }
 
 /// The info metric: the plugins of the active and the shadow bundles, with their digests.
-fn export_bundle_info(shared: &Shared, shadow: Option<&Bundle>) {
+fn export_bundle_info(shared: &Shared) {
     let m = &shared.metrics;
     m.bundle_info.clear();
     let active = shared.bundle();
-    for (role, b) in [("active", active.as_deref()), ("shadow", shadow)] {
+    let shadow = shared.shadow();
+    for (role, b) in [("active", active.as_deref()), ("shadow", shadow.as_deref())] {
         let Some(b) = b else { continue };
         for hook in [Hook::Renewal, Hook::San, Hook::Csr] {
             let (plugin, digest) = match b.hook(hook) {
@@ -1047,7 +1121,6 @@ fn swap(
     source: &BundleSource,
     options: &ServeOptions,
     shared: &Shared,
-    shadow: Option<&Bundle>,
 ) -> bool {
     let m = &shared.metrics;
     let loaded = if matches!(source, BundleSource::DataDir) {
@@ -1062,18 +1135,20 @@ fn swap(
             *shared.active.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bundle));
             Shared::set_problem(&shared.bundle_problem, None);
             m.bundle_reloads
-                .get_or_create(&OutcomeLabels {
+                .get_or_create(&ReloadLabels {
+                    role: "active".into(),
                     outcome: "accepted".into(),
                 })
                 .inc();
             m.bundle_refused.set(0);
-            export_bundle_info(shared, shadow);
+            export_bundle_info(shared);
             eprintln!("rotor serve: policy bundle '{name}' loaded, validated and switched in");
             true
         }
         Err(e) => {
             m.bundle_reloads
-                .get_or_create(&OutcomeLabels {
+                .get_or_create(&ReloadLabels {
+                    role: "active".into(),
                     outcome: "refused".into(),
                 })
                 .inc();
@@ -1087,6 +1162,33 @@ fn swap(
             false
         }
     }
+}
+
+/// Reload the shadow bundle (SIGHUP); a refused one leaves the previous one shadowing.
+fn swap_shadow(engine: &PluginEngine, path: &Path, options: &ServeOptions, shared: &Shared) {
+    let outcome = match load_bundle(engine, &BundleSource::Path(path.to_path_buf()), options) {
+        Ok(bundle) => {
+            let name = bundle.name.clone();
+            *shared.shadow.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bundle));
+            export_bundle_info(shared);
+            eprintln!("rotor serve: shadow bundle '{name}' loaded, validated and switched in");
+            "accepted"
+        }
+        Err(e) => {
+            eprintln!(
+                "rotor serve: new shadow bundle REFUSED, the previous one keeps shadowing: {e}"
+            );
+            "refused"
+        }
+    };
+    shared
+        .metrics
+        .bundle_reloads
+        .get_or_create(&ReloadLabels {
+            role: "shadow".into(),
+            outcome: outcome.into(),
+        })
+        .inc();
 }
 
 /// Load and validate the bundle of `source`: its pins and settings (`Bundle::load`), and its
