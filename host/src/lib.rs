@@ -23,6 +23,17 @@
 
 #![warn(missing_docs)]
 
+/// A line to standard error that never panics (`eprintln!` does when standard error is
+/// gone): `rotor serve`, whose standard error may be a pipe or a journal that goes away, goes
+/// on renewing.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -990,9 +990,9 @@ fn recover(dir: &mut DataDir) -> Result<()> {
         }
         let entries = entries_of(dir, journal.to)?;
         let warnings = dir.complete(&journal, &entries)?;
-        eprintln!("rotor: recovered {who}: rolled forward {how}");
+        crate::say!("rotor: recovered {who}: rolled forward {how}");
         for w in warnings {
-            eprintln!("rotor: warning: {w}");
+            crate::say!("rotor: warning: {w}");
         }
         Ok(())
     };
@@ -1054,7 +1054,7 @@ fn recover(dir: &mut DataDir) -> Result<()> {
             } else {
                 "the datastore never got its change"
             };
-            eprintln!("rotor: recovered {who}: rolled back ({why}); {live}");
+            crate::say!("rotor: recovered {who}: rolled back ({why}); {live}");
         }
     }
     Ok(())

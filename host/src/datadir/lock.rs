@@ -124,7 +124,7 @@ impl DirLock {
             }
             if !announced {
                 announced = true;
-                eprintln!(
+                crate::say!(
                     "rotor: waiting up to {} s for {} (locked by {})",
                     timeout.as_secs(),
                     path.display(),

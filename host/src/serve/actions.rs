@@ -282,10 +282,10 @@ impl Worker {
             match result {
                 Ok(()) => {
                     failures = 0;
-                    eprintln!("rotor serve: action {}: done for {names}", a.name);
+                    crate::say!("rotor serve: action {}: done for {names}", a.name);
                 }
                 Err(e) if stopping => {
-                    eprintln!(
+                    crate::say!(
                         "rotor serve: action {}: FAILED for {names}: {e}; not retried (stopping)",
                         a.name
                     );
@@ -294,7 +294,7 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     if failures > a.retries {
-                        eprintln!(
+                        crate::say!(
                             "rotor serve: action {}: FAILED for {names}: {e}; gave up after {failures} attempts (the next renewal runs it again)",
                             a.name
                         );
@@ -303,7 +303,7 @@ impl Worker {
                     }
                     let backoff = Duration::from_secs(1 << (failures - 1).min(6))
                         .min(Duration::from_secs(60));
-                    eprintln!(
+                    crate::say!(
                         "rotor serve: action {}: failed for {names}: {e}; retrying in {} s ({failures} of {} retries)",
                         a.name,
                         backoff.as_secs(),

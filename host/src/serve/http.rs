@@ -116,7 +116,7 @@ pub(crate) fn spawn(
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("rotor serve: http: {e}");
+                        crate::say!("rotor serve: http: {e}");
                         return;
                     }
                 };

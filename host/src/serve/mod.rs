@@ -334,7 +334,7 @@ impl Service {
                 *shared.active.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(b));
             }
             Err(e) => {
-                eprintln!(
+                crate::say!(
                     "rotor serve: the policy bundle cannot be loaded (not ready until it can): {e}"
                 );
                 shared.metrics.bundle_refused.set(1);
@@ -421,7 +421,7 @@ impl Service {
             if service.tls.is_some()
                 && let Err(e) = service.tls_from_datastore()
             {
-                eprintln!(
+                crate::say!(
                     "rotor serve: no certificate for the TLS endpoint yet (the next cycle tries again): {e}"
                 );
             }
@@ -472,7 +472,7 @@ impl Service {
             return Ok(());
         };
         self.spawn_watcher(reload, events_tx);
-        eprintln!(
+        crate::say!(
             "rotor serve: keeping {} fresh{}{}",
             self.options.data_dir.display(),
             self.listening
@@ -494,7 +494,7 @@ impl Service {
                 Err(ServeError::Stopped) => break,
                 Ok(report) => {
                     if !report.renewed.is_empty() {
-                        eprintln!(
+                        crate::say!(
                             "rotor serve: {}: renewed {}",
                             crate::clock::rfc3339(self.clock.now()),
                             report.renewed.join(", ")
@@ -507,7 +507,7 @@ impl Service {
                 Err(e) => {
                     let wait = self.backoff();
                     let now = self.clock.now();
-                    eprintln!(
+                    crate::say!(
                         "rotor serve: {}: cycle failed (retrying in {}): {e}",
                         crate::clock::rfc3339(now),
                         crate::cluster::check::short_duration(wait)
@@ -527,7 +527,7 @@ impl Service {
         if let Some(a) = &self.actions {
             a.finish();
         }
-        eprintln!("rotor serve: stopped");
+        crate::say!("rotor serve: stopped");
         Ok(())
     }
 
@@ -615,7 +615,7 @@ impl Service {
         let warnings: std::collections::BTreeSet<String> =
             prepared.plan.warnings.iter().cloned().collect();
         for w in warnings.difference(&self.warned) {
-            eprintln!("rotor serve: warning: {w}");
+            crate::say!("rotor serve: warning: {w}");
         }
         self.warned = warnings;
         let reissues: Vec<&start::LeafPlan> = prepared.plan.reissues().collect();
@@ -642,7 +642,7 @@ impl Service {
         }
         self.export_certificates(&cluster, &prepared);
         if let Err(e) = self.refresh_tls(&cluster, |name| prepared.ca(name)) {
-            eprintln!("rotor serve: the TLS endpoint's certificate: {e}");
+            crate::say!("rotor serve: the TLS endpoint's certificate: {e}");
         }
         drop(cluster);
         if let Some(a) = &self.actions {
@@ -672,7 +672,7 @@ impl Service {
                 self.renewal_loops = 0;
             } else {
                 self.renewal_loops = self.renewal_loops.saturating_add(1);
-                eprintln!(
+                crate::say!(
                     "rotor serve: warning: renewed again in the next cycle: {}; something reverts them (backing off)",
                     again
                         .iter()
@@ -852,7 +852,7 @@ impl Service {
 
     fn write(&mut self, record: &DecisionRecord) {
         if let Err(e) = self.sink.write(record) {
-            eprintln!("rotor serve: decision log: {e}");
+            crate::say!("rotor serve: decision log: {e}");
         }
     }
 
@@ -1142,7 +1142,7 @@ fn swap(
                 .inc();
             m.bundle_refused.set(0);
             export_bundle_info(shared);
-            eprintln!("rotor serve: policy bundle '{name}' loaded, validated and switched in");
+            crate::say!("rotor serve: policy bundle '{name}' loaded, validated and switched in");
             true
         }
         Err(e) => {
@@ -1156,7 +1156,7 @@ fn swap(
             if shared.bundle().is_none() {
                 Shared::set_problem(&shared.bundle_problem, Some(e.clone()));
             }
-            eprintln!(
+            crate::say!(
                 "rotor serve: new policy bundle REFUSED, the previous one keeps deciding: {e}"
             );
             false
@@ -1171,11 +1171,11 @@ fn swap_shadow(engine: &PluginEngine, path: &Path, options: &ServeOptions, share
             let name = bundle.name.clone();
             *shared.shadow.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bundle));
             export_bundle_info(shared);
-            eprintln!("rotor serve: shadow bundle '{name}' loaded, validated and switched in");
+            crate::say!("rotor serve: shadow bundle '{name}' loaded, validated and switched in");
             "accepted"
         }
         Err(e) => {
-            eprintln!(
+            crate::say!(
                 "rotor serve: new shadow bundle REFUSED, the previous one keeps shadowing: {e}"
             );
             "refused"
@@ -1320,10 +1320,10 @@ fn spawn_signals(
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    eprintln!("rotor serve: SIGHUP: reloading the policy bundle");
+                    crate::say!("rotor serve: SIGHUP: reloading the policy bundle");
                     let _ = reload.send(());
                 } else {
-                    eprintln!(
+                    crate::say!(
                         "rotor serve: {}: stopping after the change in progress",
                         if signal == SIGTERM {
                             "SIGTERM"
