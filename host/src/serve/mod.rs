@@ -914,8 +914,24 @@ impl Service {
                 );
             }
         }
+        // What the plan read stands for a leaf it did not re-issue (the lock is still held: the
+        // file is as read); a re-issued or unread one is read again.
+        let read: std::collections::BTreeMap<&str, &crate::facts::CertificateFacts> = prepared
+            .plan
+            .leaves
+            .iter()
+            .filter(|l| l.action != Action::Reissue)
+            .filter_map(|l| Some((l.name.as_str(), &l.decided.as_ref()?.request.certificate)))
+            .collect();
         for spec in &cluster.layout.leaves {
-            if let Ok(crate::cluster::LeafOnDisk::Present { facts, .. }) = cluster.read_leaf(spec) {
+            let facts = match read.get(spec.name.as_str()) {
+                Some(f) => Some((*f).clone()),
+                None => match cluster.read_leaf(spec) {
+                    Ok(crate::cluster::LeafOnDisk::Present { facts, .. }) => Some(*facts),
+                    _ => None,
+                },
+            };
+            if let Some(facts) = facts {
                 let labels = CertLabels {
                     name: spec.name.clone(),
                     file: spec.storage.cert_path().display().to_string(),
