@@ -115,6 +115,8 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A failed write to standard error (gone) must not panic a long-running server.
+        .log_internal_errors(false)
         .with_target(false)
         .without_time()
         .try_init();

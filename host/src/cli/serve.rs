@@ -30,7 +30,7 @@ pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> 
     let service = Service::new(options, engine, clock)?;
     if let Some(addr) = service.listening() {
         // Tests and scripts that ask for port 0 read the port here.
-        eprintln!("rotor serve: listening on {addr}");
+        crate::say!("rotor serve: listening on {addr}");
     }
     service.run()?;
     Ok(Exit::Success)

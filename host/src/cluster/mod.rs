@@ -287,8 +287,9 @@ impl Cluster {
     }
 
     /// [`Cluster::open_read`] without connecting to the datastore: the data dir's own files
-    /// only (its config, layout, recorded bundle, certificates). What needs the datastore fails
-    /// with [`ClusterError::NoDatastore`].
+    /// only (its config, layout, recorded bundle, certificates), from the live generation as
+    /// it is (a change a dead writer left is finished by the next command that connects).
+    /// What needs the datastore fails with [`ClusterError::NoDatastore`].
     pub fn open_read_local(data_dir: &Path, options: &Options) -> Result<Cluster> {
         Cluster::open_read_with(data_dir, options, false)
     }
@@ -304,7 +305,9 @@ impl Cluster {
                 return Err(not_initialized());
             };
             check_permissions(&dir)?;
-            if dir.journal()?.is_none() {
+            // Without the datastore, a change a dead writer left cannot be finished here; the
+            // live generation is complete either way (the switch is one rename): read it.
+            if !connect || dir.journal()?.is_none() {
                 if dir.live().is_none() {
                     return Err(not_initialized());
                 }

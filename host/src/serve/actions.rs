@@ -163,6 +163,8 @@ struct Worker {
     action: Action,
     pending: Mutex<Pending>,
     wake: Condvar,
+    /// The process group of the command running now, if any.
+    running: Mutex<Option<rustix::process::Pid>>,
 }
 
 /// The actions, each on its thread.
@@ -180,6 +182,7 @@ impl Runner {
                     action,
                     pending: Mutex::new(Pending::default()),
                     wake: Condvar::new(),
+                    running: Mutex::new(None),
                 })
             })
             .collect();
@@ -247,6 +250,12 @@ impl Runner {
                 let _ = t.join();
             }
         }
+        // Nothing outlives the server.
+        for w in &self.workers {
+            if let Some(group) = *w.running.lock().unwrap_or_else(|e| e.into_inner()) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+        }
     }
 }
 
@@ -293,6 +302,13 @@ impl Worker {
                 }
                 Err(e) => {
                     failures += 1;
+                    if self.pending.lock().unwrap_or_else(|e| e.into_inner()).stop {
+                        crate::say!(
+                            "rotor serve: action {}: FAILED for {names}: {e}; not retried (stopping)",
+                            a.name
+                        );
+                        return;
+                    }
                     if failures > a.retries {
                         crate::say!(
                             "rotor serve: action {}: FAILED for {names}: {e}; gave up after {failures} attempts (the next renewal runs it again)",
@@ -365,6 +381,18 @@ impl Worker {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", a.command[0]))?;
         let group = rustix::process::Pid::from_child(&child);
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(group);
+        let result = self.wait(&mut child, group);
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        result
+    }
+
+    fn wait(
+        &self,
+        child: &mut std::process::Child,
+        group: rustix::process::Pid,
+    ) -> Result<(), String> {
+        let a = &self.action;
         let deadline = Instant::now() + Duration::from_secs(a.timeout_seconds);
         let kill = |child: &mut std::process::Child| {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
@@ -376,7 +404,7 @@ impl Worker {
                 Ok(Some(status)) if status.success() => return Ok(()),
                 Ok(Some(status)) => return Err(format!("{} exited with {status}", a.command[0])),
                 Ok(None) if Instant::now() >= deadline => {
-                    kill(&mut child);
+                    kill(child);
                     return Err(format!(
                         "{} still running after {} s: killed",
                         a.command[0], a.timeout_seconds
@@ -384,7 +412,7 @@ impl Worker {
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
-                    kill(&mut child);
+                    kill(child);
                     return Err(format!("waiting for {}: {e}", a.command[0]));
                 }
             }

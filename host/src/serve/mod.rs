@@ -394,19 +394,8 @@ impl Service {
                 })
                 .inc_by(0);
         }
-        if let Some(hp) = service
-            .shared
-            .shadow()
-            .as_ref()
-            .and_then(|b| b.renewal.clone())
-        {
-            m.shadow_disagreements
-                .get_or_create(&PluginLabels {
-                    hook: Hook::Renewal.as_str().into(),
-                    plugin: hp.plugin.name().to_string(),
-                    role: Role::Shadow.as_str().into(),
-                })
-                .inc_by(0);
+        if let Some(shadow) = service.shared.shadow() {
+            zero_disagreements(&service.shared, &shadow);
         }
         if let Some(addr) = service.options.listen {
             let listener = std::net::TcpListener::bind(addr)
@@ -442,8 +431,9 @@ impl Service {
         self.shared.bundle()
     }
 
-    /// Load, validate and switch in the bundle now, as SIGHUP does: the bundle deciding until
-    /// then keeps deciding meanwhile (from any thread). `false` when the new one was refused.
+    /// Load, validate and switch in the active bundle now, as SIGHUP does (which also reloads
+    /// the shadow bundle): the bundle deciding until then keeps deciding meanwhile (from any
+    /// thread). `false` when the new one was refused.
     pub fn reload(&self) -> bool {
         swap(&self.engine, &self.source, &self.options, &self.shared)
     }
@@ -550,6 +540,9 @@ impl Service {
     /// was changed then, or the change was completed: commits are all or nothing).
     pub fn cycle(&mut self) -> Result<CycleReport, ServeError> {
         let result = self.cycle_inner();
+        if matches!(result, Err(ServeError::Stopped)) {
+            return result;
+        }
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.shared
             .metrics
@@ -601,6 +594,11 @@ impl Service {
         )
         .inspect_err(datastore)?;
         Shared::set_problem(&shared.datastore_problem, None);
+        if !prepared.plan.is_empty() && self.stop.load(Ordering::Acquire) {
+            // Stopping before anything was written (or logged as acted on): the next server,
+            // or `rotor start`, does it.
+            return Err(ServeError::Stopped);
+        }
         let mut report = CycleReport {
             checked: prepared.plan.leaves.len(),
             ..CycleReport::default()
@@ -619,10 +617,6 @@ impl Service {
         }
         self.warned = warnings;
         let reissues: Vec<&start::LeafPlan> = prepared.plan.reissues().collect();
-        if !prepared.plan.is_empty() && self.stop.load(Ordering::Acquire) {
-            // Stopping before anything was written: the next server (or `rotor start`) does it.
-            return Err(ServeError::Stopped);
-        }
         if !prepared.plan.is_empty() {
             let applied = start::apply(&mut cluster, &prepared, false, now);
             let outcome = if applied.is_ok() {
@@ -1076,7 +1070,9 @@ impl Service {
                         let _guard = shared.datadir.lock().unwrap_or_else(|e| e.into_inner());
                         fingerprint(&source, &options).ok()
                     };
-                    last_link = link;
+                    // A failed look (a writer holding the lock too long) is tried again at
+                    // the next tick, not taken for "unchanged".
+                    last_link = if now.is_some() { link } else { None };
                     last_fingerprint = now.clone();
                     if !forced {
                         let Some(fp) = &now else { continue };
@@ -1180,11 +1176,29 @@ fn swap(
     }
 }
 
+/// The shadow bundle's disagreement counter, at 0 until it disagrees.
+fn zero_disagreements(shared: &Shared, shadow: &Bundle) {
+    let plugin = shadow
+        .renewal
+        .as_ref()
+        .map_or_else(|| "built-in".to_string(), |hp| hp.plugin.name().to_string());
+    shared
+        .metrics
+        .shadow_disagreements
+        .get_or_create(&PluginLabels {
+            hook: Hook::Renewal.as_str().into(),
+            plugin,
+            role: Role::Shadow.as_str().into(),
+        })
+        .inc_by(0);
+}
+
 /// Reload the shadow bundle (SIGHUP); a refused one leaves the previous one shadowing.
 fn swap_shadow(engine: &PluginEngine, path: &Path, options: &ServeOptions, shared: &Shared) {
     let outcome = match load_bundle(engine, &BundleSource::Path(path.to_path_buf()), options) {
         Ok(bundle) => {
             let name = bundle.name.clone();
+            zero_disagreements(shared, &bundle);
             *shared.shadow.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bundle));
             export_bundle_info(shared);
             crate::say!("rotor serve: shadow bundle '{name}' loaded, validated and switched in");
@@ -1252,8 +1266,14 @@ fn load_bundle(
 
 /// The directory of a bundle given as a directory or as its manifest file.
 fn bundle_dir(path: &Path) -> Result<PathBuf, String> {
-    if Root::open_ambient(path).is_ok() {
-        return Ok(path.to_path_buf());
+    if let Ok(root) = Root::open_ambient(path) {
+        return match root.kind(Path::new("bundle.toml")) {
+            Ok(Some(crate::fs::Kind::File)) => Ok(path.to_path_buf()),
+            _ => Err(format!(
+                "{}: no bundle.toml here: not a policy bundle",
+                path.display()
+            )),
+        };
     }
     let parent = path
         .parent()
