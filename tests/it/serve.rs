@@ -1140,3 +1140,96 @@ fn sigterm_while_sleeping_stops_at_once() {
         started.elapsed()
     );
 }
+
+/// A plugin that traps: the failure mode decides (the built-in rule), the decision log says
+/// so, and the error is counted by kind; a shadow plugin that loops until its deadline (failure
+/// mode `error`) is logged as an error of the shadow, counted, and is not a disagreement.
+#[test]
+fn plugin_failures_are_logged_and_counted_by_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("k3s");
+    let t0 = t0();
+    init_k3s(&dir, t0);
+    let trap = test_plugin("hostile-trap");
+    let looping = test_plugin("hostile-loop");
+    let bundle = write_bundle(
+        &tmp.path().join("trapping"),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &trap,
+            extra: "failure_mode = \"fallback\"",
+            settings: "",
+        }],
+    );
+    let shadow = write_bundle(
+        &tmp.path().join("looping"),
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &looping,
+            extra: "failure_mode = \"error\"\ntimeout_ms = 20",
+            settings: "",
+        }],
+    );
+    let log = tmp.path().join("decisions.jsonl");
+    let mut serve = Serve::start(
+        &dir,
+        t0,
+        &[
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--shadow-bundle",
+            shadow.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--decision-log",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    serve.advance(t0);
+    let records = decisions(&log);
+    let acted: Vec<_> = records.iter().filter(|r| r["role"] == "acted").collect();
+    let shadowed: Vec<_> = records.iter().filter(|r| r["role"] == "shadow").collect();
+    assert_eq!(acted.len(), 17);
+    assert_eq!(shadowed.len(), 17);
+    for r in &acted {
+        assert_eq!(r["source"], "failure_mode", "{r}");
+        assert_eq!(r["error"], "trap", "{r}");
+        assert_eq!(r["decision"], "keep", "{r}");
+    }
+    for r in &shadowed {
+        assert_eq!(r["decision"], "error", "{r}");
+        assert_eq!(r["error"], "timeout", "{r}");
+        assert!(r.get("disagrees").is_none(), "{r}");
+    }
+    let (_, page) = serve.get("/metrics");
+    if let Some(samples) = parse_metrics(&page) {
+        let errors = |kind: &str, role: &str| {
+            value(
+                &samples,
+                "rotor_plugin_errors_total",
+                &[("hook", "renewal"), ("kind", kind), ("role", role)],
+            )
+        };
+        assert_eq!(errors("trap", "acted"), 17.0);
+        assert_eq!(errors("timeout", "shadow"), 17.0);
+        assert_eq!(
+            value(
+                &samples,
+                "rotor_shadow_disagreements_total",
+                &[("plugin", "hostile-loop")]
+            ),
+            0.0
+        );
+        assert!(
+            sample(
+                &samples,
+                "rotor_shadow_disagreements_total",
+                &[("plugin", "hostile-loop")]
+            )
+            .is_some()
+        );
+    }
+    let (code, err) = serve.terminate();
+    assert_eq!(code, 0, "{err}");
+}
