@@ -137,22 +137,9 @@ impl Serve {
     }
 
     /// SIGTERM, and the exit code and standard error once it stopped (at most 60 s).
-    pub fn terminate(mut self) -> (i32, String) {
+    pub fn terminate(self) -> (i32, String) {
         self.signal("TERM");
-        let mut child = self.child.take().unwrap();
-        let start = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "rotor serve ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        std::thread::sleep(Duration::from_millis(50));
-        (status.code().unwrap_or(-1), self.stderr())
+        self.terminate_after_signal()
     }
 }
 

@@ -361,9 +361,13 @@ impl Worker {
                 )
             });
         }
+        // `load` refused an action with neither a signal nor a command.
+        let Some((program, args)) = a.command.split_first() else {
+            return Err("no command to run".into());
+        };
         let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" ");
-        let mut cmd = std::process::Command::new(&a.command[0]);
-        cmd.args(&a.command[1..])
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
             .env("ROTOR_RENEWED_CERTIFICATES", join(certificates))
             .env("ROTOR_COMPONENTS", join(components))
             .env(
@@ -379,16 +383,17 @@ impl Worker {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", a.command[0]))?;
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
         let group = rustix::process::Pid::from_child(&child);
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(group);
-        let result = self.wait(&mut child, group);
+        let result = self.wait(program, &mut child, group);
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         result
     }
 
     fn wait(
         &self,
+        program: &str,
         child: &mut std::process::Child,
         group: rustix::process::Pid,
     ) -> Result<(), String> {
@@ -402,18 +407,18 @@ impl Worker {
         loop {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => return Err(format!("{} exited with {status}", a.command[0])),
+                Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
                 Ok(None) if Instant::now() >= deadline => {
                     kill(child);
                     return Err(format!(
-                        "{} still running after {} s: killed",
-                        a.command[0], a.timeout_seconds
+                        "{program} still running after {} s: killed",
+                        a.timeout_seconds
                     ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
                     kill(child);
-                    return Err(format!("waiting for {}: {e}", a.command[0]));
+                    return Err(format!("waiting for {program}: {e}"));
                 }
             }
         }
