@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System tools, installed when missing (Debian packages by apt-get, as root).
 #
-#   install-deps.sh build   what building rotor needs: protoc (protobuf-compiler), for the
-#                           etcd client's gRPC code (make build, lint, demo run this first)
+#   install-deps.sh build   what building rotor needs: protoc (protobuf-compiler) and the
+#                           well-known types it imports (libprotobuf-dev), for the etcd
+#                           client's gRPC code (make build, lint, demo run this first)
 #   install-deps.sh         that, and what the tests use (make test runs this first):
 #     openssl, and Python's cryptography package: independent checkers of what rotor writes;
 #     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
@@ -14,6 +15,9 @@ set -euo pipefail
 
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# A recommendation of protobuf-compiler, which --no-install-recommends leaves out: without it
+# protoc cannot find google/protobuf/descriptor.proto and the etcd client does not build.
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ "${1:-all}" != build ]; then
   command -v openssl >/dev/null || need+=(openssl)
   command -v flock >/dev/null || need+=(util-linux)
