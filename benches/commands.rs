@@ -684,7 +684,7 @@ fn serve(c: &mut Criterion) {
         let certs = rotor::facts::parse_certificates_pem("leaf", &pem).expect("leaf");
         rotor::contract::RenewalRequest {
             name: "serving-kube-apiserver".into(),
-            certificate: certs[0].clone(),
+            certificate: certs[0].clone().into(),
             issuer_not_after: Some(certs[1].not_after),
             now: OffsetDateTime::now_utc(),
         }

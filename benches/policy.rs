@@ -44,7 +44,7 @@ fn renewal_request() -> RenewalRequest {
         .expect("fixture parses");
     RenewalRequest {
         name: "serving-kube-apiserver".into(),
-        certificate: certs[0].clone(),
+        certificate: certs[0].clone().into(),
         issuer_not_after: Some(certs[1].not_after),
         now: now(),
     }
@@ -159,6 +159,12 @@ fn native_window_rule(
     }
 }
 
+/// renewal-window as built on the 0.1 contract (tests/compat).
+fn compat_renewal_plugin() -> Vec<u8> {
+    std::fs::read(repo().join("tests/compat/rotor-policy-0.1/renewal-window.wasm"))
+        .expect("tests/compat/rotor-policy-0.1/renewal-window.wasm")
+}
+
 fn engine(pooling: bool, epoch_interruption: bool) -> PluginEngine {
     PluginEngine::new(EngineOptions {
         pooling,
@@ -182,8 +188,8 @@ fn default_bundle(engine: &PluginEngine) -> Bundle {
         .expect("policies/default loads: run `make plugins` first")
 }
 
-/// 1 and 2: one renewal decision, native vs warm sandbox vs fresh sandbox per decision, for
-/// each engine choice.
+/// 1 and 2: one renewal decision, native vs warm sandbox vs fresh sandbox per decision (of the
+/// configured snapshot: settings parsed once), for each engine choice, and the 0.1 build.
 fn renewal(c: &mut Criterion) {
     let bytes = std::fs::read(repo().join("policies/default/plugins/renewal-window.wasm"))
         .expect("policies/default/plugins/renewal-window.wasm: run `make plugins` first");
@@ -208,6 +214,31 @@ fn renewal(c: &mut Criterion) {
         b.iter(|| black_box(sandbox.renewal(&request).expect("decision")))
     });
 
+    // The same plugin as rotor shipped it on the 0.1 contract (the whole certificate in every
+    // request; `configure` in every fresh instance): what 0.2 changed, measured.
+    let v01 = default_engine
+        .load(
+            "renewal-window-0.1",
+            Hook::Renewal,
+            &compat_renewal_plugin(),
+        )
+        .expect("0.1 plugin loads");
+    let mut v01_sandbox = v01
+        .sandbox(Hook::Renewal, settings, &limits)
+        .expect("sandbox");
+    group.bench_function("warm_sandbox/contract_0.1", |b| {
+        b.iter(|| black_box(v01_sandbox.renewal(&request).expect("decision")))
+    });
+    let v01_configured = v01
+        .configure(Hook::Renewal, settings, &limits)
+        .expect("configure");
+    group.bench_function("fresh_sandbox/pooling+epoch,contract_0.1", |b| {
+        b.iter(|| {
+            let mut sandbox = v01_configured.sandbox().expect("sandbox");
+            black_box(sandbox.renewal(&request).expect("decision"))
+        })
+    });
+
     let bundle = default_bundle(&default_engine);
 
     // A fresh Store + instance (+ configure) per decision, for each engine choice.
@@ -225,12 +256,12 @@ fn renewal(c: &mut Criterion) {
         };
         let plugin = engine
             .load("renewal-window", Hook::Renewal, &bytes)
-            .expect("plugin loads");
+            .expect("plugin loads")
+            .configure(Hook::Renewal, settings, &limits)
+            .expect("settings accepted");
         group.bench_function(name, |b| {
             b.iter(|| {
-                let mut sandbox = plugin
-                    .sandbox(Hook::Renewal, settings, &limits)
-                    .expect("sandbox");
+                let mut sandbox = plugin.sandbox().expect("sandbox");
                 black_box(sandbox.renewal(&request).expect("decision"))
             })
         });

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 fn main() {
     let manifest_dir =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    toolchain_channel(&manifest_dir);
     let bundle = manifest_dir.join("../policies/default");
     let manifest = bundle.join("bundle.toml");
     let plugins = bundle.join("plugins");
@@ -60,4 +61,20 @@ fn main() {
 
 fn canonical(p: &Path) -> PathBuf {
     p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The pinned toolchain (rust-toolchain.toml), for the crates `rotor policy new` writes: a
+/// component's pinned sha256 holds for the toolchain that built it.
+fn toolchain_channel(manifest_dir: &Path) {
+    let file = manifest_dir.join("../rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", file.display());
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let channel = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .unwrap_or_else(|| "stable".to_string());
+    println!("cargo:rustc-env=ROTOR_RUSTC_CHANNEL={channel}");
 }

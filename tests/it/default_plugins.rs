@@ -27,7 +27,7 @@ fn leaf_request(now_days: i64) -> RenewalRequest {
     let certs = parse_certificates_pem("serving-kube-apiserver.crt", pem.as_bytes()).unwrap();
     RenewalRequest {
         name: "serving-kube-apiserver".into(),
-        certificate: certs[0].clone(),
+        certificate: certs[0].clone().into(),
         issuer_not_after: Some(certs[1].not_after),
         now: t0() + days(now_days),
     }
@@ -69,7 +69,7 @@ fn cas_are_never_renewed_even_when_expired() {
     let certs = parse_certificates_pem("client-ca.crt", ca.cert.pem().as_bytes()).unwrap();
     let request = RenewalRequest {
         name: "client-ca".into(),
-        certificate: certs[0].clone(),
+        certificate: certs[0].clone().into(),
         issuer_not_after: None,
         now: t0() + days(20),
     };

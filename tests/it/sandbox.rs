@@ -18,7 +18,7 @@ fn renewal_request(ca_days: i64) -> RenewalRequest {
     let certs = parse_certificates_pem("leaf.pem", pem.as_bytes()).unwrap();
     RenewalRequest {
         name: "serving-kube-apiserver".into(),
-        certificate: certs[0].clone(),
+        certificate: certs[0].clone().into(),
         issuer_not_after: Some(certs[1].not_after),
         now: t0() + days(100),
     }
@@ -196,7 +196,7 @@ fn a_plugin_that_renews_everything_never_renews_a_ca() {
     let certs = parse_certificates_pem("client-ca.crt", ca.cert.pem().as_bytes()).unwrap();
     let mut request = RenewalRequest {
         name: "client-ca".into(),
-        certificate: certs[0].clone(),
+        certificate: certs[0].clone().into(),
         issuer_not_after: None,
         now: t0() + days(20),
     };
@@ -209,7 +209,7 @@ fn a_plugin_that_renews_everything_never_renews_a_ca() {
         outcome.notes
     );
     // The same plugin asked about the same certificate as a leaf renews it.
-    request.certificate.is_ca = false;
+    std::sync::Arc::make_mut(&mut request.certificate).is_ca = false;
     assert!(bundle.renewal(&request).unwrap().decision.is_renew());
 }
 

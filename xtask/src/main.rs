@@ -8,10 +8,9 @@
 //!                                  deliberate change to a default plugin
 //! ```
 //!
-//! Why not `wasm32-wasip2`: a std guest built for it imports `wasi:cli/*` and `wasi:io/*` even
-//! when unused, and rotor refuses any import but its own. So guests are built as core modules
-//! for `wasm32-unknown-unknown` and turned into components with `wit-component`, which leaves
-//! only the `rotor:policy` imports.
+//! Guests are built by `rotor_plugin_build` (plugin-build/), the path `rotor policy build` takes
+//! for a vendor's crate: core modules for `wasm32-unknown-unknown`, turned into components
+//! with `wit-component`, which leaves only the `rotor:policy` imports.
 //!
 //! Builds are reproducible (paths are remapped, `Cargo.lock` is committed), so the sha256 pins
 //! committed in the bundles match on any machine with the same toolchain.
@@ -119,38 +118,40 @@ fn build_test_plugins() -> Result<()> {
     Ok(())
 }
 
-/// Shadow-stack size of the wasm32-unknown-unknown plugins (see `build_one`).
-const GUEST_STACK_BYTES: u32 = 64 * 1024;
-
-/// Build one guest crate of the workspace at `workspace` and return the component bytes.
+/// Build one guest crate of the workspace at `workspace` and return the component bytes:
+/// `rotor_plugin_build`, the same path as `rotor policy build`, for the wasm32-unknown-unknown
+/// guests; a plain cargo build for the WASI one.
 fn build_one(workspace: &Path, name: &str, target: Target) -> Result<Vec<u8>> {
-    check_target_installed(target)?;
     let root = repo_root();
     let target_dir = root.join("target/wasm");
-    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let cargo_home = env::var("CARGO_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| home().join(".cargo"));
-    // Remap absolute paths (which end up in panic messages) so the bytes do not depend on
-    // where the repository or the cargo registry lives.
-    let mut rustflags = vec![
-        format!("--remap-path-prefix={}=/rotor", root.display()),
-        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    let remap = vec![
+        (root.clone(), "/rotor".to_string()),
+        (rotor_plugin_build::cargo_home(), "/cargo".to_string()),
     ];
     if target == Target::Unknown {
-        // A 64 KiB shadow stack instead of rustc's 1 MiB: the stack sits first in linear
-        // memory (an overflow traps at address 0 rather than corrupting data), and a smaller
-        // stack means fewer pages for the sandbox to map and reset per instance.
-        rustflags.push(format!("-Clink-arg=-zstack-size={GUEST_STACK_BYTES}"));
+        return rotor_plugin_build::build_component(&rotor_plugin_build::Guest {
+            dir: workspace.to_path_buf(),
+            package: Some(name.to_string()),
+            lib_name: name.replace('-', "_"),
+            target_dir,
+            locked: true,
+            remap,
+        })
+        .map_err(|e| format!("plugin {name}: {e}"));
     }
-    let rustflags = rustflags.join("\x1f");
+    rotor_plugin_build::check_target_installed(target.triple())?;
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let rustflags: Vec<String> = remap
+        .iter()
+        .map(|(from, to)| format!("--remap-path-prefix={}={to}", from.display()))
+        .collect();
     let status = Command::new(cargo)
         .current_dir(workspace)
         .args(["rustc", "--quiet", "--locked", "--release", "-p", name])
         .args(["--target", target.triple(), "--crate-type", "cdylib"])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
         .env_remove("RUSTFLAGS")
         .status()
         .map_err(|e| format!("running cargo for {name}: {e}"))?;
@@ -161,37 +162,7 @@ fn build_one(workspace: &Path, name: &str, target: Target) -> Result<Vec<u8>> {
         .join(target.triple())
         .join("release")
         .join(format!("{}.wasm", name.replace('-', "_")));
-    let bytes = fs::read(&artifact).map_err(|e| format!("{}: {e}", artifact.display()))?;
-    match target {
-        Target::Wasip2 => Ok(bytes),
-        Target::Unknown => wit_component::ComponentEncoder::default()
-            .module(&bytes)
-            .map_err(|e| format!("{name}: reading core module: {e:#}"))?
-            .validate(true)
-            .encode()
-            .map_err(|e| format!("{name}: encoding component: {e:#}")),
-    }
-}
-
-fn check_target_installed(target: Target) -> Result<()> {
-    let out = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", target.triple()])
-        .output()
-        .map_err(|e| format!("running rustc: {e}"))?;
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !out.status.success() || !Path::new(&dir).exists() {
-        return Err(format!(
-            "the {t} target is not installed: run `rustup target add {t}` (the Makefile does)",
-            t = target.triple()
-        ));
-    }
-    Ok(())
-}
-
-fn home() -> PathBuf {
-    env::var("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/"))
+    fs::read(&artifact).map_err(|e| format!("{}: {e}", artifact.display()))
 }
 
 #[derive(Clone, Copy, PartialEq)]

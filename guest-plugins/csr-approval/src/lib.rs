@@ -23,33 +23,25 @@
 
 #![allow(
     unsafe_code,
-    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+    reason = "the SDK's export macro expands to wit-bindgen's unsafe glue; the rules contain none"
 )]
 
 mod rules;
 
-use guest_alloc as _;
+use rotor_policy_sdk::settings;
 
-wit_bindgen::generate!({
-    world: "csr-policy",
-    path: "../../wit",
-});
-
-use exports::rotor::policy::config::Guest as Config;
-use exports::rotor::policy::csr_approval::{
+use rotor_policy_sdk::csr::exports::rotor::policy::csr_approval::{
     Abstention, Approval, CsrDecision, CsrRequest, Guest as CsrApproval,
 };
-use rotor::policy::types::{KeyAlgorithm, Usage, Violation};
+use rotor_policy_sdk::csr::rotor::policy::types::{KeyAlgorithm, Usage, Violation};
 
-plugin_settings::settings_slot!(rules::Settings, rules::Settings::from_json);
-
-struct Plugin;
-
-impl Config for Plugin {
-    fn configure(settings: String) -> Result<(), String> {
-        configure_settings(&settings)
+impl settings::Settings for rules::Settings {
+    fn from_json(json: &str) -> Result<Self, String> {
+        rules::Settings::from_json(json)
     }
 }
+
+struct Plugin;
 
 fn usage_name(u: Usage) -> &'static str {
     match u {
@@ -80,6 +72,10 @@ fn usage_name(u: Usage) -> &'static str {
 }
 
 impl CsrApproval for Plugin {
+    fn configure(json: String) -> Result<(), String> {
+        settings::configure::<rules::Settings>(&json)
+    }
+
     fn review(request: CsrRequest) -> CsrDecision {
         let key = match request.public_key.algorithm {
             KeyAlgorithm::Rsa => rules::KeyKind::Rsa,
@@ -109,7 +105,7 @@ impl CsrApproval for Plugin {
             expiration_seconds: request.expiration_seconds,
             requests_ca: request.requests_ca,
         };
-        match with_settings(|s| rules::review(s, &req)) {
+        match settings::with(|s: &rules::Settings| rules::review(s, &req)) {
             rules::Decision::Approve {
                 reason,
                 lifetime_seconds,
@@ -132,4 +128,4 @@ impl CsrApproval for Plugin {
     }
 }
 
-export!(Plugin);
+rotor_policy_sdk::csr::export!(Plugin);

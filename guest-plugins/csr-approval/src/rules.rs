@@ -380,7 +380,7 @@ impl Profile {
 
 impl Settings {
     pub(crate) fn from_json(json: &str) -> Result<Settings, String> {
-        let raw: RawSettings = plugin_settings::parse(json)?;
+        let raw: RawSettings = rotor_policy_sdk::settings::parse(json)?;
         let unknown_signer_denies = match raw.unknown_signer.as_deref().unwrap_or("abstain") {
             "abstain" => false,
             "deny" => true,

@@ -21,43 +21,42 @@
 
 #![allow(
     unsafe_code,
-    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+    reason = "the SDK's export macro expands to wit-bindgen's unsafe glue; the rules contain none"
 )]
 
 mod rules;
 
-use guest_alloc as _;
+use rotor_policy_sdk::settings;
 
-wit_bindgen::generate!({
-    world: "renewal-policy",
-    path: "../../wit",
-});
-
-use exports::rotor::policy::config::Guest as Config;
-use exports::rotor::policy::renewal::{
+use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
     Guest as Renewal, KeepDecision, RenewDecision, RenewalDecision, RenewalRequest,
 };
+use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
 
-plugin_settings::settings_slot!(rules::Settings, rules::Settings::from_json);
-
-struct Plugin;
-
-impl Config for Plugin {
-    fn configure(settings: String) -> Result<(), String> {
-        configure_settings(&settings)
+impl settings::Settings for rules::Settings {
+    fn from_json(json: &str) -> Result<Self, String> {
+        rules::Settings::from_json(json)
     }
 }
 
+struct Plugin;
+
 impl Renewal for Plugin {
-    fn decide(request: RenewalRequest) -> RenewalDecision {
+    fn configure(json: String) -> Result<(), String> {
+        settings::configure::<rules::Settings>(&json)
+    }
+
+    // Everything the rules need is in the lean request: the details are never asked for.
+    fn decide(request: RenewalRequest, _details: &CertificateDetails) -> RenewalDecision {
         let cert = rules::Certificate {
-            is_ca: request.certificate.is_ca,
-            not_before: request.certificate.not_before,
-            not_after: request.certificate.not_after,
-            serial: request.certificate.serial,
+            is_ca: request.is_ca,
+            not_before: request.not_before,
+            not_after: request.not_after,
+            serial: request.serial,
         };
-        let decision =
-            with_settings(|s| rules::decide(s, &cert, request.issuer_not_after, request.now));
+        let decision = settings::with(|s: &rules::Settings| {
+            rules::decide(s, &cert, request.issuer_not_after, request.now)
+        });
         match decision {
             rules::Decision::Keep { reason, renew_at } => {
                 RenewalDecision::Keep(KeepDecision { reason, renew_at })
@@ -73,4 +72,4 @@ impl Renewal for Plugin {
     }
 }
 
-export!(Plugin);
+rotor_policy_sdk::renewal::export!(Plugin);

@@ -122,7 +122,7 @@ const WINDOW_MIN_AGE_PPM: i128 = 100_000;
 impl Settings {
     /// Parse and validate the operator's JSON settings. The error names the setting.
     pub(crate) fn from_json(json: &str) -> Result<Settings, String> {
-        let raw: RawSettings = plugin_settings::parse(json)?;
+        let raw: RawSettings = rotor_policy_sdk::settings::parse(json)?;
         let lifetime_seconds = match raw.lifetime_days {
             None => None,
             Some(d) if (1..=MAX_DAYS).contains(&d) => Some(u64::from(d) * DAY as u64),
@@ -626,7 +626,7 @@ mod tests {
             err(r#"{"mode":"fraction","renew_before_seconds":10,"renew_before_percentage":5}"#)
                 .contains("mutually exclusive")
         );
-        assert!(err("[1,2]").starts_with("settings:"));
+        assert!(err("[1,2]").starts_with("settings"));
         assert_eq!(Settings::from_json("").unwrap(), Settings::default());
         assert_eq!(Settings::from_json("{}").unwrap(), Settings::default());
         let s = Settings::from_json(r#"{"renew_before_days":120,"lifetime_days":30}"#).unwrap();

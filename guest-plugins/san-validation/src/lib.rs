@@ -32,33 +32,27 @@
 
 #![allow(
     unsafe_code,
-    reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
+    reason = "the SDK's export macro expands to wit-bindgen's unsafe glue; the rules contain none"
 )]
 
 mod rules;
 
-use guest_alloc as _;
+use rotor_policy_sdk::settings;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-wit_bindgen::generate!({
-    world: "san-policy",
-    path: "../../wit",
-});
+use rotor_policy_sdk::san::exports::rotor::policy::san_validation::{
+    Guest as SanValidation, SanDecision, SanRequest,
+};
+use rotor_policy_sdk::san::rotor::policy::types::{IpAddress, Violation};
 
-use exports::rotor::policy::config::Guest as Config;
-use exports::rotor::policy::san_validation::{Guest as SanValidation, SanDecision, SanRequest};
-use rotor::policy::types::{IpAddress, Violation};
-
-plugin_settings::settings_slot!(rules::Settings, rules::Settings::from_json);
-
-struct Plugin;
-
-impl Config for Plugin {
-    fn configure(settings: String) -> Result<(), String> {
-        configure_settings(&settings)
+impl settings::Settings for rules::Settings {
+    fn from_json(json: &str) -> Result<Self, String> {
+        rules::Settings::from_json(json)
     }
 }
+
+struct Plugin;
 
 fn ip(a: IpAddress) -> IpAddr {
     match a {
@@ -70,6 +64,10 @@ fn ip(a: IpAddress) -> IpAddr {
 }
 
 impl SanValidation for Plugin {
+    fn configure(json: String) -> Result<(), String> {
+        settings::configure::<rules::Settings>(&json)
+    }
+
     fn validate(request: SanRequest) -> SanDecision {
         let req = rules::Request {
             profile: request.profile,
@@ -84,7 +82,7 @@ impl SanValidation for Plugin {
                 addresses: n.addresses.into_iter().map(ip).collect(),
             }),
         };
-        let violations = with_settings(|s| rules::validate(s, &req));
+        let violations = settings::with(|s: &rules::Settings| rules::validate(s, &req));
         if violations.is_empty() {
             SanDecision::Allow
         } else {
@@ -102,4 +100,4 @@ impl SanValidation for Plugin {
     }
 }
 
-export!(Plugin);
+rotor_policy_sdk::san::export!(Plugin);

@@ -355,7 +355,7 @@ fn overlay(base: &RawRules, profile: &RawRules) -> RawRules {
 
 impl Settings {
     pub(crate) fn from_json(json: &str) -> Result<Settings, String> {
-        let raw: RawSettings = plugin_settings::parse(json)?;
+        let raw: RawSettings = rotor_policy_sdk::settings::parse(json)?;
         let base = Rules::from_raw("rules.", &raw.rules)?;
         let mut profiles = BTreeMap::new();
         for (name, p) in &raw.profiles {

@@ -552,7 +552,31 @@ pub(super) enum PolicyCommand {
     Test {
         /// Directory of fixture files.
         dir: PathBuf,
+        /// Print one JSON object per case (its name, whether it passed, and the whole
+        /// decision: source, notes, plugin logs) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
+
+    /// Write a new plugin crate for one hook: its own copy of the WIT contract, build settings,
+    /// a rule with unit tests, and fixtures. Nothing is overwritten.
+    #[command(after_help = "Example:\n  \
+        rotor policy new ~/src/acme-renewal --hook renewal\n  \
+        rotor policy new acme-csr --hook csr --sdk https://example.com/rotor.git#v0.2.0")]
+    New(Box<NewArgs>),
+
+    /// Build a plugin crate into a component (wasm32-unknown-unknown, 64 KiB stack, imports
+    /// nothing but rotor:policy), print its sha256, and check that rotor loads it.
+    #[command(after_help = "Example:\n  rotor policy build ~/src/acme-renewal")]
+    Build(Box<BuildArgs>),
+
+    /// Pin a component into the bundle given with --bundle (created if it does not exist):
+    /// copy it into the bundle's plugins/ and write its path and sha256 into the hook's section.
+    /// The component must load, export the hook and accept the section's settings first.
+    #[command(
+        after_help = "Example:\n  rotor policy pin --bundle my-bundle --hook renewal acme-renewal.wasm"
+    )]
+    Pin(Box<PinArgs>),
 
     /// Filter and pretty-print a decision log written by `rotor serve --decision-log`.
     #[command(after_help = "Examples:\n  \
@@ -560,6 +584,46 @@ pub(super) enum PolicyCommand {
         rotor policy log decisions.jsonl --disagreements --rotated\n  \
         rotor policy log decisions.jsonl --certificate serving-kube-apiserver --since 2027-01-01T00:00:00Z")]
     Log(Box<LogArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct NewArgs {
+    /// Directory of the new crate (created; must be empty). Its name is the crate's name.
+    pub dir: PathBuf,
+    /// The hook the plugin serves.
+    #[arg(long, value_enum)]
+    pub hook: HookArg,
+    /// The crate's name [default: the directory's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where rotor-policy-sdk comes from: a path to rotor's guest-plugins/sdk, or a git URL with
+    /// an optional #REV [default: the SDK of the checkout this rotor was built from].
+    #[arg(long, value_name = "PATH|URL[#REV]")]
+    pub sdk: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct BuildArgs {
+    /// The plugin crate (a directory holding Cargo.toml).
+    pub dir: PathBuf,
+    /// Where to write the component [default: DIR/<crate name>.wasm].
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// Cargo's target directory [default: $CARGO_TARGET_DIR, else DIR/target].
+    #[arg(long)]
+    pub target_dir: Option<PathBuf>,
+    /// Refuse to change the crate's Cargo.lock (cargo --locked): for reproducible builds.
+    #[arg(long)]
+    pub locked: bool,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PinArgs {
+    /// The hook the component serves in the bundle.
+    #[arg(long, value_enum)]
+    pub hook: HookArg,
+    /// The component file.
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod output;
 mod policy;
 mod rotation;
 mod serve;
+mod vendor;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! `rotor policy check | eval | test`.
+//! `rotor policy check | eval | use | test | log`; `new | build | pin` are in `vendor.rs`.
 
 use std::path::Path;
 
@@ -12,16 +12,16 @@ use crate::policy::input::{HookRequest, InputContext, build_request};
 use crate::policy::{Bundle, fixtures};
 
 pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exit> {
-    if let PolicyCommand::Log(args) = cmd {
-        return super::serve::log(*args);
-    }
-    let bundle = super::bundle(global)?;
     match cmd {
-        PolicyCommand::Check => check(&bundle),
-        PolicyCommand::Use => record(global, &bundle),
-        PolicyCommand::Eval(args) => eval(&bundle, *args),
-        PolicyCommand::Test { dir } => test(&bundle, &dir),
+        // These need no bundle (pin makes or edits the one --bundle names).
         PolicyCommand::Log(args) => super::serve::log(*args),
+        PolicyCommand::New(args) => super::vendor::new(*args),
+        PolicyCommand::Build(args) => super::vendor::build(global, *args),
+        PolicyCommand::Pin(args) => super::vendor::pin(global, *args),
+        PolicyCommand::Check => check(&super::bundle(global)?),
+        PolicyCommand::Use => record(global, &super::bundle(global)?),
+        PolicyCommand::Eval(args) => eval(&super::bundle(global)?, *args),
+        PolicyCommand::Test { dir, json } => test(&super::bundle(global)?, &dir, json),
     }
 }
 
@@ -78,7 +78,15 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
                     hp.plugin.digest()
                 );
                 outln!("         exports   {}", exports.join(", "));
-                outln!("         settings  {} (accepted)", hp.settings);
+                outln!("         contract  {}", hp.plugin.contract());
+                outln!(
+                    "         settings  {} (accepted{})",
+                    hp.settings,
+                    match hp.plugin.contract() {
+                        crate::plugin::ContractVersion::V0_1 => "; applied in every decision",
+                        crate::plugin::ContractVersion::V0_2 => "; applied once, snapshotted",
+                    }
+                );
                 outln!(
                     "         limits    {} ms, {} MiB; on failure: {}",
                     hp.limits.timeout.as_millis(),
@@ -149,16 +157,29 @@ fn read_input(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(crate::fs::Root::read_ambient_file(path)?)
 }
 
-fn test(bundle: &Bundle, dir: &Path) -> anyhow::Result<Exit> {
+fn test(bundle: &Bundle, dir: &Path, json: bool) -> anyhow::Result<Exit> {
     let results = fixtures::run(bundle, dir)?;
-    let mut failed = 0;
+    let failed = results.iter().filter(|r| r.failure.is_some()).count();
+    if json {
+        for r in &results {
+            let line = serde_json::json!({
+                "case": r.name,
+                "passed": r.failure.is_none(),
+                "failure": r.failure,
+                "outcome": r.outcome,
+            });
+            outln!("{line}");
+        }
+        return Ok(if failed == 0 {
+            Exit::Success
+        } else {
+            Exit::Attention
+        });
+    }
     for r in &results {
         match &r.failure {
             None => outln!("ok    {}", r.name),
-            Some(why) => {
-                failed += 1;
-                outln!("FAIL  {}\n      {why}", r.name);
-            }
+            Some(why) => outln!("FAIL  {}\n      {why}", r.name),
         }
     }
     outln!(

@@ -326,7 +326,7 @@ pub(crate) fn check(cluster: &Cluster, bundle: &Bundle, now: OffsetDateTime) -> 
                 None => {
                     let request = RenewalRequest {
                         name: spec.name.clone(),
-                        certificate: f.clone(),
+                        certificate: std::sync::Arc::new(f.clone()),
                         issuer_not_after,
                         now,
                     };

@@ -344,7 +344,7 @@ fn start_leaf(
             }
             let request = RenewalRequest {
                 name: spec.name.clone(),
-                certificate: (*facts).clone(),
+                certificate: std::sync::Arc::new((*facts).clone()),
                 issuer_not_after: Some(ca.facts().not_after),
                 now,
             };

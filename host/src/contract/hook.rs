@@ -27,12 +27,13 @@ impl Hook {
         }
     }
 
-    /// The WIT interface that implements it.
+    /// The WIT interface that implements it, without the package version
+    /// (`rotor:policy/renewal`; a plugin exports it at `@0.1.0` or `@0.2.0`).
     pub fn interface(self) -> &'static str {
         match self {
-            Hook::Renewal => "rotor:policy/renewal@0.1.0",
-            Hook::San => "rotor:policy/san-validation@0.1.0",
-            Hook::Csr => "rotor:policy/csr-approval@0.1.0",
+            Hook::Renewal => "rotor:policy/renewal",
+            Hook::San => "rotor:policy/san-validation",
+            Hook::Csr => "rotor:policy/csr-approval",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `rotor policy test` accept (field names in snake_case, times in RFC 3339).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -19,8 +20,8 @@ pub struct RenewalRequest {
     /// Name of the certificate in its layout (`serving-kube-apiserver`, `apiserver`, ...).
     #[serde(default = "default_name")]
     pub name: String,
-    /// The certificate whose names were checked.
-    pub certificate: CertificateFacts,
+    /// The certificate to decide about (shared: a 0.2 plugin reads it through a handle).
+    pub certificate: Arc<CertificateFacts>,
     /// notAfter of the issuing CA, when known.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub issuer_not_after: Option<OffsetDateTime>,

@@ -3,22 +3,14 @@
 //! Everything a plugin returns is untrusted: strings are sanitized and capped, and answers that
 //! break the contract (a denial without any violation, a malformed reason code, a lifetime
 //! shorter than ten minutes) become `InvalidAnswer` errors instead of decisions.
-
-use std::net::IpAddr;
+//!
+//! Both contract versions have the same records except the renewal request (0.2 is lean), but
+//! wasmtime generates distinct Rust types per package: [`conversions!`] writes the shared
+//! conversions once and expands them in [`v01`] and [`v02`].
 
 use time::OffsetDateTime;
 
-use super::bindings::exports::rotor::policy::{
-    csr_approval as csr, renewal, san_validation as san,
-};
-use super::bindings::rotor::policy::types as wit;
-use super::sandbox::sanitize;
-use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
-use crate::contract::{CsrRequest, RenewalRequest, SanRequest, SanStage};
-use crate::facts::{
-    CertificateFacts, DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsageBit,
-    PublicKeyInfo, SubjectAltNames, Usage, Violation,
-};
+use crate::contract::RenewalRequest;
 
 /// Longest reason or message kept from a plugin, in characters.
 const MAX_TEXT: usize = 4096;
@@ -27,298 +19,370 @@ const MAX_VIOLATIONS: usize = 1000;
 /// Shortest lifetime a plugin may ask for (the Kubernetes signer's floor).
 pub const MIN_LIFETIME_SECONDS: u64 = 600;
 
-// ---- requests -------------------------------------------------------------------------------
-
 fn unix(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()
-}
-
-fn ip(ip: &IpAddr) -> wit::IpAddress {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            wit::IpAddress::Ipv4((a, b, c, d))
-        }
-        IpAddr::V6(v6) => {
-            let [a, b, c, d, e, f, g, h] = v6.segments();
-            wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
-        }
-    }
-}
-
-fn dn(d: &DistinguishedName) -> wit::DistinguishedName {
-    wit::DistinguishedName {
-        text: d.text.clone(),
-        common_name: d.common_name.clone(),
-        organizations: d.organizations.clone(),
-        organizational_units: d.organizational_units.clone(),
-        other_attributes: d.other_attributes.clone(),
-    }
-}
-
-fn sans(s: &SubjectAltNames) -> wit::SubjectAltNames {
-    wit::SubjectAltNames {
-        dns_names: s.dns_names.clone(),
-        ip_addresses: s.ip_addresses.iter().map(ip).collect(),
-        uris: s.uris.clone(),
-        emails: s.emails.clone(),
-        others: s.others.clone(),
-    }
-}
-
-fn public_key(k: &PublicKeyInfo) -> wit::PublicKey {
-    let algorithm = match k.algorithm {
-        KeyAlgorithm::Rsa => wit::KeyAlgorithm::Rsa,
-        KeyAlgorithm::EcdsaP256 => wit::KeyAlgorithm::EcdsaP256,
-        KeyAlgorithm::EcdsaP384 => wit::KeyAlgorithm::EcdsaP384,
-        KeyAlgorithm::EcdsaP521 => wit::KeyAlgorithm::EcdsaP521,
-        KeyAlgorithm::Ed25519 => wit::KeyAlgorithm::Ed25519,
-        KeyAlgorithm::Ed448 => wit::KeyAlgorithm::Ed448,
-        KeyAlgorithm::Other => wit::KeyAlgorithm::Other,
-    };
-    wit::PublicKey {
-        algorithm,
-        bits: k.bits,
-    }
-}
-
-fn key_usage(bits: &[KeyUsageBit]) -> wit::KeyUsage {
-    let mut ku = wit::KeyUsage::empty();
-    for bit in bits {
-        ku |= match bit {
-            KeyUsageBit::DigitalSignature => wit::KeyUsage::DIGITAL_SIGNATURE,
-            KeyUsageBit::ContentCommitment => wit::KeyUsage::CONTENT_COMMITMENT,
-            KeyUsageBit::KeyEncipherment => wit::KeyUsage::KEY_ENCIPHERMENT,
-            KeyUsageBit::DataEncipherment => wit::KeyUsage::DATA_ENCIPHERMENT,
-            KeyUsageBit::KeyAgreement => wit::KeyUsage::KEY_AGREEMENT,
-            KeyUsageBit::KeyCertSign => wit::KeyUsage::KEY_CERT_SIGN,
-            KeyUsageBit::CrlSign => wit::KeyUsage::CRL_SIGN,
-            KeyUsageBit::EncipherOnly => wit::KeyUsage::ENCIPHER_ONLY,
-            KeyUsageBit::DecipherOnly => wit::KeyUsage::DECIPHER_ONLY,
-        };
-    }
-    ku
-}
-
-fn eku(e: &ExtendedKeyUsage) -> wit::ExtendedKeyUsage {
-    match e {
-        ExtendedKeyUsage::ServerAuth => wit::ExtendedKeyUsage::ServerAuth,
-        ExtendedKeyUsage::ClientAuth => wit::ExtendedKeyUsage::ClientAuth,
-        ExtendedKeyUsage::CodeSigning => wit::ExtendedKeyUsage::CodeSigning,
-        ExtendedKeyUsage::EmailProtection => wit::ExtendedKeyUsage::EmailProtection,
-        ExtendedKeyUsage::TimeStamping => wit::ExtendedKeyUsage::TimeStamping,
-        ExtendedKeyUsage::OcspSigning => wit::ExtendedKeyUsage::OcspSigning,
-        ExtendedKeyUsage::Any => wit::ExtendedKeyUsage::Any,
-        ExtendedKeyUsage::Other(oid) => wit::ExtendedKeyUsage::Other(oid.clone()),
-    }
-}
-
-fn certificate(c: &CertificateFacts) -> wit::Certificate {
-    wit::Certificate {
-        subject: dn(&c.subject),
-        issuer: dn(&c.issuer),
-        sans: sans(&c.sans),
-        serial: c.serial.clone(),
-        not_before: unix(c.not_before),
-        not_after: unix(c.not_after),
-        is_ca: c.is_ca,
-        public_key: public_key(&c.public_key),
-        key_usage: c.key_usage.as_deref().map(key_usage),
-        extended_key_usages: c.extended_key_usages.iter().map(eku).collect(),
-        subject_key_id: c.subject_key_id.clone(),
-        authority_key_id: c.authority_key_id.clone(),
-    }
 }
 
 /// Kubernetes usages have the same variant names in rotor and in WIT; the matches are
 /// exhaustive both ways, so adding a usage on one side fails to compile until mapped.
 macro_rules! usage_mapping {
     ($($name:ident),* $(,)?) => {
-        fn usage_to_wit(u: Usage) -> wit::Usage {
+        pub(in crate::plugin) fn usage_to_wit(u: Usage) -> wit::Usage {
             match u { $(Usage::$name => wit::Usage::$name,)* }
         }
-        fn usage_from_wit(w: wit::Usage) -> Usage {
+        pub(in crate::plugin) fn usage_from_wit(w: wit::Usage) -> Usage {
             match w { $(wit::Usage::$name => Usage::$name,)* }
         }
     };
 }
 
-usage_mapping!(
-    Signing,
-    DigitalSignature,
-    ContentCommitment,
-    KeyEncipherment,
-    KeyAgreement,
-    DataEncipherment,
-    CertSign,
-    CrlSign,
-    EncipherOnly,
-    DecipherOnly,
-    Any,
-    ServerAuth,
-    ClientAuth,
-    CodeSigning,
-    EmailProtection,
-    SMime,
-    IpsecEndSystem,
-    IpsecTunnel,
-    IpsecUser,
-    Timestamping,
-    OcspSigning,
-    MicrosoftSgc,
-    NetscapeSgc,
-);
+/// The conversions both versions share, expanded where `wit` (the `types` interface),
+/// `renewal`, `san` and `csr` (the hook interfaces) name one version's generated modules.
+macro_rules! conversions {
+    () => {
+        use std::net::IpAddr;
 
-pub(super) fn renewal_request(r: &RenewalRequest) -> renewal::RenewalRequest {
-    renewal::RenewalRequest {
-        name: r.name.clone(),
-        certificate: certificate(&r.certificate),
-        issuer_not_after: r.issuer_not_after.map(unix),
-        now: unix(r.now),
-    }
-}
+        use time::OffsetDateTime;
 
-pub(super) fn san_request(r: &SanRequest) -> san::SanRequest {
-    san::SanRequest {
-        profile: r.profile.clone(),
-        stage: match r.stage {
-            SanStage::Configuration => san::Stage::Configuration,
-            SanStage::Csr => san::Stage::Csr,
-            SanStage::Template => san::Stage::Template,
-        },
-        subject: dn(&r.subject),
-        sans: sans(&r.sans),
-        node: r.node.as_ref().map(|n| san::NodeIdentity {
-            name: n.name.clone(),
-            addresses: n.addresses.iter().map(ip).collect(),
-        }),
-        now: unix(r.now),
-    }
-}
+        use super::{MAX_TEXT, MAX_VIOLATIONS, MIN_LIFETIME_SECONDS, unix};
+        use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
+        use crate::contract::{CsrRequest, SanRequest, SanStage};
+        use crate::facts::{
+            CertificateFacts, DistinguishedName, ExtendedKeyUsage, KeyAlgorithm, KeyUsageBit,
+            PublicKeyInfo, SubjectAltNames, Usage, Violation,
+        };
+        use crate::plugin::sandbox::sanitize;
 
-pub(super) fn csr_request(r: &CsrRequest) -> csr::CsrRequest {
-    csr::CsrRequest {
-        signer_name: r.signer_name.clone(),
-        username: r.username.clone(),
-        uid: r.uid.clone(),
-        groups: r.groups.clone(),
-        subject: dn(&r.subject),
-        sans: sans(&r.sans),
-        public_key: public_key(&r.public_key),
-        usages: r.usages.iter().copied().map(usage_to_wit).collect(),
-        expiration_seconds: r.expiration_seconds,
-        requests_ca: r.requests_ca,
-        other_extensions: r.other_extensions.clone(),
-        node_addresses: r.node_addresses.iter().map(ip).collect(),
-        now: unix(r.now),
-    }
-}
+        // ---- requests -------------------------------------------------------------------------------
 
-// ---- answers --------------------------------------------------------------------------------
+        fn ip(ip: &IpAddr) -> wit::IpAddress {
+            match ip.to_canonical() {
+                IpAddr::V4(v4) => {
+                    let [a, b, c, d] = v4.octets();
+                    wit::IpAddress::Ipv4((a, b, c, d))
+                }
+                IpAddr::V6(v6) => {
+                    let [a, b, c, d, e, f, g, h] = v6.segments();
+                    wit::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+                }
+            }
+        }
 
-fn text(field: &str, s: &str) -> Result<String, String> {
-    if s.trim().is_empty() {
-        return Err(format!("empty {field}"));
-    }
-    Ok(sanitize(s, MAX_TEXT))
-}
+        pub(in crate::plugin) fn dn(d: &DistinguishedName) -> wit::DistinguishedName {
+            wit::DistinguishedName {
+                text: d.text.clone(),
+                common_name: d.common_name.clone(),
+                organizations: d.organizations.clone(),
+                organizational_units: d.organizational_units.clone(),
+                other_attributes: d.other_attributes.clone(),
+            }
+        }
 
-fn lifetime(l: Option<u64>) -> Result<Option<u64>, String> {
-    match l {
-        Some(s) if s < MIN_LIFETIME_SECONDS => Err(format!(
-            "lifetime of {s} s is shorter than the {MIN_LIFETIME_SECONDS}-s minimum"
-        )),
-        // Anything beyond 1000 years is nonsense, whatever the CA says.
-        Some(s) if s > 1000 * 365 * 86_400 => Err(format!("lifetime of {s} s is absurdly long")),
-        other => Ok(other),
-    }
-}
+        pub(in crate::plugin) fn sans(s: &SubjectAltNames) -> wit::SubjectAltNames {
+            wit::SubjectAltNames {
+                dns_names: s.dns_names.clone(),
+                ip_addresses: s.ip_addresses.iter().map(ip).collect(),
+                uris: s.uris.clone(),
+                emails: s.emails.clone(),
+                others: s.others.clone(),
+            }
+        }
 
-fn violations(list: Vec<wit::Violation>) -> Result<Vec<Violation>, String> {
-    if list.is_empty() {
-        return Err("a denial must carry at least one violation".into());
-    }
-    if list.len() > MAX_VIOLATIONS {
-        return Err(format!(
-            "{} violations (at most {MAX_VIOLATIONS})",
-            list.len()
-        ));
-    }
-    list.into_iter()
-        .map(|v| {
-            let code_ok = !v.code.is_empty()
-                && v.code.len() <= 64
-                && v.code.starts_with(|c: char| c.is_ascii_uppercase())
-                && v.code.chars().all(|c| c.is_ascii_alphanumeric());
-            if !code_ok {
+        fn public_key(k: &PublicKeyInfo) -> wit::PublicKey {
+            let algorithm = match k.algorithm {
+                KeyAlgorithm::Rsa => wit::KeyAlgorithm::Rsa,
+                KeyAlgorithm::EcdsaP256 => wit::KeyAlgorithm::EcdsaP256,
+                KeyAlgorithm::EcdsaP384 => wit::KeyAlgorithm::EcdsaP384,
+                KeyAlgorithm::EcdsaP521 => wit::KeyAlgorithm::EcdsaP521,
+                KeyAlgorithm::Ed25519 => wit::KeyAlgorithm::Ed25519,
+                KeyAlgorithm::Ed448 => wit::KeyAlgorithm::Ed448,
+                KeyAlgorithm::Other => wit::KeyAlgorithm::Other,
+            };
+            wit::PublicKey {
+                algorithm,
+                bits: k.bits,
+            }
+        }
+
+        pub(in crate::plugin) fn key_usage(bits: &[KeyUsageBit]) -> wit::KeyUsage {
+            let mut ku = wit::KeyUsage::empty();
+            for bit in bits {
+                ku |= match bit {
+                    KeyUsageBit::DigitalSignature => wit::KeyUsage::DIGITAL_SIGNATURE,
+                    KeyUsageBit::ContentCommitment => wit::KeyUsage::CONTENT_COMMITMENT,
+                    KeyUsageBit::KeyEncipherment => wit::KeyUsage::KEY_ENCIPHERMENT,
+                    KeyUsageBit::DataEncipherment => wit::KeyUsage::DATA_ENCIPHERMENT,
+                    KeyUsageBit::KeyAgreement => wit::KeyUsage::KEY_AGREEMENT,
+                    KeyUsageBit::KeyCertSign => wit::KeyUsage::KEY_CERT_SIGN,
+                    KeyUsageBit::CrlSign => wit::KeyUsage::CRL_SIGN,
+                    KeyUsageBit::EncipherOnly => wit::KeyUsage::ENCIPHER_ONLY,
+                    KeyUsageBit::DecipherOnly => wit::KeyUsage::DECIPHER_ONLY,
+                };
+            }
+            ku
+        }
+
+        pub(in crate::plugin) fn eku(e: &ExtendedKeyUsage) -> wit::ExtendedKeyUsage {
+            match e {
+                ExtendedKeyUsage::ServerAuth => wit::ExtendedKeyUsage::ServerAuth,
+                ExtendedKeyUsage::ClientAuth => wit::ExtendedKeyUsage::ClientAuth,
+                ExtendedKeyUsage::CodeSigning => wit::ExtendedKeyUsage::CodeSigning,
+                ExtendedKeyUsage::EmailProtection => wit::ExtendedKeyUsage::EmailProtection,
+                ExtendedKeyUsage::TimeStamping => wit::ExtendedKeyUsage::TimeStamping,
+                ExtendedKeyUsage::OcspSigning => wit::ExtendedKeyUsage::OcspSigning,
+                ExtendedKeyUsage::Any => wit::ExtendedKeyUsage::Any,
+                ExtendedKeyUsage::Other(oid) => wit::ExtendedKeyUsage::Other(oid.clone()),
+            }
+        }
+
+        pub(in crate::plugin) fn certificate(c: &CertificateFacts) -> wit::Certificate {
+            wit::Certificate {
+                subject: dn(&c.subject),
+                issuer: dn(&c.issuer),
+                sans: sans(&c.sans),
+                serial: c.serial.clone(),
+                not_before: unix(c.not_before),
+                not_after: unix(c.not_after),
+                is_ca: c.is_ca,
+                public_key: public_key(&c.public_key),
+                key_usage: c.key_usage.as_deref().map(key_usage),
+                extended_key_usages: c.extended_key_usages.iter().map(eku).collect(),
+                subject_key_id: c.subject_key_id.clone(),
+                authority_key_id: c.authority_key_id.clone(),
+            }
+        }
+
+        usage_mapping!(
+            Signing,
+            DigitalSignature,
+            ContentCommitment,
+            KeyEncipherment,
+            KeyAgreement,
+            DataEncipherment,
+            CertSign,
+            CrlSign,
+            EncipherOnly,
+            DecipherOnly,
+            Any,
+            ServerAuth,
+            ClientAuth,
+            CodeSigning,
+            EmailProtection,
+            SMime,
+            IpsecEndSystem,
+            IpsecTunnel,
+            IpsecUser,
+            Timestamping,
+            OcspSigning,
+            MicrosoftSgc,
+            NetscapeSgc,
+        );
+
+        pub(in crate::plugin) fn san_request(r: &SanRequest) -> san::SanRequest {
+            san::SanRequest {
+                profile: r.profile.clone(),
+                stage: match r.stage {
+                    SanStage::Configuration => san::Stage::Configuration,
+                    SanStage::Csr => san::Stage::Csr,
+                    SanStage::Template => san::Stage::Template,
+                },
+                subject: dn(&r.subject),
+                sans: sans(&r.sans),
+                node: r.node.as_ref().map(|n| san::NodeIdentity {
+                    name: n.name.clone(),
+                    addresses: n.addresses.iter().map(ip).collect(),
+                }),
+                now: unix(r.now),
+            }
+        }
+
+        pub(in crate::plugin) fn csr_request(r: &CsrRequest) -> csr::CsrRequest {
+            csr::CsrRequest {
+                signer_name: r.signer_name.clone(),
+                username: r.username.clone(),
+                uid: r.uid.clone(),
+                groups: r.groups.clone(),
+                subject: dn(&r.subject),
+                sans: sans(&r.sans),
+                public_key: public_key(&r.public_key),
+                usages: r.usages.iter().copied().map(usage_to_wit).collect(),
+                expiration_seconds: r.expiration_seconds,
+                requests_ca: r.requests_ca,
+                other_extensions: r.other_extensions.clone(),
+                node_addresses: r.node_addresses.iter().map(ip).collect(),
+                now: unix(r.now),
+            }
+        }
+
+        // ---- answers --------------------------------------------------------------------------------
+
+        fn text(field: &str, s: &str) -> Result<String, String> {
+            if s.trim().is_empty() {
+                return Err(format!("empty {field}"));
+            }
+            Ok(sanitize(s, MAX_TEXT))
+        }
+
+        fn lifetime(l: Option<u64>) -> Result<Option<u64>, String> {
+            match l {
+                Some(s) if s < MIN_LIFETIME_SECONDS => Err(format!(
+                    "lifetime of {s} s is shorter than the {MIN_LIFETIME_SECONDS}-s minimum"
+                )),
+                // Anything beyond 1000 years is nonsense, whatever the CA says.
+                Some(s) if s > 1000 * 365 * 86_400 => {
+                    Err(format!("lifetime of {s} s is absurdly long"))
+                }
+                other => Ok(other),
+            }
+        }
+
+        fn violations(list: Vec<wit::Violation>) -> Result<Vec<Violation>, String> {
+            if list.is_empty() {
+                return Err("a denial must carry at least one violation".into());
+            }
+            if list.len() > MAX_VIOLATIONS {
                 return Err(format!(
-                    "violation code {:?} is not a TitleCase identifier",
-                    sanitize(&v.code, 80)
+                    "{} violations (at most {MAX_VIOLATIONS})",
+                    list.len()
                 ));
             }
-            Ok(Violation {
-                code: v.code,
-                field: sanitize(&v.field, 512),
-                message: text("violation message", &v.message)?,
+            list.into_iter()
+                .map(|v| {
+                    let code_ok = !v.code.is_empty()
+                        && v.code.len() <= 64
+                        && v.code.starts_with(|c: char| c.is_ascii_uppercase())
+                        && v.code.chars().all(|c| c.is_ascii_alphanumeric());
+                    if !code_ok {
+                        return Err(format!(
+                            "violation code {:?} is not a TitleCase identifier",
+                            sanitize(&v.code, 80)
+                        ));
+                    }
+                    Ok(Violation {
+                        code: v.code,
+                        field: sanitize(&v.field, 512),
+                        message: text("violation message", &v.message)?,
+                    })
+                })
+                .collect()
+        }
+
+        pub(in crate::plugin) fn renewal_decision(
+            d: renewal::RenewalDecision,
+        ) -> Result<RenewalDecision, String> {
+            Ok(match d {
+                renewal::RenewalDecision::Keep(k) => RenewalDecision::Keep {
+                    reason: text("reason", &k.reason)?,
+                    renew_at: match k.renew_at {
+                        Some(t) => Some(
+                            OffsetDateTime::from_unix_timestamp(t)
+                                .map_err(|_| format!("renew-at {t} is out of range"))?,
+                        ),
+                        None => None,
+                    },
+                },
+                renewal::RenewalDecision::Renew(r) => RenewalDecision::Renew {
+                    reason: text("reason", &r.reason)?,
+                    lifetime_seconds: lifetime(r.lifetime_seconds)?,
+                },
             })
-        })
-        .collect()
+        }
+
+        pub(in crate::plugin) fn san_decision(d: san::SanDecision) -> Result<SanDecision, String> {
+            Ok(match d {
+                san::SanDecision::Allow => SanDecision::Allow,
+                san::SanDecision::Deny(list) => SanDecision::Deny {
+                    violations: violations(list)?,
+                },
+            })
+        }
+
+        pub(in crate::plugin) fn csr_decision(d: csr::CsrDecision) -> Result<CsrDecision, String> {
+            Ok(match d {
+                csr::CsrDecision::Approve(a) => CsrDecision::Approve {
+                    reason: text("reason", &a.reason)?,
+                    lifetime_seconds: lifetime(a.lifetime_seconds)?,
+                    usages: a
+                        .usages
+                        .map(|u| u.into_iter().map(usage_from_wit).collect()),
+                },
+                csr::CsrDecision::Deny(list) => CsrDecision::Deny {
+                    violations: violations(list)?,
+                },
+                csr::CsrDecision::Abstain(a) => CsrDecision::Abstain {
+                    reason: text("reason", &a.reason)?,
+                },
+            })
+        }
+    };
 }
 
-pub(super) fn renewal_decision(d: renewal::RenewalDecision) -> Result<RenewalDecision, String> {
-    Ok(match d {
-        renewal::RenewalDecision::Keep(k) => RenewalDecision::Keep {
-            reason: text("reason", &k.reason)?,
-            renew_at: match k.renew_at {
-                Some(t) => Some(
-                    OffsetDateTime::from_unix_timestamp(t)
-                        .map_err(|_| format!("renew-at {t} is out of range"))?,
-                ),
-                None => None,
-            },
-        },
-        renewal::RenewalDecision::Renew(r) => RenewalDecision::Renew {
-            reason: text("reason", &r.reason)?,
-            lifetime_seconds: lifetime(r.lifetime_seconds)?,
-        },
-    })
+/// `rotor:policy@0.1.0`.
+pub(super) mod v01 {
+    use super::super::bindings::v01::exports::rotor::policy::{
+        csr_approval as csr, renewal, san_validation as san,
+    };
+    use super::super::bindings::v01::rotor::policy::types as wit;
+
+    conversions!();
+
+    /// The whole certificate, copied into the request.
+    pub(in crate::plugin) fn renewal_request(
+        r: &crate::contract::RenewalRequest,
+    ) -> renewal::RenewalRequest {
+        renewal::RenewalRequest {
+            name: r.name.clone(),
+            certificate: certificate(&r.certificate),
+            issuer_not_after: r.issuer_not_after.map(unix),
+            now: unix(r.now),
+        }
+    }
 }
 
-pub(super) fn san_decision(d: san::SanDecision) -> Result<SanDecision, String> {
-    Ok(match d {
-        san::SanDecision::Allow => SanDecision::Allow,
-        san::SanDecision::Deny(list) => SanDecision::Deny {
-            violations: violations(list)?,
-        },
-    })
-}
+/// `rotor:policy@0.2.0`.
+pub(super) mod v02 {
+    use super::super::bindings::v02::exports::rotor::policy::{
+        csr_approval as csr, renewal, san_validation as san,
+    };
+    use super::super::bindings::v02::rotor::policy::types as wit;
 
-pub(super) fn csr_decision(d: csr::CsrDecision) -> Result<CsrDecision, String> {
-    Ok(match d {
-        csr::CsrDecision::Approve(a) => CsrDecision::Approve {
-            reason: text("reason", &a.reason)?,
-            lifetime_seconds: lifetime(a.lifetime_seconds)?,
-            usages: a
-                .usages
-                .map(|u| u.into_iter().map(usage_from_wit).collect()),
-        },
-        csr::CsrDecision::Deny(list) => CsrDecision::Deny {
-            violations: violations(list)?,
-        },
-        csr::CsrDecision::Abstain(a) => CsrDecision::Abstain {
-            reason: text("reason", &a.reason)?,
-        },
-    })
+    conversions!();
+
+    /// What renewal decisions usually need; the rest stays behind the details handle.
+    pub(in crate::plugin) fn renewal_request(r: &super::RenewalRequest) -> renewal::RenewalRequest {
+        let c = &*r.certificate;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        renewal::RenewalRequest {
+            name: r.name.clone(),
+            serial: c.serial.clone(),
+            not_before: unix(c.not_before),
+            not_after: unix(c.not_after),
+            is_ca: c.is_ca,
+            key_algorithm: public_key(&c.public_key).algorithm,
+            key_bits: c.public_key.bits,
+            dns_name_count: count(c.sans.dns_names.len()),
+            ip_address_count: count(c.sans.ip_addresses.len()),
+            other_name_count: count(c.sans.uris.len() + c.sans.emails.len() + c.sans.others.len()),
+            issuer_not_after: r.issuer_not_after.map(unix),
+            now: unix(r.now),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::v01::*;
+    use crate::contract::SanDecision;
+    use crate::facts::Usage;
+    use crate::plugin::bindings::v01::exports::rotor::policy::{
+        csr_approval as csr, renewal, san_validation as san,
+    };
+    use crate::plugin::bindings::v01::rotor::policy::types as wit;
 
     #[test]
     fn every_usage_maps_to_the_wit_case_spelled_like_its_kubernetes_name() {
         // The WIT file is the contract vendors build against: its `usage` cases, in order.
-        let wit = include_str!("../../../wit/types.wit");
+        let wit = include_str!("../../../wit/v0.1/types.wit");
         let start = wit
             .find("enum usage {")
             .expect("types.wit declares enum usage")

@@ -11,7 +11,7 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 
-use super::bindings::Policy;
+use super::bindings::{v01, v02};
 use super::cache::ArtifactCache;
 use super::error::{PluginError, PluginErrorKind};
 use super::loaded::LoadedPlugin;
@@ -114,8 +114,10 @@ impl PluginEngine {
             Err(e) => return Err(EngineError(e.to_string())),
         };
         let mut linker = Linker::new(&engine);
-        Policy::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)
-            .map_err(|e| EngineError(format!("linking the host interface: {e}")))?;
+        v01::Policy::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)
+            .map_err(|e| EngineError(format!("linking the 0.1 host interfaces: {e}")))?;
+        v02::Policy::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)
+            .map_err(|e| EngineError(format!("linking the 0.2 host interfaces: {e}")))?;
 
         let mut hasher = HashWriter(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -182,39 +184,63 @@ impl PluginEngine {
             kind,
         };
         let digest = hex::encode(Sha256::digest(bytes));
-        let component = self.component(&digest, bytes).map_err(err)?;
-        LoadedPlugin::new(self.clone(), name, hook, digest, component)
+        let component = self.compile_cached(&digest, bytes).map_err(err)?;
+        LoadedPlugin::new(self.clone(), name, hook, digest, component, bytes)
     }
 
-    fn component(&self, digest: &str, bytes: &[u8]) -> Result<Component, PluginErrorKind> {
-        let engine = &self.inner.engine;
-        if let Some(cache) = &self.inner.cache
-            && let Some(component) = cache.load(engine, digest, &self.inner.compat_hash)
-        {
+    /// The component precompiled under `key`, when the cache has it.
+    pub(crate) fn cached(&self, key: &str) -> Option<Component> {
+        let cache = self.inner.cache.as_ref()?;
+        cache.load(&self.inner.engine, key, &self.inner.compat_hash)
+    }
+
+    /// Compile `bytes` (or take them from the cache under `key`), caching the result.
+    pub(crate) fn compile_cached(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<Component, PluginErrorKind> {
+        if let Some(component) = self.cached(key) {
             return Ok(component);
         }
+        let compiled = self.precompile(bytes)?;
+        if let Some(cache) = &self.inner.cache
+            && let Err(e) = cache.store(key, &self.inner.compat_hash, &compiled)
+        {
+            tracing::warn!("cannot cache the compiled plugin: {e}");
+        }
+        ArtifactCache::deserialize_own(&self.inner.engine, &compiled).map_err(|e| {
+            PluginErrorKind::Invalid {
+                message: format!("{e:#}"),
+            }
+        })
+    }
+
+    /// Compile `bytes` without caching them (a component used once).
+    pub(crate) fn compile_uncached(&self, bytes: &[u8]) -> Result<Component, PluginErrorKind> {
+        let compiled = self.precompile(bytes)?;
+        ArtifactCache::deserialize_own(&self.inner.engine, &compiled).map_err(|e| {
+            PluginErrorKind::Invalid {
+                message: format!("{e:#}"),
+            }
+        })
+    }
+
+    fn precompile(&self, bytes: &[u8]) -> Result<Vec<u8>, PluginErrorKind> {
         if !wasmparser_is_component(bytes) {
             return Err(PluginErrorKind::Invalid {
                 message:
                     "not a WebAssembly component (a core module or another file?); build it with \
-                          `cargo xtask build-plugins` or `wasm-tools component new`"
+                     `rotor policy build` or `wasm-tools component new`"
                         .into(),
             });
         }
-        let compiled =
-            engine
-                .precompile_component(bytes)
-                .map_err(|e| PluginErrorKind::Invalid {
-                    message: format!("{e:#}"),
-                })?;
-        if let Some(cache) = &self.inner.cache
-            && let Err(e) = cache.store(digest, &self.inner.compat_hash, &compiled)
-        {
-            tracing::warn!("cannot cache the compiled plugin: {e}");
-        }
-        ArtifactCache::deserialize_own(engine, &compiled).map_err(|e| PluginErrorKind::Invalid {
-            message: format!("{e:#}"),
-        })
+        self.inner
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| PluginErrorKind::Invalid {
+                message: format!("{e:#}"),
+            })
     }
 }
 

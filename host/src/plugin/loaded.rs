@@ -1,30 +1,139 @@
-//! A compiled, linked plugin: checked imports, `InstancePre`, and the export indices of each hook
-//! it implements.
+//! A compiled, linked plugin: checked imports, the contract version it was built against, its
+//! `InstancePre`, and the export indices of each hook it implements. [`LoadedPlugin::configure`]
+//! applies a bundle's settings, giving the [`ConfiguredPlugin`] every decision's sandbox is made
+//! from.
 
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
-use super::bindings::exports::rotor::policy::{config, csr_approval, renewal, san_validation};
+use super::bindings::{v01, v02};
 use super::engine::PluginEngine;
 use super::error::{PluginError, PluginErrorKind};
-use super::sandbox::{Sandbox, SandboxLimits, SandboxState};
+use super::sandbox::{PluginLog, Sandbox, SandboxLimits, SandboxState};
+use super::snapshot;
 use crate::contract::Hook;
 
 /// Import names a plugin may have. `types` carries only type definitions (it appears as an
-/// import when a hook interface uses shared types); `host` is the logging function.
-const ALLOWED_IMPORT_PREFIXES: &[&str] = &["rotor:policy/host@0.1.", "rotor:policy/types@0.1."];
+/// import when a hook interface uses shared types); `host` is the logging function; `facts`
+/// (0.2) the handles through which a plugin asks for what a request does not carry.
+const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
+    "rotor:policy/host@0.1.",
+    "rotor:policy/types@0.1.",
+    "rotor:policy/host@0.2.",
+    "rotor:policy/types@0.2.",
+    "rotor:policy/facts@0.2.",
+];
 
-/// A plugin ready to be instantiated. Cheap to share: evaluations create their own sandboxes.
+/// The version of the `rotor:policy` contract a plugin was built against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum ContractVersion {
+    /// `rotor:policy@0.1.0`: full requests; `configure` runs again in every fresh instance.
+    #[serde(rename = "0.1")]
+    V0_1,
+    /// `rotor:policy@0.2.0`: lean renewal requests with a details handle; each hook's
+    /// `configure` runs once per loaded plugin and every decision starts from the snapshot
+    /// taken after it.
+    #[serde(rename = "0.2")]
+    V0_2,
+}
+
+impl ContractVersion {
+    /// `0.1.0` or `0.2.0`.
+    pub fn version(self) -> &'static str {
+        match self {
+            ContractVersion::V0_1 => "0.1.0",
+            ContractVersion::V0_2 => "0.2.0",
+        }
+    }
+
+    /// `rotor:policy@0.1.0` or `rotor:policy@0.2.0`.
+    pub fn package(self) -> &'static str {
+        match self {
+            ContractVersion::V0_1 => "rotor:policy@0.1.0",
+            ContractVersion::V0_2 => "rotor:policy@0.2.0",
+        }
+    }
+}
+
+impl std::fmt::Display for ContractVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.package())
+    }
+}
+
+/// The export indices of one contract version, looked up once per linked component.
+pub(crate) enum Exports {
+    V01 {
+        config: v01::exports::rotor::policy::config::GuestIndices,
+        renewal: Option<v01::exports::rotor::policy::renewal::GuestIndices>,
+        san: Option<v01::exports::rotor::policy::san_validation::GuestIndices>,
+        csr: Option<v01::exports::rotor::policy::csr_approval::GuestIndices>,
+    },
+    /// (Each hook interface has its own `configure`, called only on the instance that is
+    /// snapshotted: see `snapshot.rs`.)
+    V02 {
+        renewal: Option<v02::exports::rotor::policy::renewal::GuestIndices>,
+        san: Option<v02::exports::rotor::policy::san_validation::GuestIndices>,
+        csr: Option<v02::exports::rotor::policy::csr_approval::GuestIndices>,
+    },
+}
+
+impl Exports {
+    fn of(pre: &InstancePre<SandboxState>) -> Option<Exports> {
+        use v02::exports::rotor::policy as p2;
+        let renewal = p2::renewal::GuestIndices::new(pre).ok();
+        let san = p2::san_validation::GuestIndices::new(pre).ok();
+        let csr = p2::csr_approval::GuestIndices::new(pre).ok();
+        if renewal.is_some() || san.is_some() || csr.is_some() {
+            return Some(Exports::V02 { renewal, san, csr });
+        }
+        use v01::exports::rotor::policy as p1;
+        let config = p1::config::GuestIndices::new(pre).ok()?;
+        Some(Exports::V01 {
+            config,
+            renewal: p1::renewal::GuestIndices::new(pre).ok(),
+            san: p1::san_validation::GuestIndices::new(pre).ok(),
+            csr: p1::csr_approval::GuestIndices::new(pre).ok(),
+        })
+    }
+
+    fn version(&self) -> ContractVersion {
+        match self {
+            Exports::V01 { .. } => ContractVersion::V0_1,
+            Exports::V02 { .. } => ContractVersion::V0_2,
+        }
+    }
+
+    fn has(&self, hook: Hook) -> bool {
+        match (self, hook) {
+            (Exports::V01 { renewal, .. }, Hook::Renewal) => renewal.is_some(),
+            (Exports::V01 { san, .. }, Hook::San) => san.is_some(),
+            (Exports::V01 { csr, .. }, Hook::Csr) => csr.is_some(),
+            (Exports::V02 { renewal, .. }, Hook::Renewal) => renewal.is_some(),
+            (Exports::V02 { san, .. }, Hook::San) => san.is_some(),
+            (Exports::V02 { csr, .. }, Hook::Csr) => csr.is_some(),
+        }
+    }
+}
+
+/// A component linked against the host: what every instance is made from.
+pub(crate) struct Linked {
+    pub(crate) pre: InstancePre<SandboxState>,
+    pub(crate) exports: Exports,
+}
+
+/// A plugin ready to be configured. Cheap to share.
 #[derive(Clone)]
 pub struct LoadedPlugin {
     pub(crate) engine: PluginEngine,
     pub(crate) name: String,
     digest: String,
-    pub(crate) pre: InstancePre<SandboxState>,
-    pub(crate) config: config::GuestIndices,
-    pub(crate) renewal: Option<renewal::GuestIndices>,
-    pub(crate) san: Option<san_validation::GuestIndices>,
-    pub(crate) csr: Option<csr_approval::GuestIndices>,
+    /// The component file, kept for 0.2 plugins: the snapshot is made from it.
+    bytes: Option<Arc<[u8]>>,
+    pub(crate) linked: Arc<Linked>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -32,9 +141,41 @@ impl std::fmt::Debug for LoadedPlugin {
         f.debug_struct("LoadedPlugin")
             .field("name", &self.name)
             .field("digest", &self.digest)
+            .field("contract", &self.contract())
             .field("hooks", &self.hooks())
             .finish()
     }
+}
+
+/// Refuse any import but rotor's own, and link `component`.
+pub(crate) fn link(
+    engine: &PluginEngine,
+    component: &Component,
+) -> Result<Linked, PluginErrorKind> {
+    let ty = component.component_type();
+    let forbidden: Vec<String> = ty
+        .imports(engine.engine())
+        .filter(|(name, _)| !ALLOWED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .map(|(name, item)| match item.ty {
+            ComponentItem::ComponentInstance(_) => name.to_string(),
+            _ => format!("{name} (not an interface)"),
+        })
+        .collect();
+    if !forbidden.is_empty() {
+        return Err(PluginErrorKind::ForbiddenImport { imports: forbidden });
+    }
+    let pre = engine
+        .linker()
+        .instantiate_pre(component)
+        .map_err(|e| PluginErrorKind::Invalid {
+            message: format!("{e:#}"),
+        })?;
+    let exports = Exports::of(&pre).ok_or_else(|| PluginErrorKind::MissingExport {
+        interface: "a hook interface of rotor:policy@0.2.0 (renewal, san-validation, \
+                    csr-approval), or rotor:policy/config@0.1.0 with one of 0.1"
+            .into(),
+    })?;
+    Ok(Linked { pre, exports })
 }
 
 impl LoadedPlugin {
@@ -44,43 +185,23 @@ impl LoadedPlugin {
         hook: Hook,
         digest: String,
         component: Component,
+        bytes: &[u8],
     ) -> Result<LoadedPlugin, PluginError> {
-        let err = |kind| PluginError {
+        let linked = link(&engine, &component).map_err(|kind| PluginError {
             plugin: name.to_string(),
             hook,
             kind,
+        })?;
+        let bytes = match linked.exports.version() {
+            ContractVersion::V0_1 => None,
+            ContractVersion::V0_2 => Some(Arc::from(bytes)),
         };
-        let ty = component.component_type();
-        let forbidden: Vec<String> = ty
-            .imports(engine.engine())
-            .filter(|(name, _)| !ALLOWED_IMPORT_PREFIXES.iter().any(|p| name.starts_with(p)))
-            .map(|(name, item)| match item.ty {
-                ComponentItem::ComponentInstance(_) => name.to_string(),
-                _ => format!("{name} (not an interface)"),
-            })
-            .collect();
-        if !forbidden.is_empty() {
-            return Err(err(PluginErrorKind::ForbiddenImport { imports: forbidden }));
-        }
-        let pre = engine.linker().instantiate_pre(&component).map_err(|e| {
-            err(PluginErrorKind::Invalid {
-                message: format!("{e:#}"),
-            })
-        })?;
-        let config = config::GuestIndices::new(&pre).map_err(|_| {
-            err(PluginErrorKind::MissingExport {
-                interface: "rotor:policy/config@0.1.0".into(),
-            })
-        })?;
         Ok(LoadedPlugin {
-            renewal: renewal::GuestIndices::new(&pre).ok(),
-            san: san_validation::GuestIndices::new(&pre).ok(),
-            csr: csr_approval::GuestIndices::new(&pre).ok(),
             engine,
             name: name.to_string(),
             digest,
-            pre,
-            config,
+            bytes,
+            linked: Arc::new(linked),
         })
     }
 
@@ -94,43 +215,139 @@ impl LoadedPlugin {
         &self.digest
     }
 
+    /// The contract version it was built against.
+    pub fn contract(&self) -> ContractVersion {
+        self.linked.exports.version()
+    }
+
     /// The hooks this plugin exports.
     pub fn hooks(&self) -> Vec<Hook> {
-        let mut hooks = Vec::new();
-        if self.renewal.is_some() {
-            hooks.push(Hook::Renewal);
-        }
-        if self.san.is_some() {
-            hooks.push(Hook::San);
-        }
-        if self.csr.is_some() {
-            hooks.push(Hook::Csr);
-        }
-        hooks
+        Hook::ALL
+            .into_iter()
+            .filter(|h| self.linked.exports.has(*h))
+            .collect()
     }
 
     /// Fail unless the plugin exports `hook`.
     pub fn require(&self, hook: Hook) -> Result<(), PluginError> {
-        if self.hooks().contains(&hook) {
+        if self.linked.exports.has(hook) {
             Ok(())
         } else {
             Err(PluginError {
                 plugin: self.name.clone(),
                 hook,
                 kind: PluginErrorKind::MissingExport {
-                    interface: hook.interface().into(),
+                    interface: format!("{}@{}", hook.interface(), self.contract().version()),
                 },
             })
         }
     }
 
-    /// A fresh sandbox for `hook`: a new store and instance, configured with `settings`.
+    /// Apply `settings` for `hook`: the plugin's `configure` runs now, and a refusal is an
+    /// error. A 0.2 plugin is then snapshotted (see [`ConfiguredPlugin`]); a 0.1 plugin is
+    /// configured again in every sandbox, as its contract says.
+    pub fn configure(
+        &self,
+        hook: Hook,
+        settings: &str,
+        limits: &SandboxLimits,
+    ) -> Result<ConfiguredPlugin, PluginError> {
+        self.require(hook)?;
+        match (&self.linked.exports, &self.bytes) {
+            (Exports::V02 { .. }, Some(bytes)) => {
+                let key = snapshot_key(&self.digest, settings);
+                let (linked, logs) =
+                    snapshot::configured(self, hook, bytes, &key, settings, limits)?;
+                Ok(ConfiguredPlugin {
+                    plugin: self.clone(),
+                    hook,
+                    limits: *limits,
+                    settings: Arc::from(settings),
+                    linked,
+                    configure_logs: logs,
+                })
+            }
+            _ => {
+                let mut validated = ConfiguredPlugin {
+                    plugin: self.clone(),
+                    hook,
+                    limits: *limits,
+                    settings: Arc::from(settings),
+                    linked: self.linked.clone(),
+                    configure_logs: Vec::new(),
+                };
+                let mut sandbox = validated.sandbox()?;
+                validated.configure_logs = sandbox.take_logs();
+                Ok(validated)
+            }
+        }
+    }
+
+    /// A fresh sandbox for `hook` configured with `settings`: [`LoadedPlugin::configure`] then
+    /// [`ConfiguredPlugin::sandbox`]. To decide many times with the same settings, configure
+    /// once and take a sandbox per decision.
     pub fn sandbox(
         &self,
         hook: Hook,
         settings: &str,
         limits: &SandboxLimits,
     ) -> Result<Sandbox, PluginError> {
-        Sandbox::new(self, hook, settings, limits)
+        self.configure(hook, settings, limits)?.sandbox()
+    }
+}
+
+/// The precompiled-cache key of a 0.2 plugin's snapshot under `settings`.
+fn snapshot_key(digest: &str, settings: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"rotor-snapshot-v1\0");
+    h.update(digest.as_bytes());
+    h.update(b"\0");
+    h.update(settings.as_bytes());
+    format!("snapshot-{}", hex::encode(h.finalize()))
+}
+
+/// A plugin with its settings applied, for one hook: what each decision's sandbox is made
+/// from. Cheap to share.
+///
+/// For a 0.2 plugin, `configure` ran once, when this was made, in an instance that was then
+/// snapshotted (linear memory and globals, with Wizer) into a new component: every sandbox is a
+/// fresh instance of that snapshot, so it starts with the parsed settings and nothing else. For
+/// a 0.1 plugin, every sandbox is a fresh instance whose `configure` runs first.
+#[derive(Clone)]
+pub struct ConfiguredPlugin {
+    pub(crate) plugin: LoadedPlugin,
+    pub(crate) hook: Hook,
+    pub(crate) limits: SandboxLimits,
+    /// Handed to `configure` in every sandbox of a 0.1 plugin.
+    pub(crate) settings: Arc<str>,
+    /// The snapshot (0.2) or the plugin itself (0.1).
+    pub(crate) linked: Arc<Linked>,
+    configure_logs: Vec<PluginLog>,
+}
+
+impl std::fmt::Debug for ConfiguredPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfiguredPlugin")
+            .field("plugin", &self.plugin)
+            .field("hook", &self.hook)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl ConfiguredPlugin {
+    /// The plugin.
+    pub fn plugin(&self) -> &LoadedPlugin {
+        &self.plugin
+    }
+
+    /// What the plugin logged while it was configured.
+    pub fn configure_logs(&self) -> &[PluginLog] {
+        &self.configure_logs
+    }
+
+    /// A fresh sandbox: a new store and instance, for one decision.
+    pub fn sandbox(&self) -> Result<Sandbox, PluginError> {
+        Sandbox::new(self)
     }
 }

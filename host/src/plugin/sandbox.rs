@@ -7,18 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
-use super::bindings::exports::rotor::policy::{csr_approval, renewal, san_validation};
-use super::bindings::rotor::policy::host::{self, LogLevel};
-use super::bindings::rotor::policy::types;
+use super::bindings::{v01, v02};
 use super::convert;
-use super::engine::MAX_MEMORY_LIMIT;
+use super::engine::{MAX_MEMORY_LIMIT, PluginEngine};
 use super::error::{PluginError, PluginErrorKind};
-use super::loaded::LoadedPlugin;
+use super::loaded::{ConfiguredPlugin, Exports, LoadedPlugin};
 use crate::contract::Hook;
 use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
 use crate::contract::{CsrRequest, RenewalRequest, SanRequest};
+use crate::facts::CertificateFacts;
 
 /// Per-plugin limits, from the bundle (or the defaults).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +85,56 @@ pub(crate) struct SandboxState {
     plugin: Arc<str>,
     logs: Vec<PluginLog>,
     dropped_logs: usize,
+    /// Host handles lent to the plugin for the current call (0.2 `facts`).
+    table: ResourceTable,
+}
+
+impl SandboxState {
+    /// Messages the plugin logged so far (and forgets them).
+    pub(crate) fn take_logs(&mut self) -> Vec<PluginLog> {
+        let mut logs = std::mem::take(&mut self.logs);
+        if self.dropped_logs > 0 {
+            logs.push(PluginLog {
+                level: "warn",
+                message: format!("{} further log messages dropped", self.dropped_logs),
+            });
+            self.dropped_logs = 0;
+        }
+        logs
+    }
+
+    fn log(&mut self, level: &'static str, message: &str) {
+        if self.logs.len() >= MAX_LOGS {
+            self.dropped_logs += 1;
+            return;
+        }
+        let message = sanitize(message, MAX_LOG_CHARS);
+        tracing::debug!(plugin = %self.plugin, level, "{message}");
+        self.logs.push(PluginLog { level, message });
+    }
+}
+
+/// A store for one instance of `plugin`: memory cap and deadline armed.
+pub(crate) fn new_store(
+    engine: &PluginEngine,
+    plugin: &str,
+    limits: &SandboxLimits,
+) -> Store<SandboxState> {
+    let state = SandboxState {
+        memory_limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
+        memory_exceeded: false,
+        plugin: Arc::from(plugin),
+        logs: Vec::new(),
+        dropped_logs: 0,
+        table: ResourceTable::new(),
+    };
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| s);
+    if engine.options().epoch_interruption {
+        store.set_epoch_deadline(engine.deadline_ticks(limits.timeout));
+        store.epoch_deadline_trap();
+    }
+    store
 }
 
 impl ResourceLimiter for SandboxState {
@@ -123,29 +173,112 @@ impl ResourceLimiter for SandboxState {
     }
 }
 
-impl host::Host for SandboxState {
-    fn log(&mut self, level: LogLevel, message: String) {
-        if self.logs.len() >= MAX_LOGS {
-            self.dropped_logs += 1;
-            return;
-        }
-        let message = sanitize(&message, MAX_LOG_CHARS);
+impl v01::rotor::policy::host::Host for SandboxState {
+    fn log(&mut self, level: v01::rotor::policy::host::LogLevel, message: String) {
+        use v01::rotor::policy::host::LogLevel as L;
         let level = match level {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
+            L::Debug => "debug",
+            L::Info => "info",
+            L::Warn => "warn",
+            L::Error => "error",
         };
-        tracing::debug!(plugin = %self.plugin, level, "{message}");
-        self.logs.push(PluginLog { level, message });
+        SandboxState::log(self, level, &message);
     }
 }
 
-impl types::Host for SandboxState {}
+impl v01::rotor::policy::types::Host for SandboxState {}
+
+impl v02::rotor::policy::host::Host for SandboxState {
+    fn log(&mut self, level: v02::rotor::policy::host::LogLevel, message: String) {
+        use v02::rotor::policy::host::LogLevel as L;
+        let level = match level {
+            L::Debug => "debug",
+            L::Info => "info",
+            L::Warn => "warn",
+            L::Error => "error",
+        };
+        SandboxState::log(self, level, &message);
+    }
+}
+
+impl v02::rotor::policy::types::Host for SandboxState {}
+
+/// The certificate behind a 0.2 renewal request's `details` handle.
+#[allow(
+    unreachable_pub,
+    reason = "named in the generated bindings, which re-export it; reachable only in the crate"
+)]
+pub struct CertificateDetails(Arc<CertificateFacts>);
+
+impl SandboxState {
+    fn details(
+        &self,
+        handle: &Resource<CertificateDetails>,
+    ) -> wasmtime::Result<&CertificateFacts> {
+        Ok(&self.table.get(handle)?.0)
+    }
+}
+
+mod facts_impl {
+    use wasmtime::component::Resource;
+
+    use super::super::bindings::v02::rotor::policy::facts::{self, HostCertificateDetails};
+    use super::super::bindings::v02::rotor::policy::types as wit;
+    use super::super::convert::v02 as convert;
+    use super::{CertificateDetails, SandboxState};
+
+    type R = Resource<CertificateDetails>;
+
+    impl facts::Host for SandboxState {}
+
+    impl HostCertificateDetails for SandboxState {
+        fn subject(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
+            Ok(convert::dn(&self.details(&h)?.subject))
+        }
+        fn issuer(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
+            Ok(convert::dn(&self.details(&h)?.issuer))
+        }
+        fn sans(&mut self, h: R) -> wasmtime::Result<wit::SubjectAltNames> {
+            Ok(convert::sans(&self.details(&h)?.sans))
+        }
+        fn key_usage(&mut self, h: R) -> wasmtime::Result<Option<wit::KeyUsage>> {
+            Ok(self
+                .details(&h)?
+                .key_usage
+                .as_deref()
+                .map(convert::key_usage))
+        }
+        fn extended_key_usages(&mut self, h: R) -> wasmtime::Result<Vec<wit::ExtendedKeyUsage>> {
+            Ok(self
+                .details(&h)?
+                .extended_key_usages
+                .iter()
+                .map(convert::eku)
+                .collect())
+        }
+        fn subject_key_id(&mut self, h: R) -> wasmtime::Result<Option<String>> {
+            Ok(self.details(&h)?.subject_key_id.clone())
+        }
+        fn authority_key_id(&mut self, h: R) -> wasmtime::Result<Option<String>> {
+            Ok(self.details(&h)?.authority_key_id.clone())
+        }
+        fn certificate(&mut self, h: R) -> wasmtime::Result<wit::Certificate> {
+            Ok(convert::certificate(self.details(&h)?))
+        }
+        fn drop(&mut self, h: R) -> wasmtime::Result<()> {
+            self.table.delete(h)?;
+            Ok(())
+        }
+    }
+}
 
 /// Replace control characters (including the escape that starts terminal sequences) and cap the
 /// length: plugin strings are untrusted.
 pub fn sanitize(s: &str, max_chars: usize) -> String {
+    // The usual case, checked byte-wise: short enough (bytes bound chars) and printable ASCII.
+    if s.len() <= max_chars && s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return s.to_owned();
+    }
     let mut out: String = s
         .chars()
         .take(max_chars)
@@ -159,9 +292,12 @@ pub fn sanitize(s: &str, max_chars: usize) -> String {
 
 /// The hook's typed exports, looked up (and type-checked) once per instance.
 enum Guest {
-    Renewal(renewal::Guest),
-    San(san_validation::Guest),
-    Csr(csr_approval::Guest),
+    V01Renewal(v01::exports::rotor::policy::renewal::Guest),
+    V01San(v01::exports::rotor::policy::san_validation::Guest),
+    V01Csr(v01::exports::rotor::policy::csr_approval::Guest),
+    V02Renewal(v02::exports::rotor::policy::renewal::Guest),
+    V02San(v02::exports::rotor::policy::san_validation::Guest),
+    V02Csr(v02::exports::rotor::policy::csr_approval::Guest),
 }
 
 /// A live instance of a plugin for one hook.
@@ -175,78 +311,88 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    pub(crate) fn new(
-        plugin: &LoadedPlugin,
-        hook: Hook,
-        settings: &str,
-        limits: &SandboxLimits,
-    ) -> Result<Sandbox, PluginError> {
-        plugin.require(hook)?;
-        let state = SandboxState {
-            memory_limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
-            memory_exceeded: false,
-            plugin: Arc::from(plugin.name.as_str()),
-            logs: Vec::new(),
-            dropped_logs: 0,
-        };
-        let mut store = Store::new(plugin.engine.engine(), state);
-        store.limiter(|s| s);
-        if plugin.engine.options().epoch_interruption {
-            store.set_epoch_deadline(plugin.engine.deadline_ticks(limits.timeout));
-            store.epoch_deadline_trap();
-        }
+    pub(crate) fn new(configured: &ConfiguredPlugin) -> Result<Sandbox, PluginError> {
+        let plugin = &configured.plugin;
+        let hook = configured.hook;
+        let limits = &configured.limits;
+        let mut store = new_store(&plugin.engine, &plugin.name, limits);
         let err = |store: &Store<SandboxState>, e: wasmtime::Error| PluginError {
             plugin: plugin.name.clone(),
             hook,
             kind: classify(e, store.data(), limits),
         };
-        let instance = match plugin.pre.instantiate(&mut store) {
+        let linked = &configured.linked;
+        let instance = match linked.pre.instantiate(&mut store) {
             Ok(i) => i,
             Err(e) => return Err(err(&store, e)),
         };
-        let configured = plugin
-            .config
-            .load(&mut store, &instance)
-            .and_then(|guest| guest.call_configure(&mut store, settings));
-        match configured {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                return Err(PluginError {
-                    plugin: plugin.name.clone(),
-                    hook,
-                    kind: PluginErrorKind::InvalidSettings {
-                        message: sanitize(&message, 2048),
-                    },
-                });
-            }
-            Err(e) => return Err(err(&store, e)),
-        }
         let missing = || PluginError {
             plugin: plugin.name.clone(),
             hook,
             kind: PluginErrorKind::MissingExport {
-                interface: hook.interface().into(),
+                interface: format!("{}@{}", hook.interface(), plugin.contract().version()),
             },
         };
-        let guest = match hook {
-            Hook::Renewal => plugin
-                .renewal
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut store, &instance)
-                .map(Guest::Renewal),
-            Hook::San => plugin
-                .san
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut store, &instance)
-                .map(Guest::San),
-            Hook::Csr => plugin
-                .csr
-                .as_ref()
-                .ok_or_else(missing)?
-                .load(&mut store, &instance)
-                .map(Guest::Csr),
+        let guest = match &linked.exports {
+            Exports::V01 {
+                config,
+                renewal,
+                san,
+                csr,
+            } => {
+                // 0.1: `configure` runs in every fresh instance.
+                let configured_now = config
+                    .load(&mut store, &instance)
+                    .and_then(|guest| guest.call_configure(&mut store, &configured.settings));
+                match configured_now {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => {
+                        return Err(PluginError {
+                            plugin: plugin.name.clone(),
+                            hook,
+                            kind: PluginErrorKind::InvalidSettings {
+                                message: sanitize(&message, 2048),
+                            },
+                        });
+                    }
+                    Err(e) => return Err(err(&store, e)),
+                }
+                match hook {
+                    Hook::Renewal => renewal
+                        .as_ref()
+                        .ok_or_else(missing)?
+                        .load(&mut store, &instance)
+                        .map(Guest::V01Renewal),
+                    Hook::San => san
+                        .as_ref()
+                        .ok_or_else(missing)?
+                        .load(&mut store, &instance)
+                        .map(Guest::V01San),
+                    Hook::Csr => csr
+                        .as_ref()
+                        .ok_or_else(missing)?
+                        .load(&mut store, &instance)
+                        .map(Guest::V01Csr),
+                }
+            }
+            // 0.2: the instance is the snapshot taken after `configure`.
+            Exports::V02 { renewal, san, csr } => match hook {
+                Hook::Renewal => renewal
+                    .as_ref()
+                    .ok_or_else(missing)?
+                    .load(&mut store, &instance)
+                    .map(Guest::V02Renewal),
+                Hook::San => san
+                    .as_ref()
+                    .ok_or_else(missing)?
+                    .load(&mut store, &instance)
+                    .map(Guest::V02San),
+                Hook::Csr => csr
+                    .as_ref()
+                    .ok_or_else(missing)?
+                    .load(&mut store, &instance)
+                    .map(Guest::V02Csr),
+            },
         }
         .map_err(|e| err(&store, e))?;
         Ok(Sandbox {
@@ -261,16 +407,7 @@ impl Sandbox {
 
     /// Messages the plugin logged so far (and forgets them).
     pub fn take_logs(&mut self) -> Vec<PluginLog> {
-        let state = self.store.data_mut();
-        let mut logs = std::mem::take(&mut state.logs);
-        if state.dropped_logs > 0 {
-            logs.push(PluginLog {
-                level: "warn",
-                message: format!("{} further log messages dropped", state.dropped_logs),
-            });
-            state.dropped_logs = 0;
-        }
-        logs
+        self.store.data_mut().take_logs()
     }
 
     fn error(&self, kind: PluginErrorKind) -> PluginError {
@@ -289,9 +426,7 @@ impl Sandbox {
             }));
         }
         if hook != self.hook {
-            return Err(self.error(PluginErrorKind::MissingExport {
-                interface: hook.interface().into(),
-            }));
+            return Err(self.missing_for(hook));
         }
         if self.plugin.engine.options().epoch_interruption {
             let ticks = self.plugin.engine.deadline_ticks(self.limits.timeout);
@@ -313,12 +448,36 @@ impl Sandbox {
     /// Ask the renewal hook.
     pub fn renewal(&mut self, request: &RenewalRequest) -> Result<RenewalDecision, PluginError> {
         self.begin(Hook::Renewal)?;
-        let Guest::Renewal(guest) = &self.guest else {
-            return Err(self.missing());
+        let answer = match &self.guest {
+            Guest::V01Renewal(guest) => {
+                let wit_request = convert::v01::renewal_request(request);
+                guest
+                    .call_decide(&mut self.store, &wit_request)
+                    .map(convert::v01::renewal_decision)
+            }
+            Guest::V02Renewal(guest) => {
+                let wit_request = convert::v02::renewal_request(request);
+                let details = self
+                    .store
+                    .data_mut()
+                    .table
+                    .push(CertificateDetails(request.certificate.clone()));
+                match details {
+                    Ok(details) => {
+                        // Lent as a borrow for this call only: the plugin cannot keep it, and
+                        // nothing of it stays in the store once it is deleted below.
+                        let lent = Resource::<CertificateDetails>::new_borrow(details.rep());
+                        let answer = guest.call_decide(&mut self.store, &wit_request, lent);
+                        let _ = self.store.data_mut().table.delete(details);
+                        answer.map(convert::v02::renewal_decision)
+                    }
+                    Err(e) => Err(wasmtime::Error::from(e)),
+                }
+            }
+            _ => return Err(self.missing()),
         };
-        let wit_request = convert::renewal_request(request);
-        match guest.call_decide(&mut self.store, &wit_request) {
-            Ok(answer) => convert::renewal_decision(answer).map_err(|m| self.invalid(m)),
+        match answer {
+            Ok(decision) => decision.map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
         }
     }
@@ -326,12 +485,17 @@ impl Sandbox {
     /// Ask the SAN hook.
     pub fn validate_sans(&mut self, request: &SanRequest) -> Result<SanDecision, PluginError> {
         self.begin(Hook::San)?;
-        let Guest::San(guest) = &self.guest else {
-            return Err(self.missing());
+        let answer = match &self.guest {
+            Guest::V01San(guest) => guest
+                .call_validate(&mut self.store, &convert::v01::san_request(request))
+                .map(convert::v01::san_decision),
+            Guest::V02San(guest) => guest
+                .call_validate(&mut self.store, &convert::v02::san_request(request))
+                .map(convert::v02::san_decision),
+            _ => return Err(self.missing()),
         };
-        let wit_request = convert::san_request(request);
-        match guest.call_validate(&mut self.store, &wit_request) {
-            Ok(answer) => convert::san_decision(answer).map_err(|m| self.invalid(m)),
+        match answer {
+            Ok(decision) => decision.map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
         }
     }
@@ -339,26 +503,39 @@ impl Sandbox {
     /// Ask the CSR hook.
     pub fn review_csr(&mut self, request: &CsrRequest) -> Result<CsrDecision, PluginError> {
         self.begin(Hook::Csr)?;
-        let Guest::Csr(guest) = &self.guest else {
-            return Err(self.missing());
+        let answer = match &self.guest {
+            Guest::V01Csr(guest) => guest
+                .call_review(&mut self.store, &convert::v01::csr_request(request))
+                .map(convert::v01::csr_decision),
+            Guest::V02Csr(guest) => guest
+                .call_review(&mut self.store, &convert::v02::csr_request(request))
+                .map(convert::v02::csr_decision),
+            _ => return Err(self.missing()),
         };
-        let wit_request = convert::csr_request(request);
-        match guest.call_review(&mut self.store, &wit_request) {
-            Ok(answer) => convert::csr_decision(answer).map_err(|m| self.invalid(m)),
+        match answer {
+            Ok(decision) => decision.map_err(|m| self.invalid(m)),
             Err(e) => Err(self.failed(e)),
         }
     }
 
     fn missing(&self) -> PluginError {
+        self.missing_for(self.hook)
+    }
+
+    fn missing_for(&self, hook: Hook) -> PluginError {
         self.error(PluginErrorKind::MissingExport {
-            interface: self.hook.interface().into(),
+            interface: format!("{}@{}", hook.interface(), self.plugin.contract().version()),
         })
     }
 }
 
 /// Turn a wasmtime failure into the typed error. The wasm backtrace, useful to the plugin's
 /// author, goes to the debug log (`-vv`) rather than into the message.
-fn classify(e: wasmtime::Error, state: &SandboxState, limits: &SandboxLimits) -> PluginErrorKind {
+pub(crate) fn classify(
+    e: wasmtime::Error,
+    state: &SandboxState,
+    limits: &SandboxLimits,
+) -> PluginErrorKind {
     if let Some(bt) = e.downcast_ref::<wasmtime::WasmBacktrace>() {
         tracing::debug!(plugin = %state.plugin, "wasm backtrace:\n{bt}");
     }

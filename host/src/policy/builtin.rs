@@ -118,7 +118,7 @@ mod tests {
         facts.is_ca = false;
         RenewalRequest {
             name: "leaf".into(),
-            certificate: facts,
+            certificate: facts.into(),
             issuer_not_after: None,
             now,
         }

@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 
 use crate::contract::Hook;
 use crate::fs::{FsError, Root};
-use crate::plugin::{LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits};
+use crate::plugin::{
+    ConfiguredPlugin, LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits,
+};
 
 /// What the host does when a hook's plugin fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -171,6 +173,8 @@ struct HookEntry {
 pub struct HookPlugin {
     /// The compiled plugin.
     pub plugin: LoadedPlugin,
+    /// The plugin with these settings applied: every decision's sandbox is made from it.
+    pub configured: ConfiguredPlugin,
     /// Plugin file, relative to the bundle directory.
     pub file: String,
     /// Settings as the JSON object handed to `configure`.
@@ -539,9 +543,10 @@ fn load_hook(
         path: manifest_path.to_path_buf(),
         error,
     })?;
-    // Validate the settings once, now, so a bad bundle fails at load and not mid-rotation.
-    plugin
-        .sandbox(hook, &settings, &limits)
+    // Apply the settings once, now, so a bad bundle fails at load and not mid-rotation (and a
+    // 0.2 plugin parses them once, not in every decision).
+    let configured = plugin
+        .configure(hook, &settings, &limits)
         .map_err(|error| BundleError::Plugin {
             path: manifest_path.to_path_buf(),
             error,
@@ -549,6 +554,7 @@ fn load_hook(
     Ok((
         HookPlugin {
             plugin,
+            configured,
             file: entry.plugin.clone(),
             settings,
             limits,
@@ -559,7 +565,7 @@ fn load_hook(
 }
 
 /// TOML settings as JSON. TOML dates have no JSON counterpart and become strings.
-fn toml_to_json(table: &toml::Table) -> serde_json::Value {
+pub(crate) fn toml_to_json(table: &toml::Table) -> serde_json::Value {
     fn value(v: &toml::Value) -> serde_json::Value {
         match v {
             toml::Value::String(s) => serde_json::Value::String(s.clone()),

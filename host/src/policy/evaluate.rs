@@ -73,17 +73,16 @@ impl<D> Outcome<D> {
     }
 }
 
-// Every call runs in a fresh sandbox (a new instance, configured anew): no state passes from
-// one decision to the next, so a plugin that keeps a counter in a static sees 1 every time,
+// Every call runs in a fresh sandbox (a new instance: of the configured snapshot for a 0.2
+// plugin, configured anew for a 0.1 plugin): no state passes from one decision to the next, so a plugin that keeps a counter in a static sees 1 every time,
 // and one that fails on one subject cannot affect another's.
 impl Bundle {
     /// Run `call` in a fresh sandbox of `hp`, collecting its logs.
     fn run<D>(
         hp: &HookPlugin,
-        hook: Hook,
         call: impl FnOnce(&mut Sandbox) -> Result<D, PluginError>,
     ) -> (Result<D, PluginError>, Vec<PluginLog>) {
-        match hp.plugin.sandbox(hook, &hp.settings, &hp.limits) {
+        match hp.configured.sandbox() {
             Ok(mut sandbox) => {
                 let result = call(&mut sandbox);
                 (result, sandbox.take_logs())
@@ -114,7 +113,7 @@ impl Bundle {
                 o
             }
             Some(hp) => {
-                let (result, logs) = Self::run(hp, hook, |s| s.renewal(request));
+                let (result, logs) = Self::run(hp, |s| s.renewal(request));
                 let mut o = match result {
                     Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
                     Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
@@ -152,7 +151,7 @@ impl Bundle {
                 .push("no SAN plugin in the bundle: names are not validated by policy".into());
             return Ok(o);
         };
-        let (result, logs) = Self::run(hp, hook, |s| s.validate_sans(request));
+        let (result, logs) = Self::run(hp, |s| s.validate_sans(request));
         let mut o = match result {
             Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
             Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
@@ -187,7 +186,7 @@ impl Bundle {
             };
             return Ok(Outcome::new(hook, d, Source::BuiltIn, None));
         };
-        let (result, logs) = Self::run(hp, hook, |s| s.review_csr(request));
+        let (result, logs) = Self::run(hp, |s| s.review_csr(request));
         let result = result.and_then(|d| {
             rules::csr_answer(request, d).map_err(|message| PluginError {
                 plugin: hp.plugin.name().to_string(),

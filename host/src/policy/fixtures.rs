@@ -73,6 +73,8 @@ pub(crate) struct CaseResult {
     pub name: String,
     /// `None` when it passed, otherwise why it failed.
     pub failure: Option<String>,
+    /// The decision as JSON (what `rotor policy eval` prints), when the case got one.
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// The fixture directory itself is unusable (not the cases: those fail one by one).
@@ -104,15 +106,18 @@ pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, Fixtur
                 results.push(CaseResult {
                     name: file.clone(),
                     failure: Some(message),
+                    outcome: None,
                 });
                 continue;
             }
         };
         for case in cases {
-            let failure = run_case(bundle, &root, &file, &case).err();
+            let mut outcome = None;
+            let failure = run_case(bundle, &root, &file, &case, &mut outcome).err();
             results.push(CaseResult {
                 name: format!("{file}: {}", case.name),
                 failure,
+                outcome,
             });
         }
     }
@@ -152,7 +157,13 @@ pub(crate) fn fuzz_cases(bytes: &[u8]) {
     }
 }
 
-fn run_case(bundle: &Bundle, root: &Root, file: &str, case: &Case) -> Result<(), String> {
+fn run_case(
+    bundle: &Bundle,
+    root: &Root,
+    file: &str,
+    case: &Case,
+    outcome: &mut Option<serde_json::Value>,
+) -> Result<(), String> {
     let (what, bytes) = match (&case.input, &case.input_file) {
         (Some(v), None) => (
             format!("{file}: input"),
@@ -175,7 +186,8 @@ fn run_case(bundle: &Bundle, root: &Root, file: &str, case: &Case) -> Result<(),
     };
     let request =
         build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())?;
-    let got = evaluate(bundle, &request)?;
+    let (got, json) = evaluate(bundle, &request)?;
+    *outcome = Some(json);
     check(&case.expect, &got)
 }
 
@@ -188,27 +200,32 @@ struct Got {
     source: Source,
 }
 
-fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
+fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<(Got, serde_json::Value), String> {
     let err = |e: crate::plugin::PluginError| e.to_string();
     Ok(match request {
         HookRequest::Renewal(r) => {
             let o = bundle.renewal(r).map_err(err)?;
+            let outcome = serde_json::to_value(&o).unwrap_or_default();
             let (decision, lifetime) = match &o.decision {
                 RenewalDecision::Keep { .. } => ("keep", None),
                 RenewalDecision::Renew {
                     lifetime_seconds, ..
                 } => ("renew", *lifetime_seconds),
             };
-            Got {
-                decision,
-                reason: o.decision.reason().to_string(),
-                codes: BTreeSet::new(),
-                lifetime,
-                source: o.source,
-            }
+            (
+                Got {
+                    decision,
+                    reason: o.decision.reason().to_string(),
+                    codes: BTreeSet::new(),
+                    lifetime,
+                    source: o.source,
+                },
+                outcome,
+            )
         }
         HookRequest::San(r) => {
             let o = bundle.validate_sans(r).map_err(err)?;
+            let outcome = serde_json::to_value(&o).unwrap_or_default();
             let (decision, codes, reason) = match &o.decision {
                 SanDecision::Allow => ("allow", BTreeSet::new(), String::new()),
                 SanDecision::Deny { violations } => (
@@ -221,16 +238,20 @@ fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
                         .join("; "),
                 ),
             };
-            Got {
-                decision,
-                reason,
-                codes,
-                lifetime: None,
-                source: o.source,
-            }
+            (
+                Got {
+                    decision,
+                    reason,
+                    codes,
+                    lifetime: None,
+                    source: o.source,
+                },
+                outcome,
+            )
         }
         HookRequest::Csr(r) => {
             let o = bundle.review_csr(r).map_err(err)?;
+            let outcome = serde_json::to_value(&o).unwrap_or_default();
             let (decision, codes, reason, lifetime) = match &o.decision {
                 CsrDecision::Approve {
                     reason,
@@ -256,13 +277,16 @@ fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<Got, String> {
                     ("abstain", BTreeSet::new(), reason.clone(), None)
                 }
             };
-            Got {
-                decision,
-                reason,
-                codes,
-                lifetime,
-                source: o.source,
-            }
+            (
+                Got {
+                    decision,
+                    reason,
+                    codes,
+                    lifetime,
+                    source: o.source,
+                },
+                outcome,
+            )
         }
     })
 }

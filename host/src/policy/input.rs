@@ -160,7 +160,7 @@ pub(crate) fn build_request(
                     issuer_not_after: ctx
                         .issuer_not_after
                         .or_else(|| certs.get(1).map(|ca| ca.not_after)),
-                    certificate: cert,
+                    certificate: std::sync::Arc::new(cert),
                     now,
                 })),
                 Hook::San => Ok(HookRequest::San(SanRequest {

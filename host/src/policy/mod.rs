@@ -10,6 +10,7 @@ pub(crate) mod evaluate;
 pub(crate) mod fixtures;
 pub(crate) mod input;
 pub(crate) mod rules;
+pub mod scaffold;
 
 pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
 pub use evaluate::{Outcome, Source};

@@ -152,7 +152,7 @@ mod tests {
     fn request(is_ca: bool, issuer_not_after: Option<OffsetDateTime>) -> RenewalRequest {
         RenewalRequest {
             name: "n".into(),
-            certificate: certificate(is_ca),
+            certificate: certificate(is_ca).into(),
             issuer_not_after,
             now: NOW,
         }

@@ -915,7 +915,7 @@ impl Service {
             .leaves
             .iter()
             .filter(|l| l.action != Action::Reissue)
-            .filter_map(|l| Some((l.name.as_str(), &l.decided.as_ref()?.request.certificate)))
+            .filter_map(|l| Some((l.name.as_str(), &*l.decided.as_ref()?.request.certificate)))
             .collect();
         for spec in &cluster.layout.leaves {
             let facts = match read.get(spec.name.as_str()) {

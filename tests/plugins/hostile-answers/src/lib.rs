@@ -5,7 +5,7 @@
     unsafe_code,
     reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
 )]
-wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
+wit_bindgen::generate!({ world: "policy", path: "../../../wit/v0.1" });
 
 use exports::rotor::policy::csr_approval::{Approval, CsrDecision, CsrRequest};
 use exports::rotor::policy::renewal::{KeepDecision, RenewalDecision, RenewalRequest};

@@ -4,7 +4,7 @@
     unsafe_code,
     reason = "wit-bindgen's generated export glue is unsafe; the rules themselves contain none"
 )]
-wit_bindgen::generate!({ world: "renewal-policy", path: "../../../wit" });
+wit_bindgen::generate!({ world: "renewal-policy", path: "../../../wit/v0.1" });
 
 use exports::rotor::policy::renewal::{Guest, RenewalDecision, RenewalRequest};
 

@@ -2,6 +2,10 @@
 //! decisions. The first decision of an instance approves everything (any name, any usage the
 //! request asked for, a 100-year lifetime); any later decision in the same instance panics.
 //! Under a fresh instance per decision, every decision is the first.
+//!
+//! Built against rotor:policy@0.2.0, where `configure` runs once and every decision starts from
+//! a snapshot taken after it: `configure` sets the counter to 0 and counts itself in another
+//! static, so a snapshot that kept decision state, or a configure run per decision, shows.
 
 #![allow(
     unsafe_code,
@@ -15,7 +19,15 @@ use exports::rotor::policy::csr_approval::{Approval, CsrDecision, CsrRequest};
 use exports::rotor::policy::renewal::{KeepDecision, RenewalDecision, RenewalRequest};
 use exports::rotor::policy::san_validation::{SanDecision, SanRequest};
 
-static DECISIONS: AtomicU32 = AtomicU32::new(0);
+static DECISIONS: AtomicU32 = AtomicU32::new(7);
+static CONFIGURES: AtomicU32 = AtomicU32::new(0);
+
+/// Runs once per hook, before the snapshot.
+fn configure() -> Result<(), String> {
+    DECISIONS.store(0, Ordering::SeqCst);
+    CONFIGURES.fetch_add(1, Ordering::SeqCst);
+    Ok(())
+}
 
 /// Count this decision; panic unless it is the instance's first.
 fn first_decision() -> u32 {
@@ -28,23 +40,26 @@ fn first_decision() -> u32 {
 
 struct Plugin;
 
-impl exports::rotor::policy::config::Guest for Plugin {
-    fn configure(_: String) -> Result<(), String> {
-        Ok(())
-    }
-}
-
 impl exports::rotor::policy::renewal::Guest for Plugin {
-    fn decide(_: RenewalRequest) -> RenewalDecision {
+    fn configure(_: String) -> Result<(), String> {
+        configure()
+    }
+
+    fn decide(_: RenewalRequest, _: &rotor::policy::facts::CertificateDetails) -> RenewalDecision {
         let n = first_decision();
+        let c = CONFIGURES.load(Ordering::SeqCst);
         RenewalDecision::Keep(KeepDecision {
-            reason: format!("decision #{n} of this instance"),
+            reason: format!("decision #{n} of this instance, after {c} configure"),
             renew_at: None,
         })
     }
 }
 
 impl exports::rotor::policy::san_validation::Guest for Plugin {
+    fn configure(_: String) -> Result<(), String> {
+        configure()
+    }
+
     fn validate(_: SanRequest) -> SanDecision {
         first_decision();
         SanDecision::Allow
@@ -52,6 +67,10 @@ impl exports::rotor::policy::san_validation::Guest for Plugin {
 }
 
 impl exports::rotor::policy::csr_approval::Guest for Plugin {
+    fn configure(_: String) -> Result<(), String> {
+        configure()
+    }
+
     fn review(_: CsrRequest) -> CsrDecision {
         let n = first_decision();
         CsrDecision::Approve(Approval {

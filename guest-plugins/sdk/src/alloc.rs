@@ -1,4 +1,4 @@
-//! The global allocator of rotor's default plugins.
+//! The global allocator (feature `arena-allocator`, on by default).
 //!
 //! Rust's default wasm allocator (dlmalloc) takes every heap page from `memory.grow`, so each
 //! fresh sandbox grows its memory at the first allocation, and the host has to change the page
@@ -9,10 +9,8 @@
 //! that the pages an evaluation dirties sit together right after the stack and data, inside
 //! the span the host keeps resident; it only grows memory beyond the arena.
 //!
-//! A plugin links it with `use guest_alloc as _;`. On non-wasm targets (the rules' unit tests)
-//! this crate is empty and the system allocator is used.
-
-#![no_std]
+//! A plugin that depends on the SDK with the feature on gets it; nothing to write. On non-wasm
+//! targets (the rules' unit tests) this module is empty and the system allocator is used.
 
 #[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
 #[allow(
