@@ -1176,10 +1176,23 @@ fn a_bit_flipped_plugin_cache_is_recompiled_not_run() {
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
         .collect();
-    assert_eq!(artifacts.len(), 3, "{artifacts:?}");
+    // Each default plugin compiled, and each one's settings snapshot (0.2) compiled.
+    assert_eq!(artifacts.len(), 6, "{artifacts:?}");
+    assert_eq!(
+        artifacts
+            .iter()
+            .filter(|p| p
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snapshot-"))
+            .count(),
+        3,
+        "{artifacts:?}"
+    );
     for (i, a) in artifacts.iter().enumerate() {
         let mut bytes = std::fs::read(a).unwrap();
-        let at = bytes.len() * (i + 1) / 4;
+        let at = bytes.len() * (i + 1) / (artifacts.len() + 1);
         bytes[at] ^= 0x10;
         std::fs::write(a, &bytes).unwrap();
     }
@@ -1188,7 +1201,7 @@ fn a_bit_flipped_plugin_cache_is_recompiled_not_run() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         err.matches("recompiling it from the pinned plugin").count(),
-        3,
+        6,
         "{err}"
     );
     let o = run_check();

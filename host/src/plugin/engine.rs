@@ -203,6 +203,15 @@ impl PluginEngine {
         if let Some(component) = self.cached(key) {
             return Ok(component);
         }
+        self.compile_and_store(key, bytes)
+    }
+
+    /// Compile `bytes` and cache the result under `key` (the caller looked there already).
+    pub(crate) fn compile_and_store(
+        &self,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<Component, PluginErrorKind> {
         let compiled = self.precompile(bytes)?;
         if let Some(cache) = &self.inner.cache
             && let Err(e) = cache.store(key, &self.inner.compat_hash, &compiled)

@@ -98,7 +98,7 @@ pub(crate) fn configured(
         return Err(invalid(e));
     }
     let snapshot = snapshot.map_err(invalid)?;
-    let component = engine.compile_cached(key, &snapshot).map_err(err)?;
+    let component = engine.compile_and_store(key, &snapshot).map_err(err)?;
     Ok((Arc::new(link(engine, &component).map_err(err)?), logs))
 }
 
