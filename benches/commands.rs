@@ -223,9 +223,23 @@ fn custom_ca(c: &mut Criterion) {
     let mut group = c.benchmark_group("generate_custom_ca");
     group.sample_size(10);
     let mut n = 0;
-    for (name, root_alg, openssl_alg) in [
-        ("p256_throughout", "ecdsa-p256", "p256"),
-        ("rsa4096_root_and_intermediate", "rsa-4096", "rsa4096"),
+    // (name, root and intermediate, service-account key; the script's spelling of each)
+    for (name, root_alg, service_alg, openssl_alg, openssl_service) in [
+        ("p256_every_key", "ecdsa-p256", "ecdsa-p256", "p256", "p256"),
+        (
+            "p256_cas_rsa2048_service_key",
+            "ecdsa-p256",
+            "rsa-2048",
+            "p256",
+            "rsa2048",
+        ),
+        (
+            "rsa4096_root_and_intermediate",
+            "rsa-4096",
+            "rsa-2048",
+            "rsa4096",
+            "rsa2048",
+        ),
     ] {
         group.bench_function(BenchmarkId::new("rotor", name), |b| {
             b.iter_batched(
@@ -245,6 +259,8 @@ fn custom_ca(c: &mut Criterion) {
                         root_alg,
                         "--ca-key-type",
                         "ecdsa-p256",
+                        "--service-key-type",
+                        service_alg,
                     ])
                     .expect("generate-custom-ca");
                     dir
@@ -267,6 +283,7 @@ fn custom_ca(c: &mut Criterion) {
                         .arg(&script)
                         .arg(openssl_alg)
                         .arg(&dir)
+                        .arg(openssl_service)
                         .stdout(Stdio::null())
                         .status()
                         .expect("sh");

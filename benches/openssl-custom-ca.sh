@@ -2,14 +2,16 @@
 # The baseline for `rotor certificate generate-custom-ca` in benches/commands.rs: the same CA set
 # built with the openssl command line, as k3s's generate-custom-ca-certs.sh does it: a root, an
 # intermediate under it, the five cluster CAs (ECDSA P-256) under the intermediate, each CA file
-# followed by its chain, and an RSA-2048 service-account key.
+# followed by its chain, and a service-account key.
 #
-#   sh benches/openssl-custom-ca.sh p256|rsa4096 OUTDIR
+#   sh benches/openssl-custom-ca.sh p256|rsa4096 OUTDIR [rsa2048|p256]
 #
-# p256: root and intermediate ECDSA P-256; rsa4096: root and intermediate RSA-4096.
+# p256: root and intermediate ECDSA P-256; rsa4096: root and intermediate RSA-4096. The third
+# argument is the service-account key's type (default rsa2048, what k3s generates).
 set -eu
 alg=$1
 out=$2
+service=${3:-rsa2048}
 mkdir -p "$out"
 cd "$out"
 
@@ -50,5 +52,5 @@ for ca in server-ca client-ca request-header-ca etcd/peer-ca etcd/server-ca; do
   rm -f "$ca.csr" "$ca.only"
 done
 
-newkey service.key rsa2048
+newkey service.key "$service"
 rm -f intermediate-ca.csr ca.cnf ./*.srl

@@ -263,6 +263,8 @@ fn generate_custom_ca_output_is_adopted_by_init_and_rotates_without_disruption_u
             root_key.to_str().unwrap(),
             "--intermediate-key-type",
             "ecdsa-p256",
+            "--service-key-type",
+            "ecdsa-p256",
             "--now",
             &rfc3339(t0()),
         ],
@@ -271,6 +273,17 @@ fn generate_custom_ca_output_is_adopted_by_init_and_rotates_without_disruption_u
         !out.contains("root-ca.key"),
         "the root key stays where it was: {out}"
     );
+    // An ES256 service-account key (Kubernetes signs tokens with it), checked by openssl.
+    if require_command("openssl") {
+        let o = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-text", "-in"])
+            .arg(staged.join("server/tls/service.key"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("prime256v1"), "{text}");
+    }
     // Keep the current service-account key in the staged list (partial rotation would too).
     let mut sa = std::fs::read(staged.join("server/tls/service.key")).unwrap();
     sa.extend(std::fs::read(tls.join("service.key")).unwrap());

@@ -398,6 +398,12 @@ pub(super) struct GenerateCustomCaArgs {
     /// [default: ecdsa-p256 for k3s and RKE2, rsa-2048 for kubeadm]
     #[arg(long, value_enum)]
     pub ca_key_type: Option<KeyType>,
+    /// The new service-account signing key. Kubernetes signs service-account tokens with RS256
+    /// for RSA keys and ES256/ES384 for ECDSA keys; kube-apiserver verifies tokens of every key
+    /// in the file, so existing tokens stay valid whatever the new key's type [default: rsa-2048,
+    /// what k3s, RKE2 and kubeadm generate].
+    #[arg(long, value_enum)]
+    pub service_key_type: Option<KeyType>,
     /// Act at this instant (RFC 3339) instead of the system clock.
     #[arg(long, value_parser = crate::clock::parse_now)]
     pub now: Option<OffsetDateTime>,

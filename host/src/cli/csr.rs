@@ -372,7 +372,30 @@ fn run_batch<'ca>(
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    // Read every input first (names and bytes), then classify them on every core.
+    if let (Some(path), None, None) = (&args.jsonl, &args.dir, &args.out_dir) {
+        let how = batch::Decide {
+            limits,
+            sign_approved: sign,
+            now: at,
+        };
+        let stream = Stream {
+            bundle,
+            args,
+            evidence,
+            signer,
+            how,
+            threads,
+        };
+        let s = stream.run(path)?;
+        report(&s, started, threads);
+        return Ok(if s.errors > 0 {
+            Exit::Attention
+        } else {
+            Exit::Success
+        });
+    }
+    // Read every input first (names and bytes), then classify them on every core: output
+    // files need every name first (to make them unique), and a directory is read whole.
     let mut raw: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(dir) = &args.dir {
         let root = crate::fs::Root::open_ambient(dir)?;
@@ -433,6 +456,15 @@ fn run_batch<'ca>(
     }
     print_outcomes(&outcomes)?;
     let s = Summary::of(&outcomes);
+    report(&s, started, threads);
+    Ok(if s.errors > 0 {
+        Exit::Attention
+    } else {
+        Exit::Success
+    })
+}
+
+fn report(s: &Summary, started: std::time::Instant, threads: usize) {
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "rotor: {} CSRs in {:.2} s ({:.0}/s on {threads} threads): {} approved ({} signed), {} denied, {} pending, {} skipped, {} errors",
@@ -446,9 +478,98 @@ fn run_batch<'ca>(
         s.skipped,
         s.errors
     );
-    Ok(if s.errors > 0 {
-        Exit::Attention
-    } else {
-        Exit::Success
-    })
+}
+
+/// Lines of a `--jsonl` stream taken at a time: each part is parsed, decided and printed before
+/// the next is read, so memory does not grow with the batch.
+const STREAM_PART: usize = 1024;
+
+/// A `--jsonl` batch printed to standard output, streamed in parts of [`STREAM_PART`] lines.
+struct Stream<'a, 'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> {
+    bundle: &'a Bundle,
+    args: &'a CsrArgs,
+    evidence: &'a Evidence,
+    signer: &'a F,
+    how: batch::Decide<'a>,
+    threads: usize,
+}
+
+impl<'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> Stream<'_, 'ca, F> {
+    fn run(&self, path: &Path) -> anyhow::Result<Summary> {
+        use std::io::BufRead;
+        let reader: Box<dyn BufRead> = if path == Path::new("-") {
+            Box::new(std::io::BufReader::new(std::io::stdin()))
+        } else {
+            Box::new(std::io::BufReader::new(crate::fs::Root::open_ambient_file(
+                path,
+            )?))
+        };
+        let mut total = Summary::default();
+        let mut part: Vec<(String, String)> = Vec::with_capacity(STREAM_PART);
+        let mut warned = false;
+        for (n, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            part.push((format!("{}:{}", path.display(), n + 1), line));
+            if part.len() == STREAM_PART {
+                if !self.part(&part, &mut total, &mut warned)? {
+                    return Ok(total);
+                }
+                part.clear();
+            }
+        }
+        if !part.is_empty() {
+            self.part(&part, &mut total, &mut warned)?;
+        }
+        Ok(total)
+    }
+
+    /// Decide and print one part; `false` when the reader of the output went away.
+    fn part(
+        &self,
+        part: &[(String, String)],
+        total: &mut Summary,
+        warned: &mut bool,
+    ) -> anyhow::Result<bool> {
+        let inputs: Vec<(&str, &[u8])> = part
+            .iter()
+            .map(|(n, l)| (n.as_str(), l.as_bytes()))
+            .collect();
+        let items = csr::classify_all(
+            &inputs,
+            &self.args.context.pem_context(),
+            self.evidence,
+            self.threads,
+        )
+        .ok_or_else(|| anyhow::anyhow!("internal error while reading the batch's CSRs"))?;
+        if !*warned
+            && self.args.context.usages.is_empty()
+            && items.iter().any(|i| matches!(i.input, ItemInput::Pem(_)))
+        {
+            *warned = true;
+            eprintln!(
+                "rotor: PEM CSRs without --usage: each is reviewed with the usages it requests in its own extensions, else its signer's standard usages"
+            );
+        }
+        let done = AtomicUsize::new(0);
+        let outcomes = batch::process(
+            self.bundle,
+            &items,
+            self.signer,
+            &self.how,
+            self.threads,
+            &done,
+        );
+        total.add(&Summary::of(&outcomes));
+        let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+        for o in &outcomes {
+            let line = serde_json::to_string(o)?;
+            if !output::unless_reader_gone(writeln!(stdout, "{line}"))? {
+                return Ok(false);
+            }
+        }
+        Ok(output::unless_reader_gone(stdout.flush())?)
+    }
 }

@@ -41,6 +41,7 @@ pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<E
         ca_key_type: args
             .ca_key_type
             .unwrap_or_else(|| args.profile.default_key_type()),
+        service_key_type: args.service_key_type,
         now: now(args.now),
     };
     let g = custom_ca::generate_custom_ca(&args.out, opts)?;

@@ -97,6 +97,8 @@ pub(crate) struct CustomCaOptions {
     pub root_key_type: KeyType,
     pub intermediate_key_type: KeyType,
     pub ca_key_type: KeyType,
+    /// The new service-account key's type (`None`: the layout's, RSA-2048).
+    pub service_key_type: Option<KeyType>,
     pub now: OffsetDateTime,
 }
 
@@ -319,7 +321,10 @@ pub(crate) fn generate_custom_ca(out: &Path, opts: CustomCaOptions) -> Result<Ge
     let service_key_prepended = existing.is_some();
     staging.add(
         sk_rel.clone(),
-        prepend_service_key(layout.service_key.key_type, existing.as_deref())?,
+        prepend_service_key(
+            opts.service_key_type.unwrap_or(layout.service_key.key_type),
+            existing.as_deref(),
+        )?,
         PRIVATE_FILE,
     );
 

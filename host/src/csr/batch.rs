@@ -98,6 +98,17 @@ impl Summary {
         }
         s
     }
+
+    /// Add another part's counts (a batch streamed in parts).
+    pub fn add(&mut self, other: &Summary) {
+        self.total += other.total;
+        self.approved += other.approved;
+        self.signed += other.signed;
+        self.denied += other.denied;
+        self.pending += other.pending;
+        self.skipped += other.skipped;
+        self.errors += other.errors;
+    }
 }
 
 fn error(name: &str, message: String) -> Outcome {

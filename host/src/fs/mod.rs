@@ -342,6 +342,17 @@ impl Root {
         Ok(bytes)
     }
 
+    /// Open a file the user named for reading as a stream (a batch read line by line), as
+    /// [`Root::read_ambient_file`] does for a whole file: one input, nothing beyond its bytes.
+    pub fn open_ambient_file(path: &Path) -> Result<std::fs::File, FsError> {
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the ambient opening of one input file the user named"
+        )]
+        let file = std::fs::File::open(path);
+        file.map_err(|e| FsError::io(path.to_path_buf(), e))
+    }
+
     /// The directory's absolute path with symlinks resolved, for files that name it to
     /// consumers (k3s's kubeconfigs name their certificate files); as given when it cannot be
     /// resolved.

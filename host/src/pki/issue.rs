@@ -22,7 +22,7 @@ use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::PkiError;
-use super::key::PrivateKey;
+use super::key::{PrivateKey, SharedKey};
 use crate::facts::{CertificateFacts, certificate_ders, parse_certificate_der};
 
 /// What a leaf certificate authenticates.
@@ -96,6 +96,9 @@ pub struct CaSigner {
     pub facts: CertificateFacts,
     /// The CA's private key.
     pub key: PrivateKey,
+    /// The issuer rcgen signs with (the CA's name, key identifier and key), parsed from the CA
+    /// certificate once, not for every certificate it signs.
+    issuer: Issuer<'static, SharedKey>,
 }
 
 fn serial() -> Result<SerialNumber, PkiError> {
@@ -191,26 +194,24 @@ impl CaSigner {
                 "the private key does not belong to the certificate".into(),
             ));
         }
+        let issuer =
+            Issuer::from_ca_cert_der(&CertificateDer::from(first.as_slice()), key.shared())
+                .map_err(|error| PkiError::Crypto {
+                    doing: format!("reading the CA certificate of {what}"),
+                    error,
+                })?;
         Ok(CaSigner {
             bundle_pem: cert_pem.to_vec(),
             bundle_der: bundle_der.clone(),
             facts,
             key,
+            issuer,
         })
     }
 
     /// The CA certificate itself (DER).
     pub fn cert_der(&self) -> &[u8] {
         &self.bundle_der[0]
-    }
-
-    fn issuer(&self) -> Result<Issuer<'_, &rcgen::KeyPair>, PkiError> {
-        Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der()), self.key.pair()).map_err(
-            |error| PkiError::Crypto {
-                doing: "reading the CA certificate".into(),
-                error,
-            },
-        )
     }
 
     /// Issue a leaf for `key`. The validity is clamped to the CA's: a leaf never outlives its CA.
@@ -285,7 +286,7 @@ impl CaSigner {
         p.key_usages = template.key_usages.clone();
         p.extended_key_usages = template.extended_key_usages.clone();
         let cert = p
-            .signed_by(public_key, &self.issuer()?)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| PkiError::Crypto {
                 doing: format!("signing '{}'", template.subject.common_name),
                 error: e,
@@ -304,7 +305,7 @@ impl CaSigner {
     ) -> Result<Issued, PkiError> {
         let p = ca_params(subject, self.clamp(validity)?)?;
         let cert = p
-            .signed_by(key.pair(), &self.issuer()?)
+            .signed_by(key.pair(), &self.issuer)
             .map_err(|error| PkiError::Crypto {
                 doing: format!("signing CA '{}'", subject.common_name),
                 error,

@@ -1,6 +1,7 @@
 //! Private keys: generation (aws-lc-rs through rcgen) and PEM reading.
 
 use std::fmt;
+use std::sync::Arc;
 
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 
@@ -69,14 +70,36 @@ impl KeyType {
             error,
         })?;
         let pem = pair.serialize_pem();
-        Ok(PrivateKey { pair, pem })
+        Ok(PrivateKey {
+            pair: Arc::new(pair),
+            pem,
+        })
     }
 }
 
 /// A private key and the PEM text it is stored as.
 pub struct PrivateKey {
-    pair: rcgen::KeyPair,
+    pair: Arc<rcgen::KeyPair>,
     pem: String,
+}
+
+/// A key pair shared with a cached issuer (rcgen's signing traits, by delegation).
+#[derive(Clone, Debug)]
+pub(crate) struct SharedKey(Arc<rcgen::KeyPair>);
+
+impl rcgen::PublicKeyData for SharedKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.0.der_bytes()
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        rcgen::PublicKeyData::algorithm(&*self.0)
+    }
+}
+
+impl rcgen::SigningKey for SharedKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        self.0.sign(msg)
+    }
 }
 
 impl fmt::Debug for PrivateKey {
@@ -117,7 +140,10 @@ impl PrivateKey {
                     reason: format!("unsupported or malformed private key: {e}"),
                 })?;
                 let pem = pem_encode(b.kind.label(), &b.der);
-                Ok(PrivateKey { pair, pem })
+                Ok(PrivateKey {
+                    pair: Arc::new(pair),
+                    pem,
+                })
             })
             .collect()
     }
@@ -129,13 +155,13 @@ impl PrivateKey {
 
     /// DER SubjectPublicKeyInfo of the public half.
     pub fn public_key_der(&self) -> Vec<u8> {
-        rcgen::PublicKeyData::subject_public_key_info(&self.pair)
+        rcgen::PublicKeyData::subject_public_key_info(&*self.pair)
     }
 
     /// The raw public key (the SPKI's bit string: an EC point, or an RSAPublicKey), which is
     /// what identifies the key whatever encoder wrote the certificate.
     pub fn public_key_raw(&self) -> &[u8] {
-        rcgen::PublicKeyData::der_bytes(&self.pair)
+        rcgen::PublicKeyData::der_bytes(&*self.pair)
     }
 
     /// Whether `cert_der` is a certificate for this key.
@@ -163,6 +189,11 @@ impl PrivateKey {
 
     pub(crate) fn pair(&self) -> &rcgen::KeyPair {
         &self.pair
+    }
+
+    /// The key pair, shareable (a CA's cached issuer holds it).
+    pub(crate) fn shared(&self) -> SharedKey {
+        SharedKey(self.pair.clone())
     }
 }
 
