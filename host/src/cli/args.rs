@@ -553,7 +553,7 @@ pub(super) enum PolicyCommand {
 
     /// Run fixture cases (*.json: input and expected decision) against the bundle.
     #[command(
-        after_help = "Example:\n  rotor policy test --bundle policies/default policies/fixtures/default"
+        after_help = "Example:\n  rotor policy test --bundle policies/default policies/default/fixtures"
     )]
     Test {
         /// Directory of fixture files.
