@@ -1,8 +1,13 @@
-//! Private keys: generation (aws-lc-rs through rcgen) and PEM reading.
+//! Private keys: generation (aws-lc-rs: ECDSA directly, RSA through rcgen) and PEM reading.
 
 use std::fmt;
 use std::sync::Arc;
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
+    EcdsaSigningAlgorithm, KeyPair as _,
+};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer};
 
 use super::PkiError;
@@ -52,9 +57,38 @@ impl fmt::Display for KeyType {
 impl KeyType {
     /// Generate a fresh key of this type.
     pub fn generate(self) -> Result<PrivateKey, PkiError> {
+        let crypto = |error| PkiError::Crypto {
+            doing: format!("generating a {self} key"),
+            error,
+        };
+        // ECDSA: aws-lc's key object is used as generated; its PKCS#8 form is only written out
+        // (rcgen's `generate_for` would serialize it and parse it back, which recomputes the
+        // public point: a second scalar multiplication per key).
+        let ecdsa = |alg: &'static EcdsaSigningAlgorithm,
+                     sig: &'static rcgen::SignatureAlgorithm| {
+            let key =
+                EcdsaKeyPair::generate(alg).map_err(|_| crypto(rcgen::Error::RingUnspecified))?;
+            let der = key
+                .to_pkcs8v1()
+                .map_err(|_| crypto(rcgen::Error::RingUnspecified))?;
+            Ok::<_, PkiError>(PrivateKey {
+                pem: pem_encode("PRIVATE KEY", der.as_ref()),
+                pair: Arc::new(Signer::Ecdsa { key, alg: sig }),
+            })
+        };
         let pair = match self {
-            KeyType::EcdsaP256 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
-            KeyType::EcdsaP384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+            KeyType::EcdsaP256 => {
+                return ecdsa(
+                    &ECDSA_P256_SHA256_ASN1_SIGNING,
+                    &rcgen::PKCS_ECDSA_P256_SHA256,
+                );
+            }
+            KeyType::EcdsaP384 => {
+                return ecdsa(
+                    &ECDSA_P384_SHA384_ASN1_SIGNING,
+                    &rcgen::PKCS_ECDSA_P384_SHA384,
+                );
+            }
             KeyType::Rsa2048 => {
                 rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
             }
@@ -65,40 +99,80 @@ impl KeyType {
                 rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
             }
         }
-        .map_err(|error| PkiError::Crypto {
-            doing: format!("generating a {self} key"),
-            error,
-        })?;
+        .map_err(crypto)?;
         let pem = pair.serialize_pem();
         Ok(PrivateKey {
-            pair: Arc::new(pair),
+            pair: Arc::new(Signer::Rcgen(pair)),
             pem,
         })
     }
 }
 
+/// What signs: a key rcgen parsed (any file), or an ECDSA key generated here.
+pub(crate) enum Signer {
+    Rcgen(rcgen::KeyPair),
+    Ecdsa {
+        key: EcdsaKeyPair,
+        alg: &'static rcgen::SignatureAlgorithm,
+    },
+}
+
+impl rcgen::PublicKeyData for Signer {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            Signer::Rcgen(pair) => pair.der_bytes(),
+            Signer::Ecdsa { key, .. } => key.public_key().as_ref(),
+        }
+    }
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Signer::Rcgen(pair) => rcgen::PublicKeyData::algorithm(pair),
+            Signer::Ecdsa { alg, .. } => alg,
+        }
+    }
+}
+
+impl rcgen::SigningKey for Signer {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            Signer::Rcgen(pair) => pair.sign(msg),
+            // ASN.1 (DER) signatures, as X.509 carries them and rcgen makes them.
+            Signer::Ecdsa { key, .. } => key
+                .sign(&SystemRandom::new(), msg)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| rcgen::Error::RingUnspecified),
+        }
+    }
+}
+
 /// A private key and the PEM text it is stored as.
 pub struct PrivateKey {
-    pair: Arc<rcgen::KeyPair>,
+    pair: Arc<Signer>,
     pem: String,
 }
 
 /// A key pair shared with a cached issuer (rcgen's signing traits, by delegation).
-#[derive(Clone, Debug)]
-pub(crate) struct SharedKey(Arc<rcgen::KeyPair>);
+#[derive(Clone)]
+pub(crate) struct SharedKey(Arc<Signer>);
 
 impl rcgen::PublicKeyData for SharedKey {
     fn der_bytes(&self) -> &[u8] {
-        self.0.der_bytes()
+        rcgen::PublicKeyData::der_bytes(&*self.0)
     }
     fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
         rcgen::PublicKeyData::algorithm(&*self.0)
     }
 }
 
+impl fmt::Debug for SharedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedKey")
+    }
+}
+
 impl rcgen::SigningKey for SharedKey {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        self.0.sign(msg)
+        rcgen::SigningKey::sign(&*self.0, msg)
     }
 }
 
@@ -141,7 +215,7 @@ impl PrivateKey {
                 })?;
                 let pem = pem_encode(b.kind.label(), &b.der);
                 Ok(PrivateKey {
-                    pair: Arc::new(pair),
+                    pair: Arc::new(Signer::Rcgen(pair)),
                     pem,
                 })
             })
@@ -171,7 +245,7 @@ impl PrivateKey {
 
     /// The key's algorithm, as certificates report it.
     pub fn algorithm(&self) -> KeyAlgorithm {
-        let alg = self.pair.algorithm();
+        let alg = rcgen::PublicKeyData::algorithm(&*self.pair);
         if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
             KeyAlgorithm::EcdsaP256
         } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
@@ -187,7 +261,7 @@ impl PrivateKey {
         }
     }
 
-    pub(crate) fn pair(&self) -> &rcgen::KeyPair {
+    pub(crate) fn pair(&self) -> &Signer {
         &self.pair
     }
 
