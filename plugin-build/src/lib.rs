@@ -74,9 +74,15 @@ pub fn check_target_installed(target: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Build `guest` into a core module (`cargo rustc --release --target wasm32-unknown-unknown
-/// --crate-type cdylib`, the stack flag, remapped paths) and return the module's bytes.
+/// Build `guest` into a core module and read it: [`build`], then the module's bytes.
 pub fn build_core_module(guest: &Guest) -> Result<Vec<u8>, String> {
+    let artifact = build(guest)?;
+    std::fs::read(&artifact).map_err(|e| format!("{}: {e}", artifact.display()))
+}
+
+/// Build `guest` into a core module (`cargo rustc --release --target wasm32-unknown-unknown
+/// --crate-type cdylib`, the stack flag, remapped paths) and return where cargo wrote it.
+pub fn build(guest: &Guest) -> Result<PathBuf, String> {
     check_target_installed(TARGET)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut rustflags: Vec<String> = guest
@@ -108,12 +114,11 @@ pub fn build_core_module(guest: &Guest) -> Result<Vec<u8>, String> {
             guest.dir.display()
         ));
     }
-    let artifact = guest
+    Ok(guest
         .target_dir
         .join(TARGET)
         .join("release")
-        .join(format!("{}.wasm", guest.lib_name));
-    std::fs::read(&artifact).map_err(|e| format!("{}: {e}", artifact.display()))
+        .join(format!("{}.wasm", guest.lib_name)))
 }
 
 /// Turn a core module built with wit-bindgen into a component (its embedded WIT worlds say what

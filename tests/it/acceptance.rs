@@ -281,7 +281,16 @@ fn every_decision_runs_in_a_fresh_plugin_instance() {
         .collect();
     assert_eq!(results.len(), 40);
     for r in &results {
+        // Approved by the CSR hook's own snapshot, names allowed by the SAN hook's (a SAN
+        // decision from another hook's snapshot denies): each hook has its own `configure`.
         assert_eq!(r["decision"], "approve", "{r}");
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("configured for csr"),
+            "{r}"
+        );
     }
 
     // 17 renewal decisions, each the first of its instance (failure_mode = error: a panic

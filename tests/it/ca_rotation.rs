@@ -273,7 +273,13 @@ fn generate_custom_ca_output_is_adopted_by_init_and_rotates_without_disruption_u
         !out.contains("root-ca.key"),
         "the root key stays where it was: {out}"
     );
-    // An ES256 service-account key (Kubernetes signs tokens with it), checked by openssl.
+    // An ES256 service-account key (Kubernetes signs tokens with it), as SEC1: the only EC form
+    // kube-apiserver's --service-account-key-file reader takes. Checked by openssl.
+    let sa_text = std::fs::read_to_string(staged.join("server/tls/service.key")).unwrap();
+    assert!(
+        sa_text.starts_with("-----BEGIN EC PRIVATE KEY-----\n"),
+        "{sa_text}"
+    );
     if require_command("openssl") {
         let o = std::process::Command::new("openssl")
             .args(["pkey", "-noout", "-text", "-in"])

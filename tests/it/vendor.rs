@@ -209,6 +209,29 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
     assert!(err.contains("settings.renew_before_days"), "{err}");
     assert_eq!(tree(&bundle), before, "a refused pin changed the bundle");
 
+    // The whole bundle must load before anything is written: pinning the SAN hook into a
+    // bundle whose renewal section is now broken is refused, naming it, and changes nothing.
+    let (code, out, err) = rotor_in(
+        work,
+        &[
+            "policy",
+            "pin",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--hook",
+            "san",
+            "acme-san/acme-san.wasm",
+        ],
+    );
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("would not load"), "{err}");
+    assert!(err.contains(bundle.to_str().unwrap()), "{err}");
+    assert!(
+        !err.contains("rotor-pin-"),
+        "the staging copy is not named: {err}"
+    );
+    assert_eq!(tree(&bundle), before, "a refused pin changed the bundle");
+
     // `new` never overwrites: a second crate into the same directory is refused.
     let before = tree(&work.join("acme-san"));
     let (code, _, err) = rotor_in(work, &["policy", "new", "acme-san", "--hook", "san"]);

@@ -385,6 +385,7 @@ fn run_batch<'ca>(
             signer,
             how,
             threads,
+            started,
         };
         let s = stream.run(path)?;
         report(&s, started, threads);
@@ -485,6 +486,9 @@ fn report(s: &Summary, started: std::time::Instant, threads: usize) {
 const STREAM_PART: usize = 1024;
 
 /// A `--jsonl` batch printed to standard output, streamed in parts of [`STREAM_PART`] lines.
+/// Each line's outcome is the same as in a batch read whole; what differs: when the reader of
+/// the output goes away, the lines not yet read are not decided (`csr sign` writes nothing but
+/// its output), and a read error stops the stream after the lines already printed.
 struct Stream<'a, 'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> {
     bundle: &'a Bundle,
     args: &'a CsrArgs,
@@ -492,6 +496,7 @@ struct Stream<'a, 'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> {
     signer: &'a F,
     how: batch::Decide<'a>,
     threads: usize,
+    started: std::time::Instant,
 }
 
 impl<'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> Stream<'_, 'ca, F> {
@@ -505,14 +510,31 @@ impl<'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> Stream<'_, 'ca, F> {
             )?))
         };
         let mut total = Summary::default();
-        let mut part: Vec<(String, String)> = Vec::with_capacity(STREAM_PART);
+        let mut part: Vec<(String, Vec<u8>)> = Vec::with_capacity(STREAM_PART);
         let mut warned = false;
-        for (n, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("{}: line {}", path.display(), n + 1))?;
-            if line.trim().is_empty() {
+        let mut reader = reader;
+        let mut n = 0usize;
+        loop {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    // What was decided is printed already: say how far it got, then fail.
+                    report(&total, self.started, self.threads);
+                    return Err(anyhow::anyhow!(
+                        "{}: reading line {}: {e} (the lines before it were decided and printed)",
+                        path.display(),
+                        n + 1
+                    ));
+                }
+            }
+            n += 1;
+            // A line that is not UTF-8 or not a CSR becomes that line's error outcome.
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            part.push((format!("{}:{}", path.display(), n + 1), line));
+            part.push((format!("{}:{n}", path.display()), line));
             if part.len() == STREAM_PART {
                 if !self.part(&part, &mut total, &mut warned)? {
                     return Ok(total);
@@ -529,13 +551,13 @@ impl<'ca, F: Fn(&str) -> Option<&'ca CaSigner> + Sync> Stream<'_, 'ca, F> {
     /// Decide and print one part; `false` when the reader of the output went away.
     fn part(
         &self,
-        part: &[(String, String)],
+        part: &[(String, Vec<u8>)],
         total: &mut Summary,
         warned: &mut bool,
     ) -> anyhow::Result<bool> {
         let inputs: Vec<(&str, &[u8])> = part
             .iter()
-            .map(|(n, l)| (n.as_str(), l.as_bytes()))
+            .map(|(n, l)| (n.as_str(), l.as_slice()))
             .collect();
         let items = csr::classify_all(
             &inputs,

@@ -10,7 +10,6 @@ use super::args::{BuildArgs, GlobalArgs, NewArgs, PinArgs};
 use super::output::outln;
 use crate::contract::Hook;
 use crate::fs::Root;
-use crate::plugin::SandboxLimits;
 use crate::policy::Bundle;
 use crate::policy::scaffold::{self, SdkSource};
 
@@ -28,17 +27,22 @@ pub(super) fn new(args: NewArgs) -> anyhow::Result<Exit> {
             )
         })?,
     };
-    if let SdkSource::Path(p) = &sdk {
-        Root::open_ambient(p)
-            .ok()
-            .filter(|r| r.exists(Path::new("Cargo.toml")))
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "policy new: {} is not rotor-policy-sdk (no Cargo.toml there)",
-                    p.display()
-                )
-            })?;
-    }
+    // A path is made absolute: cargo reads it from the new crate's directory, not from here.
+    let sdk = match sdk {
+        SdkSource::Path(p) => SdkSource::Path(
+            Root::open_ambient(&p)
+                .ok()
+                .filter(|r| r.exists(Path::new("Cargo.toml")))
+                .map(|r| r.absolute_path())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "policy new: {} is not rotor-policy-sdk (no Cargo.toml there)",
+                        p.display()
+                    )
+                })?,
+        ),
+        git => git,
+    };
     let files = scaffold::files(&name, hook, &sdk)?;
     scaffold::write(&args.dir, &files)?;
     let d = args.dir.display();
@@ -80,10 +84,12 @@ pub(super) fn build(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<Exit
         })?
         .to_string();
     let dir = root.absolute_path();
+    // Absolute: cargo runs in the crate's directory, rotor reads the module from here.
     let target_dir = args
         .target_dir
         .clone()
         .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
+        .map(|d| std::path::absolute(&d).unwrap_or(d))
         .unwrap_or_else(|| dir.join("target"));
     let guest = rotor_plugin_build::Guest {
         dir: dir.clone(),
@@ -96,11 +102,16 @@ pub(super) fn build(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<Exit
             (rotor_plugin_build::cargo_home(), "/cargo".to_string()),
         ],
     };
-    let component = rotor_plugin_build::build_component(&guest)
-        .map_err(|e| anyhow::anyhow!("policy build: {e}"))?;
+    let module_path =
+        rotor_plugin_build::build(&guest).map_err(|e| anyhow::anyhow!("policy build: {e}"))?;
+    let module = Root::read_ambient_file(&module_path)?;
+    let component = rotor_plugin_build::componentize(&module)
+        .map_err(|e| anyhow::anyhow!("policy build: {name}: {e}"))?;
     // What an operator's rotor will do with it: load it (imports checked, exports found).
     let engine = super::engine(global)?;
-    let plugin = engine.load(&name, Hook::Renewal, &component)?;
+    let plugin = engine
+        .load(&name, Hook::Renewal, &component)
+        .map_err(|e| anyhow::anyhow!("policy build: {name} does not load in rotor: {}", e.kind))?;
     let hooks = plugin.hooks();
     if hooks.is_empty() {
         anyhow::bail!("policy build: {name} exports no hook of rotor:policy");
@@ -145,6 +156,12 @@ fn split_file(path: &Path) -> anyhow::Result<(PathBuf, String)> {
 }
 
 /// `rotor policy pin --bundle B --hook H FILE`.
+///
+/// Everything is decided before the bundle changes: the new manifest is written with the
+/// bundle's plugins into a staging directory (outside the bundle) and loaded there as every
+/// command will load it (every hook, its pins, limits and settings). Only then is the component
+/// copied into the bundle (under a name no pinned file uses) and the manifest replaced last, so
+/// an interruption leaves at worst an unused file.
 pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
     let hook: Hook = args.hook.into();
     let Some(bundle_arg) = &global.bundle else {
@@ -155,44 +172,47 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
     } else {
         (bundle_arg.clone(), "bundle.toml".to_string())
     };
+    let manifest_path = bundle_dir.join(&manifest_name);
     let bytes = Root::read_ambient_file(&args.file)?;
     let digest = sha256_hex(&bytes);
     let (_, file_name) = split_file(&args.file)?;
-    let plugin_rel = format!("plugins/{file_name}");
 
-    // Decide everything before writing: the new manifest, and that the plugin loads, serves
-    // the hook and accepts the hook's settings.
-    let existing = Root::open_ambient(&bundle_dir)
-        .ok()
-        .and_then(|r| r.read(Path::new(&manifest_name)).ok());
+    // The bundle as it is: a missing directory or manifest is a new bundle; any other error is
+    // an error.
+    let bundle_root = match Root::open_ambient(&bundle_dir) {
+        Ok(root) => Some(root),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let existing = match &bundle_root {
+        Some(root) => match root.read(Path::new(&manifest_name)) {
+            Ok(b) => Some(b),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
     let created = existing.is_none();
-    let text = match &existing {
-        Some(b) => String::from_utf8_lossy(b).into_owned(),
+    let text = match existing {
+        Some(b) => String::from_utf8(b)
+            .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", manifest_path.display()))?,
         None => new_manifest(&bundle_dir),
     };
-    let manifest_path = bundle_dir.join(&manifest_name);
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e| anyhow::anyhow!("{}: {e}", manifest_path.display()))?;
-    for other in Hook::ALL.into_iter().filter(|h| *h != hook) {
-        let same_file = doc
-            .get(other.as_str())
-            .and_then(|t| t.get("plugin"))
-            .and_then(|p| p.as_str())
-            .is_some_and(|p| p == plugin_rel);
-        let same_digest = doc
-            .get(other.as_str())
-            .and_then(|t| t.get("sha256"))
-            .and_then(|p| p.as_str())
-            .is_some_and(|d| d.eq_ignore_ascii_case(&digest));
-        if same_file && !same_digest {
-            anyhow::bail!(
-                "policy pin: [{}] of {} pins another build of {plugin_rel}; rename the file \
-                 (or pin that hook too)",
-                other.as_str(),
-                manifest_path.display()
-            );
-        }
+
+    // The file the component goes to: its own name, unless a different file has it.
+    let stem = Path::new(&file_name)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "plugin".into());
+    let mut plugin_rel = format!("plugins/{file_name}");
+    if let Some(root) = &bundle_root
+        && let Ok(present) = root.read(Path::new(&plugin_rel))
+        && present != bytes
+    {
+        plugin_rel = format!("plugins/{stem}-{}.wasm", &digest[..12]);
     }
     let section = doc
         .entry(hook.as_str())
@@ -206,53 +226,106 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
     };
     table.insert("plugin", toml_edit::value(plugin_rel.clone()));
     table.insert("sha256", toml_edit::value(digest.clone()));
-    let settings: toml::Table = table
-        .get("settings")
-        .map(|s| {
-            toml::from_str(
-                &toml_edit::DocumentMut::from(s.as_table().cloned().unwrap_or_default())
-                    .to_string(),
+    let new_text = doc.to_string();
+
+    // Stage and load the whole bundle outside it.
+    let staging_path = std::env::temp_dir().join(format!(
+        "rotor-pin-{}-{}",
+        std::process::id(),
+        &digest[..12]
+    ));
+    let others: Vec<String> = Hook::ALL
+        .into_iter()
+        .filter(|h| *h != hook)
+        .filter_map(|h| {
+            doc.get(h.as_str())?
+                .get("plugin")?
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    let staged = stage(
+        bundle_root.as_ref(),
+        &staging_path,
+        &manifest_name,
+        &new_text,
+        (&plugin_rel, &bytes),
+        &others,
+    );
+    let engine = super::engine(global)?;
+    let loaded = staged.and_then(|()| {
+        Bundle::load(&engine, &staging_path.join(&manifest_name)).map_err(|e| {
+            // Name the bundle the operator gave, not the staging copy.
+            anyhow::anyhow!(
+                "policy pin: the bundle would not load: {}",
+                e.to_string().replace(
+                    &staging_path.display().to_string(),
+                    &bundle_dir.display().to_string()
+                )
             )
         })
-        .transpose()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: [{}.settings]: {e}",
-                manifest_path.display(),
-                hook.as_str()
-            )
-        })?
+    });
+    if let Ok(tmp) = Root::open_ambient(&std::env::temp_dir()) {
+        let _ = tmp.remove_dir_all(Path::new(staging_path.file_name().unwrap_or_default()));
+    }
+    let staged_bundle = loaded?;
+    let contract = staged_bundle
+        .hook(hook)
+        .map(|hp| hp.plugin.contract().to_string())
         .unwrap_or_default();
-    let settings = serde_json::to_string(&crate::policy::bundle::toml_to_json(&settings))?;
-    let engine = super::engine(global)?;
-    let name = Path::new(&file_name)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| file_name.clone());
-    let plugin = engine.load(&name, hook, &bytes)?;
-    plugin.configure(hook, &settings, &SandboxLimits::default())?;
 
+    // Decided: write the component, then the manifest.
     let root = Root::create_ambient(&bundle_dir)?;
     root.create_dir_all(Path::new("plugins"))?;
     root.write_atomic(Path::new(&plugin_rel), &bytes, 0o644)?;
-    root.write_atomic(Path::new(&manifest_name), doc.to_string().as_bytes(), 0o644)?;
-    // The whole bundle, as every command will load it.
-    let bundle = Bundle::load(&engine, &manifest_path)?;
+    root.write_atomic(Path::new(&manifest_name), new_text.as_bytes(), 0o644)?;
     outln!(
-        "{} {}: [{}] runs {plugin_rel} (sha256 {digest}, {})",
+        "{} {}: [{}] runs {plugin_rel} (sha256 {digest}, {contract})",
         if created { "created" } else { "updated" },
         manifest_path.display(),
         hook.as_str(),
-        plugin.contract()
     );
     outln!(
         "bundle {} loads: renewal {}, san {}, csr {}",
-        bundle.name,
-        describe(&bundle, Hook::Renewal),
-        describe(&bundle, Hook::San),
-        describe(&bundle, Hook::Csr)
+        staged_bundle.name,
+        describe(&staged_bundle, Hook::Renewal),
+        describe(&staged_bundle, Hook::San),
+        describe(&staged_bundle, Hook::Csr)
     );
     Ok(Exit::Success)
+}
+
+/// A copy of the bundle with the new manifest and component, for loading before any change.
+/// The other hooks' plugin files are copied as they are (a missing one fails the load, as it
+/// would in the bundle).
+fn stage(
+    bundle: Option<&Root>,
+    staging: &Path,
+    manifest_name: &str,
+    manifest: &str,
+    (plugin_rel, plugin): (&str, &[u8]),
+    others: &[String],
+) -> anyhow::Result<()> {
+    let root = Root::create_ambient(staging)?;
+    let put = |rel: &Path, bytes: &[u8]| -> anyhow::Result<()> {
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            root.create_dir_all(parent)?;
+        }
+        root.write_atomic(rel, bytes, 0o644)?;
+        Ok(())
+    };
+    if let Some(bundle) = bundle {
+        for rel in others {
+            match bundle.read(Path::new(rel)) {
+                Ok(bytes) => put(Path::new(rel), &bytes)?,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    put(Path::new(plugin_rel), plugin)?;
+    put(Path::new(manifest_name), manifest.as_bytes())?;
+    Ok(())
 }
 
 fn describe(bundle: &Bundle, hook: Hook) -> String {

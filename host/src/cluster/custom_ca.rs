@@ -170,8 +170,14 @@ fn staging_dir(out: &Path) -> Result<Root> {
 }
 
 /// A service-account key file: a new key first, then the keys already in `existing`.
+/// A new ECDSA key is written as SEC1 (`EC PRIVATE KEY`): kube-apiserver's reader of
+/// `--service-account-key-file` skips PKCS#8 EC keys, so tokens signed with one would not verify.
 fn prepend_service_key(key_type: KeyType, existing: Option<&[u8]>) -> Result<Vec<u8>> {
-    let mut out = key_type.generate()?.pem().as_bytes().to_vec();
+    let key = key_type.generate()?;
+    let mut out = key
+        .sec1_pem()
+        .unwrap_or_else(|| key.pem().to_string())
+        .into_bytes();
     if let Some(old) = existing {
         let keys = PrivateKey::all_from_pem("existing service-account key", old)?;
         for k in keys {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
@@ -225,6 +226,19 @@ impl PrivateKey {
     /// PEM text of this key, as stored.
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+
+    /// An ECDSA key rotor generated, as SEC1 (`EC PRIVATE KEY`), the form Kubernetes writes
+    /// and the only form of an EC key its service-account public-key reader
+    /// (`--service-account-key-file`) accepts; `None` for any other key (kept as stored).
+    pub fn sec1_pem(&self) -> Option<String> {
+        match &*self.pair {
+            Signer::Ecdsa { key, .. } => {
+                let der: EcPrivateKeyRfc5915Der<'_> = key.private_key().as_der().ok()?;
+                Some(pem_encode("EC PRIVATE KEY", der.as_ref()))
+            }
+            Signer::Rcgen(_) => None,
+        }
     }
 
     /// DER SubjectPublicKeyInfo of the public half.

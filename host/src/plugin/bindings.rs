@@ -3,8 +3,9 @@
 //! and [`v02`] for `rotor:policy@0.2.0` (`wit/`, the current contract).
 //!
 //! The host binds against each version's `policy` world, which exports every hook; a plugin
-//! exports `config` plus any subset of `renewal`, `san-validation` and `csr-approval`, and the
-//! host loads each hook interface separately (see [`super::loaded`]).
+//! exports any subset of `renewal`, `san-validation` and `csr-approval` (plus `config` under
+//! 0.1; under 0.2 each hook interface has its own `configure`), and the host loads each hook
+//! interface separately (see [`super::loaded`]).
 
 /// `rotor:policy@0.1.0`.
 pub(crate) mod v01 {

@@ -255,7 +255,7 @@ impl LoadedPlugin {
         self.require(hook)?;
         match (&self.linked.exports, &self.bytes) {
             (Exports::V02 { .. }, Some(bytes)) => {
-                let key = snapshot_key(&self.digest, settings);
+                let key = snapshot_key(&self.digest, hook, settings, limits);
                 let (linked, logs) =
                     snapshot::configured(self, hook, bytes, &key, settings, limits)?;
                 Ok(ConfiguredPlugin {
@@ -296,12 +296,19 @@ impl LoadedPlugin {
     }
 }
 
-/// The precompiled-cache key of a 0.2 plugin's snapshot under `settings`.
-fn snapshot_key(digest: &str, settings: &str) -> String {
+/// The precompiled-cache key of a 0.2 plugin's snapshot: everything that made it. The hook
+/// (each hook has its own `configure`: a plugin serving two hooks with the same settings text
+/// has two snapshots), the settings, and the memory cap (a snapshot made under a larger cap
+/// could not be instantiated under a smaller one: with the cap in the key, that bundle makes
+/// its own snapshot and fails at load, not in every decision).
+fn snapshot_key(digest: &str, hook: Hook, settings: &str, limits: &SandboxLimits) -> String {
     let mut h = Sha256::new();
-    h.update(b"rotor-snapshot-v1\0");
+    h.update(b"rotor-snapshot-v2\0wasmtime-wizer-48\0");
     h.update(digest.as_bytes());
     h.update(b"\0");
+    h.update(hook.interface().as_bytes());
+    h.update(b"\0");
+    h.update(limits.memory.to_le_bytes());
     h.update(settings.as_bytes());
     format!("snapshot-{}", hex::encode(h.finalize()))
 }

@@ -97,7 +97,9 @@ pub(crate) fn configured(
     if let Some(e) = state.failed.take() {
         return Err(invalid(e));
     }
-    let snapshot = snapshot.map_err(invalid)?;
+    let snapshot = snapshot
+        .ok_or_else(|| invalid(wasmtime::format_err!("the snapshot did not complete")))?
+        .map_err(invalid)?;
     let component = engine.compile_and_store(key, &snapshot).map_err(err)?;
     Ok((Arc::new(link(engine, &component).map_err(err)?), logs))
 }
@@ -177,13 +179,16 @@ impl ComponentInstanceState for Snapshotting<'_> {
     }
 }
 
-/// Run a future that never waits: every call above completes synchronously.
-fn block_on<F: Future>(future: F) -> F::Output {
+/// Run a future that never waits: every call above completes synchronously, so it is ready at
+/// the first poll. `None` if it is not (a future that would wait for something that never
+/// comes: refused rather than spun on).
+fn block_on<F: Future>(future: F) -> Option<F::Output> {
     let mut future = pin!(future);
     let mut cx = Context::from_waker(Waker::noop());
-    loop {
+    for _ in 0..16 {
         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-            return out;
+            return Some(out);
         }
     }
+    None
 }

@@ -21,12 +21,25 @@ use exports::rotor::policy::san_validation::{SanDecision, SanRequest};
 
 static DECISIONS: AtomicU32 = AtomicU32::new(7);
 static CONFIGURES: AtomicU32 = AtomicU32::new(0);
+/// Which hook's `configure` made this instance's snapshot (1 renewal, 2 SAN, 3 CSR): each hook
+/// must decide from its own, even when every hook gets the same settings text.
+static CONFIGURED_FOR: AtomicU32 = AtomicU32::new(0);
 
 /// Runs once per hook, before the snapshot.
-fn configure() -> Result<(), String> {
+fn configure(hook: u32) -> Result<(), String> {
     DECISIONS.store(0, Ordering::SeqCst);
     CONFIGURES.fetch_add(1, Ordering::SeqCst);
+    CONFIGURED_FOR.store(hook, Ordering::SeqCst);
     Ok(())
+}
+
+fn configured_for() -> &'static str {
+    match CONFIGURED_FOR.load(Ordering::SeqCst) {
+        1 => "renewal",
+        2 => "san",
+        3 => "csr",
+        _ => "nothing",
+    }
 }
 
 /// Count this decision; panic unless it is the instance's first.
@@ -42,14 +55,17 @@ struct Plugin;
 
 impl exports::rotor::policy::renewal::Guest for Plugin {
     fn configure(_: String) -> Result<(), String> {
-        configure()
+        configure(1)
     }
 
     fn decide(_: RenewalRequest, _: &rotor::policy::facts::CertificateDetails) -> RenewalDecision {
         let n = first_decision();
         let c = CONFIGURES.load(Ordering::SeqCst);
         RenewalDecision::Keep(KeepDecision {
-            reason: format!("decision #{n} of this instance, after {c} configure"),
+            reason: format!(
+                "decision #{n} of this instance, after {c} configure, configured for {}",
+                configured_for()
+            ),
             renew_at: None,
         })
     }
@@ -57,24 +73,34 @@ impl exports::rotor::policy::renewal::Guest for Plugin {
 
 impl exports::rotor::policy::san_validation::Guest for Plugin {
     fn configure(_: String) -> Result<(), String> {
-        configure()
+        configure(2)
     }
 
     fn validate(_: SanRequest) -> SanDecision {
         first_decision();
+        if configured_for() != "san" {
+            return SanDecision::Deny(vec![exports::rotor::policy::san_validation::Violation {
+                code: "ConfiguredForAnotherHook".into(),
+                field: String::new(),
+                message: format!("this instance was configured for {}", configured_for()),
+            }]);
+        }
         SanDecision::Allow
     }
 }
 
 impl exports::rotor::policy::csr_approval::Guest for Plugin {
     fn configure(_: String) -> Result<(), String> {
-        configure()
+        configure(3)
     }
 
     fn review(_: CsrRequest) -> CsrDecision {
         let n = first_decision();
         CsrDecision::Approve(Approval {
-            reason: format!("approves everything (decision #{n} of this instance)"),
+            reason: format!(
+                "approves everything (decision #{n} of this instance, configured for {})",
+                configured_for()
+            ),
             lifetime_seconds: Some(100 * 365 * 86_400),
             usages: None,
         })
