@@ -9,7 +9,7 @@
 //!   "name": "a certificate expiring in 30 days is renewed",
 //!   "hook": "renewal",
 //!   "now": "2026-11-23T00:00:00Z",
-//!   "input_file": "inputs/expires-2026-12-23.pem",
+//!   "input_file": "inputs/leaf.pem",
 //!   "context": { "name": "serving-kube-apiserver" },
 //!   "expect": { "decision": "renew", "reason_contains": "renewal window" }
 //! }

@@ -118,9 +118,25 @@ pub enum ScaffoldError {
 pub fn crate_name(dir: &Path, name: Option<&str>) -> Result<String, ScaffoldError> {
     let name = match name {
         Some(n) => n.to_string(),
+        // `.` or `dir/..` name no directory by themselves: take the name the path resolves to.
         None => dir
             .file_name()
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
             .map(|n| n.to_string_lossy().into_owned())
+            .or_else(|| {
+                let abs = std::path::absolute(dir).ok()?;
+                let mut names = Vec::new();
+                for c in abs.components() {
+                    match c {
+                        std::path::Component::Normal(n) => names.push(n.to_os_string()),
+                        std::path::Component::ParentDir => {
+                            names.pop();
+                        }
+                        _ => {}
+                    }
+                }
+                names.pop().map(|n| n.to_string_lossy().into_owned())
+            })
             .unwrap_or_default(),
     };
     let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
@@ -302,7 +318,11 @@ fn fixtures(hook: Hook) -> Result<Vec<(PathBuf, Vec<u8>)>, ScaffoldError> {
                 node_addresses: Vec::new(),
                 now,
             };
+            // Cases the host's own checks (a usage the signer never issues, several CNs...) let
+            // through to the plugin, so they test what the plugin decides in production too.
             let serving = [Usage::DigitalSignature, Usage::ServerAuth];
+            let mut stranger = request("kubernetes.io/kubelet-serving", "system:node:b", &serving);
+            stranger.groups = vec!["system:authenticated".into()];
             let cases = serde_json::json!([
                 {
                     "name": "a node's serving CSR for itself is approved",
@@ -311,16 +331,16 @@ fn fixtures(hook: Hook) -> Result<Vec<(PathBuf, Vec<u8>)>, ScaffoldError> {
                     "expect": { "decision": "approve" }
                 },
                 {
-                    "name": "another node's name and a client usage are both reported",
+                    "name": "a requester outside system:nodes asking for another node's name gets both reasons",
                     "hook": "csr",
-                    "input": request("kubernetes.io/kubelet-serving", "system:node:b",
-                        &[Usage::DigitalSignature, Usage::ServerAuth, Usage::ClientAuth]),
-                    "expect": { "decision": "deny", "violations": ["CommonNameMismatch", "UsageNotAllowed"] }
+                    "input": stranger,
+                    "expect": { "decision": "deny", "violations": ["RequesterNotANode", "CommonNameMismatch"] }
                 },
                 {
                     "name": "other signers are left to someone else",
                     "hook": "csr",
-                    "input": request("kubernetes.io/kube-apiserver-client", "system:node:a", &serving),
+                    "input": request("kubernetes.io/kube-apiserver-client", "system:node:a",
+                        &[Usage::DigitalSignature, Usage::ClientAuth]),
                     "expect": { "decision": "abstain" }
                 }
             ]);
