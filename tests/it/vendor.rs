@@ -193,36 +193,28 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
     text.push_str("\n[renewal.settings]\nrenew_before_days = 0\n");
     std::fs::write(&manifest_path, &text).unwrap();
     let before = tree(&bundle);
-    let (code, out, err) = rotor_in(
-        work,
-        &[
-            "policy",
-            "pin",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--hook",
-            "renewal",
-            "acme-renewal/acme-renewal.wasm",
-        ],
-    );
+    let pin = |hook: &str, file: &str| {
+        rotor_in(
+            work,
+            &[
+                "policy",
+                "pin",
+                "--bundle",
+                bundle.to_str().unwrap(),
+                "--hook",
+                hook,
+                file,
+            ],
+        )
+    };
+    let (code, out, err) = pin("renewal", "acme-renewal/acme-renewal.wasm");
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("settings.renew_before_days"), "{err}");
     assert_eq!(tree(&bundle), before, "a refused pin changed the bundle");
 
     // The whole bundle must load before anything is written: pinning the SAN hook into a
     // bundle whose renewal section is now broken is refused, naming it, and changes nothing.
-    let (code, out, err) = rotor_in(
-        work,
-        &[
-            "policy",
-            "pin",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            "--hook",
-            "san",
-            "acme-san/acme-san.wasm",
-        ],
-    );
+    let (code, out, err) = pin("san", "acme-san/acme-san.wasm");
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("would not load"), "{err}");
     assert!(err.contains(bundle.to_str().unwrap()), "{err}");

@@ -218,17 +218,17 @@ impl PluginEngine {
         {
             tracing::warn!("cannot cache the compiled plugin: {e}");
         }
-        ArtifactCache::deserialize_own(&self.inner.engine, &compiled).map_err(|e| {
-            PluginErrorKind::Invalid {
-                message: format!("{e:#}"),
-            }
-        })
+        self.deserialize(&compiled)
     }
 
     /// Compile `bytes` without caching them (a component used once).
     pub(crate) fn compile_uncached(&self, bytes: &[u8]) -> Result<Component, PluginErrorKind> {
         let compiled = self.precompile(bytes)?;
-        ArtifactCache::deserialize_own(&self.inner.engine, &compiled).map_err(|e| {
+        self.deserialize(&compiled)
+    }
+
+    fn deserialize(&self, compiled: &[u8]) -> Result<Component, PluginErrorKind> {
+        ArtifactCache::deserialize_own(&self.inner.engine, compiled).map_err(|e| {
             PluginErrorKind::Invalid {
                 message: format!("{e:#}"),
             }

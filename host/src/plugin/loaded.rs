@@ -233,13 +233,18 @@ impl LoadedPlugin {
         if self.linked.exports.has(hook) {
             Ok(())
         } else {
-            Err(PluginError {
-                plugin: self.name.clone(),
-                hook,
-                kind: PluginErrorKind::MissingExport {
-                    interface: format!("{}@{}", hook.interface(), self.contract().version()),
-                },
-            })
+            Err(self.missing_export(hook))
+        }
+    }
+
+    /// The error for a hook this plugin does not export, named in its contract version.
+    pub(crate) fn missing_export(&self, hook: Hook) -> PluginError {
+        PluginError {
+            plugin: self.name.clone(),
+            hook,
+            kind: PluginErrorKind::MissingExport {
+                interface: format!("{}@{}", hook.interface(), self.contract().version()),
+            },
         }
     }
 

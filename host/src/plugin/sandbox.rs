@@ -326,13 +326,16 @@ impl Sandbox {
             Ok(i) => i,
             Err(e) => return Err(err(&store, e)),
         };
-        let missing = || PluginError {
-            plugin: plugin.name.clone(),
-            hook,
-            kind: PluginErrorKind::MissingExport {
-                interface: format!("{}@{}", hook.interface(), plugin.contract().version()),
-            },
-        };
+        // The hook's typed exports, type-checked against this instance.
+        macro_rules! load {
+            ($indices:expr, $guest:path) => {
+                $indices
+                    .as_ref()
+                    .ok_or_else(|| plugin.missing_export(hook))?
+                    .load(&mut store, &instance)
+                    .map($guest)
+            };
+        }
         let guest = match &linked.exports {
             Exports::V01 {
                 config,
@@ -358,40 +361,16 @@ impl Sandbox {
                     Err(e) => return Err(err(&store, e)),
                 }
                 match hook {
-                    Hook::Renewal => renewal
-                        .as_ref()
-                        .ok_or_else(missing)?
-                        .load(&mut store, &instance)
-                        .map(Guest::V01Renewal),
-                    Hook::San => san
-                        .as_ref()
-                        .ok_or_else(missing)?
-                        .load(&mut store, &instance)
-                        .map(Guest::V01San),
-                    Hook::Csr => csr
-                        .as_ref()
-                        .ok_or_else(missing)?
-                        .load(&mut store, &instance)
-                        .map(Guest::V01Csr),
+                    Hook::Renewal => load!(renewal, Guest::V01Renewal),
+                    Hook::San => load!(san, Guest::V01San),
+                    Hook::Csr => load!(csr, Guest::V01Csr),
                 }
             }
             // 0.2: the instance is the snapshot taken after `configure`.
             Exports::V02 { renewal, san, csr } => match hook {
-                Hook::Renewal => renewal
-                    .as_ref()
-                    .ok_or_else(missing)?
-                    .load(&mut store, &instance)
-                    .map(Guest::V02Renewal),
-                Hook::San => san
-                    .as_ref()
-                    .ok_or_else(missing)?
-                    .load(&mut store, &instance)
-                    .map(Guest::V02San),
-                Hook::Csr => csr
-                    .as_ref()
-                    .ok_or_else(missing)?
-                    .load(&mut store, &instance)
-                    .map(Guest::V02Csr),
+                Hook::Renewal => load!(renewal, Guest::V02Renewal),
+                Hook::San => load!(san, Guest::V02San),
+                Hook::Csr => load!(csr, Guest::V02Csr),
             },
         }
         .map_err(|e| err(&store, e))?;
@@ -523,9 +502,7 @@ impl Sandbox {
     }
 
     fn missing_for(&self, hook: Hook) -> PluginError {
-        self.error(PluginErrorKind::MissingExport {
-            interface: format!("{}@{}", hook.interface(), self.plugin.contract().version()),
-        })
+        self.plugin.missing_export(hook)
     }
 }
 

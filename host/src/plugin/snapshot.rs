@@ -52,31 +52,23 @@ pub(crate) fn configured(
         .pre
         .instantiate(&mut store)
         .map_err(|e| err(classify(e, store.data(), limits)))?;
-    let missing = || {
-        err(PluginErrorKind::MissingExport {
-            interface: format!("{}@0.2.0", hook.interface()),
-        })
-    };
     let Exports::V02 { renewal, san, csr } = &linked.exports else {
-        return Err(missing());
+        return Err(plugin.missing_export(hook));
     };
     // The hook's own `configure`: a plugin serving two hooks gets each hook's settings.
+    macro_rules! configure {
+        ($indices:expr) => {
+            $indices
+                .as_ref()
+                .ok_or_else(|| plugin.missing_export(hook))?
+                .load(&mut store, &instance)
+                .and_then(|g| g.call_configure(&mut store, settings))
+        };
+    }
     let configured = match hook {
-        Hook::Renewal => renewal
-            .as_ref()
-            .ok_or_else(missing)?
-            .load(&mut store, &instance)
-            .and_then(|g| g.call_configure(&mut store, settings)),
-        Hook::San => san
-            .as_ref()
-            .ok_or_else(missing)?
-            .load(&mut store, &instance)
-            .and_then(|g| g.call_configure(&mut store, settings)),
-        Hook::Csr => csr
-            .as_ref()
-            .ok_or_else(missing)?
-            .load(&mut store, &instance)
-            .and_then(|g| g.call_configure(&mut store, settings)),
+        Hook::Renewal => configure!(renewal),
+        Hook::San => configure!(san),
+        Hook::Csr => configure!(csr),
     };
     match configured {
         Ok(Ok(())) => {}

@@ -163,7 +163,6 @@ pub fn files(
             .replace("{hook}", hook.as_str())
             .replace("{sdk}", &sdk.dependency(hook))
             .replace("{stack_flag}", &rotor_plugin_build::stack_flag())
-            .replace("{version}", env!("CARGO_PKG_VERSION"))
             .replace("{channel}", env!("ROTOR_RUSTC_CHANNEL"))
     };
     let mut files: Vec<(PathBuf, Vec<u8>)> = vec![
