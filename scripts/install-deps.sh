@@ -9,6 +9,7 @@
 #     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
 #     cases of tests/it/state.rs;
 #     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs;
+#     docker-registry (the CNCF distribution registry): the OCI registry of tests/it/distribution.rs;
 #     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page.
 # The Python packages go to the python3 on the PATH.
 set -euo pipefail
@@ -26,6 +27,7 @@ if [ "${1:-all}" != build ]; then
   command -v python3 >/dev/null || need+=(python3 python3-pip)
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v etcdctl >/dev/null || need+=(etcd-client)
+  command -v docker-registry >/dev/null || need+=(docker-registry)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -41,6 +41,7 @@ pub mod contract;
 pub mod csr;
 pub mod datadir;
 pub mod datastore;
+pub mod distribution;
 pub mod facts;
 pub mod fs;
 #[doc(hidden)]

@@ -584,6 +584,48 @@ pub(super) enum PolicyCommand {
     )]
     Pin(Box<PinArgs>),
 
+    /// Make an Ed25519 key pair for signing plugins: KEY (private, PKCS#8 PEM, mode 0600) and
+    /// KEY.pub (public, the file operators trust in a bundle's [trust.keys]).
+    #[command(
+        after_help = "Example:\n  rotor policy keygen --out ~/.config/rotor/acme-signing.key"
+    )]
+    Keygen {
+        /// The private key file (created; never overwritten). The public key goes to KEY.pub.
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+    },
+
+    /// Sign a component: a DSSE envelope (PLUGIN.wasm.sig) over its sha256, size, name,
+    /// version, WIT package version and hooks. The component must load in rotor.
+    #[command(after_help = "Example:\n  \
+        rotor policy sign --key acme-signing.key --version 1.2.0 acme-renewal.wasm")]
+    Sign(Box<SignArgs>),
+
+    /// Push a signed component (with its signature and fixtures) as one OCI artifact to a
+    /// registry (plain HTTP only to loopback) or an OCI image-layout directory.
+    #[command(after_help = "Examples:\n  \
+        rotor policy push acme-renewal.wasm oci://registry.example.com/acme/renewal:1.2.0 --fixtures fixtures\n  \
+        rotor policy push acme-renewal.wasm oci-layout:/media/usb/rotor-plugins:acme-renewal-1.2.0\n\n\
+        Credentials: ROTOR_REGISTRY_USERNAME and ROTOR_REGISTRY_PASSWORD (HTTP basic), else anonymous.")]
+    Push(Box<PushArgs>),
+
+    /// Pull a plugin artifact from a registry or an OCI image layout: write NAME.wasm,
+    /// NAME.wasm.sig and NAME-fixtures/ into a directory, or copy the artifact into a layout.
+    #[command(after_help = "Examples:\n  \
+        rotor policy pull oci://registry.example.com/acme/renewal:1.2.0 --out /etc/rotor/candidate/plugins --key acme.pub\n  \
+        rotor policy pull oci://registry.example.com/acme/renewal@sha256:3f9a... --out oci-layout:/media/usb/rotor-plugins\n  \
+        rotor policy pull oci-layout:/media/usb/rotor-plugins:acme-renewal-1.2.0 --out plugins\n\n\
+        Credentials: ROTOR_REGISTRY_USERNAME and ROTOR_REGISTRY_PASSWORD (HTTP basic), else anonymous.")]
+    Pull(Box<PullArgs>),
+
+    /// Every decision that differs between the bundle (--bundle, the current one) and a
+    /// candidate, over a data dir's certificates, CSRs and fixture cases. Exit 1 when anything
+    /// changes, 0 when nothing does.
+    #[command(after_help = "Examples:\n  \
+        rotor policy diff --bundle /etc/rotor/bundle --candidate /etc/rotor/candidate --data-dir /var/lib/rancher/k3s --sweep 365d\n  \
+        rotor policy diff --bundle policies/default --candidate policies/strict --fixtures policies/default/fixtures --csr-dir csrs/")]
+    Diff(Box<DiffArgs>),
+
     /// Filter and pretty-print a decision log written by `rotor serve --decision-log`.
     #[command(after_help = "Examples:\n  \
         rotor policy log /var/log/rotor/decisions.jsonl --decision renew\n  \
@@ -630,6 +672,116 @@ pub(super) struct PinArgs {
     pub hook: HookArg,
     /// The component file.
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct SignArgs {
+    /// The private key (from rotor policy keygen).
+    #[arg(long, value_name = "KEY")]
+    pub key: PathBuf,
+    /// The component.
+    pub file: PathBuf,
+    /// The plugin's version (semver), e.g. the crate's.
+    #[arg(long)]
+    pub version: String,
+    /// The plugin's name [default: the file's name without .wasm].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where to write the envelope [default: FILE.sig].
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+/// How to reach a registry.
+#[derive(Debug, Args)]
+pub(super) struct RegistryArgs {
+    /// CA certificate(s) (PEM) that issued the registry's TLS certificate. With a loopback
+    /// registry, it also makes rotor use TLS (loopback is otherwise plain HTTP).
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PushArgs {
+    /// The signed component (its signature is FILE.sig unless --signature says).
+    pub file: PathBuf,
+    /// oci://HOST[:PORT]/REPO:TAG or oci-layout:DIR[:TAG].
+    pub to: String,
+    /// The signature envelope [default: FILE.sig].
+    #[arg(long)]
+    pub signature: Option<PathBuf>,
+    /// A directory of fixtures (every file, recursively) shipped with the plugin.
+    #[arg(long, value_name = "DIR")]
+    pub fixtures: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PullArgs {
+    /// oci://HOST[:PORT]/REPO(:TAG|@sha256:DIGEST) or oci-layout:DIR(:TAG|@sha256:DIGEST).
+    pub from: String,
+    /// A directory for the files, or oci-layout:DIR[:TAG] to copy the artifact into a layout.
+    #[arg(long, value_name = "DIR|oci-layout:DIR")]
+    pub out: String,
+    /// Verify the signature with this public key (repeatable: any one may have signed) before
+    /// writing anything.
+    #[arg(long, value_name = "PUB")]
+    pub key: Vec<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct DiffArgs {
+    /// The candidate bundle (the current one is --bundle, else the data dir's recorded bundle,
+    /// else the built-in default).
+    #[arg(long, value_name = "DIR")]
+    pub candidate: PathBuf,
+    /// Compare the renewal and SAN decisions on the data dir's certificates (--data-dir). On by
+    /// default when the data dir exists and no other input is given.
+    #[arg(long)]
+    pub certificates: bool,
+    /// CSRs to review with both bundles: every *.json (objects), *.csr and *.pem of DIR (PEMs
+    /// take their context from the flags below).
+    #[arg(long, value_name = "DIR")]
+    pub csr_dir: Option<PathBuf>,
+    /// CSRs to review: one CertificateSigningRequest object per line.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+    /// Fixture cases (`rotor policy test` files) to ask both bundles.
+    #[arg(long, value_name = "DIR")]
+    pub fixtures: Vec<PathBuf>,
+    /// Decide at this time (RFC 3339) [default: now].
+    #[arg(long, value_parser = crate::clock::parse_rfc3339, conflicts_with = "sweep")]
+    pub now: Option<OffsetDateTime>,
+    /// Evaluate renewal once a day over this period from now (e.g. 365d), to catch timing
+    /// changes.
+    #[arg(long, value_parser = parse_sweep)]
+    pub sweep: Option<std::time::Duration>,
+    /// Start the sweep here (RFC 3339) [default: now].
+    #[arg(long, value_parser = crate::clock::parse_rfc3339, requires = "sweep")]
+    pub from: Option<OffsetDateTime>,
+    #[command(flatten)]
+    pub context: CsrContextArgs,
+    /// Evidence for many nodes: a JSON map {"node-name": ["10.0.0.5", ...]}.
+    #[arg(long)]
+    pub node_evidence: Option<PathBuf>,
+    /// One JSON object per change instead of the report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A sweep period: 1 day to 10 years.
+fn parse_sweep(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration like 90d or 365d ({e})"))?;
+    if d < std::time::Duration::from_secs(86_400)
+        || d > std::time::Duration::from_secs(3650 * 86_400)
+    {
+        return Err(format!("'{s}' is outside 1d to 3650d"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

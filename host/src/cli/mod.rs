@@ -6,8 +6,10 @@
 mod args;
 mod cluster;
 mod csr;
+mod diff;
 mod output;
 mod policy;
+mod publish;
 mod rotation;
 mod serve;
 mod vendor;

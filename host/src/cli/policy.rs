@@ -1,4 +1,5 @@
-//! `rotor policy check | eval | use | test | log`; `new | build | pin` are in `vendor.rs`.
+//! `rotor policy check | eval | use | test | log`; `new | build | pin` are in `vendor.rs`,
+//! `keygen | sign | push | pull` in `publish.rs`, `diff` in `diff.rs`.
 
 use std::path::Path;
 
@@ -18,6 +19,11 @@ pub(super) fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<Exi
         PolicyCommand::New(args) => super::vendor::new(*args),
         PolicyCommand::Build(args) => super::vendor::build(global, *args),
         PolicyCommand::Pin(args) => super::vendor::pin(global, *args),
+        PolicyCommand::Keygen { out } => super::publish::keygen(&out),
+        PolicyCommand::Sign(args) => super::publish::sign(global, *args),
+        PolicyCommand::Push(args) => super::publish::push(*args),
+        PolicyCommand::Pull(args) => super::publish::pull(*args),
+        PolicyCommand::Diff(args) => super::diff::run(global, *args),
         PolicyCommand::Check => check(&super::bundle(global)?),
         PolicyCommand::Use => record(global, &super::bundle(global)?),
         PolicyCommand::Eval(args) => eval(&super::bundle(global)?, *args),
@@ -52,6 +58,9 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
     if let Some(d) = &bundle.description {
         outln!("  {d}");
     }
+    for (name, keyid) in &bundle.trusted_keys {
+        outln!("trusts   key '{name}' ({keyid})");
+    }
     for hook in Hook::ALL {
         match bundle.hook(hook) {
             None => {
@@ -73,10 +82,24 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
                     hp.plugin.name(),
                     hp.file
                 );
-                outln!(
-                    "         sha256    {} (matches the pin)",
-                    hp.plugin.digest()
-                );
+                match &hp.accepted {
+                    crate::policy::Acceptance::Pin => outln!(
+                        "         sha256    {} (matches the pin)",
+                        hp.plugin.digest()
+                    ),
+                    crate::policy::Acceptance::Signature {
+                        key,
+                        keyid,
+                        name,
+                        version,
+                        file,
+                    } => {
+                        outln!("         sha256    {}", hp.plugin.digest());
+                        outln!(
+                            "         signed    {name} {version} by trusted key '{key}' ({keyid}), {file}"
+                        );
+                    }
+                }
                 outln!("         exports   {}", exports.join(", "));
                 outln!("         contract  {}", hp.plugin.contract());
                 outln!(

@@ -212,11 +212,31 @@ pub fn check_names(
     now: OffsetDateTime,
 ) -> Result<()> {
     use crate::contract::SanDecision;
+    let Some(request) = configured_san_request(certificate, subject, stage, now) else {
+        return Ok(());
+    };
+    match bundle.validate_sans(&request)?.decision {
+        SanDecision::Allow => Ok(()),
+        SanDecision::Deny { violations } => Err(ClusterError::NamesDenied {
+            certificate: certificate.to_string(),
+            violations: violations.iter().map(ToString::to_string).collect(),
+        }),
+    }
+}
+
+/// The SAN hook's question about a cluster certificate's configured names (none without
+/// names).
+pub(crate) fn configured_san_request(
+    certificate: &str,
+    subject: &crate::pki::Subject,
+    stage: crate::contract::SanStage,
+    now: OffsetDateTime,
+) -> Option<crate::contract::SanRequest> {
     use crate::facts::{DistinguishedName, SubjectAltNames};
     if subject.dns_names.is_empty() && subject.ip_addresses.is_empty() {
-        return Ok(());
+        return None;
     }
-    let request = crate::contract::SanRequest {
+    Some(crate::contract::SanRequest {
         profile: certificate.to_string(),
         stage,
         subject: DistinguishedName {
@@ -232,13 +252,35 @@ pub fn check_names(
         },
         node: None,
         now,
-    };
-    match bundle.validate_sans(&request)?.decision {
-        SanDecision::Allow => Ok(()),
-        SanDecision::Deny { violations } => Err(ClusterError::NamesDenied {
-            certificate: certificate.to_string(),
-            violations: violations.iter().map(ToString::to_string).collect(),
-        }),
+    })
+}
+
+impl Cluster {
+    /// Every leaf certificate on disk as the policy hooks see it, for `rotor policy diff`:
+    /// its facts, its CA's notAfter, and the SAN question of its configured names.
+    pub(crate) fn policy_subjects(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<Vec<crate::policy::diff::CertificateSubject>> {
+        let cas = self.cas_from_disk()?;
+        let mut out = Vec::new();
+        for spec in &self.layout.leaves {
+            let LeafOnDisk::Present { facts, .. } = self.read_leaf(spec)? else {
+                continue;
+            };
+            out.push(crate::policy::diff::CertificateSubject {
+                name: spec.name.clone(),
+                facts: std::sync::Arc::new((*facts).clone()),
+                issuer_not_after: cas.get(spec.ca).map(|ca| ca.facts().not_after),
+                san: configured_san_request(
+                    &spec.name,
+                    &spec.subject,
+                    crate::contract::SanStage::Configuration,
+                    now,
+                ),
+            });
+        }
+        Ok(out)
     }
 }
 

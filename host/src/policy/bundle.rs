@@ -15,6 +15,26 @@
 //! mode = "window"
 //! ```
 //!
+//! A plugin is accepted by its pin, or, without one, by a vendor's signature from a key the
+//! bundle trusts (see [`super::signing`] for the envelope):
+//!
+//! ```toml
+//! [trust.keys]
+//! acme = "keys/acme.pub"                  # Ed25519 public key (PEM), relative to the bundle
+//! [trust]
+//! revoked_keys = ["<key id>"]             # never accepted (key ids: sha256 of the public key)
+//! revoked_sha256 = ["<digest>"]           # plugins never accepted, pinned or signed
+//!
+//! [renewal]
+//! plugin = "plugins/acme-renewal.wasm"
+//! signature = "plugins/acme-renewal.wasm.sig"  # default: the plugin's path + ".sig"
+//! signed_by = "acme"                      # optional: only this trusted key (default: any)
+//! version = ">=1.2, <2"                   # optional: the signed version must match
+//! ```
+//!
+//! A pin takes precedence: a plugin with `sha256` is accepted by its digest alone. A revoked
+//! digest is refused either way; a revoked key's signatures are refused.
+//!
 //! Failure modes (a plugin that traps, times out, runs out of memory or answers garbage):
 //! - `renewal`: `fallback` (default: the built-in rule, renew when expired or within
 //!   `fallback_renew_before_days`, default 90) or `error` (the operation stops);
@@ -116,6 +136,19 @@ pub enum BundleError {
     },
     // The plugin error is part of the message, not a `source`: error chains (anyhow's `{:#}`)
     // would print it a second time.
+    /// A plugin is not accepted: no valid signature from a trusted key, a revoked key or
+    /// digest, or a signed statement that does not match the component.
+    #[error("{}: [{hook}] {plugin} is not trusted: {message}", .path.display(), hook = .hook.as_str())]
+    Untrusted {
+        /// The manifest.
+        path: PathBuf,
+        /// The hook whose plugin it is.
+        hook: Hook,
+        /// The plugin file, relative to the bundle.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
     /// A plugin could not be loaded or refused its settings.
     #[error("{}: {error}", .path.display())]
     Plugin {
@@ -141,9 +174,23 @@ impl BundleError {
 struct Manifest {
     #[serde(default)]
     bundle: BundleMeta,
+    #[serde(default)]
+    trust: TrustSection,
     renewal: Option<HookEntry>,
     san: Option<HookEntry>,
     csr: Option<HookEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustSection {
+    /// Trusted vendor keys: a name for each, and its public key file in the bundle.
+    #[serde(default)]
+    keys: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    revoked_keys: Vec<String>,
+    #[serde(default)]
+    revoked_sha256: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,8 +211,50 @@ struct HookEntry {
     timeout_ms: Option<u64>,
     memory_limit_mib: Option<u64>,
     fallback_renew_before_days: Option<u32>,
+    signature: Option<String>,
+    signed_by: Option<String>,
+    version: Option<String>,
     #[serde(default)]
     settings: toml::Table,
+}
+
+/// Why a bundle accepted a plugin.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "by")]
+pub enum Acceptance {
+    /// Its sha256 is pinned in the manifest.
+    Pin,
+    /// A valid signature from a trusted key.
+    Signature {
+        /// The key's name in the bundle's `[trust.keys]`.
+        key: String,
+        /// The key's id.
+        keyid: String,
+        /// The signed plugin name.
+        name: String,
+        /// The signed version.
+        version: String,
+        /// The signature file, relative to the bundle.
+        file: String,
+    },
+}
+
+/// A file of a bundle, relative to its directory, and its bytes.
+type BundleFile = (PathBuf, Vec<u8>);
+
+/// How a plugin was accepted, with the signature file and statement when by signature.
+struct Accepted {
+    how: Acceptance,
+    signature: Option<BundleFile>,
+    statement: Option<crate::policy::signing::Statement>,
+}
+
+/// The keys a bundle trusts and what it revoked.
+#[derive(Debug, Default)]
+struct Trust {
+    keys: Vec<(String, crate::policy::signing::PublicKey)>,
+    revoked_keys: Vec<String>,
+    revoked_sha256: Vec<String>,
 }
 
 /// One hook's plugin, loaded and configured.
@@ -183,6 +272,8 @@ pub struct HookPlugin {
     pub limits: SandboxLimits,
     /// What a failure of the plugin means.
     pub failure_mode: FailureMode,
+    /// Why the bundle accepted it: its pin or a trusted signature.
+    pub accepted: Acceptance,
 }
 
 /// A loaded bundle: the plugins of each hook, ready to evaluate.
@@ -202,6 +293,8 @@ pub struct Bundle {
     pub csr: Option<HookPlugin>,
     /// Window of the built-in renewal rule, used without a renewal plugin or when it fails.
     pub fallback_window: Duration,
+    /// The vendor keys the bundle trusts: name and key id.
+    pub trusted_keys: Vec<(String, String)>,
     /// The manifest and every plugin file it pins, as read: what `rotor init` records in a
     /// data dir (paths relative to the bundle directory).
     files: Vec<(PathBuf, Vec<u8>)>,
@@ -354,14 +447,23 @@ impl Bundle {
         let mut loaded: HashMap<String, LoadedPlugin> = HashMap::new();
         // Recorded as `bundle.toml` whatever the manifest was called, where a data dir looks.
         let mut files = vec![(PathBuf::from("bundle.toml"), manifest_bytes)];
+        let trust = read_trust(source, &manifest_path, &manifest.trust, &mut files)?;
         let mut load_hook =
             |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
                 let Some(entry) = entry else { return Ok(None) };
-                let (plugin, bytes) =
-                    load_hook(engine, source, &manifest_path, hook, entry, &mut loaded)?;
-                let rel = PathBuf::from(&entry.plugin);
-                if !files.iter().any(|(p, _)| *p == rel) {
-                    files.push((rel, bytes));
+                let (plugin, read) = load_hook(
+                    engine,
+                    source,
+                    &manifest_path,
+                    hook,
+                    entry,
+                    &trust,
+                    &mut loaded,
+                )?;
+                for (rel, bytes) in read {
+                    if !files.iter().any(|(p, _)| *p == rel) {
+                        files.push((rel, bytes));
+                    }
                 }
                 Ok(Some(plugin))
             };
@@ -407,6 +509,11 @@ impl Bundle {
             san,
             csr,
             fallback_window: Duration::from_secs(u64::from(fallback_days) * 86_400),
+            trusted_keys: trust
+                .keys
+                .iter()
+                .map(|(n, k)| (n.clone(), k.keyid().to_string()))
+                .collect(),
             files,
         })
     }
@@ -449,7 +556,223 @@ pub(crate) fn fuzz_manifest(text: &str) {
         };
         let _ = limits.validate();
         let _ = serde_json::to_string(&toml_to_json(&entry.settings));
+        if let Some(v) = &entry.version {
+            let _ = semver::VersionReq::parse(v);
+        }
     }
+}
+
+/// The bundle's `[trust]`: every key file read and parsed, revocations normalised.
+fn read_trust(
+    source: &Files,
+    manifest_path: &Path,
+    section: &TrustSection,
+    files: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> Result<Trust, BundleError> {
+    let manifest = |message: String| BundleError::Manifest {
+        path: manifest_path.to_path_buf(),
+        message,
+    };
+    let hex64 = |what: &str, v: &str| -> Result<String, BundleError> {
+        let v = v.trim().to_ascii_lowercase();
+        if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(v)
+        } else {
+            Err(manifest(format!(
+                "[trust] '{what}': {v:?} is not a 64-hex-digit sha256"
+            )))
+        }
+    };
+    let mut trust = Trust {
+        revoked_keys: section
+            .revoked_keys
+            .iter()
+            .map(|k| hex64("revoked_keys", k))
+            .collect::<Result<_, _>>()?,
+        revoked_sha256: section
+            .revoked_sha256
+            .iter()
+            .map(|d| hex64("revoked_sha256", d))
+            .collect::<Result<_, _>>()?,
+        ..Trust::default()
+    };
+    for (name, file) in &section.keys {
+        let rel = PathBuf::from(file);
+        let bytes = source
+            .read(&rel)
+            .map_err(|e| manifest(format!("[trust.keys] '{name}': {e}")))?;
+        let key = crate::policy::signing::PublicKey::from_pem(&bytes)
+            .map_err(|e| manifest(format!("[trust.keys] '{name}': {file}: {e}")))?;
+        if !files.iter().any(|(p, _)| *p == rel) {
+            files.push((rel, bytes));
+        }
+        trust.keys.push((name.clone(), key));
+    }
+    Ok(trust)
+}
+
+/// Accept `bytes` (the plugin file `entry.plugin`, digest `actual`) by its pin or by a trusted
+/// signature. Returns how, with the signature file read (to record with the bundle).
+fn accept(
+    source: &Files,
+    manifest_path: &Path,
+    hook: Hook,
+    entry: &HookEntry,
+    trust: &Trust,
+    actual: &str,
+    size: usize,
+) -> Result<Accepted, BundleError> {
+    use crate::policy::signing::Envelope;
+    let untrusted = |message: String| BundleError::Untrusted {
+        path: manifest_path.to_path_buf(),
+        hook,
+        plugin: entry.plugin.clone(),
+        message,
+    };
+    let field = |field: &'static str, message: String| BundleError::Field {
+        path: manifest_path.to_path_buf(),
+        hook,
+        field,
+        message,
+    };
+    if trust.revoked_sha256.iter().any(|d| d == actual) {
+        return Err(untrusted(format!(
+            "its sha256 {actual} is revoked ([trust] revoked_sha256)"
+        )));
+    }
+    let pinned = entry.sha256.trim().to_ascii_lowercase();
+    if !pinned.is_empty() {
+        if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(field(
+                "sha256",
+                "must be the plugin's 64-hex-digit sha256 (`sha256sum FILE` gives it)".into(),
+            ));
+        }
+        if pinned != actual {
+            return Err(BundleError::Plugin {
+                path: manifest_path.to_path_buf(),
+                error: PluginError {
+                    plugin: entry.name.clone().unwrap_or_else(|| entry.plugin.clone()),
+                    hook,
+                    kind: PluginErrorKind::DigestMismatch {
+                        expected: pinned,
+                        actual: actual.to_string(),
+                    },
+                },
+            });
+        }
+        return Ok(Accepted {
+            how: Acceptance::Pin,
+            signature: None,
+            statement: None,
+        });
+    }
+    if trust.keys.is_empty() {
+        return Err(field(
+            "sha256",
+            "is missing: pin the plugin by its sha256 (`rotor policy pin`), or trust its \
+             vendor's key in [trust.keys] and ship its signature"
+                .into(),
+        ));
+    }
+    let constraint = entry
+        .version
+        .as_deref()
+        .map(|v| {
+            semver::VersionReq::parse(v).map_err(|e| {
+                field(
+                    "version",
+                    format!("{v:?} is not a version requirement: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let candidates: Vec<&(String, crate::policy::signing::PublicKey)> = match &entry.signed_by {
+        Some(name) => {
+            let k = trust.keys.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                let names: Vec<&str> = trust.keys.iter().map(|(n, _)| n.as_str()).collect();
+                field(
+                    "signed_by",
+                    format!("names no key of [trust.keys] ({})", names.join(", ")),
+                )
+            })?;
+            vec![k]
+        }
+        None => trust.keys.iter().collect(),
+    };
+    let sig_rel = entry
+        .signature
+        .clone()
+        .unwrap_or_else(|| format!("{}.sig", entry.plugin));
+    let sig_bytes = source.read(Path::new(&sig_rel)).map_err(|e| {
+        if e.is_not_found() {
+            untrusted(format!(
+                "it has no pin and no signature ({sig_rel} is missing): pin it by sha256, or \
+                 ship the vendor's signature beside it"
+            ))
+        } else {
+            untrusted(e.to_string())
+        }
+    })?;
+    let envelope = Envelope::parse(&sig_bytes).map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
+    let mut why = Vec::new();
+    for (name, key) in candidates {
+        let statement = match key.verify(&envelope) {
+            Ok(s) => s,
+            Err(e) => {
+                why.push(format!("key '{name}': {e}"));
+                continue;
+            }
+        };
+        if trust.revoked_keys.iter().any(|k| k == key.keyid()) {
+            return Err(untrusted(format!(
+                "{sig_rel} is signed by key '{name}' ({}), which is revoked ([trust] revoked_keys)",
+                key.keyid()
+            )));
+        }
+        if statement.sha256 != actual || statement.size != size as u64 {
+            return Err(untrusted(format!(
+                "{sig_rel} signs sha256 {} ({} bytes), but {} is sha256 {actual} ({size} bytes): \
+                 the component was changed or replaced after signing",
+                statement.sha256, statement.size, entry.plugin
+            )));
+        }
+        if !statement.hooks.contains(&hook) {
+            let hooks: Vec<&str> = statement.hooks.iter().map(|h| h.as_str()).collect();
+            return Err(untrusted(format!(
+                "{sig_rel} signs it for the {} hook(s), not {}",
+                hooks.join(", "),
+                hook.as_str()
+            )));
+        }
+        let version = statement
+            .validate()
+            .map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
+        if let Some(req) = &constraint
+            && !req.matches(&version)
+        {
+            return Err(untrusted(format!(
+                "{} {} is signed, but the bundle asks for version {req}",
+                statement.name, statement.version
+            )));
+        }
+        let acceptance = Acceptance::Signature {
+            key: name.clone(),
+            keyid: key.keyid().to_string(),
+            name: statement.name.clone(),
+            version: statement.version.clone(),
+            file: sig_rel.clone(),
+        };
+        return Ok(Accepted {
+            how: acceptance,
+            signature: Some((PathBuf::from(&sig_rel), sig_bytes)),
+            statement: Some(statement),
+        });
+    }
+    Err(untrusted(format!(
+        "{sig_rel}: no trusted key verifies it ({})",
+        why.join("; ")
+    )))
 }
 
 fn load_hook(
@@ -458,8 +781,9 @@ fn load_hook(
     manifest_path: &Path,
     hook: Hook,
     entry: &HookEntry,
+    trust: &Trust,
     loaded: &mut HashMap<String, LoadedPlugin>,
-) -> Result<(HookPlugin, Vec<u8>), BundleError> {
+) -> Result<(HookPlugin, Vec<BundleFile>), BundleError> {
     let field = |field: &'static str, message: String| BundleError::Field {
         path: manifest_path.to_path_buf(),
         hook,
@@ -484,25 +808,24 @@ fn load_hook(
     limits
         .validate()
         .map_err(|(name, message)| field(name, message))?;
-    let pinned = entry.sha256.trim().to_ascii_lowercase();
-    if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let pinned = entry.sha256.trim();
+    if !pinned.is_empty() && (pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
         return Err(field(
             "sha256",
-            "must be the plugin's 64-hex-digit sha256 (every plugin is pinned; `sha256sum FILE` gives it)".into(),
+            "must be the plugin's 64-hex-digit sha256 (every plugin is pinned or signed; `sha256sum FILE` gives it)".into(),
         ));
     }
     let settings = serde_json::to_string(&toml_to_json(&entry.settings))
         .map_err(|e| field("settings", e.to_string()))?;
-    let plugin_name = entry.name.clone().unwrap_or_else(|| {
-        Path::new(&entry.plugin)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| entry.plugin.clone())
-    });
+    let file_stem = Path::new(&entry.plugin)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| entry.plugin.clone());
     let plugin_error = |kind| BundleError::Plugin {
         path: manifest_path.to_path_buf(),
         error: PluginError {
-            plugin: plugin_name.clone(),
+            plugin: entry.name.clone().unwrap_or_else(|| file_stem.clone()),
             hook,
             kind,
         },
@@ -519,12 +842,33 @@ fn load_hook(
         })
     })?;
     let actual = hex::encode(Sha256::digest(&bytes));
-    if actual != pinned {
-        return Err(plugin_error(PluginErrorKind::DigestMismatch {
-            expected: pinned,
-            actual,
-        }));
-    }
+    let Accepted {
+        how: accepted,
+        signature,
+        statement,
+    } = match accept(
+        source,
+        manifest_path,
+        hook,
+        entry,
+        trust,
+        &actual,
+        bytes.len(),
+    ) {
+        Ok(a) => a,
+        // Name the plugin as the operator named it.
+        Err(BundleError::Plugin { path, mut error }) => {
+            error.plugin = entry.name.clone().unwrap_or_else(|| file_stem.clone());
+            return Err(BundleError::Plugin { path, error });
+        }
+        Err(e) => return Err(e),
+    };
+    // The operator's name, else the vendor's signed name, else the file's.
+    let plugin_name = entry
+        .name
+        .clone()
+        .or_else(|| statement.as_ref().map(|s| s.name.clone()))
+        .unwrap_or(file_stem);
     let plugin = match loaded.get(&actual) {
         Some(p) => p.clone(),
         None => {
@@ -543,6 +887,29 @@ fn load_hook(
         path: manifest_path.to_path_buf(),
         error,
     })?;
+    // What the vendor signed must be what the host sees: the contract and every hook.
+    if let Some(s) = &statement {
+        let exports = plugin.hooks();
+        let mut signed = s.hooks.clone();
+        signed.sort_by_key(|h| h.as_str());
+        let mut seen = exports.clone();
+        seen.sort_by_key(|h| h.as_str());
+        if s.contract != plugin.contract().package() || signed != seen {
+            let names = |hs: &[Hook]| hs.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(BundleError::Untrusted {
+                path: manifest_path.to_path_buf(),
+                hook,
+                plugin: entry.plugin.clone(),
+                message: format!(
+                    "the signature says {} exporting {}, the component is {} exporting {}",
+                    s.contract,
+                    names(&signed),
+                    plugin.contract().package(),
+                    names(&seen)
+                ),
+            });
+        }
+    }
     // Apply the settings once, now, so a bad bundle fails at load and not mid-rotation (and a
     // 0.2 plugin parses them once, not in every decision).
     let configured = plugin
@@ -551,6 +918,8 @@ fn load_hook(
             path: manifest_path.to_path_buf(),
             error,
         })?;
+    let mut read = vec![(PathBuf::from(&entry.plugin), bytes)];
+    read.extend(signature);
     Ok((
         HookPlugin {
             plugin,
@@ -559,8 +928,9 @@ fn load_hook(
             settings,
             limits,
             failure_mode,
+            accepted,
         },
-        bytes,
+        read,
     ))
 }
 

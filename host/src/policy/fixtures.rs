@@ -86,8 +86,30 @@ pub(crate) enum FixtureError {
     Empty(PathBuf),
 }
 
-/// Run every case of `dir` against `bundle`.
-pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
+/// A case's name and its question, or why it has none.
+pub(crate) type CaseRequest = (String, Result<HookRequest, String>);
+
+/// The question of every case of `dir` (`file.json: case name`), or why it has none.
+pub(crate) fn requests(dir: &Path) -> Result<Vec<CaseRequest>, FixtureError> {
+    let (root, files) = fixture_files(dir)?;
+    let mut out = Vec::new();
+    for file in files {
+        match read_cases(&root, &file) {
+            Err(message) => out.push((file.clone(), Err(message))),
+            Ok(cases) => {
+                for case in cases {
+                    out.push((
+                        format!("{file}: {}", case.name),
+                        case_request(&root, &file, &case),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fixture_files(dir: &Path) -> Result<(Root, Vec<String>), FixtureError> {
     let root = Root::open_ambient(dir)?;
     let mut files: Vec<String> = root
         .list_dir(Path::new("."))?
@@ -98,6 +120,12 @@ pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, Fixtur
     if files.is_empty() {
         return Err(FixtureError::Empty(dir.to_path_buf()));
     }
+    Ok((root, files))
+}
+
+/// Run every case of `dir` against `bundle`.
+pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, FixtureError> {
+    let (root, files) = fixture_files(dir)?;
     let mut results = Vec::new();
     for file in files {
         let cases = match read_cases(&root, &file) {
@@ -164,6 +192,14 @@ fn run_case(
     case: &Case,
     outcome: &mut Option<serde_json::Value>,
 ) -> Result<(), String> {
+    let request = case_request(root, file, case)?;
+    let (got, json) = evaluate(bundle, &request)?;
+    *outcome = Some(json);
+    check(&case.expect, &got)
+}
+
+/// The question a case asks: its input (inline or from its file) with its context and `now`.
+fn case_request(root: &Root, file: &str, case: &Case) -> Result<HookRequest, String> {
     let (what, bytes) = match (&case.input, &case.input_file) {
         (Some(v), None) => (
             format!("{file}: input"),
@@ -184,11 +220,7 @@ fn run_case(
         None if json_has_now => OffsetDateTime::UNIX_EPOCH,
         None => return Err("'now' is required (fixtures never read the clock)".into()),
     };
-    let request =
-        build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())?;
-    let (got, json) = evaluate(bundle, &request)?;
-    *outcome = Some(json);
-    check(&case.expect, &got)
+    build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())
 }
 
 /// What a case produced, flattened for comparison.

@@ -53,6 +53,17 @@ pub(crate) enum HookRequest {
     Csr(CsrRequest),
 }
 
+impl HookRequest {
+    /// The hook it asks.
+    pub(crate) fn hook(&self) -> Hook {
+        match self {
+            HookRequest::Renewal(_) => Hook::Renewal,
+            HookRequest::San(_) => Hook::San,
+            HookRequest::Csr(_) => Hook::Csr,
+        }
+    }
+}
+
 /// The input cannot become a request for the hook.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

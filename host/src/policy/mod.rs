@@ -6,11 +6,13 @@
 
 pub(crate) mod builtin;
 pub(crate) mod bundle;
+pub(crate) mod diff;
 pub(crate) mod evaluate;
 pub(crate) mod fixtures;
 pub(crate) mod input;
 pub(crate) mod rules;
 pub mod scaffold;
+pub mod signing;
 
-pub use bundle::{Bundle, BundleError, FailureMode, HookPlugin};
+pub use bundle::{Acceptance, Bundle, BundleError, FailureMode, HookPlugin};
 pub use evaluate::{Outcome, Source};
