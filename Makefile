@@ -22,7 +22,7 @@ build-deps:
 	./scripts/install-deps.sh build
 
 # What the tests use besides: openssl, Python's cryptography, flock, mount, chattr, etcd and
-# etcdctl; installed when missing (apt-get as root).
+# etcdctl, docker-registry (an OCI registry); installed when missing (apt-get as root).
 deps:
 	./scripts/install-deps.sh
 

@@ -22,6 +22,8 @@ mod cluster;
 mod compat;
 mod csr;
 mod default_plugins;
+mod diff;
+mod distribution;
 mod etcd;
 mod fuzz_corpus;
 mod installed;
