@@ -1,6 +1,7 @@
 //! Policy evaluation: what a decision costs through the sandbox, against the same rule written
 //! in native Rust; what each engine choice costs (pooling vs on-demand, epochs on vs off); the
-//! SAN and CSR hooks with realistic inputs; and how the cost grows with the number of decisions.
+//! SAN and CSR hooks with realistic inputs; how the cost grows with the number of decisions;
+//! and what verifying a vendor's signature adds to loading a bundle.
 //!
 //! `cargo bench --bench policy` (after `make plugins`). Inputs are fixed certificates and CSRs
 //! at a fixed `now`, so runs are comparable. Figures: docs/performance.md.
@@ -326,9 +327,85 @@ fn scaling(c: &mut Criterion) {
     group.finish();
 }
 
+/// A copy of `policies/default` in `dir` whose renewal plugin is accepted by a vendor signature
+/// (a trusted Ed25519 key, a DSSE envelope) instead of its pin.
+fn signed_default_bundle(dir: &Path) {
+    use rotor::policy::signing::{SigningKey, Statement};
+    use sha2::Digest;
+    let default = repo().join("policies/default");
+    std::fs::create_dir_all(dir.join("plugins")).expect("mkdir");
+    for p in [
+        "renewal-window.wasm",
+        "san-validation.wasm",
+        "csr-approval.wasm",
+    ] {
+        std::fs::copy(default.join("plugins").join(p), dir.join("plugins").join(p))
+            .expect("copy: run `make plugins` first");
+    }
+    let component = std::fs::read(dir.join("plugins/renewal-window.wasm")).expect("read");
+    let (_, public, key) = SigningKey::generate().expect("key");
+    let envelope = key
+        .sign(&Statement {
+            name: "renewal-window".into(),
+            version: "1.0.0".into(),
+            contract: "rotor:policy@0.2.0".into(),
+            hooks: vec![Hook::Renewal],
+            sha256: hex::encode(sha2::Sha256::digest(&component)),
+            size: component.len() as u64,
+        })
+        .expect("sign");
+    std::fs::write(
+        dir.join("plugins/renewal-window.wasm.sig"),
+        envelope.to_json(),
+    )
+    .expect("sig");
+    std::fs::write(dir.join("acme.pub"), public).expect("pub");
+    let manifest = std::fs::read_to_string(default.join("bundle.toml")).expect("manifest");
+    let pin = manifest
+        .lines()
+        .skip_while(|l| *l != "[renewal]")
+        .find(|l| l.starts_with("sha256 = "))
+        .expect("renewal pin")
+        .to_string();
+    let manifest = manifest
+        .replacen(&format!("{pin}\n"), "signed_by = \"acme\"\n", 1)
+        .replacen(
+            "[bundle]",
+            "[trust.keys]\nacme = \"acme.pub\"\n\n[bundle]",
+            1,
+        );
+    std::fs::write(dir.join("bundle.toml"), manifest).expect("manifest");
+}
+
+/// Loading a bundle (every plugin read, checked, taken from the precompiled cache, configured
+/// and snapshotted) when the renewal plugin is accepted by a trusted signature instead of its
+/// pin: the cost of verifying a vendor signature at every load.
+fn bundle_load(c: &mut Criterion) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let signed = tmp.path().join("signed");
+    signed_default_bundle(&signed);
+    let engine = PluginEngine::new(EngineOptions {
+        cache_dir: Some(tmp.path().join("cache")),
+        ..EngineOptions::default()
+    })
+    .expect("engine");
+    let pinned = repo().join("policies/default");
+    // Warm the precompiled cache for both (same components).
+    Bundle::load(&engine, &pinned).expect("pinned bundle loads");
+    Bundle::load(&engine, &signed).expect("signed bundle loads");
+    let mut group = c.benchmark_group("bundle_load");
+    group.bench_function("pinned", |b| {
+        b.iter(|| black_box(Bundle::load(&engine, &pinned).expect("load")))
+    });
+    group.bench_function("renewal_plugin_signed", |b| {
+        b.iter(|| black_box(Bundle::load(&engine, &signed).expect("load")))
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = settings::config();
-    targets = renewal, san_and_csr_hooks, scaling
+    targets = renewal, san_and_csr_hooks, scaling, bundle_load
 }
 criterion_main!(benches);

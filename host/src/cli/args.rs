@@ -753,23 +753,23 @@ pub(super) struct DiffArgs {
     #[arg(long, value_name = "DIR")]
     pub fixtures: Vec<PathBuf>,
     /// Decide at this time (RFC 3339) [default: now].
-    #[arg(long, value_parser = crate::clock::parse_rfc3339, conflicts_with = "sweep")]
+    #[arg(long, value_name = "TIME", value_parser = crate::clock::parse_rfc3339, conflicts_with = "sweep")]
     pub now: Option<OffsetDateTime>,
-    /// Evaluate renewal once a day over this period from now (e.g. 365d), to catch timing
-    /// changes.
-    #[arg(long, value_parser = parse_sweep)]
+    /// Ask the renewal hook about the data dir's certificates once a day over this period
+    /// (e.g. 365d), to catch timing changes (implies --certificates).
+    #[arg(long, value_name = "PERIOD", value_parser = parse_sweep)]
     pub sweep: Option<std::time::Duration>,
     /// Start the sweep here (RFC 3339) [default: now].
-    #[arg(long, value_parser = crate::clock::parse_rfc3339, requires = "sweep")]
+    #[arg(long, value_name = "TIME", value_parser = crate::clock::parse_rfc3339, requires = "sweep")]
     pub from: Option<OffsetDateTime>,
-    #[command(flatten)]
-    pub context: CsrContextArgs,
-    /// Evidence for many nodes: a JSON map {"node-name": ["10.0.0.5", ...]}.
-    #[arg(long)]
-    pub node_evidence: Option<PathBuf>,
     /// One JSON object per change instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// Evidence for the CSRs' nodes: a JSON map {"node-name": ["10.0.0.5", ...]}.
+    #[arg(long, value_name = "FILE")]
+    pub node_evidence: Option<PathBuf>,
+    #[command(flatten)]
+    pub context: CsrContextArgs,
 }
 
 /// A sweep period: 1 day to 10 years.

@@ -27,13 +27,14 @@ pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
 
     let mut report = Report::default();
     let other_inputs = args.csr_dir.is_some() || args.jsonl.is_some() || !args.fixtures.is_empty();
+    let certificates = args.certificates || args.sweep.is_some() || !other_inputs;
     // The data dir's certificates: asked for, or by default when it exists and nothing else is.
     let options = super::datadir_options(global, "policy diff");
     let mut ca_not_after = std::collections::BTreeMap::new();
     let mut layout = None;
     match Cluster::open_read(&global.data_dir, &options) {
         Ok(cluster) => {
-            if args.certificates || !other_inputs {
+            if certificates {
                 let subjects = cluster.policy_subjects(now)?;
                 diff::certificates(&mut report, &current, &candidate, &subjects, now, days);
             }
@@ -43,7 +44,7 @@ pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
             layout = Some(cluster.release().1);
         }
         Err(ClusterError::NotInitialized(dir)) => {
-            if args.certificates || !other_inputs {
+            if certificates {
                 anyhow::bail!(
                     "{}: not an initialized data dir: give --data-dir, or compare CSRs \
                      (--csr-dir, --jsonl) or fixtures (--fixtures) instead",
