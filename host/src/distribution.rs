@@ -834,6 +834,25 @@ fn write_layout(
     Ok(())
 }
 
+/// Fuzzing entry: decode `data` as a manifest (every blob answered by `data` itself, then by
+/// an error), as an image index, and as a location. Never panics.
+#[doc(hidden)]
+pub(crate) fn fuzz_artifact(data: &[u8]) {
+    let _ = Artifact::decode("fuzz", data, |_| Ok(data.to_vec()));
+    let _ = Artifact::decode("fuzz", data, |d| {
+        Err(DistributionError::Artifact {
+            reference: "fuzz".into(),
+            message: d.digest.clone(),
+        })
+    });
+    let _ = serde_json::from_slice::<OciImageIndex>(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Location::parse(text.trim());
+        let _ = is_loopback(text);
+        let _ = safe_path(text);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

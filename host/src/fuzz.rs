@@ -25,6 +25,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("fixture", fixture),
     ("policy_input", policy_input),
+    ("plugin_signature", plugin_signature),
+    ("oci_artifact", oci_artifact),
 ];
 
 /// Certificates: PEM blocks, every certificate of a PEM bundle, and the bytes as one DER.
@@ -93,4 +95,33 @@ pub fn policy_input(data: &[u8]) {
     for hook in [Hook::Renewal, Hook::San, Hook::Csr] {
         let _ = build_request(hook, "fuzz", data, &ctx, now);
     }
+}
+
+/// The vendor key of the `plugin_signature` corpus (its envelopes verify with it).
+const CORPUS_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEANKxcRJe8wGEuFgdNehgsb7R63vQzUJHOJmbWqsGUOQg=
+-----END PUBLIC KEY-----
+";
+
+/// Plugin signatures: DSSE envelopes (parsed, their statement read unverified, verified with a
+/// fixed key) and the bytes as a public or a private key file.
+pub fn plugin_signature(data: &[u8]) {
+    use crate::policy::signing::{Envelope, PublicKey, SigningKey};
+    if let Ok(envelope) = Envelope::parse(data) {
+        let _ = envelope
+            .unverified_statement()
+            .map(|s| s.validate().is_ok());
+        if let Ok(key) = PublicKey::from_pem(CORPUS_KEY.as_bytes()) {
+            let _ = key.verify(&envelope);
+        }
+        let _ = envelope.keyids();
+    }
+    let _ = PublicKey::from_pem(data);
+    let _ = SigningKey::from_pem(data);
+}
+
+/// OCI plugin artifacts: a manifest decoded with its blobs missing or as arbitrary bytes, an
+/// image index, and the text as a plugin location.
+pub fn oci_artifact(data: &[u8]) {
+    crate::distribution::fuzz_artifact(data);
 }
