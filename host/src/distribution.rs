@@ -228,9 +228,21 @@ impl Artifact {
                 component.len()
             ));
         }
-        safe_name(&statement.name)?;
+        check_plugin_name(&statement.name)?;
         for (path, _) in &fixtures {
             safe_path(path)?;
+        }
+        // Paths that could not all be files of one directory (`a` and `a/b`, or twice `a`)
+        // are refused here, before anything is written.
+        let mut paths: Vec<&str> = fixtures.iter().map(|(p, _)| p.as_str()).collect();
+        paths.sort_unstable();
+        for pair in paths.windows(2) {
+            if pair[0] == pair[1] || pair[1].starts_with(&format!("{}/", pair[0])) {
+                return Err(format!(
+                    "fixture paths {:?} and {:?} cannot both be files",
+                    pair[0], pair[1]
+                ));
+            }
         }
         Ok(Artifact {
             component,
@@ -346,6 +358,19 @@ impl Artifact {
         }) {
             return Err(bad(format!("unexpected layer type {}", other.media_type)));
         }
+        // Every blob is exactly its descriptor's size (and, checked by `fetch`, digest).
+        let mut fetch = |d: &OciDescriptor| -> Result<Vec<u8>, DistributionError> {
+            let bytes = fetch(d)?;
+            if i64::try_from(bytes.len()).ok() != Some(d.size) {
+                return Err(bad(format!(
+                    "blob {} is {} bytes, its descriptor says {}",
+                    d.digest,
+                    bytes.len(),
+                    d.size
+                )));
+            }
+            Ok(bytes)
+        };
         let component = fetch(components[0])?;
         let signature = fetch(signatures[0])?;
         let mut fixtures = Vec::new();
@@ -383,8 +408,9 @@ impl Artifact {
     }
 }
 
-/// A plugin name that is safe as a file name.
-fn safe_name(name: &str) -> Result<(), String> {
+/// Whether `name` can name a plugin's files (`NAME.wasm`, `NAME.wasm.sig`): letters, digits,
+/// `-`, `_` and `.`, not starting with `.`, at most 128 bytes.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
@@ -423,7 +449,12 @@ pub fn read_fixtures(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, DistributionE
     let root = Root::open_ambient(dir)?;
     let mut out = Vec::new();
     for (rel, kind) in root.walk(Path::new("."))? {
-        if kind != crate::fs::Kind::File {
+        // Hidden files and directories (.gitkeep, .DS_Store, .git/) are not fixtures.
+        let hidden = rel.components().any(|c| match c {
+            std::path::Component::Normal(n) => n.to_string_lossy().starts_with('.'),
+            _ => false,
+        });
+        if kind != crate::fs::Kind::File || hidden {
             continue;
         }
         let path = rel
@@ -435,8 +466,10 @@ pub fn read_fixtures(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, DistributionE
             .collect::<Vec<_>>()
             .join("/");
         safe_path(&path).map_err(|message| DistributionError::Artifact {
-            reference: dir.display().to_string(),
-            message,
+            reference: root.display(&rel).display().to_string(),
+            message: format!(
+                "{message}: fixture files are named with letters, digits, '-', '_' and '.'"
+            ),
         })?;
         out.push((path, root.read(&rel)?));
     }
@@ -511,6 +544,13 @@ fn registry_error(reference: &str, e: &dyn std::error::Error) -> DistributionErr
             message.push_str(&text);
         }
         source = s.source();
+    }
+    // A TLS registry on loopback answers rotor's plain HTTP with 400.
+    if message.contains("400 Bad Request") && message.contains("(http://") {
+        message.push_str(
+            " (rotor speaks plain HTTP to a loopback registry unless it is given the CA \
+             certificate of the registry's TLS certificate; a registry serving TLS needs it)",
+        );
     }
     DistributionError::Registry {
         reference: reference.to_string(),
@@ -633,7 +673,13 @@ pub fn pull(
                             message: format!("layer {} is {} bytes", layer.digest, layer.size),
                         });
                     }
-                    let mut out = Vec::new();
+                    if blobs.contains_key(&layer.digest) {
+                        continue;
+                    }
+                    let mut out = Limited {
+                        bytes: Vec::new(),
+                        limit: usize::try_from(layer.size).unwrap_or(0),
+                    };
                     client
                         .pull_blob(reference, layer, &mut out)
                         .await
@@ -649,11 +695,12 @@ pub fn pull(
                                 ),
                             }
                         })?;
-                    blobs.insert(layer.digest.clone(), out);
+                    blobs.insert(layer.digest.clone(), out.bytes);
                 }
                 let artifact = Artifact::decode(&shown, &manifest, |d| {
                     blobs
-                        .remove(&d.digest)
+                        .get(&d.digest)
+                        .cloned()
                         .ok_or_else(|| DistributionError::Artifact {
                             reference: shown.clone(),
                             message: format!("layer {} missing", d.digest),
@@ -688,6 +735,44 @@ pub fn pull(
     }
 }
 
+/// A blob being downloaded: refused past its descriptor's size, so a registry cannot make rotor
+/// hold more than the manifest announced.
+struct Limited {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for Limited {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {} bytes the manifest announced",
+                self.limit
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 fn verify_manifest_digest(
     shown: &str,
     manifest: &[u8],
@@ -715,7 +800,25 @@ fn read_blob(root: &Root, shown: &str, digest: &str) -> Result<Vec<u8>, Distribu
         message,
     })?;
     let rel = PathBuf::from("blobs/sha256").join(&digest["sha256:".len()..]);
-    let bytes = root.read(&rel)?;
+    let bytes = {
+        use std::io::Read;
+        let file = root.open_read(&rel)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_BLOB + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| FsError::io(root.display(&rel), e))?;
+        if bytes.len() as u64 > MAX_BLOB {
+            return Err(DistributionError::Artifact {
+                reference: shown.to_string(),
+                message: format!(
+                    "blob {} is larger than {} MiB",
+                    root.display(&rel).display(),
+                    MAX_BLOB >> 20
+                ),
+            });
+        }
+        bytes
+    };
     let actual = sha256_digest(&bytes);
     if actual != digest {
         return Err(DistributionError::Artifact {

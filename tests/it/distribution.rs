@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use rotor::contract::Hook;
+use rotor::policy::signing::{SigningKey, Statement};
+
 use crate::common::{default_plugin, repo_root, require_command, rotor, shared_cache};
 
 /// A registry on 127.0.0.1, stopped when dropped.
@@ -329,6 +332,18 @@ fn a_signed_plugin_goes_through_a_registry_and_a_layout_into_a_bundle_that_trust
         std::fs::read(&acme.plugin).unwrap()
     );
 
+    // A vendor's push into a layout makes the same artifact, byte for byte: the same digest.
+    let pushed_layout = tmp.path().join("pushed-layout");
+    let out = ok(&[
+        "policy",
+        "push",
+        s(&acme.plugin),
+        &format!("oci-layout:{}", s(&pushed_layout)),
+        "--fixtures",
+        s(&fixtures),
+    ]);
+    assert_eq!(pushed_digest(&out), digest, "{out}");
+
     // A bundle that trusts acme's key (version ^1.2) accepts the pulled plugin without a pin.
     let bundle = tmp.path().join("bundle");
     signed_bundle(
@@ -474,9 +489,15 @@ fn tampered_layers_wrong_and_revoked_keys_and_digest_mismatches_are_refused() {
         "{err}"
     );
 
-    // A pin still takes precedence over signatures: with no trusted key at all.
+    // A pin takes precedence over signatures: the bundle trusts only a key that did not sign
+    // (the signature beside it would be refused), and the pinned file is accepted.
     let by_pin = tmp.path().join("by-pin");
-    signed_bundle(&by_pin, &[], &format!("sha256 = \"{plugin_digest}\"\n"), "");
+    signed_bundle(
+        &by_pin,
+        &[("other", &other.public)],
+        &format!("sha256 = \"{plugin_digest}\"\n"),
+        "",
+    );
     install(&by_pin);
     assert!(ok(&["policy", "check", "--bundle", s(&by_pin)]).contains("(matches the pin)"));
 
@@ -490,6 +511,30 @@ fn tampered_layers_wrong_and_revoked_keys_and_digest_mismatches_are_refused() {
         s(&nothing),
     ]);
     assert!(err.contains("manifest unknown"), "{err}");
+
+    // Fixtures with identical contents (one blob, two layers) and a hidden file (not shipped).
+    let dups = tmp.path().join("dups");
+    std::fs::create_dir_all(dups.join("inputs")).unwrap();
+    std::fs::write(dups.join("a.json"), "[]").unwrap();
+    std::fs::write(dups.join("inputs/b.json"), "[]").unwrap();
+    std::fs::write(dups.join(".gitkeep"), "").unwrap();
+    let dup_url = registry.url("acme/dups:1.0.0");
+    let out = ok(&[
+        "policy",
+        "push",
+        s(&acme.plugin),
+        &dup_url,
+        "--fixtures",
+        s(&dups),
+    ]);
+    assert!(out.contains("(2 fixture files)"), "{out}");
+    let dup_out = tmp.path().join("dup-out");
+    ok(&["policy", "pull", &dup_url, "--out", s(&dup_out)]);
+    assert_eq!(
+        std::fs::read(dup_out.join("renewal-window-fixtures/inputs/b.json")).unwrap(),
+        b"[]"
+    );
+    assert!(!dup_out.join("renewal-window-fixtures/.gitkeep").exists());
 
     // A layout copy, for the layout cases below (before the registry's blobs are tampered with).
     let layout = tmp.path().join("layout");
@@ -512,7 +557,7 @@ fn tampered_layers_wrong_and_revoked_keys_and_digest_mismatches_are_refused() {
         registry.url(&format!("acme/renewal-window@{digest}")),
     ] {
         let err = refused(&["policy", "pull", &reference, "--out", s(&nothing)]);
-        assert!(err.to_lowercase().contains("digest"), "{reference}: {err}");
+        assert!(err.contains("Invalid digest"), "{reference}: {err}");
         assert!(!nothing.exists());
     }
     std::fs::write(&manifest_file, &manifest).unwrap();
@@ -591,7 +636,11 @@ fn a_registry_is_reached_over_tls_with_its_ca_and_refused_without_it() {
     let acme = vendor(&tmp.path().join("acme"), "acme", "2.0.0");
     let url = registry.url("acme/renewal-window:2.0.0");
     // Loopback without a CA is plain HTTP, which a TLS registry does not speak.
-    refused(&["policy", "push", s(&acme.plugin), &url]);
+    let err = refused(&["policy", "push", s(&acme.plugin), &url]);
+    assert!(
+        err.contains("400 Bad Request") && err.contains("plain HTTP to a loopback registry"),
+        "{err}"
+    );
     let out = ok(&[
         "policy",
         "push",
@@ -629,7 +678,7 @@ fn a_registry_is_reached_over_tls_with_its_ca_and_refused_without_it() {
         "--registry-ca",
         s(&other_ca),
     ]);
-    assert!(!err.is_empty());
+    assert!(err.contains("invalid peer certificate"), "{err}");
     // Unsigned plugins are not pushed.
     std::fs::remove_file(&acme.signature).unwrap();
     let err = refused(&[
@@ -642,4 +691,144 @@ fn a_registry_is_reached_over_tls_with_its_ca_and_refused_without_it() {
     ]);
     assert!(err.contains("only signed plugins are pushed"), "{err}");
     let _ = acme.key;
+}
+
+/// An envelope over `statement` signed by each of `keys`, with or without key ids.
+fn envelope(statement: &Statement, keys: &[&Path], keyids: bool) -> Vec<u8> {
+    let mut signatures = Vec::new();
+    let mut env = None;
+    for key in keys {
+        let key = SigningKey::from_pem(&std::fs::read(key).unwrap()).unwrap();
+        let mut e = key.sign(statement).unwrap();
+        if !keyids {
+            e.signatures[0].keyid.clear();
+        }
+        signatures.extend(e.signatures.clone());
+        env = Some(e);
+    }
+    let mut env = env.unwrap();
+    env.signatures = signatures;
+    env.to_json()
+}
+
+#[test]
+fn a_signature_counts_only_for_what_and_by_whom_it_was_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acme = vendor(&tmp.path().join("acme"), "acme", "1.0.0");
+    let other = vendor(&tmp.path().join("other"), "other", "1.0.0");
+    let component = std::fs::read(&acme.plugin).unwrap();
+    let statement = Statement {
+        name: "renewal-window".into(),
+        version: "1.0.0".into(),
+        contract: "rotor:policy@0.2.0".into(),
+        hooks: vec![Hook::Renewal],
+        sha256: hex::encode(Sha256::digest(&component)),
+        size: component.len() as u64,
+    };
+    let keyid = |public: &Path| {
+        let der = pem::parse(std::fs::read(public).unwrap()).unwrap();
+        hex::encode(Sha256::digest(der.contents()))
+    };
+    let case = |name: &str, sig: &[u8], renewal_extra: &str, trust_extra: &str| -> (i32, String) {
+        let b = tmp.path().join(name);
+        signed_bundle(
+            &b,
+            &[("acme", &acme.public), ("other", &other.public)],
+            renewal_extra,
+            trust_extra,
+        );
+        std::fs::copy(&acme.plugin, b.join("plugins/renewal-window.wasm")).unwrap();
+        std::fs::write(b.join("plugins/renewal-window.wasm.sig"), sig).unwrap();
+        let (code, out, err) = run(&["policy", "check", "--bundle", s(&b)]);
+        (code, format!("{out}{err}"))
+    };
+
+    // A signature without key ids: the key id only picks the key to try.
+    let (code, out) = case(
+        "no-keyid",
+        &envelope(&statement, &[&acme.key], false),
+        "",
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("by trusted key 'acme'"), "{out}");
+
+    // Co-signed by a revoked key and a good one: the good one counts, the revoked one never,
+    // whichever is named first.
+    for (name, keys) in [
+        ("cosigned-ab", [acme.key.as_path(), other.key.as_path()]),
+        ("cosigned-ba", [other.key.as_path(), acme.key.as_path()]),
+    ] {
+        let (code, out) = case(
+            name,
+            &envelope(&statement, &keys, true),
+            "",
+            &format!("[trust]\nrevoked_keys = [\"{}\"]\n", keyid(&acme.public)),
+        );
+        assert_eq!(code, 0, "{name}: {out}");
+        assert!(out.contains("by trusted key 'other'"), "{name}: {out}");
+    }
+    // Signed only by the revoked key, even with signed_by naming it: refused.
+    let (code, out) = case(
+        "revoked-named",
+        &envelope(&statement, &[&acme.key], true),
+        "signed_by = \"acme\"\n",
+        &format!("[trust]\nrevoked_keys = [\"{}\"]\n", keyid(&acme.public)),
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("which is revoked"), "{out}");
+
+    // signed_by restricts the keys: a valid signature by another trusted key is not enough.
+    let (code, out) = case(
+        "signed-by-other",
+        &envelope(&statement, &[&acme.key], true),
+        "signed_by = \"other\"\n",
+        "",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no trusted key verifies it"), "{out}");
+    let (code, out) = case(
+        "signed-by-unknown",
+        &envelope(&statement, &[&acme.key], true),
+        "signed_by = \"nobody\"\n",
+        "",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("'signed_by' names no key of [trust.keys] (acme, other)"),
+        "{out}"
+    );
+
+    // Signed for another hook: not accepted for this one.
+    let mut san = statement.clone();
+    san.hooks = vec![Hook::San];
+    let (code, out) = case("other-hook", &envelope(&san, &[&acme.key], true), "", "");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("signs it for the san hook(s), not renewal"),
+        "{out}"
+    );
+
+    // Signed as another contract than the component's.
+    let mut old = statement.clone();
+    old.contract = "rotor:policy@0.1.0".into();
+    let (code, out) = case(
+        "other-contract",
+        &envelope(&old, &[&acme.key], true),
+        "",
+        "",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("the signature says rotor:policy@0.1.0 exporting renewal, the component is rotor:policy@0.2.0"),
+        "{out}"
+    );
+
+    // A signature file that is not an envelope.
+    let (code, out) = case("garbage", b"{\"payload\": 1}", "", "");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("not a DSSE envelope of a rotor plugin"),
+        "{out}"
+    );
 }

@@ -753,14 +753,14 @@ pub(super) struct DiffArgs {
     #[arg(long, value_name = "DIR")]
     pub fixtures: Vec<PathBuf>,
     /// Decide at this time (RFC 3339) [default: now].
-    #[arg(long, value_name = "TIME", value_parser = crate::clock::parse_rfc3339, conflicts_with = "sweep")]
+    #[arg(long, value_name = "TIME", value_parser = crate::clock::parse_now, conflicts_with = "sweep")]
     pub now: Option<OffsetDateTime>,
     /// Ask the renewal hook about the data dir's certificates once a day over this period
     /// (e.g. 365d), to catch timing changes (implies --certificates).
     #[arg(long, value_name = "PERIOD", value_parser = parse_sweep)]
     pub sweep: Option<std::time::Duration>,
     /// Start the sweep here (RFC 3339) [default: now].
-    #[arg(long, value_name = "TIME", value_parser = crate::clock::parse_rfc3339, requires = "sweep")]
+    #[arg(long, value_name = "TIME", value_parser = crate::clock::parse_now, requires = "sweep")]
     pub from: Option<OffsetDateTime>,
     /// One JSON object per change instead of the report.
     #[arg(long)]

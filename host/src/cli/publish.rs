@@ -89,6 +89,8 @@ pub(super) fn sign(global: &GlobalArgs, args: SignArgs) -> anyhow::Result<Exit> 
             .unwrap_or(&file_name)
             .to_string()
     });
+    distribution::check_plugin_name(&name)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (give another with --name)", args.file.display()))?;
     // What rotor will see when it loads it: its contract and hooks.
     let engine = super::engine(global)?;
     let plugin = engine.load(&name, Hook::Renewal, &component).map_err(|e| {
@@ -193,6 +195,11 @@ pub(super) fn push(args: PushArgs) -> anyhow::Result<Exit> {
 /// `rotor policy pull LOCATION --out DIR|oci-layout:DIR`.
 pub(super) fn pull(args: PullArgs) -> anyhow::Result<Exit> {
     let from = Location::parse(&args.from)?;
+    let to_layout = if args.out.starts_with("oci-layout:") {
+        Some(Location::parse(&args.out)?)
+    } else {
+        None
+    };
     let keys = args
         .key
         .iter()
@@ -245,8 +252,7 @@ pub(super) fn pull(args: PullArgs) -> anyhow::Result<Exit> {
             "  signature NOT verified here (no --key): a bundle accepts it only by a key it trusts"
         ),
     }
-    if args.out.starts_with("oci-layout:") {
-        let to = Location::parse(&args.out)?;
+    if let Some(to) = to_layout {
         let copied = distribution::push(&artifact, &to, &RegistryOptions::default())?;
         outln!("  copied to {}", copied.location);
     } else {

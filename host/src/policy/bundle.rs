@@ -22,7 +22,7 @@
 //! [trust.keys]
 //! acme = "keys/acme.pub"                  # Ed25519 public key (PEM), relative to the bundle
 //! [trust]
-//! revoked_keys = ["<key id>"]             # never accepted (key ids: sha256 of the public key)
+//! revoked_keys = ["<key id>"]             # signatures that never count (sha256 of the key)
 //! revoked_sha256 = ["<digest>"]           # plugins never accepted, pinned or signed
 //!
 //! [renewal]
@@ -33,7 +33,8 @@
 //! ```
 //!
 //! A pin takes precedence: a plugin with `sha256` is accepted by its digest alone. A revoked
-//! digest is refused either way; a revoked key's signatures are refused.
+//! digest is refused either way; a revoked key's signatures never count (a plugin it alone
+//! signed is refused, one a trusted key co-signed is accepted by that key).
 //!
 //! Failure modes (a plugin that traps, times out, runs out of memory or answers garbage):
 //! - `renewal`: `fallback` (default: the built-in rule, renew when expired or within
@@ -715,6 +716,11 @@ fn accept(
         }
     })?;
     let envelope = Envelope::parse(&sig_bytes).map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
+    // A revoked key's signatures do not count, whatever else signed the envelope; one that
+    // would have verified is named in the refusal.
+    let (revoked, candidates): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .partition(|(_, key)| trust.revoked_keys.iter().any(|k| k == key.keyid()));
     let mut why = Vec::new();
     for (name, key) in candidates {
         let statement = match key.verify(&envelope) {
@@ -724,12 +730,6 @@ fn accept(
                 continue;
             }
         };
-        if trust.revoked_keys.iter().any(|k| k == key.keyid()) {
-            return Err(untrusted(format!(
-                "{sig_rel} is signed by key '{name}' ({}), which is revoked ([trust] revoked_keys)",
-                key.keyid()
-            )));
-        }
         if statement.sha256 != actual || statement.size != size as u64 {
             return Err(untrusted(format!(
                 "{sig_rel} signs sha256 {} ({} bytes), but {} is sha256 {actual} ({size} bytes): \
@@ -768,6 +768,18 @@ fn accept(
             signature: Some((PathBuf::from(&sig_rel), sig_bytes)),
             statement: Some(statement),
         });
+    }
+    if let Some((name, key)) = revoked
+        .iter()
+        .find(|(_, key)| key.verify(&envelope).is_ok())
+    {
+        return Err(untrusted(format!(
+            "{sig_rel} is signed by key '{name}' ({}), which is revoked ([trust] revoked_keys)",
+            key.keyid()
+        )));
+    }
+    if why.is_empty() {
+        why.push("every trusted key it could be signed by is revoked".into());
     }
     Err(untrusted(format!(
         "{sig_rel}: no trusted key verifies it ({})",

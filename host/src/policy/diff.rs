@@ -302,8 +302,11 @@ pub(crate) fn certificates(
 ) {
     for s in subjects {
         let mut open: Option<Change> = None;
-        for day in 0..=days {
-            let at = now + time::Duration::days(i64::from(day));
+        // `days` days from `now` (one evaluation when not sweeping).
+        for day in 0..days.max(1) {
+            let Some(at) = now.checked_add(time::Duration::days(i64::from(day))) else {
+                break;
+            };
             let request = RenewalRequest {
                 name: s.name.clone(),
                 certificate: s.facts.clone(),

@@ -37,6 +37,13 @@ pub const PAYLOAD_TYPE: &str = "application/vnd.rotor.plugin.statement.v1+json";
 /// The Ed25519 algorithm identifier (RFC 8410).
 const ED25519_OID: &str = "1.3.101.112";
 
+/// How every Ed25519 SubjectPublicKeyInfo starts (RFC 8410, section 10.1): SEQUENCE, the
+/// AlgorithmIdentifier with the OID and no parameters, a 33-byte BIT STRING (no unused bits)
+/// holding the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
 /// A signature, key or statement is not acceptable. Messages say which and why; the caller
 /// names the file.
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +326,17 @@ impl PublicKey {
                 raw.len()
             )));
         }
+        // One encoding per key (RFC 8410: no parameters), so one key id per key: a key cannot
+        // dodge a revocation by its id through another encoding.
+        let mut canonical = ED25519_SPKI_PREFIX.to_vec();
+        canonical.extend_from_slice(&raw);
+        if spki.algorithm.parameters.is_some() || der != canonical.as_slice() {
+            return Err(SigningError::Key(
+                "not the DER encoding of an Ed25519 key RFC 8410 prescribes (no algorithm \
+                 parameters)"
+                    .into(),
+            ));
+        }
         Ok(PublicKey {
             spki_der: der.to_vec(),
             raw,
@@ -429,6 +447,20 @@ mod tests {
         env.signatures[0].sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
         let public = PublicKey::from_pem(public.as_bytes()).unwrap();
         assert!(public.verify(&env).is_ok());
+    }
+
+    #[test]
+    fn a_key_has_one_encoding_and_one_id() {
+        let (_, public, _) = SigningKey::generate().unwrap();
+        let der = pem::parse(public.as_bytes()).unwrap().contents().to_vec();
+        assert_eq!(der[..12], ED25519_SPKI_PREFIX);
+        // The same key with NULL parameters: refused, not given another id.
+        let mut with_null = vec![
+            0x30, 0x2c, 0x30, 0x07, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x05, 0x00,
+        ];
+        with_null.extend_from_slice(&der[9..]);
+        assert!(PublicKey::from_der(&with_null).is_err());
+        assert!(PublicKey::from_der(&der).is_ok());
     }
 
     #[test]
