@@ -117,6 +117,24 @@ impl Location {
                     "give the registry and repository: oci://HOST[:PORT]/REPO:TAG".into(),
                 ));
             }
+            if host.starts_with('[') {
+                return Err(bad(
+                    "OCI references cannot name a registry by an IPv6 address: use localhost or \
+                     127.0.0.1 for a loopback registry, or a host name"
+                        .into(),
+                ));
+            }
+            // Say which: a tag or a digest (no implicit `latest`).
+            let last = rest.rsplit('/').next().unwrap_or_default();
+            match last.split_once('@') {
+                Some((_, digest)) => check_digest(digest).map_err(bad)?,
+                None if !last.contains(':') => {
+                    return Err(bad(
+                        "name a tag (REPO:TAG) or a digest (REPO@sha256:DIGEST)".into(),
+                    ));
+                }
+                None => {}
+            }
             let reference: oci_client::Reference = rest
                 .parse()
                 .map_err(|e| bad(format!("not an OCI reference ({e})")))?;
@@ -196,13 +214,15 @@ pub struct Artifact {
     pub fixtures: Vec<(String, Vec<u8>)>,
 }
 
-/// A pushed or pulled artifact's manifest digest and size.
+/// Where a pushed or pulled artifact is.
 #[derive(Clone, Debug)]
 pub struct Stored {
     /// `sha256:...` of the manifest.
     pub digest: String,
-    /// Where it is.
+    /// Its immutable reference: `oci://HOST/REPO@DIGEST` or `oci-layout:DIR@DIGEST`.
     pub location: String,
+    /// The tag a layout entry got.
+    pub tag: Option<String>,
 }
 
 impl Artifact {
@@ -229,8 +249,19 @@ impl Artifact {
             ));
         }
         check_plugin_name(&statement.name)?;
-        for (path, _) in &fixtures {
+        if !component.starts_with(b"\0asm") {
+            return Err("the component is not WebAssembly (no \\0asm header)".into());
+        }
+        for (path, bytes) in &fixtures {
             safe_path(path)?;
+            // Fixtures are certificates, CSRs and JSON; a private key among them is a mistake
+            // (a vendor's own directory given as fixtures) that must not be published.
+            const KEY: &[u8] = b"PRIVATE KEY-----";
+            if bytes.windows(KEY.len()).any(|w| w == KEY) {
+                return Err(format!(
+                    "fixture {path} holds a private key: not published (fixtures never need one)"
+                ));
+            }
         }
         // Paths that could not all be files of one directory (`a` and `a/b`, or twice `a`)
         // are refused here, before anything is written.
@@ -392,12 +423,24 @@ impl Artifact {
         let root = Root::create_ambient(dir)?;
         let name = self.file_name();
         let fixtures = format!("{}-fixtures", self.statement.name);
+        // The release's fixtures replace the previous release's whole: staged beside them,
+        // then swapped in (none at all when this release ships none).
+        let staged = format!(".{fixtures}.new");
+        if root.exists(Path::new(&staged)) {
+            root.remove_dir_all(Path::new(&staged))?;
+        }
         for (path, bytes) in &self.fixtures {
-            let rel = Path::new(&fixtures).join(path);
+            let rel = Path::new(&staged).join(path);
             if let Some(parent) = rel.parent() {
                 root.create_dir_all(parent)?;
             }
             root.write_atomic(&rel, bytes, 0o644)?;
+        }
+        if root.exists(Path::new(&fixtures)) {
+            root.remove_dir_all(Path::new(&fixtures))?;
+        }
+        if !self.fixtures.is_empty() {
+            root.rename(Path::new(&staged), Path::new(&fixtures))?;
         }
         // The signature before the component: a reader between the two sees the old component
         // with the new signature, which a bundle refuses (the digests differ), never a
@@ -545,6 +588,9 @@ fn registry_error(reference: &str, e: &dyn std::error::Error) -> DistributionErr
         }
         source = s.source();
     }
+    if message.contains("MANIFEST_UNKNOWN") || message.contains("manifest unknown") {
+        message.push_str(" (the repository holds no such tag or digest)");
+    }
     // A TLS registry on loopback answers rotor's plain HTTP with 400.
     if message.contains("400 Bad Request") && message.contains("(http://") {
         message.push_str(
@@ -620,6 +666,7 @@ pub fn push(
                     reference.repository()
                 ),
                 digest,
+                tag: None,
             })
         }
         Location::Layout { dir, reference } => {
@@ -636,8 +683,9 @@ pub fn push(
             };
             write_layout(dir, &manifest, &blobs, &tag)?;
             Ok(Stored {
-                location: format!("oci-layout:{}:{tag} ({digest})", dir.display()),
+                location: format!("oci-layout:{}@{digest}", dir.display()),
                 digest,
+                tag: Some(tag),
             })
         }
     }
@@ -715,12 +763,22 @@ pub fn pull(
                             reference.repository()
                         ),
                         digest,
+                        tag: None,
                     },
                 ))
             })
         }
         Location::Layout { dir, reference } => {
-            let root = Root::open_ambient(dir)?;
+            let root = Root::open_ambient(dir).map_err(|e| {
+                if e.is_not_found() {
+                    DistributionError::Artifact {
+                        reference: shown.clone(),
+                        message: "no such image-layout directory".into(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
             let (manifest, digest) = layout_manifest(&root, &shown, reference.as_deref())?;
             let artifact =
                 Artifact::decode(&shown, &manifest, |d| read_blob(&root, &shown, &d.digest))?;
@@ -729,6 +787,7 @@ pub fn pull(
                 Stored {
                     location: format!("oci-layout:{}@{digest}", dir.display()),
                     digest,
+                    tag: reference.clone().filter(|r| !r.starts_with("sha256:")),
                 },
             ))
         }

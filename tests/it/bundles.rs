@@ -62,8 +62,10 @@ fn a_missing_pin_is_refused() {
     manifest(dir.path(), "[renewal]\nplugin = \"plugins/r.wasm\"\n");
     let err = load_err(dir.path());
     assert!(
-        err.to_string()
-            .contains("[renewal] 'sha256' must be the plugin's 64-hex-digit sha256"),
+        err.to_string().contains(
+            "[renewal] 'sha256' is missing: pin the plugin by its sha256 (`rotor policy pin`), \
+             or trust its vendor's key in [trust.keys] and ship its signature"
+        ),
         "{err}"
     );
 }

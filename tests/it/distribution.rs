@@ -536,6 +536,44 @@ fn tampered_layers_wrong_and_revoked_keys_and_digest_mismatches_are_refused() {
     );
     assert!(!dup_out.join("renewal-window-fixtures/.gitkeep").exists());
 
+    // A release's fixtures replace the previous release's: a stale case does not survive.
+    std::fs::write(dup_out.join("renewal-window-fixtures/stale.json"), "[]").unwrap();
+    ok(&["policy", "pull", &dup_url, "--out", s(&dup_out)]);
+    assert!(!dup_out.join("renewal-window-fixtures/stale.json").exists());
+    ok(&["policy", "pull", &url, "--out", s(&dup_out)]);
+    assert!(
+        !dup_out.join("renewal-window-fixtures").exists(),
+        "a release without fixtures leaves none"
+    );
+
+    // Mistakes refused before anything is sent or written: no tag (no implicit latest), a
+    // private key among the fixtures, a file as --out.
+    let err = refused(&[
+        "policy",
+        "push",
+        s(&acme.plugin),
+        &registry.url("acme/untagged"),
+    ]);
+    assert!(err.contains("name a tag (REPO:TAG) or a digest"), "{err}");
+    std::fs::copy(&acme.key, dups.join("vendor.key")).unwrap();
+    let err = refused(&[
+        "policy",
+        "push",
+        s(&acme.plugin),
+        &dup_url,
+        "--fixtures",
+        s(&dups),
+    ]);
+    assert!(
+        err.contains("fixture vendor.key holds a private key"),
+        "{err}"
+    );
+    let a_file = tmp.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let err = refused(&["policy", "pull", &url, "--out", s(&a_file)]);
+    assert!(err.contains("not a directory"), "{err}");
+    assert_eq!(std::fs::read(&a_file).unwrap(), b"x");
+
     // A layout copy, for the layout cases below (before the registry's blobs are tampered with).
     let layout = tmp.path().join("layout");
     ok(&[
@@ -795,7 +833,7 @@ fn a_signature_counts_only_for_what_and_by_whom_it_was_made() {
     );
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("'signed_by' names no key of [trust.keys] (acme, other)"),
+        out.contains("'signed_by' is 'nobody', which names no key of [trust.keys] (acme, other)"),
         "{out}"
     );
 

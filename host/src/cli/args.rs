@@ -765,6 +765,9 @@ pub(super) struct DiffArgs {
     /// One JSON object per change instead of the report.
     #[arg(long)]
     pub json: bool,
+    /// An address the host holds as evidence for the requesting node (repeatable).
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<IpAddr>,
     /// Evidence for the CSRs' nodes: a JSON map {"node-name": ["10.0.0.5", ...]}.
     #[arg(long, value_name = "FILE")]
     pub node_evidence: Option<PathBuf>,

@@ -15,6 +15,14 @@ use crate::policy::diff::{self, Change, Report, Verdict};
 pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
     let current = super::bundle(global)?;
     let engine = super::engine(global)?;
+    if let Err(e) = crate::fs::Root::open_ambient(&args.candidate)
+        && e.is_not_found()
+    {
+        anyhow::bail!(
+            "--candidate {}: no such bundle (a directory holding bundle.toml, or the manifest)",
+            args.candidate.display()
+        );
+    }
     let candidate = Bundle::load(&engine, &args.candidate)?;
     let now = args
         .from
@@ -73,10 +81,12 @@ pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
         let evidence = match &args.node_evidence {
             Some(p) => {
                 let bytes = crate::fs::Root::read_ambient_file(p)?;
-                Evidence::new(Vec::new(), Some(&bytes))
+                Evidence::new(args.node_ips.clone(), Some(&bytes))
                     .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
             }
-            None => Evidence::new(Vec::new(), None).map_err(|e| anyhow::anyhow!("{e}"))?,
+            None => {
+                Evidence::new(args.node_ips.clone(), None).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
         };
         let limits = SignerLimits::default();
         for (name, bytes) in csr_inputs(&args)? {
@@ -152,10 +162,12 @@ fn csr_inputs(args: &DiffArgs) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
 fn verdict_line(v: &Verdict) -> String {
     let mut s = v.decision.clone();
     if let Some(l) = v.lifetime_seconds {
-        s.push_str(&format!(
-            " for {}",
-            humantime::format_duration(std::time::Duration::from_secs(l))
-        ));
+        // Days when whole (a CA-clamped lifetime is not), else seconds.
+        if l % 86_400 == 0 {
+            s.push_str(&format!(" for {} days", l / 86_400));
+        } else {
+            s.push_str(&format!(" for {l} s ({:.1} days)", l as f64 / 86_400.0));
+        }
     }
     if !v.codes.is_empty() {
         let codes: Vec<&str> = v.codes.iter().map(String::as_str).collect();

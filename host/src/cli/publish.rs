@@ -157,6 +157,12 @@ fn registry_options(args: &RegistryArgs) -> anyhow::Result<RegistryOptions> {
 /// `rotor policy push PLUGIN.wasm LOCATION`.
 pub(super) fn push(args: PushArgs) -> anyhow::Result<Exit> {
     let to = Location::parse(&args.to)?;
+    if args.file.extension().is_some_and(|e| e == "sig") {
+        anyhow::bail!(
+            "{}: give the component (the .wasm file); its signature is found beside it",
+            args.file.display()
+        );
+    }
     let component = Root::read_ambient_file(&args.file)?;
     let sig_path = args
         .signature
@@ -179,10 +185,15 @@ pub(super) fn push(args: PushArgs) -> anyhow::Result<Exit> {
         .map_err(|e| anyhow::anyhow!("{}: {e}", sig_path.display()))?;
     let stored = distribution::push(&artifact, &to, &registry_options(&args.registry)?)?;
     outln!(
-        "pushed {} {} ({} fixture files) to {to}",
+        "pushed {} {} ({} fixture files) to {to}{}",
         artifact.statement.name,
         artifact.statement.version,
-        artifact.fixtures.len()
+        artifact.fixtures.len(),
+        stored
+            .tag
+            .as_ref()
+            .map(|t| format!(" (tag {t})"))
+            .unwrap_or_default()
     );
     outln!("  digest {}", stored.digest);
     outln!(
@@ -198,6 +209,16 @@ pub(super) fn pull(args: PullArgs) -> anyhow::Result<Exit> {
     let to_layout = if args.out.starts_with("oci-layout:") {
         Some(Location::parse(&args.out)?)
     } else {
+        // A directory (made if missing), not a file: refused before anything is fetched.
+        match Root::open_ambient(Path::new(&args.out)) {
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(_) => anyhow::bail!(
+                "--out {}: not a directory (pull writes NAME.wasm, NAME.wasm.sig and \
+                 NAME-fixtures/ into a directory, or give oci-layout:DIR)",
+                args.out
+            ),
+        }
         None
     };
     let keys = args
@@ -254,7 +275,11 @@ pub(super) fn pull(args: PullArgs) -> anyhow::Result<Exit> {
     }
     if let Some(to) = to_layout {
         let copied = distribution::push(&artifact, &to, &RegistryOptions::default())?;
-        outln!("  copied to {}", copied.location);
+        outln!(
+            "  copied to {} (tag {})",
+            copied.location,
+            copied.tag.unwrap_or_default()
+        );
     } else {
         let dir = PathBuf::from(&args.out);
         let wrote = artifact.write_files(&dir)?;

@@ -694,7 +694,10 @@ fn accept(
                 let names: Vec<&str> = trust.keys.iter().map(|(n, _)| n.as_str()).collect();
                 field(
                     "signed_by",
-                    format!("names no key of [trust.keys] ({})", names.join(", ")),
+                    format!(
+                        "is '{name}', which names no key of [trust.keys] ({})",
+                        names.join(", ")
+                    ),
                 )
             })?;
             vec![k]
