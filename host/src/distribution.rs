@@ -225,6 +225,21 @@ pub struct Stored {
     pub tag: Option<String>,
 }
 
+impl Stored {
+    /// An artifact in a registry's repository, by its manifest digest.
+    fn registry(reference: &oci_client::Reference, digest: String) -> Stored {
+        Stored {
+            location: format!(
+                "oci://{}/{}@{digest}",
+                reference.registry(),
+                reference.repository()
+            ),
+            digest,
+            tag: None,
+        }
+    }
+}
+
 impl Artifact {
     /// An artifact from a component and its signature. The envelope must state this
     /// component's digest and size (it is not verified here: whoever loads it decides whether
@@ -659,15 +674,7 @@ pub fn push(
                     .map_err(|e| registry_error(&shown, &e))?;
                 Ok::<_, DistributionError>(())
             })?;
-            Ok(Stored {
-                location: format!(
-                    "oci://{}/{}@{digest}",
-                    reference.registry(),
-                    reference.repository()
-                ),
-                digest,
-                tag: None,
-            })
+            Ok(Stored::registry(reference, digest))
         }
         Location::Layout { dir, reference } => {
             let tag = match reference {
@@ -754,18 +761,7 @@ pub fn pull(
                             message: format!("layer {} missing", d.digest),
                         })
                 })?;
-                Ok((
-                    artifact,
-                    Stored {
-                        location: format!(
-                            "oci://{}/{}@{digest}",
-                            reference.registry(),
-                            reference.repository()
-                        ),
-                        digest,
-                        tag: None,
-                    },
-                ))
+                Ok((artifact, Stored::registry(reference, digest)))
             })
         }
         Location::Layout { dir, reference } => {

@@ -101,8 +101,12 @@ pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
                 .as_ref()
                 .and_then(|l: &crate::cluster::Layout| l.ca_for_signer(&input.ctx.signer_name))
                 .and_then(|spec| ca_not_after.get(spec.name).copied());
-            let review =
-                |b: &Bundle| Verdict::review(crate::csr::review(b, input, ca, &limits, now));
+            let review = |b: &Bundle| {
+                Verdict::of(
+                    crate::csr::review(b, input, ca, &limits, now),
+                    Verdict::review,
+                )
+            };
             report.compare(
                 Hook::Csr,
                 "csr",
@@ -173,7 +177,15 @@ fn verdict_line(v: &Verdict) -> String {
         let codes: Vec<&str> = v.codes.iter().map(String::as_str).collect();
         s.push_str(&format!(" [{}]", codes.join(", ")));
     }
-    format!("{s} ({}): {}", v.source, v.reason)
+    let words: Vec<&str> = std::iter::once(v.reason.as_str())
+        .chain(v.notes.iter().map(String::as_str))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        format!("{s} ({})", v.source)
+    } else {
+        format!("{s} ({}): {}", v.source, words.join("; "))
+    }
 }
 
 fn print_report(current: &Bundle, candidate: &Bundle, report: &Report, days: u32) {

@@ -8,23 +8,11 @@ use sha2::{Digest, Sha256};
 use super::Exit;
 use super::args::{GlobalArgs, PullArgs, PushArgs, RegistryArgs, SignArgs};
 use super::output::outln;
+use super::vendor::split_file;
 use crate::contract::Hook;
 use crate::distribution::{self, Artifact, Location, RegistryOptions};
 use crate::fs::Root;
 use crate::policy::signing::{Envelope, PublicKey, SigningKey, Statement};
-
-/// `(directory, file name)` of a path the user gave for a file.
-fn split_file(path: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .ok_or_else(|| anyhow::anyhow!("{}: not a file name", path.display()))?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    Ok((parent, file))
-}
 
 /// `PATH` with `suffix` appended to its file name.
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

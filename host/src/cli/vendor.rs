@@ -143,7 +143,7 @@ pub(super) fn build(global: &GlobalArgs, args: BuildArgs) -> anyhow::Result<Exit
 }
 
 /// `(directory, file name)` of a path the user gave for a file.
-fn split_file(path: &Path) -> anyhow::Result<(PathBuf, String)> {
+pub(super) fn split_file(path: &Path) -> anyhow::Result<(PathBuf, String)> {
     let file = path
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())

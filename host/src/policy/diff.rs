@@ -16,10 +16,10 @@ use super::input::HookRequest;
 use crate::contract::{
     CsrDecision, Hook, RenewalDecision, RenewalRequest, SanDecision, SanRequest,
 };
-use crate::facts::CertificateFacts;
+use crate::facts::{CertificateFacts, Violation};
 use crate::plugin::PluginError;
 
-/// One bundle's decision, flattened for comparison.
+/// One bundle's decision, flattened for comparison (and for the fixtures' expectations).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) struct Verdict {
     /// `keep`, `renew`, `allow`, `deny`, `approve`, `abstain` or `error`.
@@ -30,10 +30,20 @@ pub(crate) struct Verdict {
     /// Reason codes of a denial.
     #[serde(skip_serializing_if = "BTreeSet::is_empty")]
     pub codes: BTreeSet<String>,
-    /// Why, in words.
+    /// Why, in words: the decision's own reason (every violation of a denial).
     pub reason: String,
-    /// Who decided: `plugin`, `failure_mode` or `built_in` (`host` for the host's CSR checks).
+    /// The host's notes on it, and the plugin failure a failure mode answered for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Who decided: `plugin`, `failure_mode`, `built_in`, or `review` (a whole CSR review).
     pub source: String,
+}
+
+/// The reason codes of a denial, and its violations in words.
+fn denial(violations: &[Violation]) -> (BTreeSet<String>, String) {
+    let codes = violations.iter().map(|v| v.code.clone()).collect();
+    let words: Vec<String> = violations.iter().map(ToString::to_string).collect();
+    (codes, words.join("; "))
 }
 
 impl Verdict {
@@ -44,162 +54,117 @@ impl Verdict {
             && self.codes == other.codes
     }
 
-    fn error(e: &PluginError) -> Verdict {
-        Verdict {
-            decision: "error".into(),
-            lifetime_seconds: None,
-            codes: BTreeSet::new(),
-            reason: e.to_string(),
-            source: "failure_mode".into(),
+    /// A hook's answer through `of`, or `error` when the plugin failed under failure mode
+    /// `error`.
+    pub(crate) fn of<T>(r: Result<T, PluginError>, of: impl FnOnce(&T) -> Verdict) -> Verdict {
+        match r {
+            Ok(answer) => of(&answer),
+            Err(e) => Verdict {
+                decision: "error".into(),
+                lifetime_seconds: None,
+                codes: BTreeSet::new(),
+                reason: e.to_string(),
+                notes: Vec::new(),
+                source: Verdict::source(Source::FailureMode),
+            },
         }
     }
 
-    fn source(s: Source) -> String {
+    /// The name a source has in JSON (`plugin`, `failure_mode`, `built_in`).
+    pub(crate) fn source(s: Source) -> String {
         serde_json::to_value(s)
             .ok()
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default()
     }
 
-    fn with_notes(mut reason: String, notes: &[String], error: Option<&PluginError>) -> String {
-        for n in notes.iter().map(String::as_str).chain(error.map(|_| "")) {
-            if !n.is_empty() {
-                reason.push_str("; ");
-                reason.push_str(n);
-            }
+    /// A hook's outcome with its decision flattened as (decision, lifetime, codes, reason).
+    fn outcome<D>(
+        o: &Outcome<D>,
+        (decision, lifetime_seconds, codes, reason): (&str, Option<u64>, BTreeSet<String>, String),
+    ) -> Verdict {
+        let mut notes = o.notes.clone();
+        notes.extend(o.error.iter().map(|e| format!("plugin failed: {e}")));
+        Verdict {
+            decision: decision.into(),
+            lifetime_seconds,
+            codes,
+            reason,
+            notes,
+            source: Verdict::source(o.source),
         }
-        if let Some(e) = error {
-            reason.push_str(&format!(" (plugin failed: {e})"));
-        }
-        reason
     }
 
     /// A renewal hook's answer.
-    pub(crate) fn renewal(r: Result<Outcome<RenewalDecision>, PluginError>) -> Verdict {
-        match r {
-            Err(e) => Verdict::error(&e),
-            Ok(o) => {
-                let (decision, lifetime_seconds) = match &o.decision {
-                    RenewalDecision::Keep { .. } => ("keep", None),
-                    RenewalDecision::Renew {
-                        lifetime_seconds, ..
-                    } => ("renew", *lifetime_seconds),
-                };
-                Verdict {
-                    decision: decision.into(),
-                    lifetime_seconds,
-                    codes: BTreeSet::new(),
-                    reason: Verdict::with_notes(
-                        o.decision.reason().to_string(),
-                        &o.notes,
-                        o.error.as_ref(),
-                    ),
-                    source: Verdict::source(o.source),
-                }
-            }
-        }
+    pub(crate) fn renewal(o: &Outcome<RenewalDecision>) -> Verdict {
+        let (decision, lifetime) = match &o.decision {
+            RenewalDecision::Keep { .. } => ("keep", None),
+            RenewalDecision::Renew {
+                lifetime_seconds, ..
+            } => ("renew", *lifetime_seconds),
+        };
+        let reason = o.decision.reason().to_string();
+        Verdict::outcome(o, (decision, lifetime, BTreeSet::new(), reason))
     }
 
     /// A SAN hook's answer.
-    pub(crate) fn san(r: Result<Outcome<SanDecision>, PluginError>) -> Verdict {
-        match r {
-            Err(e) => Verdict::error(&e),
-            Ok(o) => {
-                let (decision, codes, reason) = match &o.decision {
-                    SanDecision::Allow => ("allow", BTreeSet::new(), "names allowed".to_string()),
-                    SanDecision::Deny { violations } => (
-                        "deny",
-                        violations.iter().map(|v| v.code.clone()).collect(),
-                        violations
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ),
-                };
-                Verdict {
-                    decision: decision.into(),
-                    lifetime_seconds: None,
-                    codes,
-                    reason: Verdict::with_notes(reason, &o.notes, o.error.as_ref()),
-                    source: Verdict::source(o.source),
-                }
+    pub(crate) fn san(o: &Outcome<SanDecision>) -> Verdict {
+        let flat = match &o.decision {
+            SanDecision::Allow => ("allow", None, BTreeSet::new(), String::new()),
+            SanDecision::Deny { violations } => {
+                let (codes, reason) = denial(violations);
+                ("deny", None, codes, reason)
             }
-        }
+        };
+        Verdict::outcome(o, flat)
     }
 
     /// A CSR hook's answer (alone, as `rotor policy eval` asks it).
-    pub(crate) fn csr(r: Result<Outcome<CsrDecision>, PluginError>) -> Verdict {
-        match r {
-            Err(e) => Verdict::error(&e),
-            Ok(o) => {
-                let (decision, codes, reason, lifetime) = match &o.decision {
-                    CsrDecision::Approve {
-                        reason,
-                        lifetime_seconds,
-                        ..
-                    } => (
-                        "approve",
-                        BTreeSet::new(),
-                        reason.clone(),
-                        *lifetime_seconds,
-                    ),
-                    CsrDecision::Deny { violations } => (
-                        "deny",
-                        violations.iter().map(|v| v.code.clone()).collect(),
-                        violations
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                        None,
-                    ),
-                    CsrDecision::Abstain { reason } => {
-                        ("abstain", BTreeSet::new(), reason.clone(), None)
-                    }
-                };
-                Verdict {
-                    decision: decision.into(),
-                    lifetime_seconds: lifetime,
-                    codes,
-                    reason: Verdict::with_notes(reason, &o.notes, o.error.as_ref()),
-                    source: Verdict::source(o.source),
-                }
+    pub(crate) fn csr(o: &Outcome<CsrDecision>) -> Verdict {
+        let flat = match &o.decision {
+            CsrDecision::Approve {
+                reason,
+                lifetime_seconds,
+                ..
+            } => (
+                "approve",
+                *lifetime_seconds,
+                BTreeSet::new(),
+                reason.clone(),
+            ),
+            CsrDecision::Deny { violations } => {
+                let (codes, reason) = denial(violations);
+                ("deny", None, codes, reason)
             }
-        }
+            CsrDecision::Abstain { reason } => ("abstain", None, BTreeSet::new(), reason.clone()),
+        };
+        Verdict::outcome(o, flat)
     }
 
     /// A whole CSR review (the host's checks, the SAN hook, the CSR hook, the template).
-    pub(crate) fn review(r: Result<crate::csr::Review, PluginError>) -> Verdict {
+    pub(crate) fn review(review: &crate::csr::Review) -> Verdict {
         use crate::csr::Verdict as V;
-        match r {
-            Err(e) => Verdict::error(&e),
-            Ok(review) => {
-                let lifetime = review
-                    .template
-                    .as_ref()
-                    .map(|t| (t.not_after - t.not_before).whole_seconds().unsigned_abs());
-                let (decision, codes, reason) = match &review.verdict {
-                    V::Approve { reason } => ("approve", BTreeSet::new(), reason.clone()),
-                    V::Deny { violations } => (
-                        "deny",
-                        violations.iter().map(|v| v.code.clone()).collect(),
-                        violations
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; "),
-                    ),
-                    V::Abstain { reason } => ("abstain", BTreeSet::new(), reason.clone()),
-                };
-                Verdict {
-                    decision: decision.into(),
-                    lifetime_seconds: lifetime.filter(|_| decision == "approve"),
-                    codes,
-                    reason: Verdict::with_notes(reason, &review.notes, None),
-                    source: "review".into(),
-                }
+        let (decision, codes, reason) = match &review.verdict {
+            V::Approve { reason } => ("approve", BTreeSet::new(), reason.clone()),
+            V::Deny { violations } => {
+                let (codes, reason) = denial(violations);
+                ("deny", codes, reason)
             }
+            V::Abstain { reason } => ("abstain", BTreeSet::new(), reason.clone()),
+        };
+        // The lifetime the certificate would get: the approved template's.
+        let lifetime_seconds = review
+            .template
+            .as_ref()
+            .filter(|_| decision == "approve")
+            .map(|t| (t.not_after - t.not_before).whole_seconds().unsigned_abs());
+        Verdict {
+            decision: decision.into(),
+            lifetime_seconds,
+            codes,
+            reason,
+            notes: review.notes.clone(),
+            source: "review".into(),
         }
     }
 }
@@ -207,9 +172,9 @@ impl Verdict {
 /// Ask `bundle` the hook `request` is for.
 pub(crate) fn ask(bundle: &Bundle, request: &HookRequest) -> Verdict {
     match request {
-        HookRequest::Renewal(r) => Verdict::renewal(bundle.renewal(r)),
-        HookRequest::San(r) => Verdict::san(bundle.validate_sans(r)),
-        HookRequest::Csr(r) => Verdict::csr(bundle.review_csr(r)),
+        HookRequest::Renewal(r) => Verdict::of(bundle.renewal(r), Verdict::renewal),
+        HookRequest::San(r) => Verdict::of(bundle.validate_sans(r), Verdict::san),
+        HookRequest::Csr(r) => Verdict::of(bundle.review_csr(r), Verdict::csr),
     }
 }
 
@@ -313,8 +278,8 @@ pub(crate) fn certificates(
                 issuer_not_after: s.issuer_not_after,
                 now: at,
             };
-            let a = Verdict::renewal(current.renewal(&request));
-            let b = Verdict::renewal(candidate.renewal(&request));
+            let a = Verdict::of(current.renewal(&request), Verdict::renewal);
+            let b = Verdict::of(candidate.renewal(&request), Verdict::renewal);
             report.compared += 1;
             let differs = !a.same(&b);
             // Still the same difference: extend the period.
@@ -358,8 +323,8 @@ pub(crate) fn certificates(
                 Hook::San,
                 "certificate",
                 s.name.clone(),
-                Verdict::san(current.validate_sans(&request)),
-                Verdict::san(candidate.validate_sans(&request)),
+                Verdict::of(current.validate_sans(&request), Verdict::san),
+                Verdict::of(candidate.validate_sans(&request), Verdict::san),
             );
         }
     }
@@ -375,6 +340,7 @@ mod tests {
             lifetime_seconds: None,
             codes: BTreeSet::new(),
             reason: reason.into(),
+            notes: Vec::new(),
             source: "plugin".into(),
         }
     }

@@ -29,10 +29,10 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 
 use super::bundle::Bundle;
-use super::evaluate::Source;
+use super::diff::Verdict;
+use super::evaluate::{Outcome, Source};
 use super::input::{HookRequest, InputContext, build_request};
 use crate::contract::Hook;
-use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
 use crate::fs::{FsError, Root};
 
 #[derive(Debug, Deserialize)]
@@ -223,107 +223,28 @@ fn case_request(root: &Root, file: &str, case: &Case) -> Result<HookRequest, Str
     build_request(case.hook, &what, &bytes, &case.context, now).map_err(|e| e.to_string())
 }
 
-/// What a case produced, flattened for comparison.
-struct Got {
-    decision: &'static str,
-    reason: String,
-    codes: BTreeSet<String>,
-    lifetime: Option<u64>,
-    source: Source,
+/// What a case produced (flattened as `rotor policy diff` compares decisions), with the
+/// decision as `rotor policy eval` prints it. A plugin failure the bundle does not answer for
+/// fails the case.
+fn evaluate(
+    bundle: &Bundle,
+    request: &HookRequest,
+) -> Result<(Verdict, serde_json::Value), String> {
+    fn both<D: serde::Serialize>(
+        r: Result<Outcome<D>, crate::plugin::PluginError>,
+        flat: fn(&Outcome<D>) -> Verdict,
+    ) -> Result<(Verdict, serde_json::Value), String> {
+        let o = r.map_err(|e| e.to_string())?;
+        Ok((flat(&o), serde_json::to_value(&o).unwrap_or_default()))
+    }
+    match request {
+        HookRequest::Renewal(r) => both(bundle.renewal(r), Verdict::renewal),
+        HookRequest::San(r) => both(bundle.validate_sans(r), Verdict::san),
+        HookRequest::Csr(r) => both(bundle.review_csr(r), Verdict::csr),
+    }
 }
 
-fn evaluate(bundle: &Bundle, request: &HookRequest) -> Result<(Got, serde_json::Value), String> {
-    let err = |e: crate::plugin::PluginError| e.to_string();
-    Ok(match request {
-        HookRequest::Renewal(r) => {
-            let o = bundle.renewal(r).map_err(err)?;
-            let outcome = serde_json::to_value(&o).unwrap_or_default();
-            let (decision, lifetime) = match &o.decision {
-                RenewalDecision::Keep { .. } => ("keep", None),
-                RenewalDecision::Renew {
-                    lifetime_seconds, ..
-                } => ("renew", *lifetime_seconds),
-            };
-            (
-                Got {
-                    decision,
-                    reason: o.decision.reason().to_string(),
-                    codes: BTreeSet::new(),
-                    lifetime,
-                    source: o.source,
-                },
-                outcome,
-            )
-        }
-        HookRequest::San(r) => {
-            let o = bundle.validate_sans(r).map_err(err)?;
-            let outcome = serde_json::to_value(&o).unwrap_or_default();
-            let (decision, codes, reason) = match &o.decision {
-                SanDecision::Allow => ("allow", BTreeSet::new(), String::new()),
-                SanDecision::Deny { violations } => (
-                    "deny",
-                    violations.iter().map(|v| v.code.clone()).collect(),
-                    violations
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-            };
-            (
-                Got {
-                    decision,
-                    reason,
-                    codes,
-                    lifetime: None,
-                    source: o.source,
-                },
-                outcome,
-            )
-        }
-        HookRequest::Csr(r) => {
-            let o = bundle.review_csr(r).map_err(err)?;
-            let outcome = serde_json::to_value(&o).unwrap_or_default();
-            let (decision, codes, reason, lifetime) = match &o.decision {
-                CsrDecision::Approve {
-                    reason,
-                    lifetime_seconds,
-                    ..
-                } => (
-                    "approve",
-                    BTreeSet::new(),
-                    reason.clone(),
-                    *lifetime_seconds,
-                ),
-                CsrDecision::Deny { violations } => (
-                    "deny",
-                    violations.iter().map(|v| v.code.clone()).collect(),
-                    violations
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                    None,
-                ),
-                CsrDecision::Abstain { reason } => {
-                    ("abstain", BTreeSet::new(), reason.clone(), None)
-                }
-            };
-            (
-                Got {
-                    decision,
-                    reason,
-                    codes,
-                    lifetime,
-                    source: o.source,
-                },
-                outcome,
-            )
-        }
-    })
-}
-
-fn check(expect: &Expectation, got: &Got) -> Result<(), String> {
+fn check(expect: &Expectation, got: &Verdict) -> Result<(), String> {
     let mut problems = Vec::new();
     if expect.decision != got.decision {
         problems.push(format!(
@@ -343,17 +264,21 @@ fn check(expect: &Expectation, got: &Got) -> Result<(), String> {
         }
     }
     if let Some(l) = expect.lifetime_seconds
-        && got.lifetime != Some(l)
+        && got.lifetime_seconds != Some(l)
     {
         problems.push(format!(
             "expected lifetime_seconds {l}, got {:?}",
-            got.lifetime
+            got.lifetime_seconds
         ));
     }
     if let Some(s) = expect.source
-        && s != got.source
+        && Verdict::source(s) != got.source
     {
-        problems.push(format!("expected source {s:?}, got {:?}", got.source));
+        problems.push(format!(
+            "expected source {:?}, got {:?}",
+            Verdict::source(s),
+            got.source
+        ));
     }
     if problems.is_empty() {
         Ok(())
