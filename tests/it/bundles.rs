@@ -5,9 +5,29 @@ use rotor::policy::{Bundle, BundleError};
 
 use crate::common::*;
 
+/// Why the bundle at `dir` is refused by the strict check (`rotor policy check`, `policy use`):
+/// a refused manifest, pin or signature, or a plugin that cannot be loaded or configured (which
+/// the lenient load keeps as a `LoadFailure`: checked here too).
 fn load_err(dir: &std::path::Path) -> BundleError {
     let cache = tempfile::tempdir().unwrap();
-    Bundle::load(&engine(cache.path()), dir).unwrap_err()
+    match Bundle::load(&engine(cache.path()), dir) {
+        Err(e) => e,
+        Ok(bundle) => {
+            let err = bundle.ensure_loaded().unwrap_err();
+            let failure = &bundle.load_failures[0];
+            assert_eq!(
+                bundle
+                    .load_failure(failure.hook)
+                    .map(|f| f.error.to_string()),
+                Some(failure.error.to_string())
+            );
+            assert!(
+                bundle.hook(failure.hook).is_none(),
+                "a plugin that cannot load never decides"
+            );
+            err
+        }
+    }
 }
 
 #[test]

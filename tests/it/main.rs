@@ -25,6 +25,7 @@ mod default_plugins;
 mod diff;
 mod distribution;
 mod etcd;
+mod floor;
 mod fuzz_corpus;
 mod installed;
 mod sandbox;

@@ -335,8 +335,10 @@ fn failure_mode_error_stops_the_operation_with_the_plugin_named() {
     );
 }
 
+/// A plugin that refuses its settings cannot be loaded: the bundle loads, the hook fails
+/// closed at every decision (the SAN hook denies), and the strict check names the plugin.
 #[test]
-fn settings_refused_by_the_plugin_fail_the_bundle_load() {
+fn settings_refused_by_the_plugin_fail_the_hook_and_the_strict_check() {
     let dir = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let engine = engine(cache.path());
@@ -350,15 +352,112 @@ fn settings_refused_by_the_plugin_fail_the_bundle_load() {
             settings: "refuse = true",
         }],
     );
-    let err = Bundle::load(&engine, &bundle_dir).unwrap_err();
-    let BundleError::Plugin { error: source, .. } = &err else {
-        panic!("{err}")
+    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    let failure = bundle.load_failure(Hook::San).expect("a load failure");
+    assert!(
+        matches!(failure.error.kind, PluginErrorKind::InvalidSettings { .. }),
+        "{:?}",
+        failure.error
+    );
+    let err = bundle.ensure_loaded().unwrap_err();
+    assert!(matches!(err, BundleError::Plugin { .. }), "{err}");
+    assert!(err.to_string().ends_with("plugin 'hostile-answers' (san hook): rejected its settings: 'refuse' is set, so I refuse"), "{err}");
+    assert!(
+        bundle.warnings()[0].contains("[san] plugins/hostile-answers.wasm could not be loaded"),
+        "{:?}",
+        bundle.warnings()
+    );
+    let san = SanRequest {
+        profile: "default".into(),
+        stage: SanStage::Csr,
+        subject: Default::default(),
+        sans: Default::default(),
+        node: None,
+        now: t0(),
+    };
+    let outcome = bundle.validate_sans(&san).unwrap();
+    assert_eq!(outcome.source, Source::FailureMode);
+    let SanDecision::Deny { violations } = &outcome.decision else {
+        panic!("a name is never allowed by a plugin that cannot load")
     };
     assert!(
-        matches!(source.kind, PluginErrorKind::InvalidSettings { .. }),
+        violations[0].message.contains("could not be loaded"),
+        "{violations:?}"
+    );
+}
+
+/// 100,000 violations are refused from the list's length, before any is lifted out of the
+/// plugin: the SAN hook fails closed and the CSR stays pending, each saying why.
+#[test]
+fn a_flood_of_violations_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = test_plugin("hostile-answers");
+    let bundle_dir = write_bundle(
+        dir.path(),
+        &[
+            HookSpec {
+                hook: "san",
+                plugin: &plugin,
+                extra: "",
+                settings: "flood = true",
+            },
+            HookSpec {
+                hook: "csr",
+                plugin: &plugin,
+                extra: "",
+                settings: "flood = true",
+            },
+        ],
+    );
+    let bundle = Bundle::load(&engine, &bundle_dir).unwrap();
+    let san = SanRequest {
+        profile: "default".into(),
+        stage: SanStage::Csr,
+        subject: Default::default(),
+        sans: Default::default(),
+        node: None,
+        now: t0(),
+    };
+    let outcome = bundle.validate_sans(&san).unwrap();
+    let err = outcome.error.as_ref().expect("a malformed answer");
+    assert!(
+        matches!(err.kind, PluginErrorKind::InvalidAnswer { .. }),
         "{err}"
     );
-    assert!(err.to_string().ends_with("plugin 'hostile-answers' (san hook): rejected its settings: 'refuse' is set, so I refuse"), "{err}");
+    // Said by the bounded lift (plugin/answer.rs), not by the check after a whole lift.
+    assert!(
+        err.to_string()
+            .contains("100000 violations (at most 1000), refused before reading them"),
+        "{err}"
+    );
+    assert!(matches!(outcome.decision, SanDecision::Deny { .. }));
+
+    let csr =
+        rotor::facts::parse_csr_pem("node.csr", kubelet_csr_pem("a", &["a"]).as_bytes()).unwrap();
+    let ctx = CsrContext {
+        signer_name: "kubernetes.io/kubelet-serving".into(),
+        username: "system:node:a".into(),
+        usages: vec![rotor::facts::Usage::ServerAuth],
+        ..Default::default()
+    };
+    let outcome = bundle
+        .review_csr(&CsrRequest::new(&csr, ctx, t0()))
+        .unwrap();
+    assert!(
+        matches!(outcome.decision, CsrDecision::Abstain { .. }),
+        "{:?}",
+        outcome.decision
+    );
+    assert!(
+        outcome
+            .error
+            .as_ref()
+            .unwrap()
+            .to_string()
+            .contains("refused before reading them")
+    );
 }
 
 #[test]

@@ -1220,3 +1220,118 @@ fn plugin_failures_are_logged_and_counted_by_kind() {
     let (code, err) = serve.terminate();
     assert_eq!(code, 0, "{err}");
 }
+
+/// A renewal plugin whose `configure` never returns: the server does not sit idle while the
+/// certificates run out. Its hook decides by the failure mode (the built-in rule), the server
+/// says why on standard error and on /readyz (not ready), and counts the load failure; a hot
+/// swap to a whole bundle makes it ready again, and a broken candidate never replaces it.
+#[test]
+fn a_renewal_plugin_that_cannot_load_renews_through_the_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("k3s");
+    let t0 = t0();
+    init_k3s(&dir, t0);
+    let bundle_dir = tmp.path().join("bundle");
+    let broken = |dir: &Path| {
+        write_bundle(
+            dir,
+            &[HookSpec {
+                hook: "renewal",
+                plugin: &test_plugin("hostile-loop"),
+                extra: "failure_mode = \"fallback\"\ntimeout_ms = 50",
+                settings: "in_configure = true",
+            }],
+        )
+    };
+    broken(&bundle_dir);
+    let log = tmp.path().join("decisions.jsonl");
+    let mut serve = Serve::start(
+        &dir,
+        t0,
+        &[
+            "--bundle",
+            bundle_dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--decision-log",
+            log.to_str().unwrap(),
+            // Wake by the built-in rule's hints, not every hour of the simulated year.
+            "--max-interval",
+            "365d",
+        ],
+        &[],
+    );
+    serve.advance(t0);
+    let before = std::fs::read(dir.join("server/tls/client-admin.crt")).unwrap();
+    let later = t0 + days(300);
+    serve.advance(later);
+    let records = decisions(&log);
+    let renewed: Vec<_> = records
+        .iter()
+        .filter(|r| r["role"] == "acted" && r["decision"] == "renew")
+        .collect();
+    assert!(!renewed.is_empty(), "{records:?}");
+    for r in &renewed {
+        assert_eq!(r["source"], "failure_mode", "{r}");
+        assert_eq!(r["plugin"], "hostile-loop", "{r}");
+    }
+    assert_ne!(
+        std::fs::read(dir.join("server/tls/client-admin.crt")).unwrap(),
+        before,
+        "renewed through the fallback"
+    );
+    let err = serve.stderr();
+    assert!(
+        err.contains("could not be loaded") && err.contains("the built-in rule decides instead"),
+        "{err}"
+    );
+    let (code, body) = serve.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("the renewal plugin 'hostile-loop' could not be loaded")
+            && body.contains("'fallback' decides"),
+        "{body}"
+    );
+    let (_, page) = serve.get("/metrics");
+    if let Some(samples) = parse_metrics(&page) {
+        assert_eq!(
+            value(
+                &samples,
+                "rotor_plugin_load_failures_total",
+                &[
+                    ("hook", "renewal"),
+                    ("plugin", "hostile-loop"),
+                    ("kind", "timeout"),
+                    ("role", "active")
+                ]
+            ),
+            1.0
+        );
+    }
+
+    // Fixed: a whole bundle is switched in and the server is ready.
+    std::fs::remove_dir_all(&bundle_dir).unwrap();
+    write_bundle(
+        &bundle_dir,
+        &[HookSpec {
+            hook: "renewal",
+            plugin: &default_plugin("renewal-window"),
+            extra: "",
+            settings: "mode = \"window\"\nrenew_before_days = 90",
+        }],
+    );
+    serve.signal("HUP");
+    wait_for("the fixed bundle", Duration::from_secs(60), || {
+        serve.get("/readyz").0 == 200
+    });
+    // Broken again: refused, the whole one keeps deciding and the server stays ready.
+    std::fs::remove_dir_all(&bundle_dir).unwrap();
+    broken(&bundle_dir);
+    serve.signal("HUP");
+    wait_for("the refusal", Duration::from_secs(60), || {
+        serve.stderr().contains("new policy bundle REFUSED")
+    });
+    assert_eq!(serve.get("/readyz").0, 200);
+    let (code, err) = serve.terminate();
+    assert_eq!(code, 0, "{err}");
+}

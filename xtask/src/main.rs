@@ -39,6 +39,7 @@ const TEST_PLUGINS: &[(&str, Target)] = &[
     ("hostile-answers", Target::Unknown),
     ("hostile-wasi", Target::Wasip2),
     ("hostile-stateful", Target::Unknown),
+    ("hostile-approve-all", Target::Unknown),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

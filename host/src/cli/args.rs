@@ -89,7 +89,8 @@ pub(super) struct GlobalArgs {
     pub backup_keep: usize,
 
     /// More logging: -v info, -vv debug (plugin log messages and wasm backtraces), -vvv
-    /// everything, wasmtime included. ROTOR_LOG overrides (tracing filter syntax).
+    /// everything, wasmtime included. ROTOR_LOG overrides (tracing filter syntax). Coloured
+    /// only when standard error is a terminal and NO_COLOR is unset.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

@@ -24,6 +24,9 @@ use super::bundle;
 
 pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> {
     let bundle = bundle(global)?;
+    // init records the bundle: one whose plugin cannot be loaded would decide by its failure
+    // modes in every later command, so it is refused here as `policy use` refuses it.
+    bundle.ensure_loaded()?;
     let datastore = match &args.datastore_endpoint {
         Some(endpoints) => Some(
             crate::datastore::EtcdConfig::new(

@@ -24,6 +24,7 @@ pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
         );
     }
     let candidate = Bundle::load(&engine, &args.candidate)?;
+    super::warn_about(&candidate);
     let now = args
         .from
         .or(args.now)

@@ -14,7 +14,7 @@ mod rotation;
 mod serve;
 mod vendor;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -121,8 +121,18 @@ fn init_logging(verbose: u8) {
         // A failed write to standard error (gone) must not panic a long-running server.
         .log_internal_errors(false)
         .with_target(false)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .without_time()
         .try_init();
+}
+
+/// Whether diagnostics on standard error are coloured: only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// How this command holds the data dir (lock timeout, backups kept, its name for others).
@@ -136,8 +146,23 @@ fn datadir_options(global: &GlobalArgs, command: &str) -> crate::datadir::Option
 }
 
 /// The bundle a command decides with: `--bundle` (or `ROTOR_BUNDLE`), else the bundle
-/// `rotor init` recorded in the data dir, else the default bundle built into rotor.
+/// `rotor init` recorded in the data dir, else the default bundle built into rotor. What the
+/// operator must hear about it (a plugin that could not be loaded, a door opened in the host
+/// floor) is said on standard error, at every command.
 fn bundle(global: &GlobalArgs) -> anyhow::Result<crate::policy::Bundle> {
+    let bundle = resolve_bundle(global)?;
+    warn_about(&bundle);
+    Ok(bundle)
+}
+
+/// Say a bundle's warnings, one `rotor: warning:` line each.
+fn warn_about(bundle: &crate::policy::Bundle) {
+    for w in bundle.warnings() {
+        crate::say!("rotor: warning: {w}");
+    }
+}
+
+fn resolve_bundle(global: &GlobalArgs) -> anyhow::Result<crate::policy::Bundle> {
     use crate::policy::Bundle;
     let engine = engine(global)?;
     if let Some(path) = &global.bundle {
@@ -177,4 +202,16 @@ fn default_cache_dir() -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("rotor").join("plugins"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some(OsStr::new(""))));
+        assert!(!super::colour(true, Some(OsStr::new("1"))));
+        assert!(!super::colour(false, None));
+    }
 }

@@ -36,6 +36,9 @@ fn record(global: &GlobalArgs, bundle: &Bundle) -> anyhow::Result<Exit> {
     if global.bundle.is_none() {
         anyhow::bail!("policy use: give the bundle to record with --bundle DIR");
     }
+    // A bundle with a plugin that cannot be loaded is never recorded: it would decide by its
+    // failure modes from then on.
+    bundle.ensure_loaded()?;
     let options = super::datadir_options(global, "policy use");
     let mut cluster = Cluster::open_write(&global.data_dir, &options)?;
     let committed = cluster.record_bundle(bundle)?;
@@ -62,6 +65,22 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
         outln!("trusts   key '{name}' ({keyid})");
     }
     for hook in Hook::ALL {
+        if let Some(f) = bundle.load_failure(hook) {
+            outln!(
+                "{:<8} plugin {} ({}) COULD NOT BE LOADED: {}",
+                hook.as_str(),
+                f.plugin,
+                f.file,
+                f.error.kind
+            );
+            outln!("         sha256    {}", f.digest);
+            outln!(
+                "         on failure: {} (what decides every {} request while it cannot load)",
+                f.failure_mode.as_str(),
+                hook.as_str()
+            );
+            continue;
+        }
         match bundle.hook(hook) {
             None => {
                 let builtin = match hook {
@@ -121,6 +140,15 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
             }
         }
     }
+    outln!("floor    what no plugin can change (refused by the host on every CSR):");
+    for rule in crate::csr::FLOOR_RULES {
+        outln!("         - {rule}");
+    }
+    for door in bundle.floor.warnings() {
+        outln!("         DOOR OPEN: {door}");
+    }
+    // A broken bundle never passes review: non-zero, naming the plugin.
+    bundle.ensure_loaded()?;
     Ok(Exit::Success)
 }
 

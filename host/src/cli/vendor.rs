@@ -254,16 +254,18 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
     );
     let engine = super::engine(global)?;
     let loaded = staged.and_then(|()| {
-        Bundle::load(&engine, &staging_path.join(&manifest_name)).map_err(|e| {
-            // Name the bundle the operator gave, not the staging copy.
-            anyhow::anyhow!(
-                "policy pin: the bundle would not load: {}",
-                e.to_string().replace(
-                    &staging_path.display().to_string(),
-                    &bundle_dir.display().to_string()
+        Bundle::load(&engine, &staging_path.join(&manifest_name))
+            .and_then(|b| b.ensure_loaded().map(|()| b))
+            .map_err(|e| {
+                // Name the bundle the operator gave, not the staging copy.
+                anyhow::anyhow!(
+                    "policy pin: the bundle would not load: {}",
+                    e.to_string().replace(
+                        &staging_path.display().to_string(),
+                        &bundle_dir.display().to_string()
+                    )
                 )
-            )
-        })
+            })
     });
     if let Ok(tmp) = Root::open_ambient(&std::env::temp_dir()) {
         let _ = tmp.remove_dir_all(Path::new(staging_path.file_name().unwrap_or_default()));

@@ -357,10 +357,7 @@ fn start_leaf(
                 request: request.clone(),
                 decision: outcome.decision.clone(),
                 source: outcome.source,
-                plugin: bundle
-                    .renewal
-                    .as_ref()
-                    .map(|hp| (hp.plugin.name().to_string(), hp.plugin.digest().to_string())),
+                plugin: bundle.plugin_identity(crate::contract::Hook::Renewal),
                 error: outcome.error.as_ref().map(|e| e.kind.code()),
                 notes,
                 latency,

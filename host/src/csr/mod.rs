@@ -4,7 +4,9 @@
 //!
 //! 1. the host's own rules, before any plugin runs: the CSR parses; its signature verifies with
 //!    its own key (proof of possession, which k3s skips); one subjectAltName extension of known,
-//!    well-formed types; no CA request; one CN; every usage issuable on a leaf;
+//!    well-formed types; one CN; the signer's usages; and the host floor ([`FLOOR_RULES`]: no
+//!    CA, no `system:masters`, a node identity only for that node), which no plugin answer can
+//!    lower and only the bundle's `[host.floor]` opens, one signer at a time;
 //! 2. the CSR approval plugin (identity, authorization, profile) and the SAN plugin on the CSR's
 //!    names; any deny denies (with every reason from both), otherwise any abstain leaves the
 //!    request pending, otherwise (a request whose only objection is that the host holds no
@@ -13,16 +15,18 @@
 //! 3. the final template is built from policy, never copied from the CSR: subject CN and O, the
 //!    DNS/IP/URI/email names, the approved usages (as key usage and extended key usage), the
 //!    approved lifetime (or `expirationSeconds`, or 365 days), clamped to the issuing CA;
-//! 4. the SAN plugin again, on the template.
+//! 4. the floor again and the SAN plugin again, on the template.
 //!
 //! A plugin that fails never approves: the bundle's failure mode leaves the CSR pending or
 //! denies it.
 
 pub(crate) mod batch;
+mod floor;
 mod input;
 pub(crate) mod k8s;
 
 pub use batch::{Decide, Item, ItemInput, Summary, process as process_batch};
+pub use floor::{Door, FLOOR_CODE, FLOOR_RULES, FloorDoors};
 pub use input::{Evidence, MissingContext, PemContext, classify, classify_all};
 pub use k8s::{object_for as k8s_object_for, parse as parse_k8s_object};
 
@@ -309,19 +313,17 @@ impl SignerLimits {
     }
 }
 
-/// The host's rules, before any plugin: every structural defect of the CSR, usages that cannot
-/// be issued on a leaf, and usages outside the signer's permitted set.
+/// The host's rules, before any plugin: every structural defect of the CSR and usages outside
+/// the signer's permitted set (the floor, [`floor::check`], refuses CAs and identities).
 fn host_violations(csr: &CsrFacts, signer: &str, usages: &[Usage]) -> Vec<Violation> {
     let mut v = csr.defects.clone();
     let permitted = permitted_usages(signer);
     for u in usages {
+        // CA usages are the floor's to refuse (`floor::check`).
         if usage_bits(*u).is_none() {
-            v.push(Violation::new(
-                "UsageNotIssuable",
-                "spec.usages",
-                format!("'{u}' is only for CA certificates, which CSRs never get"),
-            ));
-        } else if let Some(p) = permitted
+            continue;
+        }
+        if let Some(p) = permitted
             && !p.contains(u)
         {
             v.push(Violation::new(
@@ -406,7 +408,18 @@ pub fn review(
             return Ok(review);
         }
     };
-    let host = host_violations(&facts, &input.ctx.signer_name, &input.ctx.usages);
+    let mut host = host_violations(&facts, &input.ctx.signer_name, &input.ctx.usages);
+    host.extend(floor::check(
+        &bundle.floor,
+        &input.ctx,
+        floor::Asked {
+            common_name: facts.subject.common_name.as_deref(),
+            organizations: &facts.subject.organizations,
+            requests_ca: facts.requests_ca,
+            usages: &input.ctx.usages,
+        },
+        &mut review.notes,
+    ));
     if !host.is_empty() {
         review.stages.push(stage(
             "host",
@@ -424,7 +437,9 @@ pub fn review(
         "host",
         "pass",
         None,
-        "signature verifies; well-formed SANs; no CA request".into(),
+        "signature verifies; well-formed SANs; the host floor holds (no CA, no system:masters, \
+         node identities only for their node)"
+            .into(),
     ));
     review.spki = spki;
 
@@ -506,6 +521,36 @@ pub fn review(
         not_before: now - BACKDATE,
         not_after,
     };
+
+    // The floor again, on what would be signed: whatever built the template, it never signs
+    // what the floor refuses.
+    let refused = floor::check(
+        &bundle.floor,
+        &input.ctx,
+        floor::Asked {
+            common_name: Some(&template.common_name),
+            organizations: &template.organizations,
+            requests_ca: facts.requests_ca,
+            usages: &template.usages,
+        },
+        &mut Vec::new(),
+    );
+    if !refused.is_empty() {
+        review.stages.push(stage(
+            "host (template)",
+            "deny",
+            None,
+            refused
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+        review.verdict = Verdict::Deny {
+            violations: refused,
+        };
+        return Ok(review);
+    }
 
     // 4. The SAN plugin on the final template.
     let mut final_request = request.clone();

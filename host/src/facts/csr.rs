@@ -175,13 +175,7 @@ pub fn parse_csr_der_with_key(what: &str, der: &[u8]) -> Result<(CsrFacts, Vec<u
             "more than one extensionRequest attribute",
         ));
     }
-    if facts.requests_ca {
-        defects.push(Violation::new(
-            "CaRequested",
-            "basicConstraints",
-            "the request asks for a CA certificate",
-        ));
-    }
+    // A CA request is a fact, not a defect: the host floor (`csr::floor`) refuses it.
     if let Err(e) = csr.verify_signature() {
         defects.push(Violation::new(
             "InvalidSignature",

@@ -10,12 +10,11 @@
 
 use time::OffsetDateTime;
 
+use super::answer::MAX_VIOLATIONS;
 use crate::contract::RenewalRequest;
 
 /// Longest reason or message kept from a plugin, in characters.
 const MAX_TEXT: usize = 4096;
-/// Most violations accepted in one denial.
-const MAX_VIOLATIONS: usize = 1000;
 /// Shortest lifetime a plugin may ask for (the Kubernetes signer's floor).
 pub const MIN_LIFETIME_SECONDS: u64 = 600;
 

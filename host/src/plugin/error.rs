@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::contract::Hook;
 
 /// A plugin failed to load or to answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("plugin '{plugin}' ({hook}): {kind}")]
 pub struct PluginError {
     /// The plugin's name.
@@ -18,7 +18,7 @@ pub struct PluginError {
 }
 
 /// What went wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PluginErrorKind {
     /// The epoch deadline interrupted it.

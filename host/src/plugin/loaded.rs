@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
 use super::bindings::{v01, v02};
 use super::engine::PluginEngine;
@@ -123,6 +123,32 @@ impl Exports {
 pub(crate) struct Linked {
     pub(crate) pre: InstancePre<SandboxState>,
     pub(crate) exports: Exports,
+    /// The SAN hook's `validate` and the CSR hook's `review`, called with the bounded answer
+    /// types of `answer.rs` rather than the bindings'.
+    pub(crate) answers: AnswerFuncs,
+}
+
+/// The export indices of the functions whose answers are lifted with a bound.
+#[derive(Default)]
+pub(crate) struct AnswerFuncs {
+    pub(crate) san: Option<ComponentExportIndex>,
+    pub(crate) csr: Option<ComponentExportIndex>,
+}
+
+impl AnswerFuncs {
+    fn of(pre: &InstancePre<SandboxState>, version: ContractVersion) -> AnswerFuncs {
+        let component = pre.component();
+        let func = |interface: &str, name: &str| {
+            let (_, iface) =
+                component.get_export(None, format!("{interface}@{}", version.version()))?;
+            let (_, func) = component.get_export(Some(&iface), name)?;
+            Some(func)
+        };
+        AnswerFuncs {
+            san: func("rotor:policy/san-validation", "validate"),
+            csr: func("rotor:policy/csr-approval", "review"),
+        }
+    }
 }
 
 /// A plugin ready to be configured. Cheap to share.
@@ -175,7 +201,12 @@ pub(crate) fn link(
                     csr-approval), or rotor:policy/config@0.1.0 with one of 0.1"
             .into(),
     })?;
-    Ok(Linked { pre, exports })
+    let answers = AnswerFuncs::of(&pre, exports.version());
+    Ok(Linked {
+        pre,
+        exports,
+        answers,
+    })
 }
 
 impl LoadedPlugin {

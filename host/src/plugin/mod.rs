@@ -8,6 +8,7 @@
 //! (new store, memory cap, deadline) that converts the host's request into WIT records, calls
 //! the hook, and validates the answer.
 
+mod answer;
 pub(crate) mod bindings;
 mod cache;
 mod convert;

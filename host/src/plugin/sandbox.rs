@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Func, Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
+use super::answer::{self, SanAnswer, TooManyViolations};
 use super::bindings::{v01, v02};
 use super::convert;
 use super::engine::{MAX_MEMORY_LIMIT, PluginEngine};
@@ -293,11 +294,12 @@ pub fn sanitize(s: &str, max_chars: usize) -> String {
 /// The hook's typed exports, looked up (and type-checked) once per instance.
 enum Guest {
     V01Renewal(v01::exports::rotor::policy::renewal::Guest),
-    V01San(v01::exports::rotor::policy::san_validation::Guest),
-    V01Csr(v01::exports::rotor::policy::csr_approval::Guest),
+    /// SAN and CSR: the raw function, called with the bounded answer types (`answer.rs`).
+    V01San(Func),
+    V01Csr(Func),
     V02Renewal(v02::exports::rotor::policy::renewal::Guest),
-    V02San(v02::exports::rotor::policy::san_validation::Guest),
-    V02Csr(v02::exports::rotor::policy::csr_approval::Guest),
+    V02San(Func),
+    V02Csr(Func),
 }
 
 /// A live instance of a plugin for one hook.
@@ -326,6 +328,16 @@ impl Sandbox {
             Ok(i) => i,
             Err(e) => return Err(err(&store, e)),
         };
+        // The SAN and CSR functions, whose answers are lifted with a bound.
+        macro_rules! answer {
+            ($index:expr, $guest:path) => {
+                $index
+                    .as_ref()
+                    .and_then(|i| instance.get_func(&mut store, i))
+                    .ok_or_else(|| plugin.missing_export(hook))
+                    .map($guest)?
+            };
+        }
         // The hook's typed exports, type-checked against this instance.
         macro_rules! load {
             ($indices:expr, $guest:path) => {
@@ -338,10 +350,7 @@ impl Sandbox {
         }
         let guest = match &linked.exports {
             Exports::V01 {
-                config,
-                renewal,
-                san,
-                csr,
+                config, renewal, ..
             } => {
                 // 0.1: `configure` runs in every fresh instance.
                 let configured_now = config
@@ -362,15 +371,15 @@ impl Sandbox {
                 }
                 match hook {
                     Hook::Renewal => load!(renewal, Guest::V01Renewal),
-                    Hook::San => load!(san, Guest::V01San),
-                    Hook::Csr => load!(csr, Guest::V01Csr),
+                    Hook::San => Ok(answer!(linked.answers.san, Guest::V01San)),
+                    Hook::Csr => Ok(answer!(linked.answers.csr, Guest::V01Csr)),
                 }
             }
             // 0.2: the instance is the snapshot taken after `configure`.
-            Exports::V02 { renewal, san, csr } => match hook {
+            Exports::V02 { renewal, .. } => match hook {
                 Hook::Renewal => load!(renewal, Guest::V02Renewal),
-                Hook::San => load!(san, Guest::V02San),
-                Hook::Csr => load!(csr, Guest::V02Csr),
+                Hook::San => Ok(answer!(linked.answers.san, Guest::V02San)),
+                Hook::Csr => Ok(answer!(linked.answers.csr, Guest::V02Csr)),
             },
         }
         .map_err(|e| err(&store, e))?;
@@ -465,35 +474,43 @@ impl Sandbox {
     pub fn validate_sans(&mut self, request: &SanRequest) -> Result<SanDecision, PluginError> {
         self.begin(Hook::San)?;
         let answer = match &self.guest {
-            Guest::V01San(guest) => guest
-                .call_validate(&mut self.store, &convert::v01::san_request(request))
-                .map(convert::v01::san_decision),
-            Guest::V02San(guest) => guest
-                .call_validate(&mut self.store, &convert::v02::san_request(request))
-                .map(convert::v02::san_decision),
+            Guest::V01San(f) => call(&mut self.store, f, &convert::v01::san_request(request))
+                .map(|a: SanAnswer| convert::v01::san_decision(answer::v01::san(a))),
+            Guest::V02San(f) => call(&mut self.store, f, &convert::v02::san_request(request))
+                .map(|a: SanAnswer| convert::v02::san_decision(answer::v02::san(a))),
             _ => return Err(self.missing()),
         };
-        match answer {
-            Ok(decision) => decision.map_err(|m| self.invalid(m)),
-            Err(e) => Err(self.failed(e)),
-        }
+        self.answered(answer)
     }
 
     /// Ask the CSR hook.
     pub fn review_csr(&mut self, request: &CsrRequest) -> Result<CsrDecision, PluginError> {
         self.begin(Hook::Csr)?;
         let answer = match &self.guest {
-            Guest::V01Csr(guest) => guest
-                .call_review(&mut self.store, &convert::v01::csr_request(request))
-                .map(convert::v01::csr_decision),
-            Guest::V02Csr(guest) => guest
-                .call_review(&mut self.store, &convert::v02::csr_request(request))
-                .map(convert::v02::csr_decision),
+            Guest::V01Csr(f) => call(&mut self.store, f, &convert::v01::csr_request(request))
+                .map(|a| convert::v01::csr_decision(answer::v01::csr(a))),
+            Guest::V02Csr(f) => call(&mut self.store, f, &convert::v02::csr_request(request))
+                .map(|a| convert::v02::csr_decision(answer::v02::csr(a))),
             _ => return Err(self.missing()),
         };
+        self.answered(answer)
+    }
+
+    /// A bounded answer, converted: a list refused by its length is a malformed answer (the
+    /// sandbox is poisoned all the same: the call did not finish), any other error a failure.
+    fn answered<D>(
+        &mut self,
+        answer: wasmtime::Result<Result<D, String>>,
+    ) -> Result<D, PluginError> {
         match answer {
             Ok(decision) => decision.map_err(|m| self.invalid(m)),
-            Err(e) => Err(self.failed(e)),
+            Err(e) => match e.downcast_ref::<TooManyViolations>() {
+                Some(too_many) => {
+                    self.poisoned = true;
+                    Err(self.invalid(too_many.to_string()))
+                }
+                None => Err(self.failed(e)),
+            },
         }
     }
 
@@ -504,6 +521,18 @@ impl Sandbox {
     fn missing_for(&self, hook: Hook) -> PluginError {
         self.plugin.missing_export(hook)
     }
+}
+
+/// Call a SAN or CSR function with `request`, lifting its answer as `A` (a bounded type of
+/// `answer.rs`), as the bindings' `call_*` do with theirs.
+fn call<R, A>(store: &mut Store<SandboxState>, f: &Func, request: &R) -> wasmtime::Result<A>
+where
+    R: wasmtime::component::Lower + wasmtime::component::ComponentType,
+    A: wasmtime::component::Lift + wasmtime::component::ComponentType + 'static,
+{
+    let typed = f.typed::<(&R,), (A,)>(&*store)?;
+    let (answer,) = typed.call(&mut *store, (request,))?;
+    Ok(answer)
 }
 
 /// Turn a wasmtime failure into the typed error. The wasm backtrace, useful to the plugin's

@@ -42,7 +42,17 @@
 //! - `san`: `deny` (default) or `error`;
 //! - `csr`: `abstain` (default: the request stays pending), `deny` or `error`.
 //!
-//! A failing plugin never approves a CSR and never allows a name.
+//! A failing plugin never approves a CSR and never allows a name. A plugin that is accepted but
+//! cannot be loaded or configured (its `configure` loops or exhausts memory, it imports WASI,
+//! it refuses its settings) is a failing plugin too: the bundle loads, its hook decides by the
+//! failure mode on every decision, and [`Bundle::warnings`] says so ([`Bundle::ensure_loaded`]
+//! is the strict check for `rotor policy check`). A plugin that is not accepted (no pin, a
+//! digest that differs, an untrusted signature) refuses the whole bundle.
+//!
+//! The `[host]` section is the host's own: a plugin's settings cannot reach it. Its only
+//! table, `[host.floor."SIGNER"]`, opens a door in the CSR floor for one signer (see
+//! `csr::floor`): `allow_groups = ["system:masters"]`, `allow_node_identity_for = ["GROUP"]`.
+//! Every load of a bundle with an open door warns.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +61,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::trust::{Accepted, Trust, accept, read_trust};
 use crate::contract::Hook;
 use crate::fs::{FsError, Root};
 use crate::plugin::{
@@ -97,6 +108,16 @@ impl FailureMode {
                     hook.as_str()
                 )
             })
+    }
+
+    /// As the manifest spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Fallback => "fallback",
+            FailureMode::Deny => "deny",
+            FailureMode::Abstain => "abstain",
+            FailureMode::Error => "error",
+        }
     }
 
     fn default_for(hook: Hook) -> FailureMode {
@@ -176,22 +197,30 @@ struct Manifest {
     #[serde(default)]
     bundle: BundleMeta,
     #[serde(default)]
-    trust: TrustSection,
+    trust: super::trust::TrustSection,
+    #[serde(default)]
+    host: HostSection,
     renewal: Option<HookEntry>,
     san: Option<HookEntry>,
     csr: Option<HookEntry>,
 }
 
+/// `[host]`: what the host itself does, which no plugin can change.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TrustSection {
-    /// Trusted vendor keys: a name for each, and its public key file in the bundle.
+struct HostSection {
+    /// Doors in the CSR floor, per signer (`[host.floor."SIGNER"]`).
     #[serde(default)]
-    keys: std::collections::BTreeMap<String, String>,
+    floor: std::collections::BTreeMap<String, DoorEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DoorEntry {
     #[serde(default)]
-    revoked_keys: Vec<String>,
+    allow_groups: Vec<String>,
     #[serde(default)]
-    revoked_sha256: Vec<String>,
+    allow_node_identity_for: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,18 +232,18 @@ struct BundleMeta {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HookEntry {
-    plugin: String,
+pub(super) struct HookEntry {
+    pub(super) plugin: String,
     #[serde(default)]
-    sha256: String,
-    name: Option<String>,
+    pub(super) sha256: String,
+    pub(super) name: Option<String>,
     failure_mode: Option<String>,
     timeout_ms: Option<u64>,
     memory_limit_mib: Option<u64>,
     fallback_renew_before_days: Option<u32>,
-    signature: Option<String>,
-    signed_by: Option<String>,
-    version: Option<String>,
+    pub(super) signature: Option<String>,
+    pub(super) signed_by: Option<String>,
+    pub(super) version: Option<String>,
     #[serde(default)]
     settings: toml::Table,
 }
@@ -241,22 +270,7 @@ pub enum Acceptance {
 }
 
 /// A file of a bundle, relative to its directory, and its bytes.
-type BundleFile = (PathBuf, Vec<u8>);
-
-/// How a plugin was accepted, with the signature file and statement when by signature.
-struct Accepted {
-    how: Acceptance,
-    signature: Option<BundleFile>,
-    statement: Option<crate::policy::signing::Statement>,
-}
-
-/// The keys a bundle trusts and what it revoked.
-#[derive(Debug, Default)]
-struct Trust {
-    keys: Vec<(String, crate::policy::signing::PublicKey)>,
-    revoked_keys: Vec<String>,
-    revoked_sha256: Vec<String>,
-}
+pub(super) type BundleFile = (PathBuf, Vec<u8>);
 
 /// One hook's plugin, loaded and configured.
 #[derive(Clone, Debug)]
@@ -277,6 +291,34 @@ pub struct HookPlugin {
     pub accepted: Acceptance,
 }
 
+/// A hook whose plugin the bundle accepts (pinned or signed) but which could not be loaded or
+/// configured: its `configure` ran past the deadline or the memory cap, it imports what plugins
+/// may not, lacks the hook's export, or refused its settings. Every decision of the hook
+/// follows the hook's failure mode, as if the plugin had failed then: the built-in rule for a
+/// renewal hook in `fallback`, a denial or a pending CSR for the fail-closed modes, an error
+/// for `error`.
+#[derive(Clone, Debug)]
+pub struct LoadFailure {
+    /// The hook.
+    pub hook: Hook,
+    /// The plugin's name.
+    pub plugin: String,
+    /// Plugin file, relative to the bundle directory.
+    pub file: String,
+    /// The plugin's sha256.
+    pub digest: String,
+    /// What its failure means.
+    pub failure_mode: FailureMode,
+    /// Why it could not be loaded.
+    pub error: PluginError,
+}
+
+/// What a hook's section of the manifest gave.
+enum Slot {
+    Ready(Box<HookPlugin>),
+    Failed(LoadFailure),
+}
+
 /// A loaded bundle: the plugins of each hook, ready to evaluate.
 #[derive(Clone, Debug)]
 pub struct Bundle {
@@ -292,10 +334,14 @@ pub struct Bundle {
     pub san: Option<HookPlugin>,
     /// The CSR plugin, if any.
     pub csr: Option<HookPlugin>,
+    /// Hooks whose plugin could not be loaded or configured: their failure mode decides.
+    pub load_failures: Vec<LoadFailure>,
     /// Window of the built-in renewal rule, used without a renewal plugin or when it fails.
     pub fallback_window: Duration,
     /// The vendor keys the bundle trusts: name and key id.
     pub trusted_keys: Vec<(String, String)>,
+    /// The doors the bundle's `[host.floor]` opens in the host's CSR floor (none by default).
+    pub floor: crate::csr::FloorDoors,
     /// The manifest and every plugin file it pins, as read: what `rotor init` records in a
     /// data dir (paths relative to the bundle directory).
     files: Vec<(PathBuf, Vec<u8>)>,
@@ -309,7 +355,7 @@ static BUILTIN: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/builtin_b
 pub(crate) const BUILTIN_NAME: &str = "built-in default bundle";
 
 /// Where a bundle's files are read from.
-enum Files {
+pub(super) enum Files {
     /// A directory, through a capability: plugin paths cannot leave it.
     Dir(Root),
     /// The embedded default bundle.
@@ -317,7 +363,7 @@ enum Files {
 }
 
 impl Files {
-    fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
+    pub(super) fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
         match self {
             Files::Dir(root) => root.read(rel),
             Files::Builtin => BUILTIN
@@ -449,10 +495,11 @@ impl Bundle {
         // Recorded as `bundle.toml` whatever the manifest was called, where a data dir looks.
         let mut files = vec![(PathBuf::from("bundle.toml"), manifest_bytes)];
         let trust = read_trust(source, &manifest_path, &manifest.trust, &mut files)?;
+        let mut load_failures = Vec::new();
         let mut load_hook =
             |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
                 let Some(entry) = entry else { return Ok(None) };
-                let (plugin, read) = load_hook(
+                let (slot, read) = load_hook(
                     engine,
                     source,
                     &manifest_path,
@@ -466,7 +513,13 @@ impl Bundle {
                         files.push((rel, bytes));
                     }
                 }
-                Ok(Some(plugin))
+                match slot {
+                    Slot::Ready(plugin) => Ok(Some(*plugin)),
+                    Slot::Failed(failure) => {
+                        load_failures.push(failure);
+                        Ok(None)
+                    }
+                }
             };
         let renewal = load_hook(Hook::Renewal, &manifest.renewal)?;
         let san = load_hook(Hook::San, &manifest.san)?;
@@ -501,6 +554,10 @@ impl Bundle {
                 });
             }
         }
+        let floor = host_floor(&manifest.host).map_err(|message| BundleError::Manifest {
+            path: manifest_path.clone(),
+            message,
+        })?;
         let name = manifest.bundle.name.clone().unwrap_or(default_name);
         Ok(Bundle {
             name,
@@ -509,17 +566,20 @@ impl Bundle {
             renewal,
             san,
             csr,
+            load_failures,
             fallback_window: Duration::from_secs(u64::from(fallback_days) * 86_400),
             trusted_keys: trust
                 .keys
                 .iter()
                 .map(|(n, k)| (n.clone(), k.keyid().to_string()))
                 .collect(),
+            floor,
             files,
         })
     }
 
-    /// The plugin that answers `hook`, if any.
+    /// The plugin that answers `hook`, if any (`None` too for a plugin that failed to load:
+    /// see [`Bundle::load_failure`]).
     pub fn hook(&self, hook: Hook) -> Option<&HookPlugin> {
         match hook {
             Hook::Renewal => self.renewal.as_ref(),
@@ -527,6 +587,86 @@ impl Bundle {
             Hook::Csr => self.csr.as_ref(),
         }
     }
+
+    /// Why `hook`'s plugin could not be loaded, if it could not.
+    pub fn load_failure(&self, hook: Hook) -> Option<&LoadFailure> {
+        self.load_failures.iter().find(|f| f.hook == hook)
+    }
+
+    /// The name and sha256 of the plugin the bundle names for `hook`, loaded or not.
+    pub fn plugin_identity(&self, hook: Hook) -> Option<(String, String)> {
+        match (self.hook(hook), self.load_failure(hook)) {
+            (Some(hp), _) => Some((hp.plugin.name().to_string(), hp.plugin.digest().to_string())),
+            (None, Some(f)) => Some((f.plugin.clone(), f.digest.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// What an operator must hear at every load of this bundle: each plugin that could not be
+    /// loaded (and what decides instead) and each door opened in the host floor.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .load_failures
+            .iter()
+            .map(|f| {
+                let instead = match f.failure_mode {
+                    FailureMode::Fallback => format!(
+                        "the built-in rule decides instead (renew when expired or within {} days)",
+                        self.fallback_window.as_secs() / 86_400
+                    ),
+                    FailureMode::Deny => "every request it is asked about is denied".into(),
+                    FailureMode::Abstain => "every CSR it is asked about stays pending".into(),
+                    FailureMode::Error => "every decision it is asked for is an error".into(),
+                };
+                format!(
+                    "{}: [{}] {} could not be loaded ({}): failure_mode = \"{}\", so {instead}",
+                    self.path.display(),
+                    f.hook.as_str(),
+                    f.file,
+                    f.error,
+                    f.failure_mode.as_str(),
+                )
+            })
+            .collect();
+        out.extend(
+            self.floor
+                .warnings()
+                .into_iter()
+                .map(|w| format!("{}: {w}", self.path.display())),
+        );
+        out
+    }
+
+    /// `Err` naming the first plugin that could not be loaded, for what must never accept a
+    /// broken bundle (`rotor policy check`, `policy pin`, a hot swap).
+    pub fn ensure_loaded(&self) -> Result<(), BundleError> {
+        match self.load_failures.first() {
+            None => Ok(()),
+            Some(f) => Err(BundleError::Plugin {
+                path: self.path.clone(),
+                error: f.error.clone(),
+            }),
+        }
+    }
+}
+
+/// The doors of `[host.floor]`, checked.
+fn host_floor(section: &HostSection) -> Result<crate::csr::FloorDoors, String> {
+    crate::csr::FloorDoors::new(
+        section
+            .floor
+            .iter()
+            .map(|(signer, d)| {
+                (
+                    signer.clone(),
+                    crate::csr::Door {
+                        allow_groups: d.allow_groups.clone(),
+                        allow_node_identity_for: d.allow_node_identity_for.clone(),
+                    },
+                )
+            })
+            .collect(),
+    )
 }
 
 /// Fuzzing entry: parse a manifest and check every hook's fields and settings as
@@ -536,6 +676,7 @@ pub(crate) fn fuzz_manifest(text: &str) {
     let Ok(manifest) = toml::from_str::<Manifest>(text) else {
         return;
     };
+    let _ = host_floor(&manifest.host);
     for (hook, entry) in [
         (Hook::Renewal, &manifest.renewal),
         (Hook::San, &manifest.san),
@@ -563,233 +704,6 @@ pub(crate) fn fuzz_manifest(text: &str) {
     }
 }
 
-/// The bundle's `[trust]`: every key file read and parsed, revocations normalised.
-fn read_trust(
-    source: &Files,
-    manifest_path: &Path,
-    section: &TrustSection,
-    files: &mut Vec<(PathBuf, Vec<u8>)>,
-) -> Result<Trust, BundleError> {
-    let manifest = |message: String| BundleError::Manifest {
-        path: manifest_path.to_path_buf(),
-        message,
-    };
-    let hex64 = |what: &str, v: &str| -> Result<String, BundleError> {
-        let v = v.trim().to_ascii_lowercase();
-        if v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(v)
-        } else {
-            Err(manifest(format!(
-                "[trust] '{what}': {v:?} is not a 64-hex-digit sha256"
-            )))
-        }
-    };
-    let mut trust = Trust {
-        revoked_keys: section
-            .revoked_keys
-            .iter()
-            .map(|k| hex64("revoked_keys", k))
-            .collect::<Result<_, _>>()?,
-        revoked_sha256: section
-            .revoked_sha256
-            .iter()
-            .map(|d| hex64("revoked_sha256", d))
-            .collect::<Result<_, _>>()?,
-        ..Trust::default()
-    };
-    for (name, file) in &section.keys {
-        let rel = PathBuf::from(file);
-        let bytes = source
-            .read(&rel)
-            .map_err(|e| manifest(format!("[trust.keys] '{name}': {e}")))?;
-        let key = crate::policy::signing::PublicKey::from_pem(&bytes)
-            .map_err(|e| manifest(format!("[trust.keys] '{name}': {file}: {e}")))?;
-        if !files.iter().any(|(p, _)| *p == rel) {
-            files.push((rel, bytes));
-        }
-        trust.keys.push((name.clone(), key));
-    }
-    Ok(trust)
-}
-
-/// Accept `bytes` (the plugin file `entry.plugin`, digest `actual`) by its pin or by a trusted
-/// signature. Returns how, with the signature file read (to record with the bundle).
-fn accept(
-    source: &Files,
-    manifest_path: &Path,
-    hook: Hook,
-    entry: &HookEntry,
-    trust: &Trust,
-    actual: &str,
-    size: usize,
-) -> Result<Accepted, BundleError> {
-    use crate::policy::signing::Envelope;
-    let untrusted = |message: String| BundleError::Untrusted {
-        path: manifest_path.to_path_buf(),
-        hook,
-        plugin: entry.plugin.clone(),
-        message,
-    };
-    let field = |field: &'static str, message: String| BundleError::Field {
-        path: manifest_path.to_path_buf(),
-        hook,
-        field,
-        message,
-    };
-    if trust.revoked_sha256.iter().any(|d| d == actual) {
-        return Err(untrusted(format!(
-            "its sha256 {actual} is revoked ([trust] revoked_sha256)"
-        )));
-    }
-    let pinned = entry.sha256.trim().to_ascii_lowercase();
-    if !pinned.is_empty() {
-        if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(field(
-                "sha256",
-                "must be the plugin's 64-hex-digit sha256 (`sha256sum FILE` gives it)".into(),
-            ));
-        }
-        if pinned != actual {
-            return Err(BundleError::Plugin {
-                path: manifest_path.to_path_buf(),
-                error: PluginError {
-                    plugin: entry.name.clone().unwrap_or_else(|| entry.plugin.clone()),
-                    hook,
-                    kind: PluginErrorKind::DigestMismatch {
-                        expected: pinned,
-                        actual: actual.to_string(),
-                    },
-                },
-            });
-        }
-        return Ok(Accepted {
-            how: Acceptance::Pin,
-            signature: None,
-            statement: None,
-        });
-    }
-    if trust.keys.is_empty() {
-        return Err(field(
-            "sha256",
-            "is missing: pin the plugin by its sha256 (`rotor policy pin`), or trust its \
-             vendor's key in [trust.keys] and ship its signature"
-                .into(),
-        ));
-    }
-    let constraint = entry
-        .version
-        .as_deref()
-        .map(|v| {
-            semver::VersionReq::parse(v).map_err(|e| {
-                field(
-                    "version",
-                    format!("{v:?} is not a version requirement: {e}"),
-                )
-            })
-        })
-        .transpose()?;
-    let candidates: Vec<&(String, crate::policy::signing::PublicKey)> = match &entry.signed_by {
-        Some(name) => {
-            let k = trust.keys.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                let names: Vec<&str> = trust.keys.iter().map(|(n, _)| n.as_str()).collect();
-                field(
-                    "signed_by",
-                    format!(
-                        "is '{name}', which names no key of [trust.keys] ({})",
-                        names.join(", ")
-                    ),
-                )
-            })?;
-            vec![k]
-        }
-        None => trust.keys.iter().collect(),
-    };
-    let sig_rel = entry
-        .signature
-        .clone()
-        .unwrap_or_else(|| format!("{}.sig", entry.plugin));
-    let sig_bytes = source.read(Path::new(&sig_rel)).map_err(|e| {
-        if e.is_not_found() {
-            untrusted(format!(
-                "it has no pin and no signature ({sig_rel} is missing): pin it by sha256, or \
-                 ship the vendor's signature beside it"
-            ))
-        } else {
-            untrusted(e.to_string())
-        }
-    })?;
-    let envelope = Envelope::parse(&sig_bytes).map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
-    // A revoked key's signatures do not count, whatever else signed the envelope; one that
-    // would have verified is named in the refusal.
-    let (revoked, candidates): (Vec<_>, Vec<_>) = candidates
-        .into_iter()
-        .partition(|(_, key)| trust.revoked_keys.iter().any(|k| k == key.keyid()));
-    let mut why = Vec::new();
-    for (name, key) in candidates {
-        let statement = match key.verify(&envelope) {
-            Ok(s) => s,
-            Err(e) => {
-                why.push(format!("key '{name}': {e}"));
-                continue;
-            }
-        };
-        if statement.sha256 != actual || statement.size != size as u64 {
-            return Err(untrusted(format!(
-                "{sig_rel} signs sha256 {} ({} bytes), but {} is sha256 {actual} ({size} bytes): \
-                 the component was changed or replaced after signing",
-                statement.sha256, statement.size, entry.plugin
-            )));
-        }
-        if !statement.hooks.contains(&hook) {
-            let hooks: Vec<&str> = statement.hooks.iter().map(|h| h.as_str()).collect();
-            return Err(untrusted(format!(
-                "{sig_rel} signs it for the {} hook(s), not {}",
-                hooks.join(", "),
-                hook.as_str()
-            )));
-        }
-        let version = statement
-            .validate()
-            .map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
-        if let Some(req) = &constraint
-            && !req.matches(&version)
-        {
-            return Err(untrusted(format!(
-                "{} {} is signed, but the bundle asks for version {req}",
-                statement.name, statement.version
-            )));
-        }
-        let acceptance = Acceptance::Signature {
-            key: name.clone(),
-            keyid: key.keyid().to_string(),
-            name: statement.name.clone(),
-            version: statement.version.clone(),
-            file: sig_rel.clone(),
-        };
-        return Ok(Accepted {
-            how: acceptance,
-            signature: Some((PathBuf::from(&sig_rel), sig_bytes)),
-            statement: Some(statement),
-        });
-    }
-    if let Some((name, key)) = revoked
-        .iter()
-        .find(|(_, key)| key.verify(&envelope).is_ok())
-    {
-        return Err(untrusted(format!(
-            "{sig_rel} is signed by key '{name}' ({}), which is revoked ([trust] revoked_keys)",
-            key.keyid()
-        )));
-    }
-    if why.is_empty() {
-        why.push("every trusted key it could be signed by is revoked".into());
-    }
-    Err(untrusted(format!(
-        "{sig_rel}: no trusted key verifies it ({})",
-        why.join("; ")
-    )))
-}
-
 fn load_hook(
     engine: &PluginEngine,
     source: &Files,
@@ -798,7 +712,7 @@ fn load_hook(
     entry: &HookEntry,
     trust: &Trust,
     loaded: &mut HashMap<String, LoadedPlugin>,
-) -> Result<(HookPlugin, Vec<BundleFile>), BundleError> {
+) -> Result<(Slot, Vec<BundleFile>), BundleError> {
     let field = |field: &'static str, message: String| BundleError::Field {
         path: manifest_path.to_path_buf(),
         hook,
@@ -884,24 +798,31 @@ fn load_hook(
         .clone()
         .or_else(|| statement.as_ref().map(|s| s.name.clone()))
         .unwrap_or(file_stem);
+    let mut read = vec![(PathBuf::from(&entry.plugin), bytes)];
+    read.extend(signature);
+    // From here on the plugin is accepted: one that cannot be loaded or configured is a
+    // failure of the hook's plugin (its failure mode decides), not of the bundle.
+    let failed = |error: PluginError| LoadFailure {
+        hook,
+        plugin: plugin_name.clone(),
+        file: entry.plugin.clone(),
+        digest: actual.clone(),
+        failure_mode,
+        error,
+    };
     let plugin = match loaded.get(&actual) {
         Some(p) => p.clone(),
-        None => {
-            let p =
-                engine
-                    .load(&plugin_name, hook, &bytes)
-                    .map_err(|error| BundleError::Plugin {
-                        path: manifest_path.to_path_buf(),
-                        error,
-                    })?;
-            loaded.insert(actual, p.clone());
-            p
-        }
+        None => match engine.load(&plugin_name, hook, &read[0].1) {
+            Ok(p) => {
+                loaded.insert(actual.clone(), p.clone());
+                p
+            }
+            Err(error) => return Ok((Slot::Failed(failed(error)), read)),
+        },
     };
-    plugin.require(hook).map_err(|error| BundleError::Plugin {
-        path: manifest_path.to_path_buf(),
-        error,
-    })?;
+    if let Err(error) = plugin.require(hook) {
+        return Ok((Slot::Failed(failed(error)), read));
+    }
     // What the vendor signed must be what the host sees: the contract and every hook.
     if let Some(s) = &statement {
         let exports = plugin.hooks();
@@ -925,18 +846,14 @@ fn load_hook(
             });
         }
     }
-    // Apply the settings once, now, so a bad bundle fails at load and not mid-rotation (and a
-    // 0.2 plugin parses them once, not in every decision).
-    let configured = plugin
-        .configure(hook, &settings, &limits)
-        .map_err(|error| BundleError::Plugin {
-            path: manifest_path.to_path_buf(),
-            error,
-        })?;
-    let mut read = vec![(PathBuf::from(&entry.plugin), bytes)];
-    read.extend(signature);
+    // Apply the settings once, now, so a bad bundle is known at load and not mid-rotation (and
+    // a 0.2 plugin parses them once, not in every decision).
+    let configured = match plugin.configure(hook, &settings, &limits) {
+        Ok(c) => c,
+        Err(error) => return Ok((Slot::Failed(failed(error)), read)),
+    };
     Ok((
-        HookPlugin {
+        Slot::Ready(Box::new(HookPlugin {
             plugin,
             configured,
             file: entry.plugin.clone(),
@@ -944,7 +861,7 @@ fn load_hook(
             limits,
             failure_mode,
             accepted,
-        },
+        })),
         read,
     ))
 }

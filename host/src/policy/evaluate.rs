@@ -59,13 +59,34 @@ fn error_json<S: serde::Serializer>(e: &Option<PluginError>, s: S) -> Result<S::
     }
 }
 
+/// What a hook's plugin answered, and what its failure would mean.
+struct Asked<D> {
+    result: Result<D, PluginError>,
+    logs: Vec<PluginLog>,
+    failure_mode: FailureMode,
+    plugin: String,
+    /// `false` for a plugin that could not be loaded.
+    loaded: bool,
+}
+
+impl<D> Asked<D> {
+    /// How the plugin failed, in words: at decision time, or before (at load).
+    fn failed(&self) -> &'static str {
+        if self.loaded {
+            "failed"
+        } else {
+            "could not be loaded"
+        }
+    }
+}
+
 impl<D> Outcome<D> {
-    fn new(hook: Hook, decision: D, source: Source, plugin: Option<&HookPlugin>) -> Outcome<D> {
+    fn new(hook: Hook, decision: D, source: Source, plugin: Option<String>) -> Outcome<D> {
         Outcome {
             hook,
             decision,
             source,
-            plugin: plugin.map(|p| p.plugin.name().to_string()),
+            plugin,
             notes: Vec::new(),
             error: None,
             logs: Vec::new(),
@@ -91,6 +112,34 @@ impl Bundle {
         }
     }
 
+    /// The hook's plugin run in a fresh sandbox, with its failure mode and name; `None` when the
+    /// bundle has no plugin for the hook. A plugin that could not be loaded answers every call
+    /// with its load error, so its failure mode decides as it would at decision time.
+    fn ask<D>(
+        &self,
+        hook: Hook,
+        call: impl FnOnce(&mut Sandbox) -> Result<D, PluginError>,
+    ) -> Option<Asked<D>> {
+        if let Some(f) = self.load_failure(hook) {
+            return Some(Asked {
+                result: Err(f.error.clone()),
+                logs: Vec::new(),
+                failure_mode: f.failure_mode,
+                plugin: f.plugin.clone(),
+                loaded: false,
+            });
+        }
+        let hp = self.hook(hook)?;
+        let (result, logs) = Self::run(hp, call);
+        Some(Asked {
+            result,
+            logs,
+            failure_mode: hp.failure_mode,
+            plugin: hp.plugin.name().to_string(),
+            loaded: true,
+        })
+    }
+
     /// Ask the renewal hook whether to renew `request.certificate`.
     ///
     /// The host's own rules, applied whatever the plugin says: a CA certificate is never
@@ -103,32 +152,31 @@ impl Bundle {
         request: &RenewalRequest,
     ) -> Result<Outcome<RenewalDecision>, PluginError> {
         let hook = Hook::Renewal;
-        let bundle = self;
-        let mut outcome = match &bundle.renewal {
+        let mut outcome = match self.ask(hook, |s| s.renewal(request)) {
             None => {
-                let d = builtin::renewal(request, bundle.fallback_window);
+                let d = builtin::renewal(request, self.fallback_window);
                 let mut o = Outcome::new(hook, d, Source::BuiltIn, None);
                 o.notes
                     .push("no renewal plugin in the bundle: built-in rule".into());
                 o
             }
-            Some(hp) => {
-                let (result, logs) = Self::run(hp, |s| s.renewal(request));
-                let mut o = match result {
-                    Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
-                    Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
+            Some(asked) => {
+                let failed = asked.failed();
+                let mut o = match asked.result {
+                    Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(asked.plugin)),
+                    Err(e) if asked.failure_mode == FailureMode::Error => return Err(e),
                     Err(e) => {
-                        let d = builtin::renewal(request, bundle.fallback_window);
-                        let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
+                        let d = builtin::renewal(request, self.fallback_window);
+                        let mut o = Outcome::new(hook, d, Source::FailureMode, Some(asked.plugin));
                         o.notes.push(format!(
-                            "the plugin failed; used the built-in rule (renew when expired or within {} days)",
-                            bundle.fallback_window.as_secs() / 86_400
+                            "the plugin {failed}; used the built-in rule (renew when expired or within {} days)",
+                            self.fallback_window.as_secs() / 86_400
                         ));
                         o.error = Some(e);
                         o
                     }
                 };
-                o.logs = logs;
+                o.logs = asked.logs;
                 o
             }
         };
@@ -144,31 +192,30 @@ impl Bundle {
     /// Only when the plugin fails and the bundle's failure mode is `error`.
     pub fn validate_sans(&self, request: &SanRequest) -> Result<Outcome<SanDecision>, PluginError> {
         let hook = Hook::San;
-        let bundle = self;
-        let Some(hp) = &bundle.san else {
+        let Some(asked) = self.ask(hook, |s| s.validate_sans(request)) else {
             let mut o = Outcome::new(hook, SanDecision::Allow, Source::BuiltIn, None);
             o.notes
                 .push("no SAN plugin in the bundle: names are not validated by policy".into());
             return Ok(o);
         };
-        let (result, logs) = Self::run(hp, |s| s.validate_sans(request));
-        let mut o = match result {
-            Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(hp)),
-            Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
+        let failed = asked.failed();
+        let mut o = match asked.result {
+            Ok(d) => Outcome::new(hook, d, Source::Plugin, Some(asked.plugin)),
+            Err(e) if asked.failure_mode == FailureMode::Error => return Err(e),
             Err(e) => {
                 let d = SanDecision::Deny {
                     violations: vec![Violation::new(
                         "PolicyPluginFailed",
                         "",
-                        format!("fail closed: {e}"),
+                        format!("fail closed: the plugin {failed}: {e}"),
                     )],
                 };
-                let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
+                let mut o = Outcome::new(hook, d, Source::FailureMode, Some(asked.plugin));
                 o.error = Some(e);
                 o
             }
         };
-        o.logs = logs;
+        o.logs = asked.logs;
         Ok(o)
     }
 
@@ -179,47 +226,47 @@ impl Bundle {
     /// Only when the plugin fails and the bundle's failure mode is `error`.
     pub fn review_csr(&self, request: &CsrRequest) -> Result<Outcome<CsrDecision>, PluginError> {
         let hook = Hook::Csr;
-        let bundle = self;
-        let Some(hp) = &bundle.csr else {
+        let Some(asked) = self.ask(hook, |s| s.review_csr(request)) else {
             let d = CsrDecision::Abstain {
                 reason: "no CSR plugin in the bundle: manual approval required".into(),
             };
             return Ok(Outcome::new(hook, d, Source::BuiltIn, None));
         };
-        let (result, logs) = Self::run(hp, |s| s.review_csr(request));
-        let result = result.and_then(|d| {
+        let failed = asked.failed();
+        let plugin = asked.plugin;
+        let result = asked.result.and_then(|d| {
             rules::csr_answer(request, d).map_err(|message| PluginError {
-                plugin: hp.plugin.name().to_string(),
+                plugin: plugin.clone(),
                 hook,
                 kind: crate::plugin::PluginErrorKind::InvalidAnswer { message },
             })
         });
         let mut o = match result {
             Ok((d, notes)) => {
-                let mut o = Outcome::new(hook, d, Source::Plugin, Some(hp));
+                let mut o = Outcome::new(hook, d, Source::Plugin, Some(plugin));
                 o.notes = notes;
                 o
             }
-            Err(e) if hp.failure_mode == FailureMode::Error => return Err(e),
+            Err(e) if asked.failure_mode == FailureMode::Error => return Err(e),
             Err(e) => {
-                let d = match hp.failure_mode {
+                let d = match asked.failure_mode {
                     FailureMode::Deny => CsrDecision::Deny {
                         violations: vec![Violation::new(
                             "PolicyPluginFailed",
                             "",
-                            format!("fail closed: {e}"),
+                            format!("fail closed: the plugin {failed}: {e}"),
                         )],
                     },
                     _ => CsrDecision::Abstain {
-                        reason: format!("left pending because the policy plugin failed: {e}"),
+                        reason: format!("left pending because the policy plugin {failed}: {e}"),
                     },
                 };
-                let mut o = Outcome::new(hook, d, Source::FailureMode, Some(hp));
+                let mut o = Outcome::new(hook, d, Source::FailureMode, Some(plugin));
                 o.error = Some(e);
                 o
             }
         };
-        o.logs = logs;
+        o.logs = asked.logs;
         Ok(o)
     }
 }

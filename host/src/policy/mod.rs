@@ -13,6 +13,7 @@ pub(crate) mod input;
 pub(crate) mod rules;
 pub mod scaffold;
 pub mod signing;
+mod trust;
 
-pub use bundle::{Acceptance, Bundle, BundleError, FailureMode, HookPlugin};
+pub use bundle::{Acceptance, Bundle, BundleError, FailureMode, HookPlugin, LoadFailure};
 pub use evaluate::{Outcome, Source};

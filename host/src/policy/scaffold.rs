@@ -317,10 +317,11 @@ fn fixtures(hook: Hook) -> Result<Vec<(PathBuf, Vec<u8>)>, ScaffoldError> {
                 node_addresses: Vec::new(),
                 now,
             };
-            // Cases the host's own checks (a usage the signer never issues, several CNs...) let
-            // through to the plugin, so they test what the plugin decides in production too.
+            // Cases the host's own checks (a usage the signer never issues, several CNs, the
+            // host floor: another node's name, system:masters...) let through to the plugin, so
+            // they test what the plugin decides in production too.
             let serving = [Usage::DigitalSignature, Usage::ServerAuth];
-            let mut stranger = request("kubernetes.io/kubelet-serving", "system:node:b", &serving);
+            let mut stranger = request("kubernetes.io/kubelet-serving", "system:node:a", &serving);
             stranger.groups = vec!["system:authenticated".into()];
             let cases = serde_json::json!([
                 {
@@ -330,10 +331,10 @@ fn fixtures(hook: Hook) -> Result<Vec<(PathBuf, Vec<u8>)>, ScaffoldError> {
                     "expect": { "decision": "approve" }
                 },
                 {
-                    "name": "a requester outside system:nodes asking for another node's name gets both reasons",
+                    "name": "a node name outside the system:nodes group is denied",
                     "hook": "csr",
                     "input": stranger,
-                    "expect": { "decision": "deny", "violations": ["RequesterNotANode", "CommonNameMismatch"] }
+                    "expect": { "decision": "deny", "violations": ["RequesterNotANode"] }
                 },
                 {
                     "name": "other signers are left to someone else",

@@ -99,6 +99,7 @@ pub(crate) struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub latency: Family<PluginLabels, Histogram, fn() -> Histogram>,
     pub plugin_errors: Family<PluginErrorLabels, Counter>,
+    pub plugin_load_failures: Family<PluginErrorLabels, Counter>,
     pub shadow_disagreements: Family<PluginLabels, Counter>,
     pub bundle_info: Family<BundleInfoLabels, Gauge>,
     pub bundle_reloads: Family<ReloadLabels, Counter>,
@@ -122,6 +123,7 @@ impl Metrics {
             decisions: Family::default(),
             latency: Family::new_with_constructor(latency_histogram),
             plugin_errors: Family::default(),
+            plugin_load_failures: Family::default(),
             shadow_disagreements: Family::default(),
             bundle_info: Family::default(),
             bundle_reloads: Family::default(),
@@ -168,6 +170,11 @@ impl Metrics {
             "rotor_plugin_errors",
             "Plugin failures (trap, timeout, memory, invalid answer, ...) by kind",
             m.plugin_errors.clone(),
+        );
+        registry.register(
+            "rotor_plugin_load_failures",
+            "Plugins that could not be loaded or configured, at each load of a bundle (role active or shadow): their hook decides by its failure mode",
+            m.plugin_load_failures.clone(),
         );
         registry.register(
             "rotor_shadow_disagreements",

@@ -155,6 +155,17 @@ impl Shared {
                 lock(&self.bundle_problem).unwrap_or_default()
             ));
         }
+        if let Some(b) = self.bundle() {
+            for f in &b.load_failures {
+                why.push(format!(
+                    "the {} plugin '{}' could not be loaded ({}): its failure mode '{}' decides",
+                    f.hook.as_str(),
+                    f.plugin,
+                    f.error.kind,
+                    f.failure_mode.as_str()
+                ));
+            }
+        }
         if let Some(p) = lock(&self.datastore_problem) {
             why.push(format!("the datastore cannot be loaded: {p}"));
         }
@@ -308,6 +319,7 @@ impl Service {
             )),
             None => None,
         };
+        let metrics = Metrics::new();
         let sink = Sink::open(
             options.decision_log.as_deref(),
             options.decision_log_max_bytes,
@@ -319,7 +331,7 @@ impl Service {
         let (reload_tx, reload) = channel::<()>();
         spawn_signals(events_tx.clone(), reload_tx, Arc::clone(&stop))?;
         let shared = Arc::new(Shared {
-            metrics: Metrics::new(),
+            metrics,
             active: RwLock::new(None),
             shadow: RwLock::new(shadow),
             bundle_problem: Mutex::new(None),
@@ -327,10 +339,17 @@ impl Service {
             cycled: AtomicBool::new(false),
             datadir: Mutex::new(()),
         });
+        if let Some(shadow) = shared.shadow() {
+            report_load_failures(&shared, &shadow, "shadow");
+        }
         // The files as they are before loading: a change from here on is a new bundle.
         let seen = fingerprint(&source, &options).ok();
         match load_bundle(&engine, &source, &options) {
             Ok(b) => {
+                // A plugin that cannot be loaded does not stop renewals: its hook decides by
+                // its failure mode (the built-in rule for a renewal hook in `fallback`), the
+                // server says so and is not ready until the bundle is fixed.
+                report_load_failures(&shared, &b, "active");
                 *shared.active.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(b));
             }
             Err(e) => {
@@ -745,9 +764,7 @@ impl Service {
         let started = Instant::now();
         let answer = shadow.renewal(&d.request);
         let latency = started.elapsed();
-        let hp = shadow.renewal.as_ref();
-        let plugin = hp.map(|hp| hp.plugin.name().to_string());
-        let digest = hp.map(|hp| hp.plugin.digest().to_string());
+        let (plugin, digest) = shadow.plugin_identity(Hook::Renewal).unzip();
         let record = match answer {
             Ok(o) => {
                 let disagrees = disagree(&d.decision, &o.decision);
@@ -1109,10 +1126,9 @@ fn export_bundle_info(shared: &Shared) {
     for (role, b) in [("active", active.as_deref()), ("shadow", shadow.as_deref())] {
         let Some(b) = b else { continue };
         for hook in [Hook::Renewal, Hook::San, Hook::Csr] {
-            let (plugin, digest) = match b.hook(hook) {
-                Some(hp) => (hp.plugin.name().to_string(), hp.plugin.digest().to_string()),
-                None => ("built-in".to_string(), String::new()),
-            };
+            let (plugin, digest) = b
+                .plugin_identity(hook)
+                .unwrap_or_else(|| ("built-in".to_string(), String::new()));
             m.bundle_info
                 .get_or_create(&BundleInfoLabels {
                     role: role.into(),
@@ -1141,6 +1157,17 @@ fn swap(
     } else {
         load_bundle(engine, source, options)
     };
+    // A candidate with a plugin that cannot be loaded never replaces a whole bundle; it is
+    // taken only over nothing or over a bundle just as broken (it decides by failure modes).
+    let loaded = loaded.and_then(|bundle| {
+        report_load_failures(shared, &bundle, "active");
+        match bundle.ensure_loaded() {
+            Err(e) if shared.bundle().is_some_and(|b| b.load_failures.is_empty()) => {
+                Err(e.to_string())
+            }
+            _ => Ok(bundle),
+        }
+    });
     match loaded {
         Ok(bundle) => {
             let name = bundle.name.clone();
@@ -1176,12 +1203,31 @@ fn swap(
     }
 }
 
+/// Say and count each plugin of `bundle` that could not be loaded (`role`: `active` or
+/// `shadow`).
+fn report_load_failures(shared: &Shared, bundle: &Bundle, role: &str) {
+    for f in &bundle.load_failures {
+        shared
+            .metrics
+            .plugin_load_failures
+            .get_or_create(&PluginErrorLabels {
+                hook: f.hook.as_str().into(),
+                plugin: f.plugin.clone(),
+                kind: f.error.kind.code().into(),
+                role: role.into(),
+            })
+            .inc();
+    }
+    for w in bundle.warnings() {
+        crate::say!("rotor serve: warning ({role} bundle): {w}");
+    }
+}
+
 /// The shadow bundle's disagreement counter, at 0 until it disagrees.
 fn zero_disagreements(shared: &Shared, shadow: &Bundle) {
     let plugin = shadow
-        .renewal
-        .as_ref()
-        .map_or_else(|| "built-in".to_string(), |hp| hp.plugin.name().to_string());
+        .plugin_identity(Hook::Renewal)
+        .map_or_else(|| "built-in".to_string(), |(name, _)| name);
     shared
         .metrics
         .shadow_disagreements
@@ -1195,7 +1241,11 @@ fn zero_disagreements(shared: &Shared, shadow: &Bundle) {
 
 /// Reload the shadow bundle (SIGHUP); a refused one leaves the previous one shadowing.
 fn swap_shadow(engine: &PluginEngine, path: &Path, options: &ServeOptions, shared: &Shared) {
-    let outcome = match load_bundle(engine, &BundleSource::Path(path.to_path_buf()), options) {
+    let loaded = load_bundle(engine, &BundleSource::Path(path.to_path_buf()), options);
+    if let Ok(bundle) = &loaded {
+        report_load_failures(shared, bundle, "shadow");
+    }
+    let outcome = match loaded {
         Ok(bundle) => {
             let name = bundle.name.clone();
             zero_disagreements(shared, &bundle);
@@ -1241,8 +1291,10 @@ fn load_bundle(
             let dir = bundle_dir(path)?;
             let bundle = Bundle::load(engine, path).map_err(|e| e.to_string())?;
             let fixtures = dir.join("fixtures");
-            // Followed if it is a symlink, as the operator's shell would.
-            if Root::open_ambient(&fixtures).is_ok() {
+            // Followed if it is a symlink, as the operator's shell would. A bundle with a
+            // plugin that could not be loaded fails its fixtures by construction: the caller
+            // decides whether it may decide at all.
+            if bundle.load_failures.is_empty() && Root::open_ambient(&fixtures).is_ok() {
                 let results = crate::policy::fixtures::run(&bundle, &fixtures)
                     .map_err(|e| format!("fixtures: {e}"))?;
                 let failed: Vec<String> = results

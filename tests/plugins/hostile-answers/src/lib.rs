@@ -1,5 +1,6 @@
 //! Implements every hook and answers each one against the contract; its `configure` refuses
-//! `{"refuse": true}`.
+//! `{"refuse": true}`, and with `{"flood": true}` its SAN and CSR denials carry 100,000
+//! violations (the host must refuse them before reading them).
 
 #![allow(
     unsafe_code,
@@ -14,6 +15,22 @@ use rotor::policy::types::Usage;
 
 struct Plugin;
 
+/// Set by `configure` (0.1: run in every fresh instance, before the decision).
+static FLOOD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// 100,000 violations, when flooding.
+fn flood() -> Option<Vec<rotor::policy::types::Violation>> {
+    FLOOD.load(std::sync::atomic::Ordering::Relaxed).then(|| {
+        (0..100_000)
+            .map(|i| rotor::policy::types::Violation {
+                code: "Flood".into(),
+                field: format!("field-{i}"),
+                message: "one of very many".into(),
+            })
+            .collect()
+    })
+}
+
 impl exports::rotor::policy::config::Guest for Plugin {
     fn configure(settings: String) -> Result<(), String> {
         rotor::policy::host::log(
@@ -23,6 +40,10 @@ impl exports::rotor::policy::config::Guest for Plugin {
         if settings.contains("\"refuse\":true") {
             return Err("'refuse' is set, so I refuse".into());
         }
+        FLOOD.store(
+            settings.contains("\"flood\":true"),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         Ok(())
     }
 }
@@ -39,13 +60,16 @@ impl exports::rotor::policy::renewal::Guest for Plugin {
 
 impl exports::rotor::policy::san_validation::Guest for Plugin {
     fn validate(_: SanRequest) -> SanDecision {
-        // A denial without a single violation breaks the contract.
-        SanDecision::Deny(Vec::new())
+        // A denial without a single violation breaks the contract; so do 100,000.
+        SanDecision::Deny(flood().unwrap_or_default())
     }
 }
 
 impl exports::rotor::policy::csr_approval::Guest for Plugin {
     fn review(_: CsrRequest) -> CsrDecision {
+        if let Some(all) = flood() {
+            return CsrDecision::Deny(all);
+        }
         // Approving with a usage nobody asked for: the host must refuse it.
         CsrDecision::Approve(Approval {
             reason: "sure".into(),

@@ -1,4 +1,5 @@
-//! Never returns from `decide`.
+//! Never returns from `decide`; with the settings `{"in_configure": true}`, never returns from
+//! `configure` either (a plugin that cannot be loaded).
 
 #![allow(
     unsafe_code,
@@ -11,7 +12,13 @@ use exports::rotor::policy::renewal::{Guest, RenewalDecision, RenewalRequest};
 struct Plugin;
 
 impl exports::rotor::policy::config::Guest for Plugin {
-    fn configure(_: String) -> Result<(), String> {
+    fn configure(settings: String) -> Result<(), String> {
+        if settings.contains("\"in_configure\":true") {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(settings.len() as u64));
+            }
+        }
         Ok(())
     }
 }
