@@ -7,10 +7,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Func, Resource, ResourceTable};
+use wasmtime::component::{Resource, ResourceTable, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap};
 
 use super::answer::{self, SanAnswer, TooManyViolations};
+use super::bindings::v01::exports::rotor::policy::{
+    csr_approval as v01csr, san_validation as v01san,
+};
+use super::bindings::v02::exports::rotor::policy::{
+    csr_approval as v02csr, san_validation as v02san,
+};
 use super::bindings::{v01, v02};
 use super::convert;
 use super::engine::{MAX_MEMORY_LIMIT, PluginEngine};
@@ -294,12 +300,12 @@ pub fn sanitize(s: &str, max_chars: usize) -> String {
 /// The hook's typed exports, looked up (and type-checked) once per instance.
 enum Guest {
     V01Renewal(v01::exports::rotor::policy::renewal::Guest),
-    /// SAN and CSR: the raw function, called with the bounded answer types (`answer.rs`).
-    V01San(Func),
-    V01Csr(Func),
+    /// SAN and CSR: typed with the bounded answer types of `answer.rs`.
+    V01San(TypedFunc<(v01san::SanRequest,), (SanAnswer,)>),
+    V01Csr(TypedFunc<(v01csr::CsrRequest,), (answer::v01::CsrAnswer,)>),
     V02Renewal(v02::exports::rotor::policy::renewal::Guest),
-    V02San(Func),
-    V02Csr(Func),
+    V02San(TypedFunc<(v02san::SanRequest,), (SanAnswer,)>),
+    V02Csr(TypedFunc<(v02csr::CsrRequest,), (answer::v02::CsrAnswer,)>),
 }
 
 /// A live instance of a plugin for one hook.
@@ -328,14 +334,13 @@ impl Sandbox {
             Ok(i) => i,
             Err(e) => return Err(err(&store, e)),
         };
-        // The SAN and CSR functions, whose answers are lifted with a bound.
+        // The SAN and CSR functions, typed (and type-checked) with the bounded answers.
         macro_rules! answer {
             ($index:expr, $guest:path) => {
                 $index
                     .as_ref()
-                    .and_then(|i| instance.get_func(&mut store, i))
                     .ok_or_else(|| plugin.missing_export(hook))
-                    .map($guest)?
+                    .map(|i| instance.get_typed_func(&mut store, i).map($guest))?
             };
         }
         // The hook's typed exports, type-checked against this instance.
@@ -371,15 +376,15 @@ impl Sandbox {
                 }
                 match hook {
                     Hook::Renewal => load!(renewal, Guest::V01Renewal),
-                    Hook::San => Ok(answer!(linked.answers.san, Guest::V01San)),
-                    Hook::Csr => Ok(answer!(linked.answers.csr, Guest::V01Csr)),
+                    Hook::San => answer!(linked.answers.san, Guest::V01San),
+                    Hook::Csr => answer!(linked.answers.csr, Guest::V01Csr),
                 }
             }
             // 0.2: the instance is the snapshot taken after `configure`.
             Exports::V02 { renewal, .. } => match hook {
                 Hook::Renewal => load!(renewal, Guest::V02Renewal),
-                Hook::San => Ok(answer!(linked.answers.san, Guest::V02San)),
-                Hook::Csr => Ok(answer!(linked.answers.csr, Guest::V02Csr)),
+                Hook::San => answer!(linked.answers.san, Guest::V02San),
+                Hook::Csr => answer!(linked.answers.csr, Guest::V02Csr),
             },
         }
         .map_err(|e| err(&store, e))?;
@@ -474,10 +479,12 @@ impl Sandbox {
     pub fn validate_sans(&mut self, request: &SanRequest) -> Result<SanDecision, PluginError> {
         self.begin(Hook::San)?;
         let answer = match &self.guest {
-            Guest::V01San(f) => call(&mut self.store, f, &convert::v01::san_request(request))
-                .map(|a: SanAnswer| convert::v01::san_decision(answer::v01::san(a))),
-            Guest::V02San(f) => call(&mut self.store, f, &convert::v02::san_request(request))
-                .map(|a: SanAnswer| convert::v02::san_decision(answer::v02::san(a))),
+            Guest::V01San(f) => f
+                .call(&mut self.store, (convert::v01::san_request(request),))
+                .map(|(a,)| convert::v01::san_decision(answer::v01::san(a))),
+            Guest::V02San(f) => f
+                .call(&mut self.store, (convert::v02::san_request(request),))
+                .map(|(a,)| convert::v02::san_decision(answer::v02::san(a))),
             _ => return Err(self.missing()),
         };
         self.answered(answer)
@@ -487,10 +494,12 @@ impl Sandbox {
     pub fn review_csr(&mut self, request: &CsrRequest) -> Result<CsrDecision, PluginError> {
         self.begin(Hook::Csr)?;
         let answer = match &self.guest {
-            Guest::V01Csr(f) => call(&mut self.store, f, &convert::v01::csr_request(request))
-                .map(|a| convert::v01::csr_decision(answer::v01::csr(a))),
-            Guest::V02Csr(f) => call(&mut self.store, f, &convert::v02::csr_request(request))
-                .map(|a| convert::v02::csr_decision(answer::v02::csr(a))),
+            Guest::V01Csr(f) => f
+                .call(&mut self.store, (convert::v01::csr_request(request),))
+                .map(|(a,)| convert::v01::csr_decision(answer::v01::csr(a))),
+            Guest::V02Csr(f) => f
+                .call(&mut self.store, (convert::v02::csr_request(request),))
+                .map(|(a,)| convert::v02::csr_decision(answer::v02::csr(a))),
             _ => return Err(self.missing()),
         };
         self.answered(answer)
@@ -521,18 +530,6 @@ impl Sandbox {
     fn missing_for(&self, hook: Hook) -> PluginError {
         self.plugin.missing_export(hook)
     }
-}
-
-/// Call a SAN or CSR function with `request`, lifting its answer as `A` (a bounded type of
-/// `answer.rs`), as the bindings' `call_*` do with theirs.
-fn call<R, A>(store: &mut Store<SandboxState>, f: &Func, request: &R) -> wasmtime::Result<A>
-where
-    R: wasmtime::component::Lower + wasmtime::component::ComponentType,
-    A: wasmtime::component::Lift + wasmtime::component::ComponentType + 'static,
-{
-    let typed = f.typed::<(&R,), (A,)>(&*store)?;
-    let (answer,) = typed.call(&mut *store, (request,))?;
-    Ok(answer)
 }
 
 /// Turn a wasmtime failure into the typed error. The wasm backtrace, useful to the plugin's
