@@ -181,6 +181,47 @@ fn an_approve_all_plugin_gets_nothing_past_the_floor() {
             "system:masters is never issued through a CSR",
         ),
         (
+            "kubeadm's administrators for a stranger",
+            csr("evil-admin", &["kubeadm:cluster-admins"], &[], Vec::new()),
+            APISERVER_CLIENT,
+            "alice",
+            &["system:authenticated"],
+            client,
+            "kubeadm binds it to cluster-admin",
+        ),
+        (
+            "the controller manager's identity",
+            csr("system:kube-controller-manager", &[], &[], Vec::new()),
+            APISERVER_CLIENT,
+            "alice",
+            &[],
+            client,
+            "reserves for itself and the control plane",
+        ),
+        (
+            "a service account's identity",
+            csr(
+                "system:serviceaccount:kube-system:default",
+                &[],
+                &[],
+                Vec::new(),
+            ),
+            APISERVER_CLIENT,
+            "alice",
+            &[],
+            client,
+            "a service account's identity",
+        ),
+        (
+            "the service accounts' group",
+            csr("alice", &["system:serviceaccounts"], &[], Vec::new()),
+            LEGACY,
+            "alice",
+            &[],
+            client,
+            "a group Kubernetes assigns itself",
+        ),
+        (
             "a node identity for a user",
             csr("system:node:a", &["system:nodes"], &[], Vec::new()),
             APISERVER_CLIENT,
@@ -326,7 +367,7 @@ fn a_door_lets_exactly_one_group_through_for_exactly_one_signer() {
     let tmp = tempfile::tempdir().unwrap();
     let bundle = approve_all_bundle(
         tmp.path(),
-        "\n[host.floor.\"kubernetes.io/kube-apiserver-client\"]\nallow_groups = [\"system:masters\"]\n\
+        "\n[host.floor.\"kubernetes.io/kube-apiserver-client\"]\nallow_groups = [\"system:masters\"]\nallow_users = [\"system:kube-scheduler\"]\n\
          \n[host.floor.\"kubernetes.io/kube-apiserver-client-kubelet\"]\nallow_node_identity_for = [\"system:bootstrappers\"]\n",
     );
     let client = &["client auth", "digital signature"][..];
@@ -350,6 +391,32 @@ fn a_door_lets_exactly_one_group_through_for_exactly_one_signer() {
     let facts =
         &rotor::facts::parse_certificates_pem("c", &std::fs::read(&cert).unwrap()).unwrap()[0];
     assert_eq!(facts.subject.organizations, ["system:masters"]);
+
+    // The user-name door: the scheduler's identity, and no other control-plane name.
+    let scheduler = csr("system:kube-scheduler", &[], &[], Vec::new());
+    let (code, review, _, signed) = sign(
+        &f,
+        &bundle,
+        &scheduler,
+        APISERVER_CLIENT,
+        "alice",
+        &[],
+        client,
+    );
+    assert_eq!(code, 0, "{review}");
+    assert!(signed);
+    let manager = csr("system:kube-controller-manager", &[], &[], Vec::new());
+    let (code, review, _, signed) = sign(
+        &f,
+        &bundle,
+        &manager,
+        APISERVER_CLIENT,
+        "alice",
+        &[],
+        client,
+    );
+    assert_eq!(code, 1, "{review}");
+    assert!(!signed);
 
     // Not for another signer.
     let (code, review, _, signed) = sign(&f, &bundle, &admin, LEGACY, "alice", &[], client);
@@ -405,7 +472,7 @@ fn a_door_lets_exactly_one_group_through_for_exactly_one_signer() {
     );
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("no subject in system:masters"), "{stdout}");
-    assert_eq!(stdout.matches("DOOR OPEN").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("DOOR OPEN").count(), 3, "{stdout}");
 
     // A door a plugin's settings try to open is no door: settings are the plugin's.
     let tmp2 = tempfile::tempdir().unwrap();
@@ -426,9 +493,18 @@ fn a_door_lets_exactly_one_group_through_for_exactly_one_signer() {
     for (door, why) in [
         ("allow_groups = [\"system:nodes\"]", "allow_groups"),
         (
+            "allow_groups = [\"developers\"]",
+            "not a group the floor refuses",
+        ),
+        (
+            "allow_users = [\"system:node:a\"]",
+            "allow_node_identity_for",
+        ),
+        (
             "allow_node_identity_for = [\"system:authenticated\"]",
             "every user",
         ),
+        ("allow_node_identity_for = [\"system:nodes\"]", "every node"),
     ] {
         let tmp3 = tempfile::tempdir().unwrap();
         let b = approve_all_bundle(
@@ -598,47 +674,153 @@ fn a_renewal_plugin_that_cannot_load_falls_back_and_start_renews() {
 }
 
 #[test]
-fn a_csr_plugin_that_cannot_load_never_approves() {
+fn a_csr_or_san_plugin_that_cannot_load_never_approves() {
     let f = Fixture::k3s();
     let tmp = tempfile::tempdir().unwrap();
-    let plugin = test_plugin("hostile-approve-all");
-    for (mode, code, decision) in [("abstain", 3, "abstain"), ("deny", 1, "deny")] {
-        let bundle = write_bundle(
-            &tmp.path().join(mode),
-            &[HookSpec {
-                hook: "csr",
-                plugin: &plugin,
-                extra: &format!("failure_mode = \"{mode}\"\ntimeout_ms = 50"),
-                settings: "in_configure = true",
-            }],
-        );
-        let (got, review, stderr, signed) = sign(
-            &f,
-            &bundle,
-            &CsrSpec::node("a", &["a"]).0,
-            SERVING,
-            "system:node:a",
-            &["system:nodes"],
-            SERVING_USAGES,
-        );
-        assert_eq!(got, code, "{mode}: {review}\n{stderr}");
-        assert!(!signed, "{mode}");
-        assert_eq!(review["decision"], decision, "{mode}: {review}");
-        assert!(
-            review.to_string().contains("could not be loaded"),
-            "{mode}: {review}"
-        );
-        assert!(stderr.contains("could not be loaded"), "{mode}: {stderr}");
+    let approve_all = test_plugin("hostile-approve-all");
+    let wasi = test_plugin("hostile-wasi");
+    // Each of these plugins would approve everything, were it loaded.
+    let broken: [(&str, &Path, &str, &str); 3] = [
+        (
+            "looping",
+            &approve_all,
+            "timeout_ms = 50",
+            "in_configure = true",
+        ),
+        ("hoarding", &approve_all, "", "hoard_in_configure = true"),
+        ("wasi", &wasi, "", ""),
+    ];
+    let pem = CsrSpec::node("a", &["a"]).0;
+    for (what, plugin, extra, settings) in broken {
+        for (mode, code, decision) in [("abstain", 3, "abstain"), ("deny", 1, "deny")] {
+            let bundle = write_bundle(
+                &tmp.path().join(format!("{what}-{mode}")),
+                &[HookSpec {
+                    hook: "csr",
+                    plugin,
+                    extra: &format!("failure_mode = \"{mode}\"\n{extra}"),
+                    settings,
+                }],
+            );
+            let (got, review, stderr, signed) = sign(
+                &f,
+                &bundle,
+                &pem,
+                SERVING,
+                "system:node:a",
+                &["system:nodes"],
+                SERVING_USAGES,
+            );
+            assert_eq!(got, code, "{what} {mode}: {review}\n{stderr}");
+            assert!(!signed, "{what} {mode}");
+            assert_eq!(review["decision"], decision, "{what} {mode}: {review}");
+            assert!(
+                review.to_string().contains("could not be loaded"),
+                "{what} {mode}: {review}"
+            );
+            assert!(
+                stderr.contains("could not be loaded"),
+                "{what} {mode}: {stderr}"
+            );
+        }
     }
+
+    // failure_mode = "error": the command fails, naming the plugin; nothing is signed.
+    let bundle = write_bundle(
+        &tmp.path().join("error"),
+        &[HookSpec {
+            hook: "csr",
+            plugin: &approve_all,
+            extra: "failure_mode = \"error\"\ntimeout_ms = 50",
+            settings: "in_configure = true",
+        }],
+    );
+    let csr = f.write("error.csr", &pem);
+    let out = f.work.join("error.crt");
+    let (code, _, stderr) = rotor(
+        &[
+            "--data-dir",
+            f.data.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "csr",
+            "sign",
+            "--csr",
+            csr.to_str().unwrap(),
+            "--signer",
+            SERVING,
+            "--username",
+            "system:node:a",
+            "--usage",
+            "server auth",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("plugin 'hostile-approve-all'"), "{stderr}");
+    assert!(!out.exists());
+
+    // A SAN plugin that cannot load denies every name, whatever the CSR plugin approves.
+    let bundle = write_bundle(
+        &tmp.path().join("san"),
+        &[
+            HookSpec {
+                hook: "csr",
+                plugin: &approve_all,
+                extra: "",
+                settings: "",
+            },
+            HookSpec {
+                hook: "san",
+                plugin: &approve_all,
+                extra: "timeout_ms = 50",
+                settings: "in_configure = true",
+            },
+        ],
+    );
+    let (code, review, _, signed) = sign(
+        &f,
+        &bundle,
+        &pem,
+        SERVING,
+        "system:node:a",
+        &["system:nodes"],
+        SERVING_USAGES,
+    );
+    assert_eq!(code, 1, "{review}");
+    assert!(!signed);
+    assert_eq!(violation_codes(&review.to_string()), ["PolicyPluginFailed"]);
+}
+
+/// `rotor -vv ... certificate check` under util-linux's `script`, which gives it a terminal:
+/// what it printed.
+fn on_a_terminal(data: &Path, no_color: Option<&str>) -> String {
+    let command = format!(
+        "{} -vv --data-dir {} certificate check",
+        rotor_bin().display(),
+        data.display()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .env("ROTOR_PLUGIN_CACHE", shared_cache())
+        .env_remove("ROTOR_BUNDLE")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null());
+    if let Some(v) = no_color {
+        cmd.env("NO_COLOR", v);
+    }
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
-fn diagnostics_are_coloured_only_on_a_terminal() {
+fn diagnostics_are_coloured_only_on_a_terminal_and_never_with_no_color() {
     let f = Fixture::k3s();
-    // -vv logs every lock taken; standard error is a pipe here.
-    for no_color in [None, Some("1")] {
-        let mut cmd = std::process::Command::new(rotor_bin());
-        cmd.args([
+    // -vv logs every lock taken. Standard error a pipe: never coloured.
+    let out = std::process::Command::new(rotor_bin())
+        .args([
             "-vv",
             "--data-dir",
             f.data.to_str().unwrap(),
@@ -647,16 +829,26 @@ fn diagnostics_are_coloured_only_on_a_terminal() {
         ])
         .env("ROTOR_PLUGIN_CACHE", shared_cache())
         .env_remove("ROTOR_BUNDLE")
-        .env_remove("NO_COLOR");
-        if let Some(v) = no_color {
-            cmd.env("NO_COLOR", v);
-        }
-        let out = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("locked"), "-vv says something: {stderr}");
-        assert!(
-            !stderr.contains('\u{1b}'),
-            "no escape sequences: {stderr:?}"
-        );
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("locked"), "-vv says something: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no escape sequences: {stderr:?}"
+    );
+    // On a terminal: coloured, unless NO_COLOR says otherwise.
+    if !require_command("script") {
+        return;
     }
+    let coloured = on_a_terminal(&f.data, None);
+    assert!(coloured.contains("locked"), "{coloured:?}");
+    assert!(
+        coloured.contains("\u{1b}["),
+        "colour on a terminal: {coloured:?}"
+    );
+    let plain = on_a_terminal(&f.data, Some("1"));
+    assert!(plain.contains("locked"), "{plain:?}");
+    assert!(!plain.contains("\u{1b}["), "NO_COLOR: {plain:?}");
 }

@@ -1221,117 +1221,158 @@ fn plugin_failures_are_logged_and_counted_by_kind() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// A renewal plugin whose `configure` never returns: the server does not sit idle while the
-/// certificates run out. Its hook decides by the failure mode (the built-in rule), the server
-/// says why on standard error and on /readyz (not ready), and counts the load failure; a hot
-/// swap to a whole bundle makes it ready again, and a broken candidate never replaces it.
+/// Renewal plugins that cannot be loaded (a `configure` that never returns, one that exhausts
+/// its memory, one that imports WASI): the server does not sit idle while the certificates run
+/// out. The hook decides by the failure mode (the built-in rule), the server says why on
+/// standard error and on /readyz (not ready), and counts the load failure; a hot swap to a
+/// whole bundle makes it ready again, and a broken candidate never replaces a whole bundle (it
+/// is counted as a candidate, and nothing says it decides).
 #[test]
 fn a_renewal_plugin_that_cannot_load_renews_through_the_fallback() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("k3s");
-    let t0 = t0();
-    init_k3s(&dir, t0);
-    let bundle_dir = tmp.path().join("bundle");
-    let broken = |dir: &Path| {
+    let broken: [(&str, &str, &str, &str); 3] = [
+        (
+            "hostile-loop",
+            "timeout_ms = 50",
+            "in_configure = true",
+            "timeout",
+        ),
+        (
+            "hostile-memory",
+            "",
+            "in_configure = true",
+            "memory_exhausted",
+        ),
+        ("hostile-wasi", "", "", "forbidden_import"),
+    ];
+    for (plugin, extra, settings, kind) in broken {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("k3s");
+        let t0 = t0();
+        init_k3s(&dir, t0);
+        let bundle_dir = tmp.path().join("bundle");
+        let write_broken = |dir: &Path| {
+            write_bundle(
+                dir,
+                &[HookSpec {
+                    hook: "renewal",
+                    plugin: &test_plugin(plugin),
+                    extra: &format!("failure_mode = \"fallback\"\n{extra}"),
+                    settings,
+                }],
+            )
+        };
+        write_broken(&bundle_dir);
+        let log = tmp.path().join("decisions.jsonl");
+        let mut serve = Serve::start(
+            &dir,
+            t0,
+            &[
+                "--bundle",
+                bundle_dir.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--decision-log",
+                log.to_str().unwrap(),
+                // Wake by the built-in rule's hints, not every hour of the simulated year.
+                "--max-interval",
+                "365d",
+            ],
+            &[],
+        );
+        serve.advance(t0);
+        let before = std::fs::read(dir.join("server/tls/client-admin.crt")).unwrap();
+        serve.advance(t0 + days(300));
+        let records = decisions(&log);
+        let renewed: Vec<_> = records
+            .iter()
+            .filter(|r| r["role"] == "acted" && r["decision"] == "renew")
+            .collect();
+        assert!(!renewed.is_empty(), "{plugin}: {records:?}");
+        for r in &renewed {
+            assert_eq!(r["source"], "failure_mode", "{plugin}: {r}");
+            assert_eq!(r["plugin"], plugin, "{r}");
+            assert_eq!(r["error"], kind, "{r}");
+        }
+        assert_ne!(
+            std::fs::read(dir.join("server/tls/client-admin.crt")).unwrap(),
+            before,
+            "{plugin}: renewed through the fallback"
+        );
+        let err = serve.stderr();
+        assert!(
+            err.contains("warning (active bundle)")
+                && err.contains("could not be loaded")
+                && err.contains("the built-in rule decides instead"),
+            "{plugin}: {err}"
+        );
+        let (code, body) = serve.get("/readyz");
+        assert_eq!(code, 503, "{plugin}: {body}");
+        assert!(
+            body.contains(&format!(
+                "the renewal plugin '{plugin}' could not be loaded"
+            )) && body.contains("'fallback' decides"),
+            "{body}"
+        );
+        let load_failures = |serve: &Serve, role: &str| {
+            let (_, page) = serve.get("/metrics");
+            parse_metrics(&page).map(|samples| {
+                value(
+                    &samples,
+                    "rotor_plugin_load_failures_total",
+                    &[
+                        ("hook", "renewal"),
+                        ("plugin", plugin),
+                        ("kind", kind),
+                        ("role", role),
+                    ],
+                )
+            })
+        };
+        if let Some(n) = load_failures(&serve, "active") {
+            assert_eq!(n, 1.0, "{plugin}");
+        }
+        if plugin != "hostile-loop" {
+            let (code, err) = serve.terminate();
+            assert_eq!(code, 0, "{err}");
+            continue;
+        }
+
+        // Fixed: a whole bundle is switched in and the server is ready.
+        std::fs::remove_dir_all(&bundle_dir).unwrap();
         write_bundle(
-            dir,
+            &bundle_dir,
             &[HookSpec {
                 hook: "renewal",
-                plugin: &test_plugin("hostile-loop"),
-                extra: "failure_mode = \"fallback\"\ntimeout_ms = 50",
-                settings: "in_configure = true",
+                plugin: &default_plugin("renewal-window"),
+                extra: "",
+                settings: "mode = \"window\"\nrenew_before_days = 90",
             }],
-        )
-    };
-    broken(&bundle_dir);
-    let log = tmp.path().join("decisions.jsonl");
-    let mut serve = Serve::start(
-        &dir,
-        t0,
-        &[
-            "--bundle",
-            bundle_dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--decision-log",
-            log.to_str().unwrap(),
-            // Wake by the built-in rule's hints, not every hour of the simulated year.
-            "--max-interval",
-            "365d",
-        ],
-        &[],
-    );
-    serve.advance(t0);
-    let before = std::fs::read(dir.join("server/tls/client-admin.crt")).unwrap();
-    let later = t0 + days(300);
-    serve.advance(later);
-    let records = decisions(&log);
-    let renewed: Vec<_> = records
-        .iter()
-        .filter(|r| r["role"] == "acted" && r["decision"] == "renew")
-        .collect();
-    assert!(!renewed.is_empty(), "{records:?}");
-    for r in &renewed {
-        assert_eq!(r["source"], "failure_mode", "{r}");
-        assert_eq!(r["plugin"], "hostile-loop", "{r}");
-    }
-    assert_ne!(
-        std::fs::read(dir.join("server/tls/client-admin.crt")).unwrap(),
-        before,
-        "renewed through the fallback"
-    );
-    let err = serve.stderr();
-    assert!(
-        err.contains("could not be loaded") && err.contains("the built-in rule decides instead"),
-        "{err}"
-    );
-    let (code, body) = serve.get("/readyz");
-    assert_eq!(code, 503, "{body}");
-    assert!(
-        body.contains("the renewal plugin 'hostile-loop' could not be loaded")
-            && body.contains("'fallback' decides"),
-        "{body}"
-    );
-    let (_, page) = serve.get("/metrics");
-    if let Some(samples) = parse_metrics(&page) {
-        assert_eq!(
-            value(
-                &samples,
-                "rotor_plugin_load_failures_total",
-                &[
-                    ("hook", "renewal"),
-                    ("plugin", "hostile-loop"),
-                    ("kind", "timeout"),
-                    ("role", "active")
-                ]
-            ),
-            1.0
         );
+        serve.signal("HUP");
+        wait_for("the fixed bundle", Duration::from_secs(60), || {
+            serve.get("/readyz").0 == 200
+        });
+        // Broken again: refused and counted as a candidate; the whole bundle keeps deciding,
+        // the server stays ready, and nothing says the broken one decides.
+        let warnings_before = serve.stderr().matches("warning (active bundle)").count();
+        std::fs::remove_dir_all(&bundle_dir).unwrap();
+        write_broken(&bundle_dir);
+        serve.signal("HUP");
+        wait_for("the refusal", Duration::from_secs(60), || {
+            serve.stderr().contains("new policy bundle REFUSED")
+        });
+        assert_eq!(serve.get("/readyz").0, 200);
+        assert_eq!(
+            serve.stderr().matches("warning (active bundle)").count(),
+            warnings_before,
+            "{}",
+            serve.stderr()
+        );
+        if let Some(n) = load_failures(&serve, "candidate") {
+            assert_eq!(n, 1.0);
+            assert_eq!(load_failures(&serve, "active"), Some(1.0));
+        }
+        let (code, err) = serve.terminate();
+        assert_eq!(code, 0, "{err}");
     }
-
-    // Fixed: a whole bundle is switched in and the server is ready.
-    std::fs::remove_dir_all(&bundle_dir).unwrap();
-    write_bundle(
-        &bundle_dir,
-        &[HookSpec {
-            hook: "renewal",
-            plugin: &default_plugin("renewal-window"),
-            extra: "",
-            settings: "mode = \"window\"\nrenew_before_days = 90",
-        }],
-    );
-    serve.signal("HUP");
-    wait_for("the fixed bundle", Duration::from_secs(60), || {
-        serve.get("/readyz").0 == 200
-    });
-    // Broken again: refused, the whole one keeps deciding and the server stays ready.
-    std::fs::remove_dir_all(&bundle_dir).unwrap();
-    broken(&bundle_dir);
-    serve.signal("HUP");
-    wait_for("the refusal", Duration::from_secs(60), || {
-        serve.stderr().contains("new policy bundle REFUSED")
-    });
-    assert_eq!(serve.get("/readyz").0, 200);
-    let (code, err) = serve.terminate();
-    assert_eq!(code, 0, "{err}");
 }

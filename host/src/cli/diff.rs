@@ -25,6 +25,9 @@ pub(super) fn run(global: &GlobalArgs, args: DiffArgs) -> anyhow::Result<Exit> {
     }
     let candidate = Bundle::load(&engine, &args.candidate)?;
     super::warn_about(&candidate);
+    // A candidate with a plugin that cannot be loaded is refused, not compared: its failure
+    // modes would answer for the plugin under review.
+    candidate.ensure_loaded()?;
     let now = args
         .from
         .or(args.now)

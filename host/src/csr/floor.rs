@@ -1,12 +1,21 @@
 //! The host floor: what no plugin can approve, on every signer and in every path that signs a
 //! CSR (`csr review` and `csr sign`, batches, and every front end that decides through
-//! [`super::review`]). A plugin that approves everything gets nothing of it signed.
+//! [`super::review`]; [`super::sign`] checks it again on what it signs). A plugin that approves
+//! everything gets nothing of it signed.
 //!
 //! Refused whatever the plugins answer, each with a reason of its own (code `HostFloor`):
 //!
 //! - a CA certificate (basicConstraints `cA`) and the usages only CAs carry (`cert sign`,
 //!   `crl sign`);
-//! - a subject in `system:masters`, Kubernetes' unconditional superuser group;
+//! - a subject in a group that grants power by itself: `system:masters` (Kubernetes'
+//!   unconditional superuser group), `kubeadm:cluster-admins` (bound to cluster-admin by
+//!   kubeadm), and every other `system:` group but `system:nodes` (a prefix Kubernetes reserves
+//!   for the groups it assigns: service accounts, bootstrappers, ...);
+//! - a subject that is the control plane's or a service account's user name: every `system:`
+//!   common name (`system:kube-controller-manager`, `system:kube-scheduler`, `system:admin`,
+//!   `system:serviceaccount:<ns>:<name>`, ...) but a node's own identity and the agent
+//!   components a node runs (`system:kube-proxy`, `system:k3s-controller`,
+//!   `system:rke2-controller`);
 //! - a node's identity (`O=system:nodes`, or a `CN=system:node:<name>`) for anyone but that
 //!   node: a requester who is not `system:node:<name>`, or a node asking for another's name;
 //! - a `kubernetes.io/kubelet-serving` or `kubernetes.io/kube-apiserver-client-kubelet`
@@ -18,7 +27,8 @@
 //!
 //! ```toml
 //! [host.floor."kubernetes.io/kube-apiserver-client"]
-//! allow_groups = ["system:masters"]               # O=system:masters for this signer only
+//! allow_groups = ["system:masters"]               # this group, for this signer only
+//! allow_users = ["system:kube-scheduler"]         # this user name, for this signer only
 //!
 //! [host.floor."kubernetes.io/kube-apiserver-client-kubelet"]
 //! allow_node_identity_for = ["system:bootstrappers"]  # these requesters may ask for any
@@ -26,8 +36,8 @@
 //! ```
 //!
 //! Every load of a bundle with an open door warns. CA certificates have no door. Cluster-admin
-//! credentials for humans are made by `rotor init` and `rotor certs renew admin`, which do not
-//! go through CSRs.
+//! credentials for people are made by `rotor init` and renewed by `rotor certificate rotate`
+//! (k3s, RKE2) or `rotor certs renew admin.conf` (kubeadm), which do not go through CSRs.
 
 use std::collections::BTreeMap;
 
@@ -39,33 +49,95 @@ pub const FLOOR_CODE: &str = "HostFloor";
 
 /// Kubernetes' unconditional superuser group.
 const MASTERS: &str = "system:masters";
+/// kubeadm's administrators' group (bound to cluster-admin), which its `admin.conf` carries.
+const KUBEADM_ADMINS: &str = "kubeadm:cluster-admins";
+/// The prefix Kubernetes reserves for the users and groups it assigns.
+const SYSTEM: &str = "system:";
 /// The nodes' group.
 const NODES: &str = "system:nodes";
 /// A node's user name: `system:node:<name>`.
 const NODE_PREFIX: &str = "system:node:";
-/// Groups that are every user: a door open to them is open to anyone.
-const EVERYONE: &[&str] = &["system:authenticated", "system:unauthenticated"];
+/// A service account's user name: `system:serviceaccount:<namespace>:<name>`.
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+/// `system:` user names of components a node runs, with no power beyond what they read: the
+/// names the supervisor API issues to agents besides the node's own.
+const NODE_COMPONENTS: &[&str] = &[
+    "system:kube-proxy",
+    "system:k3s-controller",
+    "system:rke2-controller",
+];
 /// Signers whose certificates are a node's own identity.
 const KUBELET_SIGNERS: &[&str] = &[
     "kubernetes.io/kubelet-serving",
     "kubernetes.io/kube-apiserver-client-kubelet",
 ];
+/// The signers rotor signs for: a door for another opens nothing.
+const SIGNERS: &[&str] = &[
+    "kubernetes.io/kubelet-serving",
+    "kubernetes.io/kube-apiserver-client-kubelet",
+    "kubernetes.io/kube-apiserver-client",
+    "kubernetes.io/legacy-unknown",
+];
 
 /// The floor's rules in words, for `rotor policy check` and the documentation.
 pub const FLOOR_RULES: &[&str] = &[
     "no CA certificate and no CA usage ('cert sign', 'crl sign'), on any signer (no door)",
-    "no subject in system:masters (door: allow_groups)",
+    "no subject in system:masters, kubeadm:cluster-admins or any other system: group but \
+     system:nodes (door: allow_groups)",
+    "no system: user name (control plane, service accounts: system:kube-controller-manager, \
+     system:serviceaccount:..., ...) but a node's own and system:kube-proxy, \
+     system:k3s-controller, system:rke2-controller (door: allow_users)",
     "no node identity (O=system:nodes or CN=system:node:<name>) for anyone but that node \
      (door: allow_node_identity_for)",
     "a kubelet-serving or kube-apiserver-client-kubelet certificate is exactly its requester's \
      node: CN=system:node:<name>, O=system:nodes",
 ];
 
+/// Whether the floor refuses group `g` in a subject (`system:nodes` is the node rule's).
+fn refused_group(g: &str) -> bool {
+    g == KUBEADM_ADMINS || (g.starts_with(SYSTEM) && g != NODES)
+}
+
+/// Whether the floor refuses user name `cn` (a node's name is the node rule's).
+fn refused_user(cn: &str) -> bool {
+    cn.starts_with(SYSTEM) && !cn.starts_with(NODE_PREFIX) && !NODE_COMPONENTS.contains(&cn)
+}
+
+/// Why group `g` is refused, in words.
+fn group_reason(g: &str) -> String {
+    match g {
+        MASTERS => format!(
+            "{MASTERS} is never issued through a CSR (Kubernetes' unconditional superuser group)"
+        ),
+        KUBEADM_ADMINS => format!(
+            "{KUBEADM_ADMINS} is never issued through a CSR (kubeadm binds it to cluster-admin)"
+        ),
+        g => format!(
+            "{g} is a group Kubernetes assigns itself (system: is reserved), never issued \
+             through a CSR"
+        ),
+    }
+}
+
+/// Why user name `cn` is refused, in words.
+fn user_reason(cn: &str) -> String {
+    if cn.starts_with(SERVICE_ACCOUNT_PREFIX) {
+        format!("CN={cn:?} is a service account's identity, never issued through a CSR")
+    } else {
+        format!(
+            "CN={cn:?} is a user name Kubernetes reserves for itself and the control plane \
+             (system:), never issued through a CSR"
+        )
+    }
+}
+
 /// One signer's door in the floor, as the bundle's `[host.floor."SIGNER"]` opens it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Door {
-    /// Groups the floor refuses that this signer may issue anyway (only `system:masters`).
+    /// Groups the floor refuses that this signer may issue anyway.
     pub allow_groups: Vec<String>,
+    /// User names (common names) the floor refuses that this signer may issue anyway.
+    pub allow_users: Vec<String>,
     /// Requesters in these groups may ask this signer for any node's identity.
     pub allow_node_identity_for: Vec<String>,
 }
@@ -77,38 +149,75 @@ pub struct FloorDoors {
 }
 
 impl FloorDoors {
-    /// The doors of `doors`, checked: a signer name, only `system:masters` in `allow_groups`,
-    /// no door open to every user. The error names the signer and the field.
+    /// The doors of `doors`, checked: a signer name; in `allow_groups` and `allow_users`
+    /// only what the floor refuses; no door to node identities for a group every user, every
+    /// node or every service account is in. The error names the signer and the field.
     pub fn new(doors: BTreeMap<String, Door>) -> Result<FloorDoors, String> {
         for (signer, door) in &doors {
+            let at = |field: &str| format!("[host.floor.{signer:?}] {field}");
             if signer.trim().is_empty() || signer.contains(char::is_whitespace) {
                 return Err(format!("[host.floor.{signer:?}]: not a signer name"));
             }
             for g in &door.allow_groups {
-                if g != MASTERS {
+                if g == NODES {
                     return Err(format!(
-                        "[host.floor.{signer:?}] allow_groups: {g:?} is not a group the floor \
-                         refuses (only \"{MASTERS}\"; node identities open with \
-                         allow_node_identity_for)"
+                        "{}: {g:?}: node identities open with allow_node_identity_for",
+                        at("allow_groups")
+                    ));
+                }
+                if !refused_group(g) {
+                    return Err(format!(
+                        "{}: {g:?} is not a group the floor refuses (system: groups and \
+                         {KUBEADM_ADMINS})",
+                        at("allow_groups")
+                    ));
+                }
+            }
+            for u in &door.allow_users {
+                if u.starts_with(NODE_PREFIX) {
+                    return Err(format!(
+                        "{}: {u:?}: node identities open with allow_node_identity_for",
+                        at("allow_users")
+                    ));
+                }
+                if !refused_user(u) {
+                    return Err(format!(
+                        "{}: {u:?} is not a user name the floor refuses (system: names)",
+                        at("allow_users")
                     ));
                 }
             }
             for g in &door.allow_node_identity_for {
                 if g.trim().is_empty() {
                     return Err(format!(
-                        "[host.floor.{signer:?}] allow_node_identity_for: an empty group name"
+                        "{}: an empty group name",
+                        at("allow_node_identity_for")
                     ));
                 }
-                if EVERYONE.contains(&g.as_str()) {
+                let everyone = matches!(
+                    g.as_str(),
+                    "system:authenticated" | "system:unauthenticated" | "system:serviceaccounts"
+                ) || g.starts_with("system:serviceaccounts:");
+                if everyone || g == NODES {
                     return Err(format!(
-                        "[host.floor.{signer:?}] allow_node_identity_for: {g:?} is every user: \
-                         anyone could become any node"
+                        "{}: {g:?} holds every {}: any of them could become any node",
+                        at("allow_node_identity_for"),
+                        if g == NODES {
+                            "node"
+                        } else if g.starts_with("system:serviceaccounts") {
+                            "service account"
+                        } else {
+                            "user"
+                        }
                     ));
                 }
             }
-            if door.allow_groups.is_empty() && door.allow_node_identity_for.is_empty() {
+            if door.allow_groups.is_empty()
+                && door.allow_users.is_empty()
+                && door.allow_node_identity_for.is_empty()
+            {
                 return Err(format!(
-                    "[host.floor.{signer:?}]: opens nothing (give allow_groups or \
+                    "[host.floor.{signer:?}]: opens nothing (give allow_groups, allow_users or \
                      allow_node_identity_for, or remove the table)"
                 ));
             }
@@ -125,6 +234,19 @@ impl FloorDoors {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (signer, door) in &self.doors {
+            if !SIGNERS.contains(&signer.as_str()) {
+                out.push(format!(
+                    "[host.floor.\"{signer}\"] names a signer rotor never signs for (it signs \
+                     {}): the door opens nothing",
+                    SIGNERS.join(", ")
+                ));
+            }
+            for u in &door.allow_users {
+                out.push(format!(
+                    "the bundle opens the host floor: {signer} may issue certificates to user \
+                     {u} ([host.floor.\"{signer}\"] allow_users)"
+                ));
+            }
             for g in &door.allow_groups {
                 out.push(format!(
                     "the bundle opens the host floor: {signer} may issue certificates in {g} \
@@ -188,20 +310,23 @@ pub(crate) fn check(
         }
     }
 
-    // The superuser group.
-    if asked.organizations.iter().any(|o| o == MASTERS) {
-        if door.is_some_and(|d| d.allow_groups.iter().any(|g| g == MASTERS)) {
+    // Groups and user names that grant power by themselves.
+    for g in asked.organizations.iter().filter(|g| refused_group(g)) {
+        if door.is_some_and(|d| d.allow_groups.contains(g)) {
             notes.push(format!(
-                "{MASTERS} let through by the bundle's [host.floor.\"{signer}\"] allow_groups"
+                "{g} let through by the bundle's [host.floor.\"{signer}\"] allow_groups"
             ));
         } else {
-            out.push(floor(
-                "subject.organizations",
-                format!(
-                    "{MASTERS} is never issued through a CSR (Kubernetes' unconditional \
-                     superuser group)"
-                ),
+            out.push(floor("subject.organizations", group_reason(g)));
+        }
+    }
+    if let Some(cn) = asked.common_name.filter(|cn| refused_user(cn)) {
+        if door.is_some_and(|d| d.allow_users.iter().any(|u| u == cn)) {
+            notes.push(format!(
+                "user {cn} let through by the bundle's [host.floor.\"{signer}\"] allow_users"
             ));
+        } else {
+            out.push(floor("subject.commonName", user_reason(cn)));
         }
     }
 
@@ -453,6 +578,88 @@ mod tests {
     }
 
     #[test]
+    fn power_by_group_or_user_name_is_refused_until_its_door_opens() {
+        let closed = FloorDoors::default();
+        let alice = ctx(CLIENT, "alice", &[]);
+        for (cn, orgs, expected) in [
+            (
+                "alice",
+                &[KUBEADM_ADMINS][..],
+                "kubeadm binds it to cluster-admin",
+            ),
+            (
+                "alice",
+                &["system:serviceaccounts"][..],
+                "a group Kubernetes assigns itself",
+            ),
+            (
+                "alice",
+                &["system:bootstrappers"][..],
+                "a group Kubernetes assigns itself",
+            ),
+            (
+                "system:kube-controller-manager",
+                &[][..],
+                "reserves for itself",
+            ),
+            ("system:kube-scheduler", &[][..], "reserves for itself"),
+            ("system:admin", &[][..], "reserves for itself"),
+            (
+                "system:serviceaccount:kube-system:default",
+                &[][..],
+                "a service account's identity",
+            ),
+        ] {
+            let r = refusals(&closed, &alice, cn, orgs);
+            assert_eq!(r.len(), 1, "{cn} {orgs:?}: {r:?}");
+            assert!(r[0].starts_with("HostFloor: subject."), "{r:?}");
+            assert!(r[0].contains(expected), "{cn} {orgs:?}: {r:?}");
+        }
+        // What a node runs, and plain names and groups, pass.
+        for cn in [
+            "system:kube-proxy",
+            "system:k3s-controller",
+            "alice",
+            "kube-apiserver",
+        ] {
+            assert!(refusals(&closed, &alice, cn, &["dev"]).is_empty(), "{cn}");
+        }
+        // One door, one name, one signer.
+        let open = doors(
+            CLIENT,
+            Door {
+                allow_users: vec!["system:kube-scheduler".into()],
+                allow_groups: vec![KUBEADM_ADMINS.into()],
+                ..Door::default()
+            },
+        );
+        assert!(refusals(&open, &alice, "system:kube-scheduler", &[KUBEADM_ADMINS]).is_empty());
+        assert_eq!(
+            refusals(&open, &alice, "system:kube-controller-manager", &[]).len(),
+            1
+        );
+        assert_eq!(refusals(&open, &alice, "alice", &[MASTERS]).len(), 1);
+        let legacy = ctx("kubernetes.io/legacy-unknown", "alice", &[]);
+        assert_eq!(
+            refusals(&open, &legacy, "system:kube-scheduler", &[]).len(),
+            1
+        );
+        // A door for a signer rotor never signs for says so.
+        let nowhere = doors(
+            "example.com/x",
+            Door {
+                allow_groups: vec![MASTERS.into()],
+                ..Door::default()
+            },
+        );
+        assert!(
+            nowhere.warnings()[0].contains("never signs for"),
+            "{:?}",
+            nowhere.warnings()
+        );
+    }
+
+    #[test]
     fn doors_are_checked() {
         let one = |door: Door| FloorDoors::new(BTreeMap::from([(CLIENT.to_string(), door)]));
         assert!(
@@ -472,5 +679,43 @@ mod tests {
             .contains("every user")
         );
         assert!(one(Door::default()).unwrap_err().contains("opens nothing"));
+        for g in [
+            "system:nodes",
+            "system:serviceaccounts",
+            "system:serviceaccounts:kube-system",
+        ] {
+            let err = one(Door {
+                allow_node_identity_for: vec![g.into()],
+                ..Door::default()
+            })
+            .unwrap_err();
+            assert!(err.contains("could become any node"), "{g}: {err}");
+        }
+        for (users, why) in [
+            (vec!["system:node:a".to_string()], "allow_node_identity_for"),
+            (
+                vec!["alice".to_string()],
+                "not a user name the floor refuses",
+            ),
+            (
+                vec!["system:kube-proxy".to_string()],
+                "not a user name the floor refuses",
+            ),
+        ] {
+            let err = one(Door {
+                allow_users: users,
+                ..Door::default()
+            })
+            .unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
+        assert!(
+            one(Door {
+                allow_groups: vec!["dev".into()],
+                ..Door::default()
+            })
+            .unwrap_err()
+            .contains("not a group the floor refuses")
+        );
     }
 }

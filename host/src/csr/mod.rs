@@ -157,6 +157,11 @@ pub struct Review {
     /// The CSR's SubjectPublicKeyInfo, for signing.
     #[serde(skip)]
     pub spki: Vec<u8>,
+    /// Who asked, for which signer, and the doors the bundle opened: [`sign`] checks the floor
+    /// again on the template with them. Only [`review`] sets it, so a `Review` made any other
+    /// way is never signed.
+    #[serde(skip)]
+    floor: Option<(FloorDoors, CsrContext)>,
 }
 
 /// The SAN rule profile for a signer (`kubernetes.io/kubelet-serving` -> `kubelet-serving`).
@@ -386,6 +391,7 @@ pub fn review(
         template: None,
         notes: Vec::new(),
         spki: Vec::new(),
+        floor: Some((bundle.floor().clone(), input.ctx.clone())),
     };
     let stage = |stage, decision, plugin: Option<String>, detail: String| Stage {
         stage,
@@ -410,7 +416,7 @@ pub fn review(
     };
     let mut host = host_violations(&facts, &input.ctx.signer_name, &input.ctx.usages);
     host.extend(floor::check(
-        &bundle.floor,
+        bundle.floor(),
         &input.ctx,
         floor::Asked {
             common_name: facts.subject.common_name.as_deref(),
@@ -522,10 +528,11 @@ pub fn review(
         not_after,
     };
 
-    // The floor again, on what would be signed: whatever built the template, it never signs
-    // what the floor refuses.
+    // The floor again, on what would be signed (defence in depth: the template copies the
+    // subject checked above, but whatever builds it, what the floor refuses is never signed;
+    // `sign` checks once more).
     let refused = floor::check(
-        &bundle.floor,
+        bundle.floor(),
         &input.ctx,
         floor::Asked {
             common_name: Some(&template.common_name),
@@ -739,18 +746,40 @@ impl Template {
     }
 }
 
-/// Sign an approved review with `ca`. Returns the certificate PEM.
+/// Sign an approved review with `ca`. Returns the certificate PEM. The host floor is checked
+/// once more on the template, with the requester and the doors the review was made with.
 pub fn sign(review: &Review, ca: &crate::pki::CaSigner) -> Result<String, crate::pki::PkiError> {
-    let Some(template) = review
-        .template
-        .as_ref()
-        .filter(|_| matches!(review.verdict, Verdict::Approve { .. }))
-    else {
-        return Err(crate::pki::PkiError::Invalid {
-            what: "csr".into(),
-            reason: "not approved".into(),
-        });
+    let refuse = |reason: String| crate::pki::PkiError::Invalid {
+        what: "csr".into(),
+        reason,
     };
+    let (Some(template), Some((doors, ctx))) = (
+        review
+            .template
+            .as_ref()
+            .filter(|_| matches!(review.verdict, Verdict::Approve { .. })),
+        review.floor.as_ref(),
+    ) else {
+        return Err(refuse("not approved".into()));
+    };
+    let refused = floor::check(
+        doors,
+        ctx,
+        floor::Asked {
+            common_name: Some(&template.common_name),
+            organizations: &template.organizations,
+            requests_ca: false,
+            usages: &template.usages,
+        },
+        &mut Vec::new(),
+    );
+    if !refused.is_empty() {
+        let why: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        return Err(refuse(format!(
+            "refused by the host floor: {}",
+            why.join("; ")
+        )));
+    }
     Ok(ca
         .sign_for_public_key(&template.leaf_template(), &review.spki)?
         .pem)
@@ -860,6 +889,60 @@ mod tests {
             combine(approve(), &mixed, &ctx(vec![])),
             Combined::Decided(Verdict::Deny { .. })
         ));
+    }
+
+    #[test]
+    fn sign_checks_the_floor_again_whatever_the_review_says() {
+        use crate::pki::{CaSigner, KeyType, Subject, Validity, self_signed_ca};
+        let key = KeyType::EcdsaP256.generate().unwrap();
+        let validity = Validity {
+            not_before: NOW,
+            not_after: NOW + time::Duration::days(30),
+        };
+        let ca = self_signed_ca(&Subject::default(), &key, validity).unwrap();
+        let ca = CaSigner::load("ca", ca.pem.as_bytes(), key.pem().as_bytes()).unwrap();
+        let leaf = KeyType::EcdsaP256.generate().unwrap();
+        let spki = crate::pki::spki_of(
+            &self_signed_ca(&Subject::default(), &leaf, validity)
+                .unwrap()
+                .der,
+        )
+        .unwrap();
+        let mut client = ctx(vec![]);
+        client.signer_name = "kubernetes.io/kube-apiserver-client".into();
+        client.username = "alice".into();
+        let review = |organizations: Vec<String>, floor| Review {
+            verdict: Verdict::Approve {
+                reason: "a plugin said so".into(),
+            },
+            signer_name: client.signer_name.clone(),
+            username: client.username.clone(),
+            stages: Vec::new(),
+            template: Some(Template {
+                common_name: "alice".into(),
+                organizations,
+                dns_names: Vec::new(),
+                ip_addresses: Vec::new(),
+                uris: Vec::new(),
+                emails: Vec::new(),
+                usages: vec![Usage::ClientAuth],
+                not_before: NOW,
+                not_after: NOW + time::Duration::days(1),
+            }),
+            notes: Vec::new(),
+            spki: spki.clone(),
+            floor,
+        };
+        let checked = Some((FloorDoors::default(), client.clone()));
+        assert!(sign(&review(vec!["dev".into()], checked.clone()), &ca).is_ok());
+        let err = sign(&review(vec!["system:masters".into()], checked), &ca).unwrap_err();
+        assert!(
+            err.to_string().contains("refused by the host floor"),
+            "{err}"
+        );
+        // A review that `review` did not make is never signed.
+        let err = sign(&review(vec!["dev".into()], None), &ca).unwrap_err();
+        assert!(err.to_string().contains("not approved"), "{err}");
     }
 
     #[test]

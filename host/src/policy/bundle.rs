@@ -51,7 +51,8 @@
 //!
 //! The `[host]` section is the host's own: a plugin's settings cannot reach it. Its only
 //! table, `[host.floor."SIGNER"]`, opens a door in the CSR floor for one signer (see
-//! `csr::floor`): `allow_groups = ["system:masters"]`, `allow_node_identity_for = ["GROUP"]`.
+//! `csr::floor`): `allow_groups = ["system:masters"]`, `allow_users = ["system:kube-scheduler"]`,
+//! `allow_node_identity_for = ["GROUP"]`.
 //! Every load of a bundle with an open door warns.
 
 use std::collections::HashMap;
@@ -220,6 +221,8 @@ struct DoorEntry {
     #[serde(default)]
     allow_groups: Vec<String>,
     #[serde(default)]
+    allow_users: Vec<String>,
+    #[serde(default)]
     allow_node_identity_for: Vec<String>,
 }
 
@@ -313,9 +316,16 @@ pub struct LoadFailure {
     pub error: PluginError,
 }
 
-/// What a hook's section of the manifest gave.
-enum Slot {
+/// What answers a hook: nothing (the built-in rule), a plugin, or a plugin that could not be
+/// loaded (its failure mode). One value per hook, so a failed plugin can never be mistaken for
+/// an absent one (which, for the SAN hook, would allow every name).
+#[derive(Clone, Debug)]
+pub(crate) enum Slot {
+    /// The bundle has no plugin for the hook.
+    Absent,
+    /// The plugin, loaded and configured.
     Ready(Box<HookPlugin>),
+    /// The plugin could not be loaded or configured.
     Failed(LoadFailure),
 }
 
@@ -328,20 +338,17 @@ pub struct Bundle {
     pub description: Option<String>,
     /// The manifest file.
     pub path: PathBuf,
-    /// The renewal plugin, if any (else the built-in rule).
-    pub renewal: Option<HookPlugin>,
-    /// The SAN plugin, if any.
-    pub san: Option<HookPlugin>,
-    /// The CSR plugin, if any.
-    pub csr: Option<HookPlugin>,
-    /// Hooks whose plugin could not be loaded or configured: their failure mode decides.
-    pub load_failures: Vec<LoadFailure>,
+    /// What answers each hook ([`Bundle::hook`], [`Bundle::load_failure`]).
+    renewal: Slot,
+    san: Slot,
+    csr: Slot,
     /// Window of the built-in renewal rule, used without a renewal plugin or when it fails.
     pub fallback_window: Duration,
     /// The vendor keys the bundle trusts: name and key id.
     pub trusted_keys: Vec<(String, String)>,
-    /// The doors the bundle's `[host.floor]` opens in the host's CSR floor (none by default).
-    pub floor: crate::csr::FloorDoors,
+    /// The doors the bundle's `[host.floor]` opens in the host's CSR floor (none by default);
+    /// only the manifest sets them ([`Bundle::floor`]).
+    floor: crate::csr::FloorDoors,
     /// The manifest and every plugin file it pins, as read: what `rotor init` records in a
     /// data dir (paths relative to the bundle directory).
     files: Vec<(PathBuf, Vec<u8>)>,
@@ -495,32 +502,26 @@ impl Bundle {
         // Recorded as `bundle.toml` whatever the manifest was called, where a data dir looks.
         let mut files = vec![(PathBuf::from("bundle.toml"), manifest_bytes)];
         let trust = read_trust(source, &manifest_path, &manifest.trust, &mut files)?;
-        let mut load_failures = Vec::new();
-        let mut load_hook =
-            |hook: Hook, entry: &Option<HookEntry>| -> Result<Option<HookPlugin>, BundleError> {
-                let Some(entry) = entry else { return Ok(None) };
-                let (slot, read) = load_hook(
-                    engine,
-                    source,
-                    &manifest_path,
-                    hook,
-                    entry,
-                    &trust,
-                    &mut loaded,
-                )?;
-                for (rel, bytes) in read {
-                    if !files.iter().any(|(p, _)| *p == rel) {
-                        files.push((rel, bytes));
-                    }
-                }
-                match slot {
-                    Slot::Ready(plugin) => Ok(Some(*plugin)),
-                    Slot::Failed(failure) => {
-                        load_failures.push(failure);
-                        Ok(None)
-                    }
-                }
+        let mut load_hook = |hook: Hook, entry: &Option<HookEntry>| -> Result<Slot, BundleError> {
+            let Some(entry) = entry else {
+                return Ok(Slot::Absent);
             };
+            let (slot, read) = load_hook(
+                engine,
+                source,
+                &manifest_path,
+                hook,
+                entry,
+                &trust,
+                &mut loaded,
+            )?;
+            for (rel, bytes) in read {
+                if !files.iter().any(|(p, _)| *p == rel) {
+                    files.push((rel, bytes));
+                }
+            }
+            Ok(slot)
+        };
         let renewal = load_hook(Hook::Renewal, &manifest.renewal)?;
         let san = load_hook(Hook::San, &manifest.san)?;
         let csr = load_hook(Hook::Csr, &manifest.csr)?;
@@ -566,7 +567,6 @@ impl Bundle {
             renewal,
             san,
             csr,
-            load_failures,
             fallback_window: Duration::from_secs(u64::from(fallback_days) * 86_400),
             trusted_keys: trust
                 .keys
@@ -578,19 +578,44 @@ impl Bundle {
         })
     }
 
-    /// The plugin that answers `hook`, if any (`None` too for a plugin that failed to load:
-    /// see [`Bundle::load_failure`]).
-    pub fn hook(&self, hook: Hook) -> Option<&HookPlugin> {
+    /// What answers `hook`.
+    pub(crate) fn slot(&self, hook: Hook) -> &Slot {
         match hook {
-            Hook::Renewal => self.renewal.as_ref(),
-            Hook::San => self.san.as_ref(),
-            Hook::Csr => self.csr.as_ref(),
+            Hook::Renewal => &self.renewal,
+            Hook::San => &self.san,
+            Hook::Csr => &self.csr,
+        }
+    }
+
+    /// The plugin that answers `hook`, if one is loaded (`None` too for a plugin that could
+    /// not be loaded: see [`Bundle::load_failure`]; the bundle then decides by its failure mode,
+    /// never as if it had no plugin).
+    pub fn hook(&self, hook: Hook) -> Option<&HookPlugin> {
+        match self.slot(hook) {
+            Slot::Ready(hp) => Some(hp),
+            Slot::Absent | Slot::Failed(_) => None,
         }
     }
 
     /// Why `hook`'s plugin could not be loaded, if it could not.
     pub fn load_failure(&self, hook: Hook) -> Option<&LoadFailure> {
-        self.load_failures.iter().find(|f| f.hook == hook)
+        match self.slot(hook) {
+            Slot::Failed(f) => Some(f),
+            Slot::Absent | Slot::Ready(_) => None,
+        }
+    }
+
+    /// Every plugin that could not be loaded, in hook order.
+    pub fn load_failures(&self) -> Vec<&LoadFailure> {
+        Hook::ALL
+            .into_iter()
+            .filter_map(|h| self.load_failure(h))
+            .collect()
+    }
+
+    /// The doors this bundle's `[host.floor]` opens in the CSR floor.
+    pub fn floor(&self) -> &crate::csr::FloorDoors {
+        &self.floor
     }
 
     /// The name and sha256 of the plugin the bundle names for `hook`, loaded or not.
@@ -606,8 +631,8 @@ impl Bundle {
     /// loaded (and what decides instead) and each door opened in the host floor.
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self
-            .load_failures
-            .iter()
+            .load_failures()
+            .into_iter()
             .map(|f| {
                 let instead = match f.failure_mode {
                     FailureMode::Fallback => format!(
@@ -640,7 +665,7 @@ impl Bundle {
     /// `Err` naming the first plugin that could not be loaded, for what must never accept a
     /// broken bundle (`rotor policy check`, `policy pin`, a hot swap).
     pub fn ensure_loaded(&self) -> Result<(), BundleError> {
-        match self.load_failures.first() {
+        match self.load_failures().first() {
             None => Ok(()),
             Some(f) => Err(BundleError::Plugin {
                 path: self.path.clone(),
@@ -661,6 +686,7 @@ fn host_floor(section: &HostSection) -> Result<crate::csr::FloorDoors, String> {
                     signer.clone(),
                     crate::csr::Door {
                         allow_groups: d.allow_groups.clone(),
+                        allow_users: d.allow_users.clone(),
                         allow_node_identity_for: d.allow_node_identity_for.clone(),
                     },
                 )

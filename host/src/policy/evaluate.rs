@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use super::bundle::{Bundle, FailureMode, HookPlugin};
+use super::bundle::{Bundle, FailureMode, HookPlugin, Slot};
 use super::{builtin, rules};
 use crate::contract::Hook;
 use crate::contract::{CsrDecision, RenewalDecision, SanDecision};
@@ -120,24 +120,26 @@ impl Bundle {
         hook: Hook,
         call: impl FnOnce(&mut Sandbox) -> Result<D, PluginError>,
     ) -> Option<Asked<D>> {
-        if let Some(f) = self.load_failure(hook) {
-            return Some(Asked {
+        match self.slot(hook) {
+            Slot::Absent => None,
+            Slot::Failed(f) => Some(Asked {
                 result: Err(f.error.clone()),
                 logs: Vec::new(),
                 failure_mode: f.failure_mode,
                 plugin: f.plugin.clone(),
                 loaded: false,
-            });
+            }),
+            Slot::Ready(hp) => {
+                let (result, logs) = Self::run(hp, call);
+                Some(Asked {
+                    result,
+                    logs,
+                    failure_mode: hp.failure_mode,
+                    plugin: hp.plugin.name().to_string(),
+                    loaded: true,
+                })
+            }
         }
-        let hp = self.hook(hook)?;
-        let (result, logs) = Self::run(hp, call);
-        Some(Asked {
-            result,
-            logs,
-            failure_mode: hp.failure_mode,
-            plugin: hp.plugin.name().to_string(),
-            loaded: true,
-        })
     }
 
     /// Ask the renewal hook whether to renew `request.certificate`.

@@ -75,6 +75,8 @@ pub(crate) struct CaseResult {
     pub failure: Option<String>,
     /// The decision as JSON (what `rotor policy eval` prints), when the case got one.
     pub outcome: Option<serde_json::Value>,
+    /// The hook the case asks, when its file could be read.
+    pub hook: Option<Hook>,
 }
 
 /// The fixture directory itself is unusable (not the cases: those fail one by one).
@@ -135,6 +137,7 @@ pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, Fixtur
                     name: file.clone(),
                     failure: Some(message),
                     outcome: None,
+                    hook: None,
                 });
                 continue;
             }
@@ -146,6 +149,7 @@ pub(crate) fn run(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, Fixtur
                 name: format!("{file}: {}", case.name),
                 failure,
                 outcome,
+                hook: Some(case.hook),
             });
         }
     }

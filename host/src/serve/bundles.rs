@@ -66,19 +66,33 @@ pub(super) fn swap(
     } else {
         load_bundle(engine, source, options)
     };
-    // A candidate with a plugin that cannot be loaded never replaces a whole bundle; it is
-    // taken only over nothing or over a bundle just as broken (it decides by failure modes).
+    // A candidate with a plugin that cannot be loaded is taken only where nothing decides yet,
+    // or where the active bundle is at least as broken: every hook it fails, the active one
+    // fails too, with the same failure mode (a whole bundle is never replaced by a broken one,
+    // and `fallback` never by `error`).
     let loaded = loaded.and_then(|bundle| {
-        report_load_failures(shared, &bundle, "active");
-        match bundle.ensure_loaded() {
-            Err(e) if shared.bundle().is_some_and(|b| b.load_failures.is_empty()) => {
-                Err(e.to_string())
-            }
-            _ => Ok(bundle),
+        let acceptable = match shared.bundle() {
+            None => true,
+            Some(active) => bundle.load_failures().iter().all(|f| {
+                active
+                    .load_failure(f.hook)
+                    .is_some_and(|a| a.failure_mode == f.failure_mode)
+            }),
+        };
+        if acceptable {
+            Ok(bundle)
+        } else {
+            report_load_failures(shared, &bundle, "candidate");
+            Err(bundle
+                .ensure_loaded()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default())
         }
     });
     match loaded {
         Ok(bundle) => {
+            report_load_failures(shared, &bundle, "active");
             let name = bundle.name.clone();
             *shared.active.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(bundle));
             Shared::set_problem(&shared.bundle_problem, None);
@@ -113,9 +127,9 @@ pub(super) fn swap(
 }
 
 /// Say and count each plugin of `bundle` that could not be loaded (`role`: `active` or
-/// `shadow`).
+/// `shadow` for a bundle that decides from now on, `candidate` for one refused).
 pub(super) fn report_load_failures(shared: &Shared, bundle: &Bundle, role: &str) {
-    for f in &bundle.load_failures {
+    for f in bundle.load_failures() {
         shared
             .metrics
             .plugin_load_failures
@@ -127,8 +141,10 @@ pub(super) fn report_load_failures(shared: &Shared, bundle: &Bundle, role: &str)
             })
             .inc();
     }
-    for w in bundle.warnings() {
-        crate::say!("rotor serve: warning ({role} bundle): {w}");
+    if role != "candidate" {
+        for w in bundle.warnings() {
+            crate::say!("rotor serve: warning ({role} bundle): {w}");
+        }
     }
 }
 
@@ -205,12 +221,16 @@ pub(super) fn load_bundle(
             let dir = bundle_dir(path)?;
             let bundle = Bundle::load(engine, path).map_err(|e| e.to_string())?;
             let fixtures = dir.join("fixtures");
-            // Followed if it is a symlink, as the operator's shell would. A bundle with a
-            // plugin that could not be loaded fails its fixtures by construction: the caller
-            // decides whether it may decide at all.
-            if bundle.load_failures.is_empty() && Root::open_ambient(&fixtures).is_ok() {
-                let results = crate::policy::fixtures::run(&bundle, &fixtures)
-                    .map_err(|e| format!("fixtures: {e}"))?;
+            // Followed if it is a symlink, as the operator's shell would. The cases of a hook
+            // whose plugin could not be loaded are not run (its failure mode answers them, which
+            // says nothing of the plugin); every other case must pass, the caller decides
+            // whether a bundle with such a plugin may decide at all.
+            if Root::open_ambient(&fixtures).is_ok() {
+                let results: Vec<_> = crate::policy::fixtures::run(&bundle, &fixtures)
+                    .map_err(|e| format!("fixtures: {e}"))?
+                    .into_iter()
+                    .filter(|r| r.hook.is_none_or(|h| bundle.load_failure(h).is_none()))
+                    .collect();
                 let failed: Vec<String> = results
                     .iter()
                     .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.name)))

@@ -150,7 +150,7 @@ impl Shared {
             ));
         }
         if let Some(b) = self.bundle() {
-            for f in &b.load_failures {
+            for f in b.load_failures() {
                 why.push(format!(
                     "the {} plugin '{}' could not be loaded ({}): its failure mode '{}' decides",
                     f.hook.as_str(),

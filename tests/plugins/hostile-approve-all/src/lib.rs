@@ -1,7 +1,8 @@
 //! A vendor plugin gone bad: approves every CSR with every usage it asked for and the longest
 //! lifetime, allows every name, renews every certificate. The host floor must still refuse
 //! what grants cluster-wide power. With the settings `{"in_configure": true}` its `configure`
-//! never returns (a plugin that cannot be loaded, which must never approve either).
+//! never returns, with `{"hoard_in_configure": true}` it grows its memory without bound (two
+//! plugins that cannot be loaded, which must never approve either).
 
 #![allow(
     unsafe_code,
@@ -21,6 +22,15 @@ impl exports::rotor::policy::config::Guest for Plugin {
             let mut n: u64 = 0;
             loop {
                 n = std::hint::black_box(n.wrapping_add(settings.len() as u64));
+            }
+        }
+        if settings.contains("\"hoard_in_configure\":true") {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                hoard.push(std::hint::black_box(vec![7u8; 1024 * 1024]));
+                if hoard.len() == usize::MAX {
+                    return Err(format!("{}", hoard.len()));
+                }
             }
         }
         Ok(())
