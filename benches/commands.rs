@@ -607,6 +607,7 @@ fn serve(c: &mut Criterion) {
         max_interval: Duration::from_secs(3600),
         expiry_margin: Duration::from_secs(3600),
         watch_interval: Duration::from_secs(3600),
+        supervisor_listen: None,
     };
 
     let mut group = c.benchmark_group("serve");

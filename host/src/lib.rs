@@ -51,3 +51,4 @@ pub mod pki;
 pub mod plugin;
 pub mod policy;
 pub mod serve;
+pub mod supervisor;

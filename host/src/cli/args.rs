@@ -130,6 +130,10 @@ pub(super) enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
 
+    /// Nodes bound to a node password by the supervisor API: list them, or free a name.
+    #[command(subcommand)]
+    Node(NodeCommand),
+
     /// Keep the data dir's certificates fresh until stopped: renew what the policy says when it
     /// says, run post-renewal actions, hot-swap the policy bundle (SIGHUP or a change of its
     /// files), shadow a candidate bundle, export Prometheus metrics, log every decision.
@@ -137,9 +141,34 @@ pub(super) enum Command {
         rotor --data-dir /var/lib/rancher/k3s serve\n  \
         rotor serve --listen 127.0.0.1:9464 --decision-log /var/log/rotor/decisions.jsonl\n  \
         rotor serve --shadow-bundle /etc/rotor/candidate --actions /etc/rotor/actions.toml\n  \
-        rotor serve --tls-ca server-ca   # HTTPS with a certificate from the cluster's server CA\n\n\
+        rotor serve --tls-ca server-ca   # HTTPS with a certificate from the cluster's server CA\n  \
+        rotor serve --supervisor-listen 0.0.0.0:9345   # the supervisor API agents join through\n\n\
         SIGTERM or SIGINT: stop after the change in progress. SIGHUP: reload the policy bundle.")]
     Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum NodeCommand {
+    /// Every node name bound to a password: when it was first seen, when a certificate was
+    /// last issued to it, and when each of its certificates expires.
+    #[command(after_help = "Examples:\n  rotor node list\n  rotor node list -o json")]
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: NodeOutput,
+    },
+    /// Remove a node's binding, so the name can join again with a new node password.
+    #[command(after_help = "Examples:\n  rotor node delete worker-3")]
+    Delete {
+        /// The node name.
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(super) enum NodeOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +212,11 @@ pub(super) struct ServeArgs {
     /// The token [default: the token file in the data dir].
     #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Serve the supervisor API here (HTTPS, k3s's paths: /cacerts, /v1-k3s/...): agents join
+    /// and get their kubelet, kube-proxy and controller certificates, each request decided by
+    /// the policy bundle (k3s and RKE2 data dirs; k3s uses port 6443, RKE2 9345).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub supervisor_listen: Option<std::net::SocketAddr>,
 }
 
 /// How often to look at the bundle's files: 100ms to 1h.

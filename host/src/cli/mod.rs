@@ -7,6 +7,7 @@ mod args;
 mod cluster;
 mod csr;
 mod diff;
+mod node;
 mod output;
 mod policy;
 mod publish;
@@ -103,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Csr(args::CsrCommand::Sign(args)) => csr::run(&cli.global, *args, true),
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
         Command::Serve(args) => serve::run(&cli.global, *args),
+        Command::Node(cmd) => node::run(&cli.global, cmd),
     }
 }
 

@@ -26,11 +26,15 @@ pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> 
         max_interval: args.max_interval,
         expiry_margin: args.expiry_margin,
         watch_interval: args.watch_interval,
+        supervisor_listen: args.supervisor_listen,
     };
     let service = Service::new(options, engine, clock)?;
     if let Some(addr) = service.listening() {
         // Tests and scripts that ask for port 0 read the port here.
         crate::say!("rotor serve: listening on {addr}");
+    }
+    if let Some(addr) = service.supervisor_listening() {
+        crate::say!("rotor serve: supervisor API on https://{addr}");
     }
     service.run()?;
     Ok(Exit::Success)

@@ -336,6 +336,19 @@ impl Cluster {
         Cluster::open_read_with(data_dir, options, false)
     }
 
+    /// A handle of its own on this data dir's datastore, for the records a long-running server
+    /// changes beside its cycles (node bindings: [`crate::datastore::RECORDS_PREFIX`]), which
+    /// are never part of a data dir change and need none of its locks.
+    pub fn records_store(&self, options: &Options) -> Result<std::sync::Arc<dyn Datastore>> {
+        match open_store(&self.root, &self.config, &self.layout, options)? {
+            Some(store) => Ok(std::sync::Arc::from(store)),
+            None => Err(ClusterError::BadFile {
+                path: self.path(&self.layout.datastore_dir),
+                reason: "the data dir has no datastore".into(),
+            }),
+        }
+    }
+
     fn open_read_with(data_dir: &Path, options: &Options, connect: bool) -> Result<Cluster> {
         let root = open_data_dir(data_dir)?;
         let not_initialized = || ClusterError::NotInitialized(data_dir.to_path_buf());

@@ -66,6 +66,10 @@ const NODE_COMPONENTS: &[&str] = &[
     "system:k3s-controller",
     "system:rke2-controller",
 ];
+/// The signer of the certificates the supervisor API issues to the components a node runs
+/// (`system:kube-proxy`, `system:<program>-controller`), from the client CA.
+pub const NODE_COMPONENT_SIGNER: &str = "rotor.io/node-component";
+
 /// Signers whose certificates are a node's own identity.
 const KUBELET_SIGNERS: &[&str] = &[
     "kubernetes.io/kubelet-serving",
@@ -77,6 +81,7 @@ const SIGNERS: &[&str] = &[
     "kubernetes.io/kube-apiserver-client-kubelet",
     "kubernetes.io/kube-apiserver-client",
     "kubernetes.io/legacy-unknown",
+    NODE_COMPONENT_SIGNER,
 ];
 
 /// The floor's rules in words, for `rotor policy check` and the documentation.
@@ -91,6 +96,8 @@ pub const FLOOR_RULES: &[&str] = &[
      (door: allow_node_identity_for)",
     "a kubelet-serving or kube-apiserver-client-kubelet certificate is exactly its requester's \
      node: CN=system:node:<name>, O=system:nodes",
+    "a rotor.io/node-component certificate is one of the components a node runs \
+     (system:kube-proxy, system:k3s-controller, system:rke2-controller), for a node, with no O",
 ];
 
 /// Whether the floor refuses group `g` in a subject (`system:nodes` is the node rule's).
@@ -375,6 +382,24 @@ pub(crate) fn check(
         }
     }
 
+    // A node component's certificate: one of the components, for a node, in no group.
+    if signer == NODE_COMPONENT_SIGNER
+        && (requester_node.is_none()
+            || !NODE_COMPONENTS.contains(&cn)
+            || !asked.organizations.is_empty())
+    {
+        out.push(floor(
+            "subject",
+            format!(
+                "every {signer} certificate is CN={} with no O, for a node (system:node:<name>); \
+                 asked CN={cn:?}, O={:?} for '{}'",
+                NODE_COMPONENTS.join(" or CN="),
+                asked.organizations,
+                ctx.username
+            ),
+        ));
+    }
+
     // A kubelet certificate is exactly a node's: CN=system:node:<name>, O=system:nodes.
     if kubelet {
         let node_cn = cn.strip_prefix(NODE_PREFIX).is_some_and(|n| !n.is_empty());
@@ -657,6 +682,30 @@ mod tests {
             "{:?}",
             nowhere.warnings()
         );
+    }
+
+    #[test]
+    fn node_component_certificates_are_components_for_nodes() {
+        let closed = FloorDoors::default();
+        let node = ctx(NODE_COMPONENT_SIGNER, "system:node:a", &[NODES]);
+        assert!(refusals(&closed, &node, "system:kube-proxy", &[]).is_empty());
+        assert!(refusals(&closed, &node, "system:k3s-controller", &[]).is_empty());
+        for (c, cn, orgs) in [
+            (&node, "alice", &[][..]),
+            (&node, "system:kube-proxy", &["dev"][..]),
+            (
+                &ctx(NODE_COMPONENT_SIGNER, "alice", &[]),
+                "system:kube-proxy",
+                &[][..],
+            ),
+        ] {
+            let r = refusals(&closed, c, cn, orgs);
+            assert!(
+                r.iter()
+                    .any(|m| m.contains("certificate is CN=system:kube-proxy")),
+                "{cn} {orgs:?}: {r:?}"
+            );
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod input;
 pub(crate) mod k8s;
 
 pub use batch::{Decide, Item, ItemInput, Summary, process as process_batch};
-pub use floor::{Door, FLOOR_CODE, FLOOR_RULES, FloorDoors};
+pub use floor::{Door, FLOOR_CODE, FLOOR_RULES, FloorDoors, NODE_COMPONENT_SIGNER};
 pub use input::{Evidence, MissingContext, PemContext, classify, classify_all};
 pub use k8s::{object_for as k8s_object_for, parse as parse_k8s_object};
 
@@ -381,6 +381,125 @@ pub fn review(
     limits: &SignerLimits,
     now: OffsetDateTime,
 ) -> Result<Review, PluginError> {
+    review_with(bundle, input, None, ca_not_after, limits, now)
+}
+
+/// A subject and names the host fixes for a request, whatever the CSR says (the supervisor
+/// API's endpoints: the CSR only proves the key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedSubject {
+    /// The common name.
+    pub common_name: String,
+    /// The organizations.
+    pub organizations: Vec<String>,
+    /// DNS names.
+    pub dns_names: Vec<String>,
+    /// IP addresses.
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+/// Review a CSR whose subject and names the host fixes: the CSR must prove its key and ask for
+/// nothing else (an empty subject, as k3s agents send, or exactly `fixed`); everything after
+/// (host rules, floor, plugins, template) sees `fixed`. A CSR asking for another subject or
+/// other names is denied (`SubjectNotForEndpoint`).
+///
+/// # Errors
+/// Only a plugin failure under a bundle whose failure mode is `error`.
+pub fn review_fixed(
+    bundle: &Bundle,
+    input: &CsrInput,
+    fixed: &FixedSubject,
+    ca_not_after: Option<OffsetDateTime>,
+    limits: &SignerLimits,
+    now: OffsetDateTime,
+) -> Result<Review, PluginError> {
+    review_with(bundle, input, Some(fixed), ca_not_after, limits, now)
+}
+
+/// Why a CSR asks for something other than `fixed` (nothing when it asks for nothing or for
+/// exactly that).
+fn not_for_endpoint(facts: &CsrFacts, fixed: &FixedSubject) -> Vec<Violation> {
+    let subject = &facts.subject;
+    let sans = &facts.sans;
+    let asks_nothing = subject.common_name.is_none()
+        && subject.organizations.is_empty()
+        && subject.organizational_units.is_empty()
+        && subject.other_attributes.is_empty()
+        && sans.is_empty();
+    let sorted = |v: &[String]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    let mut ips = sans.ip_addresses.clone();
+    ips.sort();
+    let mut fixed_ips = fixed.ip_addresses.clone();
+    fixed_ips.sort();
+    let asks_exactly = subject.common_name.as_deref() == Some(fixed.common_name.as_str())
+        && sorted(&subject.organizations) == sorted(&fixed.organizations)
+        && subject.organizational_units.is_empty()
+        && subject.other_attributes.is_empty()
+        && sorted(&sans.dns_names) == sorted(&fixed.dns_names)
+        && ips == fixed_ips
+        && sans.uris.is_empty()
+        && sans.emails.is_empty()
+        && sans.others.is_empty();
+    if asks_nothing || asks_exactly {
+        return Vec::new();
+    }
+    let names: Vec<String> = fixed
+        .dns_names
+        .iter()
+        .cloned()
+        .chain(fixed.ip_addresses.iter().map(ToString::to_string))
+        .collect();
+    vec![Violation::new(
+        "SubjectNotForEndpoint",
+        "subject",
+        format!(
+            "the CSR asks for {} {}; this endpoint issues CN={}, O={:?}{} (send an empty subject, \
+             or exactly that)",
+            if subject.text.is_empty() {
+                "no subject"
+            } else {
+                subject.text.as_str()
+            },
+            if sans.is_empty() {
+                "and no names".to_string()
+            } else {
+                format!("with names {}", sans_text(sans))
+            },
+            fixed.common_name,
+            fixed.organizations,
+            if names.is_empty() {
+                String::new()
+            } else {
+                format!(", names {}", names.join(", "))
+            }
+        ),
+    )]
+}
+
+fn sans_text(sans: &crate::facts::SubjectAltNames) -> String {
+    sans.dns_names
+        .iter()
+        .cloned()
+        .chain(sans.ip_addresses.iter().map(ToString::to_string))
+        .chain(sans.uris.iter().cloned())
+        .chain(sans.emails.iter().cloned())
+        .chain(sans.others.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn review_with(
+    bundle: &Bundle,
+    input: &CsrInput,
+    fixed: Option<&FixedSubject>,
+    ca_not_after: Option<OffsetDateTime>,
+    limits: &SignerLimits,
+    now: OffsetDateTime,
+) -> Result<Review, PluginError> {
     let mut review = Review {
         verdict: Verdict::Abstain {
             reason: String::new(),
@@ -414,7 +533,36 @@ pub fn review(
             return Ok(review);
         }
     };
-    let mut host = host_violations(&facts, &input.ctx.signer_name, &input.ctx.usages);
+    let mut facts = facts;
+    let mut host = Vec::new();
+    if let Some(fixed) = fixed {
+        host.extend(not_for_endpoint(&facts, fixed));
+        facts.subject = crate::facts::DistinguishedName {
+            text: format!(
+                "CN={}{}",
+                fixed.common_name,
+                fixed
+                    .organizations
+                    .iter()
+                    .map(|o| format!(",O={o}"))
+                    .collect::<String>()
+            ),
+            common_name: Some(fixed.common_name.clone()),
+            organizations: fixed.organizations.clone(),
+            organizational_units: Vec::new(),
+            other_attributes: Vec::new(),
+        };
+        facts.sans = crate::facts::SubjectAltNames {
+            dns_names: fixed.dns_names.clone(),
+            ip_addresses: fixed.ip_addresses.clone(),
+            ..Default::default()
+        };
+    }
+    host.extend(host_violations(
+        &facts,
+        &input.ctx.signer_name,
+        &input.ctx.usages,
+    ));
     host.extend(floor::check(
         bundle.floor(),
         &input.ctx,

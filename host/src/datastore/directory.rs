@@ -16,6 +16,11 @@
 //!
 //! The check-then-switch is not atomic against a second process by itself: writers hold the
 //! data dir's exclusive lock, which makes it so. Readers read through one resolved revision.
+//!
+//! Records outside the bootstrap (`/rotor/records/...`, [`super::RECORDS_PREFIX`]) are files of
+//! `records/` beside the revisions, one per key, each replaced atomically (temp file, fsync,
+//! rename) under `records/.lock` (an exclusive `flock` held for one record's change only, not
+//! the data dir's lock): a server changes them while it runs, from any thread or process.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +29,12 @@ use super::{Datastore, DatastoreError, Op, Snapshot};
 use crate::fs::{FsError, Kind, NewFile, PRIVATE_FILE, Root, TEMP_MARKER};
 
 const KV: &str = ".kv";
+/// Records outside the bootstrap, one file per key.
+const RECORDS: &str = "records";
+/// Held while one record is changed.
+const RECORDS_LOCK: &str = "records/.lock";
+/// How long a record change waits for another one.
+const RECORDS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const CURRENT: &str = ".kv/current";
 /// The compatibility link for the one prefix rotor uses.
 const BOOTSTRAP_LINK: &str = "bootstrap";
@@ -89,6 +100,54 @@ impl DirectoryDatastore {
             return Err(DatastoreError::BadKey(key.to_string()));
         }
         Ok(PathBuf::from(trimmed))
+    }
+
+    /// Record `key`'s file below the store.
+    fn record_rel(key: &str) -> Result<PathBuf, DatastoreError> {
+        let key = super::record_key(key)?;
+        let rest = key.trim_start_matches(super::RECORDS_PREFIX);
+        Ok(Path::new(RECORDS).join(rest))
+    }
+
+    /// Run `change` holding the records' lock.
+    fn with_records_lock<T>(
+        &self,
+        change: impl FnOnce() -> Result<T, DatastoreError>,
+    ) -> Result<T, DatastoreError> {
+        self.root.create_dir_all(Path::new(RECORDS))?;
+        let _lock = crate::datadir::DirLock::acquire(
+            &self.root,
+            Path::new(RECORDS_LOCK),
+            crate::datadir::LockMode::Exclusive,
+            RECORDS_WAIT,
+            "changing a datastore record",
+            true,
+        )
+        .map_err(|e| DatastoreError::Corrupt {
+            what: self
+                .root
+                .display(Path::new(RECORDS_LOCK))
+                .display()
+                .to_string(),
+            reason: e.to_string(),
+        })?;
+        change()
+    }
+
+    fn read_record(&self, rel: &Path) -> Result<Option<Vec<u8>>, DatastoreError> {
+        match self.root.read(rel) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn write_record(&self, rel: &Path, value: &[u8]) -> Result<(), DatastoreError> {
+        if let Some(parent) = rel.parent() {
+            self.root.create_dir_all(parent)?;
+        }
+        self.root.write_atomic(rel, value, PRIVATE_FILE)?;
+        Ok(())
     }
 
     /// The live revision: 0 when nothing was ever committed.
@@ -280,6 +339,71 @@ impl Datastore for DirectoryDatastore {
             .display(Path::new(key.trim_start_matches('/')))
             .display()
             .to_string()
+    }
+
+    fn record(&self, key: &str) -> Result<Option<Vec<u8>>, DatastoreError> {
+        self.read_record(&Self::record_rel(key)?)
+    }
+
+    fn create_record(&self, key: &str, value: &[u8]) -> Result<bool, DatastoreError> {
+        let rel = Self::record_rel(key)?;
+        self.with_records_lock(|| {
+            if self.read_record(&rel)?.is_some() {
+                return Ok(false);
+            }
+            self.write_record(&rel, value)?;
+            Ok(true)
+        })
+    }
+
+    fn swap_record(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, DatastoreError> {
+        let rel = Self::record_rel(key)?;
+        self.with_records_lock(|| {
+            if self.read_record(&rel)?.as_deref() != Some(old) {
+                return Ok(false);
+            }
+            self.write_record(&rel, new)?;
+            Ok(true)
+        })
+    }
+
+    fn delete_record(&self, key: &str) -> Result<bool, DatastoreError> {
+        let rel = Self::record_rel(key)?;
+        self.with_records_lock(|| {
+            if self.read_record(&rel)?.is_none() {
+                return Ok(false);
+            }
+            self.root.remove_file(&rel)?;
+            Ok(true)
+        })
+    }
+
+    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DatastoreError> {
+        let mut out = Vec::new();
+        if self.root.kind(Path::new(RECORDS))? != Some(Kind::Dir) {
+            return Ok(out);
+        }
+        for (path, kind) in self.root.walk(Path::new(RECORDS))? {
+            let Ok(rest) = path.strip_prefix(RECORDS) else {
+                continue;
+            };
+            let name = rest.to_string_lossy();
+            let hidden = path
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with('.'));
+            if kind != Kind::File || hidden || name.contains(TEMP_MARKER) {
+                continue;
+            }
+            let key = format!("{}{name}", super::RECORDS_PREFIX);
+            if key.starts_with(prefix)
+                && super::record_key(&key).is_ok()
+                && let Some(value) = self.read_record(&path)?
+            {
+                out.push((key, value));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     fn clean(&self) -> Result<(), DatastoreError> {

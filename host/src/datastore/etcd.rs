@@ -545,6 +545,76 @@ impl Datastore for EtcdDatastore {
         format!("{} key {key}", self.config.describe())
     }
 
+    fn record(&self, key: &str) -> Result<Option<Vec<u8>>, DatastoreError> {
+        let key = super::record_key(key)?.to_string();
+        let response = self.run("reading a record", |client| {
+            let key = key.clone();
+            async move { client.kv_client().get(key, None).await }
+        })?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn create_record(&self, key: &str, value: &[u8]) -> Result<bool, DatastoreError> {
+        let key = super::record_key(key)?.to_string();
+        // Created only if it never existed (version 0): one etcd transaction, so of two
+        // servers creating the same key exactly one succeeds.
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.as_str(), value.to_vec(), None)]);
+        let response = self.run("creating a record", |client| {
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
+        })?;
+        Ok(response.succeeded())
+    }
+
+    fn swap_record(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, DatastoreError> {
+        let key = super::record_key(key)?.to_string();
+        let txn = Txn::new()
+            .when([Compare::value(key.as_str(), CompareOp::Equal, old.to_vec())])
+            .and_then([TxnOp::put(key.as_str(), new.to_vec(), None)]);
+        let response = self.run("changing a record", |client| {
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
+        })?;
+        Ok(response.succeeded())
+    }
+
+    fn delete_record(&self, key: &str) -> Result<bool, DatastoreError> {
+        let key = super::record_key(key)?.to_string();
+        let response = self.run("deleting a record", |client| {
+            let key = key.clone();
+            async move { client.kv_client().delete(key, None).await }
+        })?;
+        Ok(response.deleted() > 0)
+    }
+
+    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DatastoreError> {
+        if !prefix.starts_with(super::RECORDS_PREFIX) {
+            return Err(DatastoreError::BadKey(prefix.to_string()));
+        }
+        let prefix = prefix.to_string();
+        let response = self.run("listing records", |client| {
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .kv_client()
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                )
+            })
+            .collect())
+    }
+
     fn clean(&self) -> Result<(), DatastoreError> {
         Ok(())
     }

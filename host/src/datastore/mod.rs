@@ -40,6 +40,30 @@ use crate::fs::FsError;
 /// The prefix of bootstrap records.
 pub const BOOTSTRAP_PREFIX: &str = "/bootstrap/";
 
+/// Where records outside the bootstrap live: small values, each under its own key and changed
+/// alone with a compare-and-swap on that key (node password bindings: `/rotor/records/nodes/<name>`).
+pub const RECORDS_PREFIX: &str = "/rotor/records/";
+
+/// `key` if it is a record key: [`RECORDS_PREFIX`], then `/`-separated parts of lowercase
+/// letters, digits, `-`, `_` and `.` (no part empty, `.` or `..`), 512 bytes at most.
+pub fn record_key(key: &str) -> Result<&str, DatastoreError> {
+    let rest = key
+        .strip_prefix(RECORDS_PREFIX)
+        .ok_or_else(|| DatastoreError::BadKey(key.to_string()))?;
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p != "."
+            && p != ".."
+            && p.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+    };
+    if key.len() > 512 || !rest.split('/').all(part_ok) {
+        return Err(DatastoreError::BadKey(key.to_string()));
+    }
+    Ok(key)
+}
+
 /// A datastore operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,6 +217,22 @@ pub trait Datastore: Send + Sync {
         let _ = expected;
         Ok(())
     }
+
+    // Records outside the bootstrap ([`RECORDS_PREFIX`], [`record_key`]): each changed alone,
+    // never part of a bootstrap commit, and safe to change from several servers at once.
+
+    /// The value of record `key`, if there is one.
+    fn record(&self, key: &str) -> Result<Option<Vec<u8>>, DatastoreError>;
+    /// Create record `key` holding `value` unless it exists: `false` (and nothing written)
+    /// when it does. Of two servers creating one key at once, exactly one gets `true`.
+    fn create_record(&self, key: &str, value: &[u8]) -> Result<bool, DatastoreError>;
+    /// Replace record `key`'s value by `new` if it still holds `old`: `false` (and nothing
+    /// written) otherwise.
+    fn swap_record(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, DatastoreError>;
+    /// Remove record `key`: `false` when there was none.
+    fn delete_record(&self, key: &str) -> Result<bool, DatastoreError>;
+    /// Every record whose key starts with `prefix` (itself below [`RECORDS_PREFIX`]), by key.
+    fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DatastoreError>;
 }
 
 /// A lock in a datastore, released when dropped.

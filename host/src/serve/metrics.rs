@@ -79,6 +79,14 @@ pub(crate) struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SupervisorLabels {
+    /// `ServingKubelet`, `ClientKubelet`, `ClientKubeProxy`, `ClientController`.
+    pub endpoint: String,
+    /// The HTTP status answered.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ActionLabels {
     pub action: String,
     pub outcome: String,
@@ -110,6 +118,7 @@ pub(crate) struct Metrics {
     pub lock_waits: Counter,
     pub lock_wait_seconds: Counter<f64, AtomicU64>,
     pub actions: Family<ActionLabels, Counter>,
+    pub supervisor_requests: Family<SupervisorLabels, Counter>,
 }
 
 impl Metrics {
@@ -134,6 +143,7 @@ impl Metrics {
             lock_waits: Counter::default(),
             lock_wait_seconds: Counter::default(),
             actions: Family::default(),
+            supervisor_requests: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,6 +185,11 @@ impl Metrics {
             "rotor_plugin_load_failures",
             "Plugins that could not be loaded or configured, at each load of a bundle (role active or shadow): their hook decides by its failure mode",
             m.plugin_load_failures.clone(),
+        );
+        registry.register(
+            "rotor_supervisor_requests",
+            "Certificate requests the supervisor API answered, by endpoint and HTTP status",
+            m.supervisor_requests.clone(),
         );
         registry.register(
             "rotor_shadow_disagreements",

@@ -20,6 +20,7 @@ pub mod clock;
 mod http;
 pub mod log;
 mod metrics;
+mod supervise;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -89,6 +90,8 @@ pub struct ServeOptions {
     pub expiry_margin: Duration,
     /// How often the bundle's files are checked for changes.
     pub watch_interval: Duration,
+    /// Serve the supervisor API here (k3s and RKE2 data dirs).
+    pub supervisor_listen: Option<SocketAddr>,
 }
 
 /// Why `rotor serve` cannot start or a cycle failed.
@@ -127,6 +130,7 @@ pub(crate) struct Shared {
     shadow: RwLock<Option<Arc<Bundle>>>,
     bundle_problem: Mutex<Option<String>>,
     datastore_problem: Mutex<Option<String>>,
+    supervisor_problem: Mutex<Option<String>>,
     cycled: AtomicBool,
     /// Held by a cycle and by the watcher while either opens the data dir: the process never
     /// waits for its own lock.
@@ -162,6 +166,9 @@ impl Shared {
         }
         if let Some(p) = lock(&self.datastore_problem) {
             why.push(format!("the datastore cannot be loaded: {p}"));
+        }
+        if let Some(p) = lock(&self.supervisor_problem) {
+            why.push(format!("the supervisor API cannot serve: {p}"));
         }
         if why.is_empty() && !self.cycled.load(Ordering::Acquire) {
             why.push("the first cycle has not finished".into());
@@ -247,6 +254,8 @@ pub struct Service {
     /// The bundle files' digest when the active bundle was loaded.
     seen: Option<String>,
     listening: Option<SocketAddr>,
+    /// The supervisor API and the address it listens on.
+    supervisor: Option<(Arc<crate::supervisor::Supervisor>, SocketAddr)>,
     stop: Arc<AtomicBool>,
     channels: Mutex<Option<Channels>>,
 }
@@ -296,6 +305,7 @@ impl Service {
             Some(p) => Some(actions::load(p, &local.layout).map_err(ServeError::Config)?),
             None => None,
         };
+        let supervisor_store = supervise::store(&local, &options)?;
         drop(local);
         let source = match &options.bundle {
             Some(p) => {
@@ -330,6 +340,7 @@ impl Service {
             shadow: RwLock::new(shadow),
             bundle_problem: Mutex::new(None),
             datastore_problem: Mutex::new(None),
+            supervisor_problem: Mutex::new(None),
             cycled: AtomicBool::new(false),
             datadir: Mutex::new(()),
         });
@@ -378,6 +389,7 @@ impl Service {
             exported: Default::default(),
             seen,
             listening: None,
+            supervisor: None,
             stop,
             channels: Mutex::new(Some(Channels {
                 events_tx,
@@ -431,12 +443,22 @@ impl Service {
             http::spawn(listener, resolver, Arc::clone(&service.shared))
                 .map_err(|source| ServeError::Listen { addr, source })?;
         }
+        if let (Some(addr), Some(store)) = (service.options.supervisor_listen, supervisor_store) {
+            let (supervisor, bound) = supervise::start(addr, store, &service.shared)?;
+            supervise::refresh(&supervisor, bound, &service.options, &service.shared);
+            service.supervisor = Some((supervisor, bound));
+        }
         Ok(service)
     }
 
     /// The address the HTTP endpoint listens on, once bound (port 0 picks one).
     pub fn listening(&self) -> Option<SocketAddr> {
         self.listening
+    }
+
+    /// The address the supervisor API listens on, when it was asked for.
+    pub fn supervisor_listening(&self) -> Option<SocketAddr> {
+        self.supervisor.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The bundle deciding now (`None` while none could be loaded).
@@ -567,6 +589,10 @@ impl Service {
         if result.is_ok() {
             self.failures = 0;
             self.shared.cycled.store(true, Ordering::Release);
+            // The cycle may have rotated the CAs or the token: the supervisor API follows.
+            if let Some((supervisor, addr)) = &self.supervisor {
+                supervise::refresh(supervisor, *addr, &self.options, &self.shared);
+            }
         }
         result
     }
