@@ -944,3 +944,113 @@ fn wait_ready_state(serve: &mut crate::serve::Serve, want: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The supervisor APIs of two servers on one etcd share the node bindings: a node bound
+/// through one is refused another password through the other; of two first requests for one
+/// name racing on the two servers, exactly one binds it; `rotor node list` and `node delete`
+/// on either see and change them all.
+#[test]
+fn supervisor_node_bindings_are_shared_by_the_servers_of_one_etcd() {
+    use crate::serve::Serve;
+    if !require_command("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(etcd) = Etcd::start(tmp.path(), 1) else {
+        return;
+    };
+    let s1 = tmp.path().join("s1");
+    let s2 = tmp.path().join("s2");
+    let (_, token) = init_ok(&s1, 1, &etcd, &[]);
+    init_ok(&s2, 2, &etcd, &["--token", &token.render()]);
+    let now =
+        time::OffsetDateTime::from_unix_timestamp(time::OffsetDateTime::now_utc().unix_timestamp())
+            .unwrap();
+    let start = |dir: &Path| {
+        let serve = Serve::start(
+            dir,
+            now,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--supervisor-listen",
+                "127.0.0.1:0",
+            ],
+            &[],
+        );
+        let err = serve.stderr();
+        let port: u16 = err
+            .lines()
+            .find_map(|l| l.strip_prefix("rotor serve: supervisor API on https://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("no supervisor address:\n{err}"))
+            .trim()
+            .parse()
+            .unwrap();
+        (serve, port)
+    };
+    let (_serve1, port1) = start(&s1);
+    let (_serve2, port2) = start(&s2);
+    let ca = s1.join("server/tls/server-ca.crt");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = tmp.path().join("agent.csr");
+    std::fs::write(&csr, params.serialize_request(&key).unwrap().der()).unwrap();
+    let request = |port: u16, node: &str, password: &str| {
+        Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "30",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&ca)
+            .args(["-u", &format!("node:{}", token.password)])
+            .args(["-H", &format!("k3s-Node-Name: {node}")])
+            .args(["-H", &format!("k3s-Node-Password: {password}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", csr.display()))
+            .arg(format!(
+                "https://127.0.0.1:{port}/v1-k3s/client-kubelet.crt"
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let status = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if code.is_empty() {
+            panic!(
+                "curl {:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        code
+    };
+    // Bound through server 1: server 2 knows it.
+    assert_eq!(status(request(port1, "worker-1", "pw-1")), "200");
+    assert_eq!(status(request(port2, "worker-1", "other")), "403");
+    assert_eq!(status(request(port2, "worker-1", "pw-1")), "200");
+    // Races: each name's two first requests, on the two servers at once, bind it once.
+    for round in 0..5 {
+        let name = format!("racer-{round}");
+        let a = request(port1, &name, "pw-a");
+        let b = request(port2, &name, "pw-b");
+        let mut got = [status(a), status(b)];
+        got.sort();
+        assert_eq!(got, ["200", "403"], "{name}");
+    }
+    // Listed from either server; freed from the other.
+    let listed = rotor_ok(&s2, &["node", "list", "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 6, "{listed}");
+    rotor_ok(&s2, &["node", "delete", "worker-1"]);
+    assert_eq!(status(request(port1, "worker-1", "a-new-password")), "200");
+}

@@ -31,4 +31,5 @@ mod installed;
 mod sandbox;
 mod serve;
 mod state;
+mod supervisor;
 mod vendor;

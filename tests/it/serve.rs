@@ -29,7 +29,7 @@ fn write_clock(path: &Path, t: OffsetDateTime) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(
@@ -178,7 +178,7 @@ fn parse_http(raw: &str) -> (u16, String) {
 
 /// One sample of the metrics page, as Python's prometheus_client parsed it.
 #[derive(Debug, serde::Deserialize)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -186,7 +186,7 @@ struct Sample {
 
 /// Parse an OpenMetrics page with the official Python client's parser (strict: a malformed
 /// page is an error there).
-fn parse_metrics(page: &str) -> Option<Vec<Sample>> {
+pub(crate) fn parse_metrics(page: &str) -> Option<Vec<Sample>> {
     let present = Command::new("python3")
         .args(["-c", "import prometheus_client.openmetrics.parser"])
         .output()
@@ -234,7 +234,7 @@ fn sample<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Opt
     })
 }
 
-fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     sample(samples, name, labels).map_or(0.0, |s| s.value)
 }
 
@@ -283,7 +283,7 @@ fn time_of(v: &serde_json::Value, field: &str) -> OffsetDateTime {
     .unwrap()
 }
 
-fn init_k3s(dir: &Path, at: OffsetDateTime) {
+pub(crate) fn init_k3s(dir: &Path, at: OffsetDateTime) {
     rotor_ok(
         dir,
         &[
