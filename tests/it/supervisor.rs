@@ -313,32 +313,23 @@ fn wrong_and_hostile_requests_get_their_status_and_nothing_is_signed() {
         s.write("tampered.csr", &bad)
     };
 
-    let cases: Vec<(&str, Vec<String>, &str, &Path, u16, &str)> = vec![
-        (
-            "wrong token",
-            vec!["-u".into(), "node:wrong".into()],
-            "client-kubelet.crt",
-            &csr,
-            401,
-            "unauthorized",
-        ),
-        (
-            "no credentials",
-            vec![],
-            "client-kubelet.crt",
-            &csr,
-            401,
-            "unauthorized",
-        ),
-    ];
-    for (what, args, endpoint, body, expected, reason) in &cases {
-        let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
-        let name = "k3s-Node-Name: node-a".to_string();
-        let pass = "k3s-Node-Password: pw-a".to_string();
-        all.extend(["-H", &name, "-H", &pass]);
-        let (status, text) = s.curl(&all, &format!("/v1-k3s/{endpoint}"), Some(body));
-        assert_eq!(status, *expected, "{what}: {text}");
-        assert!(text.contains(reason), "{what}: {text}");
+    for (what, auth) in [
+        ("wrong token", Some("node:wrong")),
+        ("no credentials", None),
+    ] {
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(a) = auth {
+            all.extend(["-u", a]);
+        }
+        all.extend([
+            "-H",
+            "k3s-Node-Name: node-a",
+            "-H",
+            "k3s-Node-Password: pw-a",
+        ]);
+        let (status, text) = s.curl(&all, "/v1-k3s/client-kubelet.crt", Some(&csr));
+        assert_eq!(status, 401, "{what}: {text}");
+        assert!(text.contains("unauthorized"), "{what}: {text}");
         assert!(!text.contains("BEGIN CERTIFICATE"), "{what}");
     }
     for (what, node, password, body, expected, reason) in [
