@@ -608,6 +608,7 @@ fn serve(c: &mut Criterion) {
         expiry_margin: Duration::from_secs(3600),
         watch_interval: Duration::from_secs(3600),
         supervisor_listen: None,
+        supervisor_server_bootstrap: false,
     };
 
     let mut group = c.benchmark_group("serve");

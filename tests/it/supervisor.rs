@@ -25,7 +25,7 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Option<Server> {
+    fn start(extra: &[&str]) -> Option<Server> {
         if !require_command("curl") {
             return None;
         }
@@ -34,17 +34,14 @@ impl Server {
         let work = tmp.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
         init_k3s(&dir, t0());
-        let serve = Serve::start(
-            &dir,
-            t0(),
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--supervisor-listen",
-                "127.0.0.1:0",
-            ],
-            &[],
-        );
+        let mut args = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--supervisor-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let serve = Serve::start(&dir, t0(), &args, &[]);
         let err = serve.stderr();
         let port: u16 = err
             .lines()
@@ -112,10 +109,24 @@ impl Server {
         ips: Option<&str>,
         csr: &Path,
     ) -> (u16, String) {
+        self.request_with(&[], endpoint, node, password, ips, csr)
+    }
+
+    /// [`Server::request`] with extra curl arguments (`--interface 127.0.0.2`: another peer).
+    fn request_with(
+        &self,
+        extra: &[&str],
+        endpoint: &str,
+        node: &str,
+        password: &str,
+        ips: Option<&str>,
+        csr: &Path,
+    ) -> (u16, String) {
         let auth = format!("node:{}", self.password);
         let name = format!("k3s-Node-Name: {node}");
         let pass = format!("k3s-Node-Password: {password}");
         let mut args = vec!["-u", &auth, "-H", &name, "-H", &pass];
+        args.extend_from_slice(extra);
         let ip;
         if let Some(ips) = ips {
             ip = format!("k3s-Node-IP: {ips}");
@@ -148,13 +159,22 @@ fn subject_of(pem: &str) -> rotor::facts::CertificateFacts {
 
 #[test]
 fn agents_get_their_certificates_with_the_host_fixing_every_name() {
-    let Some(s) = Server::start() else { return };
+    let Some(s) = Server::start(&["--supervisor-server-bootstrap"]) else {
+        return;
+    };
     let (der, key) = agent_csr();
     let csr = s.write("agent.csr", &der);
     let key_file = s.write("agent.key", key.as_bytes());
 
     // The client kubelet certificate: the node's identity, from the client CA, for our key.
-    let (status, body) = s.request("client-kubelet.crt", "Worker-1", "pw-1", None, &csr);
+    // The first request binds the name, with the addresses the node gives.
+    let (status, body) = s.request(
+        "client-kubelet.crt",
+        "Worker-1",
+        "pw-1",
+        Some("10.0.0.21,fd00::21"),
+        &csr,
+    );
     assert_eq!(status, 200, "{body}");
     let cert = subject_of(&body);
     assert_eq!(
@@ -217,6 +237,27 @@ fn agents_get_their_certificates_with_the_host_fixing_every_name() {
     .unwrap();
     assert_eq!(seen, "system:node:worker-1");
 
+    // An address the node did not join with is a request, not evidence: refused.
+    let (status, body) = s.request(
+        "serving-kubelet.crt",
+        "worker-1",
+        "pw-1",
+        Some("10.0.0.99"),
+        &csr,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("IpNotInNodeEvidence"), "{body}");
+
+    // server-bootstrap, served here: only to the server user.
+    let auth = format!("node:{}", s.password);
+    let (status, _) = s.curl(&["-u", &auth], "/v1-k3s/server-bootstrap", None);
+    assert_eq!(status, 403);
+    let server_auth = format!("server:{}", s.password);
+    let (status, json) = s.curl(&["-u", &server_auth], "/v1-k3s/server-bootstrap", None);
+    assert_eq!(status, 200, "{json}");
+    let bootstrap: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(bootstrap["ServerCA"]["Content"].is_string(), "{json}");
+
     // The components a node runs, as PEM too.
     let (pem_csr, _) = {
         let key = KeyPair::generate().unwrap();
@@ -266,7 +307,7 @@ fn agents_get_their_certificates_with_the_host_fixing_every_name() {
 
 #[test]
 fn wrong_and_hostile_requests_get_their_status_and_nothing_is_signed() {
-    let Some(s) = Server::start() else { return };
+    let Some(s) = Server::start(&[]) else { return };
     let (der, _) = agent_csr();
     let csr = s.write("agent.csr", &der);
     let (status, body) = s.request("client-kubelet.crt", "node-a", "pw-a", None, &csr);
@@ -415,14 +456,55 @@ fn wrong_and_hostile_requests_get_their_status_and_nothing_is_signed() {
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("k3s-Node-IP"), "{text}");
 
-    // server-bootstrap: only with the server user.
-    let (status, _) = s.curl(&["-u", &auth], "/v1-k3s/server-bootstrap", None);
-    assert_eq!(status, 403);
+    // server-bootstrap (every CA key) is not served unless asked for.
     let server_auth = format!("server:{}", s.password);
-    let (status, json) = s.curl(&["-u", &server_auth], "/v1-k3s/server-bootstrap", None);
-    assert_eq!(status, 200, "{json}");
-    let bootstrap: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(bootstrap["ServerCA"]["Content"].is_string(), "{json}");
+    let (status, text) = s.curl(&["-u", &server_auth], "/v1-k3s/server-bootstrap", None);
+    assert_eq!(status, 404, "{text}");
+    assert!(!text.contains("Content"), "{text}");
+
+    // The server's own name, its addresses, loopback and the service network are no node's;
+    // a refused request binds nothing.
+    for (what, endpoint, node, ips, reason) in [
+        (
+            "the server's node name",
+            "client-kubelet.crt",
+            "server-1",
+            None,
+            "this server's own node name",
+        ),
+        (
+            "the API server's name",
+            "client-kubelet.crt",
+            "kubernetes.default",
+            None,
+            "a name of the API server",
+        ),
+        (
+            "the server's address",
+            "serving-kubelet.crt",
+            "ghost-1",
+            Some("127.0.0.1"),
+            "127.0.0.1",
+        ),
+        (
+            "the service network",
+            "serving-kubelet.crt",
+            "ghost-2",
+            Some("10.43.0.1"),
+            "service network",
+        ),
+    ] {
+        let (status, text) = s.request(endpoint, node, "pw", ips, &csr);
+        assert_eq!(status, 403, "{what}: {text}");
+        assert!(text.contains(reason), "{what}: {text}");
+    }
+    let listed = rotor_ok(&s.dir, &["node", "list", "-o", "json"]);
+    for name in ["server-1", "kubernetes.default", "ghost-1", "ghost-2"] {
+        assert!(
+            !listed.contains(&format!("\"{name}\"")),
+            "{name} bound: {listed}"
+        );
+    }
     let (status, text) = s.curl(&["-u", &auth], "/v1-k3s/readyz", None);
     assert_eq!((status, text.trim()), (200, "ok"));
 
@@ -433,6 +515,23 @@ fn wrong_and_hostile_requests_get_their_status_and_nothing_is_signed() {
         limited |= status == 429;
     }
     assert!(limited, "a burst of 30 requests for one node is limited");
+    let (status, body) = s.request("client-kubelet.crt", "node-b", "pw-b", None, &csr);
+    assert_eq!(status, 200, "{body}");
+    // Another address sending node-b's name with wrong passwords is slowed down itself, and
+    // never locks node-b out.
+    let mut refused = false;
+    for _ in 0..30 {
+        let (status, _) = s.request_with(
+            &["--interface", "127.0.0.2"],
+            "client-kubelet.crt",
+            "node-b",
+            "guess",
+            None,
+            &csr,
+        );
+        refused |= status == 429;
+    }
+    assert!(refused, "failures from one address are limited");
     let (status, body) = s.request("client-kubelet.crt", "node-b", "pw-b", None, &csr);
     assert_eq!(status, 200, "{body}");
 

@@ -217,6 +217,10 @@ pub(super) struct ServeArgs {
     /// the policy bundle (k3s and RKE2 data dirs; k3s uses port 6443, RKE2 9345).
     #[arg(long, value_name = "ADDR:PORT")]
     pub supervisor_listen: Option<std::net::SocketAddr>,
+    /// Also serve /v1-<program>/server-bootstrap (every CA key of the cluster, for joining
+    /// servers) to the server token; agents hold the same token, so it is off by default.
+    #[arg(long, requires = "supervisor_listen")]
+    pub supervisor_server_bootstrap: bool,
 }
 
 /// How often to look at the bundle's files: 100ms to 1h.

@@ -27,6 +27,7 @@ pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> 
         expiry_margin: args.expiry_margin,
         watch_interval: args.watch_interval,
         supervisor_listen: args.supervisor_listen,
+        supervisor_server_bootstrap: args.supervisor_server_bootstrap,
     };
     let service = Service::new(options, engine, clock)?;
     if let Some(addr) = service.listening() {

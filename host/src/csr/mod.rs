@@ -209,9 +209,9 @@ fn usage_bits(u: Usage) -> Option<(Option<Ku>, Option<Eku>)> {
 pub fn required_usage(signer: &str) -> Option<Usage> {
     match signer {
         "kubernetes.io/kubelet-serving" => Some(Usage::ServerAuth),
-        "kubernetes.io/kube-apiserver-client-kubelet" | "kubernetes.io/kube-apiserver-client" => {
-            Some(Usage::ClientAuth)
-        }
+        "kubernetes.io/kube-apiserver-client-kubelet"
+        | "kubernetes.io/kube-apiserver-client"
+        | NODE_COMPONENT_SIGNER => Some(Usage::ClientAuth),
         _ => None,
     }
 }
@@ -232,9 +232,9 @@ pub fn permitted_usages(signer: &str) -> Option<&'static [Usage]> {
     ];
     match signer {
         "kubernetes.io/kubelet-serving" => Some(SERVING),
-        "kubernetes.io/kube-apiserver-client-kubelet" | "kubernetes.io/kube-apiserver-client" => {
-            Some(CLIENT)
-        }
+        "kubernetes.io/kube-apiserver-client-kubelet"
+        | "kubernetes.io/kube-apiserver-client"
+        | NODE_COMPONENT_SIGNER => Some(CLIENT),
         _ => None,
     }
 }

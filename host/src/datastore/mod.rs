@@ -45,15 +45,17 @@ pub const BOOTSTRAP_PREFIX: &str = "/bootstrap/";
 pub const RECORDS_PREFIX: &str = "/rotor/records/";
 
 /// `key` if it is a record key: [`RECORDS_PREFIX`], then `/`-separated parts of lowercase
-/// letters, digits, `-`, `_` and `.` (no part empty, `.` or `..`), 512 bytes at most.
+/// letters, digits, `-`, `_` and `.` (no part empty, starting with `.`, or holding the marker of
+/// rotor's temporary files), 512 bytes at most: every such key is a file name of the directory
+/// backend that nothing else uses.
 pub fn record_key(key: &str) -> Result<&str, DatastoreError> {
     let rest = key
         .strip_prefix(RECORDS_PREFIX)
         .ok_or_else(|| DatastoreError::BadKey(key.to_string()))?;
     let part_ok = |p: &str| {
         !p.is_empty()
-            && p != "."
-            && p != ".."
+            && !p.starts_with('.')
+            && !p.contains(crate::fs::TEMP_MARKER)
             && p.bytes().all(|b| {
                 b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
             })

@@ -92,6 +92,8 @@ pub struct ServeOptions {
     pub watch_interval: Duration,
     /// Serve the supervisor API here (k3s and RKE2 data dirs).
     pub supervisor_listen: Option<SocketAddr>,
+    /// Serve `server-bootstrap` (every CA key) on the supervisor API to the server token.
+    pub supervisor_server_bootstrap: bool,
 }
 
 /// Why `rotor serve` cannot start or a cycle failed.
@@ -444,7 +446,12 @@ impl Service {
                 .map_err(|source| ServeError::Listen { addr, source })?;
         }
         if let (Some(addr), Some(store)) = (service.options.supervisor_listen, supervisor_store) {
-            let (supervisor, bound) = supervise::start(addr, store, &service.shared)?;
+            let (supervisor, bound) = supervise::start(
+                addr,
+                store,
+                service.options.supervisor_server_bootstrap,
+                &service.shared,
+            )?;
             supervise::refresh(&supervisor, bound, &service.options, &service.shared);
             service.supervisor = Some((supervisor, bound));
         }

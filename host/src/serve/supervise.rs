@@ -73,13 +73,17 @@ pub(super) fn store(
 pub(super) fn start(
     addr: SocketAddr,
     store: Arc<dyn crate::datastore::Datastore>,
+    server_bootstrap: bool,
     shared: &Arc<Shared>,
 ) -> Result<(Arc<Supervisor>, SocketAddr), ServeError> {
     let for_bundle = Arc::clone(shared);
     let supervisor = Arc::new(Supervisor::new(
         Box::new(move || for_bundle.bundle()),
         Nodes::new(store),
-        Limits::default(),
+        Limits {
+            server_bootstrap,
+            ..Limits::default()
+        },
         Some(Box::new(Metered(Arc::clone(shared)))),
     ));
     let listener =
@@ -107,6 +111,9 @@ pub(super) fn refresh(
         .and_then(|a| supervisor.set_authority(a, listen))
         .err();
     if let Some(p) = &problem {
+        // What was read before may be revoked (a rotated token or CA): serve nothing until it
+        // can be read again.
+        supervisor.clear_authority();
         crate::say!("rotor serve: supervisor API: {p}");
     }
     Shared::set_problem(&shared.supervisor_problem, problem);

@@ -40,6 +40,57 @@ pub struct Authority {
     pub node_ips: Vec<IpAddr>,
     /// Extra names of the endpoint's certificate.
     pub tls_sans: Vec<String>,
+    /// The cluster's service network (its addresses are the API server's and services').
+    pub service_cidr: ipnet::IpNet,
+    /// The cluster's DNS domain.
+    pub cluster_domain: String,
+}
+
+impl Authority {
+    /// Why `name` is no name a node may take or put in a serving certificate: the server's own
+    /// names (its node name, `--tls-san`), `localhost`, and the API server's in-cluster names.
+    pub fn reserved_name(&self, name: &str) -> Option<String> {
+        let kubernetes = [
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            format!("kubernetes.default.svc.{}", self.cluster_domain),
+        ];
+        if name == self.node_name {
+            Some(format!("{name} is this server's own node name"))
+        } else if self.tls_sans.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            Some(format!("{name} is one of this server's names (--tls-san)"))
+        } else if name == "localhost" || kubernetes.iter().any(|k| k == name) {
+            Some(format!("{name} is a name of the API server or of loopback"))
+        } else {
+            None
+        }
+    }
+
+    /// Why `ip` is no address a node may put in a serving certificate: the server's own
+    /// addresses, loopback and unspecified addresses, and the service network.
+    pub fn reserved_ip(&self, ip: IpAddr) -> Option<String> {
+        let own = self.node_ips.contains(&ip)
+            || self
+                .tls_sans
+                .iter()
+                .filter_map(|s| s.parse::<IpAddr>().ok())
+                .any(|s| s == ip);
+        if own {
+            Some(format!("{ip} is one of this server's addresses"))
+        } else if ip.is_loopback() || ip.is_unspecified() || ip.is_multicast() {
+            Some(format!(
+                "{ip} is a loopback, unspecified or multicast address"
+            ))
+        } else if self.service_cidr.contains(&ip) {
+            Some(format!(
+                "{ip} is in the service network {}",
+                self.service_cidr
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 impl Authority {
@@ -100,6 +151,8 @@ impl Authority {
             node_name: cluster.config.node_name.clone(),
             node_ips: cluster.config.node_ips.clone(),
             tls_sans: cluster.config.tls_sans.clone(),
+            service_cidr: cluster.config.service_cidr,
+            cluster_domain: cluster.config.cluster_domain.clone(),
         })
     }
 }

@@ -14,6 +14,6 @@ mod server;
 
 pub use authority::{Authority, SigningCa};
 pub use nodes::{
-    Bound, NODES_PREFIX, NodeError, NodeRecord, Nodes, hash_password, node_key, node_name,
+    Binding, Bound, NODES_PREFIX, NodeError, NodeRecord, Nodes, hash_password, node_key, node_name,
 };
 pub use server::{Decided, Endpoint, Limits, Observer, Resolver, Supervisor, spawn};

@@ -65,6 +65,19 @@ pub struct NodeRecord {
     /// The notAfter of the last certificate of each kind issued to it (`client-kubelet`, ...).
     #[serde(default)]
     pub certificates: BTreeMap<String, String>,
+    /// The addresses the node gave when it was bound (and the one it came from): the
+    /// evidence its later serving certificates are checked against.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+/// What a node name is bound to, as far as one request is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// The name is free: nothing is bound until [`Nodes::bind`] (after the request is approved).
+    Free,
+    /// The name is bound and the password matches; the addresses bound with it.
+    Matches(Vec<std::net::IpAddr>),
 }
 
 /// How a request's password was found good.
@@ -89,7 +102,11 @@ pub fn node_name(name: &str) -> Result<String, NodeError> {
             && l.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    if lower.is_empty() || lower.len() > 253 || !lower.split('.').all(label_ok) {
+    if lower.is_empty()
+        || lower.len() > 253
+        || !lower.split('.').all(label_ok)
+        || lower.contains(crate::fs::TEMP_MARKER.trim_matches('.'))
+    {
         return Err(NodeError::BadName(name.chars().take(80).collect()));
     }
     Ok(lower)
@@ -107,9 +124,13 @@ pub struct Nodes {
     verified: Mutex<HashMap<String, (String, [u8; 32])>>,
 }
 
+/// OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane.
+const M_COST: u32 = 19 * 1024;
+const T_COST: u32 = 2;
+const P_COST: u32 = 1;
+
 fn hasher() -> argon2::Argon2<'static> {
-    // OWASP's minimum for Argon2id: 19 MiB, 2 passes, 1 lane.
-    let params = argon2::Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    let params = argon2::Params::new(M_COST, T_COST, P_COST, None).unwrap_or_default();
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
@@ -149,8 +170,26 @@ impl Nodes {
         })
     }
 
-    /// Check `password` for node `name` (already a [`node_name`]), binding the name if it is
-    /// free.
+    /// Whether `password` may ask for node `name` (already a [`node_name`]): the name is free,
+    /// or bound to this password. Nothing is written.
+    ///
+    /// # Errors
+    /// [`NodeError::Mismatch`] when the name is bound to another password; a datastore error.
+    pub fn check(&self, name: &str, password: &str) -> Result<Binding, NodeError> {
+        let key = node_key(name);
+        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        match self.store.record(&key)? {
+            None => Ok(Binding::Free),
+            Some(bytes) => {
+                let record = Self::parse(&key, &bytes)?;
+                self.verify(name, &record.hash, password, digest)?;
+                Ok(Binding::Matches(record.addresses))
+            }
+        }
+    }
+
+    /// Check `password` for node `name` (already a [`node_name`]), binding the name to it and
+    /// to `addresses` if it is free.
     ///
     /// # Errors
     /// [`NodeError::Mismatch`] when the name is bound to another password; a datastore error.
@@ -158,6 +197,7 @@ impl Nodes {
         &self,
         name: &str,
         password: &str,
+        addresses: &[std::net::IpAddr],
         now: OffsetDateTime,
     ) -> Result<Bound, NodeError> {
         let key = node_key(name);
@@ -174,6 +214,7 @@ impl Nodes {
                 first_seen: now,
                 last_issued: None,
                 certificates: BTreeMap::new(),
+                addresses: addresses.to_vec(),
             };
             let value = serde_json::to_vec(&record).map_err(|e| NodeError::Corrupt {
                 key: key.clone(),
@@ -184,7 +225,10 @@ impl Nodes {
                 return Ok(Bound::Created);
             }
         }
-        Err(NodeError::Mismatch(name.to_string()))
+        Err(NodeError::Corrupt {
+            key,
+            reason: "created and removed by others while this server bound it; try again".into(),
+        })
     }
 
     fn verify(
@@ -206,6 +250,18 @@ impl Nodes {
             key: node_key(name),
             reason: e.to_string(),
         })?;
+        // Only rotor's own parameters: a record changed to make every check slow (or weak) is
+        // refused, not computed.
+        let expected = argon2::Params::try_from(&parsed).ok();
+        if parsed.algorithm.as_str() != "argon2id"
+            || expected
+                .is_none_or(|p| (p.m_cost(), p.t_cost(), p.p_cost()) != (M_COST, T_COST, P_COST))
+        {
+            return Err(NodeError::Corrupt {
+                key: node_key(name),
+                reason: "not an Argon2id hash with rotor's parameters".into(),
+            });
+        }
         if hasher()
             .verify_password(password.as_bytes(), &parsed)
             .is_err()
@@ -308,14 +364,20 @@ mod tests {
     #[test]
     fn the_first_password_binds_the_name_and_another_is_refused() {
         let (_tmp, nodes) = nodes();
-        assert_eq!(nodes.bind("a", "pw-a", NOW).unwrap(), Bound::Created);
-        assert_eq!(nodes.bind("a", "pw-a", NOW).unwrap(), Bound::Remembered);
-        let err = nodes.bind("a", "other", NOW).unwrap_err();
+        assert_eq!(nodes.check("a", "pw-a").unwrap(), Binding::Free);
+        assert_eq!(nodes.bind("a", "pw-a", &[], NOW).unwrap(), Bound::Created);
+        assert!(nodes.check("a", "other").is_err());
+        assert_eq!(nodes.check("a", "pw-a").unwrap(), Binding::Matches(vec![]));
+        assert_eq!(
+            nodes.bind("a", "pw-a", &[], NOW).unwrap(),
+            Bound::Remembered
+        );
+        let err = nodes.bind("a", "other", &[], NOW).unwrap_err();
         assert!(err.to_string().contains("hash does not match"), "{err}");
         // Another server (an empty memory) verifies by the hash.
         let again = Nodes::new(Arc::clone(&nodes.store));
-        assert_eq!(again.bind("a", "pw-a", NOW).unwrap(), Bound::Verified);
-        assert!(again.bind("a", "other", NOW).is_err());
+        assert_eq!(again.bind("a", "pw-a", &[], NOW).unwrap(), Bound::Verified);
+        assert!(again.bind("a", "other", &[], NOW).is_err());
         // The stored hash is Argon2id, never the password.
         let listed = nodes.list().unwrap();
         assert_eq!(listed.len(), 1);
@@ -331,20 +393,20 @@ mod tests {
     fn a_deleted_binding_frees_the_name_even_on_a_server_that_remembers_it() {
         let (_tmp, nodes) = nodes();
         let other = Nodes::new(Arc::clone(&nodes.store));
-        nodes.bind("a", "old", NOW).unwrap();
-        other.bind("a", "old", NOW).unwrap();
+        nodes.bind("a", "old", &[], NOW).unwrap();
+        other.bind("a", "old", &[], NOW).unwrap();
         assert!(nodes.delete("a").unwrap());
         assert!(!nodes.delete("a").unwrap());
-        assert_eq!(nodes.bind("a", "new", NOW).unwrap(), Bound::Created);
+        assert_eq!(nodes.bind("a", "new", &[], NOW).unwrap(), Bound::Created);
         // `other` remembered "old" against the old hash: the new binding wins there too.
-        assert!(other.bind("a", "old", NOW).is_err());
-        assert_eq!(other.bind("a", "new", NOW).unwrap(), Bound::Verified);
+        assert!(other.bind("a", "old", &[], NOW).is_err());
+        assert_eq!(other.bind("a", "new", &[], NOW).unwrap(), Bound::Verified);
     }
 
     #[test]
     fn issuance_is_recorded_and_names_are_checked() {
         let (_tmp, nodes) = nodes();
-        nodes.bind("node-1", "pw", NOW).unwrap();
+        nodes.bind("node-1", "pw", &[], NOW).unwrap();
         nodes
             .issued(
                 "node-1",
@@ -374,7 +436,7 @@ mod tests {
                 let store = Arc::clone(&nodes.store);
                 std::thread::spawn(move || {
                     Nodes::new(store)
-                        .bind("race", &format!("pw-{i}"), NOW)
+                        .bind("race", &format!("pw-{i}"), &[], NOW)
                         .is_ok()
                 })
             })

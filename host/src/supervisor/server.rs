@@ -30,9 +30,10 @@ use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use time::OffsetDateTime;
 
 use super::authority::{Authority, SigningCa};
-use super::nodes::{NodeError, Nodes, node_name};
+use super::nodes::{Binding, NodeError, Nodes, node_name};
 use crate::contract::CsrContext;
 use crate::csr::{CsrInput, FixedSubject, SignerLimits, Verdict};
 use crate::facts::Usage;
@@ -53,6 +54,15 @@ pub struct Limits {
     pub node_burst: f64,
     /// Requests per second a node name is given back after its burst.
     pub node_rate: f64,
+    /// Connections one address may hold at once.
+    pub connections_per_address: usize,
+    /// How long one connection may stay open, whatever it does.
+    pub connection_lifetime: Duration,
+    /// Decisions (binding, plugins, signing) running at once; more wait, then get 503.
+    pub decisions: usize,
+    /// Serve `/v1-<program>/server-bootstrap` (every CA key of the cluster) to the server
+    /// token. Off by default: rotor has one token, which agents hold too.
+    pub server_bootstrap: bool,
 }
 
 impl Default for Limits {
@@ -64,6 +74,10 @@ impl Default for Limits {
             client_timeout: Duration::from_secs(10),
             node_burst: 20.0,
             node_rate: 2.0,
+            connections_per_address: 1024,
+            connection_lifetime: Duration::from_secs(120),
+            decisions: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            server_bootstrap: false,
         }
     }
 }
@@ -176,9 +190,14 @@ pub struct Supervisor {
     nodes: Nodes,
     limits: Limits,
     signer_limits: SignerLimits,
+    /// Token buckets of verified node names, and of addresses whose requests failed.
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     observer: Option<Box<dyn Observer>>,
     tls: Arc<Resolver>,
+    /// When the endpoint's certificate is due for renewal.
+    tls_renew_at: Mutex<Option<OffsetDateTime>>,
+    decisions: tokio::sync::Semaphore,
+    connections: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// The endpoint's serving certificate, replaced when the server CA changes.
@@ -232,11 +251,14 @@ impl Supervisor {
             authority: RwLock::new(None),
             bundle,
             nodes,
-            limits,
             signer_limits: SignerLimits::default(),
             buckets: Mutex::new(HashMap::new()),
             observer,
             tls: Arc::new(Resolver::default()),
+            tls_renew_at: Mutex::new(None),
+            decisions: tokio::sync::Semaphore::new(limits.decisions.max(1)),
+            connections: Mutex::new(HashMap::new()),
+            limits,
         }
     }
 
@@ -251,15 +273,33 @@ impl Supervisor {
     /// # Errors
     /// The endpoint's certificate cannot be issued.
     pub fn set_authority(&self, authority: Authority, listen: SocketAddr) -> Result<(), String> {
-        let same_ca = self
-            .authority()
-            .is_some_and(|a| a.server_ca.pem == authority.server_ca.pem);
-        if !same_ca || self.tls.current.read().map(|c| c.is_none()).unwrap_or(true) {
-            let key = self.endpoint_key(&authority, listen)?;
+        let same = self.authority().is_some_and(|a| {
+            a.server_ca.pem == authority.server_ca.pem
+                && a.tls_sans == authority.tls_sans
+                && a.node_ips == authority.node_ips
+                && a.node_name == authority.node_name
+        });
+        let now = crate::clock::system_now();
+        let due = self
+            .tls_renew_at
+            .lock()
+            .map(|at| at.is_none_or(|at| now >= at))
+            .unwrap_or(true);
+        if !same || due {
+            let (key, renew_at) = self.endpoint_key(&authority, listen)?;
             *self.tls.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+            if let Ok(mut at) = self.tls_renew_at.lock() {
+                *at = Some(renew_at);
+            }
         }
         *self.authority.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(authority));
         Ok(())
+    }
+
+    /// Serve no certificate until an authority is set again (the cluster's CAs or token could
+    /// not be read: what was read before may be revoked).
+    pub fn clear_authority(&self) {
+        *self.authority.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn authority(&self) -> Option<Arc<Authority>> {
@@ -284,7 +324,7 @@ impl Supervisor {
         &self,
         authority: &Authority,
         listen: SocketAddr,
-    ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    ) -> Result<(Arc<rustls::sign::CertifiedKey>, OffsetDateTime), String> {
         let mut dns = vec!["localhost".to_string(), authority.node_name.clone()];
         let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1])];
         for san in &authority.tls_sans {
@@ -311,9 +351,10 @@ impl Supervisor {
             .generate()
             .map_err(|e| e.to_string())?;
         let now = crate::clock::system_now();
+        let not_after = (now + time::Duration::days(365)).min(authority.server_ca.not_after);
         let validity = crate::pki::Validity {
             not_before: now - time::Duration::minutes(5),
-            not_after: (now + time::Duration::days(365)).min(authority.server_ca.not_after),
+            not_after,
         };
         let issued = authority
             .server_ca
@@ -331,26 +372,41 @@ impl Supervisor {
         {
             chain.push(rustls_pki_types::CertificateDer::from(der));
         }
-        Ok(Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
+        Ok((
+            Arc::new(rustls::sign::CertifiedKey::new(chain, signing)),
+            now + (not_after - now) * 2 / 3,
+        ))
     }
 
-    /// Whether `node` may make one more request now (a token bucket per node name).
-    fn allowed(&self, node: &str) -> bool {
+    /// Whether `key` (`node:<name>` once its password is verified, `from:<address>` for
+    /// failed requests) may have one more request now: a token bucket each.
+    fn allowed(&self, key: &str) -> bool {
+        self.take(key, true)
+    }
+
+    /// Whether `key`'s bucket has a token left; `spend` takes it.
+    fn take(&self, key: &str, spend: bool) -> bool {
         let Ok(mut buckets) = self.buckets.lock() else {
             return true;
         };
         let now = Instant::now();
-        if buckets.len() > 1_000_000 {
-            buckets.clear();
+        if buckets.len() > 100_000 {
+            // Full buckets are as good as none: forget them, keep those still refilling.
+            let (burst, rate) = (self.limits.node_burst, self.limits.node_rate);
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            });
         }
         let (tokens, at) = buckets
-            .entry(node.to_string())
+            .entry(key.to_string())
             .or_insert((self.limits.node_burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limits.node_rate)
             .min(self.limits.node_burst);
         *at = now;
         if *tokens >= 1.0 {
-            *tokens -= 1.0;
+            if spend {
+                *tokens -= 1.0;
+            }
             true
         } else {
             false
@@ -365,7 +421,10 @@ fn authenticated(req: &Request<Incoming>, authority: &Authority) -> Option<Strin
         .get(hyper::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
-    let encoded = value.strip_prefix("Basic ")?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -424,7 +483,9 @@ fn csr_der(body: &[u8]) -> Result<Vec<u8>, String> {
             "body: empty; send a certificate signing request made with the node's key".into(),
         );
     }
-    if body.starts_with(b"-----BEGIN") {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.starts_with(b"-----BEGIN") {
+        let body = trimmed;
         let blocks = crate::facts::read_pem_blocks("body", body).map_err(|e| e.to_string())?;
         let mut csrs = blocks
             .into_iter()
@@ -459,7 +520,14 @@ impl Supervisor {
         let Some(rest) = path.strip_prefix(&prefix) else {
             return text(StatusCode::NOT_FOUND, format!("not found: {path}"));
         };
+        // An address whose requests keep failing (bad credentials, passwords, bodies) waits;
+        // it cannot use up anyone else's allowance.
+        let from = format!("from:{}", crate::facts::canonical_ip(peer.ip()));
+        if !self.take(&from, false) {
+            return too_many(&format!("too many failed requests from {}", peer.ip()));
+        }
         let Some(user) = authenticated(&req, &authority) else {
+            self.allowed(&from);
             let mut r = text(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized: basic auth node:<token password> or server:<token password>",
@@ -475,6 +543,11 @@ impl Supervisor {
                 None => text(StatusCode::OK, "ok"),
                 Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
             },
+            (&Method::GET, "server-bootstrap") if !self.limits.server_bootstrap => text(
+                StatusCode::NOT_FOUND,
+                "not served: server-bootstrap holds every CA key of the cluster, and rotor's \
+                 one token is every agent's too (rotor serve --supervisor-server-bootstrap serves it)",
+            ),
             (&Method::GET, "server-bootstrap") if user == "server" => answer(
                 StatusCode::OK,
                 "application/json",
@@ -485,7 +558,17 @@ impl Supervisor {
                 "forbidden: server-bootstrap needs the server token (user server)",
             ),
             (&Method::POST, file) => match Endpoint::of(file, authority.program) {
-                Some(endpoint) => self.certificate(req, endpoint, authority, peer).await,
+                Some(endpoint) => {
+                    let answer = self
+                        .clone()
+                        .certificate(req, endpoint, authority, peer)
+                        .await;
+                    // Failures count against the address; an approved request does not.
+                    if matches!(answer.status().as_u16(), 400 | 401 | 403 | 408 | 413) {
+                        self.allowed(&from);
+                    }
+                    answer
+                }
                 None => text(StatusCode::NOT_FOUND, format!("not found: {path}")),
             },
             (_, file) if Endpoint::of(file, authority.program).is_some() => text(
@@ -530,17 +613,6 @@ impl Supervisor {
             Ok(ips) => ips,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
         };
-        if !self.allowed(&node) {
-            let mut r = text(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many requests for node {node}: try again later"),
-            );
-            r.headers_mut().insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from_static("5"),
-            );
-            return r;
-        }
         let limit = self.limits.body;
         let body = tokio::time::timeout(
             self.limits.client_timeout,
@@ -565,6 +637,27 @@ impl Supervisor {
             Ok(d) => d,
             Err(e) => return text(StatusCode::BAD_REQUEST, e),
         };
+        // At most so many decisions at once (Argon2, plugins, signing): the rest wait a
+        // little, then are told to come back.
+        let permit = match tokio::time::timeout(
+            self.limits.client_timeout,
+            self.decisions.acquire(),
+        )
+        .await
+        {
+            Ok(Ok(p)) => p,
+            _ => {
+                let mut r = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy: too many requests being decided; try again",
+                );
+                r.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from_static("2"),
+                );
+                return r;
+            }
+        };
         let started = Instant::now();
         let this = Arc::clone(&self);
         let node_for_task = node.clone();
@@ -580,6 +673,7 @@ impl Supervisor {
             )
         })
         .await;
+        drop(permit);
         let (status, body, review) = match decided {
             Ok(d) => d,
             Err(_) => (
@@ -597,15 +691,16 @@ impl Supervisor {
                 latency: started.elapsed(),
             });
         }
-        if status == StatusCode::OK {
-            answer(status, "text/plain", body)
-        } else {
-            text(status, body)
+        match status {
+            StatusCode::OK => answer(status, "text/plain", body),
+            StatusCode::TOO_MANY_REQUESTS => too_many(&body),
+            _ => text(status, body),
         }
     }
 
-    /// Bind, review, sign: (status, body, the review when one was made). Blocking (Argon2,
-    /// the datastore, plugins, signing).
+    /// Check the password, the names, review, bind, sign: (status, body, the review when one
+    /// was made). Blocking (Argon2, the datastore, plugins, signing). A name is bound only
+    /// once its request is approved: a refused request takes nothing.
     #[allow(clippy::too_many_arguments, reason = "one request's parts")]
     fn decide(
         &self,
@@ -619,13 +714,44 @@ impl Supervisor {
     ) -> (StatusCode, String, Option<crate::csr::Review>) {
         let now = crate::clock::system_now();
         let now = now.replace_nanosecond(0).unwrap_or(now);
-        match self.nodes.bind(node, password, now) {
-            Ok(_) => {}
+        if let Some(why) = authority.reserved_name(node) {
+            return (
+                StatusCode::FORBIDDEN,
+                format!("denied: node name {node}: {why}"),
+                None,
+            );
+        }
+        let bound = match self.nodes.check(node, password) {
+            Ok(b) => b,
             Err(e @ NodeError::Mismatch(_)) => return (StatusCode::FORBIDDEN, e.to_string(), None),
             Err(e @ NodeError::BadName(_)) => {
                 return (StatusCode::BAD_REQUEST, e.to_string(), None);
             }
             Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+        };
+        // Only a node that proved its password spends its own allowance.
+        if !self.allowed(&format!("node:{node}")) {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many requests for node {node}: try again later"),
+                None,
+            );
+        }
+        let from = crate::facts::canonical_ip(peer.ip());
+        if endpoint == Endpoint::ServingKubelet
+            && let Some(why) = ips.iter().find_map(|ip| authority.reserved_ip(*ip))
+        {
+            return (StatusCode::FORBIDDEN, format!("denied: {why}"), None);
+        }
+        // The node's addresses: those bound with its name (what it gave when it joined, and
+        // where it came from), and where it connects from now. Addresses it names later are
+        // requests, never their own evidence.
+        let mut evidence = match &bound {
+            Binding::Matches(addresses) => addresses.clone(),
+            Binding::Free => ips.to_vec(),
+        };
+        if !evidence.contains(&from) {
+            evidence.push(from);
         }
         let Some(bundle) = (self.bundle)() else {
             return (
@@ -634,12 +760,6 @@ impl Supervisor {
                 None,
             );
         };
-        // The node's addresses: what it says (as k3s takes them) and where it connects from.
-        let mut evidence = ips.to_vec();
-        let from = crate::facts::canonical_ip(peer.ip());
-        if !evidence.contains(&from) {
-            evidence.push(from);
-        }
         let ctx = CsrContext {
             signer_name: endpoint.signer().into(),
             username: format!("system:node:{node}"),
@@ -647,7 +767,7 @@ impl Supervisor {
             groups: vec!["system:nodes".into(), "system:authenticated".into()],
             usages: endpoint.usages(),
             expiration_seconds: None,
-            node_addresses: evidence,
+            node_addresses: evidence.clone(),
         };
         let ca: &SigningCa = match endpoint {
             Endpoint::ServingKubelet => &authority.server_ca,
@@ -683,6 +803,17 @@ impl Supervisor {
                 return (StatusCode::FORBIDDEN, body, Some(review));
             }
         }
+        // Approved: bind a free name now (of two servers binding it at once, one wins; the
+        // other's request is refused, unsigned).
+        if bound == Binding::Free {
+            match self.nodes.bind(node, password, &evidence, now) {
+                Ok(_) => {}
+                Err(e @ NodeError::Mismatch(_)) => {
+                    return (StatusCode::FORBIDDEN, e.to_string(), Some(review));
+                }
+                Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(review)),
+            }
+        }
         let pem = match crate::csr::sign(&review, &ca.signer) {
             Ok(pem) => pem,
             Err(e) => {
@@ -710,6 +841,16 @@ impl Supervisor {
     }
 }
 
+/// 429 with a hint when to come back.
+fn too_many(why: &str) -> Answer {
+    let mut r = text(StatusCode::TOO_MANY_REQUESTS, why);
+    r.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from_static("5"),
+    );
+    r
+}
+
 /// Serve the supervisor API on `listener` (already bound) over TLS, on threads of its own,
 /// until the process exits. Returns the address it listens on.
 ///
@@ -721,8 +862,10 @@ pub fn spawn(
 ) -> std::io::Result<SocketAddr> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(supervisor.limits.decisions.max(1) + 4)
         .thread_name("rotor-supervisor")
         .enable_io()
         .enable_time()
@@ -758,11 +901,18 @@ pub fn spawn(
                             continue;
                         }
                     };
+                    // No address holds more than its share of the connections.
+                    let Some(held) = Held::take(&supervisor, peer.ip()) else {
+                        drop(stream);
+                        continue;
+                    };
                     let supervisor = Arc::clone(&supervisor);
                     let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         let _slot = slot;
+                        let _held = held;
                         let timeout = supervisor.limits.client_timeout;
+                        let lifetime = supervisor.limits.connection_lifetime;
                         let Ok(Ok(tls)) =
                             tokio::time::timeout(timeout, acceptor.accept(stream)).await
                         else {
@@ -778,12 +928,60 @@ pub fn spawn(
                             .header_read_timeout(timeout)
                             .max_headers(headers)
                             .max_buf_size(64 * 1024);
-                        let _ = http
-                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                            .await;
+                        // Whatever it does, a connection ends after its lifetime.
+                        let _ = tokio::time::timeout(
+                            lifetime,
+                            http.serve_connection(hyper_util::rt::TokioIo::new(tls), service),
+                        )
+                        .await;
                     });
                 }
             });
         })?;
     Ok(addr)
+}
+
+/// A connection counted against its address until dropped.
+struct Held {
+    supervisor: Arc<Supervisor>,
+    ip: IpAddr,
+}
+
+impl Held {
+    fn take(supervisor: &Arc<Supervisor>, ip: IpAddr) -> Option<Held> {
+        let mut held = supervisor.connections.lock().ok()?;
+        let n = held.entry(ip).or_insert(0);
+        if *n >= supervisor.limits.connections_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(Held {
+            supervisor: Arc::clone(supervisor),
+            ip,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.supervisor.connections.lock()
+            && let Some(n) = held.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Raise the soft limit of open files to the hard one: every connection is a descriptor, and
+/// so are the datastore's and the plugins' files.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
 }
