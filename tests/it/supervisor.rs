@@ -159,7 +159,16 @@ fn subject_of(pem: &str) -> rotor::facts::CertificateFacts {
 
 #[test]
 fn agents_get_their_certificates_with_the_host_fixing_every_name() {
-    let Some(s) = Server::start(&["--supervisor-server-bootstrap"]) else {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("decisions.jsonl");
+    let strict = repo_root().join("policies/strict");
+    let Some(s) = Server::start(&[
+        "--supervisor-server-bootstrap",
+        "--decision-log",
+        log.to_str().unwrap(),
+        "--shadow-bundle",
+        strict.to_str().unwrap(),
+    ]) else {
         return;
     };
     let (der, key) = agent_csr();
@@ -292,6 +301,32 @@ fn agents_get_their_certificates_with_the_host_fixing_every_name() {
             "{kind}: {nodes}"
         );
     }
+    // Every review is in the decision log, acted on and shadowed by the candidate bundle.
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["hook"] == "csr")
+        .collect();
+    let acted: Vec<_> = records.iter().filter(|r| r["role"] == "acted").collect();
+    let shadowed: Vec<_> = records.iter().filter(|r| r["role"] == "shadow").collect();
+    assert_eq!(acted.len(), 5, "{records:?}");
+    assert_eq!(shadowed.len(), 5, "{records:?}");
+    assert!(
+        acted
+            .iter()
+            .any(|r| r["subject"]["csr"] == "worker-1 ClientKubelet" && r["decision"] == "approve"),
+        "{acted:?}"
+    );
+    assert!(
+        acted.iter().any(|r| r["decision"] == "deny"),
+        "the refused address: {acted:?}"
+    );
+    assert!(
+        shadowed
+            .iter()
+            .all(|r| r["bundle"] == "strict" && r["disagrees"].is_boolean())
+    );
     let (_, page) = s.serve.get("/metrics");
     if let Some(samples) = parse_metrics(&page) {
         assert_eq!(

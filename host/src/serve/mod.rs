@@ -242,7 +242,8 @@ pub struct Service {
     shared: Arc<Shared>,
     /// Held while the server runs: one `rotor serve` per data dir.
     _serve_lock: crate::datadir::DirLock,
-    sink: Sink,
+    /// The decision log, shared with the supervisor API.
+    sink: Arc<Mutex<Sink>>,
     actions: Option<actions::Runner>,
     tls: Option<Tls>,
     failures: u32,
@@ -381,7 +382,7 @@ impl Service {
             source,
             shared,
             _serve_lock: serve_lock,
-            sink,
+            sink: Arc::new(Mutex::new(sink)),
             actions,
             tls,
             failures: 0,
@@ -451,6 +452,7 @@ impl Service {
                 store,
                 service.options.supervisor_server_bootstrap,
                 &service.shared,
+                Arc::clone(&service.sink),
             )?;
             supervise::refresh(&supervisor, bound, &service.options, &service.shared);
             service.supervisor = Some((supervisor, bound));
@@ -889,7 +891,12 @@ impl Service {
     }
 
     fn write(&mut self, record: &DecisionRecord) {
-        if let Err(e) = self.sink.write(record) {
+        let written = self
+            .sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(record);
+        if let Err(e) = written {
             crate::say!("rotor serve: decision log: {e}");
         }
     }

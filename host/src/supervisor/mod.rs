@@ -16,4 +16,4 @@ pub use authority::{Authority, SigningCa};
 pub use nodes::{
     Binding, Bound, NODES_PREFIX, NodeError, NodeRecord, Nodes, hash_password, node_key, node_name,
 };
-pub use server::{Decided, Endpoint, Limits, Observer, Resolver, Supervisor, spawn};
+pub use server::{Decided, Endpoint, Limits, Observer, Resolver, Reviewed, Supervisor, spawn};

@@ -171,10 +171,24 @@ pub struct Decided<'a> {
     pub node: &'a str,
     /// The review, when one was made.
     pub review: Option<&'a crate::csr::Review>,
+    /// What was reviewed, for a shadow bundle to review it too: the request, the subject the
+    /// host fixed, and the issuing CA's notAfter.
+    pub reviewed: Option<&'a Reviewed>,
     /// The status answered.
     pub status: u16,
     /// How long the decision took (binding, review and signing).
     pub latency: Duration,
+}
+
+/// What a request's review was given.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The CSR and its context.
+    pub input: CsrInput,
+    /// The subject and names the host fixed.
+    pub fixed: FixedSubject,
+    /// The issuing CA's notAfter.
+    pub ca_not_after: OffsetDateTime,
 }
 
 /// Who hears about every decision (`rotor serve`: its decision log and metrics).
@@ -674,11 +688,12 @@ impl Supervisor {
         })
         .await;
         drop(permit);
-        let (status, body, review) = match decided {
+        let (status, body, review, reviewed) = match decided {
             Ok(d) => d,
             Err(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the decision failed".to_string(),
+                None,
                 None,
             ),
         };
@@ -687,6 +702,7 @@ impl Supervisor {
                 endpoint,
                 node: &node,
                 review: review.as_ref(),
+                reviewed: reviewed.as_ref(),
                 status: status.as_u16(),
                 latency: started.elapsed(),
             });
@@ -711,7 +727,7 @@ impl Supervisor {
         ips: &[IpAddr],
         peer: SocketAddr,
         der: Vec<u8>,
-    ) -> (StatusCode, String, Option<crate::csr::Review>) {
+    ) -> Outcome {
         let now = crate::clock::system_now();
         let now = now.replace_nanosecond(0).unwrap_or(now);
         if let Some(why) = authority.reserved_name(node) {
@@ -719,15 +735,18 @@ impl Supervisor {
                 StatusCode::FORBIDDEN,
                 format!("denied: node name {node}: {why}"),
                 None,
+                None,
             );
         }
         let bound = match self.nodes.check(node, password) {
             Ok(b) => b,
-            Err(e @ NodeError::Mismatch(_)) => return (StatusCode::FORBIDDEN, e.to_string(), None),
-            Err(e @ NodeError::BadName(_)) => {
-                return (StatusCode::BAD_REQUEST, e.to_string(), None);
+            Err(e @ NodeError::Mismatch(_)) => {
+                return (StatusCode::FORBIDDEN, e.to_string(), None, None);
             }
-            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None),
+            Err(e @ NodeError::BadName(_)) => {
+                return (StatusCode::BAD_REQUEST, e.to_string(), None, None);
+            }
+            Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None, None),
         };
         // Only a node that proved its password spends its own allowance.
         if !self.allowed(&format!("node:{node}")) {
@@ -735,13 +754,14 @@ impl Supervisor {
                 StatusCode::TOO_MANY_REQUESTS,
                 format!("too many requests for node {node}: try again later"),
                 None,
+                None,
             );
         }
         let from = crate::facts::canonical_ip(peer.ip());
         if endpoint == Endpoint::ServingKubelet
             && let Some(why) = ips.iter().find_map(|ip| authority.reserved_ip(*ip))
         {
-            return (StatusCode::FORBIDDEN, format!("denied: {why}"), None);
+            return (StatusCode::FORBIDDEN, format!("denied: {why}"), None, None);
         }
         // The node's addresses: those bound with its name (what it gave when it joined, and
         // where it came from), and where it connects from now. Addresses it names later are
@@ -757,6 +777,7 @@ impl Supervisor {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no policy bundle decides".into(),
+                None,
                 None,
             );
         };
@@ -775,10 +796,15 @@ impl Supervisor {
         };
         let fixed = endpoint.fixed(authority.program, node, ips);
         let input = CsrInput { der, ctx };
+        let reviewed = Reviewed {
+            input,
+            fixed,
+            ca_not_after: ca.not_after,
+        };
         let review = match crate::csr::review_fixed(
             &bundle,
-            &input,
-            &fixed,
+            &reviewed.input,
+            &reviewed.fixed,
             Some(ca.not_after),
             &self.signer_limits,
             now,
@@ -789,6 +815,7 @@ impl Supervisor {
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("the policy could not decide: {e}"),
                     None,
+                    None,
                 );
             }
         };
@@ -796,11 +823,11 @@ impl Supervisor {
             Verdict::Approve { .. } => {}
             Verdict::Deny { .. } => {
                 let body = format!("denied: {}", review.verdict.summary());
-                return (StatusCode::FORBIDDEN, body, Some(review));
+                return (StatusCode::FORBIDDEN, body, Some(review), Some(reviewed));
             }
             Verdict::Abstain { reason } => {
                 let body = format!("not approved: pending ({reason})");
-                return (StatusCode::FORBIDDEN, body, Some(review));
+                return (StatusCode::FORBIDDEN, body, Some(review), Some(reviewed));
             }
         }
         // Approved: bind a free name now (of two servers binding it at once, one wins; the
@@ -809,9 +836,21 @@ impl Supervisor {
             match self.nodes.bind(node, password, &evidence, now) {
                 Ok(_) => {}
                 Err(e @ NodeError::Mismatch(_)) => {
-                    return (StatusCode::FORBIDDEN, e.to_string(), Some(review));
+                    return (
+                        StatusCode::FORBIDDEN,
+                        e.to_string(),
+                        Some(review),
+                        Some(reviewed),
+                    );
                 }
-                Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), Some(review)),
+                Err(e) => {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        e.to_string(),
+                        Some(review),
+                        Some(reviewed),
+                    );
+                }
             }
         }
         let pem = match crate::csr::sign(&review, &ca.signer) {
@@ -821,6 +860,7 @@ impl Supervisor {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("signing failed: {e}"),
                     Some(review),
+                    Some(reviewed),
                 );
             }
         };
@@ -837,9 +877,18 @@ impl Supervisor {
             body.push('\n');
         }
         body.push_str(&String::from_utf8_lossy(&ca.pem));
-        (StatusCode::OK, body, Some(review))
+        (StatusCode::OK, body, Some(review), Some(reviewed))
     }
 }
+
+/// A decision: the status and body to answer, the review when one was made, and what it
+/// reviewed.
+type Outcome = (
+    StatusCode,
+    String,
+    Option<crate::csr::Review>,
+    Option<Reviewed>,
+);
 
 /// 429 with a hint when to come back.
 fn too_many(why: &str) -> Answer {
