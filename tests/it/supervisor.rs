@@ -579,3 +579,46 @@ fn wrong_and_hostile_requests_get_their_status_and_nothing_is_signed() {
     assert_eq!(code, 2);
     assert!(err.contains("no binding"), "{err}");
 }
+
+/// A thousand connections that never speak (slowloris) do not stop a node from getting its
+/// certificate, and the server closes each once its handshake time (10 s) is up.
+#[test]
+fn a_thousand_silent_connections_never_stop_the_others() {
+    use std::io::Read;
+    let Some(s) = Server::start(&[]) else { return };
+    // This test holds a thousand descriptors itself.
+    let mut limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, limit);
+    let silent: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap())
+        .collect();
+    let (der, _) = agent_csr();
+    let csr = s.write("busy.csr", &der);
+    let started = std::time::Instant::now();
+    let (status, body) = s.request("client-kubelet.crt", "busy-node", "pw", None, &csr);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered while a thousand connections sat idle"
+    );
+    // Each silent connection is closed by the server, not left to hold a slot.
+    for mut c in silent.into_iter().step_by(100) {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 16];
+        match c.read(&mut buf) {
+            Ok(0) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("a silent connection is still open after 60 s")
+            }
+            Err(_) => {} // reset by the server: closed too
+            Ok(n) => panic!("the server sent {n} bytes to a silent client"),
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
