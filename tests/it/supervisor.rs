@@ -491,6 +491,30 @@ fn wrong_and_hostile_requests_get_their_status_and_nothing_is_signed() {
     assert_eq!(status, 400, "{text}");
     assert!(text.contains("k3s-Node-IP"), "{text}");
 
+    // A name the client asks for (SNI) is never added to the endpoint's certificate: curl,
+    // trusting the CA, refuses it for that name.
+    let resolve = format!("unknown.example:{}:127.0.0.1", s.port);
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "30", "--cacert"])
+        .arg(&s.ca)
+        .args(["--resolve", &resolve])
+        .arg(format!("https://unknown.example:{}/cacerts", s.port))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(60),
+        "curl refuses the certificate for a name it was not issued for"
+    );
+    // Too many headers: refused before anything is read.
+    let many: Vec<String> = (0..100).map(|i| format!("X-Filler-{i}: {i}")).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for h in &many {
+        args.extend(["-H", h.as_str()]);
+    }
+    let (status, _) = s.curl(&args, "/v1-k3s/readyz", None);
+    assert_eq!(status, 431, "over the header limit");
+
     // server-bootstrap (every CA key) is not served unless asked for.
     let server_auth = format!("server:{}", s.password);
     let (status, text) = s.curl(&["-u", &server_auth], "/v1-k3s/server-bootstrap", None);

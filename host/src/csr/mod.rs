@@ -1037,6 +1037,101 @@ mod tests {
         ));
     }
 
+    /// CSR facts with `cn`, `orgs`, `ous`, `dns`, `uris` (the rest empty).
+    fn facts(
+        cn: Option<&str>,
+        orgs: &[&str],
+        ous: &[&str],
+        dns: &[&str],
+        uris: &[&str],
+    ) -> CsrFacts {
+        let key = crate::pki::KeyType::EcdsaP256.generate().unwrap();
+        let cert = crate::pki::self_signed_ca(
+            &crate::pki::Subject::default(),
+            &key,
+            crate::pki::Validity {
+                not_before: NOW,
+                not_after: NOW + time::Duration::days(1),
+            },
+        )
+        .unwrap();
+        let public_key = crate::facts::parse_certificate_der("c", &cert.der)
+            .unwrap()
+            .public_key;
+        CsrFacts {
+            subject: crate::facts::DistinguishedName {
+                text: cn.map(|c| format!("CN={c}")).unwrap_or_default(),
+                common_name: cn.map(String::from),
+                organizations: orgs.iter().map(|o| o.to_string()).collect(),
+                organizational_units: ous.iter().map(|o| o.to_string()).collect(),
+                other_attributes: Vec::new(),
+            },
+            sans: crate::facts::SubjectAltNames {
+                dns_names: dns.iter().map(|d| d.to_string()).collect(),
+                uris: uris.iter().map(|u| u.to_string()).collect(),
+                ..Default::default()
+            },
+            public_key,
+            requests_ca: false,
+            key_usage: None,
+            extended_key_usages: Vec::new(),
+            other_extensions: Vec::new(),
+            defects: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_fixed_subject_takes_a_csr_that_asks_for_nothing_or_exactly_it() {
+        let fixed = FixedSubject {
+            common_name: "system:node:a".into(),
+            organizations: vec!["system:nodes".into()],
+            dns_names: vec!["a".into()],
+            ip_addresses: vec!["10.0.0.5".parse().unwrap()],
+        };
+        // Nothing asked (k3s agents): fine.
+        assert!(not_for_endpoint(&facts(None, &[], &[], &[], &[]), &fixed).is_empty());
+        // Exactly the fixed subject and names: fine.
+        let mut exact = facts(Some("system:node:a"), &["system:nodes"], &[], &["a"], &[]);
+        exact.sans.ip_addresses = fixed.ip_addresses.clone();
+        assert!(not_for_endpoint(&exact, &fixed).is_empty());
+        // Anything else, even one part: refused, saying what the endpoint issues.
+        let mut no_ip = exact.clone();
+        no_ip.sans.ip_addresses.clear();
+        for (what, f) in [
+            (
+                "another CN",
+                facts(Some("system:node:b"), &["system:nodes"], &[], &["a"], &[]),
+            ),
+            (
+                "system:masters",
+                facts(None, &["system:masters"], &[], &[], &[]),
+            ),
+            ("an OU only", facts(None, &[], &["ops"], &[], &[])),
+            ("a URI only", facts(None, &[], &[], &[], &["spiffe://x"])),
+            (
+                "a duplicate O",
+                facts(
+                    Some("system:node:a"),
+                    &["system:nodes", "system:nodes"],
+                    &[],
+                    &["a"],
+                    &[],
+                ),
+            ),
+            ("one name short", no_ip),
+        ] {
+            let v = not_for_endpoint(&f, &fixed);
+            assert_eq!(v.len(), 1, "{what}");
+            assert_eq!(v[0].code, "SubjectNotForEndpoint", "{what}");
+            assert!(
+                v[0].message
+                    .contains("this endpoint issues CN=system:node:a"),
+                "{what}: {}",
+                v[0]
+            );
+        }
+    }
+
     #[test]
     fn sign_checks_the_floor_again_whatever_the_review_says() {
         use crate::pki::{CaSigner, KeyType, Subject, Validity, self_signed_ca};
