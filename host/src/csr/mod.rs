@@ -1047,9 +1047,9 @@ mod tests {
     ) -> CsrFacts {
         let key = crate::pki::KeyType::EcdsaP256.generate().unwrap();
         let cert = crate::pki::self_signed_ca(
-            &crate::pki::Subject::default(),
+            &Subject::default(),
             &key,
-            crate::pki::Validity {
+            Validity {
                 not_before: NOW,
                 not_after: NOW + time::Duration::days(1),
             },
