@@ -14,6 +14,7 @@ use crate::csr::{
     APISERVER_CLIENT, CsrSpec, Fixture, KUBELET_CLIENT, SERVING, SERVING_USAGES, k8s_object,
     violation_codes,
 };
+use crate::serve::init_k3s;
 
 const LEGACY: &str = "kubernetes.io/legacy-unknown";
 
@@ -556,20 +557,7 @@ fn a_renewal_plugin_that_cannot_load_falls_back_and_start_renews() {
     ];
     for (plugin, extra, settings, why) in broken {
         let data = tmp.path().join(format!("data-{plugin}"));
-        rotor_ok(
-            &data,
-            &[
-                "init",
-                "--profile",
-                "k3s",
-                "--node-name",
-                "server-1",
-                "--node-ip",
-                "192.168.1.10",
-                "--now",
-                &rfc3339(t0()),
-            ],
-        );
+        init_k3s(&data, t0());
         let bundle = renewal_bundle(
             &tmp.path().join(format!("bundle-{plugin}")),
             plugin,
@@ -635,20 +623,7 @@ fn a_renewal_plugin_that_cannot_load_falls_back_and_start_renews() {
 
     // failure_mode = "error": the command fails, as a decision-time failure does.
     let data = tmp.path().join("data-error");
-    rotor_ok(
-        &data,
-        &[
-            "init",
-            "--profile",
-            "k3s",
-            "--node-name",
-            "server-1",
-            "--node-ip",
-            "192.168.1.10",
-            "--now",
-            &rfc3339(t0()),
-        ],
-    );
+    init_k3s(&data, t0());
     let bundle = renewal_bundle(
         &tmp.path().join("bundle-error"),
         "hostile-loop",

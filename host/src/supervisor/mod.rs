@@ -6,14 +6,23 @@
 //!
 //! - `authority.rs`: the CAs, token and bootstrap data it serves with, read from the cluster;
 //! - `nodes.rs`: node password bindings (Argon2id, created with a compare-and-swap);
-//! - `server.rs`: HTTPS, routing, auth, limits, and each certificate request's decision.
+//! - `server.rs`: the shared state (authority, limits, rate buckets, the endpoint's certificate);
+//! - `listener.rs`: TLS, connections; `handlers.rs`: routing, auth and each certificate
+//!   request's decision; `request.rs`: reading requests and writing answers; `endpoint.rs`:
+//!   what each certificate endpoint issues.
 
 mod authority;
+mod endpoint;
+mod handlers;
+mod listener;
 mod nodes;
+mod request;
 mod server;
 
 pub use authority::{Authority, SigningCa};
+pub use endpoint::Endpoint;
+pub use listener::{Resolver, spawn};
 pub use nodes::{
     Binding, Bound, NODES_PREFIX, NodeError, NodeRecord, Nodes, hash_password, node_key, node_name,
 };
-pub use server::{Decided, Endpoint, Limits, Observer, Resolver, Reviewed, Supervisor, spawn};
+pub use server::{Decided, Limits, Observer, Reviewed, Supervisor};
