@@ -608,7 +608,7 @@ fn serve(c: &mut Criterion) {
         expiry_margin: Duration::from_secs(3600),
         watch_interval: Duration::from_secs(3600),
         supervisor_listen: None,
-        supervisor_server_bootstrap: false,
+        supervisor_limits: rotor::supervisor::Limits::default(),
     };
 
     let mut group = c.benchmark_group("serve");

@@ -10,7 +10,8 @@
 #     cases of tests/it/state.rs;
 #     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs;
 #     docker-registry (the CNCF distribution registry): the OCI registry of tests/it/distribution.rs;
-#     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page.
+#     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page;
+#     Python's kubernetes client: loads the kubeconfigs `rotor agent` writes (tests/it/agent.rs).
 # The Python packages go to the python3 on the PATH.
 set -euo pipefail
 
@@ -53,4 +54,10 @@ if [ "${1:-all}" != build ] && ! python3 -c 'import prometheus_client.openmetric
   echo "install-deps: pip install prometheus-client (for $(command -v python3))"
   python3 -m pip install --quiet prometheus-client 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages prometheus-client
+fi
+
+if [ "${1:-all}" != build ] && ! python3 -c 'import kubernetes, yaml' 2>/dev/null; then
+  echo "install-deps: pip install kubernetes (for $(command -v python3))"
+  python3 -m pip install --quiet kubernetes 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kubernetes
 fi

@@ -34,6 +34,7 @@ macro_rules! say {
 }
 pub(crate) use say;
 
+pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod cluster;

@@ -57,7 +57,7 @@ struct Member {
 }
 
 /// An etcd cluster on loopback; killed when dropped.
-struct Etcd {
+pub(crate) struct Etcd {
     pki: Pki,
     members: Vec<Member>,
     initial_cluster: String,
@@ -73,7 +73,7 @@ fn free_port() -> u16 {
 
 impl Etcd {
     /// `n` members, started and healthy; `None` when etcd is not installed (a failure under CI).
-    fn start(tmp: &Path, n: usize) -> Option<Etcd> {
+    pub(crate) fn start(tmp: &Path, n: usize) -> Option<Etcd> {
         if !require_command("etcd") || !require_command("etcdctl") {
             return None;
         }
@@ -174,7 +174,7 @@ impl Etcd {
         }
     }
 
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -271,7 +271,7 @@ fn init_server(dir: &Path, n: u8, etcd: &Etcd, extra: &[&str]) -> (i32, String, 
 }
 
 /// `init_server` that must succeed; returns what it printed and the token.
-fn init_ok(dir: &Path, n: u8, etcd: &Etcd, extra: &[&str]) -> (String, Token) {
+pub(crate) fn init_ok(dir: &Path, n: u8, etcd: &Etcd, extra: &[&str]) -> (String, Token) {
     let (code, out, err) = init_server(dir, n, etcd, extra);
     assert_eq!(code, 0, "{out}{err}");
     let token = printed_token(&out);

@@ -14,18 +14,18 @@ use crate::common::*;
 use crate::serve::{Serve, init_k3s, parse_metrics, value};
 
 /// A k3s data dir served with the supervisor API on loopback.
-struct Server {
+pub(crate) struct Server {
     _tmp: tempfile::TempDir,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     work: PathBuf,
-    serve: Serve,
-    port: u16,
+    pub(crate) serve: Serve,
+    pub(crate) port: u16,
     password: String,
-    ca: PathBuf,
+    pub(crate) ca: PathBuf,
 }
 
 impl Server {
-    fn start(extra: &[&str]) -> Option<Server> {
+    pub(crate) fn start(extra: &[&str]) -> Option<Server> {
         if !require_command("curl") {
             return None;
         }

@@ -145,6 +145,17 @@ pub(super) enum Command {
         rotor serve --supervisor-listen 0.0.0.0:9345   # the supervisor API agents join through\n\n\
         SIGTERM or SIGINT: stop after the change in progress. SIGHUP: reload the policy bundle.")]
     Serve(Box<ServeArgs>),
+
+    /// Run a node's agent: join through the servers' supervisor API (the join token pins their
+    /// CA), keep the kubelet, kube-proxy and controller certificates (keys made here) fresh in
+    /// k3s's agent layout, renewing as the policy says, through any live server.
+    #[command(after_help = "Examples:\n  \
+        rotor --data-dir /var/lib/rancher/k3s agent --server https://10.0.0.1:6443 --server https://10.0.0.2:6443 \\\n      \
+            --token-file /etc/rotor/token --node-name worker-1 --node-ip 10.0.0.21\n  \
+        rotor --data-dir /tmp/agent agent --once --server https://127.0.0.1:9345 --token K10...::node:... --node-name w1\n\n\
+        Exit status with --once: 0 every certificate in place, 1 some could not be issued, 2 error.\n\
+        SIGTERM or SIGINT: stop between passes.")]
+    Agent(Box<super::agent::AgentArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -221,6 +232,37 @@ pub(super) struct ServeArgs {
     /// servers) to the server token; agents hold the same token, so it is off by default.
     #[arg(long, requires = "supervisor_listen")]
     pub supervisor_server_bootstrap: bool,
+    /// Supervisor API: connections served at once (more wait in the kernel's backlog).
+    #[arg(long, default_value_t = 2048, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub supervisor_max_connections: u32,
+    /// Supervisor API: connections one client address may hold at once.
+    #[arg(long, default_value_t = 1024, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub supervisor_max_connections_per_address: u32,
+    /// Supervisor API: the largest request body (a CSR), in bytes.
+    #[arg(long, default_value_t = 65536, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1024..=16_777_216))]
+    pub supervisor_max_body: u32,
+    /// Supervisor API: the time a client has for its TLS handshake, then its headers, then
+    /// its body.
+    #[arg(long, default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
+    pub supervisor_client_timeout: std::time::Duration,
+    /// Supervisor API: certificate requests a node name may make in a burst.
+    #[arg(long, default_value_t = 20.0, value_name = "N", value_parser = parse_rate)]
+    pub supervisor_node_burst: f64,
+    /// Supervisor API: certificate requests per second a node name gets back after its burst.
+    #[arg(long, default_value_t = 2.0, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub supervisor_node_rate: f64,
+    /// Supervisor API: decisions (password check, policy, signing) run at once; more wait,
+    /// then get 503 [default: twice the CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub supervisor_decisions: Option<u32>,
+}
+
+/// A positive rate or count (at most a million).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1_000_000.0 => Ok(f),
+        _ => Err(format!("'{s}' is not a number above 0 and at most 1000000")),
+    }
 }
 
 /// How often to look at the bundle's files: 100ms to 1h.
@@ -234,7 +276,7 @@ fn parse_watch_interval(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A duration such as `90s`, `30m`, `1h`, `7d` (1 second to 365 days).
-fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+pub(super) fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration like 30s, 15m, 1h or 7d ({e})"))?;
     if d < std::time::Duration::from_secs(1) || d > std::time::Duration::from_secs(365 * 86_400) {

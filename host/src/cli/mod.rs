@@ -3,6 +3,7 @@
 //! Exit status: 0 success; 1 completed but needs attention (failing policy tests); 2 error. Data
 //! goes to stdout, diagnostics to stderr as one `rotor: ...` line per failure.
 
+mod agent;
 mod args;
 mod cluster;
 mod csr;
@@ -105,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
         Command::Serve(args) => serve::run(&cli.global, *args),
         Command::Node(cmd) => node::run(&cli.global, cmd),
+        Command::Agent(args) => agent::run(&cli.global, *args),
     }
 }
 

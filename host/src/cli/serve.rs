@@ -27,7 +27,20 @@ pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> 
         expiry_margin: args.expiry_margin,
         watch_interval: args.watch_interval,
         supervisor_listen: args.supervisor_listen,
-        supervisor_server_bootstrap: args.supervisor_server_bootstrap,
+        supervisor_limits: crate::supervisor::Limits {
+            connections: args.supervisor_max_connections as usize,
+            connections_per_address: args.supervisor_max_connections_per_address as usize,
+            body: args.supervisor_max_body as usize,
+            client_timeout: args.supervisor_client_timeout,
+            node_burst: args.supervisor_node_burst,
+            node_rate: args.supervisor_node_rate,
+            decisions: args
+                .supervisor_decisions
+                .map(|n| n as usize)
+                .unwrap_or_else(|| crate::supervisor::Limits::default().decisions),
+            server_bootstrap: args.supervisor_server_bootstrap,
+            ..crate::supervisor::Limits::default()
+        },
     };
     let service = Service::new(options, engine, clock)?;
     if let Some(addr) = service.listening() {

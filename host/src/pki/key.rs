@@ -283,6 +283,23 @@ impl PrivateKey {
     pub(crate) fn shared(&self) -> SharedKey {
         SharedKey(self.pair.clone())
     }
+
+    /// A certificate signing request for this key that asks for nothing but the key (an empty
+    /// subject, no extensions), as k3s agents send it: the server fixes the rest. PEM.
+    ///
+    /// # Errors
+    /// The key cannot sign.
+    pub fn empty_csr_pem(&self) -> Result<String, PkiError> {
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&self.shared())
+            .map_err(|e| PkiError::Invalid {
+                what: "certificate signing request".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(pem_encode("CERTIFICATE REQUEST", csr.der()))
+    }
 }
 
 /// PEM-encode DER with a label (RFC 7468, LF line endings).

@@ -12,7 +12,22 @@ use hyper::{Request, Response, StatusCode};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use super::Shared;
+/// What the endpoint reports: the metrics page and readiness (a server's, an agent's).
+pub(crate) trait Probe: Send + Sync + 'static {
+    /// The OpenMetrics text of `/metrics`.
+    fn metrics(&self) -> String;
+    /// Why `/readyz` says not ready, if it does.
+    fn not_ready(&self) -> Option<String>;
+}
+
+impl Probe for super::Shared {
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+    fn not_ready(&self) -> Option<String> {
+        super::Shared::not_ready(self)
+    }
+}
 
 /// Connections served at once.
 const MAX_CONNECTIONS: usize = 64;
@@ -40,7 +55,7 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-fn respond(shared: &Shared, method: &hyper::Method, path: &str) -> Response<Full<Bytes>> {
+fn respond(shared: &dyn Probe, method: &hyper::Method, path: &str) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         _ if method != hyper::Method::GET && method != hyper::Method::HEAD => (
             StatusCode::METHOD_NOT_ALLOWED,
@@ -50,7 +65,7 @@ fn respond(shared: &Shared, method: &hyper::Method, path: &str) -> Response<Full
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
+            shared.metrics(),
         ),
         "/healthz" | "/livez" => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
         "/readyz" => match shared.not_ready() {
@@ -85,7 +100,7 @@ fn respond(shared: &Shared, method: &hyper::Method, path: &str) -> Response<Full
 pub(crate) fn spawn(
     listener: std::net::TcpListener,
     tls: Option<Arc<Resolver>>,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Probe>,
 ) -> std::io::Result<SocketAddr> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -137,7 +152,7 @@ pub(crate) fn spawn(
                     tokio::spawn(async move {
                         let _slot = slot;
                         let service = hyper::service::service_fn(move |req: Request<_>| {
-                            let r = respond(&shared, req.method(), req.uri().path());
+                            let r = respond(&*shared, req.method(), req.uri().path());
                             async move { Ok::<_, Infallible>(r) }
                         });
                         let mut http = hyper::server::conn::http1::Builder::new();

@@ -18,6 +18,7 @@ mod actions;
 mod bundles;
 pub mod clock;
 mod http;
+pub(crate) use http::{Probe, spawn as spawn_http};
 pub mod log;
 mod metrics;
 mod supervise;
@@ -92,8 +93,9 @@ pub struct ServeOptions {
     pub watch_interval: Duration,
     /// Serve the supervisor API here (k3s and RKE2 data dirs).
     pub supervisor_listen: Option<SocketAddr>,
-    /// Serve `server-bootstrap` (every CA key) on the supervisor API to the server token.
-    pub supervisor_server_bootstrap: bool,
+    /// The supervisor API's limits, and whether it serves `server-bootstrap` (every CA key)
+    /// to the server token.
+    pub supervisor_limits: crate::supervisor::Limits,
 }
 
 /// Why `rotor serve` cannot start or a cycle failed.
@@ -443,14 +445,18 @@ impl Service {
                 );
             }
             let resolver = service.tls.as_ref().map(|t| Arc::clone(&t.resolver));
-            http::spawn(listener, resolver, Arc::clone(&service.shared))
-                .map_err(|source| ServeError::Listen { addr, source })?;
+            http::spawn(
+                listener,
+                resolver,
+                Arc::clone(&service.shared) as Arc<dyn Probe>,
+            )
+            .map_err(|source| ServeError::Listen { addr, source })?;
         }
         if let (Some(addr), Some(store)) = (service.options.supervisor_listen, supervisor_store) {
             let (supervisor, bound) = supervise::start(
                 addr,
                 store,
-                service.options.supervisor_server_bootstrap,
+                service.options.supervisor_limits.clone(),
                 &service.shared,
                 Arc::clone(&service.sink),
             )?;

@@ -178,7 +178,7 @@ pub(super) fn store(
 pub(super) fn start(
     addr: SocketAddr,
     store: Arc<dyn crate::datastore::Datastore>,
-    server_bootstrap: bool,
+    limits: Limits,
     shared: &Arc<Shared>,
     sink: Arc<Mutex<Sink>>,
 ) -> Result<(Arc<Supervisor>, SocketAddr), ServeError> {
@@ -186,10 +186,7 @@ pub(super) fn start(
     let supervisor = Arc::new(Supervisor::new(
         Box::new(move || for_bundle.bundle()),
         Nodes::new(store),
-        Limits {
-            server_bootstrap,
-            ..Limits::default()
-        },
+        limits,
         Some(Box::new(Metered {
             shared: Arc::clone(shared),
             sink,

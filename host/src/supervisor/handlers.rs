@@ -75,6 +75,16 @@ impl Supervisor {
                 None => text(StatusCode::OK, "ok"),
                 Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
             },
+            // The CA files an agent keeps (k3s's file handlers): the client CA its kubelet
+            // trusts for client certificates, and the server CA again, authenticated.
+            (&Method::GET, "client-ca.crt") => answer(
+                StatusCode::OK,
+                "text/plain",
+                authority.client_ca.pem.clone(),
+            ),
+            (&Method::GET, "server-ca.crt") => {
+                answer(StatusCode::OK, "text/plain", authority.cacerts.clone())
+            }
             (&Method::GET, "server-bootstrap") if !self.limits.server_bootstrap => text(
                 StatusCode::NOT_FOUND,
                 "not served: server-bootstrap holds every CA key of the cluster, and rotor's \
@@ -371,6 +381,8 @@ impl Supervisor {
                 }
             }
         }
+        // Tests stop (or kill) a server here, mid-request: approved and bound, not yet signed.
+        crate::fs::failpoint("supervisor:signing");
         let pem = match crate::csr::sign(&review, &ca.signer) {
             Ok(pem) => pem,
             Err(e) => {
