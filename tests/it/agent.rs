@@ -1062,3 +1062,58 @@ pub(crate) fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Opt
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// One address binds at most so many new node names (its burst, then its rate); nodes it
+/// already bound keep getting their certificates.
+#[test]
+fn an_address_binds_only_so_many_new_node_names() {
+    let Some(server) = Server::start(&[
+        "--supervisor-new-nodes-burst",
+        "2",
+        "--supervisor-new-nodes-rate",
+        "0.001",
+    ]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("https://127.0.0.1:{}", server.port);
+    let token = agent_token(&server.dir);
+    let join = |n: usize| {
+        let node = format!("many-{n}");
+        agent_run(
+            &tmp.path().join(&node),
+            &[
+                "--once",
+                "--server",
+                &url,
+                "--token",
+                &token,
+                "--node-name",
+                &node,
+                "--node-ip",
+                &format!("10.0.2.{n}"),
+            ],
+            &[],
+        )
+    };
+    for n in 1..=2 {
+        let o = join(n);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let o = join(3);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert_eq!(
+        t.matches("too many new node names from 127.0.0.1").count(),
+        4,
+        "{t}"
+    );
+    let list = rotor_ok(&server.dir, &["node", "list", "-o", "json"]);
+    assert!(
+        list.contains("many-2") && !list.contains("many-3"),
+        "{list}"
+    );
+    // A bound node is no new name.
+    let o = join(1);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

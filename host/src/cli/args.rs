@@ -255,6 +255,12 @@ pub(super) struct ServeArgs {
     /// then get 503 [default: twice the CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub supervisor_decisions: Option<u32>,
+    /// Supervisor API: new node names one client address may bind in a burst.
+    #[arg(long, default_value_t = 1000.0, value_name = "N", value_parser = parse_rate)]
+    pub supervisor_new_nodes_burst: f64,
+    /// Supervisor API: new node names per second an address gets back after its burst.
+    #[arg(long, default_value_t = 10.0, value_name = "PER_SECOND", value_parser = parse_rate)]
+    pub supervisor_new_nodes_rate: f64,
 }
 
 /// A positive rate or count (at most a million).

@@ -39,6 +39,8 @@ pub(super) fn run(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<Exit> 
                 .map(|n| n as usize)
                 .unwrap_or_else(|| crate::supervisor::Limits::default().decisions),
             server_bootstrap: args.supervisor_server_bootstrap,
+            new_nodes_burst: args.supervisor_new_nodes_burst,
+            new_nodes_rate: args.supervisor_new_nodes_rate,
             ..crate::supervisor::Limits::default()
         },
     };

@@ -286,6 +286,17 @@ impl Supervisor {
             );
         }
         let from = crate::facts::canonical_ip(peer.ip());
+        // A free name costs its address one of its new-name tokens (spent when it is bound).
+        let new_names = format!("bind:{from}");
+        let (burst, rate) = (self.limits.new_nodes_burst, self.limits.new_nodes_rate);
+        if bound == Binding::Free && !self.take_from(&new_names, false, burst, rate) {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many new node names from {from}: try again later"),
+                None,
+                None,
+            );
+        }
         if endpoint == Endpoint::ServingKubelet
             && let Some(why) = ips.iter().find_map(|ip| authority.reserved_ip(*ip))
         {
@@ -362,7 +373,9 @@ impl Supervisor {
         // other's request is refused, unsigned).
         if bound == Binding::Free {
             match self.nodes.bind(node, password, &evidence, now) {
-                Ok(_) => {}
+                Ok(_) => {
+                    self.take_from(&new_names, true, burst, rate);
+                }
                 Err(e @ NodeError::Mismatch(_)) => {
                     return (
                         StatusCode::FORBIDDEN,

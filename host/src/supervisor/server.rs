@@ -58,6 +58,11 @@ pub struct Limits {
     /// Serve `/v1-<program>/server-bootstrap` (every CA key of the cluster) to the server
     /// token. Off by default: rotor has one token, which agents hold too.
     pub server_bootstrap: bool,
+    /// New node names one address may bind in a burst (a machine claiming names by the
+    /// thousand waits; nodes behind one NAT share it).
+    pub new_nodes_burst: f64,
+    /// New node names per second an address gets back after its burst.
+    pub new_nodes_rate: f64,
 }
 
 impl Default for Limits {
@@ -73,6 +78,8 @@ impl Default for Limits {
             connection_lifetime: Duration::from_secs(120),
             decisions: std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             server_bootstrap: false,
+            new_nodes_burst: 1000.0,
+            new_nodes_rate: 10.0,
         }
     }
 }
@@ -119,8 +126,9 @@ pub struct Supervisor {
     pub(super) nodes: Nodes,
     pub(super) limits: Limits,
     pub(super) signer_limits: SignerLimits,
-    /// Token buckets of verified node names, and of addresses whose requests failed.
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Token buckets of verified node names, of addresses whose requests failed, and of
+    /// addresses binding new node names: tokens, when last filled, burst, rate.
+    buckets: Mutex<HashMap<String, (f64, Instant, f64, f64)>>,
     pub(super) observer: Option<Box<dyn Observer>>,
     pub(super) tls: Arc<Resolver>,
     /// When the endpoint's certificate is due for renewal.
@@ -277,22 +285,25 @@ impl Supervisor {
 
     /// Whether `key`'s bucket has a token left; `spend` takes it.
     pub(super) fn take(&self, key: &str, spend: bool) -> bool {
+        self.take_from(key, spend, self.limits.node_burst, self.limits.node_rate)
+    }
+
+    /// [`Supervisor::take`] from a bucket of `burst` tokens refilled at `rate` per second.
+    pub(super) fn take_from(&self, key: &str, spend: bool, burst: f64, rate: f64) -> bool {
         let Ok(mut buckets) = self.buckets.lock() else {
             return true;
         };
         let now = Instant::now();
         if buckets.len() > 100_000 {
             // Full buckets are as good as none: forget them, keep those still refilling.
-            let (burst, rate) = (self.limits.node_burst, self.limits.node_rate);
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+            buckets.retain(|_, (tokens, at, burst, rate)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * *rate < *burst
             });
         }
-        let (tokens, at) = buckets
+        let (tokens, at, _, _) = buckets
             .entry(key.to_string())
-            .or_insert((self.limits.node_burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limits.node_rate)
-            .min(self.limits.node_burst);
+            .or_insert((burst, now, burst, rate));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
         *at = now;
         if *tokens >= 1.0 {
             if spend {
