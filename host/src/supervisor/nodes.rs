@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, SaltString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -134,24 +134,67 @@ fn hasher() -> argon2::Argon2<'static> {
     argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
-/// A fresh Argon2id hash of `password` (random 16-byte salt from aws-lc).
+/// Argon2's working memory (19 MiB per hash), reused from a small pool. Allocated per hash,
+/// it stayed resident: glibc keeps each thread's freed 19 MiB, and 300 joins left each of three
+/// servers at about 1 GiB (benches/agents.rs). With the pool a server holds at most
+/// [`MEMORY_POOL`] of them, however many nodes join.
+static MEMORY: Mutex<Vec<Vec<argon2::Block>>> = Mutex::new(Vec::new());
+/// Working memories kept for reuse (hashes run at most two per core at once).
+const MEMORY_POOL: usize = 16;
+
+/// The raw Argon2id output of `password` and `salt` into `out`, with pooled working memory.
+fn argon2id(password: &[u8], salt: &[u8], out: &mut [u8]) -> Result<(), argon2::Error> {
+    let taken = MEMORY.lock().ok().and_then(|mut pool| pool.pop());
+    let mut blocks = taken.unwrap_or_else(|| vec![argon2::Block::default(); M_COST as usize]);
+    let result = hasher().hash_password_into_with_memory(password, salt, out, &mut blocks);
+    if let Ok(mut pool) = MEMORY.lock()
+        && pool.len() < MEMORY_POOL
+    {
+        pool.push(blocks);
+    }
+    result
+}
+
+/// A fresh Argon2id hash of `password` (random 16-byte salt from aws-lc), as a PHC string
+/// (`$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`, what the argon2 crate writes).
 pub fn hash_password(password: &str) -> Result<String, NodeError> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| NodeError::Corrupt {
+        key: what.into(),
+        reason: e.to_string(),
+    };
     let mut salt = [0u8; 16];
     aws_lc_rs::rand::fill(&mut salt).map_err(|_| NodeError::Corrupt {
         key: "salt".into(),
         reason: "the system's random source failed".into(),
     })?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| NodeError::Corrupt {
-        key: "salt".into(),
-        reason: e.to_string(),
-    })?;
-    hasher()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| NodeError::Corrupt {
-            key: "hash".into(),
-            reason: e.to_string(),
-        })
+    let encoded = SaltString::encode_b64(&salt).map_err(|e| corrupt("salt", &e))?;
+    let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
+    argon2id(password.as_bytes(), &salt, &mut out).map_err(|e| corrupt("hash", &e))?;
+    let params =
+        argon2::Params::new(M_COST, T_COST, P_COST, None).map_err(|e| corrupt("hash", &e))?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(argon2::Version::V0x13.into()),
+        params: argon2::password_hash::ParamsString::try_from(&params)
+            .map_err(|e| corrupt("hash", &e))?,
+        salt: Some(encoded.as_salt()),
+        hash: Some(argon2::password_hash::Output::new(&out).map_err(|e| corrupt("hash", &e))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` is the one `parsed` (an Argon2id hash with rotor's parameters) was
+/// made from; the outputs are compared in constant time.
+fn password_matches(parsed: &PasswordHash<'_>, password: &str) -> Result<bool, String> {
+    let (Some(salt), Some(stored)) = (parsed.salt, parsed.hash) else {
+        return Err("no salt or no hash".into());
+    };
+    let mut buf = [0u8; 64];
+    let salt = salt.decode_b64(&mut buf).map_err(|e| e.to_string())?;
+    let mut out = vec![0u8; stored.len()];
+    argon2id(password.as_bytes(), salt, &mut out).map_err(|e| e.to_string())?;
+    let computed = argon2::password_hash::Output::new(&out).map_err(|e| e.to_string())?;
+    Ok(computed == stored)
 }
 
 impl Nodes {
@@ -254,6 +297,7 @@ impl Nodes {
         // refused, not computed.
         let expected = argon2::Params::try_from(&parsed).ok();
         if parsed.algorithm.as_str() != "argon2id"
+            || parsed.version != Some(argon2::Version::V0x13.into())
             || expected
                 .is_none_or(|p| (p.m_cost(), p.t_cost(), p.p_cost()) != (M_COST, T_COST, P_COST))
         {
@@ -262,11 +306,15 @@ impl Nodes {
                 reason: "not an Argon2id hash with rotor's parameters".into(),
             });
         }
-        if hasher()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_err()
-        {
-            return Err(NodeError::Mismatch(name.to_string()));
+        match password_matches(&parsed, password) {
+            Ok(true) => {}
+            Ok(false) => return Err(NodeError::Mismatch(name.to_string())),
+            Err(reason) => {
+                return Err(NodeError::Corrupt {
+                    key: node_key(name),
+                    reason,
+                });
+            }
         }
         self.remember(name, hash, digest);
         Ok(Bound::Verified)
@@ -350,6 +398,36 @@ impl Nodes {
 mod tests {
     use super::*;
     use crate::datastore::DirectoryDatastore;
+
+    #[test]
+    fn pooled_hashes_are_the_argon2_crates_and_verify_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        // Made here, checked by the crate's own verifier.
+        let ours = hash_password("node-pw").unwrap();
+        assert!(
+            ours.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{ours}"
+        );
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(hasher().verify_password(b"node-pw", &parsed).is_ok());
+        assert!(hasher().verify_password(b"other", &parsed).is_err());
+        assert_eq!(password_matches(&parsed, "node-pw"), Ok(true));
+        assert_eq!(password_matches(&parsed, "other"), Ok(false));
+        // Made by the crate (as bindings stored before the pool were), checked here.
+        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
+        let theirs = hasher()
+            .hash_password(b"node-pw", &salt)
+            .unwrap()
+            .to_string();
+        let parsed = PasswordHash::new(&theirs).unwrap();
+        assert_eq!(password_matches(&parsed, "node-pw"), Ok(true));
+        assert_eq!(password_matches(&parsed, "node-pW"), Ok(false));
+        // Many hashes reuse at most the pool's memories.
+        for _ in 0..3 {
+            hash_password("x").unwrap();
+        }
+        assert!(MEMORY.lock().unwrap().len() <= MEMORY_POOL);
+    }
     use crate::fs::Root;
 
     fn nodes() -> (tempfile::TempDir, Nodes) {
