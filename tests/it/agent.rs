@@ -557,6 +557,30 @@ fn wrong_tokens_passwords_names_and_data_dirs_are_refused() {
     );
     assert!(certs_of(&d).is_empty());
 
+    // A mistyped hash on a data dir that joined long ago: refused, nothing changed.
+    let joined = tmp.path().join("unpinned");
+    let before = tree(&joined);
+    let o = run(&joined, &other, "w2", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("neither the servers' CA")
+            && text(&o).contains("nor one this agent has trusted"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(tree(&joined), before);
+    // Said once, not twice.
+    assert_eq!(
+        text(&o).matches("neither the servers' CA").count(),
+        1,
+        "{}",
+        text(&o)
+    );
+
+    // A first join refused for its name holds no certificate: it may be retried as another.
+    let o = run(&tmp.path().join("server-name"), &token, "renamed", &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
     // A data dir is one node's; a server's data dir is not an agent's.
     let o = run(&tmp.path().join("unpinned"), &token, "w9", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
@@ -565,9 +589,11 @@ fn wrong_tokens_passwords_names_and_data_dirs_are_refused() {
         "{}",
         text(&o)
     );
+    let before = tree(&server.dir);
     let o = run(&server.dir, &token, "w9", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("rotor server's data dir"), "{}", text(&o));
+    assert_eq!(tree(&server.dir), before);
 
     // Bad flags: named, exit 2.
     for (args, needle) in [
@@ -821,6 +847,46 @@ fn a_running_agent_follows_a_ca_rotation_and_stops_on_sigterm() {
     assert!(
         metrics.contains("rotor_agent_server_ca_changes_total 1"),
         "{metrics}"
+    );
+
+    // A second agent on the same data dir is refused at once, naming the first.
+    let started = std::time::Instant::now();
+    let o = agent_run(
+        &dir,
+        &[
+            "--once",
+            "--server",
+            &url,
+            "--token",
+            &token,
+            "--node-name",
+            "runner",
+            "--node-ip",
+            "10.0.0.51",
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("another rotor agent runs on"),
+        "{}",
+        text(&o)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The servers gone: passes fail, but a node whose certificates are all valid stays ready.
+    let (code, _) = server.serve.terminate();
+    assert_eq!(code, 0);
+    wait_for("a failed pass", Duration::from_secs(60), || {
+        let (_, m) = crate::serve::http_get(port, "/metrics");
+        m.contains("rotor_agent_passes_total{result=\"failed\"}")
+    });
+    let (status, ready) = crate::serve::http_get(port, "/readyz");
+    assert_eq!((status, ready.trim()), (200, "ready"));
+    assert!(
+        err.lock().unwrap().contains("no server answered"),
+        "{}",
+        err.lock().unwrap()
     );
 
     let pid = child.id().to_string();

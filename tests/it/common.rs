@@ -231,7 +231,7 @@ pub fn tree(dir: &Path) -> Tree {
         for path in entries {
             let rel = path.strip_prefix(base).unwrap().display().to_string();
             let inside_meta = rel == ".rotor" || rel.starts_with(".rotor/");
-            if rel == ".rotor/lock" || rel == ".rotor/serve.lock" {
+            if rel == ".rotor/lock" || rel == ".rotor/serve.lock" || rel == ".rotor/agent.lock" {
                 continue;
             }
             let follow_here = follow && !inside_meta;

@@ -40,6 +40,8 @@ pub struct AgentStatus {
     ca_changes: Counter,
     /// Why the agent is not ready (`None`: ready).
     not_ready: Mutex<Option<String>>,
+    /// Each certificate the agent keeps, and its notAfter once known.
+    certificates: Mutex<std::collections::BTreeMap<String, Option<OffsetDateTime>>>,
 }
 
 impl Default for AgentStatus {
@@ -60,6 +62,7 @@ impl AgentStatus {
             last_success: Gauge::default(),
             ca_changes: Counter::default(),
             not_ready: Mutex::new(Some("no pass has finished yet".into())),
+            certificates: Mutex::new(std::collections::BTreeMap::new()),
         };
         let r = &mut s.registry;
         r.register(
@@ -101,6 +104,22 @@ impl AgentStatus {
                 certificate: certificate.into(),
             })
             .set(not_after.unix_timestamp());
+        self.certificates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(certificate.into(), Some(not_after));
+    }
+
+    /// Start `certificate`'s counters at zero.
+    pub(crate) fn known(&self, certificate: &str) {
+        let _ = self.issued.get_or_create(&CertLabels {
+            certificate: certificate.into(),
+        });
+        self.certificates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(certificate.into())
+            .or_insert(None);
     }
 
     pub(crate) fn issued(&self, certificate: &str) {
@@ -124,8 +143,13 @@ impl AgentStatus {
         self.ca_changes.inc();
     }
 
-    /// A pass ended: ready when it succeeded, else not ready for `failure`.
+    /// A pass ended: ready when it succeeded, or when it failed (no server answered, say) but
+    /// every certificate the agent keeps is still valid; else not ready for `failure`.
     pub(crate) fn pass(&self, failure: Option<String>, now: OffsetDateTime) {
+        let all_valid = {
+            let certs = self.certificates.lock().unwrap_or_else(|e| e.into_inner());
+            !certs.is_empty() && certs.values().all(|t| t.is_some_and(|t| t > now))
+        };
         let result = if failure.is_none() { "ok" } else { "failed" };
         self.passes
             .get_or_create(&ResultLabels {
@@ -135,6 +159,7 @@ impl AgentStatus {
         if failure.is_none() {
             self.last_success.set(now.unix_timestamp());
         }
+        let failure = failure.filter(|_| !all_valid);
         *self.not_ready.lock().unwrap_or_else(|e| e.into_inner()) = failure;
     }
 }

@@ -172,11 +172,15 @@ const SERVER_CA: &str = "agent/server-ca.crt";
 const CLIENT_CA: &str = "agent/client-ca.crt";
 
 /// The agent's record in its data dir.
-#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct AgentRecord {
     format: u32,
     node_name: String,
     program: String,
+    /// The hash (k3s's `hashCA`) of every server CA bundle this agent has trusted, oldest
+    /// first: a token pinning one of them is this cluster's.
+    #[serde(default)]
+    ca_hashes: Vec<String>,
 }
 
 /// A CA bundle as the agent holds it.
@@ -234,10 +238,11 @@ fn changed(
     Ok(())
 }
 
-/// An agent: its data dir (held), its servers, its policy bundle.
+/// An agent: its data dir (one agent at a time: `.rotor/agent.lock`; the data dir's own lock
+/// only during a pass), its servers, its policy bundle.
 pub struct Agent {
     options: AgentOptions,
-    dir: AgentDir,
+    _instance: crate::datadir::DirLock,
     servers: Servers,
     bundle: Arc<Bundle>,
     status: Arc<AgentStatus>,
@@ -253,12 +258,38 @@ impl std::fmt::Debug for Agent {
     }
 }
 
+/// The agent's record in `dir`, when it is `options`' node's (or holds no certificate yet, so
+/// that a first join refused for its name can be retried under another).
+fn record_of(dir: &AgentDir, options: &AgentOptions) -> Result<Option<AgentRecord>, AgentError> {
+    let Some(bytes) = dir.read(Path::new(STATE_FILE))? else {
+        return Ok(None);
+    };
+    let path = dir.path(Path::new(STATE_FILE));
+    let record: AgentRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?;
+    let issued = specs(&record.program, &record.node_name)
+        .iter()
+        .any(|s| dir.read(&s.crt()).is_ok_and(|c| c.is_some()));
+    if issued && (record.node_name != options.node_name || record.program != options.program) {
+        return Err(AgentError::Config(format!(
+            "{}: this data dir is the agent of {} node {}, not of {} node {}: give each node a data dir of its own",
+            path.display(),
+            record.program,
+            record.node_name,
+            options.program,
+            options.node_name
+        )));
+    }
+    Ok(Some(record))
+}
+
 impl Agent {
-    /// Open the data dir (recovering it first) and check that it is this node's.
+    /// Take the data dir for this agent (refused at once if another agent runs there), recover
+    /// it, and check that it is this node's.
     ///
     /// # Errors
-    /// A server URL that cannot be used, a data dir that is locked, damaged, a server's, or
-    /// another node's.
+    /// A server URL that cannot be used, a data dir that another agent runs on, or that is
+    /// locked, damaged, a server's, or another node's.
     pub fn new(
         options: AgentOptions,
         bundle: Arc<Bundle>,
@@ -267,24 +298,39 @@ impl Agent {
         let servers = Servers::new(&options.servers, options.request_timeout)?;
         crate::supervisor::node_name(&options.node_name)
             .map_err(|e| AgentError::Config(format!("--node-name: {e}")))?;
+        let root = crate::fs::Root::create_ambient(&options.data_dir).map_err(DirError::from)?;
+        let config = Path::new(crate::datadir::META)
+            .join("current")
+            .join(crate::cluster::config::CONFIG_FILE);
+        if root.kind(&config).ok().flatten().is_some() {
+            return Err(AgentError::Config(format!(
+                "{}: this is a rotor server's data dir (it has {}): an agent needs a data dir of its own",
+                options.data_dir.display(),
+                crate::cluster::config::CONFIG_FILE
+            )));
+        }
+        root.create_dir_all(Path::new(crate::datadir::META))
+            .map_err(DirError::from)?;
+        let instance = crate::datadir::DirLock::acquire(
+            &root,
+            &Path::new(crate::datadir::META).join("agent.lock"),
+            crate::datadir::LockMode::Exclusive,
+            Duration::ZERO,
+            "agent",
+            true,
+        )
+        .map_err(|e| match e {
+            crate::datadir::LockError::Timeout { holder, .. } => AgentError::Config(format!(
+                "another rotor agent runs on {} already ({holder})",
+                options.data_dir.display()
+            )),
+            e => AgentError::Config(e.to_string()),
+        })?;
         let dir = AgentDir::open(&options.data_dir, options.program, options.datadir.clone())?;
-        if let Some(bytes) = dir.read(Path::new(STATE_FILE))? {
-            let record: AgentRecord = serde_json::from_slice(&bytes).map_err(|e| {
-                AgentError::Config(format!(
-                    "{}: {e}",
-                    dir.path(Path::new(STATE_FILE)).display()
-                ))
-            })?;
-            if record.node_name != options.node_name || record.program != options.program {
-                return Err(AgentError::Config(format!(
-                    "{}: this data dir is the agent of {} node {}, not of {} node {}: give each node a data dir of its own",
-                    dir.path(Path::new(STATE_FILE)).display(),
-                    record.program,
-                    record.node_name,
-                    options.program,
-                    options.node_name
-                )));
-            }
+        record_of(&dir, &options)?;
+        drop(dir);
+        for spec in specs(options.program, &options.node_name) {
+            status.known(&spec.name);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
@@ -293,7 +339,7 @@ impl Agent {
             .map_err(|e| AgentError::Config(format!("async runtime: {e}")))?;
         Ok(Agent {
             options,
-            dir,
+            _instance: instance,
             servers,
             bundle,
             status,
@@ -323,40 +369,23 @@ impl Agent {
     /// # Errors
     /// The servers cannot be trusted or reached, the data dir cannot be written.
     pub fn pass(&mut self, now: OffsetDateTime) -> Result<PassReport, AgentError> {
+        // The data dir's lock is held for the pass only.
+        let mut dir = AgentDir::open(
+            &self.options.data_dir,
+            self.options.program,
+            self.options.datadir.clone(),
+        )?;
+        self.pass_in(&mut dir, now)
+    }
+
+    fn pass_in(&self, dir: &mut AgentDir, now: OffsetDateTime) -> Result<PassReport, AgentError> {
         let mut report = PassReport::default();
         let mut files: BTreeMap<PathBuf, Option<crate::datadir::NewFile>> = BTreeMap::new();
-        let record = AgentRecord {
-            format: 1,
-            node_name: self.options.node_name.clone(),
-            program: self.options.program.into(),
-        };
-        let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-        json.push(b'\n');
-        changed(
-            &self.dir,
-            &mut files,
-            Path::new(STATE_FILE),
-            json,
-            PUBLIC_FILE,
-        )?;
-        let password = self.password()?;
-        changed(
-            &self.dir,
-            &mut files,
-            Path::new(PASSWORD_FILE),
-            format!("{password}\n").into_bytes(),
-            PRIVATE_FILE,
-        )?;
-        // A new node password is kept before any server may bind the name to it: an agent
-        // killed after its first request never comes back with another one.
-        if files.contains_key(Path::new(PASSWORD_FILE)) {
-            report.generation = self.dir.commit(std::mem::take(&mut files))?;
-        }
-
-        let (server_ca, answered_by) = self.trust(now, &mut report.notes)?;
+        let mut record = record_of(dir, &self.options)?.unwrap_or_default();
+        let (server_ca, answered_by, hash) = self.trust(dir, &record, now, &mut report.notes)?;
         report.server = Some(answered_by);
         let trust = Trust::pinned(&server_ca.pem)?;
-        if let Some(old) = self.dir.read(Path::new(SERVER_CA))?
+        if let Some(old) = dir.read(Path::new(SERVER_CA))?
             && old != server_ca.pem
         {
             self.status.ca_changed();
@@ -379,9 +408,33 @@ impl Agent {
         report.server = Some(client_ca.url.clone());
         let client_ca = CaBundle::parse("client-ca.crt", client_ca.body.to_vec())?;
 
+        // The servers are trusted: the record (this node, every CA hash it trusted) and a new
+        // node password are kept before any server may bind the name to the password, so an
+        // agent killed after its first request never comes back with another one.
+        record.format = 1;
+        record.node_name.clone_from(&self.options.node_name);
+        record.program = self.options.program.into();
+        if !record.ca_hashes.contains(&hash) {
+            record.ca_hashes.push(hash);
+        }
+        let mut json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+        json.push(b'\n');
+        changed(dir, &mut files, Path::new(STATE_FILE), json, PUBLIC_FILE)?;
+        let password = self.password(dir)?;
+        changed(
+            dir,
+            &mut files,
+            Path::new(PASSWORD_FILE),
+            format!("{password}\n").into_bytes(),
+            PRIVATE_FILE,
+        )?;
+        if files.contains_key(Path::new(PASSWORD_FILE)) {
+            report.generation = dir.commit(std::mem::take(&mut files))?;
+        }
+
         for spec in specs(self.options.program, &self.options.node_name) {
             let ca = if spec.serving { &server_ca } else { &client_ca };
-            let line = match self.plan(&spec, ca, now)? {
+            let line = match self.plan(dir, &spec, ca, now)? {
                 Plan::Keep {
                     why,
                     not_after,
@@ -409,9 +462,9 @@ impl Agent {
                         Ok((chain, facts, url)) => {
                             report.server = Some(url);
                             self.status.issued(&spec.name);
-                            changed(&self.dir, &mut files, &spec.crt(), chain, PUBLIC_FILE)?;
+                            changed(dir, &mut files, &spec.crt(), chain, PUBLIC_FILE)?;
                             changed(
-                                &self.dir,
+                                dir,
                                 &mut files,
                                 &spec.key(),
                                 key.pem().as_bytes().to_vec(),
@@ -440,14 +493,14 @@ impl Agent {
             report.certificates.push(line);
             // A kubeconfig only beside its certificate.
             if let Some(kubeconfig) = spec.kubeconfig.as_ref().filter(|_| in_place) {
-                let path = |rel: &Path| self.dir.path(rel).to_string_lossy().into_owned();
+                let path = |rel: &Path| dir.path(rel).to_string_lossy().into_owned();
                 let content = crate::cluster::kubeconfig::referencing(
                     &self.options.apiserver,
                     &path(Path::new(SERVER_CA)),
                     &path(&spec.crt()),
                     &path(&spec.key()),
                 );
-                changed(&self.dir, &mut files, kubeconfig, content, PRIVATE_FILE)?;
+                changed(dir, &mut files, kubeconfig, content, PRIVATE_FILE)?;
             }
         }
         // The CA files go with the certificates: not for an agent that got none (refused).
@@ -457,21 +510,21 @@ impl Agent {
             .any(|c| c.action != CertAction::Failed)
         {
             changed(
-                &self.dir,
+                dir,
                 &mut files,
                 Path::new(SERVER_CA),
                 server_ca.pem.clone(),
                 PUBLIC_FILE,
             )?;
             changed(
-                &self.dir,
+                dir,
                 &mut files,
                 Path::new(CLIENT_CA),
                 client_ca.pem.clone(),
                 PUBLIC_FILE,
             )?;
         }
-        if let Some(n) = self.dir.commit(files)? {
+        if let Some(n) = dir.commit(files)? {
             report.generation = Some(n);
         }
         Ok(report)
@@ -479,7 +532,7 @@ impl Agent {
 
     /// The node password: the one the data dir keeps, else `--node-password-file`'s, else a
     /// new one.
-    fn password(&self) -> Result<String, AgentError> {
+    fn password(&self, dir: &AgentDir) -> Result<String, AgentError> {
         let read = |what: &str, bytes: Vec<u8>| -> Result<String, AgentError> {
             let text = String::from_utf8(bytes)
                 .map_err(|_| AgentError::Config(format!("{what}: not UTF-8 text")))?;
@@ -491,11 +544,8 @@ impl Agent {
             }
             Ok(p)
         };
-        if let Some(bytes) = self.dir.read(Path::new(PASSWORD_FILE))? {
-            return read(
-                &self.dir.path(Path::new(PASSWORD_FILE)).to_string_lossy(),
-                bytes,
-            );
+        if let Some(bytes) = dir.read(Path::new(PASSWORD_FILE))? {
+            return read(&dir.path(Path::new(PASSWORD_FILE)).to_string_lossy(), bytes);
         }
         if let Some(f) = &self.options.node_password_file {
             let bytes = crate::fs::Root::read_ambient_file(f)
@@ -508,21 +558,45 @@ impl Agent {
     /// The servers' CA bundle, from a server this agent trusts: through the bundle it keeps
     /// (which also accepts a rotated CA cross-signed by the one it knew), else pinned by the
     /// token's hash, as k3s's `getCACerts` does: fetched without trust, hashed, then fetched
-    /// again from a server whose certificate that bundle verifies.
+    /// again from a server whose certificate that bundle verifies. Returns the bundle, who
+    /// answered, and its hash. A token that pins a CA must pin one this agent trusts: the
+    /// servers' now, or one it trusted before (the token it joined with still works after
+    /// the agent followed a CA rotation).
     fn trust(
         &self,
+        dir: &AgentDir,
+        record: &AgentRecord,
         now: OffsetDateTime,
         notes: &mut Vec<String>,
-    ) -> Result<(CaBundle, String), AgentError> {
+    ) -> Result<(CaBundle, String, String), AgentError> {
         let cacerts = Call::get("/cacerts");
-        if let Some(kept) = self.dir.read(Path::new(SERVER_CA))? {
+        let hash_of = |pem: &[u8]| -> Result<String, AgentError> {
+            let ders =
+                certificate_ders("/cacerts", pem).map_err(|e| AgentError::Trust(e.to_string()))?;
+            Ok(ca_hash(pem, &ders, now))
+        };
+        if let Some(kept) = dir.read(Path::new(SERVER_CA))? {
             match Trust::pinned(&kept).and_then(|t| self.send(&t, &cacerts, "cacerts")) {
-                Ok(a) => return Ok((CaBundle::parse("/cacerts", a.body.to_vec())?, a.url)),
+                Ok(a) => {
+                    let body = a.body.to_vec();
+                    let hash = hash_of(&body)?;
+                    if let Some(pinned) = &self.options.token.ca_hash
+                        && *pinned != hash
+                        && *pinned != hash_of(&kept)?
+                        && !record.ca_hashes.contains(pinned)
+                    {
+                        return Err(AgentError::Trust(format!(
+                            "the token pins CA {pinned}, which is neither the servers' CA ({hash}, /cacerts of {}) nor one this agent has trusted: a mistyped token, or another cluster's",
+                            a.url
+                        )));
+                    }
+                    return Ok((CaBundle::parse("/cacerts", body)?, a.url, hash));
+                }
                 Err(e @ ClientError::Refused { .. }) => return Err(e.into()),
                 Err(e) if self.options.token.ca_hash.is_none() => {
                     return Err(AgentError::Trust(format!(
                         "no server is trusted by {} ({e}), and the token pins no CA to trust another",
-                        self.dir.path(Path::new(SERVER_CA)).display()
+                        dir.path(Path::new(SERVER_CA)).display()
                     )));
                 }
                 Err(e) => notes.push(format!(
@@ -530,7 +604,7 @@ impl Agent {
                 )),
             }
         }
-        let hash = match &self.options.token.ca_hash {
+        let pinned = match &self.options.token.ca_hash {
             Some(h) => Some(h.clone()),
             None if self.options.unpinned_token => {
                 notes.push("the token pins no CA: trusted the first /cacerts answer (--insecure-unpinned-token)".into());
@@ -544,16 +618,14 @@ impl Agent {
         };
         let first = self.send(&Trust::any()?, &cacerts, "cacerts")?;
         let body = first.body.to_vec();
-        if let Some(hash) = hash {
-            let ders = certificate_ders("/cacerts", &body)
-                .map_err(|e| AgentError::Trust(e.to_string()))?;
-            let got = ca_hash(&body, &ders, now);
-            if got != hash {
-                return Err(AgentError::Trust(format!(
-                    "token CA hash does not match the Cluster CA certificate hash: {got} != {hash} (/cacerts of {}): refusing to trust it",
-                    first.url
-                )));
-            }
+        let hash = hash_of(&body)?;
+        if let Some(pinned) = pinned
+            && hash != pinned
+        {
+            return Err(AgentError::Trust(format!(
+                "token CA hash does not match the Cluster CA certificate hash: the servers' CA is {hash} (/cacerts of {}), the token pins {pinned}: refusing to trust it (after a CA rotation, use the token the servers print now)",
+                first.url
+            )));
         }
         // The server must also hold a certificate of that CA.
         let again = self.send(&Trust::pinned(&body)?, &cacerts, "cacerts")?;
@@ -563,22 +635,22 @@ impl Agent {
                 first.url, again.url
             )));
         }
-        Ok((CaBundle::parse("/cacerts", body)?, again.url))
+        Ok((CaBundle::parse("/cacerts", body)?, again.url, hash))
     }
 
     /// What to do with one certificate.
     fn plan(
         &self,
+        dir: &AgentDir,
         spec: &CertSpec,
         ca: &CaBundle,
         now: OffsetDateTime,
     ) -> Result<Plan, AgentError> {
         let issue = |why: String, key: Option<PrivateKey>| Ok(Plan::Issue { why, key });
-        let key = self
-            .dir
+        let key = dir
             .read(&spec.key())?
             .and_then(|pem| PrivateKey::from_pem(&spec.name, &pem).ok());
-        let Some(cert) = self.dir.read(&spec.crt())? else {
+        let Some(cert) = dir.read(&spec.crt())? else {
             return issue("missing".into(), key.filter(|_| !self.options.rotate_keys));
         };
         let Some(key) = key else {

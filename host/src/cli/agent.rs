@@ -32,7 +32,8 @@ pub(super) struct AgentArgs {
         value_name = "URL"
     )]
     pub servers: Vec<String>,
-    /// The join token, K10<ca-hash>::node:<password> (the server's `agent-token` or `token`).
+    /// The join token the server printed (its `server/token`: K10<ca-hash>::server:<password>;
+    /// K10<ca-hash>::node:<password> works too).
     #[arg(
         long,
         env = "ROTOR_TOKEN",
@@ -167,12 +168,18 @@ pub(super) fn run(global: &GlobalArgs, args: AgentArgs) -> anyhow::Result<Exit> 
         ..Schedule::default()
     };
     let mut said = |result: &Result<PassReport, AgentError>, next: Option<time::OffsetDateTime>| {
-        match result {
-            Ok(report) => print_report(report),
-            Err(e) => crate::say!("rotor agent: {e}"),
-        }
-        if let Some(next) = next {
-            outln!("  next check at {}", rfc3339(next));
+        match (result, next) {
+            (Ok(report), _) => {
+                print_report(report);
+                if let Some(next) = next {
+                    outln!("  next check at {}", rfc3339(next));
+                }
+            }
+            (Err(e), Some(next)) => {
+                crate::say!("rotor agent: {e}; trying again at {}", rfc3339(next));
+            }
+            // With --once the error is the command's, said once when it exits.
+            (Err(_), None) => {}
         }
     };
     match crate::agent::run(&mut agent, &clock, schedule, args.once, &mut said)? {
@@ -202,8 +209,13 @@ fn print_report(report: &PassReport) {
             .unwrap_or_default();
         outln!("  {action:<8} {:<28} {}{until}", c.name, c.why);
     }
+    let issued = report
+        .certificates
+        .iter()
+        .any(|c| matches!(c.action, CertAction::Issued { .. }));
     match report.generation {
-        Some(n) => outln!("  written: generation {n} is live"),
+        Some(n) if issued => outln!("  written: generation {n} is live"),
+        Some(n) => outln!("  written: the node password and record (generation {n})"),
         None => outln!("  nothing changed on disk"),
     }
 }

@@ -91,10 +91,10 @@ pub(super) fn rotate_default_ca(
         out.display()
     );
     outln!(
-        "new token (nodes must be reconfigured with it; its hash is the new self-signed root's, as nodes compute it,"
+        "new token, for nodes that join from now on (its hash is the new self-signed root's, as nodes compute it;"
     );
     outln!(
-        "not the new intermediate's fingerprint {}):",
+        "k3s's script prints the new intermediate's fingerprint {} instead, which no node checks):",
         r.intermediate_fingerprint
     );
     outln!("{}", r.new_token.render());
@@ -157,11 +157,13 @@ pub(super) fn rotate_ca(
     }
     outln!("CA material saved to the datastore in one step");
     if let Some(t) = &report.new_token {
-        outln!("new token (reconfigure every node that joined with the old one, then restart it):");
+        outln!(
+            "new token, for nodes that join from now on (running `rotor agent`s follow the rotation through the cross-signed root by themselves; k3s agents need it and a restart):"
+        );
         outln!("{}", t.render());
     }
     outln!(
-        "next: 'rotor start' on every server re-issues the leaves under the new CAs; restart servers first, then agents"
+        "next: 'rotor start' on every server (a running 'rotor serve' takes them at SIGHUP or its next cycle) re-issues the leaves under the new CAs; restart servers first, then k3s agents"
     );
     Ok(Exit::Success)
 }

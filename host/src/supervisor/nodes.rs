@@ -35,7 +35,7 @@ pub enum NodeError {
     BadName(String),
     /// The name is bound to another password.
     #[error(
-        "node password for {0:?}: hash does not match (the name is bound to another password; `rotor node delete {0}` frees it)"
+        "node password for {0:?}: hash does not match (the name is bound to another node's password; if this is that node and it lost its password, an operator frees the name with `rotor node delete {0}`)"
     )]
     Mismatch(String),
     /// The datastore failed.
