@@ -11,7 +11,11 @@
 #     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs;
 #     docker-registry (the CNCF distribution registry): the OCI registry of tests/it/distribution.rs;
 #     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page;
-#     Python's kubernetes client: loads the kubeconfigs `rotor agent` writes (tests/it/agent.rs).
+#     Python's kubernetes client: loads the kubeconfigs `rotor agent` writes (tests/it/agent.rs);
+#     PostgreSQL and MariaDB servers (postgresql, mariadb-server), and the real kine built with
+#     `go install github.com/k3s-io/kine@v0.17.5` into $ROTOR_TOOLS_DIR/bin (default
+#     ~/.cache/rotor-tools, outside the repo): k3s's datastores of tests/it/kine.rs. The
+#     servers are never started here (the tests start their own on loopback).
 # The Python packages go to the python3 on the PATH.
 set -euo pipefail
 
@@ -31,6 +35,8 @@ if [ "${1:-all}" != build ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v etcdctl >/dev/null || need+=(etcd-client)
   command -v docker-registry >/dev/null || need+=(docker-registry)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  command -v mariadb-install-db >/dev/null || need+=(mariadb-server)
 fi
 
 if [ ${#need[@]} -gt 0 ]; then
@@ -60,4 +66,20 @@ if [ "${1:-all}" != build ] && ! python3 -c 'import kubernetes, yaml' 2>/dev/nul
   echo "install-deps: pip install kubernetes (for $(command -v python3))"
   python3 -m pip install --quiet kubernetes 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages kubernetes
+fi
+
+# The real kine (k3s's etcd API over SQL), pinned; built once into a cache outside the repo.
+KINE_VERSION=v0.17.5
+tools="${ROTOR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rotor-tools}"
+if [ "${1:-all}" != build ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE_VERSION"; then
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  if [ ! -x "$go" ]; then
+    echo "install-deps: Go is missing: kine ($KINE_VERSION) cannot be built; the kine tests fail under CI" >&2
+    [ -z "${CI:-}" ] || exit 1
+  else
+    echo "install-deps: go install github.com/k3s-io/kine@$KINE_VERSION (into $tools/bin)"
+    mkdir -p "$tools/bin"
+    GOBIN="$tools/bin" "$go" install -ldflags "-X github.com/k3s-io/kine/pkg/version.Version=$KINE_VERSION" \
+      "github.com/k3s-io/kine@$KINE_VERSION"
+  fi
 fi

@@ -29,6 +29,7 @@ mod etcd;
 mod floor;
 mod fuzz_corpus;
 mod installed;
+mod kine;
 mod sandbox;
 mod serve;
 mod state;

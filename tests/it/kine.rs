@@ -1,0 +1,389 @@
+//! k3s's own datastores as test components: the real kine (`go install
+//! github.com/k3s-io/kine@v0.17.5`, built by scripts/install-deps.sh into
+//! `$ROTOR_TOOLS_DIR/bin`, default `~/.cache/rotor-tools/bin`) on SQLite, on a PostgreSQL server
+//! and on a MariaDB server (Debian's packages), each started here on loopback with a throwaway
+//! data dir and stopped when dropped. Missing, they fail the tests under CI.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// kine's pinned release (scripts/install-deps.sh builds it).
+pub(crate) const KINE_VERSION: &str = "v0.17.5";
+
+/// A process killed (and reaped) when dropped.
+pub(crate) struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(what: &str, log: &Path, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not ready after {limit:?}:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The kine binary of the pinned release, if installed.
+pub(crate) fn kine_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("ROTOR_KINE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let tools = std::env::var_os("ROTOR_TOOLS_DIR")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rotor-tools"))
+                })
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                        .join(".cache/rotor-tools")
+                });
+            tools.join("bin/kine")
+        });
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let ok = version.contains(KINE_VERSION);
+    require(
+        &format!(
+            "kine {KINE_VERSION} at {} (make deps builds it)",
+            path.display()
+        ),
+        ok,
+    )
+    .then_some(path)
+}
+
+/// A database kine stores into: its `--endpoint`, and its server process (none for SQLite).
+pub(crate) struct Database {
+    pub(crate) endpoint: String,
+    pub(crate) name: &'static str,
+    server: Option<Proc>,
+}
+
+/// Run `cmd` as the `postgres` user when we are root (PostgreSQL refuses root).
+fn as_postgres(program: &Path) -> Command {
+    #[allow(unsafe_code, reason = "geteuid has no preconditions")]
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+impl Database {
+    /// SQLite in `dir/state.db`, as k3s's DSN opens it.
+    pub(crate) fn sqlite(dir: &Path) -> Database {
+        std::fs::create_dir_all(dir).unwrap();
+        Database {
+            endpoint: format!(
+                "sqlite://{}/state.db?_journal_mode=WAL&_busy_timeout=30000&_txlock=immediate",
+                dir.display()
+            ),
+            name: "sqlite",
+            server: None,
+        }
+    }
+
+    /// A PostgreSQL server of its own in `dir` (trust auth, superuser `kine`), on loopback.
+    pub(crate) fn postgres(dir: &Path) -> Option<Database> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path().join("bin"))
+                .find(|b| b.join("initdb").is_file())
+        });
+        let Some(bin) = bin else {
+            require("PostgreSQL's server (Debian's postgresql)", false);
+            return None;
+        };
+        std::fs::create_dir_all(dir).unwrap();
+        // The postgres user must reach its data dir (the temp dirs above it are 0700).
+        let mut p = dir.to_path_buf();
+        while let Some(parent) = p.parent() {
+            if parent == Path::new("/") || parent == Path::new("/tmp") {
+                break;
+            }
+            let mode = std::fs::metadata(parent).unwrap().permissions();
+            use std::os::unix::fs::PermissionsExt;
+            if mode.mode() & 0o001 == 0 {
+                std::fs::set_permissions(
+                    parent,
+                    std::fs::Permissions::from_mode(mode.mode() | 0o711),
+                )
+                .unwrap();
+            }
+            p = parent.to_path_buf();
+        }
+        let uid = Command::new("id")
+            .args(["-u", "postgres"])
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            });
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(dir, Some(uid), None).unwrap();
+        }
+        let log = dir.join("postgres.log");
+        let out = as_postgres(&bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-A", "trust", "-U", "kine", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let server = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("-k")
+            .arg(dir)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let server = Proc(server);
+        wait_until("PostgreSQL", &log, Duration::from_secs(60), || {
+            Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        Some(Database {
+            endpoint: format!("postgres://kine@127.0.0.1:{port}/kine?sslmode=disable"),
+            name: "postgresql",
+            server: Some(server),
+        })
+    }
+
+    /// A MariaDB server of its own in `dir` (no grant tables: any user), on loopback.
+    pub(crate) fn mariadb(dir: &Path) -> Option<Database> {
+        if !require_command("mariadb-install-db") {
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb-install-db: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = dir.join("mariadb.log");
+        let server = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--user=root",
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+            ])
+            .arg(format!("--log-error={}", log.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Proc(server);
+        wait_until("MariaDB", &log, Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready for connections"))
+        });
+        Some(Database {
+            endpoint: format!("mysql://root@tcp(127.0.0.1:{port})/kine"),
+            name: "mariadb",
+            server: Some(server),
+        })
+    }
+
+    /// Stop the database server (a database dying under kine).
+    pub(crate) fn kill(&mut self) {
+        self.server = None;
+    }
+}
+
+/// The real kine on `database`, serving the etcd API on a loopback port.
+pub(crate) struct Kine {
+    bin: PathBuf,
+    endpoint: String,
+    port: u16,
+    log: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Kine {
+    pub(crate) fn start(bin: &Path, database: &Database, dir: &Path) -> Kine {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut kine = Kine {
+            bin: bin.to_path_buf(),
+            endpoint: database.endpoint.clone(),
+            port: free_port(),
+            log: dir.join(format!("kine-{}.log", database.name)),
+            proc: None,
+        };
+        kine.launch();
+        kine
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.bin)
+            .args(["--listen-address", &format!("127.0.0.1:{}", self.port)])
+            .args(["--endpoint", &self.endpoint])
+            .args(["--metrics-bind-address", "0"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc(child));
+        let url = self.url();
+        wait_until("kine", &self.log.clone(), Duration::from_secs(60), || {
+            Command::new("etcdctl")
+                .args(["--endpoints", &url, "get", "/", "--limit", "1"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+
+    /// The etcd API URL (`--datastore-endpoint`).
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kill kine (SIGKILL) and start it again on the same database and port.
+    pub(crate) fn restart(&mut self) {
+        self.proc = None;
+        self.launch();
+    }
+
+    /// `etcdctl ARGS` against this kine, with `stdin`: (success, stdout + stderr).
+    pub(crate) fn etcdctl(&self, args: &[&str], stdin: &str) -> (bool, String) {
+        let mut child = Command::new("etcdctl")
+            .args(["--endpoints", &self.url()])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// The real kine serves the etcd API on each of k3s's SQL datastores: plain puts and gets,
+/// the create-if-absent transaction kine accepts (one winner), and after kine is killed and
+/// started again on the same database, what it served before.
+#[test]
+fn kine_serves_the_etcd_api_on_sqlite_postgresql_and_mariadb() {
+    if !require_command("etcdctl") {
+        return;
+    }
+    let Some(bin) = kine_bin() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut databases = vec![Database::sqlite(&tmp.path().join("sqlite"))];
+    databases.extend(Database::postgres(&tmp.path().join("pg")));
+    databases.extend(Database::mariadb(&tmp.path().join("maria")));
+    assert!(
+        databases.len() == 3 || std::env::var_os("CI").is_none(),
+        "every database under CI"
+    );
+    for db in &databases {
+        let mut kine = Kine::start(&bin, db, &tmp.path().join("kine"));
+        let name = db.name;
+        let (ok, out) = kine.etcdctl(&["put", "/bootstrap/test", "v1"], "");
+        assert!(ok, "{name}: put: {out}");
+        let (ok, out) = kine.etcdctl(&["get", "/bootstrap/test", "--print-value-only"], "");
+        assert!(ok && out.trim() == "v1", "{name}: get: {out}");
+        // kine's create: one compare on the key's mod revision being 0, one put, no failure ops.
+        let create = "mod(\"/rotor/records/x\") = \"0\"\n\nput /rotor/records/x first\n\n\n";
+        let (ok, out) = kine.etcdctl(&["txn", "--interactive=false"], create);
+        assert!(ok && out.starts_with("SUCCESS"), "{name}: create: {out}");
+        let again = create.replace("first", "second");
+        let (ok, out) = kine.etcdctl(&["txn", "--interactive=false"], &again);
+        assert!(
+            ok && out.starts_with("FAILURE"),
+            "{name}: second create: {out}"
+        );
+        // Killed and started again: the same data, served again.
+        kine.restart();
+        let (ok, out) = kine.etcdctl(&["get", "/rotor/records/x", "--print-value-only"], "");
+        assert!(
+            ok && out.trim() == "first",
+            "{name}: after a restart: {out}"
+        );
+    }
+    for mut db in databases {
+        db.kill();
+    }
+}
