@@ -387,3 +387,76 @@ fn kine_serves_the_etcd_api_on_sqlite_postgresql_and_mariadb() {
         db.kill();
     }
 }
+
+/// What rotor already does through kine's accepted shapes, on each database: node password
+/// bindings (create-if-absent, one winner of two; changed and deleted at the revision read)
+/// and the bootstrap snapshot (two ranges at one revision), through the same etcd backend
+/// that etcd runs.
+#[test]
+fn node_bindings_and_snapshots_go_through_kine_on_each_database() {
+    use rotor::datastore::{BOOTSTRAP_PREFIX, Datastore, EtcdConfig, EtcdDatastore};
+    use rotor::supervisor::{Binding, Nodes};
+    if !require_command("etcdctl") {
+        return;
+    }
+    let Some(bin) = kine_bin() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut databases = vec![Database::sqlite(&tmp.path().join("sqlite"))];
+    databases.extend(Database::postgres(&tmp.path().join("pg")));
+    databases.extend(Database::mariadb(&tmp.path().join("maria")));
+    let now = rotor::clock::system_now();
+    for db in &databases {
+        let name = db.name;
+        let kine = Kine::start(&bin, db, &tmp.path().join("kine"));
+        let config = EtcdConfig::new(&kine.url(), None, None, None).unwrap();
+        let store: std::sync::Arc<dyn Datastore> =
+            std::sync::Arc::new(EtcdDatastore::connect(&config, Duration::from_secs(10)).unwrap());
+        let other: std::sync::Arc<dyn Datastore> =
+            std::sync::Arc::new(EtcdDatastore::connect(&config, Duration::from_secs(10)).unwrap());
+        let (a, b) = (Nodes::new(std::sync::Arc::clone(&store)), Nodes::new(other));
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(a.check("w1", "pw-1").unwrap(), Binding::Free, "{name}");
+        a.bind("w1", "pw-1", &[ip], now).unwrap();
+        // The other server sees it; another password is refused there.
+        assert!(b.check("w1", "other").is_err(), "{name}");
+        assert!(
+            matches!(b.check("w1", "pw-1").unwrap(), Binding::Matches(_)),
+            "{name}"
+        );
+        // Two first binds of one name on two servers at once: one wins.
+        let (x, y) = std::thread::scope(|s| {
+            let x = s.spawn(|| a.bind("race", "pw-a", &[ip], now).is_ok());
+            let y = s.spawn(|| b.bind("race", "pw-b", &[ip], now).is_ok());
+            (x.join().unwrap(), y.join().unwrap())
+        });
+        assert!(x ^ y, "{name}: exactly one bind wins ({x} {y})");
+        // Records change at the revision read, and are deleted so.
+        a.issued("w1", "client-kubelet", now + time::Duration::days(365), now)
+            .unwrap();
+        let listed = b.list().unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|(n, r)| n == "w1" && !r.certificates.is_empty()),
+            "{name}"
+        );
+        assert!(b.delete("w1").unwrap(), "{name}");
+        assert!(!a.delete("w1").unwrap(), "{name}");
+        assert_eq!(a.check("w1", "anything").unwrap(), Binding::Free, "{name}");
+        // The snapshot: a k3s bootstrap key written by etcdctl, read back with its revision.
+        let (ok, out) = kine.etcdctl(&["put", "/bootstrap/abcdef012345", "{}"], "");
+        assert!(ok, "{name}: {out}");
+        let snapshot = store.snapshot(BOOTSTRAP_PREFIX).unwrap();
+        assert_eq!(
+            snapshot
+                .entries
+                .get("/bootstrap/abcdef012345")
+                .map(Vec::as_slice),
+            Some(&b"{}"[..]),
+            "{name}"
+        );
+        assert!(snapshot.revision > 0, "{name}");
+    }
+}

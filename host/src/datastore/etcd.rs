@@ -11,8 +11,8 @@
 //! server sharing the etcd never finds a record it cannot open under its own key. (A rotor-v1
 //! envelope binds the k3s key as associated data, whichever backend holds it.)
 //!
-//! **Revisions.** A [`Snapshot`] is read in one transaction (both prefixes at one etcd
-//! revision); its revision is the highest `mod_revision` among the records read (0 when there
+//! **Revisions.** A [`Snapshot`] is read as two prefix ranges at one etcd revision (the
+//! second at the first one's, since kine serves no read-only transaction); its revision is the highest `mod_revision` among the records read (0 when there
 //! are none), so writes elsewhere in a shared etcd do not count as conflicts. A commit is one
 //! transaction conditioned on the snapshot: no key under either prefix modified after it (a
 //! range compare, `mod_revision < revision + 1`), and every record read still there. If
@@ -25,6 +25,10 @@
 //! leader" at once instead of hanging. The exceptions are the init lock's: the wait for the
 //! lock is bounded by the lock timeout, and the lock, its lease's keep-alive and its release
 //! use the member that granted the lease.
+//!
+//! **Records** (node bindings) are single keys, written only in the transaction shapes kine
+//! accepts as well: created when their mod revision is 0, changed or deleted when it is still
+//! the one read (the failure branch reads the key, as kine requires).
 //!
 //! **Unconfirmed commits.** A commit that got no clear answer may still be in etcd's log.
 //! Before anyone decides it did not happen, [`EtcdDatastore::fence`] writes a fence key inside
@@ -51,7 +55,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LockOptions,
-    TlsOptions, Txn, TxnOp, TxnOpResponse,
+    TlsOptions, Txn, TxnOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -368,6 +372,23 @@ impl EtcdDatastore {
         })
     }
 
+    /// A key's value and mod revision, if it exists.
+    fn read_at(
+        &self,
+        key: &str,
+        doing: &'static str,
+    ) -> Result<Option<(Vec<u8>, i64)>, DatastoreError> {
+        let key = key.to_string();
+        let response = self.run(doing, |client| {
+            let key = key.clone();
+            async move { client.kv_client().get(key, None).await }
+        })?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
     fn check_key(key: &str) -> Result<(), DatastoreError> {
         if key.starts_with(BOOTSTRAP_PREFIX) && key.len() > BOOTSTRAP_PREFIX.len() {
             Ok(())
@@ -427,21 +448,33 @@ impl Datastore for EtcdDatastore {
             return Err(DatastoreError::BadKey(prefix.to_string()));
         }
         let rotor_prefix = format!("{ROTOR_PREFIX}{prefix}");
-        // Both prefixes in one transaction: one revision.
-        let read = Txn::new().and_then([
-            TxnOp::get(prefix, Some(GetOptions::new().with_prefix())),
-            TxnOp::get(rotor_prefix.as_str(), Some(GetOptions::new().with_prefix())),
-        ]);
-        let response = self.run("reading the bootstrap records", |client| {
-            let read = read.clone();
-            async move { client.kv_client().txn(read).await }
+        // Both prefixes at one revision: the second range is read at the first one's (plain
+        // ranges, which kine serves too; it refuses read-only transactions).
+        let first = self.run("reading the bootstrap records", |client| {
+            let prefix = prefix.to_string();
+            async move {
+                client
+                    .kv_client()
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })?;
+        let at = first.header().map_or(0, |h| h.revision());
+        let second = self.run("reading the bootstrap records", |client| {
+            let rotor_prefix = rotor_prefix.clone();
+            async move {
+                client
+                    .kv_client()
+                    .get(
+                        rotor_prefix,
+                        Some(GetOptions::new().with_prefix().with_revision(at)),
+                    )
+                    .await
+            }
         })?;
         let mut snapshot = Snapshot::default();
         let mut located = BTreeMap::new();
-        for op in response.op_responses() {
-            let TxnOpResponse::Get(get) = op else {
-                continue;
-            };
+        for get in [&first, &second] {
             for item in get.kvs() {
                 let key = String::from_utf8_lossy(item.key()).into_owned();
                 // The fence counts for the revision (a commit compares against it), but it is
@@ -547,19 +580,15 @@ impl Datastore for EtcdDatastore {
 
     fn record(&self, key: &str) -> Result<Option<Vec<u8>>, DatastoreError> {
         let key = super::record_key(key)?.to_string();
-        let response = self.run("reading a record", |client| {
-            let key = key.clone();
-            async move { client.kv_client().get(key, None).await }
-        })?;
-        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+        Ok(self.read_at(&key, "reading a record")?.map(|(v, _)| v))
     }
 
     fn create_record(&self, key: &str, value: &[u8]) -> Result<bool, DatastoreError> {
         let key = super::record_key(key)?.to_string();
-        // Created only if it never existed (version 0): one etcd transaction, so of two
-        // servers creating the same key exactly one succeeds.
+        // Created only if it does not exist (mod revision 0): one transaction in the shape
+        // kine accepts too, so of two servers creating the same key exactly one succeeds.
         let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value.to_vec(), None)]);
         let response = self.run("creating a record", |client| {
             let txn = txn.clone();
@@ -570,9 +599,22 @@ impl Datastore for EtcdDatastore {
 
     fn swap_record(&self, key: &str, old: &[u8], new: &[u8]) -> Result<bool, DatastoreError> {
         let key = super::record_key(key)?.to_string();
+        // Read, then update guarded by the mod revision read (kine's update shape): swapped
+        // only if it still holds `old` and nobody wrote it in between.
+        let Some((value, revision)) = self.read_at(&key, "changing a record")? else {
+            return Ok(false);
+        };
+        if value != old {
+            return Ok(false);
+        }
         let txn = Txn::new()
-            .when([Compare::value(key.as_str(), CompareOp::Equal, old.to_vec())])
-            .and_then([TxnOp::put(key.as_str(), new.to_vec(), None)]);
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(key.as_str(), new.to_vec(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
         let response = self.run("changing a record", |client| {
             let txn = txn.clone();
             async move { client.kv_client().txn(txn).await }
@@ -582,11 +624,23 @@ impl Datastore for EtcdDatastore {
 
     fn delete_record(&self, key: &str) -> Result<bool, DatastoreError> {
         let key = super::record_key(key)?.to_string();
+        // Deleted at the mod revision read (kine's delete shape; kine has no plain delete).
+        let Some((_, revision)) = self.read_at(&key, "deleting a record")? else {
+            return Ok(false);
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)])
+            .or_else([TxnOp::get(key.as_str(), None)]);
         let response = self.run("deleting a record", |client| {
-            let key = key.clone();
-            async move { client.kv_client().delete(key, None).await }
+            let txn = txn.clone();
+            async move { client.kv_client().txn(txn).await }
         })?;
-        Ok(response.deleted() > 0)
+        Ok(response.succeeded())
     }
 
     fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DatastoreError> {
