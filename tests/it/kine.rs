@@ -460,3 +460,61 @@ fn node_bindings_and_snapshots_go_through_kine_on_each_database() {
         assert!(snapshot.revision > 0, "{name}");
     }
 }
+
+/// The init lock in kine's shapes, on kine and on etcd alike: one holder at a time, a waiter
+/// told "busy" after its wait, the lock free again once released, and a dead holder's lock
+/// (never renewed) taken over once it expires.
+#[test]
+fn the_init_lock_works_through_kine() {
+    use rotor::datastore::{Datastore, DatastoreError, EtcdConfig, EtcdDatastore, INIT_LOCK};
+    if !require_command("etcdctl") {
+        return;
+    }
+    let Some(bin) = kine_bin() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let db = Database::sqlite(&tmp.path().join("sqlite"));
+    let kine = Kine::start(&bin, &db, &tmp.path().join("kine"));
+    let config = EtcdConfig::new(&kine.url(), None, None, None).unwrap();
+    let a = EtcdDatastore::connect(&config, Duration::from_secs(5)).unwrap();
+    let b = EtcdDatastore::connect(&config, Duration::from_secs(5)).unwrap();
+    let held = a.lock_init(Duration::from_secs(5)).unwrap();
+    // Held past a renewal: the other waits, then is told busy.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        matches!(
+            b.lock_init(Duration::from_secs(1)),
+            Err(DatastoreError::Busy { .. })
+        ),
+        "a second holder"
+    );
+    drop(held);
+    let again = b.lock_init(Duration::from_secs(5)).unwrap();
+    drop(again);
+    // A holder that died: its record stays until it expires, then the next one takes it.
+    let expires = rotor::clock::system_now().unix_timestamp() + 2;
+    let (ok, out) = kine.etcdctl(
+        &[
+            "put",
+            INIT_LOCK,
+            &format!("{{\"holder\":\"dead\",\"expires\":{expires}}}"),
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    let taken = a.lock_init(Duration::from_secs(20)).unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "taken before it expired"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(taken);
+    let (ok, out) = kine.etcdctl(&["get", INIT_LOCK, "--print-value-only"], "");
+    assert!(ok && out.trim().is_empty(), "released: {out}");
+}

@@ -3,7 +3,7 @@
 //! ```text
 //! /bootstrap/<first 12 hex of SHA-256(password)>        a k3s-format record (k3s reads it too)
 //! /rotor/bootstrap/<first 12 hex of SHA-256(password)>  a rotor-v1 record (k3s never sees it)
-//! /rotor/locks/init                                     the lease-backed lock of a first init
+//! /rotor/locks/init                                     the lock of a first init (holder, expiry)
 //! ```
 //!
 //! Values are the bytes the directory backend writes. Callers name every record by its k3s key
@@ -22,9 +22,8 @@
 //! **Timeouts and members.** Every request is bounded by the datastore timeout on each member
 //! and tried on the next member when one is unreachable, has no leader or does not answer;
 //! requests ask for a leader (`require_leader`), so a member that lost quorum answers "no
-//! leader" at once instead of hanging. The exceptions are the init lock's: the wait for the
-//! lock is bounded by the lock timeout, and the lock, its lease's keep-alive and its release
-//! use the member that granted the lease.
+//! leader" at once instead of hanging. The wait for the init lock is bounded by the lock
+//! timeout.
 //!
 //! **Records** (node bindings) are single keys, written only in the transaction shapes kine
 //! accepts as well: created when their mod revision is 0, changed or deleted when it is still
@@ -35,18 +34,19 @@
 //! the compared range on the same condition: afterwards the commit has landed, or it never
 //! will (its compare fails).
 //!
-//! **The init lock.** [`EtcdDatastore::lock_init`] takes etcd's lock
-//! (`/rotor/locks/init`) under a lease of [`LEASE_TTL_SECONDS`] that a background task keeps
-//! alive: if the holder dies the lease expires and the next server gets the lock within that
-//! time (k3s's empty-key lock needs five 5-second polls). A holder whose lease lapsed (it
-//! stalled past the TTL) is not told; its commit is still conditioned on what it read, so a
-//! second server that initialized meanwhile makes it fail with a conflict, never overwrites.
+//! **The init lock.** [`EtcdDatastore::lock_init`] creates the key `/rotor/locks/init`
+//! (holder and expiry, [`LEASE_TTL_SECONDS`] ahead) if it is absent, renews it every third of
+//! that time at the revision of its last renewal, and deletes it at that revision when done;
+//! a waiter polls, and takes over a lock whose holder stopped renewing it (expired) by an
+//! update at the revision it read. Only single-key transactions in the shapes kine accepts:
+//! no lease, no lock service. If the holder dies the next server gets the lock within the TTL
+//! (k3s's empty-key lock needs five 5-second polls). A holder that stalled past its expiry is
+//! not told; its commit is still conditioned on what it read, so a second server that
+//! initialized meanwhile makes it fail with a conflict, never overwrites.
 //!
 //! The client is `etcd-client` (gRPC over tonic, TLS through rustls): etcd's own protocol,
-//! transactions with range compares, leases with keep-alive and the lock service, and balancing
-//! over every endpoint given, so one dead member of three is routed around. etcd's JSON gateway
-//! would have saved the `protoc` build step, but its lease keep-alive is a streaming call the
-//! gateway serves poorly, and the failover between endpoints would have been ours to write.
+//! which kine serves too, and balancing over every endpoint given, so one dead member of three
+//! is routed around (with etcd's JSON gateway the failover would have been ours to write).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,8 +54,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, LockOptions,
-    TlsOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -68,8 +68,15 @@ pub const ROTOR_PREFIX: &str = "/rotor";
 pub const INIT_LOCK: &str = "/rotor/locks/init";
 /// A key inside the compared range that only [`Datastore::fence`] writes; never a record.
 const FENCE_KEY: &str = "/rotor/bootstrap/~fence";
-/// The lease of the init lock: how long a dead holder keeps it.
+/// How long the init lock lasts unless its holder renews it: how long a dead holder keeps it.
 pub const LEASE_TTL_SECONDS: i64 = 10;
+
+/// The init lock's value: who holds it, and until when (Unix seconds) unless renewed.
+#[derive(Serialize, Deserialize)]
+struct LockRecord {
+    holder: String,
+    expires: i64,
+}
 
 /// Which etcd cluster holds the datastore, and how to reach it (recorded at `init`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -698,85 +705,115 @@ impl Datastore for EtcdDatastore {
     fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
         // A zero wait would give up before any answer could come.
         let wait = wait.max(self.timeout);
-        let lease = self
-            .run("granting the init lock's lease", |mut client| async move {
-                client.lease_grant(LEASE_TTL_SECONDS, None).await
-            })?
-            .id();
-        // The member that granted the lease keeps it alive and serves the lock.
-        let mut client = self.client();
-        let (mut keeper, mut responses) = self
-            .runtime
-            .block_on(async {
-                tokio::time::timeout(self.timeout, client.lease_keep_alive(lease)).await
+        let started = std::time::Instant::now();
+        let holder = format!(
+            "pid {} on {}, {}",
+            std::process::id(),
+            rustix::system::uname().nodename().to_string_lossy(),
+            crate::clock::rfc3339(crate::clock::system_now())
+        );
+        let value = |holder: &str| -> Vec<u8> {
+            let expires = crate::clock::system_now().unix_timestamp() + LEASE_TTL_SECONDS;
+            serde_json::to_vec(&LockRecord {
+                holder: holder.to_string(),
+                expires,
             })
-            .map_err(|_| no_answer(self.timeout))
-            .and_then(|r| r.map_err(|e| reason(&e)))
-            .map_err(|reason| DatastoreError::Unavailable {
-                store: self.config.describe(),
-                doing: "keeping the init lock's lease",
-                reason,
-            })?;
-        let keep_alive = self.runtime.spawn(async move {
-            let every = Duration::from_secs((LEASE_TTL_SECONDS / 3).max(1) as u64);
-            loop {
-                tokio::time::sleep(every).await;
-                if keeper.keep_alive().await.is_err() {
-                    break;
-                }
-                if !matches!(responses.message().await, Ok(Some(_))) {
-                    break;
-                }
-            }
-        });
-        let handle = self.runtime.handle().clone();
-        let mut release = {
-            let mut client = self.client();
-            let handle = handle.clone();
-            move |key: Option<Vec<u8>>| {
-                keep_alive.abort();
-                // Revoking the lease releases the lock (and a queued wait) at once.
-                let _ = handle.block_on(async {
-                    tokio::time::timeout(Duration::from_secs(2), async {
-                        if let Some(key) = key {
-                            let _ = client.unlock(key).await;
-                        }
-                        client.lease_revoke(lease).await
-                    })
-                    .await
-                });
-            }
+            .unwrap_or_default()
         };
-        let mut locker = self.client();
-        let acquired = handle.block_on(async {
-            tokio::time::timeout(
-                wait,
-                locker.lock(INIT_LOCK, Some(LockOptions::new().with_lease(lease))),
-            )
-            .await
-        });
-        match acquired {
-            Ok(Ok(response)) => {
-                let key = response.key().to_vec();
-                Ok(DatastoreLock::held(move || release(Some(key))))
+        let revision = loop {
+            let current = self.read_at(INIT_LOCK, "reading the init lock")?;
+            let txn = match &current {
+                // Free: created if still absent.
+                None => Some(
+                    Txn::new()
+                        .when([Compare::mod_revision(INIT_LOCK, CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(INIT_LOCK, value(&holder), None)]),
+                ),
+                // Held: taken over only once its holder stopped renewing it.
+                Some((bytes, revision)) => {
+                    let expired = serde_json::from_slice::<LockRecord>(bytes).map_or(true, |r| {
+                        r.expires < crate::clock::system_now().unix_timestamp()
+                    });
+                    expired.then(|| {
+                        Txn::new()
+                            .when([Compare::mod_revision(
+                                INIT_LOCK,
+                                CompareOp::Equal,
+                                *revision,
+                            )])
+                            .and_then([TxnOp::put(INIT_LOCK, value(&holder), None)])
+                            .or_else([TxnOp::get(INIT_LOCK, None)])
+                    })
+                }
+            };
+            if let Some(txn) = txn {
+                let response = self.run("taking the init lock", |client| {
+                    let txn = txn.clone();
+                    async move { client.kv_client().txn(txn).await }
+                })?;
+                if response.succeeded() {
+                    break response.header().map_or(0, |h| h.revision());
+                }
             }
-            Ok(Err(e)) => {
-                release(None);
-                Err(DatastoreError::Unavailable {
-                    store: self.config.describe(),
-                    doing: "taking the init lock",
-                    reason: reason(&e),
-                })
-            }
-            Err(_) => {
-                release(None);
-                Err(DatastoreError::Busy {
+            if started.elapsed() >= wait {
+                return Err(DatastoreError::Busy {
                     store: self.config.describe(),
                     lock: INIT_LOCK,
                     waited: wait,
-                })
+                });
             }
-        }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        // Renewed by its holder every third of its time, each renewal at the revision of the
+        // last one (a holder that lost it stops); released by a delete at the last revision.
+        let held = std::sync::Arc::new(Mutex::new(revision));
+        let renewing = {
+            let held = std::sync::Arc::clone(&held);
+            let client = self.client();
+            let holder = holder.clone();
+            self.runtime.spawn(async move {
+                let every = Duration::from_secs((LEASE_TTL_SECONDS / 3).max(1) as u64);
+                loop {
+                    tokio::time::sleep(every).await;
+                    let at = *held.lock().unwrap_or_else(|e| e.into_inner());
+                    let expires = crate::clock::system_now().unix_timestamp() + LEASE_TTL_SECONDS;
+                    let Ok(next) = serde_json::to_vec(&LockRecord {
+                        holder: holder.clone(),
+                        expires,
+                    }) else {
+                        break;
+                    };
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(INIT_LOCK, CompareOp::Equal, at)])
+                        .and_then([TxnOp::put(INIT_LOCK, next, None)])
+                        .or_else([TxnOp::get(INIT_LOCK, None)]);
+                    let client = client.clone();
+                    match client.kv_client().txn(txn).await {
+                        Ok(r) if r.succeeded() => {
+                            *held.lock().unwrap_or_else(|e| e.into_inner()) =
+                                r.header().map_or(at, |h| h.revision());
+                        }
+                        // Taken over (we stalled past its time), or etcd unreachable: the
+                        // commit is still conditioned on what was read.
+                        _ => break,
+                    }
+                }
+            })
+        };
+        let handle = self.runtime.handle().clone();
+        let client = self.client();
+        Ok(DatastoreLock::held(move || {
+            renewing.abort();
+            let at = *held.lock().unwrap_or_else(|e| e.into_inner());
+            let txn = Txn::new()
+                .when([Compare::mod_revision(INIT_LOCK, CompareOp::Equal, at)])
+                .and_then([TxnOp::delete(INIT_LOCK, None)])
+                .or_else([TxnOp::get(INIT_LOCK, None)]);
+            let client = client.clone();
+            let _ = handle.block_on(async {
+                tokio::time::timeout(Duration::from_secs(2), client.kv_client().txn(txn)).await
+            });
+        }))
     }
 }
 

@@ -115,7 +115,7 @@ pub enum DatastoreError {
     /// Another server holds the init lock.
     #[error(
         "{store}: another server is initializing the cluster: the lock {lock} stayed taken for {} s; \
-         run the command again (a dead holder's lease expires within {LEASE_TTL_SECONDS} s)",
+         run the command again (a dead holder's lock expires within {LEASE_TTL_SECONDS} s)",
         waited.as_secs()
     )]
     Busy {
