@@ -631,23 +631,37 @@ impl Datastore for EtcdDatastore {
 
     fn delete_record(&self, key: &str) -> Result<bool, DatastoreError> {
         let key = super::record_key(key)?.to_string();
-        // Deleted at the mod revision read (kine's delete shape; kine has no plain delete).
-        let Some((_, revision)) = self.read_at(&key, "deleting a record")? else {
-            return Ok(false);
-        };
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then([TxnOp::delete(key.as_str(), None)])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        let response = self.run("deleting a record", |client| {
-            let txn = txn.clone();
-            async move { client.kv_client().txn(txn).await }
-        })?;
-        Ok(response.succeeded())
+        // Deleted at the mod revision read (kine's delete shape; kine has no plain delete). A
+        // record rewritten in between (a server noting an issued certificate) is read again:
+        // deleting it is still what was asked.
+        for _ in 0..5 {
+            let Some((_, revision)) = self.read_at(&key, "deleting a record")? else {
+                return Ok(false);
+            };
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::delete(key.as_str(), None)])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let response = self.run("deleting a record", |client| {
+                let txn = txn.clone();
+                async move { client.kv_client().txn(txn).await }
+            })?;
+            if response.succeeded() {
+                return Ok(true);
+            }
+        }
+        let found = self
+            .read_at(&key, "deleting a record")?
+            .map_or(0, |(_, r)| u64::try_from(r).unwrap_or(0));
+        Err(DatastoreError::Conflict {
+            what: self.describe(&key),
+            expected: found,
+            found,
+        })
     }
 
     fn records(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, DatastoreError> {
