@@ -8,9 +8,11 @@
 //!
 //! - `client.rs`: HTTPS to the servers (trust, failover);
 //! - `files.rs`: the agent's data dir (managed files, commit, recovery);
+//! - `certs.rs`: the certificates an agent keeps and the CA bundles it checks them against;
 //! - `pass.rs`: one pass over the certificates; `run.rs`: the loop, signals, the status endpoint;
 //! - `metrics.rs`: what `/metrics` and `/readyz` say.
 
+mod certs;
 mod client;
 mod files;
 mod metrics;

@@ -13,13 +13,14 @@ use std::time::Duration;
 use hyper::Method;
 use time::OffsetDateTime;
 
+use super::certs::{CaBundle, CertSpec, specs};
 use super::client::{Answered, Call, ClientError, Servers, Trust};
 use super::files::{AgentDir, DirError, PASSWORD_FILE, STATE_FILE, file};
 use super::metrics::AgentStatus;
 use crate::contract::RenewalRequest;
 use crate::facts::{CertificateFacts, certificate_ders, parse_certificate_der};
 use crate::fs::{PRIVATE_FILE, PUBLIC_FILE};
-use crate::pki::{KeyType, PrivateKey, Token, ca_hash, signed_by};
+use crate::pki::{KeyType, PrivateKey, Token, ca_hash};
 use crate::policy::Bundle;
 
 /// How an agent runs.
@@ -120,54 +121,6 @@ impl PassReport {
     }
 }
 
-/// A certificate the agent keeps.
-struct CertSpec {
-    name: String,
-    common_name: String,
-    serving: bool,
-    kubeconfig: Option<PathBuf>,
-}
-
-impl CertSpec {
-    fn crt(&self) -> PathBuf {
-        Path::new("agent").join(format!("{}.crt", self.name))
-    }
-    fn key(&self) -> PathBuf {
-        Path::new("agent").join(format!("{}.key", self.name))
-    }
-}
-
-/// The certificates, serving first (k3s asks for it first, with the node's addresses).
-fn specs(program: &str, node: &str) -> Vec<CertSpec> {
-    let agent = |f: &str| Some(Path::new("agent").join(f));
-    vec![
-        CertSpec {
-            name: "serving-kubelet".into(),
-            common_name: format!("system:node:{node}"),
-            serving: true,
-            kubeconfig: None,
-        },
-        CertSpec {
-            name: "client-kubelet".into(),
-            common_name: format!("system:node:{node}"),
-            serving: false,
-            kubeconfig: agent("kubelet.kubeconfig"),
-        },
-        CertSpec {
-            name: "client-kube-proxy".into(),
-            common_name: "system:kube-proxy".into(),
-            serving: false,
-            kubeconfig: agent("kubeproxy.kubeconfig"),
-        },
-        CertSpec {
-            name: format!("client-{program}-controller"),
-            common_name: format!("system:{program}-controller"),
-            serving: false,
-            kubeconfig: agent(&format!("{program}controller.kubeconfig")),
-        },
-    ]
-}
-
 const SERVER_CA: &str = "agent/server-ca.crt";
 const CLIENT_CA: &str = "agent/client-ca.crt";
 
@@ -181,35 +134,6 @@ struct AgentRecord {
     /// first: a token pinning one of them is this cluster's.
     #[serde(default)]
     ca_hashes: Vec<String>,
-}
-
-/// A CA bundle as the agent holds it.
-struct CaBundle {
-    pem: Vec<u8>,
-    ders: Vec<Vec<u8>>,
-    not_after: OffsetDateTime,
-}
-
-impl CaBundle {
-    fn parse(what: &str, pem: Vec<u8>) -> Result<CaBundle, AgentError> {
-        let ders = certificate_ders(what, &pem).map_err(|e| AgentError::Trust(e.to_string()))?;
-        let first = ders
-            .first()
-            .ok_or_else(|| AgentError::Trust(format!("{what}: no certificate")))?;
-        let facts =
-            parse_certificate_der(what, first).map_err(|e| AgentError::Trust(e.to_string()))?;
-        Ok(CaBundle {
-            pem,
-            ders,
-            not_after: facts.not_after,
-        })
-    }
-
-    /// Whether `leaf` was signed by the bundle's first certificate: the CA the servers sign
-    /// with now.
-    fn issued(&self, leaf: &[u8]) -> bool {
-        self.ders.first().is_some_and(|ca| signed_by(leaf, ca))
-    }
 }
 
 enum Plan {
