@@ -202,10 +202,14 @@ impl Database {
         if !require_command("mariadb-install-db") {
             return None;
         }
-        std::fs::create_dir_all(dir).unwrap();
+        // A temporary directory of its own: MariaDB names its temporary tables after the
+        // process id, and two servers sharing /tmp have collided there.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let out = Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args([
                 "--user=root",
                 "--auth-root-authentication-method=normal",
@@ -224,6 +228,7 @@ impl Database {
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--port={port}"))
             .args([
                 "--user=root",
