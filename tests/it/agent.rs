@@ -906,7 +906,8 @@ fn a_running_agent_follows_a_ca_rotation_and_stops_on_sigterm() {
 /// and it keeps working with one etcd member gone.
 #[test]
 fn three_servers_on_one_etcd_any_live_server_will_do() {
-    use crate::etcd::{Etcd, init_ok};
+    use crate::datastores::init_ok;
+    use crate::etcd::Etcd;
     use crate::serve::Serve;
     let tmp = tempfile::tempdir().unwrap();
     let Some(mut etcd) = Etcd::start(tmp.path(), 3) else {

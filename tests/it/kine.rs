@@ -77,11 +77,22 @@ pub(crate) fn kine_bin() -> Option<PathBuf> {
     .then_some(path)
 }
 
-/// A database kine stores into: its `--endpoint`, and its server process (none for SQLite).
+/// A database server kine stores into: its `--endpoint`, and its server process (none for
+/// SQLite), which a test can kill and start again.
 pub(crate) struct Database {
     pub(crate) endpoint: String,
     pub(crate) name: &'static str,
     server: Option<Proc>,
+    launch: Option<Box<dyn Fn() -> Proc + Send>>,
+    /// How to stop the server at once when killing its process is not enough (PostgreSQL runs
+    /// under `runuser`, whose death leaves the server running).
+    halt: Option<Box<dyn Fn() + Send>>,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Run `cmd` as the `postgres` user when we are root (PostgreSQL refuses root).
@@ -108,6 +119,30 @@ impl Database {
             ),
             name: "sqlite",
             server: None,
+            launch: None,
+            halt: None,
+        }
+    }
+
+    /// The endpoint of another database on the same server (SQLite: another file beside the
+    /// first), so that each scenario starts on an empty one; kine creates it.
+    pub(crate) fn endpoint_of(&self, database: &str) -> String {
+        match self.name {
+            "sqlite" => self
+                .endpoint
+                .replace("/state.db?", &format!("/{database}.db?")),
+            _ => {
+                let (base, query) = self
+                    .endpoint
+                    .split_once('?')
+                    .map_or((self.endpoint.as_str(), ""), |(b, q)| (b, q));
+                let base = base.strip_suffix("/kine").unwrap_or(base);
+                if query.is_empty() {
+                    format!("{base}/{database}")
+                } else {
+                    format!("{base}/{database}?{query}")
+                }
+            }
         }
     }
 
@@ -166,34 +201,60 @@ impl Database {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let server = as_postgres(&bin.join("postgres"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .arg("-k")
-            .arg(dir)
-            .args([
-                "-p",
-                &port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let server = Proc(server);
-        wait_until("PostgreSQL", &log, Duration::from_secs(60), || {
-            Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+        let dir = dir.to_path_buf();
+        let halt = {
+            let (bin, data) = (bin.clone(), dir.join("data"));
+            // An immediate shutdown: every backend stopped at once, no checkpoint, crash
+            // recovery at the next start (as if the machine had lost the server).
+            move || {
+                let _ = as_postgres(&bin.join("pg_ctl"))
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["stop", "-m", "immediate", "-w"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        };
+        let launch = move || {
+            let server = as_postgres(&bin.join("postgres"))
+                .arg("-D")
+                .arg(dir.join("data"))
+                .arg("-k")
+                .arg(&dir)
+                .args([
+                    "-p",
+                    &port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                ])
+                .stdout(Stdio::null())
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&log)
+                        .unwrap(),
+                )
+                .spawn()
+                .unwrap();
+            let server = Proc(server);
+            wait_until("PostgreSQL", &log, Duration::from_secs(60), || {
+                Command::new(bin.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            });
+            server
+        };
         Some(Database {
             endpoint: format!("postgres://kine@127.0.0.1:{port}/kine?sslmode=disable"),
             name: "postgresql",
-            server: Some(server),
+            server: Some(launch()),
+            launch: Some(Box::new(launch)),
+            halt: Some(Box::new(halt)),
         })
     }
 
@@ -224,37 +285,64 @@ impl Database {
         );
         let port = free_port();
         let log = dir.join("mariadb.log");
-        let server = Command::new("mariadbd")
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .arg(format!("--socket={}", dir.join("sock").display()))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .arg(format!("--port={port}"))
-            .args([
-                "--user=root",
-                "--bind-address=127.0.0.1",
-                "--skip-grant-tables",
-                "--skip-log-bin",
-            ])
-            .arg(format!("--log-error={}", log.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Proc(server);
-        wait_until("MariaDB", &log, Duration::from_secs(60), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("ready for connections"))
-        });
+        let dir = dir.to_path_buf();
+        let launch = move || {
+            // Each start appends to the log: wait for one more "ready" line than before.
+            let count = || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .matches("ready for connections")
+                    .count()
+            };
+            let before = count();
+            let server = Command::new("mariadbd")
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", dir.join("data").display()))
+                .arg(format!("--socket={}", dir.join("sock").display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
+                .arg(format!("--port={port}"))
+                .args([
+                    "--user=root",
+                    "--bind-address=127.0.0.1",
+                    "--skip-grant-tables",
+                    "--skip-log-bin",
+                ])
+                .arg(format!("--log-error={}", log.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let server = Proc(server);
+            wait_until("MariaDB", &log, Duration::from_secs(60), || {
+                count() > before
+            });
+            server
+        };
         Some(Database {
             endpoint: format!("mysql://root@tcp(127.0.0.1:{port})/kine"),
             name: "mariadb",
-            server: Some(server),
+            server: Some(launch()),
+            launch: Some(Box::new(launch)),
+            halt: None,
         })
     }
 
     /// Stop the database server (a database dying under kine).
     pub(crate) fn kill(&mut self) {
+        if self.server.is_some()
+            && let Some(halt) = &self.halt
+        {
+            halt();
+        }
         self.server = None;
+    }
+
+    /// Start the database server again on its data (nothing to do for SQLite).
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        if let Some(launch) = &self.launch {
+            self.server = Some(launch());
+        }
     }
 }
 
@@ -269,12 +357,17 @@ pub(crate) struct Kine {
 
 impl Kine {
     pub(crate) fn start(bin: &Path, database: &Database, dir: &Path) -> Kine {
+        Kine::start_on(bin, &database.endpoint, database.name, dir)
+    }
+
+    /// The real kine on the database `endpoint` names.
+    pub(crate) fn start_on(bin: &Path, endpoint: &str, name: &str, dir: &Path) -> Kine {
         std::fs::create_dir_all(dir).unwrap();
         let mut kine = Kine {
             bin: bin.to_path_buf(),
-            endpoint: database.endpoint.clone(),
+            endpoint: endpoint.to_string(),
             port: free_port(),
-            log: dir.join(format!("kine-{}.log", database.name)),
+            log: dir.join(format!("kine-{name}.log")),
             proc: None,
         };
         kine.launch();
@@ -314,6 +407,26 @@ impl Kine {
     pub(crate) fn restart(&mut self) {
         self.proc = None;
         self.launch();
+    }
+
+    /// Kill kine (SIGKILL).
+    pub(crate) fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    /// Start kine again after [`Kine::kill`].
+    pub(crate) fn resume(&mut self) {
+        self.launch();
+    }
+
+    /// `etcdctl ARGS` against this kine.
+    pub(crate) fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new("etcdctl")
+            .args(["--endpoints", &self.url()])
+            .args(["--command-timeout", "5s"])
+            .args(args)
+            .output()
+            .unwrap()
     }
 
     /// `etcdctl ARGS` against this kine, with `stdin`: (success, stdout + stderr).

@@ -22,6 +22,7 @@ mod cli;
 mod cluster;
 mod compat;
 mod csr;
+mod datastores;
 mod default_plugins;
 mod diff;
 mod distribution;

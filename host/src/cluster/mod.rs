@@ -888,6 +888,10 @@ impl Cluster {
         let (Some(dir), store) = (self.dir.as_mut(), self.store.as_deref()) else {
             return Err(ClusterError::Internal("no data dir"));
         };
+        let mut intent = Intent::of(expected, &ops);
+        if let Some(store) = store {
+            intent.steps = store.plan(&base, &ops)?;
+        }
         if files.is_empty() && after.is_empty() {
             // Only the datastore changes: its commit is the one step.
             if let Some(store) = store
@@ -895,7 +899,7 @@ impl Cluster {
             {
                 // Made but not confirmed (a failed fsync after the switch, a remote timeout):
                 // ask the store before calling it a failure.
-                match settle(store, expected, &ops, &e) {
+                match settle(store, &intent, &e) {
                     Some(IntentOutcome::Applied) if !ops.is_empty() => {
                         tracing::warn!("the datastore holds the change, but reported: {e}");
                     }
@@ -907,7 +911,7 @@ impl Cluster {
             return Ok(Committed::default());
         }
         let to = dir.stage(&files, &entries)?;
-        let journal = dir.new_journal(to, adopt, Intent::of(expected, &ops), after);
+        let journal = dir.new_journal(to, adopt, intent.clone(), after);
         if let Err(e) = dir.write_journal(&journal) {
             discard_after(dir, &journal, &e);
             return Err(e.into());
@@ -917,7 +921,7 @@ impl Cluster {
             && let Err(e) = store.commit(&base, &ops)
         {
             // A remote store may have applied a commit it failed to confirm: ask it.
-            match settle(store, expected, &ops, &e) {
+            match settle(store, &intent, &e) {
                 Some(IntentOutcome::Applied) if !ops.is_empty() => {}
                 Some(_) => {
                     discard_after(dir, &journal, &e);
@@ -953,23 +957,16 @@ impl Cluster {
     }
 }
 
-/// Whether a commit of `ops` on revision `expected` that failed with `error` is in the store:
-/// after a failure without a clear answer, the store is fenced first, so the answer cannot
-/// change later. `None` when the store cannot tell.
-fn settle(
-    store: &dyn Datastore,
-    expected: u64,
-    ops: &[Op],
-    error: &DatastoreError,
-) -> Option<IntentOutcome> {
-    if !matches!(error, DatastoreError::Conflict { .. })
-        && let Err(e) = store.fence(expected)
-    {
-        tracing::warn!("after '{error}', fencing the datastore failed too: {e}");
-        return None;
+/// Whether the change `intent` describes, whose commit failed with `error`, is in the store,
+/// made final first (see [`Datastore::settle`]). `None` when the store cannot tell.
+fn settle(store: &dyn Datastore, intent: &Intent, error: &DatastoreError) -> Option<IntentOutcome> {
+    match store.settle(intent) {
+        Ok(outcome) => Some(outcome),
+        Err(e) => {
+            tracing::warn!("after '{error}', asking the datastore failed too: {e}");
+            None
+        }
     }
-    let snapshot = store.snapshot(BOOTSTRAP_PREFIX).ok()?;
-    Some(Intent::of(expected, ops).outcome(&snapshot))
 }
 
 /// Roll back after `error`; if that fails too, say so and leave the rest to the next command
@@ -1068,21 +1065,9 @@ fn recover(dir: &mut DataDir) -> Result<()> {
         // Where the datastore is: the live generation says (init: the staged one).
         let (config, layout) = layout_of(dir, dir.live().unwrap_or(journal.to))?;
         match open_store(dir.root(), &config, &layout, dir.options())? {
-            Some(store) => {
-                let outcome = journal
-                    .datastore
-                    .outcome(&store.snapshot(BOOTSTRAP_PREFIX)?);
-                if outcome == IntentOutcome::Applied {
-                    outcome
-                } else {
-                    // Its commit may still be in flight in a shared store: fence it off, then
-                    // look again (afterwards the answer cannot change).
-                    store.fence(journal.datastore.expected_revision)?;
-                    journal
-                        .datastore
-                        .outcome(&store.snapshot(BOOTSTRAP_PREFIX)?)
-                }
-            }
+            // A shared store may still have its commit in flight, or half of it: settled
+            // (fenced, finished or undone) before the answer counts.
+            Some(store) => store.settle(&journal.datastore)?,
             None => journal.datastore.outcome(&Snapshot::default()),
         }
     } else {

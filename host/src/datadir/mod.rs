@@ -21,7 +21,8 @@
 //!    files, fsync every file and directory, rename it to `generations/8`;
 //! 3. [`DataDir::write_journal`]: the intent: from 7 to 8, and what the datastore will hold
 //!    (the SHA-256 of each value put, each key deleted, the revision it must still be at);
-//! 4. the datastore commit, one compare-and-swap;
+//! 4. the datastore commit: every write conditioned on what the command read (one step for
+//!    the directory backend, one guarded step per key for etcd and kine);
 //! 5. [`DataDir::switch`]: a new link renamed over `current`;
 //! 6. [`DataDir::complete`]: the visible links, trigger files, journal removed, old
 //!    generations pruned.
@@ -31,8 +32,9 @@
 //! a switch landing between its two opens (once per change, for microseconds) can still hand
 //! it one of each, as with any rename-based writer; one that opens the directory once and the
 //! files relative to it cannot. rotor's own readers hold the shared lock. After a crash, the next command finds the journal and asks the
-//! datastore: if it holds what the journal says, the change rolls forward (switch, complete);
-//! otherwise it rolls back (the staged generation is removed). Without a journal, anything
+//! datastore ([`crate::datastore::Datastore::settle`], which first finishes or undoes a
+//! change a shared store holds half of): if it holds what the journal says, the change rolls
+//! forward (switch, complete); otherwise it rolls back (the staged generation is removed). Without a journal, anything
 //! staged is debris and is removed. The paths consumers open stay where k3s, RKE2 and kubeadm
 //! put them; a container that bind-mounts a managed directory keeps the generation it started
 //! with until it restarts, which every rotation asks for anyway.
@@ -47,7 +49,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::datastore::{Op, Snapshot, value_digest};
+pub use crate::datastore::{Intent, IntentOutcome};
 use crate::fs::{FsError, Kind, PRIVATE_FILE, Root, TEMP_MARKER};
 
 /// rotor's own directory in a data dir.
@@ -148,76 +150,6 @@ pub use crate::fs::NewFile;
 /// What one command changes on disk, decided in full before anything is written: each path
 /// (relative to the data dir, inside a managed entry) is written, or removed (`None`).
 pub type FileChanges = BTreeMap<PathBuf, Option<NewFile>>;
-
-/// What the datastore must hold once a change is in it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Intent {
-    /// The revision the command read; the commit is conditioned on it.
-    pub expected_revision: u64,
-    /// Key -> SHA-256 of the value put.
-    pub puts: BTreeMap<String, String>,
-    /// Every key the datastore will delete.
-    pub deletes: Vec<String>,
-}
-
-/// Whether the datastore holds a journal's change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IntentOutcome {
-    /// It holds exactly what the change put and deleted (or, for a change without datastore
-    /// ops, it is still at the revision the command read).
-    Applied,
-    /// It is still at the revision the command read: the commit never happened.
-    NotApplied,
-    /// Someone else changed it and ours is not in it.
-    Diverged,
-}
-
-impl Intent {
-    /// The intent of committing `ops` on `expected_revision`.
-    pub fn of(expected_revision: u64, ops: &[Op]) -> Intent {
-        let mut intent = Intent {
-            expected_revision,
-            ..Intent::default()
-        };
-        for op in ops {
-            match op {
-                Op::Put { key, value } => {
-                    intent.puts.insert(key.clone(), value_digest(value));
-                }
-                Op::Delete { key } => intent.deletes.push(key.clone()),
-            }
-        }
-        intent
-    }
-
-    /// Whether the datastore does not change.
-    pub fn is_empty(&self) -> bool {
-        self.puts.is_empty() && self.deletes.is_empty()
-    }
-
-    /// Whether `snapshot` holds this change, the state before it, or something else.
-    pub fn outcome(&self, snapshot: &Snapshot) -> IntentOutcome {
-        if self.is_empty() {
-            return if snapshot.revision == self.expected_revision {
-                IntentOutcome::Applied
-            } else {
-                IntentOutcome::Diverged
-            };
-        }
-        let puts_there = self
-            .puts
-            .iter()
-            .all(|(k, d)| snapshot.get(k).is_some_and(|v| value_digest(v) == *d));
-        let deletes_gone = self.deletes.iter().all(|k| snapshot.get(k).is_none());
-        if puts_there && deletes_gone {
-            IntentOutcome::Applied
-        } else if snapshot.revision == self.expected_revision {
-            IntentOutcome::NotApplied
-        } else {
-            IntentOutcome::Diverged
-        }
-    }
-}
 
 /// The record of a change in flight (`.rotor/journal.json`): present from the moment the new
 /// generation is complete until the change is live (or rolled back).
@@ -885,39 +817,5 @@ mod tests {
             std::fs::read_to_string(tmp.path().join("pki/ca.crt")).unwrap(),
             "theirs"
         );
-    }
-
-    #[test]
-    fn intents_tell_applied_from_not_applied() {
-        let put = Op::Put {
-            key: "/bootstrap/a".into(),
-            value: b"new".to_vec(),
-        };
-        let del = Op::Delete {
-            key: "/bootstrap/b".into(),
-        };
-        let intent = Intent::of(3, &[put, del]);
-        let mut before = Snapshot {
-            revision: 3,
-            ..Snapshot::default()
-        };
-        before
-            .entries
-            .insert("/bootstrap/b".into(), b"old".to_vec());
-        assert_eq!(intent.outcome(&before), IntentOutcome::NotApplied);
-        let mut after = Snapshot {
-            revision: 4,
-            ..Snapshot::default()
-        };
-        after.entries.insert("/bootstrap/a".into(), b"new".to_vec());
-        assert_eq!(intent.outcome(&after), IntentOutcome::Applied);
-        let mut other = after.clone();
-        other
-            .entries
-            .insert("/bootstrap/a".into(), b"theirs".to_vec());
-        assert_eq!(intent.outcome(&other), IntentOutcome::Diverged);
-        let none = Intent::of(4, &[]);
-        assert_eq!(none.outcome(&after), IntentOutcome::Applied);
-        assert_eq!(none.outcome(&before), IntentOutcome::Diverged);
     }
 }

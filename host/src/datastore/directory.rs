@@ -253,7 +253,11 @@ impl Datastore for DirectoryDatastore {
         for _ in 0..8 {
             let revision = self.current()?;
             if let Some(entries) = self.read_revision(revision, prefix)? {
-                return Ok(Snapshot { revision, entries });
+                return Ok(Snapshot {
+                    revision,
+                    entries,
+                    ..Snapshot::default()
+                });
             }
         }
         Err(DatastoreError::Corrupt {

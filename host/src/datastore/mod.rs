@@ -2,9 +2,12 @@
 //! the join token's password.
 //!
 //! [`Datastore`] is the backend: a consistent [`Snapshot`] of the keys under a prefix with the
-//! store's revision, and [`Datastore::commit`], a compare-and-swap that applies every [`Op`] of
-//! a change in one step only if the store is still at the revision the command read. This is
-//! k3s's rule (every write conditioned on the record's revision) and, on etcd, one transaction.
+//! store's revision, and [`Datastore::commit`], which applies the [`Op`]s of a change only if
+//! the keys it changes are still as the command read them. This is k3s's rule (every write
+//! conditioned on the record's revision). The directory backend applies a change in one step;
+//! etcd and kine, one key at a time, each write guarded by that key's revision, with the steps
+//! in the journal ([`Intent`]) so that [`Datastore::settle`] finishes or undoes a change that
+//! stopped half way.
 //!
 //! The default backend, [`DirectoryDatastore`], keeps its keys under `<data-dir>/server/db`
 //! (k3s, RKE2) or `<data-dir>/datastore` (kubeadm), one file per key in a revision directory;
@@ -13,13 +16,15 @@
 //! `/bootstrap/<first 12 hex digits of SHA-256(password)>`.
 //!
 //! [`EtcdDatastore`] keeps the same records in an etcd cluster that several servers share
-//! (`rotor init --datastore-endpoint`); each commit is one etcd transaction, and the first
+//! (`rotor init --datastore-endpoint`), or in kine, which serves the same API on SQLite,
+//! PostgreSQL or MySQL; it uses only the transactions kine accepts, and the first
 //! initialization of a cluster is serialized by [`Datastore::lock_init`] (see its docs).
 
 mod bootstrap;
 mod directory;
 mod envelope;
 mod etcd;
+mod intent;
 
 pub use bootstrap::{BootstrapData, BootstrapFile};
 pub use directory::DirectoryDatastore;
@@ -29,6 +34,7 @@ pub use envelope::{
 pub use etcd::{
     EtcdConfig, EtcdConfigError, EtcdDatastore, INIT_LOCK, LEASE_TTL_SECONDS, ROTOR_PREFIX,
 };
+pub use intent::{Intent, IntentOutcome, KeyStep};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -174,6 +180,9 @@ pub struct Snapshot {
     pub revision: u64,
     /// Every key under the prefix read, with its value.
     pub entries: BTreeMap<String, Vec<u8>>,
+    /// Where the store tracks them (etcd, kine): the revision at which each key read was last
+    /// written. A commit guards each key it changes by it.
+    pub revisions: BTreeMap<String, u64>,
 }
 
 impl Snapshot {
@@ -211,13 +220,21 @@ pub trait Datastore: Send + Sync {
         let _ = wait;
         Ok(DatastoreLock::none())
     }
-    /// After a commit on revision `expected` failed without a clear answer, make sure it can
-    /// never land later: afterwards, either the store holds it or it never will. A local store
-    /// commits synchronously, so there is nothing to do; a shared one writes a fence inside the
-    /// compared range (see [`EtcdDatastore`]).
-    fn fence(&self, expected: u64) -> Result<(), DatastoreError> {
-        let _ = expected;
-        Ok(())
+    /// The steps a commit of `ops` on `base` takes, for the journal: empty for a store that
+    /// commits every op in one step (this directory); one per key for a store that changes one
+    /// key at a time (etcd and kine, see [`EtcdDatastore`]).
+    fn plan(&self, base: &Snapshot, ops: &[Op]) -> Result<Vec<KeyStep>, DatastoreError> {
+        let _ = (base, ops);
+        Ok(Vec::new())
+    }
+    /// Whether the store holds the change `intent` describes, after a commit that failed or
+    /// stopped: made final first, so the answer cannot change later. A local store commits
+    /// synchronously and only needs a look; a shared one may have a request still in flight,
+    /// and a change of several keys may be half made: it fences the keys, finishes a change
+    /// whose remaining steps it can finish, and undoes what it created of one it cannot (see
+    /// [`EtcdDatastore`]).
+    fn settle(&self, intent: &Intent) -> Result<IntentOutcome, DatastoreError> {
+        Ok(intent.outcome(&self.snapshot(BOOTSTRAP_PREFIX)?))
     }
 
     // Records outside the bootstrap ([`RECORDS_PREFIX`], [`record_key`]): each changed alone,
