@@ -689,7 +689,10 @@ pub(crate) fn killed_between_steps_and_overtaken_rolls_back(
         theirs,
         "server 2's record stays as server 2 wrote it"
     );
-    rotor_ok(&s1, &["token", "rotate", "--new-token", "the-next-password"]);
+    rotor_ok(
+        &s1,
+        &["token", "rotate", "--new-token", "the-next-password"],
+    );
     assert_eq!(store.records().len(), 1);
 }
 

@@ -18,6 +18,12 @@ pub(crate) const KINE_VERSION: &str = "v0.17.5";
 /// A process killed (and reaped) when dropped.
 pub(crate) struct Proc(Child);
 
+impl From<Child> for Proc {
+    fn from(child: Child) -> Proc {
+        Proc(child)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();

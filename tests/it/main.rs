@@ -33,6 +33,7 @@ mod installed;
 mod kine;
 mod sandbox;
 mod serve;
+mod sqlite;
 mod state;
 mod supervisor;
 mod vendor;

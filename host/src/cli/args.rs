@@ -320,15 +320,17 @@ pub(super) struct InitArgs {
     /// authenticated header) or k3s (k3s's own format: PBKDF2-SHA1, 4096 iterations).
     #[arg(long, value_enum, default_value = "rotor-v1")]
     pub datastore_format: RecordFormat,
-    /// Keep the CA material in etcd, shared by every server, instead of the data dir:
-    /// comma-separated client URLs (https://HOST:2379 or http://). Recorded in the data dir:
-    /// later commands use it. With an initialized cluster in it, init joins that cluster
+    /// Keep the CA material in a datastore shared by every server, instead of the data dir:
+    /// etcd's or kine's comma-separated client URLs (https://HOST:2379 or http://), or a
+    /// stopped k3s server's SQLite database, sqlite:///var/lib/rancher/k3s/server/db/state.db
+    /// (the default for a k3s data dir that holds server/db/state.db). Recorded in the data
+    /// dir: later commands use it. With an initialized cluster in it, init joins that cluster
     /// (give its --token).
     #[arg(
         long,
         env = "ROTOR_DATASTORE_ENDPOINT",
         value_name = "URL[,URL...]",
-        help_heading = "Shared datastore (etcd)"
+        help_heading = "Shared datastore (etcd, kine)"
     )]
     pub datastore_endpoint: Option<String>,
     /// The CA that signed etcd's serving certificates (PEM; needed for https).
@@ -337,7 +339,7 @@ pub(super) struct InitArgs {
         env = "ROTOR_DATASTORE_CAFILE",
         value_name = "FILE",
         requires = "datastore_endpoint",
-        help_heading = "Shared datastore (etcd)"
+        help_heading = "Shared datastore (etcd, kine)"
     )]
     pub datastore_cafile: Option<PathBuf>,
     /// A client certificate for etcd (PEM), with --datastore-keyfile.
@@ -346,7 +348,7 @@ pub(super) struct InitArgs {
         env = "ROTOR_DATASTORE_CERTFILE",
         value_name = "FILE",
         requires = "datastore_endpoint",
-        help_heading = "Shared datastore (etcd)"
+        help_heading = "Shared datastore (etcd, kine)"
     )]
     pub datastore_certfile: Option<PathBuf>,
     /// The client certificate's key (PEM).
@@ -355,7 +357,7 @@ pub(super) struct InitArgs {
         env = "ROTOR_DATASTORE_KEYFILE",
         value_name = "FILE",
         requires = "datastore_endpoint",
-        help_heading = "Shared datastore (etcd)"
+        help_heading = "Shared datastore (etcd, kine)"
     )]
     pub datastore_keyfile: Option<PathBuf>,
     /// Act at this instant (RFC 3339) instead of the system clock.

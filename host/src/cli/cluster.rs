@@ -29,7 +29,7 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
     bundle.ensure_loaded()?;
     let datastore = match &args.datastore_endpoint {
         Some(endpoints) => Some(
-            crate::datastore::EtcdConfig::new(
+            crate::datastore::DatastoreConfig::new(
                 endpoints,
                 args.datastore_cafile.clone(),
                 args.datastore_certfile.clone(),
@@ -48,7 +48,9 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
                 }
             })?,
         ),
-        None => None,
+        // A k3s data dir whose server kept its datastore in kine's SQLite (k3s's default) and
+        // that has no datastore of rotor's: that database.
+        None => init::k3s_sqlite_default(&global.data_dir, args.profile)?,
     };
     let opts = init::InitOptions {
         profile: args.profile,

@@ -99,10 +99,10 @@ pub struct ClusterConfig {
     /// The CAs were found in place at init rather than generated.
     #[serde(default)]
     pub custom_ca: bool,
-    /// The shared datastore (etcd) this server keeps the CA material in; `None`: the
-    /// directory datastore in the data dir.
+    /// The datastore outside the data dir this server keeps the CA material in (etcd, kine,
+    /// kine's SQLite database); `None`: the directory datastore in the data dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub datastore: Option<crate::datastore::EtcdConfig>,
+    pub datastore: Option<crate::datastore::DatastoreConfig>,
 }
 
 impl ClusterConfig {

@@ -20,8 +20,8 @@ use super::{
 use crate::contract::SanStage;
 use crate::datadir::{DataDir, Entry, META, Options};
 use crate::datastore::{
-    BOOTSTRAP_PREFIX, Bootstrap, BootstrapData, DatastoreError, DirectoryDatastore, EtcdConfig,
-    RecordFormat,
+    BOOTSTRAP_PREFIX, Bootstrap, BootstrapData, DatastoreConfig, DatastoreError,
+    DirectoryDatastore, RecordFormat,
 };
 use crate::fs::{Kind, PRIVATE_FILE, PUBLIC_FILE, Root, TEMP_MARKER};
 use crate::pki::{
@@ -43,8 +43,9 @@ pub(crate) struct InitOptions {
     pub token: Option<String>,
     pub key_type: Option<KeyType>,
     pub datastore_format: RecordFormat,
-    /// A shared datastore (etcd) instead of the directory in the data dir.
-    pub datastore: Option<EtcdConfig>,
+    /// A datastore outside the data dir (etcd, kine, kine's SQLite database) instead of the
+    /// directory in the data dir.
+    pub datastore: Option<DatastoreConfig>,
     pub now: OffsetDateTime,
 }
 
@@ -98,6 +99,31 @@ struct PlannedCa {
     write: Option<(Vec<u8>, Vec<u8>)>,
     /// Taken from the shared datastore (a join): its files are written, nothing generated.
     joined: bool,
+}
+
+/// The datastore a k3s data dir defaults to: kine's SQLite database `server/db/state.db`, when
+/// the data dir holds one (a k3s server with its default datastore ran there) and no datastore
+/// of rotor's. `None` otherwise (the directory datastore).
+pub(crate) fn k3s_sqlite_default(
+    data_dir: &Path,
+    profile: Profile,
+) -> Result<Option<DatastoreConfig>> {
+    if profile != Profile::K3s {
+        return Ok(None);
+    }
+    let Ok(root) = Root::open_ambient(data_dir) else {
+        return Ok(None);
+    };
+    let db = Path::new("server/db");
+    // rotor's directory datastore keeps its revisions in `server/db/.kv`.
+    if root.kind(&db.join("state.db"))? != Some(Kind::File) || root.exists(&db.join(".kv")) {
+        return Ok(None);
+    }
+    let path = std::path::absolute(root.path().join(db).join("state.db"))
+        .map_err(|e| crate::fs::FsError::io(root.display(db), e))?;
+    Ok(Some(DatastoreConfig::Sqlite(
+        crate::datastore::SqliteConfig { sqlite: path },
+    )))
 }
 
 pub(crate) fn init(

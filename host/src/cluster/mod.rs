@@ -1118,8 +1118,9 @@ fn entries_of(dir: &DataDir, generation: u64) -> Result<Vec<Entry>> {
     Ok(layout_of(dir, generation)?.1.entries())
 }
 
-/// The datastore a configuration names: its etcd cluster (connected), else the directory in
-/// the data dir if it exists (reading never creates it).
+/// The datastore a configuration names: its etcd cluster or kine (connected) or kine's SQLite
+/// database (opened), else the directory in the data dir if it exists (reading never creates
+/// it).
 fn open_store(
     root: &Root,
     config: &ClusterConfig,
@@ -1127,16 +1128,13 @@ fn open_store(
     options: &Options,
 ) -> Result<Option<Box<dyn Datastore>>> {
     Ok(match &config.datastore {
-        Some(etcd) => Some(Box::new(crate::datastore::EtcdDatastore::connect(
-            {
-                etcd.check().map_err(|e| ClusterError::BadFile {
-                    path: root.display(Path::new(config::CONFIG_FILE)),
-                    reason: format!("datastore {}: {}", e.field, e.reason),
-                })?;
-                etcd
-            },
-            options.datastore_timeout,
-        )?)),
+        Some(store) => {
+            store.check().map_err(|e| ClusterError::BadFile {
+                path: root.display(Path::new(config::CONFIG_FILE)),
+                reason: format!("datastore {}: {}", e.field, e.reason),
+            })?;
+            Some(store.open(options.datastore_timeout)?)
+        }
         None => DirectoryDatastore::existing(root, &layout.datastore_dir)?
             .map(|s| Box::new(s) as Box<dyn Datastore>),
     })

@@ -22,19 +22,23 @@
 
 mod bootstrap;
 mod directory;
+mod endpoint;
 mod envelope;
 mod etcd;
 mod intent;
+mod keys;
+mod sqlite;
 
 pub use bootstrap::{BootstrapData, BootstrapFile};
 pub use directory::DirectoryDatastore;
+pub use endpoint::DatastoreConfig;
 pub use envelope::{
     EnvelopeError, RecordFormat, V1_ITERATIONS, open_record, record_format, seal_record,
 };
-pub use etcd::{
-    EtcdConfig, EtcdConfigError, EtcdDatastore, INIT_LOCK, LEASE_TTL_SECONDS, ROTOR_PREFIX,
-};
+pub use etcd::{EtcdConfig, EtcdConfigError, EtcdDatastore, INIT_LOCK, LEASE_TTL_SECONDS};
 pub use intent::{Intent, IntentOutcome, KeyStep};
+pub use keys::ROTOR_PREFIX;
+pub use sqlite::{SqliteConfig, SqliteDatastore};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -117,6 +121,17 @@ pub enum DatastoreError {
         doing: &'static str,
         /// Why it failed.
         reason: String,
+    },
+    /// Another process has the database open (k3s or kine, on an offline SQLite database).
+    #[error(
+        "{store}: the database is in use: {by}; stop k3s first, or point --datastore-endpoint at \
+         the kine that serves it (k3s: unix://<data-dir>/server/kine.sock); nothing was changed"
+    )]
+    InUse {
+        /// The store.
+        store: String,
+        /// What holds it.
+        by: String,
     },
     /// Another server holds the init lock.
     #[error(

@@ -432,6 +432,21 @@ impl Root {
             .map_err(|e| FsError::io(self.display(rel), e))
     }
 
+    /// The file `name` of this directory (one plain component) as a path, for a library that
+    /// only opens files by name (SQLite, and the files it keeps beside a database): through
+    /// this directory's open descriptor (`/proc/self/fd/N/name`), so it names a file in the
+    /// directory this `Root` opened, whatever the user's path names by then. Valid while this
+    /// `Root` lives.
+    pub fn descriptor_path(&self, name: &str) -> Result<PathBuf, FsError> {
+        let rel = Path::new(name);
+        self.check(rel)?;
+        if name.contains('/') || name == "." {
+            return Err(FsError::refused(self.display(rel), "not a plain file name"));
+        }
+        use std::os::fd::AsRawFd;
+        Ok(PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd())).join(name))
+    }
+
     /// Whether `rel` exists (following a final symlink).
     pub fn exists(&self, rel: &Path) -> bool {
         self.check(rel).is_ok() && self.dir.exists(rel)

@@ -67,23 +67,19 @@ mod steps;
 
 pub use config::{EtcdConfig, EtcdConfigError};
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions, Txn};
 
+use super::keys;
 use super::{
     BOOTSTRAP_PREFIX, Datastore, DatastoreError, DatastoreLock, Intent, IntentOutcome, KeyStep, Op,
     Snapshot,
 };
 use crate::fs::Root;
 
-/// Where rotor-v1 records live: this prefix, then the k3s key.
-pub const ROTOR_PREFIX: &str = "/rotor";
 /// The key of the lock that serializes the first initialization of a cluster.
 pub const INIT_LOCK: &str = "/rotor/locks/init";
-/// A key that rotor before 0.3 wrote to fence off unconfirmed commits; never a record.
-const FENCE_KEY: &str = "/rotor/bootstrap/~fence";
 /// How long the init lock lasts unless its holder renews it: how long a dead holder keeps it.
 pub const LEASE_TTL_SECONDS: i64 = 10;
 
@@ -122,15 +118,6 @@ fn pem_file(path: &std::path::Path, want: PemWant) -> Result<Vec<u8>, DatastoreE
         reason,
     })?;
     Ok(bytes)
-}
-
-/// The etcd key a record with `value` is stored under.
-fn physical(key: &str, value: &[u8]) -> String {
-    if value.starts_with(super::envelope::V1_MAGIC) {
-        format!("{ROTOR_PREFIX}{key}")
-    } else {
-        key.to_string()
-    }
 }
 
 impl EtcdDatastore {
@@ -332,7 +319,8 @@ impl Datastore for EtcdDatastore {
         if prefix != BOOTSTRAP_PREFIX {
             return Err(DatastoreError::BadKey(prefix.to_string()));
         }
-        let rotor_prefix = format!("{ROTOR_PREFIX}{prefix}");
+        let [prefix, rotor_prefix] = keys::physical_prefixes(prefix);
+        let prefix = prefix.as_str();
         // Both prefixes at one revision: the second range is read at the first one's (plain
         // ranges, which kine serves too; it refuses read-only transactions).
         let first = self.run("reading the bootstrap records", |client| {
@@ -357,33 +345,16 @@ impl Datastore for EtcdDatastore {
                     .await
             }
         })?;
-        let mut snapshot = Snapshot::default();
-        let mut located = BTreeMap::new();
-        for get in [&first, &second] {
-            for item in get.kvs() {
-                let key = String::from_utf8_lossy(item.key()).into_owned();
-                let revision = u64::try_from(item.mod_revision()).unwrap_or(0);
-                if key == FENCE_KEY {
-                    // Left by an older rotor: no record.
-                    continue;
-                }
-                let logical = key
-                    .strip_prefix(ROTOR_PREFIX)
-                    .filter(|k| k.starts_with(prefix))
-                    .unwrap_or(&key)
-                    .to_string();
-                if let Some(other) = located.insert(logical.clone(), key.clone()) {
-                    return Err(DatastoreError::Corrupt {
-                        what: self.describe(&logical),
-                        reason: format!("two records for one token: {other} and {key}"),
-                    });
-                }
-                snapshot.revision = snapshot.revision.max(revision);
-                snapshot.revisions.insert(logical.clone(), revision);
-                snapshot.entries.insert(logical, item.value().to_vec());
-            }
-        }
-        Ok(snapshot)
+        let items = [&first, &second].into_iter().flat_map(|get| {
+            get.kvs().iter().map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    u64::try_from(kv.mod_revision()).unwrap_or(0),
+                    kv.value().to_vec(),
+                )
+            })
+        });
+        keys::assemble(prefix, items, |k| self.describe(k))
     }
 
     fn commit(&self, base: &Snapshot, ops: &[Op]) -> Result<u64, DatastoreError> {
@@ -431,22 +402,5 @@ impl Datastore for EtcdDatastore {
 
     fn lock_init(&self, wait: Duration) -> Result<DatastoreLock, DatastoreError> {
         self.take_init_lock(wait)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rotor_v1_records_live_under_their_own_key() {
-        assert_eq!(
-            physical("/bootstrap/abc", b"rotor-v1$pbkdf2"),
-            "/rotor/bootstrap/abc"
-        );
-        assert_eq!(
-            physical("/bootstrap/abc", b"0123456789abcdef:AAAA"),
-            "/bootstrap/abc"
-        );
     }
 }

@@ -3,7 +3,8 @@
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
-use super::{EtcdDatastore, physical};
+use super::EtcdDatastore;
+use crate::datastore::keys::physical;
 use crate::datastore::{
     BOOTSTRAP_PREFIX, Datastore, DatastoreError, Intent, IntentOutcome, KeyStep, Op, Snapshot,
     value_digest,
