@@ -677,3 +677,95 @@ fn supervisor_node_bindings_are_shared_by_the_servers_of_one_etcd() {
     rotor_ok(&s2, &["node", "delete", "worker-1"]);
     assert_eq!(status(request(port1, "worker-1", "a-new-password")), "200");
 }
+
+/// A k3s data dir with a managed etcd (`server/db/etcd/`): `rotor init` without an endpoint
+/// keeps the CA material in that etcd, reached as k3s reaches it (https://127.0.0.1:2379, the
+/// client certificate `server/tls/etcd/client.crt`, trusting `server/tls/etcd/server-ca.crt`),
+/// against a real etcd serving mTLS with certificates rotor issued; later commands use it.
+#[test]
+fn a_k3s_data_dir_with_a_managed_etcd_defaults_to_it_over_mtls() {
+    if !require_command("etcd") || !require_command("etcdctl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The TLS files a k3s server made (here rotor issues them, in k3s's layout).
+    let pki = tmp.path().join("pki");
+    rotor_ok(
+        &pki,
+        &["init", "--node-name", "server-1", "--node-ip", "127.0.0.1"],
+    );
+    let k3s = tmp.path().join("k3s");
+    std::fs::create_dir_all(k3s.join("server/db")).unwrap();
+    let st = Command::new("cp")
+        .arg("-rL")
+        .arg(pki.join("server/tls"))
+        .arg(k3s.join("server/tls"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tls = k3s.join("server/tls/etcd");
+    let file = |name: &str| tls.join(name).to_str().unwrap().to_string();
+    // k3s's managed etcd: its data in server/db/etcd, clients on 127.0.0.1:2379 with mTLS.
+    let log = std::fs::File::create(tmp.path().join("etcd.log")).unwrap();
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let child = Command::new("etcd")
+        .args(["--name", "server-1"])
+        .arg("--data-dir")
+        .arg(k3s.join("server/db/etcd"))
+        .args(["--listen-client-urls", "https://127.0.0.1:2379"])
+        .args(["--advertise-client-urls", "https://127.0.0.1:2379"])
+        .args(["--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("server-1={peer}")])
+        .args(["--cert-file", &file("server-client.crt")])
+        .args(["--key-file", &file("server-client.key")])
+        .args(["--trusted-ca-file", &file("server-ca.crt")])
+        .arg("--client-cert-auth")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _etcd = crate::kine::Proc::from(child);
+    let etcdctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .args(["--endpoints", "https://127.0.0.1:2379"])
+            .args(["--cacert", &file("server-ca.crt")])
+            .args(["--cert", &file("client.crt")])
+            .args(["--key", &file("client.key")])
+            .args(["--command-timeout", "3s"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let start = Instant::now();
+    while !etcdctl(&["endpoint", "health"]).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "etcd on 127.0.0.1:2379 (k3s's port: is another etcd there?): {}",
+            std::fs::read_to_string(tmp.path().join("etcd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (code, out, err) = rotor_at(
+        &k3s,
+        &["init", "--node-name", "server-1", "--node-ip", "127.0.0.1"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let config = std::fs::read_to_string(k3s.join("rotor.json")).unwrap();
+    assert!(
+        config.contains("https://127.0.0.1:2379") && config.contains("server/tls/etcd/client.crt"),
+        "{config}"
+    );
+    assert!(
+        !k3s.join("server/db/.kv").exists(),
+        "no datastore of rotor's"
+    );
+    let keys = etcdctl(&["get", "--prefix", "/rotor/bootstrap/", "--keys-only"]);
+    let keys = String::from_utf8_lossy(&keys.stdout).into_owned();
+    assert_eq!(keys.lines().filter(|l| !l.is_empty()).count(), 1, "{keys}");
+    // Later commands reach it with the certificates now in the data dir (re-issued by init
+    // under the same etcd CA).
+    rotor_ok(&k3s, &["certificate", "rotate-service-key"]);
+    rotor_ok(&k3s, &["start"]);
+}

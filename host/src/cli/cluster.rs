@@ -48,9 +48,9 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
                 }
             })?,
         ),
-        // A k3s data dir whose server kept its datastore in kine's SQLite (k3s's default) and
-        // that has no datastore of rotor's: that database.
-        None => init::k3s_sqlite_default(&global.data_dir, args.profile)?,
+        // A k3s data dir whose server kept its datastore in its managed etcd or in kine's
+        // SQLite (k3s's default), with no datastore of rotor's: that one.
+        None => init::k3s_default_datastore(&global.data_dir, args.profile)?,
     };
     let opts = init::InitOptions {
         profile: args.profile,

@@ -101,10 +101,12 @@ struct PlannedCa {
     joined: bool,
 }
 
-/// The datastore a k3s data dir defaults to: kine's SQLite database `server/db/state.db`, when
-/// the data dir holds one (a k3s server with its default datastore ran there) and no datastore
-/// of rotor's. `None` otherwise (the directory datastore).
-pub(crate) fn k3s_sqlite_default(
+/// The datastore a k3s data dir defaults to when it has none of rotor's (`server/db/.kv`):
+/// k3s's managed etcd when it has one (`server/db/etcd/`), reached as k3s reaches it, at
+/// `https://127.0.0.1:2379` with `server/tls/etcd/client.crt|key` and trusting
+/// `server/tls/etcd/server-ca.crt`; else kine's SQLite database `server/db/state.db` when it
+/// holds one (k3s's default datastore). `None` otherwise (the directory datastore).
+pub(crate) fn k3s_default_datastore(
     data_dir: &Path,
     profile: Profile,
 ) -> Result<Option<DatastoreConfig>> {
@@ -116,7 +118,27 @@ pub(crate) fn k3s_sqlite_default(
     };
     let db = Path::new("server/db");
     // rotor's directory datastore keeps its revisions in `server/db/.kv`.
-    if root.kind(&db.join("state.db"))? != Some(Kind::File) || root.exists(&db.join(".kv")) {
+    if root.exists(&db.join(".kv")) {
+        return Ok(None);
+    }
+    if root.kind(&db.join("etcd"))? == Some(Kind::Dir) {
+        let tls = |name: &str| {
+            std::path::absolute(root.path().join("server/tls/etcd").join(name))
+                .map_err(|e| crate::fs::FsError::io(root.display(Path::new("server/tls")), e))
+        };
+        let etcd = crate::datastore::EtcdConfig::new(
+            "https://127.0.0.1:2379",
+            Some(tls("server-ca.crt")?),
+            Some(tls("client.crt")?),
+            Some(tls("client.key")?),
+        )
+        .map_err(|e| ClusterError::BadInput {
+            input: Input::DatastoreEndpoint,
+            reason: e.reason,
+        })?;
+        return Ok(Some(DatastoreConfig::Etcd(etcd)));
+    }
+    if root.kind(&db.join("state.db"))? != Some(Kind::File) {
         return Ok(None);
     }
     let path = std::path::absolute(root.path().join(db).join("state.db"))
