@@ -15,6 +15,7 @@
 mod common;
 
 mod acceptance;
+mod adopt;
 mod agent;
 mod bundles;
 mod ca_rotation;

@@ -296,6 +296,12 @@ pub(super) struct InitArgs {
     /// The distribution whose layout and conventions to follow.
     #[arg(long, value_enum, default_value = "k3s")]
     pub profile: Profile,
+    /// Take over a data dir another tool made (a k3s or RKE2 server's, found in its datastore
+    /// by its token file; a kubeadm /etc/kubernetes) as it is: nothing issued, no file
+    /// rewritten; refused, with the list of what is wrong, unless every CA, key, certificate
+    /// and the bootstrap record is in place. Give the server's --node-name and --node-ip.
+    #[arg(long)]
+    pub adopt: bool,
     /// This node's name (lowercase RFC 1123 subdomain).
     #[arg(long)]
     pub node_name: String,

@@ -22,6 +22,54 @@ pub(super) fn now(arg: Option<OffsetDateTime>) -> OffsetDateTime {
 
 use super::bundle;
 
+/// `rotor init --adopt`: what was taken over, and what was not recognised.
+fn adopt(
+    global: &GlobalArgs,
+    opts: init::InitOptions,
+    bundle: &crate::policy::Bundle,
+) -> anyhow::Result<Exit> {
+    let profile = opts.profile;
+    let report = crate::cluster::adopt::adopt(
+        &global.data_dir,
+        opts,
+        bundle,
+        &super::datadir_options(global, "init --adopt"),
+    )?;
+    outln!(
+        "adopted {} ({} profile) as it is: nothing issued, no file rewritten",
+        global.data_dir.display(),
+        profile.as_str()
+    );
+    if let Some(n) = report.generation {
+        outln!("  generation {n}, policy bundle '{}' recorded", bundle.name);
+    }
+    outln!("  datastore: {}", report.datastore);
+    outln!("  CAs: {}", report.cas.join(", "));
+    if !report.external_cas.is_empty() {
+        outln!(
+            "  external CAs (no key here; their certificates are externally managed): {}",
+            report.external_cas.join(", ")
+        );
+    }
+    outln!("  certificates taken over: {}", report.certificates.len());
+    if report.unrecognised.is_empty() {
+        outln!("  every file at a managed path is one rotor knows");
+    } else {
+        outln!("  not recognised (kept as they are):");
+        for p in &report.unrecognised {
+            outln!("    {}", p.display());
+        }
+    }
+    if let Some(token) = &report.new_token {
+        outln!(
+            "  token (rotor's, for its own datastore; in {}):",
+            report.token_file.display()
+        );
+        outln!("{}", token.render());
+    }
+    Ok(Exit::Success)
+}
+
 pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> {
     let bundle = bundle(global)?;
     // init records the bundle: one whose plugin cannot be loaded would decide by its failure
@@ -50,7 +98,7 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
         ),
         // A k3s data dir whose server kept its datastore in its managed etcd or in kine's
         // SQLite (k3s's default), with no datastore of rotor's: that one.
-        None => init::k3s_default_datastore(&global.data_dir, args.profile)?,
+        None => crate::cluster::adopt::k3s_default_datastore(&global.data_dir, args.profile)?,
     };
     let opts = init::InitOptions {
         profile: args.profile,
@@ -65,6 +113,9 @@ pub(super) fn init(global: &GlobalArgs, args: InitArgs) -> anyhow::Result<Exit> 
         datastore,
         now: now(args.now),
     };
+    if args.adopt {
+        return adopt(global, opts, &bundle);
+    }
     let at = opts.now;
     let profile = opts.profile;
     let report = init::init(

@@ -101,53 +101,6 @@ struct PlannedCa {
     joined: bool,
 }
 
-/// The datastore a k3s data dir defaults to when it has none of rotor's (`server/db/.kv`):
-/// k3s's managed etcd when it has one (`server/db/etcd/`), reached as k3s reaches it, at
-/// `https://127.0.0.1:2379` with `server/tls/etcd/client.crt|key` and trusting
-/// `server/tls/etcd/server-ca.crt`; else kine's SQLite database `server/db/state.db` when it
-/// holds one (k3s's default datastore). `None` otherwise (the directory datastore).
-pub(crate) fn k3s_default_datastore(
-    data_dir: &Path,
-    profile: Profile,
-) -> Result<Option<DatastoreConfig>> {
-    if profile != Profile::K3s {
-        return Ok(None);
-    }
-    let Ok(root) = Root::open_ambient(data_dir) else {
-        return Ok(None);
-    };
-    let db = Path::new("server/db");
-    // rotor's directory datastore keeps its revisions in `server/db/.kv`.
-    if root.exists(&db.join(".kv")) {
-        return Ok(None);
-    }
-    if root.kind(&db.join("etcd"))? == Some(Kind::Dir) {
-        let tls = |name: &str| {
-            std::path::absolute(root.path().join("server/tls/etcd").join(name))
-                .map_err(|e| crate::fs::FsError::io(root.display(Path::new("server/tls")), e))
-        };
-        let etcd = crate::datastore::EtcdConfig::new(
-            "https://127.0.0.1:2379",
-            Some(tls("server-ca.crt")?),
-            Some(tls("client.crt")?),
-            Some(tls("client.key")?),
-        )
-        .map_err(|e| ClusterError::BadInput {
-            input: Input::DatastoreEndpoint,
-            reason: e.reason,
-        })?;
-        return Ok(Some(DatastoreConfig::Etcd(etcd)));
-    }
-    if root.kind(&db.join("state.db"))? != Some(Kind::File) {
-        return Ok(None);
-    }
-    let path = std::path::absolute(root.path().join(db).join("state.db"))
-        .map_err(|e| crate::fs::FsError::io(root.display(db), e))?;
-    Ok(Some(DatastoreConfig::Sqlite(
-        crate::datastore::SqliteConfig { sqlite: path },
-    )))
-}
-
 pub(crate) fn init(
     data_dir: &Path,
     opts: InitOptions,
@@ -253,7 +206,7 @@ fn init_in(
 
 /// Take the data dir's lock for `init`, finish what a dead writer left, and refuse a data dir
 /// that has a live generation.
-fn lock_for_init(root: &Root, options: &Options, data_dir: &Path) -> Result<DataDir> {
+pub(super) fn lock_for_init(root: &Root, options: &Options, data_dir: &Path) -> Result<DataDir> {
     let mut dir = DataDir::lock_exclusive(root.try_clone()?, options.clone())?;
     super::check_permissions(&dir)?;
     super::recover(&mut dir)?;
@@ -267,7 +220,7 @@ fn lock_for_init(root: &Root, options: &Options, data_dir: &Path) -> Result<Data
 }
 
 /// The configuration `init` starts from (external CAs and custom-CA mode are decided later).
-fn initial_config(opts: &InitOptions) -> ClusterConfig {
+pub(super) fn initial_config(opts: &InitOptions) -> ClusterConfig {
     ClusterConfig {
         format: 1,
         profile: opts.profile,
@@ -791,7 +744,7 @@ fn join_cas(cluster: &mut Cluster, data: &BootstrapData) -> Result<Vec<PlannedCa
 
 /// Refuse shared directories at init: the data dir, the real directories on the way to
 /// managed paths, the datastore's.
-fn check_init_permissions(cluster: &Cluster, entries: &[Entry]) -> Result<()> {
+pub(super) fn check_init_permissions(cluster: &Cluster, entries: &[Entry]) -> Result<()> {
     let root = &cluster.root;
     root.refuse_if_shared(Path::new("."))?;
     for e in entries {
@@ -813,7 +766,7 @@ fn check_init_permissions(cluster: &Cluster, entries: &[Entry]) -> Result<()> {
 
 /// Everything found in place at the managed paths, to carry into the first generation: a
 /// custom CA set in `server/tls`, an external CA's certificates in `pki`, kubeconfigs.
-fn adopted_files(cluster: &Cluster, entries: &[Entry]) -> Result<Change> {
+pub(super) fn adopted_files(cluster: &Cluster, entries: &[Entry]) -> Result<Change> {
     let mut change = Change::default();
     let root = &cluster.root;
     let mut add = |rel: PathBuf| -> Result<()> {

@@ -7,6 +7,7 @@
 //! `start`, `check`, kubeadm's `certs`, CA and secret rotations) are private modules driven by
 //! the CLI; errors are [`ClusterError`]s that name the file or [`Input`] they concern.
 
+pub(crate) mod adopt;
 pub(crate) mod check;
 pub(crate) mod config;
 pub(crate) mod custom_ca;

@@ -221,10 +221,10 @@ impl Layout {
         self.leaves.iter().find(|l| l.name == name)
     }
 
-    /// Every path rotor manages, as the data dir's write model links it into the live
-    /// generation: the owned directories, then each file outside them.
-    pub fn entries(&self) -> Vec<crate::datadir::Entry> {
-        use crate::datadir::Entry;
+    /// Every file the layout names: CA certificates and keys, certificates and keys (or the
+    /// kubeconfigs that embed them), service-account keys, kubeconfigs, the token file and
+    /// `rotor.json`.
+    pub fn known_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = Vec::new();
         for ca in &self.cas {
             files.push(ca.cert.clone());
@@ -251,6 +251,14 @@ impl Layout {
         files.push(self.token_file.clone());
         files.push(PathBuf::from(super::config::CONFIG_FILE));
         files.extend(self.dynamic_cert.iter().map(|(_, p)| p.clone()));
+        files
+    }
+
+    /// Every path rotor manages, as the data dir's write model links it into the live
+    /// generation: the owned directories, then each file outside them.
+    pub fn entries(&self) -> Vec<crate::datadir::Entry> {
+        use crate::datadir::Entry;
+        let files = self.known_files();
         let mut out: Vec<Entry> = self.managed_dirs.iter().cloned().map(Entry::Dir).collect();
         for f in files {
             if !self.managed_dirs.iter().any(|d| f.starts_with(d))
