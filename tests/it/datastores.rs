@@ -396,7 +396,8 @@ pub(crate) fn three_servers_join_rotate_and_reconcile(store: &mut dyn SharedStor
 }
 
 /// Two servers rotate the CAs at once: exactly one wins, the other fails with a conflict and
-/// its data dir unchanged; then both start on the winner's CAs.
+/// its data dir unchanged; then both start on the winner's CAs, and the loser's retry (staged
+/// again from them) goes through.
 pub(crate) fn racing_rotations_one_wins(store: &mut dyn SharedStore, tmp: &Path) {
     let s1 = tmp.join("s1");
     let s2 = tmp.join("s2");
@@ -478,6 +479,23 @@ pub(crate) fn racing_rotations_one_wins(store: &mut dyn SharedStore, tmp: &Path)
             winner_ca
         );
     }
+    // The loser's clean retry: a rotation staged from the CAs it has now goes through, and
+    // reaches the winner.
+    let retry = tmp.join("rotate-retry");
+    let r = retry.to_str().unwrap();
+    rotor_ok(
+        dirs[loser],
+        &["certificate", "rotate-default-ca", "--out", r],
+    );
+    rotor_ok(
+        dirs[loser],
+        &["certificate", "rotate-ca", "--path", r, "--force"],
+    );
+    rotor_ok(dirs[winner], &["start"]);
+    assert_eq!(
+        std::fs::read(dirs[winner].join("server/tls/server-ca.crt")).unwrap(),
+        std::fs::read(retry.join("server/tls/server-ca.crt")).unwrap()
+    );
 }
 
 /// The store (etcd, kine, or the database under kine) dies after a `token rotate` read it and

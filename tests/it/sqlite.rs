@@ -72,30 +72,10 @@ fn get_json(kine: &Kine, key: &str, rev: Option<i64>) -> Option<(i64, i64, Vec<u
     ))
 }
 
-/// The flags of a server that reaches the database through `kine`.
-struct Through<'a>(&'a Kine);
+/// A store as `rotor init` is pointed at it: only its flags (`--datastore-endpoint URL`).
+struct Endpoint(String);
 
-impl SharedStore for Through<'_> {
-    fn flags(&self) -> Vec<String> {
-        vec!["--datastore-endpoint".into(), self.0.url()]
-    }
-    fn keys(&self) -> Vec<String> {
-        unreachable!("not used here")
-    }
-    fn value(&self, _: &str) -> Vec<u8> {
-        unreachable!("not used here")
-    }
-    fn stop(&mut self, _: crate::datastores::Outage) {}
-    fn start(&mut self, _: crate::datastores::Outage) {}
-    fn named(&self) -> String {
-        String::new()
-    }
-}
-
-/// The flags of a server that opens the database file itself.
-struct Offline(String);
-
-impl SharedStore for Offline {
+impl SharedStore for Endpoint {
     fn flags(&self) -> Vec<String> {
         vec!["--datastore-endpoint".into(), self.0.clone()]
     }
@@ -126,13 +106,13 @@ fn what_kine_wrote_rotor_reads_offline_and_what_rotor_wrote_kine_serves() {
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
     let mut kine = db.kine();
-    let (_, token) = init_ok(&a, 1, &Through(&kine), &["--datastore-format", "k3s"]);
+    let (_, token) = init_ok(&a, 1, &Endpoint(kine.url()), &["--datastore-format", "k3s"]);
     let old_key = rotor::datastore::bootstrap_key(&token.password);
     let (created, first_rev, first_value) = get_json(&kine, &old_key, None).unwrap();
     assert_eq!(created, first_rev, "a create");
 
     // kine has the file open: refused, nothing written.
-    let offline = Offline(db.endpoint());
+    let offline = Endpoint(db.endpoint());
     let (code, out, err) = init_server(&b, 2, &offline, &["--token", &token.render()]);
     assert_ne!(code, 0, "{out}");
     assert!(

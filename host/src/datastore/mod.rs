@@ -296,6 +296,35 @@ impl Drop for DatastoreLock {
     }
 }
 
+/// A commit with nothing to write: only that the store still holds what `base` read (every
+/// record at the revision read, none added). The revision, or a conflict.
+fn unchanged_since(
+    store: &(impl Datastore + ?Sized),
+    base: &Snapshot,
+    what: String,
+) -> Result<u64, DatastoreError> {
+    let now = store.snapshot(BOOTSTRAP_PREFIX)?;
+    if now.revisions != base.revisions {
+        return Err(DatastoreError::Conflict {
+            what,
+            expected: base.revision,
+            found: now.revision,
+        });
+    }
+    Ok(base.revision)
+}
+
+/// The failpoint step of a commit to `store` (counted, and failed when a test asks).
+fn commit_step(store: String) -> Result<(), DatastoreError> {
+    crate::fs::failpoints::step(|| format!("datastore commit {store}")).map_err(|e| {
+        DatastoreError::Unavailable {
+            store,
+            doing: "writing the bootstrap records",
+            reason: e.to_string(),
+        }
+    })
+}
+
 /// The datastore key of the bootstrap record for a token password (k3s's naming).
 pub fn bootstrap_key(password: &str) -> String {
     let digest = hex::encode(Sha256::digest(password.as_bytes()));

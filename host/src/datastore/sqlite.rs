@@ -381,12 +381,7 @@ impl Datastore for SqliteDatastore {
                 return Err(DatastoreError::BadKey(op.key().to_string()));
             }
         }
-        crate::fs::failpoints::step(|| format!("datastore commit {}", self.config.describe()))
-            .map_err(|e| DatastoreError::Unavailable {
-                store: self.config.describe(),
-                doing: "writing the bootstrap records",
-                reason: e.to_string(),
-            })?;
+        super::commit_step(self.config.describe())?;
         // Where each record read was, and at which revision.
         let read = |key: &str| -> Option<(String, i64)> {
             let value = base.get(key)?;
@@ -394,17 +389,8 @@ impl Datastore for SqliteDatastore {
             Some((physical(key, value), i64::try_from(revision).unwrap_or(0)))
         };
         if ops.is_empty() {
-            // Nothing to write: only that nothing changed since `base` (no other process can
-            // write while this connection holds the database).
-            let now = self.snapshot(BOOTSTRAP_PREFIX)?;
-            if now.revisions != base.revisions {
-                return Err(DatastoreError::Conflict {
-                    what: self.config.describe(),
-                    expected: base.revision,
-                    found: now.revision,
-                });
-            }
-            return Ok(base.revision);
+            // (No other process can write while this connection holds the database.)
+            return super::unchanged_since(self, base, self.config.describe());
         }
         let result = self.transaction("writing the bootstrap records", |tx| {
             let mut revision = 0;

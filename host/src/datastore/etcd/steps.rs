@@ -160,23 +160,9 @@ impl EtcdDatastore {
 
     pub(super) fn commit_steps(&self, base: &Snapshot, ops: &[Op]) -> Result<u64, DatastoreError> {
         let steps = plan(base, ops)?;
-        crate::fs::failpoints::step(|| format!("datastore commit {}", self.config.describe()))
-            .map_err(|e| DatastoreError::Unavailable {
-                store: self.config.describe(),
-                doing: WRITING,
-                reason: e.to_string(),
-            })?;
+        crate::datastore::commit_step(self.config.describe())?;
         if steps.is_empty() {
-            // Nothing to write: only that nothing changed since `base`.
-            let now = self.snapshot(BOOTSTRAP_PREFIX)?;
-            if now.revisions != base.revisions {
-                return Err(DatastoreError::Conflict {
-                    what: self.config.describe(),
-                    expected: base.revision,
-                    found: now.revision,
-                });
-            }
-            return Ok(base.revision);
+            return crate::datastore::unchanged_since(self, base, self.config.describe());
         }
         let mut done: Vec<(&Step, i64)> = Vec::new();
         for (i, step) in steps.iter().enumerate() {
