@@ -12,10 +12,10 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 
 use super::config::{CONFIG_FILE, ClusterConfig, POLICY_DIR, Profile};
-use super::layout::{CaSpec, Storage};
+use super::layout::Storage;
 use super::{
     Change, Cluster, ClusterError, Input, IssuedLeaf, LeafOnDisk, LoadedCa, Result, check_names,
-    kubeconfig, load_external_ca,
+    kubeconfig,
 };
 use crate::contract::SanStage;
 use crate::datadir::{DataDir, Entry, META, Options};
@@ -24,11 +24,12 @@ use crate::datastore::{
     DirectoryDatastore, RecordFormat,
 };
 use crate::fs::{Kind, PRIVATE_FILE, PUBLIC_FILE, Root, TEMP_MARKER};
-use crate::pki::{
-    CaSigner, KeyType, PrivateKey, Subject, Token, Validity, ca_hash, generate_password,
-    self_signed_ca,
-};
+use crate::pki::{KeyType, PrivateKey, Token, ca_hash, generate_password};
 use crate::policy::Bundle;
+
+mod cas;
+
+use cas::{PlannedCa, join_cas, plan_cas};
 
 /// What `rotor init` was asked.
 #[derive(Clone, Debug)]
@@ -66,8 +67,6 @@ pub(crate) struct InitReport {
     pub token_file: PathBuf,
 }
 
-const CA_LIFETIME_DAYS: i64 = 3650;
-
 fn validate_node_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
@@ -89,16 +88,6 @@ fn validate_node_name(name: &str) -> Result<()> {
             ),
         })
     }
-}
-
-/// CA material decided for the new cluster: what to write (if generated) and the signer.
-struct PlannedCa {
-    spec: CaSpec,
-    ca: LoadedCa,
-    /// Certificate and key PEM to write (`None` when adopted from disk).
-    write: Option<(Vec<u8>, Vec<u8>)>,
-    /// Taken from the shared datastore (a join): its files are written, nothing generated.
-    joined: bool,
 }
 
 pub(crate) fn init(
@@ -600,146 +589,6 @@ fn report(cluster: &Cluster, decided: Decided) -> InitReport {
         token_file: cluster.path(&cluster.layout.token_file),
         token: decided.token,
     }
-}
-
-/// Decide each CA: adopt files in place, generate missing ones, or fail on a partial set.
-fn plan_cas(cluster: &Cluster, now: OffsetDateTime) -> Result<Vec<PlannedCa>> {
-    let layout = &cluster.layout;
-    let present = |p: &PathBuf| cluster.live.exists(p);
-    let any_present = layout
-        .cas
-        .iter()
-        .any(|c| present(&c.cert) || present(&c.key));
-    let k3s_family = cluster.config.profile.is_k3s_family();
-    if k3s_family && any_present {
-        // Custom CA: all five pairs must be there (k3s: "the following files are required").
-        let missing: Vec<String> = layout
-            .cas
-            .iter()
-            .flat_map(|c| [&c.cert, &c.key])
-            .filter(|p| !present(p))
-            .map(|p| cluster.path(p).display().to_string())
-            .collect();
-        if !missing.is_empty() {
-            return Err(ClusterError::Refused(format!(
-                "custom CA: some CA files are in place but not all; missing:\n  {}\n(put every CA certificate and key in place, \
-                 e.g. with 'rotor certificate generate-custom-ca', or remove them all to generate self-signed CAs)",
-                missing.join("\n  ")
-            )));
-        }
-    }
-    let mut planned = Vec::new();
-    for spec in &layout.cas {
-        let what = cluster.path(&spec.cert).display().to_string();
-        let p = match (present(&spec.cert), present(&spec.key)) {
-            (true, true) => {
-                let ca = CaSigner::load(
-                    &what,
-                    &cluster.live.read(&spec.cert)?,
-                    &cluster.live.read(&spec.key)?,
-                )?;
-                if ca.facts.not_after <= now {
-                    return Err(ClusterError::BadFile {
-                        path: cluster.path(&spec.cert),
-                        reason: format!(
-                            "the CA expired on {}",
-                            crate::clock::rfc3339(ca.facts.not_after)
-                        ),
-                    });
-                }
-                PlannedCa {
-                    spec: spec.clone(),
-                    ca: LoadedCa::Signing(ca),
-                    write: None,
-                    joined: false,
-                }
-            }
-            (true, false) if spec.name == "ca" && !k3s_family => {
-                let ca = load_external_ca(&what, &cluster.live.read(&spec.cert)?)?;
-                PlannedCa {
-                    spec: spec.clone(),
-                    ca,
-                    write: None,
-                    joined: false,
-                }
-            }
-            (true, false) => {
-                return Err(ClusterError::BadFile {
-                    path: cluster.path(&spec.cert),
-                    reason: format!(
-                        "present without its key {}; only kubeadm's ca.crt may come without a key (external-CA mode)",
-                        cluster.path(&spec.key).display()
-                    ),
-                });
-            }
-            (false, true) => {
-                return Err(ClusterError::BadFile {
-                    path: cluster.path(&spec.key),
-                    reason: format!("a CA key without its certificate {what}"),
-                });
-            }
-            (false, false) => {
-                let key = cluster.config.key_type.generate()?;
-                let cn = if spec.timestamped_cn {
-                    format!("{}@{}", spec.common_name, now.unix_timestamp())
-                } else {
-                    spec.common_name.clone()
-                };
-                let backdate = if k3s_family {
-                    time::Duration::hours(1)
-                } else {
-                    time::Duration::ZERO
-                };
-                let validity = Validity {
-                    not_before: now - backdate,
-                    not_after: now + time::Duration::days(CA_LIFETIME_DAYS),
-                };
-                let subject = Subject {
-                    common_name: cn,
-                    ..Default::default()
-                };
-                let cert = self_signed_ca(&subject, &key, validity)?;
-                let signer = CaSigner::load(spec.name, cert.pem.as_bytes(), key.pem().as_bytes())?;
-                PlannedCa {
-                    spec: spec.clone(),
-                    ca: LoadedCa::Signing(signer),
-                    write: Some((cert.pem.into_bytes(), key.pem().as_bytes().to_vec())),
-                    joined: false,
-                }
-            }
-        };
-        planned.push(p);
-    }
-    Ok(planned)
-}
-
-/// The CAs of the cluster a server joins, from its bootstrap data: written to this data dir as
-/// the datastore holds them; a CA without its key there is external here too.
-fn join_cas(cluster: &mut Cluster, data: &BootstrapData) -> Result<Vec<PlannedCa>> {
-    cluster.config.external_cas = cluster
-        .layout
-        .cas
-        .iter()
-        .filter(|spec| data.get(spec.key_field).is_none())
-        .map(|spec| spec.name.to_string())
-        .collect();
-    let mut loaded = cluster.cas_from_bootstrap(data)?;
-    let mut planned = Vec::new();
-    for spec in &cluster.layout.cas {
-        let ca = loaded.remove(spec.name).ok_or(ClusterError::Internal(
-            "a layout names a CA it does not define",
-        ))?;
-        let write = data
-            .get(spec.key_field)
-            .map(|key| (ca.bundle_pem().to_vec(), key.content.clone()));
-        planned.push(PlannedCa {
-            spec: spec.clone(),
-            ca,
-            write,
-            joined: true,
-        });
-    }
-    Ok(planned)
 }
 
 /// Refuse shared directories at init: the data dir, the real directories on the way to
