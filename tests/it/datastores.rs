@@ -8,7 +8,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rotor::pki::Token;
 
@@ -108,7 +108,7 @@ impl SharedStore for KineStore<'_> {
             Outage::Database => {
                 self.database.restart();
                 // kine reconnects on its own; wait until it serves again.
-                let start = std::time::Instant::now();
+                let start = Instant::now();
                 while !self
                     .kine
                     .ctl(&["get", "/", "--prefix", "--limit", "1"])
@@ -601,6 +601,10 @@ pub(crate) fn token_rotation_locks_the_old_token_out(store: &mut dyn SharedStore
             );
         }
         rotor_ok(dir, &["start", "--token", &new.render()]);
+        // Given once: the token file holds it now.
+        let kept = std::fs::read_to_string(dir.join("server/token")).unwrap();
+        assert_eq!(Token::parse(kept.trim()).unwrap().password, new.password);
+        rotor_ok(dir, &["start"]);
     }
     // A new server cannot join with the old token; it can with the new one.
     let s4 = tmp.join("s4");
@@ -609,6 +613,66 @@ pub(crate) fn token_rotation_locks_the_old_token_out(store: &mut dyn SharedStore
     assert!(err.contains("token does not decrypt"), "{err}");
     assert!(!s4.join(".rotor").exists(), "a refused join writes nothing");
     init_ok(&s4, 4, store, &["--token", &new.render()]);
+}
+
+/// `rotor serve` on a server whose datastore is shared: its cycles read the store; it starts and
+/// says it is not ready while the store is down, fails its cycles without changing anything,
+/// and is ready again once the store is back.
+pub(crate) fn serve_not_ready_while_the_store_is_down(store: &mut dyn SharedStore, tmp: &Path) {
+    use crate::serve::Serve;
+    let s1 = tmp.join("s1");
+    init_ok(&s1, 1, store, &[]);
+    let now =
+        time::OffsetDateTime::from_unix_timestamp(time::OffsetDateTime::now_utc().unix_timestamp())
+            .unwrap();
+    let serve_args = ["--listen", "127.0.0.1:0", "--datastore-timeout", "3"];
+    let mut serve = Serve::start(&s1, now, &serve_args, &[]);
+    serve.advance(now);
+    assert_eq!(serve.get("/readyz").0, 200, "{}", serve.stderr());
+
+    store.stop(Outage::Server);
+    let before = tree(&s1);
+    // The next cycle (an hour later) and its retries fail: not ready, nothing changed.
+    serve.advance(now + time::Duration::minutes(61));
+    let (code, body) = serve.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("datastore cannot be loaded"), "{body}");
+    assert!(
+        serve.stderr().contains("cycle failed"),
+        "{}",
+        serve.stderr()
+    );
+    assert_eq!(tree(&s1), before);
+    assert_eq!(serve.get("/healthz").0, 200);
+
+    // A server started while the store is down starts, and says why it is not ready; once the store
+    // is back, it is ready.
+    let (code, err) = serve.terminate();
+    assert_eq!(code, 0, "{err}");
+    let mut serve = Serve::start(&s1, now, &serve_args, &[]);
+    wait_ready_state(&mut serve, 503);
+    store.start(Outage::Server);
+    serve.advance(now + time::Duration::minutes(30));
+    wait_ready_state(&mut serve, 200);
+    let (code, err) = serve.terminate();
+    assert_eq!(code, 0, "{err}");
+}
+
+fn wait_ready_state(serve: &mut crate::serve::Serve, want: u16) {
+    let start = Instant::now();
+    loop {
+        let (code, body) = serve.get("/readyz");
+        // Not ready first because no cycle ran yet, then because the cycle failed on the store.
+        if code == want && (want != 503 || body.contains("datastore cannot be loaded")) {
+            return;
+        }
+        assert!(!serve.exited(), "rotor serve exited: {}", serve.stderr());
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "readyz stayed {code}: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Run `args` in `dir` with extra environment, to its end: (exit code, stdout, stderr).
@@ -726,6 +790,7 @@ pub(crate) const SCENARIOS: &[(&str, Scenario)] = &[
     ("token", token_rotation_locks_the_old_token_out),
     ("forward", killed_between_steps_rolls_forward),
     ("back", killed_between_steps_and_overtaken_rolls_back),
+    ("serve", serve_not_ready_while_the_store_is_down),
 ];
 
 /// The suite on the real kine over `database`, each scenario on a database of its own on the

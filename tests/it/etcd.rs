@@ -502,70 +502,11 @@ fn first_inits_are_serialized_and_a_dead_holders_lock_expires() {
     );
 }
 
-/// `rotor serve` on a server whose datastore is etcd: it starts and says it is not ready while
-/// etcd is down, fails its cycles without changing anything, and is ready again once etcd is
-/// back.
+/// `rotor serve` on a server whose datastore is etcd: not ready while etcd is down, ready again
+/// after.
 #[test]
 fn serve_is_not_ready_while_etcd_is_down_and_ready_again_after() {
-    use crate::serve::Serve;
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(mut etcd) = Etcd::start(tmp.path(), 1) else {
-        return;
-    };
-    let s1 = tmp.path().join("s1");
-    init_ok(&s1, 1, &etcd, &[]);
-    let now =
-        time::OffsetDateTime::from_unix_timestamp(time::OffsetDateTime::now_utc().unix_timestamp())
-            .unwrap();
-    let serve_args = ["--listen", "127.0.0.1:0", "--datastore-timeout", "3"];
-    let mut serve = Serve::start(&s1, now, &serve_args, &[]);
-    serve.advance(now);
-    assert_eq!(serve.get("/readyz").0, 200, "{}", serve.stderr());
-
-    etcd.kill(0);
-    let before = tree(&s1);
-    // The next cycle (an hour later) and its retries fail: not ready, nothing changed.
-    serve.advance(now + time::Duration::minutes(61));
-    let (code, body) = serve.get("/readyz");
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("datastore cannot be loaded"), "{body}");
-    assert!(
-        serve.stderr().contains("cycle failed"),
-        "{}",
-        serve.stderr()
-    );
-    assert_eq!(tree(&s1), before);
-    assert_eq!(serve.get("/healthz").0, 200);
-
-    // A server started while etcd is down starts, and says why it is not ready; once etcd is
-    // back, it is ready.
-    let (code, err) = serve.terminate();
-    assert_eq!(code, 0, "{err}");
-    let mut serve = Serve::start(&s1, now, &serve_args, &[]);
-    wait_ready_state(&mut serve, 503);
-    etcd.launch(0);
-    etcd.wait_healthy(0);
-    serve.advance(now + time::Duration::minutes(30));
-    wait_ready_state(&mut serve, 200);
-    let (code, err) = serve.terminate();
-    assert_eq!(code, 0, "{err}");
-}
-
-fn wait_ready_state(serve: &mut crate::serve::Serve, want: u16) {
-    let start = Instant::now();
-    loop {
-        let (code, body) = serve.get("/readyz");
-        // Not ready first because no cycle ran yet, then because the cycle failed on etcd.
-        if code == want && (want != 503 || body.contains("datastore cannot be loaded")) {
-            return;
-        }
-        assert!(!serve.exited(), "rotor serve exited: {}", serve.stderr());
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "readyz stayed {code}: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    on_etcd("serve");
 }
 
 /// The supervisor APIs of two servers on one etcd share the node bindings: a node bound

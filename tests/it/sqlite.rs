@@ -116,7 +116,7 @@ fn what_kine_wrote_rotor_reads_offline_and_what_rotor_wrote_kine_serves() {
     let (code, out, err) = init_server(&b, 2, &offline, &["--token", &token.render()]);
     assert_ne!(code, 0, "{out}");
     assert!(
-        err.contains("the database is in use") && err.contains("stop k3s first"),
+        err.contains("the database is in use") && err.contains("stop k3s"),
         "{err}"
     );
     assert!(!b.join(".rotor").exists(), "nothing written");
@@ -243,7 +243,7 @@ fn a_k3s_data_dir_with_state_db_defaults_to_it_and_a_live_kine_socket_is_refused
         assert!(
             err.contains("the database is in use")
                 && err.contains("kine.sock")
-                && err.contains("stop k3s first"),
+                && err.contains("stop k3s"),
             "{cmd:?}: {err}"
         );
         let after = files();

@@ -171,6 +171,16 @@ fn init_in(
     crate::fs::failpoint("init:decide");
     refuse_initialized_store(&cluster, data_dir)?;
     let joining = joined(&cluster, &opts)?;
+    // A join keeps the record's format (a token rotation later writes it the same way).
+    if joining.is_some()
+        && let Some(token) = opts.token.as_deref().and_then(|t| Token::parse(t).ok())
+    {
+        let stored = Bootstrap::new(cluster.datastore()?, cluster.snapshot()?, &token.password)
+            .stored_format();
+        if let Some(format) = stored {
+            cluster.config.datastore_format = format;
+        }
+    }
 
     // Check and decide everything in memory, then plan the one change.
     let decided = decide(&mut cluster, &opts, bundle, joining.as_ref())?;

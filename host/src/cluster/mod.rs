@@ -661,7 +661,7 @@ impl Cluster {
         }
         format!(
             ". Give the current token ({}: the one the last 'rotor init' or 'rotor token \
-             rotate' printed) and put it back in {}",
+             rotate' printed); 'rotor start --token TOKEN' puts it in {}",
             Input::Token,
             file.display()
         )

@@ -113,7 +113,7 @@ impl Plan {
             .flat_map(|l| l.restart.iter().copied())
             .collect();
         if !self.extractions.is_empty() {
-            set.insert("every control-plane component (CA files changed)");
+            set.insert("every control-plane component (files from the datastore changed)");
         }
         if self.regenerate_dynamic_cert {
             set.insert("supervisor (dynamic serving certificate)");
@@ -155,9 +155,9 @@ pub(crate) fn prepare(
     mode: &Mode,
     now: OffsetDateTime,
 ) -> Result<Prepared> {
-    let (_token, data) = cluster.open_bootstrap(token, now)?;
+    let (token, data) = cluster.open_bootstrap(token, now)?;
     let mut plan = Plan {
-        extractions: extractions(cluster, &data, now)?,
+        extractions: extractions(cluster, &data, &token, now)?,
         ..Plan::default()
     };
     let cas = cluster.cas_from_bootstrap(&data)?;
@@ -579,6 +579,7 @@ fn drift(spec: &LeafSpec, facts: &CertificateFacts) -> Vec<String> {
 fn extractions(
     cluster: &Cluster,
     data: &BootstrapData,
+    token: &crate::pki::Token,
     now: OffsetDateTime,
 ) -> Result<Vec<Extraction>> {
     // (path, content, private, conflict-checked): files that are exact copies of a datastore
@@ -614,16 +615,20 @@ fn extractions(
         }
     }
 
-    // The token file pins the token CA: after a CA rotation its hash follows the datastore.
+    // The token file holds the token that opened the datastore (a `--token` given after a
+    // rotation on another server replaces the old one), and pins the token CA: after a CA
+    // rotation its hash follows the datastore.
     let token_ca = cluster.layout.token_ca();
     if let (Ok(bytes), Some(stored)) = (
         cluster.live.read(&cluster.layout.token_file),
         data.get(token_ca.cert_field),
-    ) && let Ok(token) = crate::pki::Token::parse(String::from_utf8_lossy(&bytes).trim())
+    ) && let Ok(on_disk) = crate::pki::Token::parse(String::from_utf8_lossy(&bytes).trim())
     {
         let ders = crate::facts::certificate_ders("datastore", &stored.content).unwrap_or_default();
         let hash = crate::pki::ca_hash(&stored.content, &ders, now);
-        if token.ca_hash.as_deref() != Some(hash.as_str()) {
+        let replace = on_disk.password != token.password;
+        let token = if replace { token.clone() } else { on_disk };
+        if replace || token.ca_hash.as_deref() != Some(hash.as_str()) {
             let text = format!("{}\n", token.with_hash(hash).render());
             files.push((
                 cluster.layout.token_file.clone(),

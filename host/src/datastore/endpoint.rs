@@ -51,12 +51,18 @@ impl DatastoreConfig {
             let sqlite = std::path::absolute(path).map_err(|e| bad(format!("{path}: {e}")))?;
             return Ok(DatastoreConfig::Sqlite(SqliteConfig { sqlite }));
         }
-        for scheme in ["postgres://", "mysql://", "unixs://", "unix://", "nats://"] {
+        if endpoint.starts_with("unix://") || endpoint.starts_with("unixs://") {
+            return Err(bad(format!(
+                "'{endpoint}' is a unix socket: rotor reaches etcd and kine over TCP (http:// or \
+                 https://HOST:PORT); for a stopped k3s server, give its SQLite database \
+                 (sqlite://<data-dir>/server/db/state.db)"
+            )));
+        }
+        for scheme in ["postgres://", "mysql://", "nats://"] {
             if endpoint.starts_with(scheme) {
                 return Err(bad(format!(
                     "rotor reaches this database through kine, as k3s does: run `kine --endpoint '{endpoint}'` \
-                     (or use k3s's own, unix://<data-dir>/server/kine.sock, through its etcd URL) and give \
-                     its etcd URL (http://127.0.0.1:2379)"
+                     and give its etcd URL (http://127.0.0.1:2379)"
                 )));
             }
         }

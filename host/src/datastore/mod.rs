@@ -124,8 +124,8 @@ pub enum DatastoreError {
     },
     /// Another process has the database open (k3s or kine, on an offline SQLite database).
     #[error(
-        "{store}: the database is in use: {by}; stop k3s first, or point --datastore-endpoint at \
-         the kine that serves it (k3s: unix://<data-dir>/server/kine.sock); nothing was changed"
+        "{store}: the database is in use: {by}; stop k3s (or the kine serving it) first: rotor \
+         opens this database itself; nothing was changed"
     )]
     InUse {
         /// The store.
