@@ -6,7 +6,7 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup build-deps deps plugins test-plugins build lint doc unit-tests integration-tests bench-build bench fuzz clean
+.PHONY: demo test setup build-deps deps bench-deps plugins test-plugins build lint doc unit-tests integration-tests bench-build bench fuzz clean
 
 demo: plugins build
 	./scripts/demo.sh
@@ -25,6 +25,10 @@ build-deps:
 # etcdctl, docker-registry (an OCI registry); installed when missing (apt-get as root).
 deps:
 	./scripts/install-deps.sh
+
+# deps, and OPA (benches/peers.rs's peer engine), built with Go into the same cache.
+bench-deps:
+	./scripts/install-deps.sh bench
 
 # Default plugins -> components -> policies/*/plugins, digests checked against the pins.
 plugins: setup
@@ -66,7 +70,7 @@ bench-build: build-deps
 	$(CARGO) build --locked -p rotor --benches
 
 # The criterion suite (release profile, several minutes); see docs/performance.md.
-bench: plugins
+bench: plugins bench-deps
 	$(CARGO) bench -p rotor
 
 # Fuzz every parser of untrusted input for FUZZ_SECONDS each (nightly and cargo-fuzz, which

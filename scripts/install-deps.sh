@@ -4,6 +4,10 @@
 #   install-deps.sh build   what building rotor needs: protoc (protobuf-compiler) and the
 #                           well-known types it imports (libprotobuf-dev), for the etcd
 #                           client's gRPC code (make build, lint, demo run this first)
+#   install-deps.sh bench   everything below, and what the benches need besides: OPA (`go
+#                           install github.com/open-policy-agent/opa@v1.22.4` into
+#                           $ROTOR_TOOLS_DIR/bin), the peer of benches/peers.rs (make bench
+#                           runs this first)
 #   install-deps.sh         that, and what the tests use (make test runs this first):
 #     openssl, and Python's cryptography package: independent checkers of what rotor writes;
 #     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
@@ -81,5 +85,19 @@ if [ "${1:-all}" != build ] && ! "$tools/bin/kine" --version 2>/dev/null | grep 
     mkdir -p "$tools/bin"
     GOBIN="$tools/bin" "$go" install -ldflags "-X github.com/k3s-io/kine/pkg/version.Version=$KINE_VERSION" \
       "github.com/k3s-io/kine@$KINE_VERSION"
+  fi
+fi
+
+# OPA, the peer engine of benches/peers.rs (only for `make bench`), pinned, into the same cache.
+OPA_VERSION=v1.22.4
+if [ "${1:-all}" = bench ] && ! "$tools/bin/opa" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}$"; then
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  if [ ! -x "$go" ]; then
+    echo "install-deps: Go is missing: OPA ($OPA_VERSION) cannot be built; benches/peers.rs leaves it out" >&2
+    [ -z "${CI:-}" ] || exit 1
+  else
+    echo "install-deps: go install github.com/open-policy-agent/opa@$OPA_VERSION (into $tools/bin)"
+    mkdir -p "$tools/bin"
+    GOBIN="$tools/bin" "$go" install "github.com/open-policy-agent/opa@$OPA_VERSION"
   fi
 fi
