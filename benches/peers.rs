@@ -963,7 +963,7 @@ fn main() {
         }
         rows.push((label, m));
     }
-    if rows.iter().all(|(_, m)| m.is_empty()) {
+    if !c_is_benchmarking() || rows.iter().all(|(_, m)| m.is_empty()) {
         return;
     }
     std::fs::create_dir_all(&out_dir).expect("output dir");
@@ -977,9 +977,10 @@ fn main() {
     );
 }
 
-/// Whether this is a measuring run (not `--test` or `--list`): `opa bench` takes seconds.
+/// Whether this is a measuring run (not `--test`, `--list` or `--profile-time`): `opa bench`
+/// takes seconds, and only a measuring run writes the report.
 fn c_is_benchmarking() -> bool {
-    !std::env::args().any(|a| a == "--test" || a == "--list")
+    !std::env::args().any(|a| a == "--test" || a == "--list" || a == "--profile-time")
 }
 
 fn target_dir() -> PathBuf {

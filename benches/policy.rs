@@ -304,6 +304,128 @@ fn san_and_csr_hooks(c: &mut Criterion) {
     group.finish();
 }
 
+/// Issue 28's levers on a fresh instance per decision, one at a time against rotor's engine:
+/// the fresh renewal decision and the fresh CSR hook on the kubelet CSR, the plugin alone.
+fn fresh_levers(c: &mut Criterion) {
+    let default = EngineOptions::default();
+    let variants: Vec<(&str, EngineOptions)> = vec![
+        ("rotor_default", default.clone()),
+        (
+            "keep_resident_64k",
+            EngineOptions {
+                keep_resident: 64 * 1024,
+                ..default.clone()
+            },
+        ),
+        (
+            "keep_resident_256k",
+            EngineOptions {
+                keep_resident: 256 * 1024,
+                ..default.clone()
+            },
+        ),
+        (
+            "keep_resident_4m",
+            EngineOptions {
+                keep_resident: 4 * 1024 * 1024,
+                ..default.clone()
+            },
+        ),
+        (
+            "table_keep_resident_0",
+            EngineOptions {
+                table_keep_resident: 0,
+                ..default.clone()
+            },
+        ),
+        (
+            "warm_slots_0",
+            EngineOptions {
+                max_unused_warm_slots: Some(0),
+                ..default.clone()
+            },
+        ),
+        (
+            "warm_slots_8",
+            EngineOptions {
+                max_unused_warm_slots: Some(8),
+                ..default.clone()
+            },
+        ),
+        (
+            "decommit_batch_16",
+            EngineOptions {
+                decommit_batch_size: 16,
+                ..default.clone()
+            },
+        ),
+        (
+            "no_memory_init_cow",
+            EngineOptions {
+                memory_init_cow: false,
+                ..default.clone()
+            },
+        ),
+        (
+            "reservation_32m_guard_64k",
+            EngineOptions {
+                memory_reservation: Some((32 * 1024 * 1024, 64 * 1024)),
+                ..default.clone()
+            },
+        ),
+    ];
+    let renewal_bytes = std::fs::read(repo().join("policies/default/plugins/renewal-window.wasm"))
+        .expect("policies/default/plugins/renewal-window.wasm: run `make plugins` first");
+    let csr_bytes = std::fs::read(repo().join("policies/default/plugins/csr-approval.wasm"))
+        .expect("policies/default/plugins/csr-approval.wasm: run `make plugins` first");
+    let csr_settings =
+        r#"{"profiles":{"kubernetes.io/kubelet-serving":{"kind":"kubelet-serving"}}}"#;
+    let request = renewal_request();
+    let (csr, _) = kubelet_csr();
+    let limits = SandboxLimits::default();
+    let mut group = c.benchmark_group("fresh_levers");
+    for (name, options) in variants {
+        let engine = PluginEngine::new(options).expect("engine");
+        let renewal = engine
+            .load("renewal-window", Hook::Renewal, &renewal_bytes)
+            .expect("plugin loads")
+            .configure(
+                Hook::Renewal,
+                r#"{"mode":"window","renew_before_days":90}"#,
+                &limits,
+            )
+            .expect("settings accepted");
+        let review = engine
+            .load("csr-approval", Hook::Csr, &csr_bytes)
+            .expect("plugin loads")
+            .configure(Hook::Csr, csr_settings, &limits)
+            .expect("settings accepted");
+        group.bench_function(format!("renewal/{name}"), |b| {
+            b.iter(|| {
+                black_box(
+                    renewal
+                        .sandbox()
+                        .expect("sandbox")
+                        .renewal(&request)
+                        .expect("decision"),
+                )
+            })
+        });
+        group.bench_function(format!("csr/{name}"), |b| {
+            b.iter(|| {
+                black_box(
+                    review
+                        .sandbox()
+                        .expect("sandbox")
+                        .review_csr(&csr)
+                        .expect("decision"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 /// 8: time per renewal decision for 1, 100 and 10,000 certificates (a fresh sandbox for each,
 /// as rotor decides): the cost per decision stays flat.
 fn scaling(c: &mut Criterion) {
@@ -406,6 +528,6 @@ fn bundle_load(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = settings::config();
-    targets = renewal, san_and_csr_hooks, scaling, bundle_load
+    targets = renewal, san_and_csr_hooks, fresh_levers, scaling, bundle_load
 }
 criterion_main!(benches);

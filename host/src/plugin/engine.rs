@@ -43,6 +43,17 @@ pub struct EngineOptions {
     pub pagemap_scan: bool,
     /// Directory for precompiled plugins (`None`: compile in memory every time).
     pub cache_dir: Option<PathBuf>,
+    /// Bytes of each table kept resident when a pool slot is reused.
+    pub table_keep_resident: usize,
+    /// Freed pool slots kept warm for the module that used them (wasmtime's default: 100).
+    pub max_unused_warm_slots: Option<u32>,
+    /// Freed pool slots decommitted together (1: each at once).
+    pub decommit_batch_size: usize,
+    /// Map a plugin's initial memory copy-on-write from its image (rather than copying it in).
+    pub memory_init_cow: bool,
+    /// Address space reserved per linear memory and its guard (`None`: wasmtime's defaults, a
+    /// reservation large enough that the guest's bounds checks are elided).
+    pub memory_reservation: Option<(u64, u64)>,
 }
 
 impl Default for EngineOptions {
@@ -55,6 +66,11 @@ impl Default for EngineOptions {
             keep_resident: 1024 * 1024,
             pagemap_scan: true,
             cache_dir: None,
+            table_keep_resident: 64 * 1024,
+            max_unused_warm_slots: None,
+            decommit_batch_size: 1,
+            memory_init_cow: true,
+            memory_reservation: None,
         }
     }
 }
@@ -264,10 +280,15 @@ fn build_engine(options: &EngineOptions, pooling: bool) -> wasmtime::Result<Engi
         .wasm_component_model(true)
         .concurrency_support(false)
         .epoch_interruption(options.epoch_interruption)
-        .memory_init_cow(true)
+        .memory_init_cow(options.memory_init_cow)
         .max_wasm_stack(512 * 1024)
         .parallel_compilation(true)
         .cranelift_opt_level(OptLevel::Speed);
+    if let Some((reservation, guard)) = options.memory_reservation {
+        config
+            .memory_reservation(reservation)
+            .memory_guard_size(guard);
+    }
     if pooling {
         let n = options.pool_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
@@ -277,12 +298,16 @@ fn build_engine(options: &EngineOptions, pooling: bool) -> wasmtime::Result<Engi
             .total_tables(n.saturating_mul(2))
             .max_memory_size(MAX_MEMORY_LIMIT as usize)
             .linear_memory_keep_resident(options.keep_resident)
-            .table_keep_resident(64 * 1024)
+            .table_keep_resident(options.table_keep_resident)
+            .decommit_batch_size(options.decommit_batch_size.max(1))
             .pagemap_scan(if options.pagemap_scan {
                 Enabled::Auto
             } else {
                 Enabled::No
             });
+        if let Some(slots) = options.max_unused_warm_slots {
+            pool.max_unused_warm_slots(slots);
+        }
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&config)
