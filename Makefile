@@ -70,7 +70,7 @@ bench-build: build-deps
 	$(CARGO) build --locked -p rotor --benches
 
 # The criterion suite (release profile, several minutes); see docs/performance.md.
-bench: plugins bench-deps
+bench: plugins test-plugins bench-deps
 	$(CARGO) bench -p rotor
 
 # Fuzz every parser of untrusted input for FUZZ_SECONDS each (nightly and cargo-fuzz, which

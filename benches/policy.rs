@@ -215,6 +215,32 @@ fn renewal(c: &mut Criterion) {
         b.iter(|| black_box(sandbox.renewal(&request).expect("decision")))
     });
 
+    // The floor: a 0.2 plugin that takes the same request and answers a constant `keep` at
+    // once (tests/plugins/renewal-floor, built by `make test-plugins`): what the contract's
+    // call costs with no rule and no formatting.
+    let floor_bytes = std::fs::read(repo().join("target/test-plugins/renewal-floor.wasm"))
+        .expect("target/test-plugins/renewal-floor.wasm: run `make test-plugins` first");
+    let floor = default_engine
+        .load("renewal-floor", Hook::Renewal, &floor_bytes)
+        .expect("floor plugin loads")
+        .configure(Hook::Renewal, "{}", &limits)
+        .expect("configure");
+    let mut floor_sandbox = floor.sandbox().expect("sandbox");
+    group.bench_function("warm_sandbox/floor", |b| {
+        b.iter(|| black_box(floor_sandbox.renewal(&request).expect("decision")))
+    });
+    group.bench_function("fresh_sandbox/floor", |b| {
+        b.iter(|| {
+            black_box(
+                floor
+                    .sandbox()
+                    .expect("sandbox")
+                    .renewal(&request)
+                    .expect("decision"),
+            )
+        })
+    });
+
     // The same plugin as rotor shipped it on the 0.1 contract (the whole certificate in every
     // request; `configure` in every fresh instance): what 0.2 changed, measured.
     let v01 = default_engine

@@ -30,7 +30,8 @@ use sha2::{Digest, Sha256};
 /// The default plugins shipped in the policy bundles.
 const DEFAULT_PLUGINS: &[&str] = &["renewal-window", "san-validation", "csr-approval"];
 
-/// Hostile plugins for the sandbox tests, and the target each is built for.
+/// Hostile plugins for the sandbox tests (and the policy bench's floor plugin), and the target
+/// each is built for.
 const TEST_PLUGINS: &[(&str, Target)] = &[
     ("hostile-loop", Target::Unknown),
     ("hostile-memory", Target::Unknown),
@@ -40,6 +41,7 @@ const TEST_PLUGINS: &[(&str, Target)] = &[
     ("hostile-wasi", Target::Wasip2),
     ("hostile-stateful", Target::Unknown),
     ("hostile-approve-all", Target::Unknown),
+    ("renewal-floor", Target::Unknown),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

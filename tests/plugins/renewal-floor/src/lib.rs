@@ -1,0 +1,32 @@
+//! Not hostile: the floor of a rotor:policy@0.2.0 renewal decision, for the policy bench. It
+//! takes the same request as the default renewal-window plugin and answers at once with a
+//! constant `keep` (a two-word reason, no renewal instant), built on the SDK like the shipped
+//! plugins (same allocator, same bindings). What it costs warm is what the contract's call
+//! costs with no rule and no formatting: the part of a decision no plugin can go below.
+
+#![allow(
+    unsafe_code,
+    reason = "the SDK's export macro expands to wit-bindgen's unsafe glue; the rule contains none"
+)]
+
+use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
+    Guest, KeepDecision, RenewalDecision, RenewalRequest,
+};
+use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
+
+struct Plugin;
+
+impl Guest for Plugin {
+    fn configure(_: String) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn decide(_: RenewalRequest, _: &CertificateDetails) -> RenewalDecision {
+        RenewalDecision::Keep(KeepDecision {
+            reason: "kept always".into(),
+            renew_at: None,
+        })
+    }
+}
+
+rotor_policy_sdk::renewal::export!(Plugin);
