@@ -441,14 +441,31 @@ impl Native {
         }
     }
 
-    /// As the plugin's `decide`: the lean request's fields, then the rule.
+    /// As the plugin's `decide` and the host together: the lean request's fields, the rule, and
+    /// a coded reason in the host's words.
     fn renewal(&self, r: &RenewalRequest) -> RenewalDecision {
         let c = &r.certificate;
         let cert = renewal_rules::Certificate {
             is_ca: c.is_ca,
             not_before: unix(c.not_before),
             not_after: unix(c.not_after),
-            serial: c.serial.clone(),
+            serial: if self.renewal.needs_serial() {
+                c.serial.clone()
+            } else {
+                String::new()
+            },
+        };
+        let words = |reason: renewal_rules::Reason| {
+            use rotor::contract::RenewalReason as R;
+            let code = match reason {
+                renewal_rules::Reason::Text(text) => return text,
+                renewal_rules::Reason::CaCertificate => R::CaCertificate,
+                renewal_rules::Reason::InvalidValidity => R::InvalidValidity,
+                renewal_rules::Reason::Expired => R::Expired,
+                renewal_rules::Reason::WithinWindow(days) => R::WithinWindow { days },
+                renewal_rules::Reason::OutsideWindow(days) => R::OutsideWindow { days },
+            };
+            code.words(c.not_before, c.not_after, r.now)
         };
         match renewal_rules::decide(
             &self.renewal,
@@ -457,14 +474,14 @@ impl Native {
             unix(r.now),
         ) {
             renewal_rules::Decision::Keep { reason, renew_at } => RenewalDecision::Keep {
-                reason,
+                reason: words(reason),
                 renew_at: renew_at.and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok()),
             },
             renewal_rules::Decision::Renew {
                 reason,
                 lifetime_seconds,
             } => RenewalDecision::Renew {
-                reason,
+                reason: words(reason),
                 lifetime_seconds,
             },
         }

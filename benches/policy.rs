@@ -166,6 +166,13 @@ fn compat_renewal_plugin() -> Vec<u8> {
         .expect("tests/compat/rotor-policy-0.1/renewal-window.wasm")
 }
 
+/// renewal-window as built on the 0.2 contract (tests/compat): text reasons, name and serial in
+/// the request.
+fn compat_v02_renewal_plugin() -> Vec<u8> {
+    std::fs::read(repo().join("tests/compat/rotor-policy-0.2/renewal-window.wasm"))
+        .expect("tests/compat/rotor-policy-0.2/renewal-window.wasm")
+}
+
 fn engine(pooling: bool, epoch_interruption: bool) -> PluginEngine {
     PluginEngine::new(EngineOptions {
         pooling,
@@ -234,6 +241,32 @@ fn renewal(c: &mut Criterion) {
             black_box(
                 floor
                     .sandbox()
+                    .expect("sandbox")
+                    .renewal(&request)
+                    .expect("decision"),
+            )
+        })
+    });
+
+    // The same plugin as rotor shipped it on the 0.2 contract: what 0.3's coded reasons and
+    // string-free request changed, measured.
+    let v02 = default_engine
+        .load(
+            "renewal-window-0.2",
+            Hook::Renewal,
+            &compat_v02_renewal_plugin(),
+        )
+        .expect("0.2 plugin loads")
+        .configure(Hook::Renewal, settings, &limits)
+        .expect("configure");
+    let mut v02_sandbox = v02.sandbox().expect("sandbox");
+    group.bench_function("warm_sandbox/contract_0.2", |b| {
+        b.iter(|| black_box(v02_sandbox.renewal(&request).expect("decision")))
+    });
+    group.bench_function("fresh_sandbox/pooling+epoch,contract_0.2", |b| {
+        b.iter(|| {
+            black_box(
+                v02.sandbox()
                     .expect("sandbox")
                     .renewal(&request)
                     .expect("decision"),

@@ -209,7 +209,7 @@ fn a_plugin_must_export_the_hook_it_is_used_for() {
     let err = load_err(dir.path());
     assert!(
         err.to_string()
-            .contains("does not export rotor:policy/csr-approval@0.2.0"),
+            .contains("does not export rotor:policy/csr-approval@0.3.0"),
         "{err}"
     );
 }

@@ -1,6 +1,7 @@
-//! rotor:policy@0.1.0 plugins keep loading and deciding the same: the default plugins as rotor
-//! shipped them on the 0.1 contract (tests/compat/rotor-policy-0.1, committed bytes) against
-//! today's 0.2 builds, with the settings of each shipped bundle, on every fixture case.
+//! rotor:policy@0.1.0 and 0.2.0 plugins keep loading and deciding the same: the default plugins
+//! as rotor shipped them on each older contract (tests/compat/rotor-policy-0.N, committed bytes)
+//! against today's 0.3 builds, with the settings of each shipped bundle, on every fixture case:
+//! the same decisions in the same words (0.3's coded renewal reasons worded by the host).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,6 +9,22 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::common::{repo_root, rotor, shared_cache};
+
+/// The 0.2 builds, by plugin file name, with the sha256 the bundles pinned then.
+const V02: &[(&str, &str)] = &[
+    (
+        "renewal-window.wasm",
+        "5c51ac778840c508c8e84b5075e301bd1c8dba047ce9baae1852ff5d9126e8e9",
+    ),
+    (
+        "san-validation.wasm",
+        "3c5cc08c4bb98386fe0106ced6c499b0cab67d7e053236c22d3fb997edf90238",
+    ),
+    (
+        "csr-approval.wasm",
+        "6ac0ced1ceb580a35432af0cbe37d4192cdc4c9d111dcb5f0635f34d8689b423",
+    ),
+];
 
 /// The 0.1 builds, by plugin file name, with the sha256 the bundles pinned then.
 const V01: &[(&str, &str)] = &[
@@ -25,9 +42,9 @@ const V01: &[(&str, &str)] = &[
     ),
 ];
 
-/// A copy of `policies/<name>` whose three hooks run the 0.1 builds (same settings, limits,
-/// failure modes).
-fn v01_bundle(name: &str, dir: &Path) {
+/// A copy of `policies/<name>` whose three hooks run the builds of an older contract (`builds`,
+/// in `tests/compat/<from>`; same settings, limits, failure modes).
+fn old_bundle(name: &str, from: &str, builds: &[(&str, &str)], dir: &Path) {
     let manifest =
         std::fs::read_to_string(repo_root().join("policies").join(name).join("bundle.toml"))
             .unwrap();
@@ -41,10 +58,9 @@ fn v01_bundle(name: &str, dir: &Path) {
             .unwrap()
             .strip_prefix("plugins/")
             .unwrap();
-        let (_, old) = V01.iter().find(|(f, _)| *f == file).unwrap();
+        let (_, old) = builds.iter().find(|(f, _)| *f == file).unwrap();
         text = text.replace(section["sha256"].as_str().unwrap(), old);
-        let bytes =
-            std::fs::read(repo_root().join("tests/compat/rotor-policy-0.1").join(file)).unwrap();
+        let bytes = std::fs::read(repo_root().join("tests/compat").join(from).join(file)).unwrap();
         std::fs::write(dir.join("plugins").join(file), bytes).unwrap();
     }
     std::fs::write(dir.join("bundle.toml"), text).unwrap();
@@ -77,12 +93,21 @@ fn decisions(bundle: &Path, fixtures: &Path) -> BTreeMap<String, (bool, Value)> 
 }
 
 #[test]
-fn contract_0_1_builds_of_the_default_plugins_decide_like_the_0_2_builds_on_every_fixture() {
+fn contract_0_1_builds_of_the_default_plugins_decide_like_the_current_builds_on_every_fixture() {
+    older_builds_decide_like_the_current_ones("rotor-policy-0.1", V01, "0.1.0");
+}
+
+#[test]
+fn contract_0_2_builds_of_the_default_plugins_decide_like_the_current_builds_on_every_fixture() {
+    older_builds_decide_like_the_current_ones("rotor-policy-0.2", V02, "0.2.0");
+}
+
+fn older_builds_decide_like_the_current_ones(from: &str, builds: &[(&str, &str)], version: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mut compared = 0;
     for name in ["default", "strict"] {
-        let old = tmp.path().join(format!("{name}-0.1"));
-        v01_bundle(name, &old);
+        let old = tmp.path().join(format!("{name}-{version}"));
+        old_bundle(name, from, builds, &old);
         let current = repo_root().join("policies").join(name);
 
         // Both load, each on its own contract.
@@ -96,13 +121,14 @@ fn contract_0_1_builds_of_the_default_plugins_decide_like_the_0_2_builds_on_ever
         };
         let out = check(&old);
         assert_eq!(
-            out.matches("contract  rotor:policy@0.1.0").count(),
+            out.matches(&format!("contract  rotor:policy@{version}"))
+                .count(),
             3,
             "{out}"
         );
         let out = check(&current);
         assert_eq!(
-            out.matches("contract  rotor:policy@0.2.0").count(),
+            out.matches("contract  rotor:policy@0.3.0").count(),
             3,
             "{out}"
         );
@@ -122,7 +148,7 @@ fn contract_0_1_builds_of_the_default_plugins_decide_like_the_0_2_builds_on_ever
                 let (new_passed, new_outcome) = &new_decisions[case];
                 assert!(
                     !old_outcome.is_null(),
-                    "{name} 0.1, {}: {case}: no decision",
+                    "{name} {version}, {}: {case}: no decision",
                     fixtures.display()
                 );
                 // The same decision, reason, violations, lifetime, source and notes.

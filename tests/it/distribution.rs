@@ -169,7 +169,7 @@ fn vendor(dir: &Path, name: &str, version: &str) -> Vendor {
     ]);
     assert!(
         out.contains(&format!(
-            "signed renewal-window {version} (rotor:policy@0.2.0, renewal"
+            "signed renewal-window {version} (rotor:policy@0.3.0, renewal"
         )),
         "{out}"
     );
@@ -758,7 +758,7 @@ fn a_signature_counts_only_for_what_and_by_whom_it_was_made() {
     let statement = Statement {
         name: "renewal-window".into(),
         version: "1.0.0".into(),
-        contract: "rotor:policy@0.2.0".into(),
+        contract: "rotor:policy@0.3.0".into(),
         hooks: vec![Hook::Renewal],
         sha256: hex::encode(Sha256::digest(&component)),
         size: component.len() as u64,
@@ -858,7 +858,7 @@ fn a_signature_counts_only_for_what_and_by_whom_it_was_made() {
     );
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("the signature says rotor:policy@0.1.0 exporting renewal, the component is rotor:policy@0.2.0"),
+        out.contains("the signature says rotor:policy@0.1.0 exporting renewal, the component is rotor:policy@0.3.0"),
         "{out}"
     );
 

@@ -100,7 +100,7 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
         let out = ok(work, &["policy", "build", &name]);
         assert!(
             out.contains(&format!(
-                "contract rotor:policy@0.2.0, exports {hook}; imports nothing but rotor:policy"
+                "contract rotor:policy@0.3.0, exports {hook}; imports nothing but rotor:policy"
             )),
             "{out}"
         );
@@ -156,7 +156,7 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
         &["policy", "check", "--bundle", bundle.to_str().unwrap()],
     );
     assert_eq!(
-        out.matches("contract  rotor:policy@0.2.0").count(),
+        out.matches("contract  rotor:policy@0.3.0").count(),
         3,
         "{out}"
     );

@@ -29,7 +29,7 @@ mod rules;
 use rotor_policy_sdk::settings;
 
 use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
-    Guest as Renewal, KeepDecision, RenewDecision, RenewalDecision, RenewalRequest,
+    Guest as Renewal, KeepDecision, Reason, RenewDecision, RenewalDecision, RenewalRequest,
 };
 use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
 
@@ -46,29 +46,47 @@ impl Renewal for Plugin {
         settings::configure::<rules::Settings>(&json)
     }
 
-    // Everything the rules need is in the lean request: the details are never asked for.
-    fn decide(request: RenewalRequest, _details: &CertificateDetails) -> RenewalDecision {
-        let cert = rules::Certificate {
-            is_ca: request.is_ca,
-            not_before: request.not_before,
-            not_after: request.not_after,
-            serial: request.serial,
-        };
+    // Everything the rules need is in the lean request, but for fraction mode's jitter seed
+    // (the serial), asked for only then.
+    fn decide(request: RenewalRequest, details: &CertificateDetails) -> RenewalDecision {
         let decision = settings::with(|s: &rules::Settings| {
+            let cert = rules::Certificate {
+                is_ca: request.is_ca,
+                not_before: request.not_before,
+                not_after: request.not_after,
+                serial: if s.needs_serial() {
+                    details.serial()
+                } else {
+                    String::new()
+                },
+            };
             rules::decide(s, &cert, request.issuer_not_after, request.now)
         });
         match decision {
-            rules::Decision::Keep { reason, renew_at } => {
-                RenewalDecision::Keep(KeepDecision { reason, renew_at })
-            }
+            rules::Decision::Keep { reason, renew_at } => RenewalDecision::Keep(KeepDecision {
+                reason: wit_reason(reason),
+                renew_at,
+            }),
             rules::Decision::Renew {
                 reason,
                 lifetime_seconds,
             } => RenewalDecision::Renew(RenewDecision {
-                reason,
+                reason: wit_reason(reason),
                 lifetime_seconds,
             }),
         }
+    }
+}
+
+/// The usual reasons go as codes the host words; the rest as text.
+fn wit_reason(reason: rules::Reason) -> Reason {
+    match reason {
+        rules::Reason::Text(t) => Reason::Text(t),
+        rules::Reason::CaCertificate => Reason::CaCertificate,
+        rules::Reason::InvalidValidity => Reason::InvalidValidity,
+        rules::Reason::Expired => Reason::Expired,
+        rules::Reason::WithinWindow(days) => Reason::WithinWindow(days),
+        rules::Reason::OutsideWindow(days) => Reason::OutsideWindow(days),
     }
 }
 

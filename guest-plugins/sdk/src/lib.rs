@@ -1,6 +1,6 @@
 //! # rotor-policy-sdk
 //!
-//! Everything a rotor policy plugin written in Rust builds on, for the `rotor:policy@0.2.0`
+//! Everything a rotor policy plugin written in Rust builds on, for the `rotor:policy@0.3.0`
 //! contract (the WIT files at the repository's top, `wit/`):
 //!
 //! - `renewal`, `san`, `csr` (one Cargo feature each: enable the hooks the plugin serves): the
@@ -31,12 +31,15 @@
 //!     fn configure(json: String) -> Result<(), String> { settings::configure::<Window>(&json) }
 //!     fn decide(r: renewal::RenewalRequest, _: &CertificateDetails) -> renewal::RenewalDecision {
 //!         let days = settings::with(|s: &Window| s.renew_before_days.unwrap_or(90));
+//!         // A reason the host words ("expires on ... (in 12 days), within the 30-day renewal
+//!         // window"), or `renewal::Reason::Text(...)` in your own words.
 //!         if r.not_after - r.now <= days * 86_400 {
 //!             renewal::RenewalDecision::Renew(renewal::RenewDecision {
-//!                 reason: format!("within {days} days of expiry"), lifetime_seconds: None })
+//!                 reason: renewal::Reason::WithinWindow(days as u32), lifetime_seconds: None })
 //!         } else {
 //!             renewal::RenewalDecision::Keep(renewal::KeepDecision {
-//!                 reason: "not yet".into(), renew_at: Some(r.not_after - days * 86_400) })
+//!                 reason: renewal::Reason::OutsideWindow(days as u32),
+//!                 renew_at: Some(r.not_after - days * 86_400) })
 //!         }
 //!     }
 //! }
@@ -59,7 +62,7 @@ pub mod testing;
 pub mod usage;
 
 /// The contract version these bindings implement.
-pub const CONTRACT: &str = "rotor:policy@0.2.0";
+pub const CONTRACT: &str = "rotor:policy@0.3.0";
 
 /// Bindings of the `renewal-policy` world: export `renewal`.
 #[cfg(feature = "renewal")]

@@ -1,7 +1,7 @@
 //! The bundle's settings, parsed once into your type.
 //!
 //! The host calls the plugin's `configure` export with the bundle's `settings` table as JSON.
-//! Under `rotor:policy@0.2.0` that happens once per loaded plugin, and every decision starts from
+//! Since `rotor:policy@0.2.0` that happens once per loaded plugin, and every decision starts from
 //! a snapshot taken after it: parse in `configure` with [`configure`], read in the decision with
 //! [`with`]. Errors name the field (`settings.profiles.a.max_days: invalid type: ...`), which the
 //! host shows the operator as the bundle's load error.

@@ -4,15 +4,16 @@
 //! ```ignore
 //! // (feature `renewal`)
 //! use rotor_policy_sdk::testing;
-//! let request = testing::renewal("serving-kube-apiserver")
+//! let request = testing::renewal()
 //!     .validity(0, 365 * testing::DAY)
 //!     .now(300 * testing::DAY)
 //!     .build();
 //! assert_eq!(request.not_after - request.now, 65 * testing::DAY);
 //! ```
 //!
-//! A rule that needs the certificate's details takes them as plain values (its `lib.rs` glue
-//! asks the `details` handle, which only exists inside rotor), so it is tested with values too.
+//! A rule that needs the certificate's details (0.3: its name and serial too) takes them as
+//! plain values (its `lib.rs` glue asks the `details` handle, which only exists inside rotor),
+//! so it is tested with values too.
 
 /// Seconds in a day.
 pub const DAY: i64 = 86_400;
@@ -30,11 +31,9 @@ mod renewal_requests {
     use crate::renewal::exports::rotor::policy::renewal::RenewalRequest;
     use crate::renewal::rotor::policy::types::KeyAlgorithm;
 
-    /// A renewal request for `name`: a P-256 leaf valid for a year from 0, decided at day 100.
-    pub fn renewal(name: &str) -> RenewalBuilder {
+    /// A renewal request: a P-256 leaf valid for a year from 0, decided at day 100.
+    pub fn renewal() -> RenewalBuilder {
         RenewalBuilder(RenewalRequest {
-            name: name.into(),
-            serial: "01".into(),
             not_before: 0,
             not_after: 365 * DAY,
             is_ca: false,
@@ -67,11 +66,6 @@ mod renewal_requests {
         /// A CA certificate.
         pub fn ca(mut self) -> Self {
             self.0.is_ca = true;
-            self
-        }
-        /// The serial number (lowercase hex).
-        pub fn serial(mut self, serial: &str) -> Self {
-            self.0.serial = serial.into();
             self
         }
         /// The issuing CA's notAfter.

@@ -663,7 +663,7 @@ pub(super) enum PolicyCommand {
     /// a rule with unit tests, and fixtures. Nothing is overwritten.
     #[command(after_help = "Example:\n  \
         rotor policy new ~/src/acme-renewal --hook renewal\n  \
-        rotor policy new acme-csr --hook csr --sdk https://example.com/rotor.git#v0.2.0")]
+        rotor policy new acme-csr --hook csr --sdk https://example.com/rotor.git#v0.3.0")]
     New(Box<NewArgs>),
 
     /// Build a plugin crate into a component (wasm32-unknown-unknown, 64 KiB stack, imports

@@ -132,7 +132,8 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
                     hp.settings,
                     match hp.plugin.contract() {
                         crate::plugin::ContractVersion::V0_1 => "; applied in every decision",
-                        crate::plugin::ContractVersion::V0_2 => "; applied once, snapshotted",
+                        crate::plugin::ContractVersion::V0_2
+                        | crate::plugin::ContractVersion::V0_3 => "; applied once, snapshotted",
                     }
                 );
                 outln!(

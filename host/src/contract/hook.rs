@@ -28,7 +28,7 @@ impl Hook {
     }
 
     /// The WIT interface that implements it, without the package version
-    /// (`rotor:policy/renewal`; a plugin exports it at `@0.1.0` or `@0.2.0`).
+    /// (`rotor:policy/renewal`; a plugin exports it at `@0.1.0`, `@0.2.0` or `@0.3.0`).
     pub fn interface(self) -> &'static str {
         match self {
             Hook::Renewal => "rotor:policy/renewal",

@@ -8,8 +8,10 @@
 
 mod decision;
 mod hook;
+mod reason;
 mod request;
 
 pub use decision::{CsrDecision, RenewalDecision, SanDecision};
 pub use hook::Hook;
+pub use reason::RenewalReason;
 pub use request::{CsrContext, CsrRequest, NodeIdentity, RenewalRequest, SanRequest, SanStage};

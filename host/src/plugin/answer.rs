@@ -154,3 +154,4 @@ macro_rules! answers {
 
 answers!(v01);
 answers!(v02);
+answers!(v03);

@@ -4,9 +4,10 @@
 //! break the contract (a denial without any violation, a malformed reason code, a lifetime
 //! shorter than ten minutes) become `InvalidAnswer` errors instead of decisions.
 //!
-//! Both contract versions have the same records except the renewal request (0.2 is lean), but
-//! wasmtime generates distinct Rust types per package: [`conversions!`] writes the shared
-//! conversions once and expands them in [`v01`] and [`v02`].
+//! The contract versions have the same records except the renewal hook (0.2's request is lean,
+//! 0.3's has no strings and its reasons may be codes the host words), but wasmtime generates
+//! distinct Rust types per package: [`conversions!`] writes the shared conversions once and
+//! expands them in [`v01`], [`v02`] and [`v03`].
 
 use time::OffsetDateTime;
 
@@ -266,25 +267,13 @@ macro_rules! conversions {
                 .collect()
         }
 
-        pub(in crate::plugin) fn renewal_decision(
-            d: renewal::RenewalDecision,
-        ) -> Result<RenewalDecision, String> {
-            Ok(match d {
-                renewal::RenewalDecision::Keep(k) => RenewalDecision::Keep {
-                    reason: text("reason", &k.reason)?,
-                    renew_at: match k.renew_at {
-                        Some(t) => Some(
-                            OffsetDateTime::from_unix_timestamp(t)
-                                .map_err(|_| format!("renew-at {t} is out of range"))?,
-                        ),
-                        None => None,
-                    },
-                },
-                renewal::RenewalDecision::Renew(r) => RenewalDecision::Renew {
-                    reason: text("reason", &r.reason)?,
-                    lifetime_seconds: lifetime(r.lifetime_seconds)?,
-                },
-            })
+        fn renew_at(t: Option<i64>) -> Result<Option<OffsetDateTime>, String> {
+            match t {
+                Some(t) => OffsetDateTime::from_unix_timestamp(t)
+                    .map(Some)
+                    .map_err(|_| format!("renew-at {t} is out of range")),
+                None => Ok(None),
+            }
         }
 
         pub(in crate::plugin) fn san_decision(d: san::SanDecision) -> Result<SanDecision, String> {
@@ -316,6 +305,26 @@ macro_rules! conversions {
     };
 }
 
+/// A renewal decision whose reasons are the plugin's own text (0.1 and 0.2).
+macro_rules! text_reasons {
+    () => {
+        pub(in crate::plugin) fn renewal_decision(
+            d: renewal::RenewalDecision,
+        ) -> Result<RenewalDecision, String> {
+            Ok(match d {
+                renewal::RenewalDecision::Keep(k) => RenewalDecision::Keep {
+                    reason: text("reason", &k.reason)?,
+                    renew_at: renew_at(k.renew_at)?,
+                },
+                renewal::RenewalDecision::Renew(r) => RenewalDecision::Renew {
+                    reason: text("reason", &r.reason)?,
+                    lifetime_seconds: lifetime(r.lifetime_seconds)?,
+                },
+            })
+        }
+    };
+}
+
 /// `rotor:policy@0.1.0`.
 pub(super) mod v01 {
     use super::super::bindings::v01::exports::rotor::policy::{
@@ -324,6 +333,7 @@ pub(super) mod v01 {
     use super::super::bindings::v01::rotor::policy::types as wit;
 
     conversions!();
+    text_reasons!();
 
     /// The whole certificate, copied into the request.
     pub(in crate::plugin) fn renewal_request(
@@ -346,6 +356,7 @@ pub(super) mod v02 {
     use super::super::bindings::v02::rotor::policy::types as wit;
 
     conversions!();
+    text_reasons!();
 
     /// What renewal decisions usually need; the rest stays behind the details handle.
     pub(in crate::plugin) fn renewal_request(r: &super::RenewalRequest) -> renewal::RenewalRequest {
@@ -365,6 +376,66 @@ pub(super) mod v02 {
             issuer_not_after: r.issuer_not_after.map(unix),
             now: unix(r.now),
         }
+    }
+}
+
+/// `rotor:policy@0.3.0`.
+pub(super) mod v03 {
+    use super::super::bindings::v03::exports::rotor::policy::{
+        csr_approval as csr, renewal, san_validation as san,
+    };
+    use super::super::bindings::v03::rotor::policy::types as wit;
+    use crate::contract::RenewalReason;
+
+    conversions!();
+
+    /// Scalars only; the name, the serial and the rest stay behind the details handle.
+    pub(in crate::plugin) fn renewal_request(r: &super::RenewalRequest) -> renewal::RenewalRequest {
+        let c = &*r.certificate;
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        renewal::RenewalRequest {
+            not_before: unix(c.not_before),
+            not_after: unix(c.not_after),
+            is_ca: c.is_ca,
+            key_algorithm: public_key(&c.public_key).algorithm,
+            key_bits: c.public_key.bits,
+            dns_name_count: count(c.sans.dns_names.len()),
+            ip_address_count: count(c.sans.ip_addresses.len()),
+            other_name_count: count(c.sans.uris.len() + c.sans.emails.len() + c.sans.others.len()),
+            issuer_not_after: r.issuer_not_after.map(unix),
+            now: unix(r.now),
+        }
+    }
+
+    /// A coded reason in the host's words (from the request it answers), or the plugin's text.
+    fn reason(r: renewal::Reason, request: &super::RenewalRequest) -> Result<String, String> {
+        use renewal::Reason as R;
+        let code = match r {
+            R::Text(t) => return text("reason", &t),
+            R::CaCertificate => RenewalReason::CaCertificate,
+            R::InvalidValidity => RenewalReason::InvalidValidity,
+            R::Expired => RenewalReason::Expired,
+            R::WithinWindow(days) => RenewalReason::WithinWindow { days },
+            R::OutsideWindow(days) => RenewalReason::OutsideWindow { days },
+        };
+        let c = &*request.certificate;
+        Ok(code.words(c.not_before, c.not_after, request.now))
+    }
+
+    pub(in crate::plugin) fn renewal_decision(
+        d: renewal::RenewalDecision,
+        request: &super::RenewalRequest,
+    ) -> Result<RenewalDecision, String> {
+        Ok(match d {
+            renewal::RenewalDecision::Keep(k) => RenewalDecision::Keep {
+                reason: reason(k.reason, request)?,
+                renew_at: renew_at(k.renew_at)?,
+            },
+            renewal::RenewalDecision::Renew(r) => RenewalDecision::Renew {
+                reason: reason(r.reason, request)?,
+                lifetime_seconds: lifetime(r.lifetime_seconds)?,
+            },
+        })
     }
 }
 
@@ -445,5 +516,55 @@ mod tests {
         };
         assert_eq!(violations[0].field, "x [31m");
         assert_eq!(violations[0].message, "a b");
+    }
+
+    #[test]
+    fn contract_0_3_reasons_are_worded_by_the_host_from_the_request() {
+        use crate::contract::RenewalDecision;
+        use crate::facts::parse_certificates_pem;
+        use crate::plugin::bindings::v03::exports::rotor::policy::renewal as r3;
+        use time::format_description::well_known::Rfc3339;
+
+        let pem =
+            include_bytes!("../../../policies/default/fixtures/inputs/serving-kube-apiserver.crt");
+        let certs = parse_certificates_pem("fixture", pem).unwrap();
+        let request = crate::contract::RenewalRequest {
+            name: "serving-kube-apiserver".into(),
+            certificate: certs[0].clone().into(),
+            issuer_not_after: None,
+            now: certs[0].not_after - time::Duration::days(10),
+        };
+        let not_after = certs[0].not_after.format(&Rfc3339).unwrap();
+        let renew = |reason| {
+            super::v03::renewal_decision(
+                r3::RenewalDecision::Renew(r3::RenewDecision {
+                    reason,
+                    lifetime_seconds: None,
+                }),
+                &request,
+            )
+        };
+        let RenewalDecision::Renew { reason, .. } = renew(r3::Reason::WithinWindow(90)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            reason,
+            format!("expires on {not_after} (in 10 days), within the 90-day renewal window")
+        );
+        // Free text is the plugin's, untrusted: sanitized, and never empty.
+        let RenewalDecision::Renew { reason, .. } =
+            renew(r3::Reason::Text("a\u{1b}b".into())).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(reason, "a b");
+        assert!(renew(r3::Reason::Text(" ".into())).is_err());
+        // The renewal request carries no strings in 0.3.
+        let wire = super::v03::renewal_request(&request);
+        assert_eq!(
+            wire.not_after,
+            request.certificate.not_after.unix_timestamp()
+        );
     }
 }

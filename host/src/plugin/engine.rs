@@ -11,7 +11,7 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig,
 };
 
-use super::bindings::{v01, v02};
+use super::bindings::{v01, v02, v03};
 use super::cache::ArtifactCache;
 use super::error::{PluginError, PluginErrorKind};
 use super::loaded::LoadedPlugin;
@@ -134,6 +134,8 @@ impl PluginEngine {
             .map_err(|e| EngineError(format!("linking the 0.1 host interfaces: {e}")))?;
         v02::Policy::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)
             .map_err(|e| EngineError(format!("linking the 0.2 host interfaces: {e}")))?;
+        v03::Policy::add_to_linker::<SandboxState, HasSelf<SandboxState>>(&mut linker, |s| s)
+            .map_err(|e| EngineError(format!("linking the 0.3 host interfaces: {e}")))?;
 
         let mut hasher = HashWriter(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);

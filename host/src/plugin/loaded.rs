@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
-use super::bindings::{v01, v02};
+use super::bindings::{v01, v02, v03};
 use super::engine::PluginEngine;
 use super::error::{PluginError, PluginErrorKind};
 use super::sandbox::{PluginLog, Sandbox, SandboxLimits, SandboxState};
@@ -18,13 +18,16 @@ use crate::contract::Hook;
 
 /// Import names a plugin may have. `types` carries only type definitions (it appears as an
 /// import when a hook interface uses shared types); `host` is the logging function; `facts`
-/// (0.2) the handles through which a plugin asks for what a request does not carry.
+/// (0.2 and later) the handles through which a plugin asks for what a request does not carry.
 const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
     "rotor:policy/host@0.1.",
     "rotor:policy/types@0.1.",
     "rotor:policy/host@0.2.",
     "rotor:policy/types@0.2.",
     "rotor:policy/facts@0.2.",
+    "rotor:policy/host@0.3.",
+    "rotor:policy/types@0.3.",
+    "rotor:policy/facts@0.3.",
 ];
 
 /// The version of the `rotor:policy` contract a plugin was built against.
@@ -38,22 +41,38 @@ pub enum ContractVersion {
     /// taken after it.
     #[serde(rename = "0.2")]
     V0_2,
+    /// `rotor:policy@0.3.0`: renewal requests of scalars only (name and serial behind the
+    /// details handle), renewal reasons as codes the host words or as text; otherwise as 0.2.
+    #[serde(rename = "0.3")]
+    V0_3,
 }
 
 impl ContractVersion {
-    /// `0.1.0` or `0.2.0`.
+    /// Every version the host loads, oldest first.
+    pub const ALL: [ContractVersion; 3] = [
+        ContractVersion::V0_1,
+        ContractVersion::V0_2,
+        ContractVersion::V0_3,
+    ];
+
+    /// The version the SDK, `rotor policy new` and the default plugins build against.
+    pub const CURRENT: ContractVersion = ContractVersion::V0_3;
+
+    /// `0.1.0`, `0.2.0` or `0.3.0`.
     pub fn version(self) -> &'static str {
         match self {
             ContractVersion::V0_1 => "0.1.0",
             ContractVersion::V0_2 => "0.2.0",
+            ContractVersion::V0_3 => "0.3.0",
         }
     }
 
-    /// `rotor:policy@0.1.0` or `rotor:policy@0.2.0`.
+    /// `rotor:policy@0.1.0`, `rotor:policy@0.2.0` or `rotor:policy@0.3.0`.
     pub fn package(self) -> &'static str {
         match self {
             ContractVersion::V0_1 => "rotor:policy@0.1.0",
             ContractVersion::V0_2 => "rotor:policy@0.2.0",
+            ContractVersion::V0_3 => "rotor:policy@0.3.0",
         }
     }
 }
@@ -79,10 +98,23 @@ pub(crate) enum Exports {
         san: Option<v02::exports::rotor::policy::san_validation::GuestIndices>,
         csr: Option<v02::exports::rotor::policy::csr_approval::GuestIndices>,
     },
+    /// (As 0.2.)
+    V03 {
+        renewal: Option<v03::exports::rotor::policy::renewal::GuestIndices>,
+        san: Option<v03::exports::rotor::policy::san_validation::GuestIndices>,
+        csr: Option<v03::exports::rotor::policy::csr_approval::GuestIndices>,
+    },
 }
 
 impl Exports {
     fn of(pre: &InstancePre<SandboxState>) -> Option<Exports> {
+        use v03::exports::rotor::policy as p3;
+        let renewal = p3::renewal::GuestIndices::new(pre).ok();
+        let san = p3::san_validation::GuestIndices::new(pre).ok();
+        let csr = p3::csr_approval::GuestIndices::new(pre).ok();
+        if renewal.is_some() || san.is_some() || csr.is_some() {
+            return Some(Exports::V03 { renewal, san, csr });
+        }
         use v02::exports::rotor::policy as p2;
         let renewal = p2::renewal::GuestIndices::new(pre).ok();
         let san = p2::san_validation::GuestIndices::new(pre).ok();
@@ -104,6 +136,7 @@ impl Exports {
         match self {
             Exports::V01 { .. } => ContractVersion::V0_1,
             Exports::V02 { .. } => ContractVersion::V0_2,
+            Exports::V03 { .. } => ContractVersion::V0_3,
         }
     }
 
@@ -115,6 +148,9 @@ impl Exports {
             (Exports::V02 { renewal, .. }, Hook::Renewal) => renewal.is_some(),
             (Exports::V02 { san, .. }, Hook::San) => san.is_some(),
             (Exports::V02 { csr, .. }, Hook::Csr) => csr.is_some(),
+            (Exports::V03 { renewal, .. }, Hook::Renewal) => renewal.is_some(),
+            (Exports::V03 { san, .. }, Hook::San) => san.is_some(),
+            (Exports::V03 { csr, .. }, Hook::Csr) => csr.is_some(),
         }
     }
 }
@@ -197,7 +233,7 @@ pub(crate) fn link(
             message: format!("{e:#}"),
         })?;
     let exports = Exports::of(&pre).ok_or_else(|| PluginErrorKind::MissingExport {
-        interface: "a hook interface of rotor:policy@0.2.0 (renewal, san-validation, \
+        interface: "a hook interface of rotor:policy@0.3.0 or 0.2.0 (renewal, san-validation, \
                     csr-approval), or rotor:policy/config@0.1.0 with one of 0.1"
             .into(),
     })?;
@@ -225,7 +261,7 @@ impl LoadedPlugin {
         })?;
         let bytes = match linked.exports.version() {
             ContractVersion::V0_1 => None,
-            ContractVersion::V0_2 => Some(Arc::from(bytes)),
+            ContractVersion::V0_2 | ContractVersion::V0_3 => Some(Arc::from(bytes)),
         };
         Ok(LoadedPlugin {
             engine,
@@ -280,7 +316,7 @@ impl LoadedPlugin {
     }
 
     /// Apply `settings` for `hook`: the plugin's `configure` runs now, and a refusal is an
-    /// error. A 0.2 plugin is then snapshotted (see [`ConfiguredPlugin`]); a 0.1 plugin is
+    /// error. A 0.2 or 0.3 plugin is then snapshotted (see [`ConfiguredPlugin`]); a 0.1 plugin is
     /// configured again in every sandbox, as its contract says.
     pub fn configure(
         &self,
@@ -290,7 +326,7 @@ impl LoadedPlugin {
     ) -> Result<ConfiguredPlugin, PluginError> {
         self.require(hook)?;
         match (&self.linked.exports, &self.bytes) {
-            (Exports::V02 { .. }, Some(bytes)) => {
+            (Exports::V02 { .. } | Exports::V03 { .. }, Some(bytes)) => {
                 let key = snapshot_key(&self.digest, hook, settings, limits);
                 let (linked, logs) =
                     snapshot::configured(self, hook, bytes, &key, settings, limits)?;

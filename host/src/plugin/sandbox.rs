@@ -17,7 +17,10 @@ use super::bindings::v01::exports::rotor::policy::{
 use super::bindings::v02::exports::rotor::policy::{
     csr_approval as v02csr, san_validation as v02san,
 };
-use super::bindings::{v01, v02};
+use super::bindings::v03::exports::rotor::policy::{
+    csr_approval as v03csr, san_validation as v03san,
+};
+use super::bindings::{v01, v02, v03};
 use super::convert;
 use super::engine::{MAX_MEMORY_LIMIT, PluginEngine};
 use super::error::{PluginError, PluginErrorKind};
@@ -195,89 +198,122 @@ impl v01::rotor::policy::host::Host for SandboxState {
 
 impl v01::rotor::policy::types::Host for SandboxState {}
 
-impl v02::rotor::policy::host::Host for SandboxState {
-    fn log(&mut self, level: v02::rotor::policy::host::LogLevel, message: String) {
-        use v02::rotor::policy::host::LogLevel as L;
-        let level = match level {
-            L::Debug => "debug",
-            L::Info => "info",
-            L::Warn => "warn",
-            L::Error => "error",
-        };
-        SandboxState::log(self, level, &message);
-    }
+/// `log` and the types interface, for the contracts since 0.2 (same shape).
+macro_rules! host_impl {
+    ($v:ident) => {
+        impl $v::rotor::policy::host::Host for SandboxState {
+            fn log(&mut self, level: $v::rotor::policy::host::LogLevel, message: String) {
+                use $v::rotor::policy::host::LogLevel as L;
+                let level = match level {
+                    L::Debug => "debug",
+                    L::Info => "info",
+                    L::Warn => "warn",
+                    L::Error => "error",
+                };
+                SandboxState::log(self, level, &message);
+            }
+        }
+
+        impl $v::rotor::policy::types::Host for SandboxState {}
+    };
 }
 
-impl v02::rotor::policy::types::Host for SandboxState {}
+host_impl!(v02);
+host_impl!(v03);
 
-/// The certificate behind a 0.2 renewal request's `details` handle.
+/// The certificate behind a renewal request's `details` handle (0.2 and later), and (0.3) the
+/// certificate's name in its layout.
 #[allow(
     unreachable_pub,
     reason = "named in the generated bindings, which re-export it; reachable only in the crate"
 )]
-pub struct CertificateDetails(Arc<CertificateFacts>);
+pub struct CertificateDetails {
+    facts: Arc<CertificateFacts>,
+    name: String,
+}
 
 impl SandboxState {
     fn details(
         &self,
         handle: &Resource<CertificateDetails>,
-    ) -> wasmtime::Result<&CertificateFacts> {
-        Ok(&self.table.get(handle)?.0)
+    ) -> wasmtime::Result<&CertificateDetails> {
+        Ok(self.table.get(handle)?)
     }
 }
 
-mod facts_impl {
-    use wasmtime::component::Resource;
+/// The `certificate-details` methods of a contract version, and any it adds.
+macro_rules! facts_impl {
+    ($module:ident, $v:ident, { $($extra:item)* }) => {
+        mod $module {
+            use wasmtime::component::Resource;
 
-    use super::super::bindings::v02::rotor::policy::facts::{self, HostCertificateDetails};
-    use super::super::bindings::v02::rotor::policy::types as wit;
-    use super::super::convert::v02 as convert;
-    use super::{CertificateDetails, SandboxState};
+            use super::super::bindings::$v::rotor::policy::facts::{self, HostCertificateDetails};
+            use super::super::bindings::$v::rotor::policy::types as wit;
+            use super::super::convert::$v as convert;
+            use super::{CertificateDetails, SandboxState};
 
-    type R = Resource<CertificateDetails>;
+            type R = Resource<CertificateDetails>;
 
-    impl facts::Host for SandboxState {}
+            impl facts::Host for SandboxState {}
 
-    impl HostCertificateDetails for SandboxState {
-        fn subject(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
-            Ok(convert::dn(&self.details(&h)?.subject))
+            impl HostCertificateDetails for SandboxState {
+                fn subject(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
+                    Ok(convert::dn(&self.details(&h)?.facts.subject))
+                }
+                fn issuer(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
+                    Ok(convert::dn(&self.details(&h)?.facts.issuer))
+                }
+                fn sans(&mut self, h: R) -> wasmtime::Result<wit::SubjectAltNames> {
+                    Ok(convert::sans(&self.details(&h)?.facts.sans))
+                }
+                fn key_usage(&mut self, h: R) -> wasmtime::Result<Option<wit::KeyUsage>> {
+                    Ok(self
+                        .details(&h)?
+                        .facts
+                        .key_usage
+                        .as_deref()
+                        .map(convert::key_usage))
+                }
+                fn extended_key_usages(
+                    &mut self,
+                    h: R,
+                ) -> wasmtime::Result<Vec<wit::ExtendedKeyUsage>> {
+                    Ok(self
+                        .details(&h)?
+                        .facts
+                        .extended_key_usages
+                        .iter()
+                        .map(convert::eku)
+                        .collect())
+                }
+                fn subject_key_id(&mut self, h: R) -> wasmtime::Result<Option<String>> {
+                    Ok(self.details(&h)?.facts.subject_key_id.clone())
+                }
+                fn authority_key_id(&mut self, h: R) -> wasmtime::Result<Option<String>> {
+                    Ok(self.details(&h)?.facts.authority_key_id.clone())
+                }
+                fn certificate(&mut self, h: R) -> wasmtime::Result<wit::Certificate> {
+                    Ok(convert::certificate(&self.details(&h)?.facts))
+                }
+                $($extra)*
+                fn drop(&mut self, h: R) -> wasmtime::Result<()> {
+                    self.table.delete(h)?;
+                    Ok(())
+                }
+            }
         }
-        fn issuer(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
-            Ok(convert::dn(&self.details(&h)?.issuer))
-        }
-        fn sans(&mut self, h: R) -> wasmtime::Result<wit::SubjectAltNames> {
-            Ok(convert::sans(&self.details(&h)?.sans))
-        }
-        fn key_usage(&mut self, h: R) -> wasmtime::Result<Option<wit::KeyUsage>> {
-            Ok(self
-                .details(&h)?
-                .key_usage
-                .as_deref()
-                .map(convert::key_usage))
-        }
-        fn extended_key_usages(&mut self, h: R) -> wasmtime::Result<Vec<wit::ExtendedKeyUsage>> {
-            Ok(self
-                .details(&h)?
-                .extended_key_usages
-                .iter()
-                .map(convert::eku)
-                .collect())
-        }
-        fn subject_key_id(&mut self, h: R) -> wasmtime::Result<Option<String>> {
-            Ok(self.details(&h)?.subject_key_id.clone())
-        }
-        fn authority_key_id(&mut self, h: R) -> wasmtime::Result<Option<String>> {
-            Ok(self.details(&h)?.authority_key_id.clone())
-        }
-        fn certificate(&mut self, h: R) -> wasmtime::Result<wit::Certificate> {
-            Ok(convert::certificate(self.details(&h)?))
-        }
-        fn drop(&mut self, h: R) -> wasmtime::Result<()> {
-            self.table.delete(h)?;
-            Ok(())
-        }
-    }
+    };
 }
+
+facts_impl!(facts_v02, v02, {});
+facts_impl!(facts_v03, v03, {
+    fn name(&mut self, h: R) -> wasmtime::Result<String> {
+        Ok(self.details(&h)?.name.clone())
+    }
+    fn serial(&mut self, h: R) -> wasmtime::Result<String> {
+        Ok(self.details(&h)?.facts.serial.clone())
+    }
+});
 
 /// Replace control characters (including the escape that starts terminal sequences) and cap the
 /// length: plugin strings are untrusted.
@@ -306,6 +342,9 @@ enum Guest {
     V02Renewal(v02::exports::rotor::policy::renewal::Guest),
     V02San(TypedFunc<(v02san::SanRequest,), (SanAnswer,)>),
     V02Csr(TypedFunc<(v02csr::CsrRequest,), (answer::v02::CsrAnswer,)>),
+    V03Renewal(v03::exports::rotor::policy::renewal::Guest),
+    V03San(TypedFunc<(v03san::SanRequest,), (SanAnswer,)>),
+    V03Csr(TypedFunc<(v03csr::CsrRequest,), (answer::v03::CsrAnswer,)>),
 }
 
 /// A live instance of a plugin for one hook.
@@ -380,11 +419,16 @@ impl Sandbox {
                     Hook::Csr => answer!(linked.answers.csr, Guest::V01Csr),
                 }
             }
-            // 0.2: the instance is the snapshot taken after `configure`.
+            // 0.2 and later: the instance is the snapshot taken after `configure`.
             Exports::V02 { renewal, .. } => match hook {
                 Hook::Renewal => load!(renewal, Guest::V02Renewal),
                 Hook::San => answer!(linked.answers.san, Guest::V02San),
                 Hook::Csr => answer!(linked.answers.csr, Guest::V02Csr),
+            },
+            Exports::V03 { renewal, .. } => match hook {
+                Hook::Renewal => load!(renewal, Guest::V03Renewal),
+                Hook::San => answer!(linked.answers.san, Guest::V03San),
+                Hook::Csr => answer!(linked.answers.csr, Guest::V03Csr),
             },
         }
         .map_err(|e| err(&store, e))?;
@@ -450,11 +494,10 @@ impl Sandbox {
             }
             Guest::V02Renewal(guest) => {
                 let wit_request = convert::v02::renewal_request(request);
-                let details = self
-                    .store
-                    .data_mut()
-                    .table
-                    .push(CertificateDetails(request.certificate.clone()));
+                let details = self.store.data_mut().table.push(CertificateDetails {
+                    facts: request.certificate.clone(),
+                    name: String::new(),
+                });
                 match details {
                     Ok(details) => {
                         // Lent as a borrow for this call only: the plugin cannot keep it, and
@@ -463,6 +506,22 @@ impl Sandbox {
                         let answer = guest.call_decide(&mut self.store, &wit_request, lent);
                         let _ = self.store.data_mut().table.delete(details);
                         answer.map(convert::v02::renewal_decision)
+                    }
+                    Err(e) => Err(wasmtime::Error::from(e)),
+                }
+            }
+            Guest::V03Renewal(guest) => {
+                let wit_request = convert::v03::renewal_request(request);
+                let details = self.store.data_mut().table.push(CertificateDetails {
+                    facts: request.certificate.clone(),
+                    name: request.name.clone(),
+                });
+                match details {
+                    Ok(details) => {
+                        let lent = Resource::<CertificateDetails>::new_borrow(details.rep());
+                        let answer = guest.call_decide(&mut self.store, wit_request, lent);
+                        let _ = self.store.data_mut().table.delete(details);
+                        answer.map(|d| convert::v03::renewal_decision(d, request))
                     }
                     Err(e) => Err(wasmtime::Error::from(e)),
                 }
@@ -485,6 +544,9 @@ impl Sandbox {
             Guest::V02San(f) => f
                 .call(&mut self.store, (convert::v02::san_request(request),))
                 .map(|(a,)| convert::v02::san_decision(answer::v02::san(a))),
+            Guest::V03San(f) => f
+                .call(&mut self.store, (convert::v03::san_request(request),))
+                .map(|(a,)| convert::v03::san_decision(answer::v03::san(a))),
             _ => return Err(self.missing()),
         };
         self.answered(answer)
@@ -500,6 +562,9 @@ impl Sandbox {
             Guest::V02Csr(f) => f
                 .call(&mut self.store, (convert::v02::csr_request(request),))
                 .map(|(a,)| convert::v02::csr_decision(answer::v02::csr(a))),
+            Guest::V03Csr(f) => f
+                .call(&mut self.store, (convert::v03::csr_request(request),))
+                .map(|(a,)| convert::v03::csr_decision(answer::v03::csr(a))),
             _ => return Err(self.missing()),
         };
         self.answered(answer)

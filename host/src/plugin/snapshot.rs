@@ -52,9 +52,6 @@ pub(crate) fn configured(
         .pre
         .instantiate(&mut store)
         .map_err(|e| err(classify(e, store.data(), limits)))?;
-    let Exports::V02 { renewal, san, csr } = &linked.exports else {
-        return Err(plugin.missing_export(hook));
-    };
     // The hook's own `configure`: a plugin serving two hooks gets each hook's settings.
     macro_rules! configure {
         ($indices:expr) => {
@@ -65,10 +62,18 @@ pub(crate) fn configured(
                 .and_then(|g| g.call_configure(&mut store, settings))
         };
     }
-    let configured = match hook {
-        Hook::Renewal => configure!(renewal),
-        Hook::San => configure!(san),
-        Hook::Csr => configure!(csr),
+    let configured = match &linked.exports {
+        Exports::V02 { renewal, san, csr } => match hook {
+            Hook::Renewal => configure!(renewal),
+            Hook::San => configure!(san),
+            Hook::Csr => configure!(csr),
+        },
+        Exports::V03 { renewal, san, csr } => match hook {
+            Hook::Renewal => configure!(renewal),
+            Hook::San => configure!(san),
+            Hook::Csr => configure!(csr),
+        },
+        Exports::V01 { .. } => return Err(plugin.missing_export(hook)),
     };
     match configured {
         Ok(Ok(())) => {}

@@ -246,7 +246,7 @@ fn fixtures(hook: Hook) -> Result<Vec<(PathBuf, Vec<u8>)>, ScaffoldError> {
                     "now": rfc3339(now),
                     "input_file": "inputs/leaf.pem",
                     "context": { "name": "serving" },
-                    "expect": { "decision": "keep", "reason_contains": "outside its 30-day renewal window" }
+                    "expect": { "decision": "keep", "reason_contains": "outside the 30-day renewal window" }
                 },
                 {
                     "name": "a certificate 17 days from its expiry is renewed",
@@ -254,7 +254,7 @@ fn fixtures(hook: Hook) -> Result<Vec<(PathBuf, Vec<u8>)>, ScaffoldError> {
                     "now": rfc3339(datetime!(2026-12-15 00:00 UTC)),
                     "input_file": "inputs/leaf.pem",
                     "context": { "name": "serving" },
-                    "expect": { "decision": "renew", "reason_contains": "within 30 days" }
+                    "expect": { "decision": "renew", "reason_contains": "within the 30-day renewal window" }
                 }
             ]);
             vec![
@@ -376,10 +376,10 @@ mod tests {
         assert!(crate_name(Path::new("/x/My Policy"), None).is_err());
         assert!(crate_name(Path::new("/x/1st"), None).is_err());
         assert_eq!(
-            SdkSource::parse("https://example.com/rotor.git#v0.2.0"),
+            SdkSource::parse("https://example.com/rotor.git#v0.3.0"),
             SdkSource::Git {
                 url: "https://example.com/rotor.git".into(),
-                rev: Some("v0.2.0".into())
+                rev: Some("v0.3.0".into())
             }
         );
         assert_eq!(
@@ -407,7 +407,7 @@ mod tests {
             let manifest: toml::Table = toml::from_str(&cargo).unwrap();
             assert!(manifest.contains_key("workspace"));
             assert!(get(".cargo/config.toml").contains("-zstack-size=65536"));
-            assert!(get("wit/worlds.wit").contains("package rotor:policy@0.2.0"));
+            assert!(get("wit/worlds.wit").contains("package rotor:policy@0.3.0"));
             assert!(get("src/rules.rs").contains("#[cfg(test)]"));
             assert!(files.iter().any(|(p, _)| p.starts_with("fixtures")));
         }

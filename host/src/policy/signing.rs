@@ -15,7 +15,7 @@
 //! `"DSSEv1" SP LEN(payloadType) SP payloadType SP LEN(payload) SP payload`, of the statement:
 //!
 //! ```json
-//! {"name": "acme-renewal", "version": "1.2.0", "contract": "rotor:policy@0.2.0",
+//! {"name": "acme-renewal", "version": "1.2.0", "contract": "rotor:policy@0.3.0",
 //!  "hooks": ["renewal"], "sha256": "<the component's digest>", "size": 123456}
 //! ```
 //!
@@ -78,7 +78,7 @@ pub struct Statement {
     pub name: String,
     /// Its version (semver).
     pub version: String,
-    /// The WIT package it is built against (`rotor:policy@0.2.0`).
+    /// The WIT package it is built against (`rotor:policy@0.3.0`).
     pub contract: String,
     /// The hooks it exports.
     pub hooks: Vec<Hook>,
@@ -394,7 +394,7 @@ mod tests {
         Statement {
             name: "acme-renewal".into(),
             version: "1.2.0".into(),
-            contract: "rotor:policy@0.2.0".into(),
+            contract: "rotor:policy@0.3.0".into(),
             hooks: vec![Hook::Renewal],
             sha256: "ab".repeat(32),
             size: 10,

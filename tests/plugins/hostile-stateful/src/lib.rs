@@ -3,7 +3,7 @@
 //! request asked for, a 100-year lifetime); any later decision in the same instance panics.
 //! Under a fresh instance per decision, every decision is the first.
 //!
-//! Built against rotor:policy@0.2.0, where `configure` runs once and every decision starts from
+//! Built against rotor:policy@0.3.0 (as since 0.2), where `configure` runs once and every decision starts from
 //! a snapshot taken after it: `configure` sets the counter to 0 and counts itself in another
 //! static, so a snapshot that kept decision state, or a configure run per decision, shows.
 
@@ -16,7 +16,7 @@ wit_bindgen::generate!({ world: "policy", path: "../../../wit" });
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use exports::rotor::policy::csr_approval::{Approval, CsrDecision, CsrRequest};
-use exports::rotor::policy::renewal::{KeepDecision, RenewalDecision, RenewalRequest};
+use exports::rotor::policy::renewal::{KeepDecision, Reason, RenewalDecision, RenewalRequest};
 use exports::rotor::policy::san_validation::{SanDecision, SanRequest};
 
 static DECISIONS: AtomicU32 = AtomicU32::new(7);
@@ -62,10 +62,10 @@ impl exports::rotor::policy::renewal::Guest for Plugin {
         let n = first_decision();
         let c = CONFIGURES.load(Ordering::SeqCst);
         RenewalDecision::Keep(KeepDecision {
-            reason: format!(
+            reason: Reason::Text(format!(
                 "decision #{n} of this instance, after {c} configure, configured for {}",
                 configured_for()
-            ),
+            )),
             renew_at: None,
         })
     }

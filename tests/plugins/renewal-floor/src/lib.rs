@@ -1,8 +1,8 @@
-//! Not hostile: the floor of a rotor:policy@0.2.0 renewal decision, for the policy bench. It
-//! takes the same request as the default renewal-window plugin and answers at once with a
-//! constant `keep` (a two-word reason, no renewal instant), built on the SDK like the shipped
-//! plugins (same allocator, same bindings). What it costs warm is what the contract's call
-//! costs with no rule and no formatting: the part of a decision no plugin can go below.
+//! Not hostile: the floor of a renewal decision on the current contract (rotor:policy@0.3.0),
+//! for the policy bench. It takes the same request as the default renewal-window plugin and
+//! answers at once with a constant `keep` (a coded reason the host words, no renewal instant),
+//! built on the SDK like the shipped plugins (same allocator, same bindings). What it costs
+//! warm is what the contract's call costs with no rule: the part no plugin can go below.
 
 #![allow(
     unsafe_code,
@@ -10,7 +10,7 @@
 )]
 
 use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
-    Guest, KeepDecision, RenewalDecision, RenewalRequest,
+    Guest, KeepDecision, Reason, RenewalDecision, RenewalRequest,
 };
 use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
 
@@ -23,7 +23,7 @@ impl Guest for Plugin {
 
     fn decide(_: RenewalRequest, _: &CertificateDetails) -> RenewalDecision {
         RenewalDecision::Keep(KeepDecision {
-            reason: "kept always".into(),
+            reason: Reason::OutsideWindow(90),
             renew_at: None,
         })
     }
