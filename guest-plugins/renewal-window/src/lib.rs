@@ -31,7 +31,7 @@ use rotor_policy_sdk::settings;
 use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
     Guest as Renewal, KeepDecision, Reason, RenewDecision, RenewalDecision, RenewalRequest,
 };
-use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
+use rotor_policy_sdk::renewal::rotor::policy::facts;
 
 impl settings::Settings for rules::Settings {
     fn from_json(json: &str) -> Result<Self, String> {
@@ -48,14 +48,14 @@ impl Renewal for Plugin {
 
     // Everything the rules need is in the lean request, but for fraction mode's jitter seed
     // (the serial), asked for only then.
-    fn decide(request: RenewalRequest, details: &CertificateDetails) -> RenewalDecision {
+    fn decide(request: RenewalRequest) -> RenewalDecision {
         let decision = settings::with(|s: &rules::Settings| {
             let cert = rules::Certificate {
                 is_ca: request.is_ca,
                 not_before: request.not_before,
                 not_after: request.not_after,
                 serial: if s.needs_serial() {
-                    details.serial()
+                    facts::details().serial()
                 } else {
                     String::new()
                 },

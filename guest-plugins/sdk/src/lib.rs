@@ -16,7 +16,6 @@
 //!
 //! ```ignore
 //! use rotor_policy_sdk::renewal::exports::rotor::policy::renewal;
-//! use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
 //! use rotor_policy_sdk::settings::{self, Settings};
 //!
 //! #[derive(Default, serde::Deserialize)]
@@ -29,7 +28,9 @@
 //! struct Plugin;
 //! impl renewal::Guest for Plugin {
 //!     fn configure(json: String) -> Result<(), String> { settings::configure::<Window>(&json) }
-//!     fn decide(r: renewal::RenewalRequest, _: &CertificateDetails) -> renewal::RenewalDecision {
+//!     // (`rotor_policy_sdk::renewal::rotor::policy::facts::details()` has the rest of the
+//!     // certificate, when a rule needs more than the request.)
+//!     fn decide(r: renewal::RenewalRequest) -> renewal::RenewalDecision {
 //!         let days = settings::with(|s: &Window| s.renew_before_days.unwrap_or(90));
 //!         // A reason the host words ("expires on ... (in 12 days), within the 30-day renewal
 //!         // window"), or `renewal::Reason::Text(...)` in your own words.

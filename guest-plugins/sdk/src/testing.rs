@@ -12,8 +12,8 @@
 //! ```
 //!
 //! A rule that needs the certificate's details (0.3: its name and serial too) takes them as
-//! plain values (its `lib.rs` glue asks the `details` handle, which only exists inside rotor),
-//! so it is tested with values too.
+//! plain values (its `lib.rs` glue asks `facts::details()`, which only exists inside rotor), so
+//! it is tested with values too.
 
 /// Seconds in a day.
 pub const DAY: i64 = 86_400;

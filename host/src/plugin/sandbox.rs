@@ -97,6 +97,13 @@ pub(crate) struct SandboxState {
     dropped_logs: usize,
     /// Host handles lent to the plugin for the current call (0.2 `facts`).
     table: ResourceTable,
+    /// The certificate of the 0.3 renewal call in progress (`facts.details()`), and its name
+    /// (a buffer kept between calls); `None` outside a call.
+    current: Option<Arc<CertificateFacts>>,
+    current_name: String,
+    /// The handles `facts.details()` made during the call in progress: removed when it ends, so
+    /// a plugin that kept one cannot read an earlier decision's certificate in a later call.
+    made: Vec<u32>,
 }
 
 impl SandboxState {
@@ -137,6 +144,9 @@ pub(crate) fn new_store(
         logs: Vec::new(),
         dropped_logs: 0,
         table: ResourceTable::new(),
+        current: None,
+        current_name: String::new(),
+        made: Vec::new(),
     };
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| s);
@@ -243,7 +253,7 @@ impl SandboxState {
 
 /// The `certificate-details` methods of a contract version, and any it adds.
 macro_rules! facts_impl {
-    ($module:ident, $v:ident, { $($extra:item)* }) => {
+    ($module:ident, $v:ident, { $($functions:item)* }, { $($extra:item)* }) => {
         mod $module {
             use wasmtime::component::Resource;
 
@@ -254,7 +264,9 @@ macro_rules! facts_impl {
 
             type R = Resource<CertificateDetails>;
 
-            impl facts::Host for SandboxState {}
+            impl facts::Host for SandboxState {
+                $($functions)*
+            }
 
             impl HostCertificateDetails for SandboxState {
                 fn subject(&mut self, h: R) -> wasmtime::Result<wit::DistinguishedName> {
@@ -305,15 +317,28 @@ macro_rules! facts_impl {
     };
 }
 
-facts_impl!(facts_v02, v02, {});
-facts_impl!(facts_v03, v03, {
-    fn name(&mut self, h: R) -> wasmtime::Result<String> {
-        Ok(self.details(&h)?.name.clone())
+facts_impl!(facts_v02, v02, {}, {});
+facts_impl!(
+    facts_v03,
+    v03,
+    {
+        fn details(&mut self) -> wasmtime::Result<R> {
+            let Some(facts) = self.current.clone() else {
+                wasmtime::bail!("facts.details() called outside renewal.decide");
+            };
+            let name = self.current_name.clone();
+            Ok(self.table.push(CertificateDetails { facts, name })?)
+        }
+    },
+    {
+        fn name(&mut self, h: R) -> wasmtime::Result<String> {
+            Ok(self.details(&h)?.name.clone())
+        }
+        fn serial(&mut self, h: R) -> wasmtime::Result<String> {
+            Ok(self.details(&h)?.facts.serial.clone())
+        }
     }
-    fn serial(&mut self, h: R) -> wasmtime::Result<String> {
-        Ok(self.details(&h)?.facts.serial.clone())
-    }
-});
+);
 
 /// Replace control characters (including the escape that starts terminal sequences) and cap the
 /// length: plugin strings are untrusted.
@@ -354,6 +379,11 @@ pub struct Sandbox {
     plugin: LoadedPlugin,
     hook: Hook,
     limits: SandboxLimits,
+    /// Epoch ticks each call may run (`None`: no deadline, benchmarks only).
+    deadline: Option<u64>,
+    /// The host's entry behind a 0.2 renewal request's `details` handle, made at the first
+    /// renewal call and refilled for each (the plugin only ever holds a borrow for one call).
+    details: Option<Resource<CertificateDetails>>,
     poisoned: bool,
 }
 
@@ -438,6 +468,12 @@ impl Sandbox {
             plugin: plugin.clone(),
             hook,
             limits: *limits,
+            deadline: plugin
+                .engine
+                .options()
+                .epoch_interruption
+                .then(|| plugin.engine.deadline_ticks(limits.timeout)),
+            details: None,
             poisoned: false,
         })
     }
@@ -465,8 +501,7 @@ impl Sandbox {
         if hook != self.hook {
             return Err(self.missing_for(hook));
         }
-        if self.plugin.engine.options().epoch_interruption {
-            let ticks = self.plugin.engine.deadline_ticks(self.limits.timeout);
+        if let Some(ticks) = self.deadline {
             self.store.set_epoch_deadline(ticks);
         }
         Ok(())
@@ -493,38 +528,35 @@ impl Sandbox {
                     .map(convert::v01::renewal_decision)
             }
             Guest::V02Renewal(guest) => {
-                let wit_request = convert::v02::renewal_request(request);
-                let details = self.store.data_mut().table.push(CertificateDetails {
-                    facts: request.certificate.clone(),
-                    name: String::new(),
-                });
-                match details {
-                    Ok(details) => {
-                        // Lent as a borrow for this call only: the plugin cannot keep it, and
-                        // nothing of it stays in the store once it is deleted below.
-                        let lent = Resource::<CertificateDetails>::new_borrow(details.rep());
-                        let answer = guest.call_decide(&mut self.store, &wit_request, lent);
-                        let _ = self.store.data_mut().table.delete(details);
-                        answer.map(convert::v02::renewal_decision)
-                    }
-                    Err(e) => Err(wasmtime::Error::from(e)),
+                // Lent as a borrow for this call only: the plugin cannot keep it.
+                match lend_details(&mut self.store, &mut self.details, request) {
+                    Ok(lent) => guest
+                        .call_decide(
+                            &mut self.store,
+                            &convert::v02::renewal_request(request),
+                            lent,
+                        )
+                        .map(convert::v02::renewal_decision),
+                    Err(e) => Err(e),
                 }
             }
             Guest::V03Renewal(guest) => {
-                let wit_request = convert::v03::renewal_request(request);
-                let details = self.store.data_mut().table.push(CertificateDetails {
-                    facts: request.certificate.clone(),
-                    name: request.name.clone(),
-                });
-                match details {
-                    Ok(details) => {
-                        let lent = Resource::<CertificateDetails>::new_borrow(details.rep());
-                        let answer = guest.call_decide(&mut self.store, wit_request, lent);
-                        let _ = self.store.data_mut().table.delete(details);
-                        answer.map(|d| convert::v03::renewal_decision(d, request))
-                    }
-                    Err(e) => Err(wasmtime::Error::from(e)),
+                // The certificate `facts.details()` gives, for this call only.
+                let state = self.store.data_mut();
+                state.current = Some(request.certificate.clone());
+                state.current_name.clear();
+                state.current_name.push_str(&request.name);
+                let answer =
+                    guest.call_decide(&mut self.store, convert::v03::renewal_request(request));
+                let state = self.store.data_mut();
+                state.current = None;
+                for rep in std::mem::take(&mut state.made) {
+                    // Already gone when the plugin dropped it, as it should.
+                    let _ = state
+                        .table
+                        .delete(Resource::<CertificateDetails>::new_own(rep));
                 }
+                answer.map(|d| convert::v03::renewal_decision(d, request))
             }
             _ => return Err(self.missing()),
         };
@@ -595,6 +627,32 @@ impl Sandbox {
     fn missing_for(&self, hook: Hook) -> PluginError {
         self.plugin.missing_export(hook)
     }
+}
+
+/// The `details` handle of a 0.2 renewal request: the host's entry, filled with `request`,
+/// lent as a borrow for one call. Nothing of an earlier request stays in it.
+fn lend_details(
+    store: &mut Store<SandboxState>,
+    details: &mut Option<Resource<CertificateDetails>>,
+    request: &RenewalRequest,
+) -> wasmtime::Result<Resource<CertificateDetails>> {
+    let table = &mut store.data_mut().table;
+    let rep = match details {
+        Some(entry) => {
+            table.get_mut(entry)?.facts = request.certificate.clone();
+            entry.rep()
+        }
+        None => {
+            let entry = table.push(CertificateDetails {
+                facts: request.certificate.clone(),
+                name: String::new(),
+            })?;
+            let rep = entry.rep();
+            *details = Some(entry);
+            rep
+        }
+    };
+    Ok(Resource::new_borrow(rep))
 }
 
 /// Turn a wasmtime failure into the typed error. The wasm backtrace, useful to the plugin's

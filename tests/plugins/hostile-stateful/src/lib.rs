@@ -58,7 +58,7 @@ impl exports::rotor::policy::renewal::Guest for Plugin {
         configure(1)
     }
 
-    fn decide(_: RenewalRequest, _: &rotor::policy::facts::CertificateDetails) -> RenewalDecision {
+    fn decide(_: RenewalRequest) -> RenewalDecision {
         let n = first_decision();
         let c = CONFIGURES.load(Ordering::SeqCst);
         RenewalDecision::Keep(KeepDecision {

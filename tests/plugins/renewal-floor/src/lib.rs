@@ -12,7 +12,6 @@
 use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
     Guest, KeepDecision, Reason, RenewalDecision, RenewalRequest,
 };
-use rotor_policy_sdk::renewal::rotor::policy::facts::CertificateDetails;
 
 struct Plugin;
 
@@ -21,7 +20,7 @@ impl Guest for Plugin {
         Ok(())
     }
 
-    fn decide(_: RenewalRequest, _: &CertificateDetails) -> RenewalDecision {
+    fn decide(_: RenewalRequest) -> RenewalDecision {
         RenewalDecision::Keep(KeepDecision {
             reason: Reason::OutsideWindow(90),
             renew_at: None,
