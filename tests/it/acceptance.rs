@@ -297,7 +297,7 @@ fn every_decision_runs_in_a_fresh_plugin_instance() {
     // would fail the command).
     let (code, out, err) = rotor_with(&data, Some(&bundle), &["start", "--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
-    // hostile-stateful is a 0.2 plugin: `configure` ran once, before the snapshot every
+    // hostile-stateful is a 0.3 plugin (as since 0.2): `configure` ran once, before the snapshot every
     // decision starts from, and never again.
     assert_eq!(
         out.matches("decision #1 of this instance, after 1 configure")

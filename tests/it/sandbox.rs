@@ -551,3 +551,49 @@ fn the_precompiled_cache_is_used_and_survives_corruption() {
         .unwrap();
     assert_eq!(std::fs::read_dir(open.path()).unwrap().count(), 0);
 }
+
+/// rotor:policy 0.3's `facts.details()`: the certificate of the decision being made, to that
+/// decision only. Asked for in `configure` it traps (the plugin does not load); kept past its
+/// call it no longer reads; a fresh instance per decision never sees an earlier one.
+#[test]
+fn a_certificate_handle_is_good_only_during_its_own_decision() {
+    let cache = tempfile::tempdir().unwrap();
+    let engine = engine(cache.path());
+    let plugin = load(&engine, "hostile-details", Hook::Renewal);
+    let limits = SandboxLimits::default();
+
+    let err = plugin
+        .configure(Hook::Renewal, r#"{"in_configure":true}"#, &limits)
+        .unwrap_err();
+    assert!(matches!(err.kind, PluginErrorKind::Trap { .. }), "{err}");
+    assert!(err.to_string().contains("outside renewal.decide"), "{err}");
+
+    let configured = plugin.configure(Hook::Renewal, "{}", &limits).unwrap();
+    let first = renewal_request(3650);
+    let mut second = renewal_request(3650);
+    second.name = "serving-kubelet".into();
+    assert_ne!(first.certificate.serial, second.certificate.serial);
+    // A fresh instance per decision, as rotor decides: each sees its own certificate.
+    for r in [&first, &second] {
+        let d = configured.sandbox().unwrap().renewal(r).unwrap();
+        let RenewalDecision::Keep { reason, .. } = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            reason,
+            format!(
+                "this decision's certificate: {} {}",
+                r.name, r.certificate.serial
+            )
+        );
+    }
+    // One instance reused: the handle the first decision kept was removed when its call ended.
+    let mut reused = configured.sandbox().unwrap();
+    reused.renewal(&first).unwrap();
+    let err = reused.renewal(&second).unwrap_err();
+    assert!(matches!(err.kind, PluginErrorKind::Trap { .. }), "{err}");
+    assert!(
+        !err.to_string().contains(&first.certificate.serial),
+        "{err}"
+    );
+}

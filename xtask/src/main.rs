@@ -41,6 +41,7 @@ const TEST_PLUGINS: &[(&str, Target)] = &[
     ("hostile-wasi", Target::Wasip2),
     ("hostile-stateful", Target::Unknown),
     ("hostile-approve-all", Target::Unknown),
+    ("hostile-details", Target::Unknown),
     ("renewal-floor", Target::Unknown),
 ];
 

@@ -101,8 +101,9 @@ pub(crate) struct SandboxState {
     /// (a buffer kept between calls); `None` outside a call.
     current: Option<Arc<CertificateFacts>>,
     current_name: String,
-    /// The handles `facts.details()` made during the call in progress: removed when it ends, so
-    /// a plugin that kept one cannot read an earlier decision's certificate in a later call.
+    /// The handles `facts.details()` made during the call in progress: expired when it ends, so
+    /// a plugin that kept one cannot read any certificate through it in a later call (its entry
+    /// is not reused for another until the plugin drops it).
     made: Vec<u32>,
 }
 
@@ -240,6 +241,8 @@ host_impl!(v03);
 pub struct CertificateDetails {
     facts: Arc<CertificateFacts>,
     name: String,
+    /// Its decision is over (0.3): a plugin that kept the handle gets a trap, not a certificate.
+    expired: bool,
 }
 
 impl SandboxState {
@@ -247,7 +250,11 @@ impl SandboxState {
         &self,
         handle: &Resource<CertificateDetails>,
     ) -> wasmtime::Result<&CertificateDetails> {
-        Ok(self.table.get(handle)?)
+        let details = self.table.get(handle)?;
+        if details.expired {
+            wasmtime::bail!("a certificate-details handle used after the decision it was made for");
+        }
+        Ok(details)
     }
 }
 
@@ -327,7 +334,13 @@ facts_impl!(
                 wasmtime::bail!("facts.details() called outside renewal.decide");
             };
             let name = self.current_name.clone();
-            Ok(self.table.push(CertificateDetails { facts, name })?)
+            let handle = self.table.push(CertificateDetails {
+                facts,
+                name,
+                expired: false,
+            })?;
+            self.made.push(handle.rep());
+            Ok(handle)
         }
     },
     {
@@ -552,9 +565,10 @@ impl Sandbox {
                 state.current = None;
                 for rep in std::mem::take(&mut state.made) {
                     // Already gone when the plugin dropped it, as it should.
-                    let _ = state
-                        .table
-                        .delete(Resource::<CertificateDetails>::new_own(rep));
+                    let kept = Resource::<CertificateDetails>::new_own(rep);
+                    if let Ok(details) = state.table.get_mut(&kept) {
+                        details.expired = true;
+                    }
                 }
                 answer.map(|d| convert::v03::renewal_decision(d, request))
             }
@@ -646,6 +660,7 @@ fn lend_details(
             let entry = table.push(CertificateDetails {
                 facts: request.certificate.clone(),
                 name: String::new(),
+                expired: false,
             })?;
             let rep = entry.rep();
             *details = Some(entry);
