@@ -40,7 +40,11 @@ impl Guest for Plugin {
                 earlier.name(),
                 earlier.serial()
             ),
-            None => format!("this decision's certificate: {} {}", mine.name(), mine.serial()),
+            None => format!(
+                "this decision's certificate: {} {}",
+                mine.name(),
+                mine.serial()
+            ),
         };
         *kept = Some(mine);
         RenewalDecision::Keep(KeepDecision {
