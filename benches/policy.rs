@@ -398,6 +398,20 @@ fn fresh_levers(c: &mut Criterion) {
             },
         ),
         (
+            "table_keep_resident_8k",
+            EngineOptions {
+                table_keep_resident: 8 * 1024,
+                ..default.clone()
+            },
+        ),
+        (
+            "table_keep_resident_1m",
+            EngineOptions {
+                table_keep_resident: 1024 * 1024,
+                ..default.clone()
+            },
+        ),
+        (
             "warm_slots_0",
             EngineOptions {
                 max_unused_warm_slots: Some(0),

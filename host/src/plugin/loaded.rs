@@ -191,8 +191,9 @@ impl AnswerFuncs {
 #[derive(Clone)]
 pub struct LoadedPlugin {
     pub(crate) engine: PluginEngine,
-    pub(crate) name: String,
-    digest: String,
+    /// Shared, not copied, by every sandbox made from it (a fresh one per decision).
+    pub(crate) name: Arc<str>,
+    digest: Arc<str>,
     /// The component file, kept for 0.2 plugins: the snapshot is made from it.
     bytes: Option<Arc<[u8]>>,
     pub(crate) linked: Arc<Linked>,
@@ -265,8 +266,8 @@ impl LoadedPlugin {
         };
         Ok(LoadedPlugin {
             engine,
-            name: name.to_string(),
-            digest,
+            name: Arc::from(name),
+            digest: Arc::from(digest),
             bytes,
             linked: Arc::new(linked),
         })
@@ -307,7 +308,7 @@ impl LoadedPlugin {
     /// The error for a hook this plugin does not export, named in its contract version.
     pub(crate) fn missing_export(&self, hook: Hook) -> PluginError {
         PluginError {
-            plugin: self.name.clone(),
+            plugin: self.name.to_string(),
             hook,
             kind: PluginErrorKind::MissingExport {
                 interface: format!("{}@{}", hook.interface(), self.contract().version()),

@@ -135,13 +135,13 @@ impl SandboxState {
 /// A store for one instance of `plugin`: memory cap and deadline armed.
 pub(crate) fn new_store(
     engine: &PluginEngine,
-    plugin: &str,
+    plugin: Arc<str>,
     limits: &SandboxLimits,
 ) -> Store<SandboxState> {
     let state = SandboxState {
         memory_limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
         memory_exceeded: false,
-        plugin: Arc::from(plugin),
+        plugin,
         logs: Vec::new(),
         dropped_logs: 0,
         table: ResourceTable::new(),
@@ -405,9 +405,9 @@ impl Sandbox {
         let plugin = &configured.plugin;
         let hook = configured.hook;
         let limits = &configured.limits;
-        let mut store = new_store(&plugin.engine, &plugin.name, limits);
+        let mut store = new_store(&plugin.engine, plugin.name.clone(), limits);
         let err = |store: &Store<SandboxState>, e: wasmtime::Error| PluginError {
-            plugin: plugin.name.clone(),
+            plugin: plugin.name.to_string(),
             hook,
             kind: classify(e, store.data(), limits),
         };
@@ -447,7 +447,7 @@ impl Sandbox {
                     Ok(Ok(())) => {}
                     Ok(Err(message)) => {
                         return Err(PluginError {
-                            plugin: plugin.name.clone(),
+                            plugin: plugin.name.to_string(),
                             hook,
                             kind: PluginErrorKind::InvalidSettings {
                                 message: sanitize(&message, 2048),
@@ -498,7 +498,7 @@ impl Sandbox {
 
     fn error(&self, kind: PluginErrorKind) -> PluginError {
         PluginError {
-            plugin: self.plugin.name.clone(),
+            plugin: self.plugin.name.to_string(),
             hook: self.hook,
             kind,
         }

@@ -30,7 +30,7 @@ pub(crate) fn configured(
     limits: &SandboxLimits,
 ) -> Result<(Arc<Linked>, Vec<PluginLog>), PluginError> {
     let err = |kind| PluginError {
-        plugin: plugin.name.clone(),
+        plugin: plugin.name.to_string(),
         hook,
         kind,
     };
@@ -47,7 +47,7 @@ pub(crate) fn configured(
     let (cx, instrumented) = wizer.instrument_component(bytes).map_err(invalid)?;
     let component = engine.compile_uncached(&instrumented).map_err(err)?;
     let linked = link(engine, &component).map_err(err)?;
-    let mut store = new_store(engine, &plugin.name, limits);
+    let mut store = new_store(engine, plugin.name.clone(), limits);
     let instance = linked
         .pre
         .instantiate(&mut store)
