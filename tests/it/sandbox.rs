@@ -587,7 +587,7 @@ fn a_certificate_handle_is_good_only_during_its_own_decision() {
             )
         );
     }
-    // One instance reused: the handle the first decision kept was removed when its call ended.
+    // One instance reused: the handle the first decision kept expired when its call ended.
     let mut reused = configured.sandbox().unwrap();
     reused.renewal(&first).unwrap();
     let err = reused.renewal(&second).unwrap_err();
@@ -596,4 +596,11 @@ fn a_certificate_handle_is_good_only_during_its_own_decision() {
         !err.to_string().contains(&first.certificate.serial),
         "{err}"
     );
+    // Handles are host memory: a decision that asks for them without end is stopped.
+    let flood = plugin
+        .configure(Hook::Renewal, r#"{"flood":true}"#, &limits)
+        .unwrap();
+    let err = flood.sandbox().unwrap().renewal(&first).unwrap_err();
+    assert!(matches!(err.kind, PluginErrorKind::Trap { .. }), "{err}");
+    assert!(err.to_string().contains("more than 16 times"), "{err}");
 }

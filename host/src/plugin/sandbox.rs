@@ -84,6 +84,9 @@ pub struct PluginLog {
     pub message: String,
 }
 
+/// Most `facts.details()` handles one decision may make (0.3).
+const MAX_DETAILS_PER_CALL: usize = 16;
+
 /// Most log messages kept per sandbox, and longest message (characters).
 const MAX_LOGS: usize = 64;
 const MAX_LOG_CHARS: usize = 1024;
@@ -333,6 +336,13 @@ facts_impl!(
             let Some(facts) = self.current.clone() else {
                 wasmtime::bail!("facts.details() called outside renewal.decide");
             };
+            // Each handle is host memory the guest's cap does not count: a rule needs one.
+            if self.made.len() >= super::MAX_DETAILS_PER_CALL {
+                wasmtime::bail!(
+                    "facts.details() called more than {} times in one decision",
+                    super::MAX_DETAILS_PER_CALL
+                );
+            }
             let name = self.current_name.clone();
             let handle = self.table.push(CertificateDetails {
                 facts,

@@ -1,6 +1,7 @@
 //! Misuses rotor:policy 0.3's `facts.details()`: with the settings `{"in_configure": true}` it
 //! asks for a certificate in `configure` (there is none: the call must trap, and the plugin not
-//! load); otherwise each decision asks for the certificate, keeps the handle in a static
+//! load); with `{"flood": true}` each decision asks for handles without end, keeping them (host
+//! memory the guest's cap does not count: the host must stop it); otherwise each decision asks for the certificate, keeps the handle in a static
 //! instead of dropping it, and reads the handle an earlier decision kept, answering with that
 //! certificate's name and serial. Under a fresh instance per decision there is never an earlier
 //! one; in one instance reused (what rotor never does for decisions) the kept handle must not
@@ -12,6 +13,7 @@
 )]
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
     Guest, KeepDecision, Reason, RenewalDecision, RenewalRequest,
@@ -19,6 +21,7 @@ use rotor_policy_sdk::renewal::exports::rotor::policy::renewal::{
 use rotor_policy_sdk::renewal::rotor::policy::facts::{self, CertificateDetails};
 
 static KEPT: Mutex<Option<CertificateDetails>> = Mutex::new(None);
+static FLOOD: AtomicBool = AtomicBool::new(false);
 
 struct Plugin;
 
@@ -28,10 +31,20 @@ impl Guest for Plugin {
             let details = facts::details();
             return Err(format!("configure got a certificate: {}", details.name()));
         }
+        FLOOD.store(settings.contains("\"flood\":true"), Ordering::SeqCst);
         Ok(())
     }
 
     fn decide(_: RenewalRequest) -> RenewalDecision {
+        if FLOOD.load(Ordering::SeqCst) {
+            let mut hoard = Vec::new();
+            loop {
+                hoard.push(facts::details());
+                if hoard.len() == usize::MAX {
+                    break;
+                }
+            }
+        }
         let mine = facts::details();
         let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
         let reason = match kept.as_ref() {
