@@ -41,8 +41,9 @@ pub enum ContractVersion {
     /// taken after it.
     #[serde(rename = "0.2")]
     V0_2,
-    /// `rotor:policy@0.3.0`: renewal requests of scalars only (name and serial behind the
-    /// details handle), renewal reasons as codes the host words or as text; otherwise as 0.2.
+    /// `rotor:policy@0.3.0`: renewal requests of scalars only (the rest, name and serial
+    /// included, from `facts.details()` when asked), renewal reasons as codes the host words
+    /// or as text; otherwise as 0.2.
     #[serde(rename = "0.3")]
     V0_3,
 }
