@@ -197,22 +197,7 @@ impl ResourceLimiter for SandboxState {
     }
 }
 
-impl v01::rotor::policy::host::Host for SandboxState {
-    fn log(&mut self, level: v01::rotor::policy::host::LogLevel, message: String) {
-        use v01::rotor::policy::host::LogLevel as L;
-        let level = match level {
-            L::Debug => "debug",
-            L::Info => "info",
-            L::Warn => "warn",
-            L::Error => "error",
-        };
-        SandboxState::log(self, level, &message);
-    }
-}
-
-impl v01::rotor::policy::types::Host for SandboxState {}
-
-/// `log` and the types interface, for the contracts since 0.2 (same shape).
+/// `log` and the types interface, the same in every contract version.
 macro_rules! host_impl {
     ($v:ident) => {
         impl $v::rotor::policy::host::Host for SandboxState {
@@ -232,6 +217,7 @@ macro_rules! host_impl {
     };
 }
 
+host_impl!(v01);
 host_impl!(v02);
 host_impl!(v03);
 
