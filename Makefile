@@ -6,7 +6,7 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup build-deps deps bench-deps plugins test-plugins build lint doc unit-tests integration-tests bench-build bench fuzz clean
+.PHONY: demo test setup build-deps deps package-deps bench-deps plugins test-plugins build deb lint doc unit-tests integration-tests bench-build bench fuzz clean
 
 demo: plugins build
 	./scripts/demo.sh
@@ -26,6 +26,10 @@ build-deps:
 deps:
 	./scripts/install-deps.sh
 
+# cargo-deb (into the same cache as kine), lintian: what `make deb` and its tests need.
+package-deps:
+	./scripts/install-deps.sh package
+
 # deps, and OPA (benches/peers.rs's peer engine), built with Go into the same cache.
 bench-deps:
 	./scripts/install-deps.sh bench
@@ -40,6 +44,10 @@ test-plugins: setup
 
 build: build-deps
 	$(CARGO) build --locked --release -p rotor --bin rotor
+
+# The Debian package: target/debian/rotor_<version>-1_<arch>.deb (docs/install.md).
+deb: plugins build package-deps
+	./scripts/build-deb.sh
 
 lint: build-deps
 	$(CARGO) fmt --all --check
@@ -62,7 +70,7 @@ unit-tests: build-deps
 
 # Real plugins, real files, real TLS, the real binary (tests/it): the release build, the one
 # that ships, which the crash and concurrency tests kill and race (tests/it/state.rs).
-integration-tests: deps build
+integration-tests: deps build deb
 	ROTOR_TEST_BIN=$(CURDIR)/target/release/rotor $(CARGO) test --locked -p rotor --test it -- --show-output
 
 # The benchmarks are not timed tests; CI only compiles them (dev profile) so they never rot.

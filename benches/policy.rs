@@ -525,7 +525,7 @@ fn scaling(c: &mut Criterion) {
 /// A copy of `policies/default` in `dir` whose renewal plugin is accepted by a vendor signature
 /// (a trusted Ed25519 key, a DSSE envelope) instead of its pin.
 fn signed_default_bundle(dir: &Path) {
-    use rotor::policy::signing::{SigningKey, Statement};
+    use rotor::policy::{SigningKey, Statement};
     use sha2::Digest;
     let default = repo().join("policies/default");
     std::fs::create_dir_all(dir.join("plugins")).expect("mkdir");

@@ -14,6 +14,7 @@ fn main() {
     let manifest_dir =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     toolchain_channel(&manifest_dir);
+    git_commit(&manifest_dir);
     let bundle = manifest_dir.join("../policies/default");
     let manifest = bundle.join("bundle.toml");
     let plugins = bundle.join("plugins");
@@ -77,4 +78,43 @@ fn toolchain_channel(manifest_dir: &Path) {
         .next()
         .unwrap_or_else(|| "stable".to_string());
     println!("cargo:rustc-env=ROTOR_RUSTC_CHANNEL={channel}");
+}
+
+/// The commit this rotor is built from, for `rotor --version`: `ROTOR_GIT_COMMIT` when set (a
+/// build from a source tarball, or a packager's), else `git rev-parse HEAD` of the checkout
+/// (the commit checked out; changes not committed are not told), else `unknown`.
+fn git_commit(manifest_dir: &Path) {
+    println!("cargo:rerun-if-env-changed=ROTOR_GIT_COMMIT");
+    let repo = manifest_dir.join("..");
+    // Rebuilt when HEAD moves (a commit, a checkout).
+    for f in [".git/HEAD", ".git/packed-refs"] {
+        if repo.join(f).exists() {
+            println!("cargo:rerun-if-changed={}", repo.join(f).display());
+        }
+    }
+    if let Ok(head) = std::fs::read_to_string(repo.join(".git/HEAD"))
+        && let Some(reference) = head.trim().strip_prefix("ref: ")
+        && repo.join(".git").join(reference).exists()
+    {
+        println!(
+            "cargo:rerun-if-changed={}",
+            repo.join(".git").join(reference).display()
+        );
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = std::env::var("ROTOR_GIT_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty())
+        .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
+        .unwrap_or_else(|| "unknown".to_string());
+    println!("cargo:rustc-env=ROTOR_GIT_COMMIT={commit}");
 }

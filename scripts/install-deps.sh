@@ -4,11 +4,17 @@
 #   install-deps.sh build   what building rotor needs: protoc (protobuf-compiler) and the
 #                           well-known types it imports (libprotobuf-dev), for the etcd
 #                           client's gRPC code (make build, lint, demo run this first)
+#   install-deps.sh package what `make deb` and the package's tests (tests/it/package.rs) need:
+#                           cargo-deb (`cargo install cargo-deb@3.8.0` into
+#                           $ROTOR_TOOLS_DIR/cargo-deb), lintian, man-db, systemd-analyze
+#                           (systemd), debootstrap, and a minimal Debian bookworm root made by
+#                           debootstrap once, kept as $ROTOR_TOOLS_DIR/debian-bookworm-minbase.tar
+#                           (where the tests install the package for real with dpkg -i)
 #   install-deps.sh bench   everything below, and what the benches need besides: OPA (`go
 #                           install github.com/open-policy-agent/opa@v1.22.4` into
 #                           $ROTOR_TOOLS_DIR/bin), the peer of benches/peers.rs (make bench
 #                           runs this first)
-#   install-deps.sh         that, and what the tests use (make test runs this first):
+#   install-deps.sh         build, package, and what the tests use (make test runs this first):
 #     openssl, and Python's cryptography package: independent checkers of what rotor writes;
 #     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
 #     cases of tests/it/state.rs;
@@ -23,12 +29,29 @@
 # The Python packages go to the python3 on the PATH.
 set -euo pipefail
 
+mode="${1:-all}"
+# What the tests use besides building (everything but `build` and `package`), and what
+# packaging uses (everything but `build`).
+tests=yes packaging=yes
+case "$mode" in
+  build) tests= packaging= ;;
+  package) tests= ;;
+esac
+
 need=()
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 # A recommendation of protobuf-compiler, which --no-install-recommends leaves out: without it
 # protoc cannot find google/protobuf/descriptor.proto and the etcd client does not build.
 [ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
-if [ "${1:-all}" != build ]; then
+if [ -n "$packaging" ]; then
+  command -v lintian >/dev/null || need+=(lintian)
+  command -v man >/dev/null || need+=(man-db)
+  command -v systemd-analyze >/dev/null || need+=(systemd)
+  command -v debootstrap >/dev/null || need+=(debootstrap)
+  command -v gzip >/dev/null || need+=(gzip)
+  command -v unshare >/dev/null || need+=(util-linux)
+fi
+if [ -n "$tests" ]; then
   command -v openssl >/dev/null || need+=(openssl)
   command -v flock >/dev/null || need+=(util-linux)
   command -v script >/dev/null || need+=(bsdutils)
@@ -54,19 +77,19 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-if [ "${1:-all}" != build ] && ! python3 -c 'import cryptography' 2>/dev/null; then
+if [ -n "$tests" ] && ! python3 -c 'import cryptography' 2>/dev/null; then
   echo "install-deps: pip install cryptography (for $(command -v python3))"
   python3 -m pip install --quiet cryptography 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages cryptography
 fi
 
-if [ "${1:-all}" != build ] && ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
+if [ -n "$tests" ] && ! python3 -c 'import prometheus_client.openmetrics.parser' 2>/dev/null; then
   echo "install-deps: pip install prometheus-client (for $(command -v python3))"
   python3 -m pip install --quiet prometheus-client 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages prometheus-client
 fi
 
-if [ "${1:-all}" != build ] && ! python3 -c 'import kubernetes, yaml' 2>/dev/null; then
+if [ -n "$tests" ] && ! python3 -c 'import kubernetes, yaml' 2>/dev/null; then
   echo "install-deps: pip install kubernetes (for $(command -v python3))"
   python3 -m pip install --quiet kubernetes 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages kubernetes
@@ -75,7 +98,7 @@ fi
 # The real kine (k3s's etcd API over SQL), pinned; built once into a cache outside the repo.
 KINE_VERSION=v0.17.5
 tools="${ROTOR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rotor-tools}"
-if [ "${1:-all}" != build ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE_VERSION"; then
+if [ -n "$tests" ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE_VERSION"; then
   go=$(command -v go || echo /usr/local/go/bin/go)
   if [ ! -x "$go" ]; then
     echo "install-deps: Go is missing: kine ($KINE_VERSION) cannot be built; the kine tests fail under CI" >&2
@@ -90,7 +113,7 @@ fi
 
 # OPA, the peer engine of benches/peers.rs (only for `make bench`), pinned, into the same cache.
 OPA_VERSION=v1.22.4
-if [ "${1:-all}" = bench ] && ! "$tools/bin/opa" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}$"; then
+if [ "$mode" = bench ] && ! "$tools/bin/opa" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}$"; then
   go=$(command -v go || echo /usr/local/go/bin/go)
   if [ ! -x "$go" ]; then
     echo "install-deps: Go is missing: OPA ($OPA_VERSION) cannot be built; benches/peers.rs leaves it out" >&2
@@ -99,5 +122,30 @@ if [ "${1:-all}" = bench ] && ! "$tools/bin/opa" version 2>/dev/null | grep -q "
     echo "install-deps: go install github.com/open-policy-agent/opa@$OPA_VERSION (into $tools/bin)"
     mkdir -p "$tools/bin"
     GOBIN="$tools/bin" "$go" install "github.com/open-policy-agent/opa@$OPA_VERSION"
+  fi
+fi
+
+# cargo-deb, pinned, built once into the same cache (make deb).
+CARGO_DEB_VERSION=3.8.0
+if [ -n "$packaging" ] && ! "$tools/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  echo "install-deps: cargo install cargo-deb@$CARGO_DEB_VERSION (into $tools/cargo-deb)"
+  cargo install --quiet --locked --version "$CARGO_DEB_VERSION" --root "$tools/cargo-deb" cargo-deb
+fi
+
+# A minimal Debian root (debootstrap --variant=minbase), made once and kept as a tarball: the
+# package's tests install the .deb into a fresh copy of it with dpkg -i, as on a real machine.
+chroot_tar="$tools/debian-bookworm-minbase.tar"
+if [ -n "$packaging" ] && [ ! -s "$chroot_tar" ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: debootstrap needs root: the package's dpkg -i test fails under CI" >&2
+    [ -z "${CI:-}" ] || exit 1
+  else
+    echo "install-deps: debootstrap --variant=minbase bookworm (into $chroot_tar)"
+    work=$(mktemp -d)
+    trap 'rm -rf "$work"' EXIT
+    debootstrap --variant=minbase bookworm "$work/root" http://deb.debian.org/debian >"$work/log" 2>&1 ||
+      { tail -20 "$work/log" >&2; echo "install-deps: debootstrap failed" >&2; exit 1; }
+    mkdir -p "$tools"
+    tar -C "$work/root" -cf "$chroot_tar.tmp" . && mv "$chroot_tar.tmp" "$chroot_tar"
   fi
 fi

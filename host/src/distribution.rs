@@ -208,7 +208,7 @@ pub struct Artifact {
     pub component: Vec<u8>,
     /// The DSSE envelope (JSON), as signed.
     pub signature: Vec<u8>,
-    /// What the envelope states (NOT verified: see [`crate::policy::signing::PublicKey`]).
+    /// What the envelope states (NOT verified: see [`crate::policy::PublicKey`]).
     pub statement: Statement,
     /// Fixture files: path (relative, `/`-separated) and content.
     pub fixtures: Vec<(String, Vec<u8>)>,

@@ -14,7 +14,7 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 
 use rotor::contract::Hook;
-use rotor::policy::signing::{SigningKey, Statement};
+use rotor::policy::{SigningKey, Statement};
 
 use crate::common::{default_plugin, repo_root, require_command, rotor, shared_cache};
 

@@ -32,6 +32,7 @@ mod floor;
 mod fuzz_corpus;
 mod installed;
 mod kine;
+mod package;
 mod sandbox;
 mod serve;
 mod sqlite;

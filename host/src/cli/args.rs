@@ -156,6 +156,28 @@ pub(super) enum Command {
         Exit status with --once: 0 every certificate in place, 1 some could not be issued, 2 error.\n\
         SIGTERM or SIGINT: stop between passes.")]
     Agent(Box<super::agent::AgentArgs>),
+
+    /// Print the shell completion script for bash, zsh, fish, elvish or PowerShell.
+    #[command(after_help = "Examples:\n  \
+        source <(rotor completion bash)\n  \
+        rotor completion bash > /etc/bash_completion.d/rotor\n  \
+        rotor completion zsh > \"${fpath[1]}/_rotor\"\n  \
+        rotor completion fish > ~/.config/fish/completions/rotor.fish\n\n\
+        The Debian package installs the bash, zsh and fish scripts already.")]
+    Completion {
+        /// The shell the script is for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Write the man pages, rotor(1) and one per subcommand (rotor-policy-pin(1), ...), into
+    /// DIR: how the package makes them from these very definitions.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write the pages into (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

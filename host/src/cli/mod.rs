@@ -6,6 +6,7 @@
 mod agent;
 mod args;
 mod cluster;
+mod completion;
 mod csr;
 mod diff;
 mod node;
@@ -20,7 +21,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use args::Cli;
 use args::{Command, GlobalArgs};
@@ -40,7 +41,7 @@ pub enum Exit {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     crate::input::name_inputs(flag);
     init_logging(cli.global.verbose);
     match run(cli) {
@@ -53,6 +54,35 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The whole command line as clap knows it, with the long version: what is parsed, and what
+/// the man pages and shell completions are made from.
+pub(crate) fn command() -> clap::Command {
+    Cli::command()
+        .version(short_version())
+        .long_version(long_version())
+}
+
+/// `rotor -V`: the release and the commit it was built from.
+fn short_version() -> String {
+    format!(
+        "{} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("ROTOR_GIT_COMMIT")
+    )
+}
+
+/// `rotor --version`: the release, the commit, and every plugin contract this build loads.
+fn long_version() -> String {
+    use crate::plugin::ContractVersion;
+    let loads: Vec<&str> = ContractVersion::ALL.iter().map(|v| v.version()).collect();
+    format!(
+        "{}\nplugin contracts: rotor:policy {} (current {}; `rotor policy new` writes it)",
+        short_version(),
+        loads.join(", "),
+        ContractVersion::CURRENT.version()
+    )
 }
 
 /// The error as the operator should read it: the whole chain of causes, and an input the
@@ -107,6 +137,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Serve(args) => serve::run(&cli.global, *args),
         Command::Node(cmd) => node::run(&cli.global, cmd),
         Command::Agent(args) => agent::run(&cli.global, *args),
+        Command::Completion { shell } => completion::completion(shell),
+        Command::Manpages { out } => completion::manpages(&out),
     }
 }
 

@@ -358,6 +358,16 @@ pub struct Bundle {
 /// the plugins were not built then (`make plugins`).
 static BUILTIN: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/builtin_bundle.rs"));
 
+/// The policies installed beside this rotor: `<prefix>/share/rotor/policies` for the running
+/// `<prefix>/bin/rotor` (symbolic links resolved), when it holds a `default/bundle.toml`.
+pub fn installed_policies() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let prefix = exe.parent()?.parent()?;
+    let dir = prefix.join("share").join("rotor").join("policies");
+    let root = Root::open_ambient(&dir).ok()?;
+    root.exists(Path::new("default/bundle.toml")).then_some(dir)
+}
+
 /// What [`Bundle::builtin`] calls the embedded bundle in messages.
 pub(crate) const BUILTIN_NAME: &str = "built-in default bundle";
 
@@ -451,9 +461,21 @@ impl Bundle {
         )
     }
 
-    /// The default bundle embedded in this build of rotor (`policies/default` when it was
-    /// built), for commands given no `--bundle` and no data dir that recorded one.
+    /// The default bundle, for commands given no `--bundle` and no data dir that recorded one:
+    /// the installed one when this rotor is installed with its policies
+    /// (`<prefix>/share/rotor/policies/default` for `<prefix>/bin/rotor`, as the Debian package
+    /// lays them out, so an extracted package finds its own too), else the one embedded in this
+    /// build (`policies/default` when it was built). An installed bundle that does not load is
+    /// an error, never silently replaced by the embedded one.
     pub fn builtin(engine: &PluginEngine) -> Result<Bundle, BundleError> {
+        if let Some(dir) = installed_policies() {
+            return Bundle::load(engine, &dir.join("default"));
+        }
+        Bundle::embedded(engine)
+    }
+
+    /// The default bundle embedded in this build of rotor.
+    fn embedded(engine: &PluginEngine) -> Result<Bundle, BundleError> {
         let manifest_name = PathBuf::from("bundle.toml");
         let manifest_path = PathBuf::from(BUILTIN_NAME);
         if BUILTIN.is_empty() {

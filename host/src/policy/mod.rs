@@ -11,9 +11,14 @@ pub(crate) mod evaluate;
 pub(crate) mod fixtures;
 pub(crate) mod input;
 pub(crate) mod rules;
-pub mod scaffold;
-pub mod signing;
+pub(crate) mod scaffold;
+pub(crate) mod signing;
 mod trust;
 
-pub use bundle::{Acceptance, Bundle, BundleError, FailureMode, HookPlugin, LoadFailure};
+pub use bundle::{
+    Acceptance, Bundle, BundleError, FailureMode, HookPlugin, LoadFailure, installed_policies,
+};
 pub use evaluate::{Outcome, Source};
+pub use signing::{
+    Envelope, EnvelopeSignature, PAYLOAD_TYPE, PublicKey, SigningError, SigningKey, Statement,
+};

@@ -29,7 +29,7 @@ const WIT: &[(&str, &str)] = &[
 
 /// Where the crate gets rotor-policy-sdk.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SdkSource {
+pub(crate) enum SdkSource {
     /// A checkout of rotor: `guest-plugins/sdk` (or the SDK directory itself).
     Path(PathBuf),
     /// A git repository holding rotor, at a branch, tag or revision.
@@ -43,7 +43,7 @@ pub enum SdkSource {
 
 impl SdkSource {
     /// `PATH` or `URL[#REV]` (anything with `://`, or starting `git@`, is a git URL).
-    pub fn parse(s: &str) -> SdkSource {
+    pub(crate) fn parse(s: &str) -> SdkSource {
         if s.contains("://") || s.starts_with("git@") {
             match s.split_once('#') {
                 Some((url, rev)) => SdkSource::Git {
@@ -61,7 +61,7 @@ impl SdkSource {
     }
 
     /// The SDK of the rotor checkout this binary was built from, if it is still there.
-    pub fn built_from() -> Option<SdkSource> {
+    pub(crate) fn built_from() -> Option<SdkSource> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-plugins/sdk");
         Root::open_ambient(&dir)
             .ok()
@@ -96,7 +96,7 @@ fn toml_string(s: &str) -> String {
 
 /// Why a crate could not be made.
 #[derive(Debug, thiserror::Error)]
-pub enum ScaffoldError {
+pub(crate) enum ScaffoldError {
     /// The directory exists and holds files: nothing is overwritten.
     #[error("{}: exists and is not empty; `rotor policy new` never overwrites files", .0.display())]
     NotEmpty(PathBuf),
@@ -115,7 +115,7 @@ pub enum ScaffoldError {
 }
 
 /// The crate name for `dir` (its last component), or the name given.
-pub fn crate_name(dir: &Path, name: Option<&str>) -> Result<String, ScaffoldError> {
+pub(crate) fn crate_name(dir: &Path, name: Option<&str>) -> Result<String, ScaffoldError> {
     let name = match name {
         Some(n) => n.to_string(),
         // `.` or `dir/..` name no directory by themselves: take the name the path resolves to.
@@ -152,7 +152,7 @@ pub fn crate_name(dir: &Path, name: Option<&str>) -> Result<String, ScaffoldErro
 }
 
 /// The files of a new crate `name` for `hook`, relative to its directory.
-pub fn files(
+pub(crate) fn files(
     name: &str,
     hook: Hook,
     sdk: &SdkSource,
@@ -208,7 +208,7 @@ pub fn files(
 }
 
 /// Write the crate into `dir` (created if needed; refused when it holds anything).
-pub fn write(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<(), ScaffoldError> {
+pub(crate) fn write(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> Result<(), ScaffoldError> {
     let root = Root::create_ambient(dir)?;
     if !root.list_dir(Path::new("."))?.is_empty() {
         return Err(ScaffoldError::NotEmpty(dir.to_path_buf()));
