@@ -252,3 +252,64 @@ fn the_shipped_bundles_load() {
         );
     }
 }
+
+/// A `.wasm` in the bundle that no hook uses (a plugin meant to be pinned, or left behind) is
+/// said at every load and listed by `rotor policy check`; signatures and the used plugins are
+/// not, and the shipped bundle has none.
+#[test]
+fn wasm_files_no_hook_uses_are_warned_about_and_listed_by_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bundle");
+    copy_dir(&repo_root().join("policies/default"), &dir);
+    let (code, out, err) = rotor(
+        &["--bundle", dir.to_str().unwrap(), "policy", "check"],
+        &shared_cache(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("unused") && !err.contains("no hook uses"),
+        "{out}{err}"
+    );
+
+    std::fs::copy(
+        test_plugin("renewal-floor"),
+        dir.join("plugins/acme-renewal.wasm"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("plugins/csr-approval.wasm.sig"), "{}").unwrap();
+    let (code, out, err) = rotor(
+        &["--bundle", dir.to_str().unwrap(), "policy", "check"],
+        &shared_cache(),
+    );
+    assert_eq!(
+        code, 0,
+        "an unused file is a warning, not a refusal: {out}{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l == "unused   plugins/acme-renewal.wasm: no hook uses it"),
+        "{out}"
+    );
+    assert_eq!(out.matches("unused ").count(), 1, "{out}");
+    assert!(
+        err.contains("rotor: warning: ")
+            && err.contains("plugins/acme-renewal.wasm is in the bundle but no hook uses it"),
+        "{err}"
+    );
+    // Every command that loads it says so, not only check.
+    let (_, _, err) = rotor(
+        &[
+            "--bundle",
+            dir.to_str().unwrap(),
+            "policy",
+            "test",
+            dir.join("fixtures").to_str().unwrap(),
+        ],
+        &shared_cache(),
+    );
+    assert!(err.contains("no hook uses it"), "{err}");
+    // The library says it too.
+    let cache = tempfile::tempdir().unwrap();
+    let bundle = Bundle::load(&engine(cache.path()), &dir).unwrap();
+    assert_eq!(bundle.unused_plugins(), ["plugins/acme-renewal.wasm"]);
+}

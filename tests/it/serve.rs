@@ -179,9 +179,9 @@ fn parse_http(raw: &str) -> (u16, String) {
 /// One sample of the metrics page, as Python's prometheus_client parsed it.
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
 }
 
 /// Parse an OpenMetrics page with the official Python client's parser (strict: a malformed
@@ -225,7 +225,11 @@ print(json.dumps(out))
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
 
-fn sample<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
+pub(crate) fn sample<'a>(
+    samples: &'a [Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<&'a Sample> {
     samples.iter().find(|s| {
         s.name == name
             && labels
@@ -464,6 +468,10 @@ retries = 3
         )
         .expect("the bundle's info metric");
         assert!(pin.contains(&info.labels["digest"]), "{info:?}");
+        // Accepted by its pin (a signed plugin says `signature`, its key and version: tested
+        // in distribution.rs).
+        assert_eq!(info.labels["accepted_by"], "pin", "{info:?}");
+        assert_eq!(info.labels["key"], "", "{info:?}");
         assert_eq!(
             value(
                 &samples,
@@ -699,19 +707,6 @@ fn a_consumer_that_rereads_its_files_serves_the_renewed_certificate() {
 
     let (code, err) = serve.terminate();
     assert_eq!(code, 0, "{err}");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 /// The default bundle with another name and renewal window, written atomically over `dir`'s

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::common::{repo_root, rotor_bin, shared_cache, tree};
+use crate::common::{copy_dir, repo_root, rotor_bin, shared_cache, tree};
 
 fn target_dir() -> PathBuf {
     repo_root().join("target/vendor-path")
@@ -223,6 +223,153 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
         "the staging copy is not named: {err}"
     );
     assert_eq!(tree(&bundle), before, "a refused pin changed the bundle");
+
+    // A new component into a section holding the previous plugin's settings (the default
+    // bundle's renewal-window: `mode`, `renew_before_days`): refused, saying whose settings they
+    // are and what to do, with nothing changed; then each way forward.
+    let default = work.join("from-default");
+    copy_dir(&repo_root().join("policies/default"), &default);
+    let before = tree(&default);
+    let pin_default = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "pin",
+            "--bundle",
+            default.to_str().unwrap(),
+            "--hook",
+            "renewal",
+            "acme-renewal/acme-renewal.wasm",
+        ];
+        args.extend_from_slice(extra);
+        rotor_in(work, &args)
+    };
+    let (code, out, err) = pin_default(&[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("settings.mode"), "{err}");
+    assert!(err.contains("[renewal.settings]"), "{err}");
+    assert!(
+        err.contains("written for the plugin pinned there before"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--settings FILE") && err.contains("--no-settings"),
+        "{err}"
+    );
+    assert_eq!(tree(&default), before, "a refused pin changed the bundle");
+
+    // --settings FILE (TOML) replaces them; the plugin decides with them.
+    std::fs::write(work.join("acme.toml"), "renew_before_days = 45\n").unwrap();
+    let out = ok(
+        work,
+        &[
+            "policy",
+            "pin",
+            "--bundle",
+            default.to_str().unwrap(),
+            "--hook",
+            "renewal",
+            "acme-renewal/acme-renewal.wasm",
+            "--settings",
+            "acme.toml",
+        ],
+    );
+    assert!(
+        out.contains("[renewal] runs plugins/acme-renewal.wasm"),
+        "{out}"
+    );
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(default.join("bundle.toml")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["renewal"]["settings"],
+        toml::Value::Table(toml::from_str("renew_before_days = 45").unwrap()),
+        "{manifest:?}"
+    );
+    // The other sections and their settings are untouched.
+    let original: toml::Table = toml::from_str(
+        &std::fs::read_to_string(repo_root().join("policies/default/bundle.toml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["san"], original["san"]);
+    assert_eq!(manifest["csr"], original["csr"]);
+    let check = ok(
+        work,
+        &["policy", "check", "--bundle", default.to_str().unwrap()],
+    );
+    assert!(
+        check.contains(r#"{"renew_before_days":45} (accepted"#),
+        "{check}"
+    );
+
+    // A JSON object works too; settings it refuses are refused naming --settings.
+    std::fs::write(work.join("bad.json"), r#"{"renew_before_days": 0}"#).unwrap();
+    let before = tree(&default);
+    let (code, out, err) = pin_default(&["--settings", "bad.json"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--settings bad.json") && err.contains("at least 1"),
+        "{err}"
+    );
+    assert_eq!(tree(&default), before, "a refused pin changed the bundle");
+    std::fs::write(work.join("good.json"), r#"{"renew_before_days": 20}"#).unwrap();
+    ok(
+        work,
+        &[
+            "policy",
+            "pin",
+            "--bundle",
+            default.to_str().unwrap(),
+            "--hook",
+            "renewal",
+            "acme-renewal/acme-renewal.wasm",
+            "--settings",
+            "good.json",
+        ],
+    );
+    let check = ok(
+        work,
+        &["policy", "check", "--bundle", default.to_str().unwrap()],
+    );
+    assert!(
+        check.contains(r#"{"renew_before_days":20} (accepted"#),
+        "{check}"
+    );
+
+    // --no-settings: the plugin's own defaults; settings it accepts are kept by a later pin.
+    let (code, out, err) = pin_default(&["--no-settings"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(default.join("bundle.toml")).unwrap()).unwrap();
+    assert!(
+        manifest["renewal"].get("settings").is_none(),
+        "{manifest:?}"
+    );
+    ok(
+        work,
+        &[
+            "policy",
+            "pin",
+            "--bundle",
+            default.to_str().unwrap(),
+            "--hook",
+            "renewal",
+            "acme-renewal/acme-renewal.wasm",
+            "--settings",
+            "acme.toml",
+        ],
+    );
+    let (code, out, err) = pin_default(&[]);
+    assert_eq!(code, 0, "kept settings the plugin accepts: {out}{err}");
+    let check = ok(
+        work,
+        &["policy", "check", "--bundle", default.to_str().unwrap()],
+    );
+    assert!(
+        check.contains(r#"{"renew_before_days":45} (accepted"#),
+        "{check}"
+    );
+    let (code, _, err) = pin_default(&["--settings", "acme.toml", "--no-settings"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot be used with"), "{err}");
 
     // `new` never overwrites: a second crate into the same directory is refused.
     let before = tree(&work.join("acme-san"));

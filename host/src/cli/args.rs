@@ -697,7 +697,8 @@ pub(super) enum PolicyCommand {
     /// copy it into the bundle's plugins/ and write its path and sha256 into the hook's section.
     /// The component must load, export the hook and accept the section's settings first.
     #[command(
-        after_help = "Example:\n  rotor policy pin --bundle my-bundle --hook renewal acme-renewal.wasm"
+        after_help = "Examples:\n  rotor policy pin --bundle my-bundle --hook renewal acme-renewal.wasm\n  \
+        rotor policy pin --bundle my-bundle --hook renewal acme-renewal.wasm --settings acme-settings.toml"
     )]
     Pin(Box<PinArgs>),
 
@@ -715,7 +716,7 @@ pub(super) enum PolicyCommand {
     /// Sign a component: a DSSE envelope (PLUGIN.wasm.sig) over its sha256, size, name,
     /// version, WIT package version and hooks. The component must load in rotor.
     #[command(after_help = "Example:\n  \
-        rotor policy sign --key acme-signing.key --version 1.2.0 acme-renewal.wasm")]
+        rotor policy sign --key acme-signing.key --plugin-version 1.2.0 acme-renewal.wasm")]
     Sign(Box<SignArgs>),
 
     /// Push a signed component (with its signature and fixtures) as one OCI artifact to a
@@ -789,6 +790,13 @@ pub(super) struct PinArgs {
     pub hook: HookArg,
     /// The component file.
     pub file: PathBuf,
+    /// Replace the section's settings with FILE's: a TOML table, or a JSON object when FILE ends
+    /// in .json [default: keep the section's settings, if the new component accepts them].
+    #[arg(long, value_name = "FILE", conflicts_with = "no_settings")]
+    pub settings: Option<PathBuf>,
+    /// Drop the section's settings: the component runs with its own defaults.
+    #[arg(long)]
+    pub no_settings: bool,
 }
 
 #[derive(Debug, Args)]
@@ -798,9 +806,10 @@ pub(super) struct SignArgs {
     pub key: PathBuf,
     /// The component.
     pub file: PathBuf,
-    /// The plugin's version (semver), e.g. the crate's.
-    #[arg(long)]
-    pub version: String,
+    /// The plugin's release (semver), e.g. the crate's version. `--version` is an old
+    /// spelling kept working (it read like rotor's own --version).
+    #[arg(long = "plugin-version", alias = "version", value_name = "SEMVER")]
+    pub plugin_version: String,
     /// The plugin's name [default: the file's name without .wasm].
     #[arg(long)]
     pub name: Option<String>,

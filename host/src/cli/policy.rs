@@ -154,6 +154,9 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
     for door in bundle.floor().warnings() {
         outln!("         DOOR OPEN: {door}");
     }
+    for file in bundle.unused_plugins() {
+        outln!("unused   {file}: no hook uses it");
+    }
     // A broken bundle never passes review: non-zero, naming the plugin.
     bundle.ensure_loaded()?;
     Ok(Exit::Success)

@@ -94,7 +94,7 @@ pub(super) fn sign(global: &GlobalArgs, args: SignArgs) -> anyhow::Result<Exit> 
     }
     let statement = Statement {
         name,
-        version: args.version.clone(),
+        version: args.plugin_version.clone(),
         contract: plugin.contract().package().to_string(),
         hooks,
         sha256: hex::encode(Sha256::digest(&component)),

@@ -226,6 +226,19 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
     };
     table.insert("plugin", toml_edit::value(plugin_rel.clone()));
     table.insert("sha256", toml_edit::value(digest.clone()));
+    // The settings: replaced (--settings), dropped (--no-settings), or kept as they are, which
+    // holds only if the new component accepts them (checked by the load below).
+    let settings_source = if let Some(file) = &args.settings {
+        table.insert("settings", settings_table(file)?);
+        SettingsSource::File(file.clone())
+    } else if args.no_settings {
+        table.remove("settings");
+        SettingsSource::None
+    } else if table.contains_key("settings") {
+        SettingsSource::Kept
+    } else {
+        SettingsSource::None
+    };
     let new_text = doc.to_string();
 
     // Stage and load the whole bundle outside it.
@@ -257,6 +270,23 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
         Bundle::load(&engine, &staging_path.join(&manifest_name))
             .and_then(|b| b.ensure_loaded().map(|()| b))
             .map_err(|e| {
+                let refused = e.plugin_error().and_then(|pe| match &pe.kind {
+                    crate::plugin::PluginErrorKind::InvalidSettings { message }
+                        if pe.hook == hook =>
+                    {
+                        Some((pe.plugin.clone(), message.clone()))
+                    }
+                    _ => None,
+                });
+                if let Some((plugin, message)) = refused {
+                    return settings_refused(
+                        &plugin,
+                        &message,
+                        hook,
+                        &manifest_path,
+                        &settings_source,
+                    );
+                }
                 // Name the bundle the operator gave, not the staging copy.
                 anyhow::anyhow!(
                     "policy pin: the bundle would not load: {}",
@@ -295,6 +325,84 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
         describe(&staged_bundle, Hook::Csr)
     );
     Ok(Exit::Success)
+}
+
+/// Where the settings pinned with a component come from.
+enum SettingsSource {
+    /// The section's, as they were (written for the component pinned before).
+    Kept,
+    /// `--settings FILE`.
+    File(PathBuf),
+    /// None (`--no-settings`, or the section had none).
+    None,
+}
+
+/// `--settings FILE` as the `settings` table of a hook section: a TOML table, or a JSON object
+/// when FILE ends in `.json`.
+fn settings_table(file: &Path) -> anyhow::Result<toml_edit::Item> {
+    let bytes = Root::read_ambient_file(file)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("--settings {}: not UTF-8 text", file.display()))?;
+    let table: toml::Table = if file.extension().is_some_and(|e| e == "json") {
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("--settings {}: {e}", file.display()))?;
+        if !json.is_object() {
+            anyhow::bail!("--settings {}: not a JSON object", file.display());
+        }
+        toml::Table::try_from(json).map_err(|e| {
+            anyhow::anyhow!(
+                "--settings {}: has no TOML form (a null?): {e}",
+                file.display()
+            )
+        })?
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "--settings {}: {}",
+                file.display(),
+                e.to_string().trim_end().replace('\n', "\n  ")
+            )
+        })?
+    };
+    // Through text, so the manifest gets ordinary TOML tables (`[renewal.settings]`).
+    let doc: toml_edit::DocumentMut = toml::to_string(&table)
+        .map_err(|e| anyhow::anyhow!("--settings {}: {e}", file.display()))?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--settings {}: {e}", file.display()))?;
+    let mut table = doc.as_table().clone();
+    table.set_implicit(false);
+    Ok(toml_edit::Item::Table(table))
+}
+
+/// The component refused the settings it would be pinned with: say whose settings they are and
+/// what to do instead; nothing was changed.
+fn settings_refused(
+    plugin: &str,
+    message: &str,
+    hook: Hook,
+    manifest: &Path,
+    source: &SettingsSource,
+) -> anyhow::Error {
+    let section = format!("[{}.settings]", hook.as_str());
+    match source {
+        SettingsSource::Kept => anyhow::anyhow!(
+            "policy pin: plugin '{plugin}' rejected the settings in {section} of {}: {message}\n  \
+             they were written for the plugin pinned there before; nothing was changed.\n  \
+             give the settings this plugin takes with --settings FILE (a TOML table, or a JSON \
+             object in FILE.json), or pin it with its own defaults with --no-settings",
+            manifest.display()
+        ),
+        SettingsSource::File(file) => anyhow::anyhow!(
+            "policy pin: plugin '{plugin}' rejected the settings of --settings {}: {message}\n  \
+             nothing was changed; its documentation says which settings it takes",
+            file.display()
+        ),
+        SettingsSource::None => anyhow::anyhow!(
+            "policy pin: plugin '{plugin}' refuses to run without settings: {message}\n  \
+             nothing was changed; give them with --settings FILE (a TOML table, or a JSON object \
+             in FILE.json)"
+        ),
+    }
 }
 
 /// A copy of the bundle with the new manifest and component, for loading before any change.

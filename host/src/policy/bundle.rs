@@ -312,6 +312,8 @@ pub struct LoadFailure {
     pub digest: String,
     /// What its failure means.
     pub failure_mode: FailureMode,
+    /// Why the bundle accepted it (its pin or a trusted signature), before it failed.
+    pub accepted: Acceptance,
     /// Why it could not be loaded.
     pub error: PluginError,
 }
@@ -326,7 +328,7 @@ pub(crate) enum Slot {
     /// The plugin, loaded and configured.
     Ready(Box<HookPlugin>),
     /// The plugin could not be loaded or configured.
-    Failed(LoadFailure),
+    Failed(Box<LoadFailure>),
 }
 
 /// A loaded bundle: the plugins of each hook, ready to evaluate.
@@ -352,6 +354,8 @@ pub struct Bundle {
     /// The manifest and every plugin file it pins, as read: what `rotor init` records in a
     /// data dir (paths relative to the bundle directory).
     files: Vec<(PathBuf, Vec<u8>)>,
+    /// The directory's `.wasm` files that no hook uses.
+    unused_plugins: Vec<String>,
 }
 
 /// The default bundle (`policies/default`) as it was when this rotor was built: empty when
@@ -394,6 +398,48 @@ impl Files {
                     )
                 }),
         }
+    }
+}
+
+impl Files {
+    /// The `.wasm` files beside the bundle's plugins (in `plugins/` and in each directory a
+    /// hook's plugin is in, not below) that none of `used` is: a plugin meant to be pinned, or
+    /// one left behind. Best effort: a directory that cannot be listed has none.
+    fn unused_plugins(&self, used: &[BundleFile]) -> Vec<String> {
+        let Files::Dir(root) = self else {
+            return Vec::new();
+        };
+        let plain = |p: &Path| -> PathBuf {
+            p.components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect()
+        };
+        let used: Vec<PathBuf> = used.iter().map(|(p, _)| plain(p)).collect();
+        let mut dirs: Vec<PathBuf> = vec![PathBuf::from("plugins")];
+        for p in &used {
+            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty())
+                && !dirs.iter().any(|d| d == parent)
+            {
+                dirs.push(parent.to_path_buf());
+            }
+        }
+        let mut unused: Vec<String> = dirs
+            .iter()
+            .flat_map(|dir| {
+                root.list_dir(dir)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |name| dir.join(name))
+            })
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "wasm")
+                    && !used.contains(p)
+                    && root.kind(p).ok().flatten() == Some(crate::fs::Kind::File)
+            })
+            .map(|p| p.display().to_string())
+            .collect();
+        unused.sort();
+        unused
     }
 }
 
@@ -582,6 +628,7 @@ impl Bundle {
             message,
         })?;
         let name = manifest.bundle.name.clone().unwrap_or(default_name);
+        let unused_plugins = source.unused_plugins(&files);
         Ok(Bundle {
             name,
             description: manifest.bundle.description,
@@ -597,7 +644,14 @@ impl Bundle {
                 .collect(),
             floor,
             files,
+            unused_plugins,
         })
+    }
+
+    /// The bundle directory's `.wasm` files that no hook uses (relative to the directory):
+    /// said at every load ([`Bundle::warnings`]) and listed by `rotor policy check`.
+    pub fn unused_plugins(&self) -> &[String] {
+        &self.unused_plugins
     }
 
     /// What answers `hook`.
@@ -649,6 +703,15 @@ impl Bundle {
         }
     }
 
+    /// Why the bundle accepted the hook's plugin (loaded or not); `None` without a plugin.
+    pub fn acceptance(&self, hook: Hook) -> Option<&Acceptance> {
+        match (self.hook(hook), self.load_failure(hook)) {
+            (Some(hp), _) => Some(&hp.accepted),
+            (None, Some(f)) => Some(&f.accepted),
+            (None, None) => None,
+        }
+    }
+
     /// What an operator must hear at every load of this bundle: each plugin that could not be
     /// loaded (and what decides instead) and each door opened in the host floor.
     pub fn warnings(&self) -> Vec<String> {
@@ -681,6 +744,13 @@ impl Bundle {
                 .into_iter()
                 .map(|w| format!("{}: {w}", self.path.display())),
         );
+        out.extend(self.unused_plugins.iter().map(|p| {
+            format!(
+                "{}: {p} is in the bundle but no hook uses it (pin it with `rotor policy pin \
+                 --hook HOOK`, or remove it)",
+                self.path.display()
+            )
+        }));
         out
     }
 
@@ -856,6 +926,7 @@ fn load_hook(
         file: entry.plugin.clone(),
         digest: actual.clone(),
         failure_mode,
+        accepted: accepted.clone(),
         error,
     };
     let plugin = match loaded.get(&actual) {
@@ -865,11 +936,11 @@ fn load_hook(
                 loaded.insert(actual.clone(), p.clone());
                 p
             }
-            Err(error) => return Ok((Slot::Failed(failed(error)), read)),
+            Err(error) => return Ok((Slot::Failed(Box::new(failed(error))), read)),
         },
     };
     if let Err(error) = plugin.require(hook) {
-        return Ok((Slot::Failed(failed(error)), read));
+        return Ok((Slot::Failed(Box::new(failed(error))), read));
     }
     // What the vendor signed must be what the host sees: the contract and every hook.
     if let Some(s) = &statement {
@@ -898,7 +969,7 @@ fn load_hook(
     // a 0.2 plugin parses them once, not in every decision).
     let configured = match plugin.configure(hook, &settings, &limits) {
         Ok(c) => c,
-        Err(error) => return Ok((Slot::Failed(failed(error)), read)),
+        Err(error) => return Ok((Slot::Failed(Box::new(failed(error))), read)),
     };
     Ok((
         Slot::Ready(Box::new(HookPlugin {

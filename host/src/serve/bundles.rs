@@ -14,7 +14,7 @@ use crate::cluster::Cluster;
 use crate::contract::Hook;
 use crate::fs::Root;
 use crate::plugin::PluginEngine;
-use crate::policy::Bundle;
+use crate::policy::{Acceptance, Bundle};
 
 /// Where the active bundle comes from, and how to tell that it changed.
 #[derive(Clone, Debug)]
@@ -38,6 +38,13 @@ pub(super) fn export_bundle_info(shared: &Shared) {
             let (plugin, digest) = b
                 .plugin_identity(hook)
                 .unwrap_or_else(|| ("built-in".to_string(), String::new()));
+            let (accepted_by, key, version) = match b.acceptance(hook) {
+                None => ("built-in", String::new(), String::new()),
+                Some(Acceptance::Pin) => ("pin", String::new(), String::new()),
+                Some(Acceptance::Signature { key, version, .. }) => {
+                    ("signature", key.clone(), version.clone())
+                }
+            };
             m.bundle_info
                 .get_or_create(&BundleInfoLabels {
                     role: role.into(),
@@ -45,6 +52,9 @@ pub(super) fn export_bundle_info(shared: &Shared) {
                     hook: hook.as_str().into(),
                     plugin,
                     digest,
+                    accepted_by: accepted_by.into(),
+                    key,
+                    version,
                 })
                 .set(1);
         }

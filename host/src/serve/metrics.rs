@@ -64,6 +64,12 @@ pub(crate) struct BundleInfoLabels {
     pub hook: String,
     pub plugin: String,
     pub digest: String,
+    /// `pin`, `signature` or `built-in` (no plugin): why the bundle accepted the plugin.
+    pub accepted_by: String,
+    /// The trusted key's name in `[trust.keys]` when accepted by a signature, else empty.
+    pub key: String,
+    /// The version the vendor signed when accepted by a signature, else empty.
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -198,7 +204,7 @@ impl Metrics {
         );
         registry.register(
             "rotor_policy_plugin_info",
-            "The plugins of the active and shadow bundles, with their sha256 digests (value 1)",
+            "The plugins of the active and shadow bundles, with their sha256 digests and why each is accepted (its pin, or a trusted key's signature) (value 1)",
             m.bundle_info.clone(),
         );
         registry.register(
