@@ -19,7 +19,8 @@
 #     flock and mount (util-linux), chattr (e2fsprogs): the lock, full-disk and immutable-file
 #     cases of tests/it/state.rs;
 #     etcd and etcdctl (etcd-server, etcd-client): the real etcd of tests/it/etcd.rs;
-#     docker-registry (the CNCF distribution registry): the OCI registry of tests/it/distribution.rs;
+#     docker-registry (the CNCF distribution registry): the OCI registry of tests/it/distribution.rs,
+#     and htpasswd (apache2-utils) for its logins;
 #     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page;
 #     Python's kubernetes client: loads the kubeconfigs `rotor agent` writes (tests/it/agent.rs);
 #     PostgreSQL and MariaDB servers (postgresql, mariadb-server), and the real kine built with
@@ -62,6 +63,7 @@ if [ -n "$tests" ]; then
   command -v etcd >/dev/null || need+=(etcd-server)
   command -v etcdctl >/dev/null || need+=(etcd-client)
   command -v docker-registry >/dev/null || need+=(docker-registry)
+  command -v htpasswd >/dev/null || need+=(apache2-utils)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
   command -v mariadb-install-db >/dev/null || need+=(mariadb-server)
 fi

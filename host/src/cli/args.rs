@@ -724,7 +724,9 @@ pub(super) enum PolicyCommand {
     #[command(after_help = "Examples:\n  \
         rotor policy push acme-renewal.wasm oci://registry.example.com/acme/renewal:1.2.0 --fixtures fixtures\n  \
         rotor policy push acme-renewal.wasm oci-layout:/media/usb/rotor-plugins:acme-renewal-1.2.0\n\n\
-        Credentials: ROTOR_REGISTRY_USERNAME and ROTOR_REGISTRY_PASSWORD (HTTP basic), else anonymous.")]
+        Credentials: ROTOR_REGISTRY_USERNAME and ROTOR_REGISTRY_PASSWORD (HTTP basic), else the login\n\
+        docker, podman, oras or crane stored ($REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or\n\
+        ~/.docker/config.json, $XDG_RUNTIME_DIR/containers/auth.json; credential helpers too), else anonymous.")]
     Push(Box<PushArgs>),
 
     /// Pull a plugin artifact from a registry or an OCI image layout: write NAME.wasm,
@@ -733,7 +735,8 @@ pub(super) enum PolicyCommand {
         rotor policy pull oci://registry.example.com/acme/renewal:1.2.0 --out /etc/rotor/candidate/plugins --key acme.pub\n  \
         rotor policy pull oci://registry.example.com/acme/renewal@sha256:3f9a... --out oci-layout:/media/usb/rotor-plugins\n  \
         rotor policy pull oci-layout:/media/usb/rotor-plugins:acme-renewal-1.2.0 --out plugins\n\n\
-        Credentials: ROTOR_REGISTRY_USERNAME and ROTOR_REGISTRY_PASSWORD (HTTP basic), else anonymous.")]
+        Credentials: as for push: ROTOR_REGISTRY_USERNAME and ROTOR_REGISTRY_PASSWORD, else the login\n\
+        docker, podman, oras or crane stored, else anonymous.")]
     Pull(Box<PullArgs>),
 
     /// Every decision that differs between the bundle (--bundle, the current one) and a

@@ -123,7 +123,10 @@ pub(super) fn sign(global: &GlobalArgs, args: SignArgs) -> anyhow::Result<Exit> 
     Ok(Exit::Success)
 }
 
-fn registry_options(args: &RegistryArgs) -> anyhow::Result<RegistryOptions> {
+/// How to reach `location`'s registry: its CA, and its login: `ROTOR_REGISTRY_USERNAME` and
+/// `ROTOR_REGISTRY_PASSWORD`, else what `docker login`, `podman login`, `oras login` or `crane
+/// auth login` stored for it ([`distribution::registry_credential`]), else anonymous.
+fn registry_options(args: &RegistryArgs, location: &Location) -> anyhow::Result<RegistryOptions> {
     let ca_pem = args
         .registry_ca
         .as_deref()
@@ -137,7 +140,20 @@ fn registry_options(args: &RegistryArgs) -> anyhow::Result<RegistryOptions> {
         (Some(u), None) if !u.is_empty() => {
             anyhow::bail!("ROTOR_REGISTRY_USERNAME is set but ROTOR_REGISTRY_PASSWORD is not")
         }
-        _ => None,
+        _ => match location {
+            Location::Registry(reference) => {
+                distribution::registry_credential(reference.registry())?.map(|c| {
+                    crate::say!(
+                        "rotor: logging in to {} as {} (from {})",
+                        reference.registry(),
+                        c.username,
+                        c.source.display()
+                    );
+                    (c.username, c.password)
+                })
+            }
+            Location::Layout { .. } => None,
+        },
     };
     Ok(RegistryOptions { ca_pem, basic_auth })
 }
@@ -159,7 +175,7 @@ pub(super) fn push(args: PushArgs) -> anyhow::Result<Exit> {
     let signature = match Root::read_ambient_file(&sig_path) {
         Ok(s) => s,
         Err(e) if e.is_not_found() => anyhow::bail!(
-            "{}: missing; only signed plugins are pushed (rotor policy sign --key KEY --version V {})",
+            "{}: missing; only signed plugins are pushed (rotor policy sign --key KEY --plugin-version V {})",
             sig_path.display(),
             args.file.display()
         ),
@@ -171,7 +187,7 @@ pub(super) fn push(args: PushArgs) -> anyhow::Result<Exit> {
     };
     let artifact = Artifact::new(component, signature, fixtures)
         .map_err(|e| anyhow::anyhow!("{}: {e}", sig_path.display()))?;
-    let stored = distribution::push(&artifact, &to, &registry_options(&args.registry)?)?;
+    let stored = distribution::push(&artifact, &to, &registry_options(&args.registry, &to)?)?;
     outln!(
         "pushed {} {} ({} fixture files) to {to}{}",
         artifact.statement.name,
@@ -218,7 +234,7 @@ pub(super) fn pull(args: PullArgs) -> anyhow::Result<Exit> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Everything is fetched and checked before anything is written.
-    let (artifact, stored) = distribution::pull(&from, &registry_options(&args.registry)?)?;
+    let (artifact, stored) = distribution::pull(&from, &registry_options(&args.registry, &from)?)?;
     let verified = if keys.is_empty() {
         None
     } else {
