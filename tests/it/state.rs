@@ -1232,3 +1232,142 @@ fn a_closed_standard_output_never_panics_and_never_stops_a_change() {
     assert!(leaves_all_or_nothing(before)(&dir).unwrap());
     verify(&dir, t0() + days(300)).unwrap();
 }
+
+/// Every file of each numbered generation (the backups and the live one): path -> bytes.
+fn generation_files(dir: &Path) -> BTreeMap<u64, BTreeMap<PathBuf, Vec<u8>>> {
+    let gens = dir.join(".rotor/generations");
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(&gens).unwrap() {
+        let e = e.unwrap();
+        let Ok(n) = e.file_name().to_string_lossy().parse::<u64>() else {
+            continue;
+        };
+        let mut files = BTreeMap::new();
+        let mut stack = vec![e.path()];
+        while let Some(d) = stack.pop() {
+            for f in std::fs::read_dir(&d).unwrap() {
+                let f = f.unwrap();
+                if f.file_type().unwrap().is_dir() {
+                    stack.push(f.path());
+                } else {
+                    let rel = f.path().strip_prefix(e.path()).unwrap().to_path_buf();
+                    files.insert(rel, std::fs::read(f.path()).unwrap_or_default());
+                }
+            }
+        }
+        out.insert(n, files);
+    }
+    out
+}
+
+/// A kill at any step of pruning old generations (a rotate with `--backup-keep 1` over four
+/// backups) never leaves a half-deleted backup under a generation's name: every numbered
+/// generation left is whole, byte for byte; what was being removed is `.N.pruned`, which the
+/// next writer removes.
+#[test]
+fn a_kill_while_pruning_never_leaves_a_half_deleted_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let template = k3s_template(tmp.path());
+    for day in 1..=4 {
+        ok(&template, &["certificate", "rotate", "--now", &at(day)]);
+    }
+    let before = generation_files(&template);
+    assert!(before.len() >= 5, "{:?}", before.keys());
+    let args = [
+        "--backup-keep",
+        "1",
+        "certificate",
+        "rotate",
+        "--now",
+        &at(5),
+    ];
+    // The steps of the prune: every step after the journal is removed (the change is live).
+    let work = tmp.path().join("work");
+    copy_tree(&template, &work);
+    let o = run(&work, &args, &[("ROTOR_FAILPOINT_TRACE", "1".into())]);
+    assert!(o.status.success(), "{}", text(&o));
+    let trace = String::from_utf8_lossy(&o.stderr).into_owned();
+    let traced: Vec<(u64, &str)> = trace
+        .lines()
+        .filter_map(|l| l.strip_prefix("rotor: step "))
+        .filter_map(|l| {
+            let (n, what) = l.split_once(": ")?;
+            Some((n.parse().ok()?, what))
+        })
+        .collect();
+    let journal_gone = traced
+        .iter()
+        .rposition(|(_, what)| what.contains("journal.json"))
+        .unwrap_or_else(|| panic!("no journal step in the trace:\n{trace}"));
+    let steps: Vec<u64> = traced[journal_gone + 1..]
+        .iter()
+        .filter(|(_, what)| what.contains("generations"))
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        traced[journal_gone + 1..]
+            .iter()
+            .any(|(_, what)| what.contains(".pruned")),
+        "the prune renames each backup out first:\n{trace}"
+    );
+    assert!(
+        steps.len() > 20,
+        "the prune's steps were not found in the trace:\n{trace}"
+    );
+    std::fs::remove_dir_all(&work).unwrap();
+    // Bounded: the prune's first steps, every step of one backup's removal, and its last steps.
+    let mut chosen: Vec<u64> = steps.iter().copied().take(40).collect();
+    chosen.extend(steps.iter().rev().take(10).copied());
+    chosen.sort_unstable();
+    chosen.dedup();
+    for k in chosen {
+        copy_tree(&template, &work);
+        let o = run(&work, &args, &[("ROTOR_FAILPOINT", format!("kill@{k}"))]);
+        assert!(killed(&o), "step {k}: not killed: {}", text(&o));
+        // Every numbered generation left is one of the originals, whole, or the new one.
+        for (n, files) in generation_files(&work) {
+            if let Some(original) = before.get(&n) {
+                assert!(
+                    files == *original,
+                    "step {k}: generation {n} is not whole: {} of {} files",
+                    files.len(),
+                    original.len()
+                );
+            }
+        }
+        // The change itself is live: the new generation, whole.
+        assert!(generation_files(&work).contains_key(&6), "step {k}");
+        // The next writer discards what was being removed; a later change prunes the rest.
+        ok(&work, &["--backup-keep", "1", "start", "--now", &at(5)]);
+        let names = |work: &Path| -> Vec<String> {
+            std::fs::read_dir(work.join(".rotor/generations"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert!(
+            names(&work).iter().all(|n| n.parse::<u64>().is_ok()),
+            "step {k}: debris left: {:?}",
+            names(&work)
+        );
+        verify(&work, t0() + days(5)).unwrap_or_else(|e| panic!("step {k}: {e}"));
+        ok(
+            &work,
+            &[
+                "--backup-keep",
+                "1",
+                "certificate",
+                "rotate",
+                "--now",
+                &at(6),
+            ],
+        );
+        assert_eq!(
+            names(&work).len(),
+            2,
+            "step {k}: the live generation and one backup: {:?}",
+            names(&work)
+        );
+        std::fs::remove_dir_all(&work).unwrap();
+    }
+}

@@ -503,7 +503,8 @@ impl DataDir {
     }
 
     /// Remove what writers that died left behind when no change is in flight: partial and
-    /// never-switched generations, temporary files and links. Returns what was removed.
+    /// never-switched generations, backups whose pruning stopped half way (`.N.pruned`),
+    /// temporary files and links. Returns what was removed.
     pub fn clean(&self, entries: &[Entry]) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         let gens = Path::new(GENERATIONS);
@@ -625,9 +626,12 @@ impl DataDir {
         Ok(self.root.read(rel)? == generation.read(rel)?)
     }
 
-    /// Remove generations older than the `backup_keep` before the live one. Failures are
-    /// returned as warnings: a backup that cannot be removed (an immutable file) is no reason
-    /// to fail a change that is live.
+    /// Remove generations older than the `backup_keep` before the live one. Each is first
+    /// renamed out of the generations (`generations/.N.pruned`, durably), then removed: a
+    /// removal stopped half way (a kill, a full disk) never leaves a half-deleted backup under
+    /// a generation's name, and [`DataDir::clean`] removes the rest at the next command.
+    /// Failures are returned as warnings: a backup that cannot be removed (an immutable file)
+    /// is no reason to fail a change that is live.
     pub fn prune(&self) -> Vec<String> {
         let Some(live) = self.live else {
             return Vec::new();
@@ -639,7 +643,13 @@ impl DataDir {
         };
         let drop = older.len().saturating_sub(self.options.backup_keep);
         for n in &older[..drop] {
-            if let Err(e) = self.meta.remove_dir_all(&Self::generation_dir(*n)) {
+            let pruned = Path::new(GENERATIONS).join(format!(".{n}.pruned"));
+            let removed = self
+                .meta
+                .rename(&Self::generation_dir(*n), &pruned)
+                .and_then(|()| self.meta.sync_dir(Path::new(GENERATIONS)))
+                .and_then(|()| self.meta.remove_dir_all(&pruned));
+            if let Err(e) = removed {
                 warnings.push(format!(
                     "could not remove the old backup {}: {e}",
                     self.generation_path(*n).display()
