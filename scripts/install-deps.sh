@@ -23,6 +23,8 @@
 #     and htpasswd (apache2-utils) for its logins;
 #     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page;
 #     Python's kubernetes client: loads the kubeconfigs `rotor agent` writes (tests/it/agent.rs);
+#     cosign (`go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5` into $ROTOR_TOOLS_DIR/bin):
+#     signs plugins as vendors on cosign do (tests/it/distribution.rs);
 #     PostgreSQL and MariaDB servers (postgresql, mariadb-server), and the real kine built with
 #     `go install github.com/k3s-io/kine@v0.17.5` into $ROTOR_TOOLS_DIR/bin (default
 #     ~/.cache/rotor-tools, outside the repo): k3s's datastores of tests/it/kine.rs. The
@@ -110,6 +112,21 @@ if [ -n "$tests" ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE
     mkdir -p "$tools/bin"
     GOBIN="$tools/bin" "$go" install -ldflags "-X github.com/k3s-io/kine/pkg/version.Version=$KINE_VERSION" \
       "github.com/k3s-io/kine@$KINE_VERSION"
+  fi
+fi
+
+# cosign, pinned, into the same cache: it signs plugins the way vendors on cosign do, for the
+# offline cosign-key verification of tests/it/distribution.rs.
+COSIGN_VERSION=v2.6.5
+if [ -n "$tests" ] && ! "$tools/bin/cosign" version 2>/dev/null | grep -q "GitVersion:.*${COSIGN_VERSION}"; then
+  go=$(command -v go || echo /usr/local/go/bin/go)
+  if [ ! -x "$go" ]; then
+    echo "install-deps: Go is missing: cosign ($COSIGN_VERSION) cannot be built; the cosign tests fail under CI" >&2
+    [ -z "${CI:-}" ] || exit 1
+  else
+    echo "install-deps: go install github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION (into $tools/bin)"
+    mkdir -p "$tools/bin"
+    GOBIN="$tools/bin" "$go" install "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION"
   fi
 fi
 

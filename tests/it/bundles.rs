@@ -84,7 +84,8 @@ fn a_missing_pin_is_refused() {
     assert!(
         err.to_string().contains(
             "[renewal] 'sha256' is missing: pin the plugin by its sha256 (`rotor policy pin`), \
-             or trust its vendor's key in [trust.keys] and ship its signature"
+             or trust its vendor's key in [trust.keys] (or its cosign key in \
+             [trust.cosign_keys]) and ship its signature"
         ),
         "{err}"
     );

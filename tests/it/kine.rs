@@ -10,7 +10,7 @@ use crate::common::*;
 #[path = "../support/components.rs"]
 mod components;
 
-pub(crate) use components::{Database, Kine, Proc};
+pub(crate) use components::{Database, Kine, Proc, tools_dir};
 
 /// The kine binary of the pinned release; a failure under CI when it is missing.
 pub(crate) fn kine_bin() -> Option<PathBuf> {

@@ -408,14 +408,7 @@ fn every_man_page_renders_and_the_bash_completion_loads() {
 #[test]
 fn dpkg_installs_it_into_a_debian_root_where_rotor_inits_as_its_own_user() {
     let Some(deb) = deb() else { return };
-    let tools = std::env::var_os("ROTOR_TOOLS_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rotor-tools"))
-        })
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/rotor-tools")
-        });
+    let tools = crate::kine::tools_dir();
     let tarball = tools.join("debian-bookworm-minbase.tar");
     let root_user = rustix::process::geteuid().is_root();
     if !require(

@@ -13,6 +13,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Where scripts/install-deps.sh puts what it builds: `$ROTOR_TOOLS_DIR`, else
+/// `$XDG_CACHE_HOME/rotor-tools`, else `~/.cache/rotor-tools`.
+pub(crate) fn tools_dir() -> PathBuf {
+    std::env::var_os("ROTOR_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rotor-tools"))
+        })
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/rotor-tools")
+        })
+}
+
 /// kine's pinned release (scripts/install-deps.sh builds it).
 pub(crate) const KINE_VERSION: &str = "v0.17.5";
 
@@ -57,18 +70,7 @@ fn wait_until(what: &str, log: &Path, limit: Duration, mut done: impl FnMut() ->
 pub(crate) fn kine_binary() -> Result<PathBuf, String> {
     let path = std::env::var_os("ROTOR_KINE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let tools = std::env::var_os("ROTOR_TOOLS_DIR")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("rotor-tools"))
-                })
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/rotor-tools")
-                });
-            tools.join("bin/kine")
-        });
+        .unwrap_or_else(|| tools_dir().join("bin/kine"));
     let version = Command::new(&path)
         .arg("--version")
         .output()

@@ -70,6 +70,9 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
     for (name, keyid) in &bundle.trusted_keys {
         outln!("trusts   key '{name}' ({keyid})");
     }
+    for (name, keyid) in &bundle.trusted_cosign_keys {
+        outln!("trusts   cosign key '{name}' ({keyid})");
+    }
     for hook in Hook::ALL {
         if let Some(f) = bundle.load_failure(hook) {
             outln!(
@@ -122,6 +125,12 @@ fn check(bundle: &Bundle) -> anyhow::Result<Exit> {
                         outln!("         sha256    {}", hp.plugin.digest());
                         outln!(
                             "         signed    {name} {version} by trusted key '{key}' ({keyid}), {file}"
+                        );
+                    }
+                    crate::policy::Acceptance::Cosign { key, keyid, file } => {
+                        outln!("         sha256    {}", hp.plugin.digest());
+                        outln!(
+                            "         signed    by trusted cosign key '{key}' ({keyid}), {file} (its bytes only: no name or version signed)"
                         );
                     }
                 }

@@ -21,6 +21,8 @@
 //! ```toml
 //! [trust.keys]
 //! acme = "keys/acme.pub"                  # Ed25519 public key (PEM), relative to the bundle
+//! [trust.cosign_keys]
+//! other = "keys/cosign.pub"               # a cosign public key: its `cosign sign-blob` signatures
 //! [trust]
 //! revoked_keys = ["<key id>"]             # signatures that never count (sha256 of the key)
 //! revoked_sha256 = ["<digest>"]           # plugins never accepted, pinned or signed
@@ -270,6 +272,16 @@ pub enum Acceptance {
         /// The signature file, relative to the bundle.
         file: String,
     },
+    /// A valid cosign signature (`cosign sign-blob --key`) from a key of `[trust.cosign_keys]`:
+    /// over the component's bytes only (no name, version or hooks are signed).
+    Cosign {
+        /// The key's name in the bundle's `[trust.cosign_keys]`.
+        key: String,
+        /// The key's id (hex sha256 of its DER public key).
+        keyid: String,
+        /// The signature file, relative to the bundle.
+        file: String,
+    },
 }
 
 /// A file of a bundle, relative to its directory, and its bytes.
@@ -348,6 +360,9 @@ pub struct Bundle {
     pub fallback_window: Duration,
     /// The vendor keys the bundle trusts: name and key id.
     pub trusted_keys: Vec<(String, String)>,
+    /// The cosign keys the bundle trusts (`[trust.cosign_keys]`): name and key id (hex sha256
+    /// of the DER public key).
+    pub trusted_cosign_keys: Vec<(String, String)>,
     /// The doors the bundle's `[host.floor]` opens in the host's CSR floor (none by default);
     /// only the manifest sets them ([`Bundle::floor`]).
     floor: crate::csr::FloorDoors,
@@ -642,6 +657,11 @@ impl Bundle {
                 .iter()
                 .map(|(n, k)| (n.clone(), k.keyid().to_string()))
                 .collect(),
+            trusted_cosign_keys: trust
+                .cosign_keys
+                .iter()
+                .map(|(n, k)| (n.clone(), k.keyid.clone()))
+                .collect(),
             floor,
             files,
             unused_plugins,
@@ -893,15 +913,7 @@ fn load_hook(
         how: accepted,
         signature,
         statement,
-    } = match accept(
-        source,
-        manifest_path,
-        hook,
-        entry,
-        trust,
-        &actual,
-        bytes.len(),
-    ) {
+    } = match accept(source, manifest_path, hook, entry, trust, &actual, &bytes) {
         Ok(a) => a,
         // Name the plugin as the operator named it.
         Err(BundleError::Plugin { path, mut error }) => {

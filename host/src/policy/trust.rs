@@ -1,6 +1,8 @@
 //! Which plugins a bundle accepts: by the sha256 pinned in its manifest, or by a vendor's
-//! signature from a key of its `[trust.keys]` (see [`super::signing`] for the envelope), never
-//! a revoked digest or a revoked key's signature.
+//! signature from a key of its `[trust.keys]` (see [`super::signing`] for the envelope) or, for
+//! vendors already on cosign, a `cosign sign-blob --key` signature from a key of its
+//! `[trust.cosign_keys]` (verified offline with the `sigstore` crate); never a revoked digest
+//! or a revoked key's signature.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +18,10 @@ pub(super) struct TrustSection {
     /// Trusted vendor keys: a name for each, and its public key file in the bundle.
     #[serde(default)]
     keys: std::collections::BTreeMap<String, String>,
+    /// Trusted cosign public keys (`cosign generate-key-pair`'s cosign.pub: ECDSA P-256, or
+    /// any key cosign signs blobs with): a name for each, and its file in the bundle.
+    #[serde(default)]
+    cosign_keys: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     revoked_keys: Vec<String>,
     #[serde(default)]
@@ -33,8 +39,51 @@ pub(super) struct Accepted {
 #[derive(Debug, Default)]
 pub(super) struct Trust {
     pub(super) keys: Vec<(String, crate::policy::signing::PublicKey)>,
+    pub(super) cosign_keys: Vec<(String, CosignKey)>,
     revoked_keys: Vec<String>,
     revoked_sha256: Vec<String>,
+}
+
+/// A trusted cosign public key.
+pub(super) struct CosignKey {
+    key: sigstore::crypto::CosignVerificationKey,
+    /// Hex sha256 of its DER SubjectPublicKeyInfo (what `revoked_keys` lists).
+    pub(super) keyid: String,
+}
+
+impl std::fmt::Debug for CosignKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CosignKey")
+            .field("keyid", &self.keyid)
+            .finish()
+    }
+}
+
+impl CosignKey {
+    fn from_pem(bytes: &[u8]) -> Result<CosignKey, String> {
+        let p = pem::parse(bytes).map_err(|e| format!("not a PEM public key ({e})"))?;
+        if p.tag() != "PUBLIC KEY" {
+            return Err(format!(
+                "a PEM '{}' block, not a 'PUBLIC KEY' (the cosign.pub `cosign generate-key-pair` \
+                 writes)",
+                p.tag()
+            ));
+        }
+        let key = sigstore::crypto::CosignVerificationKey::try_from_der(p.contents())
+            .map_err(|e| format!("not a key cosign verifies with ({e})"))?;
+        Ok(CosignKey {
+            key,
+            keyid: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(p.contents())),
+        })
+    }
+
+    /// Whether `signature` (base64, as `cosign sign-blob --output-signature` writes it) is this
+    /// key's over `blob`.
+    fn verifies(&self, signature: &[u8], blob: &[u8]) -> bool {
+        self.key
+            .verify_signature(sigstore::crypto::Signature::Base64Encoded(signature), blob)
+            .is_ok()
+    }
 }
 
 /// The bundle's `[trust]`: every key file read and parsed, revocations normalised.
@@ -83,6 +132,24 @@ pub(super) fn read_trust(
         }
         trust.keys.push((name.clone(), key));
     }
+    for (name, file) in &section.cosign_keys {
+        if section.keys.contains_key(name) {
+            return Err(manifest(format!(
+                "[trust.cosign_keys] '{name}': [trust.keys] has a key of that name too \
+                 (signed_by names one key)"
+            )));
+        }
+        let rel = PathBuf::from(file);
+        let bytes = source
+            .read(&rel)
+            .map_err(|e| manifest(format!("[trust.cosign_keys] '{name}': {e}")))?;
+        let key = CosignKey::from_pem(&bytes)
+            .map_err(|e| manifest(format!("[trust.cosign_keys] '{name}': {file}: {e}")))?;
+        if !files.iter().any(|(p, _)| *p == rel) {
+            files.push((rel, bytes));
+        }
+        trust.cosign_keys.push((name.clone(), key));
+    }
     Ok(trust)
 }
 
@@ -95,8 +162,9 @@ pub(super) fn accept(
     entry: &HookEntry,
     trust: &Trust,
     actual: &str,
-    size: usize,
+    plugin: &[u8],
 ) -> Result<Accepted, BundleError> {
+    let size = plugin.len();
     use crate::policy::signing::Envelope;
     let untrusted = |message: String| BundleError::Untrusted {
         path: manifest_path.to_path_buf(),
@@ -142,11 +210,12 @@ pub(super) fn accept(
             statement: None,
         });
     }
-    if trust.keys.is_empty() {
+    if trust.keys.is_empty() && trust.cosign_keys.is_empty() {
         return Err(field(
             "sha256",
             "is missing: pin the plugin by its sha256 (`rotor policy pin`), or trust its \
-             vendor's key in [trust.keys] and ship its signature"
+             vendor's key in [trust.keys] (or its cosign key in [trust.cosign_keys]) and ship \
+             its signature"
                 .into(),
         ));
     }
@@ -162,22 +231,29 @@ pub(super) fn accept(
             })
         })
         .transpose()?;
-    let candidates: Vec<&(String, crate::policy::signing::PublicKey)> = match &entry.signed_by {
-        Some(name) => {
-            let k = trust.keys.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                let names: Vec<&str> = trust.keys.iter().map(|(n, _)| n.as_str()).collect();
-                field(
-                    "signed_by",
-                    format!(
-                        "is '{name}', which names no key of [trust.keys] ({})",
-                        names.join(", ")
-                    ),
-                )
-            })?;
-            vec![k]
-        }
-        None => trust.keys.iter().collect(),
-    };
+    if let Some(name) = &entry.signed_by
+        && !trust.keys.iter().any(|(n, _)| n == name)
+        && !trust.cosign_keys.iter().any(|(n, _)| n == name)
+    {
+        let names: Vec<&str> = trust
+            .keys
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(trust.cosign_keys.iter().map(|(n, _)| n.as_str()))
+            .collect();
+        return Err(field(
+            "signed_by",
+            format!(
+                "is '{name}', which names no key of [trust.keys] or [trust.cosign_keys] ({})",
+                names.join(", ")
+            ),
+        ));
+    }
+    let candidates: Vec<&(String, crate::policy::signing::PublicKey)> = trust
+        .keys
+        .iter()
+        .filter(|(n, _)| entry.signed_by.as_ref().is_none_or(|s| s == n))
+        .collect();
     let sig_rel = entry
         .signature
         .clone()
@@ -192,6 +268,10 @@ pub(super) fn accept(
             untrusted(e.to_string())
         }
     })?;
+    // rotor's envelope is JSON; anything else is taken for cosign's base64 signature.
+    if !sig_bytes.trim_ascii_start().starts_with(b"{") {
+        return accept_cosign(trust, entry, &sig_rel, sig_bytes, plugin, untrusted, field);
+    }
     let envelope = Envelope::parse(&sig_bytes).map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
     // A revoked key's signatures do not count, whatever else signed the envelope; one that
     // would have verified is named in the refusal.
@@ -261,5 +341,86 @@ pub(super) fn accept(
     Err(untrusted(format!(
         "{sig_rel}: no trusted key verifies it ({})",
         why.join("; ")
+    )))
+}
+
+/// Accept a plugin by a cosign signature (`cosign sign-blob --key cosign.key
+/// --output-signature FILE`: base64 of the key's signature over the component's bytes) from a
+/// key of `[trust.cosign_keys]`. Offline: no transparency-log entry is looked up or required.
+/// Such a signature signs the bytes only, not a name, version or hooks: the plugin is named by
+/// the bundle or its file, and a `version` requirement cannot be checked, so it is refused.
+fn accept_cosign(
+    trust: &Trust,
+    entry: &HookEntry,
+    sig_rel: &str,
+    sig_bytes: Vec<u8>,
+    plugin: &[u8],
+    untrusted: impl Fn(String) -> BundleError,
+    field: impl Fn(&'static str, String) -> BundleError,
+) -> Result<Accepted, BundleError> {
+    if let Some(v) = &entry.version {
+        return Err(field(
+            "version",
+            format!(
+                "is {v:?}, but {sig_rel} is a cosign signature, which signs the component's \
+                 bytes and no version: remove `version`, or have the vendor sign with `rotor \
+                 policy sign`"
+            ),
+        ));
+    }
+    let signature = sig_bytes.trim_ascii();
+    let candidates: Vec<&(String, CosignKey)> = trust
+        .cosign_keys
+        .iter()
+        .filter(|(n, _)| entry.signed_by.as_ref().is_none_or(|s| s == n))
+        .collect();
+    if candidates.is_empty() {
+        return Err(untrusted(format!(
+            "{sig_rel} is not rotor's signature envelope (JSON), so it is taken for a cosign \
+             signature, but the bundle trusts no cosign key{} ([trust.cosign_keys])",
+            entry
+                .signed_by
+                .as_ref()
+                .map(|s| format!(" named '{s}'"))
+                .unwrap_or_default()
+        )));
+    }
+    let (revoked, candidates): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .partition(|(_, key)| trust.revoked_keys.contains(&key.keyid));
+    if let Some((name, key)) = candidates
+        .iter()
+        .find(|(_, key)| key.verifies(signature, plugin))
+    {
+        return Ok(Accepted {
+            how: Acceptance::Cosign {
+                key: name.clone(),
+                keyid: key.keyid.clone(),
+                file: sig_rel.to_string(),
+            },
+            signature: Some((PathBuf::from(sig_rel), sig_bytes.clone())),
+            statement: None,
+        });
+    }
+    if let Some((name, key)) = revoked
+        .iter()
+        .find(|(_, key)| key.verifies(signature, plugin))
+    {
+        return Err(untrusted(format!(
+            "{sig_rel} is a cosign signature by key '{name}' ({}), which is revoked ([trust] \
+             revoked_keys)",
+            key.keyid
+        )));
+    }
+    let names: Vec<&str> = candidates.iter().map(|(n, _)| n.as_str()).collect();
+    Err(untrusted(format!(
+        "{sig_rel}: no trusted cosign key verifies it over {} ({}): a signature of another \
+         file, by another key, or not a cosign signature",
+        entry.plugin,
+        if names.is_empty() {
+            "every one it could be is revoked".to_string()
+        } else {
+            format!("tried {}", names.join(", "))
+        }
     )))
 }

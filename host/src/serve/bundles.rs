@@ -44,6 +44,7 @@ pub(super) fn export_bundle_info(shared: &Shared) {
                 Some(Acceptance::Signature { key, version, .. }) => {
                     ("signature", key.clone(), version.clone())
                 }
+                Some(Acceptance::Cosign { key, .. }) => ("cosign", key.clone(), String::new()),
             };
             m.bundle_info
                 .get_or_create(&BundleInfoLabels {

@@ -64,7 +64,8 @@ pub(crate) struct BundleInfoLabels {
     pub hook: String,
     pub plugin: String,
     pub digest: String,
-    /// `pin`, `signature` or `built-in` (no plugin): why the bundle accepted the plugin.
+    /// `pin`, `signature` (rotor's), `cosign` or `built-in` (no plugin): why the bundle
+    /// accepted the plugin.
     pub accepted_by: String,
     /// The trusted key's name in `[trust.keys]` when accepted by a signature, else empty.
     pub key: String,
