@@ -42,7 +42,8 @@ pub(super) struct GlobalArgs {
     pub data_dir: PathBuf,
 
     /// Policy bundle: a directory holding bundle.toml, or the manifest file [default: the
-    /// bundle `rotor init` recorded in the data dir, else the built-in default bundle].
+    /// bundle `rotor init` recorded in the data dir, else the installed default bundle
+    /// (<prefix>/share/rotor/policies/default beside <prefix>/bin/rotor), else the one built in].
     #[arg(long, global = true, env = "ROTOR_BUNDLE")]
     pub bundle: Option<PathBuf>,
 
@@ -333,6 +334,7 @@ pub(super) struct InitArgs {
     /// An extra name or IP for the API server certificate (repeatable).
     #[arg(long = "tls-san")]
     pub tls_sans: Vec<String>,
+    /// The cluster's DNS domain, in the API server's and kubelets' names.
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Service network [default: 10.43.0.0/16 for k3s and RKE2, 10.96.0.0/12 for kubeadm].
@@ -416,10 +418,13 @@ pub(super) enum CertificateCommand {
         /// Comma-separated services (k3s/RKE2 names; kubeadm: certificate names).
         #[arg(long = "service", value_delimiter = ',')]
         services: Option<Vec<String>>,
+        /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
+        /// The token [default: the token file in the data dir].
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -439,10 +444,13 @@ pub(super) enum CertificateCommand {
         after_help = "Example:\n  rotor certificate rotate-default-ca --out /tmp/rotate\n  rotor certificate rotate-ca --path /tmp/rotate --force"
     )]
     RotateDefaultCa {
+        /// The staging dir to write the new CA set into, for `rotate-ca --path` (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
+        /// The token [default: the token file in the data dir].
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -459,10 +467,13 @@ pub(super) enum CertificateCommand {
         /// Turn the integrity checks into warnings (never for unusable material).
         #[arg(long)]
         force: bool,
+        /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
+        /// The token [default: the token file in the data dir].
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -472,8 +483,10 @@ pub(super) enum CertificateCommand {
         /// Keep at most N previous keys [default: all].
         #[arg(long)]
         keep: Option<usize>,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
+        /// The token [default: the token file in the data dir].
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
@@ -483,8 +496,10 @@ pub(super) enum CertificateCommand {
         after_help = "Exit status 1 when any certificate needs attention (WARNING, EXPIRED, ...)."
     )]
     Check {
+        /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: CheckFormat,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
     },
@@ -501,15 +516,19 @@ pub(super) struct GenerateCustomCaArgs {
     /// An existing root certificate (with --root-key, or with --intermediate-cert/--intermediate-key).
     #[arg(long)]
     pub root_cert: Option<PathBuf>,
+    /// The root certificate's private key (PEM), to sign a new intermediate with.
     #[arg(long, requires = "root_cert", conflicts_with = "intermediate_key")]
     pub root_key: Option<PathBuf>,
     /// An existing intermediate CA to sign the cluster's CAs.
     #[arg(long, requires_all = ["intermediate_key", "root_cert"])]
     pub intermediate_cert: Option<PathBuf>,
+    /// The intermediate certificate's private key (PEM).
     #[arg(long, requires = "intermediate_cert")]
     pub intermediate_key: Option<PathBuf>,
+    /// Key algorithm of a new root CA.
     #[arg(long, value_enum, default_value = "rsa-4096")]
     pub root_key_type: KeyType,
+    /// Key algorithm of a new intermediate CA.
     #[arg(long, value_enum, default_value = "rsa-4096")]
     pub intermediate_key_type: KeyType,
     /// [default: ecdsa-p256 for k3s and RKE2, rsa-2048 for kubeadm]
@@ -605,6 +624,7 @@ pub(super) enum TokenCommand {
         /// The current token [default: the token file].
         #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
     },
@@ -622,8 +642,10 @@ pub(super) enum CheckFormat {
 pub(super) enum CertsCommand {
     /// kubeadm's expiry tables: certificates, then certificate authorities.
     CheckExpiration {
+        /// Output format.
         #[arg(short, long, value_enum, default_value = "text")]
         output: ExpirationFormat,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
     },
@@ -631,11 +653,13 @@ pub(super) enum CertsCommand {
     Renew {
         /// `all`, or a certificate name (admin.conf, apiserver, etcd-server, ...).
         which: String,
+        /// Act at this instant (RFC 3339) instead of the system clock.
         #[arg(long, value_parser = crate::clock::parse_now)]
         now: Option<OffsetDateTime>,
     },
     /// Write a key and a CSR per certificate, for an external CA to sign.
     GenerateCsr {
+        /// Directory to write each key and CSR into (created if missing).
         #[arg(long)]
         csr_dir: PathBuf,
     },

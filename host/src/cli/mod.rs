@@ -242,6 +242,28 @@ fn default_cache_dir() -> Option<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    /// Every flag and argument of every command says what it is: `--help`, the man pages and
+    /// the completions are made from these words.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !arg.is_hide_set() && !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = super::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "rotor", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
     #[test]
     fn colour_only_on_a_terminal_and_never_with_no_color() {
         use std::ffi::OsStr;
