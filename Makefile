@@ -6,7 +6,7 @@
 CARGO ?= cargo
 WASM_TARGETS := wasm32-unknown-unknown wasm32-wasip2
 
-.PHONY: demo test setup build-deps deps package-deps bench-deps plugins test-plugins build deb lint doc unit-tests integration-tests bench-build bench fuzz clean
+.PHONY: demo test setup build-deps deps deb-deps bench-deps plugins test-plugins build deb lint doc unit-tests integration-tests bench-build bench fuzz clean
 
 demo: plugins build
 	./scripts/demo.sh
@@ -26,9 +26,9 @@ build-deps:
 deps:
 	./scripts/install-deps.sh
 
-# cargo-deb (into the same cache as kine), lintian: what `make deb` and its tests need.
-package-deps:
-	./scripts/install-deps.sh package
+# cargo-deb (into the same cache as kine): what `make deb` needs.
+deb-deps:
+	./scripts/install-deps.sh deb
 
 # deps, and OPA (benches/peers.rs's peer engine), built with Go into the same cache.
 bench-deps:
@@ -46,7 +46,7 @@ build: build-deps
 	$(CARGO) build --locked --release -p rotor --bin rotor
 
 # The Debian package: target/debian/rotor_<version>-1_<arch>.deb (docs/install.md).
-deb: plugins build package-deps
+deb: plugins build deb-deps
 	./scripts/build-deb.sh
 
 lint: build-deps

@@ -82,25 +82,11 @@ fn toolchain_channel(manifest_dir: &Path) {
 
 /// The commit this rotor is built from, for `rotor --version`: `ROTOR_GIT_COMMIT` when set (a
 /// build from a source tarball, or a packager's), else `git rev-parse HEAD` of the checkout
-/// (the commit checked out; changes not committed are not told), else `unknown`.
+/// (the commit checked out; changes not committed are not told), else `unknown`. Rebuilt when
+/// HEAD moves, in a plain checkout or a worktree (whose `.git` is a file).
 fn git_commit(manifest_dir: &Path) {
     println!("cargo:rerun-if-env-changed=ROTOR_GIT_COMMIT");
     let repo = manifest_dir.join("..");
-    // Rebuilt when HEAD moves (a commit, a checkout).
-    for f in [".git/HEAD", ".git/packed-refs"] {
-        if repo.join(f).exists() {
-            println!("cargo:rerun-if-changed={}", repo.join(f).display());
-        }
-    }
-    if let Ok(head) = std::fs::read_to_string(repo.join(".git/HEAD"))
-        && let Some(reference) = head.trim().strip_prefix("ref: ")
-        && repo.join(".git").join(reference).exists()
-    {
-        println!(
-            "cargo:rerun-if-changed={}",
-            repo.join(".git").join(reference).display()
-        );
-    }
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")
@@ -111,6 +97,27 @@ fn git_commit(manifest_dir: &Path) {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
+    let path = |p: String| {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { repo.join(p) }
+    };
+    if let Some(git_dir) = git(&["rev-parse", "--git-dir"]).map(path) {
+        let common = git(&["rev-parse", "--git-common-dir"])
+            .map(path)
+            .unwrap_or_else(|| git_dir.clone());
+        let head = git_dir.join("HEAD");
+        let mut watched = vec![head.clone(), common.join("packed-refs")];
+        if let Ok(text) = std::fs::read_to_string(&head)
+            && let Some(reference) = text.trim().strip_prefix("ref: ")
+        {
+            watched.push(common.join(reference));
+        }
+        // Only files that exist: a missing one would rerun this script (and rebuild rotor) on
+        // every build.
+        for f in watched.iter().filter(|f| f.exists()) {
+            println!("cargo:rerun-if-changed={}", f.display());
+        }
+    }
     let commit = std::env::var("ROTOR_GIT_COMMIT")
         .ok()
         .filter(|c| !c.trim().is_empty())

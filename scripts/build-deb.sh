@@ -3,7 +3,7 @@
 #
 # The release binary must be built (make build). Its own definitions make the man pages
 # (`rotor manpages`) and the shell completions (`rotor completion`) into
-# target/release/deb-assets; cargo-deb (installed by `scripts/install-deps.sh package` into
+# target/release/deb-assets; cargo-deb (installed by `scripts/install-deps.sh deb` into
 # $ROTOR_TOOLS_DIR) packs them with the binary, the policy bundles, the systemd units and the
 # maintainer scripts of packaging/debian, as host/Cargo.toml's [package.metadata.deb] lists.
 set -euo pipefail
@@ -16,7 +16,7 @@ bin="$target/release/rotor"
 assets="$target/release/deb-assets"
 
 [ -x "$bin" ] || { echo "build-deb: $bin is missing: make build first" >&2; exit 1; }
-[ -x "$cargo_deb" ] || { echo "build-deb: cargo-deb is missing: scripts/install-deps.sh package" >&2; exit 1; }
+[ -x "$cargo_deb" ] || { echo "build-deb: cargo-deb is missing: scripts/install-deps.sh deb" >&2; exit 1; }
 for b in default strict; do
   ls "policies/$b/plugins/"*.wasm >/dev/null 2>&1 ||
     { echo "build-deb: policies/$b/plugins is empty: make plugins first" >&2; exit 1; }

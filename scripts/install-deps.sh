@@ -4,12 +4,13 @@
 #   install-deps.sh build   what building rotor needs: protoc (protobuf-compiler) and the
 #                           well-known types it imports (libprotobuf-dev), for the etcd
 #                           client's gRPC code (make build, lint, demo run this first)
-#   install-deps.sh package what `make deb` and the package's tests (tests/it/package.rs) need:
-#                           cargo-deb (`cargo install cargo-deb@3.8.0` into
-#                           $ROTOR_TOOLS_DIR/cargo-deb), lintian, man-db, systemd-analyze
-#                           (systemd), debootstrap, and a minimal Debian bookworm root made by
-#                           debootstrap once, kept as $ROTOR_TOOLS_DIR/debian-bookworm-minbase.tar
-#                           (where the tests install the package for real with dpkg -i)
+#   install-deps.sh deb     what `make deb` needs besides: cargo-deb (`cargo install
+#                           cargo-deb@3.8.0` into $ROTOR_TOOLS_DIR/cargo-deb)
+#   install-deps.sh package that, and what the package's tests (tests/it/package.rs) need:
+#                           lintian, man-db, systemd-analyze (systemd), debootstrap, and a
+#                           minimal Debian bookworm root made by debootstrap once, kept as
+#                           $ROTOR_TOOLS_DIR/debian-bookworm-minbase.tar (where the tests install
+#                           the package for real with dpkg -i)
 #   install-deps.sh bench   everything below, and what the benches need besides: OPA (`go
 #                           install github.com/open-policy-agent/opa@v1.22.4` into
 #                           $ROTOR_TOOLS_DIR/bin), the peer of benches/peers.rs (make bench
@@ -33,11 +34,12 @@
 set -euo pipefail
 
 mode="${1:-all}"
-# What the tests use besides building (everything but `build` and `package`), and what
-# packaging uses (everything but `build`).
-tests=yes packaging=yes
+# What the tests use besides building (not for build, deb, package), what the package's tests
+# use (not for build, deb), and cargo-deb (not for build).
+tests=yes packaging=yes cargo_deb=yes
 case "$mode" in
-  build) tests= packaging= ;;
+  build) tests= packaging= cargo_deb= ;;
+  deb) tests= packaging= ;;
   package) tests= ;;
 esac
 
@@ -146,7 +148,7 @@ fi
 
 # cargo-deb, pinned, built once into the same cache (make deb).
 CARGO_DEB_VERSION=3.8.0
-if [ -n "$packaging" ] && ! "$tools/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+if [ -n "$cargo_deb" ] && ! "$tools/cargo-deb/bin/cargo-deb" --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
   echo "install-deps: cargo install cargo-deb@$CARGO_DEB_VERSION (into $tools/cargo-deb)"
   cargo install --quiet --locked --version "$CARGO_DEB_VERSION" --root "$tools/cargo-deb" cargo-deb
 fi

@@ -16,12 +16,12 @@ use sha2::{Digest, Sha256};
 use rotor::contract::Hook;
 use rotor::policy::{SigningKey, Statement};
 
-use crate::common::{default_plugin, repo_root, require, require_command, rotor, shared_cache};
+use crate::common::{default_plugin, repo_root, require_command, rotor, shared_cache};
 
 /// A registry on 127.0.0.1, stopped when dropped.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     storage: PathBuf,
 }
 
@@ -43,12 +43,12 @@ fn free_port() -> u16 {
 impl Registry {
     /// A registry storing under `dir`, with TLS when `tls` gives (cert, key) files; `None`
     /// when docker-registry is not installed (a failure under CI).
-    fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Option<Registry> {
+    pub(crate) fn start(dir: &Path, tls: Option<(&Path, &Path)>) -> Option<Registry> {
         Registry::start_with(dir, tls, None)
     }
 
     /// [`Registry::start`], with HTTP basic auth from an htpasswd file when given.
-    fn start_with(
+    pub(crate) fn start_with(
         dir: &Path,
         tls: Option<(&Path, &Path)>,
         htpasswd: Option<&Path>,
@@ -117,7 +117,7 @@ impl Registry {
         }
     }
 
-    fn url(&self, repo_tag: &str) -> String {
+    pub(crate) fn url(&self, repo_tag: &str) -> String {
         format!("oci://127.0.0.1:{}/{repo_tag}", self.port)
     }
 
@@ -132,23 +132,23 @@ impl Registry {
     }
 }
 
-fn run(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn run(args: &[&str]) -> (i32, String, String) {
     rotor(args, &shared_cache())
 }
 
-fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     let (code, out, err) = run(args);
     assert_eq!(code, 0, "rotor {args:?}:\n{out}\n{err}");
     out
 }
 
-fn refused(args: &[&str]) -> String {
+pub(crate) fn refused(args: &[&str]) -> String {
     let (code, out, err) = run(args);
     assert_eq!(code, 2, "rotor {args:?} should fail:\n{out}\n{err}");
     err
 }
 
-fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -161,14 +161,14 @@ fn pushed_digest(out: &str) -> String {
 }
 
 /// A vendor key, and the default renewal plugin signed with it as version `version`.
-struct Vendor {
-    key: PathBuf,
-    public: PathBuf,
-    plugin: PathBuf,
-    signature: PathBuf,
+pub(crate) struct Vendor {
+    pub(crate) key: PathBuf,
+    pub(crate) public: PathBuf,
+    pub(crate) plugin: PathBuf,
+    pub(crate) signature: PathBuf,
 }
 
-fn vendor(dir: &Path, name: &str, version: &str) -> Vendor {
+pub(crate) fn vendor(dir: &Path, name: &str, version: &str) -> Vendor {
     std::fs::create_dir_all(dir).unwrap();
     let key = dir.join(format!("{name}.key"));
     let out = ok(&["policy", "keygen", "--out", s(&key)]);
@@ -199,7 +199,12 @@ fn vendor(dir: &Path, name: &str, version: &str) -> Vendor {
 }
 
 /// The default bundle, its renewal plugin accepted by a signature from `keys` instead of a pin.
-fn signed_bundle(dir: &Path, keys: &[(&str, &Path)], renewal_extra: &str, trust_extra: &str) {
+pub(crate) fn signed_bundle(
+    dir: &Path,
+    keys: &[(&str, &Path)],
+    renewal_extra: &str,
+    trust_extra: &str,
+) {
     let default = repo_root().join("policies/default");
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     std::fs::create_dir_all(dir.join("keys")).unwrap();
@@ -888,461 +893,5 @@ fn a_signature_counts_only_for_what_and_by_whom_it_was_made() {
     assert!(
         out.contains("not a DSSE envelope of a rotor plugin"),
         "{out}"
-    );
-}
-
-/// `policy sign` names the plugin's release `--plugin-version` (its `--version` read like
-/// rotor's own); the old spelling still signs, the same statement byte for byte (Ed25519 is
-/// deterministic), and rotor's own `--version` is untouched.
-#[test]
-fn sign_takes_plugin_version_and_still_the_old_version_spelling() {
-    let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("acme.key");
-    ok(&["policy", "keygen", "--out", s(&key)]);
-    let plugin = tmp.path().join("renewal-window.wasm");
-    std::fs::copy(default_plugin("renewal-window"), &plugin).unwrap();
-    let help = ok(&["policy", "sign", "--help"]);
-    assert!(help.contains("--plugin-version <SEMVER>"), "{help}");
-    let mut envelopes = Vec::new();
-    for flag in ["--plugin-version", "--version"] {
-        let out = tmp.path().join(format!("sig{flag}"));
-        ok(&[
-            "policy",
-            "sign",
-            "--key",
-            s(&key),
-            flag,
-            "2.0.1",
-            "--out",
-            s(&out),
-            s(&plugin),
-        ]);
-        envelopes.push(std::fs::read(&out).unwrap());
-    }
-    assert_eq!(envelopes[0], envelopes[1]);
-    assert!(
-        String::from_utf8_lossy(&envelopes[0]).contains("eyJ"),
-        "a DSSE envelope"
-    );
-    let version = ok(&["--version"]);
-    assert!(
-        version.contains("plugin contracts: rotor:policy"),
-        "{version}"
-    );
-}
-
-/// `rotor serve`'s rotor_policy_plugin_info says why each plugin is accepted: the renewal
-/// plugin by the vendor's signature (with the key's name and the signed version), the others
-/// by their pins.
-#[test]
-fn the_plugin_info_metric_says_which_key_accepted_a_signed_plugin() {
-    let tmp = tempfile::tempdir().unwrap();
-    let acme = vendor(&tmp.path().join("vendor"), "acme", "1.4.2");
-    let bundle = tmp.path().join("bundle");
-    signed_bundle(&bundle, &[("acme", &acme.public)], "", "");
-    std::fs::copy(&acme.plugin, bundle.join("plugins/renewal-window.wasm")).unwrap();
-    std::fs::copy(
-        &acme.signature,
-        bundle.join("plugins/renewal-window.wasm.sig"),
-    )
-    .unwrap();
-    let check = ok(&["policy", "check", "--bundle", s(&bundle)]);
-    assert!(check.contains("acme"), "{check}");
-
-    let data = tmp.path().join("data");
-    let now = time::OffsetDateTime::now_utc();
-    ok(&[
-        "--data-dir",
-        s(&data),
-        "--bundle",
-        s(&bundle),
-        "init",
-        "--node-name",
-        "server-1",
-        "--node-ip",
-        "10.0.0.1",
-    ]);
-    let serve = crate::serve::Serve::start(&data, now, &["--listen", "127.0.0.1:0"], &[]);
-    let (status, page) = serve.get("/metrics");
-    assert_eq!(status, 200, "{page}");
-    let Some(samples) = crate::serve::parse_metrics(&page) else {
-        return;
-    };
-    let info = |hook: &str| {
-        crate::serve::sample(
-            &samples,
-            "rotor_policy_plugin_info",
-            &[("role", "active"), ("hook", hook)],
-        )
-        .unwrap_or_else(|| panic!("no plugin_info for {hook}:\n{page}"))
-        .labels
-        .clone()
-    };
-    let renewal = info("renewal");
-    assert_eq!(renewal["accepted_by"], "signature", "{renewal:?}");
-    assert_eq!(renewal["key"], "acme", "{renewal:?}");
-    assert_eq!(renewal["version"], "1.4.2", "{renewal:?}");
-    let san = info("san");
-    assert_eq!(san["accepted_by"], "pin", "{san:?}");
-    assert_eq!(san["key"], "", "{san:?}");
-    let (code, err) = serve.terminate();
-    assert_eq!(code, 0, "{err}");
-}
-
-/// A registry that wants a login: anonymous is refused; the login docker, oras or crane stored
-/// in `$DOCKER_CONFIG/config.json` is used (an `auth` entry, then a credential helper), podman's
-/// `REGISTRY_AUTH_FILE` comes before it, `ROTOR_REGISTRY_USERNAME`/`_PASSWORD` before both; a
-/// broken auth file is an error naming it, with nothing written.
-#[test]
-fn registry_logins_come_from_docker_and_podman_auth_files() {
-    if !require_command("htpasswd") {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let htpasswd = tmp.path().join("htpasswd");
-    let out = Command::new("htpasswd")
-        .args(["-cbB", s(&htpasswd), "alice", "s3cret"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let Some(registry) = Registry::start_with(tmp.path(), None, Some(&htpasswd)) else {
-        return;
-    };
-    let acme = vendor(&tmp.path().join("vendor"), "acme", "1.0.0");
-    let host = format!("127.0.0.1:{}", registry.port);
-    let url = registry.url("acme/renewal-window:1.0.0");
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let bin = tmp.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    // rotor with no login anywhere but what `env` gives.
-    let with = |env: &[(&str, &Path)], extra: &[(&str, &str)], args: &[&str]| {
-        let mut cmd = Command::new(crate::common::rotor_bin());
-        cmd.args(args)
-            .env("ROTOR_PLUGIN_CACHE", shared_cache())
-            .env("HOME", &home)
-            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
-            .env_remove("DOCKER_CONFIG")
-            .env_remove("REGISTRY_AUTH_FILE")
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("ROTOR_REGISTRY_USERNAME")
-            .env_remove("ROTOR_REGISTRY_PASSWORD");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.encode(t);
-
-    // Anonymous: refused by the registry.
-    let (code, out, err) = with(&[], &[], &["policy", "push", s(&acme.plugin), &url]);
-    assert_eq!(code, 2, "{out}{err}");
-
-    // docker login's `auth` entry, keyed by host:port.
-    let docker = tmp.path().join("docker");
-    std::fs::create_dir_all(&docker).unwrap();
-    std::fs::write(
-        docker.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            b64("alice:s3cret")
-        ),
-    )
-    .unwrap();
-    let (code, out, err) = with(
-        &[("DOCKER_CONFIG", &docker)],
-        &[],
-        &["policy", "push", s(&acme.plugin), &url],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        err.contains(&format!(
-            "logging in to {host} as alice (from {}",
-            docker.join("config.json").display()
-        )),
-        "{err}"
-    );
-    assert!(
-        !err.contains("s3cret") && !out.contains("s3cret"),
-        "the password is never shown"
-    );
-    // ~/.docker/config.json when DOCKER_CONFIG is unset.
-    std::fs::create_dir_all(home.join(".docker")).unwrap();
-    std::fs::copy(docker.join("config.json"), home.join(".docker/config.json")).unwrap();
-    let pulled = tmp.path().join("pulled-home");
-    let (code, out, err) = with(&[], &[], &["policy", "pull", &url, "--out", s(&pulled)]);
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(pulled.join("renewal-window.wasm").is_file());
-
-    // A credential helper the config names (docker-credential-NAME on the PATH).
-    let helper = bin.join("docker-credential-rotortest");
-    std::fs::write(
-        &helper,
-        format!(
-            "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = \"{host}\" ] || exit 1\n\
-             echo '{{\"ServerURL\":\"{host}\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let helped = tmp.path().join("helped");
-    std::fs::create_dir_all(&helped).unwrap();
-    std::fs::write(
-        helped.join("config.json"),
-        format!(r#"{{"credHelpers":{{"{host}":"rotortest"}}}}"#),
-    )
-    .unwrap();
-    let pulled = tmp.path().join("pulled-helper");
-    let (code, out, err) = with(
-        &[("DOCKER_CONFIG", &helped)],
-        &[],
-        &["policy", "pull", &url, "--out", s(&pulled)],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-
-    // podman's REGISTRY_AUTH_FILE comes first (the docker config now holds a wrong password).
-    std::fs::write(
-        docker.join("config.json"),
-        format!(
-            r#"{{"auths":{{"{host}":{{"auth":"{}"}}}}}}"#,
-            b64("alice:wrong")
-        ),
-    )
-    .unwrap();
-    let (code, out, err) = with(
-        &[("DOCKER_CONFIG", &docker)],
-        &[],
-        &[
-            "policy",
-            "pull",
-            &url,
-            "--out",
-            s(&tmp.path().join("refused")),
-        ],
-    );
-    assert_eq!(code, 2, "the wrong password is refused: {out}{err}");
-    let podman = tmp.path().join("auth.json");
-    std::fs::write(
-        &podman,
-        format!(r#"{{"auths":{{"{host}":{{"username":"alice","password":"s3cret"}}}}}}"#),
-    )
-    .unwrap();
-    let (code, out, err) = with(
-        &[("DOCKER_CONFIG", &docker), ("REGISTRY_AUTH_FILE", &podman)],
-        &[],
-        &[
-            "policy",
-            "pull",
-            &url,
-            "--out",
-            s(&tmp.path().join("podman")),
-        ],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(
-        err.contains(&format!("(from {})", podman.display())),
-        "{err}"
-    );
-    // ROTOR_REGISTRY_USERNAME/_PASSWORD come before every file.
-    let (code, out, err) = with(
-        &[("DOCKER_CONFIG", &docker)],
-        &[
-            ("ROTOR_REGISTRY_USERNAME", "alice"),
-            ("ROTOR_REGISTRY_PASSWORD", "s3cret"),
-        ],
-        &["policy", "pull", &url, "--out", s(&tmp.path().join("env"))],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(!err.contains("logging in to"), "{err}");
-
-    // A broken auth file: an error naming it, nothing written.
-    std::fs::write(docker.join("config.json"), "{not json").unwrap();
-    let nothing = tmp.path().join("nothing");
-    let (code, out, err) = with(
-        &[("DOCKER_CONFIG", &docker)],
-        &[],
-        &["policy", "pull", &url, "--out", s(&nothing)],
-    );
-    assert_eq!(code, 2, "{out}{err}");
-    assert!(
-        err.contains(&docker.join("config.json").display().to_string())
-            && err.contains("not a registry auth file"),
-        "{err}"
-    );
-    assert!(!nothing.exists());
-    // REGISTRY_AUTH_FILE set but missing: said, not silently anonymous.
-    let (code, _, err) = with(
-        &[("REGISTRY_AUTH_FILE", &tmp.path().join("missing.json"))],
-        &[],
-        &["policy", "pull", &url, "--out", s(&nothing)],
-    );
-    assert_eq!(code, 2);
-    assert!(err.contains("missing.json"), "{err}");
-}
-
-/// Vendors already on cosign: a plugin signed with `cosign sign-blob --key` (the real cosign,
-/// offline: no transparency log) is accepted by the bundle's `[trust.cosign_keys]`, verified
-/// with the sigstore crate; a changed component, another key, a revoked key and a `version`
-/// requirement (cosign signs no version) are refused, each saying why.
-#[test]
-fn a_plugin_signed_with_cosign_is_accepted_by_the_bundles_cosign_key() {
-    let cosign = crate::kine::tools_dir().join("bin/cosign");
-    if !require(
-        &format!("{} (scripts/install-deps.sh)", cosign.display()),
-        cosign.is_file(),
-    ) {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let cosign_run = |dir: &Path, args: &[&str]| {
-        let out = Command::new(&cosign)
-            .args(args)
-            .current_dir(dir)
-            .env("COSIGN_PASSWORD", "vendor-secret")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cosign {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    // Two vendors' cosign key pairs.
-    for who in ["acme", "other"] {
-        let dir = tmp.path().join(who);
-        std::fs::create_dir_all(&dir).unwrap();
-        cosign_run(&dir, &["generate-key-pair"]);
-    }
-    let plugin = tmp.path().join("acme/renewal-window.wasm");
-    std::fs::copy(default_plugin("renewal-window"), &plugin).unwrap();
-    cosign_run(
-        &tmp.path().join("acme"),
-        &[
-            "sign-blob",
-            "--key",
-            "cosign.key",
-            "--tlog-upload=false",
-            "--yes",
-            "--output-signature",
-            "renewal-window.wasm.sig",
-            "renewal-window.wasm",
-        ],
-    );
-
-    // The default bundle with its renewal pin replaced by the cosign key.
-    let bundle = |name: &str, key: &str, renewal_extra: &str, trust_extra: &str| -> PathBuf {
-        let dir = tmp.path().join(name);
-        let default = repo_root().join("policies/default");
-        std::fs::create_dir_all(dir.join("plugins")).unwrap();
-        std::fs::create_dir_all(dir.join("keys")).unwrap();
-        for p in ["san-validation.wasm", "csr-approval.wasm"] {
-            std::fs::copy(default.join("plugins").join(p), dir.join("plugins").join(p)).unwrap();
-        }
-        std::fs::copy(&plugin, dir.join("plugins/renewal-window.wasm")).unwrap();
-        std::fs::copy(
-            tmp.path().join("acme/renewal-window.wasm.sig"),
-            dir.join("plugins/renewal-window.wasm.sig"),
-        )
-        .unwrap();
-        std::fs::copy(
-            tmp.path().join(key).join("cosign.pub"),
-            dir.join("keys/vendor.pub"),
-        )
-        .unwrap();
-        let manifest = std::fs::read_to_string(default.join("bundle.toml")).unwrap();
-        let pin = manifest
-            .lines()
-            .skip_while(|l| *l != "[renewal]")
-            .find(|l| l.starts_with("sha256 = "))
-            .unwrap()
-            .to_string();
-        let manifest = manifest
-            .replacen(&format!("{pin}\n"), renewal_extra, 1)
-            .replacen(
-                "[bundle]",
-                &format!(
-                    "[trust.cosign_keys]\nacme = \"keys/vendor.pub\"\n{trust_extra}\n[bundle]"
-                ),
-                1,
-            );
-        std::fs::write(dir.join("bundle.toml"), manifest).unwrap();
-        dir
-    };
-
-    // The key id is the sha256 of the key's DER, as openssl computes it.
-    let der = pem::parse(std::fs::read(tmp.path().join("acme/cosign.pub")).unwrap()).unwrap();
-    let keyid = hex::encode(Sha256::digest(der.contents()));
-
-    let good = bundle("good", "acme", "", "");
-    let check = ok(&["policy", "check", "--bundle", s(&good)]);
-    assert!(
-        check.contains(&format!("trusts   cosign key 'acme' ({keyid})")),
-        "{check}"
-    );
-    assert!(
-        check.contains("signed    by trusted cosign key 'acme'"),
-        "{check}"
-    );
-    // It decides, and a data dir records the key and the signature with the bundle.
-    let fixtures = repo_root().join("policies/default/fixtures");
-    ok(&["policy", "test", "--bundle", s(&good), s(&fixtures)]);
-    let data = tmp.path().join("data");
-    ok(&[
-        "--data-dir",
-        s(&data),
-        "--bundle",
-        s(&good),
-        "init",
-        "--node-name",
-        "server-1",
-        "--node-ip",
-        "10.0.0.1",
-    ]);
-    let check = ok(&["--data-dir", s(&data), "policy", "check"]);
-    assert!(check.contains("trusted cosign key 'acme'"), "{check}");
-    // signed_by may name it.
-    let named = bundle("named", "acme", "signed_by = \"acme\"\n", "");
-    ok(&["policy", "check", "--bundle", s(&named)]);
-
-    // A component changed after signing.
-    let changed = bundle("changed", "acme", "", "");
-    let mut bytes = std::fs::read(changed.join("plugins/renewal-window.wasm")).unwrap();
-    bytes.extend_from_slice(b"\0\0");
-    std::fs::write(changed.join("plugins/renewal-window.wasm"), bytes).unwrap();
-    let err = refused(&["policy", "check", "--bundle", s(&changed)]);
-    assert!(
-        err.contains("no trusted cosign key verifies it over plugins/renewal-window.wasm"),
-        "{err}"
-    );
-    // Another vendor's key.
-    let other = bundle("other", "other", "", "");
-    let err = refused(&["policy", "check", "--bundle", s(&other)]);
-    assert!(err.contains("no trusted cosign key verifies it"), "{err}");
-    // A revoked key.
-    let revoked = bundle(
-        "revoked",
-        "acme",
-        "",
-        &format!("[trust]\nrevoked_keys = [\"{keyid}\"]\n"),
-    );
-    let err = refused(&["policy", "check", "--bundle", s(&revoked)]);
-    assert!(
-        err.contains("by key 'acme'") && err.contains("which is revoked"),
-        "{err}"
-    );
-    // A version requirement cannot hold for what cosign signs.
-    let versioned = bundle("versioned", "acme", "version = \">=1\"\n", "");
-    let err = refused(&["policy", "check", "--bundle", s(&versioned)]);
-    assert!(
-        err.contains("signs the component's bytes and no version"),
-        "{err}"
     );
 }

@@ -440,7 +440,9 @@ dpkg -i /tmp/rotor.deb
 dpkg -i /tmp/rotor.deb
 id rotor
 stat -c '%U %G %a' /var/lib/rotor
-as_rotor() { setpriv --reuid=rotor --regid=rotor --init-groups env XDG_CACHE_HOME=/tmp/cache "$@"; }
+stat -c 'cache %U %G %a' /var/cache/rotor
+stat -c 'default %U %a' /etc/default/rotor
+as_rotor() { setpriv --reuid=rotor --regid=rotor --init-groups env ROTOR_PLUGIN_CACHE=/var/cache/rotor/plugins "$@"; }
 as_rotor rotor --version
 as_rotor rotor --data-dir /var/lib/rotor init --profile k3s --node-name server-1 --node-ip 10.0.0.1 >/dev/null
 as_rotor rotor --data-dir /var/lib/rotor start >/dev/null
@@ -460,6 +462,8 @@ test ! -e /usr/bin/rotor && test ! -e /etc/default/rotor && echo purged
     assert!(out.contains("uid="), "{out}");
     assert!(out.contains("(rotor)"), "{out}");
     assert!(out.lines().any(|l| l == "rotor rotor 700"), "{out}");
+    assert!(out.lines().any(|l| l == "cache rotor rotor 700"), "{out}");
+    assert!(out.lines().any(|l| l == "default root 600"), "{out}");
     assert!(
         out.contains(&format!("rotor {} (commit ", env!("CARGO_PKG_VERSION"))),
         "{out}"

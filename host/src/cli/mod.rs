@@ -182,7 +182,8 @@ fn datadir_options(global: &GlobalArgs, command: &str) -> crate::datadir::Option
 }
 
 /// The bundle a command decides with: `--bundle` (or `ROTOR_BUNDLE`), else the bundle
-/// `rotor init` recorded in the data dir, else the default bundle built into rotor. What the
+/// `rotor init` recorded in the data dir, else the default bundle (installed beside the binary,
+/// else built into rotor: [`crate::policy::Bundle::builtin`]). What the
 /// operator must hear about it (a plugin that could not be loaded, a door opened in the host
 /// floor) is said on standard error, at every command.
 fn bundle(global: &GlobalArgs) -> anyhow::Result<crate::policy::Bundle> {

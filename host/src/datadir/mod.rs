@@ -644,15 +644,21 @@ impl DataDir {
         let drop = older.len().saturating_sub(self.options.backup_keep);
         for n in &older[..drop] {
             let pruned = Path::new(GENERATIONS).join(format!(".{n}.pruned"));
-            let removed = self
+            let moved = self
                 .meta
                 .rename(&Self::generation_dir(*n), &pruned)
-                .and_then(|()| self.meta.sync_dir(Path::new(GENERATIONS)))
-                .and_then(|()| self.meta.remove_dir_all(&pruned));
+                .and_then(|()| self.meta.sync_dir(Path::new(GENERATIONS)));
+            let (what, removed) = match moved {
+                Err(e) => (self.generation_path(*n), Err(e)),
+                Ok(()) => (
+                    self.meta.display(&pruned),
+                    self.meta.remove_dir_all(&pruned),
+                ),
+            };
             if let Err(e) = removed {
                 warnings.push(format!(
                     "could not remove the old backup {}: {e}",
-                    self.generation_path(*n).display()
+                    what.display()
                 ));
             }
         }

@@ -39,8 +39,9 @@ impl std::fmt::Debug for RegistryCredential {
 }
 
 /// The login for `registry` (`HOST[:PORT]`, as in a reference) in the first auth file that has
-/// one, or `None` (anonymous). A file that cannot be read or parsed, a credential helper that
-/// fails, or a login rotor cannot use (an identity token) is an error naming the file.
+/// one, or `None` (anonymous). A file that cannot be read or parsed, or a login rotor cannot use
+/// (an identity token), is an error naming the file; a credential helper that has no login for
+/// the registry or fails is a warning, and the next file is asked.
 pub fn registry_credential(
     registry: &str,
 ) -> Result<Option<RegistryCredential>, DistributionError> {
@@ -100,6 +101,23 @@ fn from_file(
         Err(CredentialRetrievalError::ConfigReadError) => Err(error(
             "is not a registry auth file (JSON with \"auths\", as docker login writes)".into(),
         )),
+        // A credential helper or store that has no login for this registry (Docker Desktop's
+        // `credsStore` is asked for every registry), is not installed or fails: no login here,
+        // as docker and crane go on without one; said, never silent.
+        Err(
+            e @ (CredentialRetrievalError::HelperFailure { .. }
+            | CredentialRetrievalError::HelperCommunicationError
+            | CredentialRetrievalError::MalformedHelperResponse),
+        ) => {
+            let first = e.to_string();
+            crate::say!(
+                "rotor: warning: {}: the credential helper it names gave no login for {registry} \
+                 ({}); going on without it",
+                file.display(),
+                first.lines().next().unwrap_or_default().trim()
+            );
+            Ok(None)
+        }
         Err(e) => Err(error(format!(
             "the login for {registry}: {}",
             e.to_string().trim()

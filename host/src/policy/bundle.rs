@@ -62,14 +62,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use super::trust::{Accepted, Trust, accept, read_trust};
+use super::hook::{load_hook, toml_to_json};
+use super::source::installed_policies;
+use super::source::{BUILTIN, BUILTIN_NAME, Files};
+use super::trust::read_trust;
 use crate::contract::Hook;
 use crate::fs::{FsError, Root};
-use crate::plugin::{
-    ConfiguredPlugin, LoadedPlugin, PluginEngine, PluginError, PluginErrorKind, SandboxLimits,
-};
+use crate::plugin::{ConfiguredPlugin, LoadedPlugin, PluginEngine, PluginError, SandboxLimits};
 
 /// What the host does when a hook's plugin fails.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -86,7 +86,7 @@ pub enum FailureMode {
 }
 
 impl FailureMode {
-    fn parse(hook: Hook, s: &str) -> Result<FailureMode, String> {
+    pub(super) fn parse(hook: Hook, s: &str) -> Result<FailureMode, String> {
         let allowed: &[(&str, FailureMode)] = match hook {
             Hook::Renewal => &[
                 ("fallback", FailureMode::Fallback),
@@ -123,7 +123,7 @@ impl FailureMode {
         }
     }
 
-    fn default_for(hook: Hook) -> FailureMode {
+    pub(super) fn default_for(hook: Hook) -> FailureMode {
         match hook {
             Hook::Renewal => FailureMode::Fallback,
             Hook::San => FailureMode::Deny,
@@ -242,15 +242,15 @@ pub(super) struct HookEntry {
     #[serde(default)]
     pub(super) sha256: String,
     pub(super) name: Option<String>,
-    failure_mode: Option<String>,
-    timeout_ms: Option<u64>,
-    memory_limit_mib: Option<u64>,
-    fallback_renew_before_days: Option<u32>,
+    pub(super) failure_mode: Option<String>,
+    pub(super) timeout_ms: Option<u64>,
+    pub(super) memory_limit_mib: Option<u64>,
+    pub(super) fallback_renew_before_days: Option<u32>,
     pub(super) signature: Option<String>,
     pub(super) signed_by: Option<String>,
     pub(super) version: Option<String>,
     #[serde(default)]
-    settings: toml::Table,
+    pub(super) settings: toml::Table,
 }
 
 /// Why a bundle accepted a plugin.
@@ -371,91 +371,6 @@ pub struct Bundle {
     files: Vec<(PathBuf, Vec<u8>)>,
     /// The directory's `.wasm` files that no hook uses.
     unused_plugins: Vec<String>,
-}
-
-/// The default bundle (`policies/default`) as it was when this rotor was built: empty when
-/// the plugins were not built then (`make plugins`).
-static BUILTIN: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/builtin_bundle.rs"));
-
-/// The policies installed beside this rotor: `<prefix>/share/rotor/policies` for the running
-/// `<prefix>/bin/rotor` (symbolic links resolved), when it holds a `default/bundle.toml`.
-pub fn installed_policies() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let prefix = exe.parent()?.parent()?;
-    let dir = prefix.join("share").join("rotor").join("policies");
-    let root = Root::open_ambient(&dir).ok()?;
-    root.exists(Path::new("default/bundle.toml")).then_some(dir)
-}
-
-/// What [`Bundle::builtin`] calls the embedded bundle in messages.
-pub(crate) const BUILTIN_NAME: &str = "built-in default bundle";
-
-/// Where a bundle's files are read from.
-pub(super) enum Files {
-    /// A directory, through a capability: plugin paths cannot leave it.
-    Dir(Root),
-    /// The embedded default bundle.
-    Builtin,
-}
-
-impl Files {
-    pub(super) fn read(&self, rel: &Path) -> Result<Vec<u8>, FsError> {
-        match self {
-            Files::Dir(root) => root.read(rel),
-            Files::Builtin => BUILTIN
-                .iter()
-                .find(|(name, _)| Path::new(name) == rel)
-                .map(|(_, bytes)| bytes.to_vec())
-                .ok_or_else(|| {
-                    FsError::io(
-                        Path::new(BUILTIN_NAME).join(rel),
-                        std::io::ErrorKind::NotFound.into(),
-                    )
-                }),
-        }
-    }
-}
-
-impl Files {
-    /// The `.wasm` files beside the bundle's plugins (in `plugins/` and in each directory a
-    /// hook's plugin is in, not below) that none of `used` is: a plugin meant to be pinned, or
-    /// one left behind. Best effort: a directory that cannot be listed has none.
-    fn unused_plugins(&self, used: &[BundleFile]) -> Vec<String> {
-        let Files::Dir(root) = self else {
-            return Vec::new();
-        };
-        let plain = |p: &Path| -> PathBuf {
-            p.components()
-                .filter(|c| !matches!(c, std::path::Component::CurDir))
-                .collect()
-        };
-        let used: Vec<PathBuf> = used.iter().map(|(p, _)| plain(p)).collect();
-        let mut dirs: Vec<PathBuf> = vec![PathBuf::from("plugins")];
-        for p in &used {
-            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty())
-                && !dirs.iter().any(|d| d == parent)
-            {
-                dirs.push(parent.to_path_buf());
-            }
-        }
-        let mut unused: Vec<String> = dirs
-            .iter()
-            .flat_map(|dir| {
-                root.list_dir(dir)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(move |name| dir.join(name))
-            })
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "wasm")
-                    && !used.contains(p)
-                    && root.kind(p).ok().flatten() == Some(crate::fs::Kind::File)
-            })
-            .map(|p| p.display().to_string())
-            .collect();
-        unused.sort();
-        unused
-    }
 }
 
 /// Default window of the built-in renewal rule: the documents' 90 days.
@@ -840,179 +755,6 @@ pub(crate) fn fuzz_manifest(text: &str) {
             let _ = semver::VersionReq::parse(v);
         }
     }
-}
-
-fn load_hook(
-    engine: &PluginEngine,
-    source: &Files,
-    manifest_path: &Path,
-    hook: Hook,
-    entry: &HookEntry,
-    trust: &Trust,
-    loaded: &mut HashMap<String, LoadedPlugin>,
-) -> Result<(Slot, Vec<BundleFile>), BundleError> {
-    let field = |field: &'static str, message: String| BundleError::Field {
-        path: manifest_path.to_path_buf(),
-        hook,
-        field,
-        message,
-    };
-    let failure_mode = match &entry.failure_mode {
-        None => FailureMode::default_for(hook),
-        Some(s) => FailureMode::parse(hook, s).map_err(|m| field("failure_mode", m))?,
-    };
-    let defaults = SandboxLimits::default();
-    let limits = SandboxLimits {
-        timeout: entry
-            .timeout_ms
-            .map(Duration::from_millis)
-            .unwrap_or(defaults.timeout),
-        memory: entry
-            .memory_limit_mib
-            .map(|m| m.saturating_mul(1024 * 1024))
-            .unwrap_or(defaults.memory),
-    };
-    limits
-        .validate()
-        .map_err(|(name, message)| field(name, message))?;
-    let pinned = entry.sha256.trim();
-    if !pinned.is_empty() && (pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(field(
-            "sha256",
-            "must be the plugin's 64-hex-digit sha256 (every plugin is pinned or signed; `sha256sum FILE` gives it)".into(),
-        ));
-    }
-    let settings = serde_json::to_string(&toml_to_json(&entry.settings))
-        .map_err(|e| field("settings", e.to_string()))?;
-    let file_stem = Path::new(&entry.plugin)
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| entry.plugin.clone());
-    let plugin_error = |kind| BundleError::Plugin {
-        path: manifest_path.to_path_buf(),
-        error: PluginError {
-            plugin: entry.name.clone().unwrap_or_else(|| file_stem.clone()),
-            hook,
-            kind,
-        },
-    };
-
-    let bytes = source.read(Path::new(&entry.plugin)).map_err(|e| {
-        let hint = if e.is_not_found() {
-            " (build the default plugins with `make plugins`)"
-        } else {
-            ""
-        };
-        plugin_error(PluginErrorKind::Io {
-            message: format!("{e}{hint}"),
-        })
-    })?;
-    let actual = hex::encode(Sha256::digest(&bytes));
-    let Accepted {
-        how: accepted,
-        signature,
-        statement,
-    } = match accept(source, manifest_path, hook, entry, trust, &actual, &bytes) {
-        Ok(a) => a,
-        // Name the plugin as the operator named it.
-        Err(BundleError::Plugin { path, mut error }) => {
-            error.plugin = entry.name.clone().unwrap_or_else(|| file_stem.clone());
-            return Err(BundleError::Plugin { path, error });
-        }
-        Err(e) => return Err(e),
-    };
-    // The operator's name, else the vendor's signed name, else the file's.
-    let plugin_name = entry
-        .name
-        .clone()
-        .or_else(|| statement.as_ref().map(|s| s.name.clone()))
-        .unwrap_or(file_stem);
-    let mut read = vec![(PathBuf::from(&entry.plugin), bytes)];
-    read.extend(signature);
-    // From here on the plugin is accepted: one that cannot be loaded or configured is a
-    // failure of the hook's plugin (its failure mode decides), not of the bundle.
-    let failed = |error: PluginError| LoadFailure {
-        hook,
-        plugin: plugin_name.clone(),
-        file: entry.plugin.clone(),
-        digest: actual.clone(),
-        failure_mode,
-        accepted: accepted.clone(),
-        error,
-    };
-    let plugin = match loaded.get(&actual) {
-        Some(p) => p.clone(),
-        None => match engine.load(&plugin_name, hook, &read[0].1) {
-            Ok(p) => {
-                loaded.insert(actual.clone(), p.clone());
-                p
-            }
-            Err(error) => return Ok((Slot::Failed(Box::new(failed(error))), read)),
-        },
-    };
-    if let Err(error) = plugin.require(hook) {
-        return Ok((Slot::Failed(Box::new(failed(error))), read));
-    }
-    // What the vendor signed must be what the host sees: the contract and every hook.
-    if let Some(s) = &statement {
-        let exports = plugin.hooks();
-        let mut signed = s.hooks.clone();
-        signed.sort_by_key(|h| h.as_str());
-        let mut seen = exports.clone();
-        seen.sort_by_key(|h| h.as_str());
-        if s.contract != plugin.contract().package() || signed != seen {
-            let names = |hs: &[Hook]| hs.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ");
-            return Err(BundleError::Untrusted {
-                path: manifest_path.to_path_buf(),
-                hook,
-                plugin: entry.plugin.clone(),
-                message: format!(
-                    "the signature says {} exporting {}, the component is {} exporting {}",
-                    s.contract,
-                    names(&signed),
-                    plugin.contract().package(),
-                    names(&seen)
-                ),
-            });
-        }
-    }
-    // Apply the settings once, now, so a bad bundle is known at load and not mid-rotation (and
-    // a 0.2 plugin parses them once, not in every decision).
-    let configured = match plugin.configure(hook, &settings, &limits) {
-        Ok(c) => c,
-        Err(error) => return Ok((Slot::Failed(Box::new(failed(error))), read)),
-    };
-    Ok((
-        Slot::Ready(Box::new(HookPlugin {
-            plugin,
-            configured,
-            file: entry.plugin.clone(),
-            settings,
-            limits,
-            failure_mode,
-            accepted,
-        })),
-        read,
-    ))
-}
-
-/// TOML settings as JSON. TOML dates have no JSON counterpart and become strings.
-pub(crate) fn toml_to_json(table: &toml::Table) -> serde_json::Value {
-    fn value(v: &toml::Value) -> serde_json::Value {
-        match v {
-            toml::Value::String(s) => serde_json::Value::String(s.clone()),
-            toml::Value::Integer(i) => serde_json::Value::from(*i),
-            toml::Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
-            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
-            toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
-            toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(value).collect()),
-            toml::Value::Table(t) => toml_to_json(t),
-        }
-    }
-    serde_json::Value::Object(table.iter().map(|(k, v)| (k.clone(), value(v))).collect())
 }
 
 #[cfg(test)]

@@ -9,16 +9,17 @@ pub(crate) mod bundle;
 pub(crate) mod diff;
 pub(crate) mod evaluate;
 pub(crate) mod fixtures;
+mod hook;
 pub(crate) mod input;
 pub(crate) mod rules;
 pub(crate) mod scaffold;
 pub(crate) mod signing;
+mod source;
 mod trust;
 
-pub use bundle::{
-    Acceptance, Bundle, BundleError, FailureMode, HookPlugin, LoadFailure, installed_policies,
-};
+pub use bundle::{Acceptance, Bundle, BundleError, FailureMode, HookPlugin, LoadFailure};
 pub use evaluate::{Outcome, Source};
 pub use signing::{
     Envelope, EnvelopeSignature, PAYLOAD_TYPE, PublicKey, SigningError, SigningKey, Statement,
 };
+pub use source::installed_policies;

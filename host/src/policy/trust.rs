@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::bundle::{Acceptance, BundleError, BundleFile, Files, HookEntry};
+use super::bundle::{Acceptance, BundleError, BundleFile, HookEntry};
+use super::source::Files;
 use crate::contract::Hook;
 use crate::plugin::{PluginError, PluginErrorKind};
 
@@ -273,6 +274,17 @@ pub(super) fn accept(
         return accept_cosign(trust, entry, &sig_rel, sig_bytes, plugin, untrusted, field);
     }
     let envelope = Envelope::parse(&sig_bytes).map_err(|e| untrusted(format!("{sig_rel}: {e}")))?;
+    if candidates.is_empty() {
+        return Err(untrusted(format!(
+            "{sig_rel} is rotor's signature envelope, but the bundle trusts no rotor key{} \
+             ([trust.keys])",
+            entry
+                .signed_by
+                .as_ref()
+                .map(|s| format!(" named '{s}'"))
+                .unwrap_or_default()
+        )));
+    }
     // A revoked key's signatures do not count, whatever else signed the envelope; one that
     // would have verified is named in the refusal.
     let (revoked, candidates): (Vec<_>, Vec<_>) = candidates

@@ -67,7 +67,8 @@ pub(crate) struct BundleInfoLabels {
     /// `pin`, `signature` (rotor's), `cosign` or `built-in` (no plugin): why the bundle
     /// accepted the plugin.
     pub accepted_by: String,
-    /// The trusted key's name in `[trust.keys]` when accepted by a signature, else empty.
+    /// The trusted key's name (in `[trust.keys]`, or `[trust.cosign_keys]` for `cosign`) when
+    /// accepted by a signature, else empty.
     pub key: String,
     /// The version the vendor signed when accepted by a signature, else empty.
     pub version: String,
