@@ -25,7 +25,7 @@
 #     Python's prometheus_client: an independent parser of `rotor serve`'s metrics page;
 #     Python's kubernetes client: loads the kubeconfigs `rotor agent` writes (tests/it/agent.rs);
 #     cosign (`go install github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5` into $ROTOR_TOOLS_DIR/bin):
-#     signs plugins as vendors on cosign do (tests/it/distribution.rs);
+#     signs plugins as vendors on cosign do (tests/it/cosign.rs);
 #     PostgreSQL and MariaDB servers (postgresql, mariadb-server), and the real kine built with
 #     `go install github.com/k3s-io/kine@v0.17.5` into $ROTOR_TOOLS_DIR/bin (default
 #     ~/.cache/rotor-tools, outside the repo): k3s's datastores of tests/it/kine.rs. The
@@ -101,49 +101,43 @@ if [ -n "$tests" ] && ! python3 -c 'import kubernetes, yaml' 2>/dev/null; then
     python3 -m pip install --quiet --break-system-packages kubernetes
 fi
 
-# The real kine (k3s's etcd API over SQL), pinned; built once into a cache outside the repo.
-KINE_VERSION=v0.17.5
 tools="${ROTOR_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/rotor-tools}"
-if [ -n "$tests" ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE_VERSION"; then
+
+# go_install WHAT PACKAGE@VERSION WHO [LDFLAGS]: build a pinned Go tool into $tools/bin (outside
+# the repo); WHO says what goes without it when Go is missing (an error under CI).
+go_install() {
+  local what=$1 package=$2 who=$3 ldflags=${4:-}
+  local go
   go=$(command -v go || echo /usr/local/go/bin/go)
   if [ ! -x "$go" ]; then
-    echo "install-deps: Go is missing: kine ($KINE_VERSION) cannot be built; the kine tests fail under CI" >&2
+    echo "install-deps: Go is missing: $what cannot be built; $who" >&2
     [ -z "${CI:-}" ] || exit 1
-  else
-    echo "install-deps: go install github.com/k3s-io/kine@$KINE_VERSION (into $tools/bin)"
-    mkdir -p "$tools/bin"
-    GOBIN="$tools/bin" "$go" install -ldflags "-X github.com/k3s-io/kine/pkg/version.Version=$KINE_VERSION" \
-      "github.com/k3s-io/kine@$KINE_VERSION"
+    return 0
   fi
+  echo "install-deps: go install $package (into $tools/bin)"
+  mkdir -p "$tools/bin"
+  GOBIN="$tools/bin" "$go" install ${ldflags:+-ldflags "$ldflags"} "$package"
+}
+
+# The real kine (k3s's etcd API over SQL), pinned.
+KINE_VERSION=v0.17.5
+if [ -n "$tests" ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE_VERSION"; then
+  go_install "kine ($KINE_VERSION)" "github.com/k3s-io/kine@$KINE_VERSION" "the kine tests fail under CI" \
+    "-X github.com/k3s-io/kine/pkg/version.Version=$KINE_VERSION"
 fi
 
-# cosign, pinned, into the same cache: it signs plugins the way vendors on cosign do, for the
-# offline cosign-key verification of tests/it/distribution.rs.
+# cosign, pinned: it signs plugins the way vendors on cosign do (tests/it/cosign.rs).
 COSIGN_VERSION=v2.6.5
 if [ -n "$tests" ] && ! "$tools/bin/cosign" version 2>/dev/null | grep -q "GitVersion:.*${COSIGN_VERSION}"; then
-  go=$(command -v go || echo /usr/local/go/bin/go)
-  if [ ! -x "$go" ]; then
-    echo "install-deps: Go is missing: cosign ($COSIGN_VERSION) cannot be built; the cosign tests fail under CI" >&2
-    [ -z "${CI:-}" ] || exit 1
-  else
-    echo "install-deps: go install github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION (into $tools/bin)"
-    mkdir -p "$tools/bin"
-    GOBIN="$tools/bin" "$go" install "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION"
-  fi
+  go_install "cosign ($COSIGN_VERSION)" "github.com/sigstore/cosign/v2/cmd/cosign@$COSIGN_VERSION" \
+    "the cosign tests fail under CI"
 fi
 
-# OPA, the peer engine of benches/peers.rs (only for `make bench`), pinned, into the same cache.
+# OPA, the peer engine of benches/peers.rs (only for `make bench`), pinned.
 OPA_VERSION=v1.22.4
 if [ "$mode" = bench ] && ! "$tools/bin/opa" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}$"; then
-  go=$(command -v go || echo /usr/local/go/bin/go)
-  if [ ! -x "$go" ]; then
-    echo "install-deps: Go is missing: OPA ($OPA_VERSION) cannot be built; benches/peers.rs leaves it out" >&2
-    [ -z "${CI:-}" ] || exit 1
-  else
-    echo "install-deps: go install github.com/open-policy-agent/opa@$OPA_VERSION (into $tools/bin)"
-    mkdir -p "$tools/bin"
-    GOBIN="$tools/bin" "$go" install "github.com/open-policy-agent/opa@$OPA_VERSION"
-  fi
+  go_install "OPA ($OPA_VERSION)" "github.com/open-policy-agent/opa@$OPA_VERSION" \
+    "benches/peers.rs leaves it out"
 fi
 
 # cargo-deb, pinned, built once into the same cache (make deb).

@@ -210,6 +210,10 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
     let (code, out, err) = pin("renewal", "acme-renewal/acme-renewal.wasm");
     assert_ne!(code, 0, "{out}{err}");
     assert!(err.contains("settings.renew_before_days"), "{err}");
+    assert!(
+        err.contains("the section pins this very component already"),
+        "{err}"
+    );
     assert_eq!(tree(&bundle), before, "a refused pin changed the bundle");
 
     // The whole bundle must load before anything is written: pinning the SAN hook into a
@@ -243,6 +247,12 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
         args.extend_from_slice(extra);
         rotor_in(work, &args)
     };
+    // A pin that must succeed: its standard output.
+    let pinned = |extra: &[&str]| {
+        let (code, out, err) = pin_default(extra);
+        assert_eq!(code, 0, "pin {extra:?}: {out}{err}");
+        out
+    };
     let (code, out, err) = pin_default(&[]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("settings.mode"), "{err}");
@@ -259,20 +269,7 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
 
     // --settings FILE (TOML) replaces them; the plugin decides with them.
     std::fs::write(work.join("acme.toml"), "renew_before_days = 45\n").unwrap();
-    let out = ok(
-        work,
-        &[
-            "policy",
-            "pin",
-            "--bundle",
-            default.to_str().unwrap(),
-            "--hook",
-            "renewal",
-            "acme-renewal/acme-renewal.wasm",
-            "--settings",
-            "acme.toml",
-        ],
-    );
+    let out = pinned(&["--settings", "acme.toml"]);
     assert!(
         out.contains("[renewal] runs plugins/acme-renewal.wasm"),
         "{out}"
@@ -311,20 +308,7 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
     );
     assert_eq!(tree(&default), before, "a refused pin changed the bundle");
     std::fs::write(work.join("good.json"), r#"{"renew_before_days": 20}"#).unwrap();
-    ok(
-        work,
-        &[
-            "policy",
-            "pin",
-            "--bundle",
-            default.to_str().unwrap(),
-            "--hook",
-            "renewal",
-            "acme-renewal/acme-renewal.wasm",
-            "--settings",
-            "good.json",
-        ],
-    );
+    pinned(&["--settings", "good.json"]);
     let check = ok(
         work,
         &["policy", "check", "--bundle", default.to_str().unwrap()],
@@ -343,20 +327,7 @@ fn a_vendor_goes_from_an_empty_directory_to_a_pinned_tested_plugin_for_every_hoo
         manifest["renewal"].get("settings").is_none(),
         "{manifest:?}"
     );
-    ok(
-        work,
-        &[
-            "policy",
-            "pin",
-            "--bundle",
-            default.to_str().unwrap(),
-            "--hook",
-            "renewal",
-            "acme-renewal/acme-renewal.wasm",
-            "--settings",
-            "acme.toml",
-        ],
-    );
+    pinned(&["--settings", "acme.toml"]);
     let (code, out, err) = pin_default(&[]);
     assert_eq!(code, 0, "kept settings the plugin accepts: {out}{err}");
     let check = ok(

@@ -224,6 +224,7 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
             hook.as_str()
         );
     };
+    let same_plugin = table.get("sha256").and_then(|v| v.as_str()) == Some(digest.as_str());
     table.insert("plugin", toml_edit::value(plugin_rel.clone()));
     table.insert("sha256", toml_edit::value(digest.clone()));
     // The settings: replaced (--settings), dropped (--no-settings), or kept as they are, which
@@ -235,7 +236,7 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
         table.remove("settings");
         SettingsSource::None
     } else if table.contains_key("settings") {
-        SettingsSource::Kept
+        SettingsSource::Kept { same_plugin }
     } else {
         SettingsSource::None
     };
@@ -329,8 +330,9 @@ pub(super) fn pin(global: &GlobalArgs, args: PinArgs) -> anyhow::Result<Exit> {
 
 /// Where the settings pinned with a component come from.
 enum SettingsSource {
-    /// The section's, as they were (written for the component pinned before).
-    Kept,
+    /// The section's, as they were; `same_plugin` when the section pinned this very component
+    /// already (else they were written for another).
+    Kept { same_plugin: bool },
     /// `--settings FILE`.
     File(PathBuf),
     /// None (`--no-settings`, or the section had none).
@@ -385,12 +387,17 @@ fn settings_refused(
 ) -> anyhow::Error {
     let section = format!("[{}.settings]", hook.as_str());
     match source {
-        SettingsSource::Kept => anyhow::anyhow!(
+        SettingsSource::Kept { same_plugin } => anyhow::anyhow!(
             "policy pin: plugin '{plugin}' rejected the settings in {section} of {}: {message}\n  \
-             they were written for the plugin pinned there before; nothing was changed.\n  \
+             {}; nothing was changed.\n  \
              give the settings this plugin takes with --settings FILE (a TOML table, or a JSON \
              object in FILE.json), or pin it with its own defaults with --no-settings",
-            manifest.display()
+            manifest.display(),
+            if *same_plugin {
+                "the section pins this very component already, with settings it refuses"
+            } else {
+                "they were written for the plugin pinned there before"
+            }
         ),
         SettingsSource::File(file) => anyhow::anyhow!(
             "policy pin: plugin '{plugin}' rejected the settings of --settings {}: {message}\n  \
