@@ -292,6 +292,18 @@ pub fn require_command(cmd: &str) -> bool {
     require(cmd, have(cmd))
 }
 
+/// Whether an executable named `cmd` is in a directory of the PATH (for tools such as
+/// htpasswd that have no `--version` to ask).
+pub fn on_path(cmd: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            std::fs::metadata(d.join(cmd))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 /// Whether a command exists on this machine (for independent checks with openssl, python3).
 pub fn have(cmd: &str) -> bool {
     std::process::Command::new(cmd)

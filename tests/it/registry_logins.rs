@@ -6,7 +6,7 @@ use std::process::Command;
 
 use base64::Engine;
 
-use crate::common::{require_command, shared_cache};
+use crate::common::{on_path, require, shared_cache};
 use crate::distribution::{Registry, s, vendor};
 
 /// A registry that wants a login: anonymous is refused; the login docker, oras or crane stored
@@ -15,7 +15,7 @@ use crate::distribution::{Registry, s, vendor};
 /// broken auth file is an error naming it, with nothing written.
 #[test]
 fn registry_logins_come_from_docker_and_podman_auth_files() {
-    if !require_command("htpasswd") {
+    if !require("htpasswd (apache2-utils)", on_path("htpasswd")) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

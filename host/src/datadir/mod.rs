@@ -503,8 +503,9 @@ impl DataDir {
     }
 
     /// Remove what writers that died left behind when no change is in flight: partial and
-    /// never-switched generations, backups whose pruning stopped half way (`.N.pruned`),
-    /// temporary files and links. Returns what was removed.
+    /// never-switched generations, backups whose pruning stopped half way (`.N.pruned`: one
+    /// that still cannot be removed is warned about, never an error), temporary files and
+    /// links. Returns what was removed.
     pub fn clean(&self, entries: &[Entry]) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
         let gens = Path::new(GENERATIONS);
@@ -516,13 +517,27 @@ impl DataDir {
                     Ok(n) => n > live,
                     Err(_) => true,
                 };
-                if debris {
-                    if self.meta.kind(&p)? == Some(Kind::Dir) {
-                        self.meta.remove_dir_all(&p)?;
-                    } else {
-                        self.meta.remove_file(&p)?;
+                if !debris {
+                    continue;
+                }
+                let gone = if self.meta.kind(&p)? == Some(Kind::Dir) {
+                    self.meta.remove_dir_all(&p)
+                } else {
+                    self.meta.remove_file(&p)
+                };
+                match gone {
+                    Ok(()) => removed.push(self.meta.display(&p)),
+                    // A backup already out of the generations (a prune that stopped half way)
+                    // is in nobody's way: one that cannot be removed (an immutable file) is
+                    // said, as prune says it, and never fails the command. Anything else
+                    // (a never-switched generation) would be, and is an error.
+                    Err(e) if name.starts_with('.') && name.ends_with(".pruned") => {
+                        tracing::warn!(
+                            "could not remove the old backup {}: {e}",
+                            self.meta.display(&p).display()
+                        );
                     }
-                    removed.push(self.meta.display(&p));
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
