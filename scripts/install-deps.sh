@@ -29,7 +29,10 @@
 #     PostgreSQL and MariaDB servers (postgresql, mariadb-server), and the real kine built with
 #     `go install github.com/k3s-io/kine@v0.17.5` into $ROTOR_TOOLS_DIR/bin (default
 #     ~/.cache/rotor-tools, outside the repo): k3s's datastores of tests/it/kine.rs. The
-#     servers are never started here (the tests start their own on loopback).
+#     servers are never started here (the tests start their own on loopback);
+#     kube-apiserver, kube-controller-manager and kubectl v1.37.2, built from the Go module
+#     proxy by scripts/build-control-plane.sh into $ROTOR_TOOLS_DIR/kubernetes-v1.37.2: the real
+#     control plane of tests/it/control_plane/.
 # The Python packages go to the python3 on the PATH.
 set -euo pipefail
 
@@ -124,6 +127,12 @@ KINE_VERSION=v0.17.5
 if [ -n "$tests" ] && ! "$tools/bin/kine" --version 2>/dev/null | grep -q "$KINE_VERSION"; then
   go_install "kine ($KINE_VERSION)" "github.com/k3s-io/kine@$KINE_VERSION" "the kine tests fail under CI" \
     "-X github.com/k3s-io/kine/pkg/version.Version=$KINE_VERSION"
+fi
+
+# The real control plane, pinned: kube-apiserver, kube-controller-manager and kubectl v1.37.2
+# built from the Go module proxy (tests/it/control_plane/), about 7 minutes the first time.
+if [ -n "$tests" ]; then
+  "$(dirname "$0")/build-control-plane.sh"
 fi
 
 # cosign, pinned: it signs plugins the way vendors on cosign do (tests/it/cosign.rs).

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 #[path = "../support/components.rs"]
-mod components;
+pub(crate) mod components;
 
 pub(crate) use components::{Database, Kine, Proc, tools_dir};
 

@@ -22,6 +22,7 @@ mod ca_rotation;
 mod cli;
 mod cluster;
 mod compat;
+mod control_plane;
 mod cosign;
 mod csr;
 mod datastores;

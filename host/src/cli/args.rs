@@ -478,6 +478,29 @@ pub(super) enum CertificateCommand {
         token: Option<String>,
     },
 
+    /// End a CA rotation: keep in each CA's bundle only the CA and its own root (the old root and
+    /// the cross-signed one go), in the datastore in one step; refused while a leaf is still
+    /// signed by the old CA.
+    #[command(
+        after_help = "Run it once every server ran 'rotor start' after 'rotate-ca' and every node renewed.\n\
+        Then run 'rotor start' on every server: kube-apiserver reloads its client and request-header\n\
+        CA files by itself and from then on refuses certificates of the old CA."
+    )]
+    RetireOldCa {
+        /// Retire even though leaves still signed by the old CA are listed (they stop working).
+        #[arg(long)]
+        force: bool,
+        /// Print what would be retired and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Act at this instant (RFC 3339) instead of the system clock.
+        #[arg(long, value_parser = crate::clock::parse_now)]
+        now: Option<OffsetDateTime>,
+        /// The token [default: the token file in the data dir].
+        #[arg(long, env = "ROTOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+
     /// A new service-account signing key; previous keys stay after it so their tokens remain valid.
     RotateServiceKey {
         /// Keep at most N previous keys [default: all].

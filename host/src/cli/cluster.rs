@@ -286,6 +286,10 @@ fn run_plan(
         outln!("restart needed for: {}", restarts.join(", "));
         outln!("  {}", cluster.layout.restart_hint);
     }
+    let reloads: Vec<&str> = prepared.plan.reloads().into_iter().collect();
+    if !reloads.is_empty() {
+        outln!("loaded without a restart by: {}", reloads.join(", "));
+    }
     Ok(Exit::Success)
 }
 
@@ -314,6 +318,12 @@ pub(super) fn certificate(global: &GlobalArgs, cmd: CertificateCommand) -> anyho
             now: at,
             token,
         } => super::rotation::rotate_ca(global, &path, force, dry_run, now(at), token),
+        CertificateCommand::RetireOldCa {
+            force,
+            dry_run,
+            now: at,
+            token,
+        } => super::rotation::retire_old_ca(global, force, dry_run, now(at), token),
         CertificateCommand::RotateServiceKey {
             keep,
             now: at,
@@ -514,6 +524,13 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                     restarts.join(", ")
                 );
                 outln!("  {}", cluster.layout.restart_hint);
+            }
+            let reloads: Vec<&str> = kubeadm_certs::reloads(&results).into_iter().collect();
+            if !reloads.is_empty() {
+                outln!(
+                    "Loaded without a restart by {} (it reloads these files by itself).",
+                    reloads.join(", ")
+                );
             }
             Ok(Exit::Success)
         }

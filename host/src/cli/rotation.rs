@@ -10,7 +10,7 @@ use super::args::{GenerateCustomCaArgs, GlobalArgs, TokenCommand};
 use super::cluster::now;
 use super::output::outln;
 use crate::cluster::custom_ca::{self, CustomCaOptions, Parent};
-use crate::cluster::{Cluster, rotate_ca, secrets};
+use crate::cluster::{Cluster, retire_ca, rotate_ca, secrets};
 
 pub(super) fn generate_custom_ca(args: GenerateCustomCaArgs) -> anyhow::Result<Exit> {
     let parent = match (
@@ -164,6 +164,54 @@ pub(super) fn rotate_ca(
     }
     outln!(
         "next: 'rotor start' on every server (a running 'rotor serve' takes them at SIGHUP or its next cycle) re-issues the leaves under the new CAs; restart servers first, then k3s agents"
+    );
+    Ok(Exit::Success)
+}
+
+pub(super) fn retire_old_ca(
+    global: &GlobalArgs,
+    force: bool,
+    dry_run: bool,
+    at: OffsetDateTime,
+    token: Option<String>,
+) -> anyhow::Result<Exit> {
+    let options = super::datadir_options(global, "certificate retire-old-ca");
+    let mut cluster = if dry_run {
+        Cluster::open_read(&global.data_dir, &options)?
+    } else {
+        Cluster::open_write(&global.data_dir, &options)?
+    };
+    let report = retire_ca::retire_old_ca(
+        &mut cluster,
+        retire_ca::Options {
+            token: token.as_deref(),
+            now: at,
+            force,
+            dry_run,
+        },
+    )?;
+    if report.retired.is_empty() {
+        outln!("nothing to retire: every CA bundle holds only its CA and its own root");
+        return Ok(Exit::Success);
+    }
+    for (ca, dropped) in &report.retired {
+        outln!("  {ca}: drop {}", dropped.join(", "));
+    }
+    for leaf in &report.still_old {
+        outln!("  warning (forced): still signed by the old CA: {leaf}");
+    }
+    if dry_run {
+        outln!("dry run: nothing changed");
+        return Ok(Exit::Success);
+    }
+    outln!("old CAs retired: the datastore's CA bundles changed in one step");
+    if let Some(t) = &report.new_token {
+        outln!("new token (the CA hash follows the new bundle), for nodes that join from now on:");
+        outln!("{}", t.render());
+    }
+    outln!(
+        "next: 'rotor start' on every server writes the new bundles; kube-apiserver reloads its client and \
+         request-header CA files by itself and refuses old-CA certificates from then on"
     );
     Ok(Exit::Success)
 }

@@ -121,6 +121,7 @@ pub(crate) enum Renewed {
     Done {
         name: String,
         restart: Vec<&'static str>,
+        reloads: Vec<&'static str>,
     },
     Skipped {
         name: String,
@@ -215,10 +216,25 @@ pub(crate) fn renew(
         results.push(Renewed::Done {
             name: spec.name.clone(),
             restart: spec.restart.clone(),
+            reloads: spec.reloads.clone(),
         });
     }
     let committed = cluster.commit(change, false)?;
     Ok((results, committed.backup))
+}
+
+/// The components that load `renew`'s results by themselves (and need no restart for them).
+pub(crate) fn reloads(results: &[Renewed]) -> BTreeSet<&'static str> {
+    let restarts = restarts(results);
+    results
+        .iter()
+        .filter_map(|r| match r {
+            Renewed::Done { reloads, .. } => Some(reloads.iter().copied()),
+            Renewed::Skipped { .. } => None,
+        })
+        .flatten()
+        .filter(|c| !restarts.contains(c))
+        .collect()
 }
 
 /// The components `renew` results require restarting.

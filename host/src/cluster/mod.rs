@@ -16,6 +16,7 @@ pub(crate) mod init;
 pub(crate) mod kubeadm_certs;
 pub(crate) mod kubeconfig;
 pub(crate) mod layout;
+pub(crate) mod retire_ca;
 pub(crate) mod rotate_ca;
 pub(crate) mod secrets;
 pub(crate) mod start;
@@ -834,6 +835,12 @@ impl Cluster {
                 let mut cert_bytes = leaf.cert_pem.as_bytes().to_vec();
                 if *with_ca_bundle {
                     cert_bytes.extend_from_slice(&ca.bundle_pem);
+                } else {
+                    // kubeadm's files hold the leaf alone while the CA is a self-signed root;
+                    // under an intermediate, or after a rotation (a new CA under a root the old
+                    // one cross-signed), a server must send the chain, or a client that trusts
+                    // only the root it was given (an old kubeconfig's CA) cannot verify it.
+                    cert_bytes.extend_from_slice(&ca.chain_pem());
                 }
                 change.write(key.clone(), leaf.key_pem.as_bytes(), PRIVATE_FILE);
                 change.write(cert.clone(), cert_bytes, PUBLIC_FILE);

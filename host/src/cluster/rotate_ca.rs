@@ -497,7 +497,7 @@ fn gate(problems: Vec<Problem>, force: bool) -> Result<Vec<Problem>> {
 
 /// The change: the record replaced in the datastore, and the token file when its hash follows
 /// the new CA, switched together.
-fn plan(
+pub(super) fn plan(
     cluster: &Cluster,
     token: &Token,
     next: &BootstrapData,

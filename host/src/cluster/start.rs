@@ -62,6 +62,8 @@ pub(crate) struct LeafPlan {
     /// Lifetime of the re-issued certificate, in seconds.
     pub lifetime_seconds: u64,
     pub restart: Vec<&'static str>,
+    /// Components that load the new certificate by themselves.
+    pub reloads: Vec<&'static str>,
     /// How the renewal hook decided, when it was asked (`rotor serve` logs and exports it).
     #[serde(skip)]
     pub decided: Option<Box<LeafDecision>>,
@@ -104,6 +106,15 @@ impl Plan {
         self.extractions.is_empty()
             && self.reissues().next().is_none()
             && !self.regenerate_dynamic_cert
+    }
+
+    /// Components that load what the plan changes by themselves (and need no restart for it).
+    pub(crate) fn reloads(&self) -> BTreeSet<&'static str> {
+        let restarts = self.restarts();
+        self.reissues()
+            .flat_map(|l| l.reloads.iter().copied())
+            .filter(|c| !restarts.contains(c))
+            .collect()
     }
 
     /// Components that must restart once the plan is applied.
@@ -308,6 +319,7 @@ fn rotate_leaf(
         not_after,
         lifetime_seconds: crate::pki::LEAF_LIFETIME.whole_seconds().unsigned_abs(),
         restart: spec.restart.clone(),
+        reloads: spec.reloads.clone(),
         decided: None,
     })
 }
@@ -449,6 +461,7 @@ fn start_leaf(
         not_after,
         lifetime_seconds: lifetime,
         restart: spec.restart.clone(),
+        reloads: spec.reloads.clone(),
         decided,
     })
 }

@@ -470,6 +470,20 @@ impl DataDir {
     /// pruned. Returns warnings (pruning that failed is not a failed change).
     pub fn complete(&self, journal: &Journal, entries: &[Entry]) -> Result<Vec<String>> {
         self.ensure_links(entries, journal.adopt)?;
+        let mut warnings = Vec::new();
+        // The generation this change replaced: its files moved aside (it stays the backup),
+        // so that watchers of the paths consumers open hear of the change. One that is about
+        // to be pruned (--backup-keep 0) is not: its removal tells them.
+        if let Some(from) = journal.from.filter(|f| Some(*f) != self.live)
+            && self.options.backup_keep > 0
+            && let Err(e) = self.retire(from)
+        {
+            warnings.push(format!(
+                "could not move the files of the previous generation {} aside ({e}): a component \
+                 that watches its files for changes sees this one when it restarts",
+                self.generation_path(from).display()
+            ));
+        }
         for f in &journal.after {
             if let Some(parent) = f.parent().filter(|p| !p.as_os_str().is_empty()) {
                 self.root.create_dir_all(parent)?;
@@ -478,7 +492,64 @@ impl DataDir {
         }
         self.meta.remove_file(Path::new(JOURNAL))?;
         self.meta.sync_dir(Path::new("."))?;
-        Ok(self.prune())
+        warnings.extend(self.prune());
+        Ok(warnings)
+    }
+
+    /// `generations/.N.moved`: where [`DataDir::retire`] moves generation `n`'s files.
+    fn moved_dir(n: u64) -> PathBuf {
+        Path::new(GENERATIONS).join(format!(".{n}.moved"))
+    }
+
+    /// Move every file of generation `n` (no longer live) aside, one rename each, into
+    /// `generations/.N.moved`, which then takes the name `generations/N` back: the backup is
+    /// whole again under its own name, and every file of it has been renamed.
+    ///
+    /// Why: a consumer that watches a file it opens with inotify (kube-apiserver's certificate
+    /// and CA reloaders, fsnotify) watches the inode the links resolved to, in the generation
+    /// that was live when it looked. The switch renames `current`, which touches none of those
+    /// inodes; a rename of the file itself sends them `IN_MOVE_SELF`, on which such a watcher
+    /// re-reads the path (now the new generation's file) and watches that. Kubernetes'
+    /// `AtomicWriter` gets the same effect by deleting the previous data directory; moving keeps
+    /// the previous generation as the backup. Idempotent: a move stopped half way (a kill, a
+    /// full disk) is finished by the next command ([`DataDir::clean`]).
+    pub fn retire(&self, n: u64) -> Result<()> {
+        let generation = Self::generation_dir(n);
+        let moved = Self::moved_dir(n);
+        let have_moved = self.meta.kind(&moved)? == Some(Kind::Dir);
+        if self.meta.kind(&generation)? == Some(Kind::Dir) {
+            if !have_moved {
+                self.meta.create_dir_unsynced(&moved)?;
+            }
+            let mut dirs = vec![moved.clone()];
+            for (rel, kind) in self.meta.walk(&generation)? {
+                let Ok(inner) = rel.strip_prefix(&generation) else {
+                    continue;
+                };
+                let to = moved.join(inner);
+                if kind == Kind::Dir {
+                    if self.meta.kind(&to)?.is_none() {
+                        self.meta.create_dir_unsynced(&to)?;
+                    }
+                    dirs.push(to);
+                } else {
+                    self.meta.rename(&rel, &to)?;
+                }
+            }
+            // Every file in its new directory durably before the old directories go.
+            let mut durable = crate::fs::Durable::new();
+            for d in &dirs {
+                self.meta.sync_dir_later(d, &mut durable)?;
+            }
+            durable.sync()?;
+            // Only directories are left: every file was moved, or this returned above.
+            self.meta.remove_dir_all(&generation)?;
+        } else if !have_moved {
+            return Ok(());
+        }
+        self.meta.rename(&moved, &generation)?;
+        self.meta.sync_dir(Path::new(GENERATIONS))?;
+        Ok(())
     }
 
     /// Undo a change that is not live. The journal goes first (durably): from then on the
@@ -513,6 +584,22 @@ impl DataDir {
             let live = self.live.unwrap_or(0);
             for name in self.meta.list_dir(gens)? {
                 let p = gens.join(&name);
+                // A move of a backup's files aside that stopped half way: finished, never
+                // removed (the moved files are the backup's).
+                if let Some(n) = name
+                    .strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(".moved"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .filter(|n| *n < live)
+                {
+                    if let Err(e) = self.retire(n) {
+                        tracing::warn!(
+                            "could not finish moving the files of generation {} aside: {e}",
+                            self.generation_path(n).display()
+                        );
+                    }
+                    continue;
+                }
                 let debris = match name.parse::<u64>() {
                     Ok(n) => n > live,
                     Err(_) => true,
@@ -658,6 +745,21 @@ impl DataDir {
         };
         let drop = older.len().saturating_sub(self.options.backup_keep);
         for n in &older[..drop] {
+            // What a move aside left of it, if one stopped half way, goes first.
+            let moved = Self::moved_dir(*n);
+            if self.meta.kind(&moved).ok().flatten().is_some() {
+                let pruned = Path::new(GENERATIONS).join(format!(".{n}.moved.pruned"));
+                let gone = self
+                    .meta
+                    .rename(&moved, &pruned)
+                    .and_then(|()| self.meta.remove_dir_all(&pruned));
+                if let Err(e) = gone {
+                    warnings.push(format!(
+                        "could not remove the old backup {}: {e}",
+                        self.meta.display(&moved).display()
+                    ));
+                }
+            }
             let pruned = Path::new(GENERATIONS).join(format!(".{n}.pruned"));
             let moved = self
                 .meta
@@ -804,6 +906,88 @@ mod tests {
         bad.insert("etc/passwd".into(), file("x"));
         assert!(dir.stage(&bad, &entries).is_err());
         assert!(dir.clean(&entries).unwrap().is_empty());
+    }
+
+    /// One change through every step, as `Cluster::commit` makes it.
+    fn change(dir: &mut DataDir, entries: &[Entry], files: &[(&str, &str)]) -> Vec<String> {
+        let mut changes = FileChanges::new();
+        for (p, c) in files {
+            changes.insert((*p).into(), file(c));
+        }
+        let to = dir.stage(&changes, entries).unwrap();
+        let j = dir.new_journal(to, false, Intent::default(), vec![]);
+        dir.write_journal(&j).unwrap();
+        dir.switch(to).unwrap();
+        dir.complete(&j, entries).unwrap()
+    }
+
+    #[test]
+    fn the_previous_generation_is_moved_aside_whole_and_a_stopped_move_is_finished() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::create_ambient(tmp.path()).unwrap();
+        let entries = vec![Entry::Dir("pki".into())];
+        let mut dir = DataDir::lock_exclusive(root, opts()).unwrap();
+        let gens = tmp.path().join(".rotor/generations");
+        change(
+            &mut dir,
+            &entries,
+            &[("pki/ca.crt", "one"), ("pki/etcd/x", "x")],
+        );
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let watched = ino(&tmp.path().join("pki/ca.crt"));
+        assert!(change(&mut dir, &entries, &[("pki/ca.crt", "two")]).is_empty());
+        // Generation 1 is the backup, whole, its files the same inodes (renamed, not copied:
+        // an inotify watch on them got IN_MOVE_SELF), nothing left of the move.
+        assert_eq!(
+            std::fs::read_to_string(gens.join("1/pki/ca.crt")).unwrap(),
+            "one"
+        );
+        assert_eq!(
+            std::fs::read_to_string(gens.join("1/pki/etcd/x")).unwrap(),
+            "x"
+        );
+        assert_eq!(ino(&gens.join("1/pki/ca.crt")), watched);
+        assert!(!gens.join(".1.moved").exists());
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("pki/ca.crt")).unwrap(),
+            "two"
+        );
+
+        // A move stopped half way (as a kill leaves it): the next command's clean finishes it.
+        change(&mut dir, &entries, &[("pki/ca.crt", "three")]);
+        std::fs::remove_dir_all(gens.join("2")).unwrap_or(());
+        std::fs::create_dir_all(gens.join(".2.moved/pki")).unwrap();
+        std::fs::write(gens.join(".2.moved/pki/ca.crt"), "two").unwrap();
+        std::fs::create_dir_all(gens.join("2/pki/etcd")).unwrap();
+        std::fs::write(gens.join("2/pki/etcd/x"), "x").unwrap();
+        dir.clean(&entries).unwrap();
+        assert!(!gens.join(".2.moved").exists());
+        assert_eq!(
+            std::fs::read_to_string(gens.join("2/pki/ca.crt")).unwrap(),
+            "two"
+        );
+        assert_eq!(
+            std::fs::read_to_string(gens.join("2/pki/etcd/x")).unwrap(),
+            "x"
+        );
+        // Pruning takes a half-moved generation along, both parts.
+        std::fs::create_dir_all(gens.join(".2.moved/pki")).unwrap();
+        std::fs::rename(gens.join("2/pki/ca.crt"), gens.join(".2.moved/pki/ca.crt")).unwrap();
+        change(&mut dir, &entries, &[("pki/ca.crt", "four")]);
+        let names: Vec<String> = std::fs::read_dir(&gens)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            {
+                let mut n = names.clone();
+                n.sort();
+                n
+            },
+            vec!["3", "4"],
+            "{names:?}"
+        );
     }
 
     #[test]

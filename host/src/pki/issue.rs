@@ -209,6 +209,19 @@ impl CaSigner {
         })
     }
 
+    /// What a verifier that trusts only a root may need between a leaf of this CA and that root:
+    /// every certificate of the bundle that is not self-issued (the CA itself when it is an
+    /// intermediate, the intermediates above it, a new root cross-signed by the old one after a
+    /// rotation), PEM, in file order. Empty for a self-signed root alone (kubeadm's default).
+    pub fn chain_pem(&self) -> Vec<u8> {
+        self.bundle_der
+            .iter()
+            .filter(|d| !super::is_self_issued(d))
+            .map(|d| super::pem_encode("CERTIFICATE", d))
+            .collect::<String>()
+            .into_bytes()
+    }
+
     /// The CA certificate itself (DER).
     pub fn cert_der(&self) -> &[u8] {
         &self.bundle_der[0]

@@ -88,7 +88,7 @@ pub(crate) fn load(path: &Path, layout: &crate::cluster::Layout) -> Result<Vec<A
     let components: BTreeSet<&str> = layout
         .leaves
         .iter()
-        .flat_map(|l| l.restart.iter().copied())
+        .flat_map(|l| l.restart.iter().chain(&l.reloads).copied())
         .collect();
     let certificates: BTreeSet<&str> = layout.leaves.iter().map(|l| l.name.as_str()).collect();
     let bytes = Root::read_ambient_file(path).map_err(|e| e.to_string())?;

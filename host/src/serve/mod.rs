@@ -699,7 +699,11 @@ impl Service {
                 .map(|l| {
                     (
                         l.name.clone(),
-                        l.restart.iter().map(|s| s.to_string()).collect(),
+                        l.restart
+                            .iter()
+                            .chain(&l.reloads)
+                            .map(|s| s.to_string())
+                            .collect(),
                     )
                 })
                 .collect();

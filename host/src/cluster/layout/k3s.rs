@@ -50,6 +50,7 @@ struct Leaf<'a> {
     ca: &'static str,
     services: Vec<&'static str>,
     restart: Vec<&'static str>,
+    reloads: Vec<&'static str>,
 }
 
 impl Leaf<'_> {
@@ -71,6 +72,7 @@ impl Leaf<'_> {
             ca: self.ca,
             services: self.services,
             restart: self.restart,
+            reloads: self.reloads,
             rotated_by_kubelet: false,
         }
     }
@@ -144,6 +146,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["admin"],
             restart: vec![],
+            reloads: vec![],
         },
         Leaf {
             dir: TLS,
@@ -153,6 +156,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["supervisor"],
             restart: vec!["supervisor"],
+            reloads: vec![],
         },
         Leaf {
             dir: TLS,
@@ -162,6 +166,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["controller-manager"],
             restart: vec!["kube-controller-manager"],
+            reloads: vec![],
         },
         Leaf {
             dir: TLS,
@@ -171,6 +176,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["scheduler"],
             restart: vec!["kube-scheduler"],
+            reloads: vec![],
         },
         Leaf {
             dir: TLS,
@@ -180,6 +186,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["api-server"],
             restart: vec!["kube-apiserver"],
+            reloads: vec![],
         },
         Leaf {
             dir: TLS,
@@ -189,6 +196,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["cloud-controller"],
             restart: vec!["cloud-controller-manager"],
+            reloads: vec![],
         },
         Leaf {
             dir: TLS,
@@ -197,7 +205,8 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             purpose: Purpose::Client,
             ca: "request-header-ca",
             services: vec!["auth-proxy"],
-            restart: vec!["kube-apiserver"],
+            restart: vec![],
+            reloads: vec!["kube-apiserver"],
         },
         Leaf {
             dir: TLS,
@@ -206,7 +215,8 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             purpose: Purpose::Server,
             ca: "server-ca",
             services: vec!["api-server"],
-            restart: vec!["kube-apiserver"],
+            restart: vec![],
+            reloads: vec!["kube-apiserver"],
         },
         Leaf {
             dir: "server/tls/kube-scheduler",
@@ -216,6 +226,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "server-ca",
             services: vec!["scheduler"],
             restart: vec!["kube-scheduler"],
+            reloads: vec![],
         },
         Leaf {
             dir: "server/tls/kube-controller-manager",
@@ -225,6 +236,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "server-ca",
             services: vec!["controller-manager"],
             restart: vec!["kube-controller-manager"],
+            reloads: vec![],
         },
         Leaf {
             dir: "server/tls/etcd",
@@ -234,6 +246,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "etcd-server-ca",
             services: vec!["etcd"],
             restart: vec!["etcd", "kube-apiserver"],
+            reloads: vec![],
         },
         Leaf {
             dir: "server/tls/etcd",
@@ -242,7 +255,8 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             purpose: Purpose::ServerAndClient,
             ca: "etcd-server-ca",
             services: vec!["etcd"],
-            restart: vec!["etcd"],
+            restart: vec![],
+            reloads: vec!["etcd"],
         },
         Leaf {
             dir: "server/tls/etcd",
@@ -251,7 +265,8 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             purpose: Purpose::ServerAndClient,
             ca: "etcd-peer-ca",
             services: vec!["etcd"],
-            restart: vec!["etcd"],
+            restart: vec![],
+            reloads: vec!["etcd"],
         },
         Leaf {
             dir: AGENT,
@@ -261,6 +276,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec![controller_service],
             restart: vec![controller_service],
+            reloads: vec![],
         },
         Leaf {
             dir: AGENT,
@@ -270,6 +286,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["kube-proxy"],
             restart: vec!["kube-proxy"],
+            reloads: vec![],
         },
         Leaf {
             dir: AGENT,
@@ -279,6 +296,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "client-ca",
             services: vec!["kubelet"],
             restart: vec!["kubelet"],
+            reloads: vec![],
         },
         Leaf {
             dir: AGENT,
@@ -288,6 +306,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             ca: "server-ca",
             services: vec!["kubelet"],
             restart: vec!["kubelet"],
+            reloads: vec![],
         },
     ];
     let leaves: Vec<LeafSpec> = leaves.into_iter().map(Leaf::build).collect();

@@ -36,7 +36,7 @@ fn files(
     subject: crate::pki::Subject,
     purpose: Purpose,
     ca: &'static str,
-    restart: Vec<&'static str>,
+    (restart, reloads): (Vec<&'static str>, Vec<&'static str>),
 ) -> LeafSpec {
     LeafSpec {
         name: name.into(),
@@ -50,8 +50,14 @@ fn files(
         ca,
         services: vec![],
         restart,
+        reloads,
         rotated_by_kubelet: false,
     }
+}
+
+/// Restarted to load a new certificate (and not reloaded by anything).
+fn restart(components: &[&'static str]) -> (Vec<&'static str>, Vec<&'static str>) {
+    (components.to_vec(), vec![])
 }
 
 fn kubeconfig(file: &str, cn: &str, orgs: &[&str], restart: Vec<&'static str>) -> LeafSpec {
@@ -66,6 +72,7 @@ fn kubeconfig(file: &str, cn: &str, orgs: &[&str], restart: Vec<&'static str>) -
         ca: "ca",
         services: vec![],
         restart,
+        reloads: vec![],
         rotated_by_kubelet: file == "kubelet.conf",
     }
 }
@@ -91,7 +98,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             apiserver,
             Purpose::Server,
             "ca",
-            vec!["kube-apiserver"],
+            (vec![], vec!["kube-apiserver"]),
         ),
         files(
             "apiserver-kubelet-client",
@@ -99,7 +106,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             subject("kube-apiserver-kubelet-client", &["kubeadm:cluster-admins"]),
             Purpose::Client,
             "ca",
-            vec!["kube-apiserver"],
+            restart(&["kube-apiserver"]),
         ),
         files(
             "front-proxy-client",
@@ -107,7 +114,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             subject("front-proxy-client", &[]),
             Purpose::Client,
             "front-proxy-ca",
-            vec!["kube-apiserver"],
+            (vec![], vec!["kube-apiserver"]),
         ),
         files(
             "apiserver-etcd-client",
@@ -115,7 +122,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             subject("kube-apiserver-etcd-client", &[]),
             Purpose::Client,
             "etcd-ca",
-            vec!["kube-apiserver"],
+            restart(&["kube-apiserver"]),
         ),
         files(
             "etcd-server",
@@ -123,7 +130,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             named(node, node_sans(config)),
             Purpose::ServerAndClient,
             "etcd-ca",
-            vec!["etcd"],
+            (vec![], vec!["etcd"]),
         ),
         files(
             "etcd-peer",
@@ -131,7 +138,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             named(node, node_sans(config)),
             Purpose::ServerAndClient,
             "etcd-ca",
-            vec!["etcd"],
+            (vec![], vec!["etcd"]),
         ),
         files(
             "etcd-healthcheck-client",
@@ -139,7 +146,7 @@ pub(super) fn layout(config: &ClusterConfig) -> Layout {
             subject("kube-etcd-healthcheck-client", &[]),
             Purpose::Client,
             "etcd-ca",
-            vec!["etcd"],
+            (vec![], vec![]),
         ),
         kubeconfig(
             "admin.conf",
