@@ -831,6 +831,34 @@ fn kubeadm_layout_kubeconfigs_renew_and_csrs() {
         std::fs::read(Path::new(backup).join("pki/apiserver.key")).unwrap(),
         before_key
     );
+    // kubeadm's static pod mounting pki/ pins the generation it started with: then the
+    // apiserver must restart after all, and rotor says why.
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    std::fs::write(
+        dir.join("manifests/kube-apiserver.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers: []\n  volumes:\n  - hostPath:\n      path: {}\n      type: DirectoryOrCreate\n    name: k8s-certs\n",
+            dir.join("pki").display()
+        ),
+    )
+    .unwrap();
+    let out = rotor_ok(
+        &dir,
+        &[
+            "certs",
+            "renew",
+            "apiserver",
+            "--now",
+            &rfc3339(t0() + days(100)),
+        ],
+    );
+    assert!(
+        out.contains("You must restart kube-apiserver")
+            && out.contains("manifests/kube-apiserver.yaml) mounts a directory rotor manages")
+            && !out.contains("Loaded without a restart"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(dir.join("manifests")).unwrap();
     let out = rotor_ok(
         &dir,
         &["certs", "renew", "all", "--now", &rfc3339(t0() + days(101))],

@@ -358,11 +358,20 @@ impl Apiserver {
     /// Wait until `/readyz` says ok to the cluster admin.
     pub(crate) fn wait_ready(&self, limit: Duration) {
         let admin = self.admin();
-        wait_until("kube-apiserver", &self.log, limit, || {
-            self.kubectl(&admin, &["get", "--raw", "/readyz"])
-                .status
-                .success()
-        });
+        let start = Instant::now();
+        loop {
+            let out = self.kubectl(&admin, &["get", "--raw", "/readyz"]);
+            if out.status.success() {
+                return;
+            }
+            let last = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                start.elapsed() < limit,
+                "kube-apiserver: not ready after {limit:?}: kubectl said: {last}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Kill the apiserver and start it again with the same flags; how long until it was ready.

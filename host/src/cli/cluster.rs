@@ -1,5 +1,7 @@
 //! `rotor init`, `rotor start`, `rotor certificate rotate|check`, `rotor certs ...`.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use time::OffsetDateTime;
 
@@ -13,7 +15,7 @@ use super::output::{out, outln};
 use crate::clock;
 use crate::clock::rfc3339;
 use crate::cluster::start::{self, Action, Mode};
-use crate::cluster::{Cluster, check, init, kubeadm_certs};
+use crate::cluster::{Cluster, check, init, kubeadm_certs, static_pods};
 
 /// `--now` (already parsed and range-checked by clap), else the system clock.
 pub(super) fn now(arg: Option<OffsetDateTime>) -> OffsetDateTime {
@@ -253,7 +255,11 @@ fn run_plan(
         }
     );
     print_plan(&prepared.plan, verb);
-    let restarts: Vec<&str> = prepared.plan.restarts().into_iter().collect();
+    let pinned = static_pods::pinned(&cluster);
+    let (restarts, reloads) =
+        static_pods::adjust(prepared.plan.restarts(), prepared.plan.reloads(), &pinned);
+    let restarts: Vec<&str> = restarts.into_iter().collect();
+    let reloads: Vec<&str> = reloads.into_iter().collect();
     if prepared.plan.is_empty() {
         outln!("nothing to do");
         return Ok(Exit::Success);
@@ -285,8 +291,8 @@ fn run_plan(
     if !restarts.is_empty() {
         outln!("restart needed for: {}", restarts.join(", "));
         outln!("  {}", cluster.layout.restart_hint);
+        print_pinned(&pinned, &restarts);
     }
-    let reloads: Vec<&str> = prepared.plan.reloads().into_iter().collect();
     if !reloads.is_empty() {
         outln!("loaded without a restart by: {}", reloads.join(", "));
     }
@@ -517,15 +523,22 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                 .filter(|r| matches!(r, kubeadm_certs::Renewed::Done { .. }))
                 .count();
             warn_if_future(at, done);
-            let restarts: Vec<&str> = kubeadm_certs::restarts(&results).into_iter().collect();
+            let pinned = static_pods::pinned(&cluster);
+            let (restarts, reloads) = static_pods::adjust(
+                kubeadm_certs::restarts(&results),
+                kubeadm_certs::reloads(&results),
+                &pinned,
+            );
+            let restarts: Vec<&str> = restarts.into_iter().collect();
+            let reloads: Vec<&str> = reloads.into_iter().collect();
             if !restarts.is_empty() {
                 outln!(
                     "Done renewing certificates. You must restart {}, so that they use the new certificates.",
                     restarts.join(", ")
                 );
                 outln!("  {}", cluster.layout.restart_hint);
+                print_pinned(&pinned, &restarts);
             }
-            let reloads: Vec<&str> = kubeadm_certs::reloads(&results).into_iter().collect();
             if !reloads.is_empty() {
                 outln!(
                     "Loaded without a restart by {} (it reloads these files by itself).",
@@ -548,6 +561,20 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                 "sign them with your CA (server/client usages per the Kubernetes PKI table), then place the certificates in pki/ and the kubeconfigs"
             );
             Ok(Exit::Success)
+        }
+    }
+}
+
+/// Why a component that reloads its files by itself is still asked to restart: its static pod
+/// mounts a directory rotor manages, which pins the generation it started with.
+fn print_pinned(pinned: &[(&'static str, PathBuf)], restarts: &[&str]) {
+    for (component, manifest) in pinned {
+        if restarts.contains(component) {
+            outln!(
+                "  {component}: its static pod ({}) mounts a directory rotor manages, which keeps the files it \
+                 started with (mount the data dir above it instead, and it reloads them by itself)",
+                manifest.display()
+            );
         }
     }
 }

@@ -20,6 +20,7 @@ pub(crate) mod retire_ca;
 pub(crate) mod rotate_ca;
 pub(crate) mod secrets;
 pub(crate) mod start;
+pub(crate) mod static_pods;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -24,8 +24,8 @@
 //! 4. the datastore commit: every write conditioned on what the command read (one step for
 //!    the directory backend, one guarded step per key for etcd and kine);
 //! 5. [`DataDir::switch`]: a new link renamed over `current`;
-//! 6. [`DataDir::complete`]: the visible links, trigger files, journal removed, old
-//!    generations pruned.
+//! 6. [`DataDir::complete`]: the visible links, the watchers of generation 7's files told
+//!    ([`DataDir::notify_watchers`]), trigger files, journal removed, old generations pruned.
 //!
 //! Every file a consumer opens belongs to generation 7 or to generation 8, and each generation
 //! is consistent; a consumer that opens `x.crt` and then `x.key` resolves `current` twice, so
@@ -471,16 +471,17 @@ impl DataDir {
     pub fn complete(&self, journal: &Journal, entries: &[Entry]) -> Result<Vec<String>> {
         self.ensure_links(entries, journal.adopt)?;
         let mut warnings = Vec::new();
-        // The generation this change replaced: its files moved aside (it stays the backup),
-        // so that watchers of the paths consumers open hear of the change. One that is about
-        // to be pruned (--backup-keep 0) is not: its removal tells them.
+        // The generation this change replaced: every file of it renamed under a second name
+        // (it stays the backup, untouched), so that watchers of the paths consumers open hear
+        // of the change. One that is about to be pruned (--backup-keep 0) is not: its removal
+        // tells them.
         if let Some(from) = journal.from.filter(|f| Some(*f) != self.live)
             && self.options.backup_keep > 0
-            && let Err(e) = self.retire(from)
+            && let Err(e) = self.notify_watchers(from)
         {
             warnings.push(format!(
-                "could not move the files of the previous generation {} aside ({e}): a component \
-                 that watches its files for changes sees this one when it restarts",
+                "could not tell the watchers of the previous generation {} of the change ({e}): a \
+                 component that watches its files sees this change when it restarts",
                 self.generation_path(from).display()
             ));
         }
@@ -496,59 +497,44 @@ impl DataDir {
         Ok(warnings)
     }
 
-    /// `generations/.N.moved`: where [`DataDir::retire`] moves generation `n`'s files.
-    fn moved_dir(n: u64) -> PathBuf {
-        Path::new(GENERATIONS).join(format!(".{n}.moved"))
-    }
-
-    /// Move every file of generation `n` (no longer live) aside, one rename each, into
-    /// `generations/.N.moved`, which then takes the name `generations/N` back: the backup is
-    /// whole again under its own name, and every file of it has been renamed.
+    /// Tell whatever watches a file of generation `n` (no longer live) that it changed, without
+    /// touching the generation: each of its files gets a second name in the scratch directory
+    /// `generations/.N.notify` (a hard link), which is renamed, then removed.
     ///
     /// Why: a consumer that watches a file it opens with inotify (kube-apiserver's certificate
-    /// and CA reloaders, fsnotify) watches the inode the links resolved to, in the generation
-    /// that was live when it looked. The switch renames `current`, which touches none of those
-    /// inodes; a rename of the file itself sends them `IN_MOVE_SELF`, on which such a watcher
-    /// re-reads the path (now the new generation's file) and watches that. Kubernetes'
-    /// `AtomicWriter` gets the same effect by deleting the previous data directory; moving keeps
-    /// the previous generation as the backup. Idempotent: a move stopped half way (a kill, a
-    /// full disk) is finished by the next command ([`DataDir::clean`]).
-    pub fn retire(&self, n: u64) -> Result<()> {
+    /// and CA reloaders, anything on fsnotify) watches the inode the links resolved to, in the
+    /// generation that was live when it looked. The switch renames `current`, which touches none
+    /// of those inodes. A rename of any name of the inode sends the watch `IN_MOVE_SELF`, on which
+    /// such a watcher reads its path again (now the new generation's file) and watches that,
+    /// as after Kubernetes' `AtomicWriter` deletes its previous data directory. Renaming a second
+    /// name, rather than moving or deleting the files, leaves the previous generation exactly
+    /// as it was: it stays the backup, and a container that bind-mounted one of its directories
+    /// (a static pod mounting `pki/`, resolved at mount time) keeps reading it until it
+    /// restarts, as before. A kill half way leaves extra links in the scratch directory, which
+    /// [`DataDir::clean`] removes as debris.
+    pub fn notify_watchers(&self, n: u64) -> Result<()> {
         let generation = Self::generation_dir(n);
-        let moved = Self::moved_dir(n);
-        let have_moved = self.meta.kind(&moved)? == Some(Kind::Dir);
-        if self.meta.kind(&generation)? == Some(Kind::Dir) {
-            if !have_moved {
-                self.meta.create_dir_unsynced(&moved)?;
-            }
-            let mut dirs = vec![moved.clone()];
-            for (rel, kind) in self.meta.walk(&generation)? {
-                let Ok(inner) = rel.strip_prefix(&generation) else {
-                    continue;
-                };
-                let to = moved.join(inner);
-                if kind == Kind::Dir {
-                    if self.meta.kind(&to)?.is_none() {
-                        self.meta.create_dir_unsynced(&to)?;
-                    }
-                    dirs.push(to);
-                } else {
-                    self.meta.rename(&rel, &to)?;
-                }
-            }
-            // Every file in its new directory durably before the old directories go.
-            let mut durable = crate::fs::Durable::new();
-            for d in &dirs {
-                self.meta.sync_dir_later(d, &mut durable)?;
-            }
-            durable.sync()?;
-            // Only directories are left: every file was moved, or this returned above.
-            self.meta.remove_dir_all(&generation)?;
-        } else if !have_moved {
+        if self.meta.kind(&generation)? != Some(Kind::Dir) {
             return Ok(());
         }
-        self.meta.rename(&moved, &generation)?;
-        self.meta.sync_dir(Path::new(GENERATIONS))?;
+        let scratch = Path::new(GENERATIONS).join(format!(".{n}.notify"));
+        if self.meta.kind(&scratch)?.is_some() {
+            self.meta.remove_dir_all(&scratch)?;
+        }
+        self.meta.create_dir_unsynced(&scratch)?;
+        let files = self
+            .meta
+            .walk(&generation)?
+            .into_iter()
+            .filter(|(_, kind)| *kind == Kind::File);
+        for (i, (rel, _)) in files.enumerate() {
+            self.meta.rename_second_name(
+                &rel,
+                &scratch.join(i.to_string()),
+                &scratch.join(format!("{i}.renamed")),
+            )?;
+        }
+        self.meta.remove_dir_all(&scratch)?;
         Ok(())
     }
 
@@ -575,7 +561,8 @@ impl DataDir {
 
     /// Remove what writers that died left behind when no change is in flight: partial and
     /// never-switched generations, backups whose pruning stopped half way (`.N.pruned`: one
-    /// that still cannot be removed is warned about, never an error), temporary files and
+    /// that still cannot be removed is warned about, never an error), the extra links of a
+    /// [`DataDir::notify_watchers`] that stopped half way (`.N.notify`), temporary files and
     /// links. Returns what was removed.
     pub fn clean(&self, entries: &[Entry]) -> Result<Vec<PathBuf>> {
         let mut removed = Vec::new();
@@ -584,22 +571,6 @@ impl DataDir {
             let live = self.live.unwrap_or(0);
             for name in self.meta.list_dir(gens)? {
                 let p = gens.join(&name);
-                // A move of a backup's files aside that stopped half way: finished, never
-                // removed (the moved files are the backup's).
-                if let Some(n) = name
-                    .strip_prefix('.')
-                    .and_then(|n| n.strip_suffix(".moved"))
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .filter(|n| *n < live)
-                {
-                    if let Err(e) = self.retire(n) {
-                        tracing::warn!(
-                            "could not finish moving the files of generation {} aside: {e}",
-                            self.generation_path(n).display()
-                        );
-                    }
-                    continue;
-                }
                 let debris = match name.parse::<u64>() {
                     Ok(n) => n > live,
                     Err(_) => true,
@@ -745,21 +716,6 @@ impl DataDir {
         };
         let drop = older.len().saturating_sub(self.options.backup_keep);
         for n in &older[..drop] {
-            // What a move aside left of it, if one stopped half way, goes first.
-            let moved = Self::moved_dir(*n);
-            if self.meta.kind(&moved).ok().flatten().is_some() {
-                let pruned = Path::new(GENERATIONS).join(format!(".{n}.moved.pruned"));
-                let gone = self
-                    .meta
-                    .rename(&moved, &pruned)
-                    .and_then(|()| self.meta.remove_dir_all(&pruned));
-                if let Err(e) = gone {
-                    warnings.push(format!(
-                        "could not remove the old backup {}: {e}",
-                        self.meta.display(&moved).display()
-                    ));
-                }
-            }
             let pruned = Path::new(GENERATIONS).join(format!(".{n}.pruned"));
             let moved = self
                 .meta
@@ -922,7 +878,7 @@ mod tests {
     }
 
     #[test]
-    fn the_previous_generation_is_moved_aside_whole_and_a_stopped_move_is_finished() {
+    fn the_watchers_of_the_previous_generation_hear_of_a_change_and_it_stays_as_it_was() {
         use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
         let root = Root::create_ambient(tmp.path()).unwrap();
@@ -934,60 +890,45 @@ mod tests {
             &entries,
             &[("pki/ca.crt", "one"), ("pki/etcd/x", "x")],
         );
-        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        let watched = ino(&tmp.path().join("pki/ca.crt"));
+        let meta = |p: &Path| std::fs::metadata(p).unwrap();
+        let watched = meta(&tmp.path().join("pki/ca.crt"));
+        let dir_ino = meta(&gens.join("1/pki")).ino();
+        // An inotify watch, as kube-apiserver's reloader sets one: on the path's inode.
+        let fd = rustix::fs::inotify::init(rustix::fs::inotify::CreateFlags::NONBLOCK).unwrap();
+        rustix::fs::inotify::add_watch(
+            &fd,
+            tmp.path().join("pki/ca.crt"),
+            rustix::fs::inotify::WatchFlags::MOVE_SELF,
+        )
+        .unwrap();
         assert!(change(&mut dir, &entries, &[("pki/ca.crt", "two")]).is_empty());
-        // Generation 1 is the backup, whole, its files the same inodes (renamed, not copied:
-        // an inotify watch on them got IN_MOVE_SELF), nothing left of the move.
-        assert_eq!(
-            std::fs::read_to_string(gens.join("1/pki/ca.crt")).unwrap(),
-            "one"
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut reader = rustix::fs::inotify::Reader::new(&fd, &mut buf);
+        let event = reader.next().expect("the watch heard IN_MOVE_SELF");
+        assert!(
+            event
+                .events()
+                .contains(rustix::fs::inotify::ReadFlags::MOVE_SELF)
         );
+        // Generation 1 is the backup exactly as it was: same inodes, same directory, one link.
+        let kept = meta(&gens.join("1/pki/ca.crt"));
+        assert_eq!((kept.ino(), kept.nlink()), (watched.ino(), 1));
+        assert_eq!(meta(&gens.join("1/pki")).ino(), dir_ino);
         assert_eq!(
             std::fs::read_to_string(gens.join("1/pki/etcd/x")).unwrap(),
             "x"
         );
-        assert_eq!(ino(&gens.join("1/pki/ca.crt")), watched);
-        assert!(!gens.join(".1.moved").exists());
+        assert!(!gens.join(".1.notify").exists());
         assert_eq!(
             std::fs::read_to_string(tmp.path().join("pki/ca.crt")).unwrap(),
             "two"
         );
-
-        // A move stopped half way (as a kill leaves it): the next command's clean finishes it.
-        change(&mut dir, &entries, &[("pki/ca.crt", "three")]);
-        std::fs::remove_dir_all(gens.join("2")).unwrap_or(());
-        std::fs::create_dir_all(gens.join(".2.moved/pki")).unwrap();
-        std::fs::write(gens.join(".2.moved/pki/ca.crt"), "two").unwrap();
-        std::fs::create_dir_all(gens.join("2/pki/etcd")).unwrap();
-        std::fs::write(gens.join("2/pki/etcd/x"), "x").unwrap();
-        dir.clean(&entries).unwrap();
-        assert!(!gens.join(".2.moved").exists());
-        assert_eq!(
-            std::fs::read_to_string(gens.join("2/pki/ca.crt")).unwrap(),
-            "two"
-        );
-        assert_eq!(
-            std::fs::read_to_string(gens.join("2/pki/etcd/x")).unwrap(),
-            "x"
-        );
-        // Pruning takes a half-moved generation along, both parts.
-        std::fs::create_dir_all(gens.join(".2.moved/pki")).unwrap();
-        std::fs::rename(gens.join("2/pki/ca.crt"), gens.join(".2.moved/pki/ca.crt")).unwrap();
-        change(&mut dir, &entries, &[("pki/ca.crt", "four")]);
-        let names: Vec<String> = std::fs::read_dir(&gens)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(
-            {
-                let mut n = names.clone();
-                n.sort();
-                n
-            },
-            vec!["3", "4"],
-            "{names:?}"
-        );
+        // What a kill half way leaves (extra links) is debris the next command removes.
+        std::fs::create_dir_all(gens.join(".2.notify")).unwrap();
+        std::fs::hard_link(gens.join("2/pki/ca.crt"), gens.join(".2.notify/0")).unwrap();
+        let removed = dir.clean(&entries).unwrap();
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(meta(&gens.join("2/pki/ca.crt")).nlink(), 1);
     }
 
     #[test]

@@ -582,6 +582,32 @@ impl Root {
             .map_err(|e| FsError::io(self.display(to), e))
     }
 
+    /// Send `IN_MOVE_SELF` to whatever watches the file `rel` (an inotify watch is on the
+    /// inode) without moving it: a second name for it, `spare` (a hard link), is renamed to
+    /// `moved` and removed. `rel` keeps its name and content throughout; what is left after a
+    /// crash is an extra link in the scratch directory, nothing more. One step.
+    pub fn rename_second_name(
+        &self,
+        rel: &Path,
+        spare: &Path,
+        moved: &Path,
+    ) -> Result<(), FsError> {
+        self.check(rel)?;
+        self.check(spare)?;
+        self.check(moved)?;
+        self.step(rel, "rename a second name of")?;
+        self.dir
+            .hard_link(rel, &self.dir, spare)
+            .map_err(|e| FsError::io(self.display(spare), e))?;
+        if let Err(e) = self.dir.rename(spare, &self.dir, moved) {
+            let _ = self.dir.remove_file(spare);
+            return Err(FsError::io(self.display(moved), e));
+        }
+        self.dir
+            .remove_file(moved)
+            .map_err(|e| FsError::io(self.display(moved), e))
+    }
+
     /// Create the symlink `rel` pointing at `target` (a relative path); fails if `rel` exists.
     pub fn symlink(&self, target: &Path, rel: &Path) -> Result<(), FsError> {
         self.check(rel)?;

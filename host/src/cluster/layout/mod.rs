@@ -92,7 +92,7 @@ pub struct LeafSpec {
     pub restart: Vec<&'static str>,
     /// Components that load a new certificate by themselves, with no restart: kube-apiserver
     /// watches its serving certificate and proxy-client files (inotify, which rotor's
-    /// generation switch reaches: [`crate::datadir::DataDir::retire`]); etcd reads its
+    /// generation switch reaches: [`crate::datadir::DataDir::notify_watchers`]); etcd reads its
     /// serving and peer files at every handshake.
     pub reloads: Vec<&'static str>,
     /// kubeadm's `kubelet.conf`: the kubelet rotates it; `renew` and `check-expiration` skip it.
