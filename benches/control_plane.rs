@@ -4,7 +4,7 @@
 //!
 //! - renew -> served: from `rotor certs renew apiserver` returning to a fresh TLS handshake with
 //!   the apiserver showing the new serial (polled every 5 ms), over `RENEWALS` renewals (the
-//!   apiserver's inotify watch of the file it opened, reached by rotor's generation retire);
+//!   apiserver's inotify watch of the file it opened, told by `DataDir::notify_watchers`);
 //! - restart -> ready: from killing the apiserver to its `/readyz` answering ok again, over
 //!   `RESTARTS` restarts (what an operator does without a reload).
 //!

@@ -21,7 +21,9 @@ binaries=(kube-apiserver kube-controller-manager kubectl)
 have_all() {
   for b in "${binaries[@]}"; do
     if [ "$b" = kubectl ]; then v=(version --client); else v=(--version); fi
-    "$out/bin/$b" "${v[@]}" 2>/dev/null | grep -q "$K8S_VERSION" || return 1
+    # The whole output first: grep -q closing the pipe early would kill the command (SIGPIPE).
+    said=$("$out/bin/$b" "${v[@]}" 2>/dev/null) || return 1
+    grep -q "$K8S_VERSION" <<<"$said" || return 1
   done
 }
 if have_all; then
@@ -67,15 +69,20 @@ main kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager/app '
 main kubectl k8s.io/kubectl/pkg/cmd 'NewDefaultKubectlCommand()'
 
 echo "build-control-plane: resolving k8s.io/kubernetes@$K8S_VERSION (module proxy)"
-"$go" mod init rotor.test/control-plane >/dev/null 2>&1
-upstream_mod=$("$go" mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
-[ -s "$upstream_mod" ] || { echo "build-control-plane: no go.mod for k8s.io/kubernetes@$K8S_VERSION" >&2; exit 1; }
+"$go" mod init rotor.test/control-plane
+if ! download=$("$go" mod download -json "k8s.io/kubernetes@$K8S_VERSION"); then
+  echo "build-control-plane: go mod download k8s.io/kubernetes@$K8S_VERSION failed:" >&2
+  echo "$download" >&2
+  exit 1
+fi
+upstream_mod=$(sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p' <<<"$download")
+[ -s "$upstream_mod" ] || { echo "build-control-plane: no go.mod for k8s.io/kubernetes@$K8S_VERSION in: $download" >&2; exit 1; }
 "$go" mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
 staged=$(sed -n 's#^\s*\(k8s.io/[a-z0-9.-]*\) => \./staging/.*#\1#p' "$upstream_mod")
 for m in $staged; do
   "$go" mod edit -replace "$m=$m@$STAGING_VERSION"
 done
-"$go" mod tidy >/dev/null
+"$go" mod tidy
 
 ldflags="-s -w \
  -X k8s.io/component-base/version.gitVersion=$K8S_VERSION \

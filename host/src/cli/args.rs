@@ -483,6 +483,8 @@ pub(super) enum CertificateCommand {
     /// signed by the old CA.
     #[command(
         after_help = "Run it once every server ran 'rotor start' after 'rotate-ca' and every node renewed.\n\
+        rotor checks the certificates of its data dir only: nodes it did not issue (kubeadm's kubelet\n\
+        keeps its own, /var/lib/kubelet/pki/kubelet-client-current.pem) must hold new-CA certificates first.\n\
         Then run 'rotor start' on every server: kube-apiserver reloads its client and request-header\n\
         CA files by itself and from then on refuses certificates of the old CA."
     )]

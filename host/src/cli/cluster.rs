@@ -1,7 +1,5 @@
 //! `rotor init`, `rotor start`, `rotor certificate rotate|check`, `rotor certs ...`.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use time::OffsetDateTime;
 
@@ -256,10 +254,15 @@ fn run_plan(
     );
     print_plan(&prepared.plan, verb);
     let pinned = static_pods::pinned(&cluster);
-    let (restarts, reloads) =
-        static_pods::adjust(prepared.plan.restarts(), prepared.plan.reloads(), &pinned);
-    let restarts: Vec<&str> = restarts.into_iter().collect();
-    let reloads: Vec<&str> = reloads.into_iter().collect();
+    let sorted = |told| {
+        static_pods::sort(
+            prepared.plan.restarts(),
+            prepared.plan.reloads(),
+            &pinned,
+            told,
+        )
+    };
+    let restarts = sorted(true).restart;
     if prepared.plan.is_empty() {
         outln!("nothing to do");
         return Ok(Exit::Success);
@@ -288,13 +291,14 @@ fn run_plan(
         applied.reissued.len(),
         applied.extracted.len()
     );
-    if !restarts.is_empty() {
-        outln!("restart needed for: {}", restarts.join(", "));
+    let sorted = sorted(applied.watchers_told);
+    if !sorted.restart.is_empty() {
+        outln!("restart needed for: {}", sorted.restart.join(", "));
         outln!("  {}", cluster.layout.restart_hint);
-        print_pinned(&pinned, &restarts);
+        print_why(&sorted);
     }
-    if !reloads.is_empty() {
-        outln!("loaded without a restart by: {}", reloads.join(", "));
+    if !sorted.reload.is_empty() {
+        outln!("loaded without a restart by: {}", sorted.reload.join(", "));
     }
     Ok(Exit::Success)
 }
@@ -504,9 +508,12 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                 &global.data_dir,
                 &super::datadir_options(global, "certs renew"),
             )?;
-            let (results, backup) = kubeadm_certs::renew(&mut cluster, &bundle, &which, at)?;
-            if let Some(b) = &backup {
+            let (results, committed) = kubeadm_certs::renew(&mut cluster, &bundle, &which, at)?;
+            if let Some(b) = committed.as_ref().and_then(|c| c.backup.as_ref()) {
                 outln!("previous files kept in {}", b.display());
+            }
+            for w in committed.iter().flat_map(|c| &c.warnings) {
+                outln!("  warning: {w}");
             }
             for r in &results {
                 match r {
@@ -523,26 +530,24 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
                 .filter(|r| matches!(r, kubeadm_certs::Renewed::Done { .. }))
                 .count();
             warn_if_future(at, done);
-            let pinned = static_pods::pinned(&cluster);
-            let (restarts, reloads) = static_pods::adjust(
+            let sorted = static_pods::sort(
                 kubeadm_certs::restarts(&results),
                 kubeadm_certs::reloads(&results),
-                &pinned,
+                &static_pods::pinned(&cluster),
+                committed.as_ref().is_none_or(|c| c.watchers_told),
             );
-            let restarts: Vec<&str> = restarts.into_iter().collect();
-            let reloads: Vec<&str> = reloads.into_iter().collect();
-            if !restarts.is_empty() {
+            if !sorted.restart.is_empty() {
                 outln!(
                     "Done renewing certificates. You must restart {}, so that they use the new certificates.",
-                    restarts.join(", ")
+                    sorted.restart.join(", ")
                 );
                 outln!("  {}", cluster.layout.restart_hint);
-                print_pinned(&pinned, &restarts);
+                print_why(&sorted);
             }
-            if !reloads.is_empty() {
+            if !sorted.reload.is_empty() {
                 outln!(
                     "Loaded without a restart by {} (it reloads these files by itself).",
-                    reloads.join(", ")
+                    sorted.reload.join(", ")
                 );
             }
             Ok(Exit::Success)
@@ -565,16 +570,19 @@ pub(super) fn certs(global: &GlobalArgs, cmd: CertsCommand) -> anyhow::Result<Ex
     }
 }
 
-/// Why a component that reloads its files by itself is still asked to restart: its static pod
-/// mounts a directory rotor manages, which pins the generation it started with.
-fn print_pinned(pinned: &[(&'static str, PathBuf)], restarts: &[&str]) {
-    for (component, manifest) in pinned {
-        if restarts.contains(component) {
-            outln!(
-                "  {component}: its static pod ({}) mounts a directory rotor manages, which keeps the files it \
-                 started with (mount the data dir above it instead, and it reloads them by itself)",
-                manifest.display()
-            );
-        }
+/// Why a component that reloads its files by itself is still asked to restart.
+fn print_why(sorted: &static_pods::Sorted) {
+    for (component, manifest) in &sorted.pinned {
+        outln!(
+            "  {component}: its static pod ({}) mounts a directory rotor manages, which keeps the files it \
+             started with (mount the data dir above it instead, and it reloads them by itself)",
+            manifest.display()
+        );
+    }
+    if !sorted.untold.is_empty() {
+        outln!(
+            "  {}: would have reloaded by themselves, but rotor could not tell their file watchers (see the warning above)",
+            sorted.untold.join(", ")
+        );
     }
 }

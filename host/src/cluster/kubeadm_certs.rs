@@ -135,7 +135,7 @@ pub(crate) fn renew(
     bundle: &Bundle,
     which: &str,
     now: OffsetDateTime,
-) -> Result<(Vec<Renewed>, Option<PathBuf>)> {
+) -> Result<(Vec<Renewed>, Option<super::Committed>)> {
     require_kubeadm(cluster, "renew")?;
     let names = super::layout::kubeadm::renewable_names(&cluster.layout);
     let selected: Vec<&LeafSpec> = if which == "all" {
@@ -220,7 +220,7 @@ pub(crate) fn renew(
         });
     }
     let committed = cluster.commit(change, false)?;
-    Ok((results, committed.backup))
+    Ok((results, Some(committed)))
 }
 
 /// The components that load `renew`'s results by themselves (and need no restart for them).

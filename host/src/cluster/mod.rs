@@ -111,6 +111,9 @@ pub struct Committed {
     pub backup: Option<PathBuf>,
     /// Problems that did not fail the change (a backup that could not be pruned).
     pub warnings: Vec<String>,
+    /// Whether the watchers of the replaced files were told (components that reload by
+    /// themselves saw the change); false: they must restart.
+    pub watchers_told: bool,
 }
 
 /// A CA as loaded for an operation.
@@ -962,6 +965,7 @@ impl Cluster {
             generation: Some(to),
             backup,
             warnings,
+            watchers_told: dir.watchers_told(),
         })
     }
 }

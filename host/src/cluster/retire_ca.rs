@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::{Cluster, ClusterError, Input, LeafOnDisk, Result};
 use crate::facts::certificate_ders;
-use crate::pki::{is_self_issued, pem_encode, signed_by};
+use crate::pki::{is_self_signed, pem_encode, signed_by};
 
 /// How `retire-old-ca` runs.
 pub(crate) struct Options<'a> {
@@ -41,18 +41,19 @@ pub(crate) struct Report {
 }
 
 /// The CA (first certificate of `bundle`) and its chain within the bundle up to a self-signed
-/// root, preferring the self-signed root over a cross-signed copy of it.
+/// root (its own key verifies it), preferring the self-signed root over a cross-signed copy of
+/// it; among several other issuers, the first in the file.
 fn own_chain(bundle: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut kept = vec![bundle[0].clone()];
     let mut current = bundle[0].clone();
-    while !is_self_issued(&current) {
+    while !is_self_signed(&current) {
         let issuers: Vec<&Vec<u8>> = bundle
             .iter()
             .filter(|c| !kept.contains(c) && signed_by(&current, c))
             .collect();
         let next = issuers
             .iter()
-            .find(|c| is_self_issued(c))
+            .find(|c| is_self_signed(c))
             .or_else(|| issuers.first())
             .map(|c| (*c).clone());
         match next {

@@ -110,6 +110,11 @@ impl Plan {
 
     /// Components that load what the plan changes by themselves (and need no restart for it).
     pub(crate) fn reloads(&self) -> BTreeSet<&'static str> {
+        // Files from the datastore changed too (CA files, service keys): every control-plane
+        // component restarts, whatever it reloads.
+        if !self.extractions.is_empty() {
+            return BTreeSet::new();
+        }
         let restarts = self.restarts();
         self.reissues()
             .flat_map(|l| l.reloads.iter().copied())
@@ -156,6 +161,8 @@ pub(crate) struct Applied {
     pub reissued: Vec<String>,
     pub extracted: Vec<PathBuf>,
     pub warnings: Vec<String>,
+    /// Whether the watchers of the replaced files were told ([`super::Committed::watchers_told`]).
+    pub watchers_told: bool,
 }
 
 /// Build the plan. Reads the datastore with `token`; changes nothing.
@@ -762,5 +769,6 @@ pub(crate) fn apply(
     applied.backup = committed.backup;
     applied.generation = committed.generation;
     applied.warnings = committed.warnings;
+    applied.watchers_told = committed.watchers_told;
     Ok(applied)
 }

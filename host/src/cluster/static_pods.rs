@@ -21,15 +21,19 @@ pub(crate) fn pinned(cluster: &Cluster) -> Vec<(&'static str, PathBuf)> {
     if cluster.config.profile != Profile::Kubeadm {
         return Vec::new();
     }
-    let base = cluster.root.path();
+    // The data dir as given (made absolute) and as the file system resolves it: a manifest
+    // names it one way or the other.
+    let given = std::path::absolute(cluster.root.path()).unwrap_or_default();
+    let bases = [given, cluster.root.absolute_path()];
     let managed: Vec<PathBuf> = cluster
         .layout
         .entries()
         .iter()
         .filter_map(|e| match e {
-            Entry::Dir(p) => Some(base.join(p)),
+            Entry::Dir(p) => Some(p),
             Entry::File(_) => None,
         })
+        .flat_map(|p| bases.iter().map(move |b| b.join(p)))
         .collect();
     let mut out = Vec::new();
     for (component, manifest) in [
@@ -41,8 +45,16 @@ pub(crate) fn pinned(cluster: &Cluster) -> Vec<(&'static str, PathBuf)> {
         let Ok(bytes) = cluster.root.read(rel) else {
             continue;
         };
-        let Ok(doc) = serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(&bytes) else {
-            continue;
+        let doc = match serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(&bytes) {
+            Ok(doc) => doc,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: not a pod manifest rotor can read ({e}); if its pod mounts a directory \
+                     rotor manages, restart {component} after every change",
+                    cluster.root.display(rel).display()
+                );
+                continue;
+            }
         };
         let mounts_managed = doc["spec"]["volumes"]
             .as_sequence()
@@ -57,20 +69,45 @@ pub(crate) fn pinned(cluster: &Cluster) -> Vec<(&'static str, PathBuf)> {
     out
 }
 
-/// `restarts` and `reloads` as a plan or a renewal computed them, corrected for `pinned`: a
-/// component that reloads by itself but whose pod pins a generation moves to the restarts.
-pub(crate) fn adjust(
-    mut restarts: BTreeSet<&'static str>,
+/// Who restarts and who reloads, as rotor prints it.
+#[derive(Debug, Default)]
+pub(crate) struct Sorted {
+    /// Components to restart.
+    pub restart: Vec<&'static str>,
+    /// Components that load the change by themselves.
+    pub reload: Vec<&'static str>,
+    /// Components that would reload but whose static pod pins a generation, with its manifest.
+    pub pinned: Vec<(&'static str, PathBuf)>,
+    /// Components that would reload but whose file watchers rotor could not tell.
+    pub untold: Vec<&'static str>,
+}
+
+/// `restarts` and `reloads` as a plan or a renewal computed them, corrected: a component that
+/// reloads by itself restarts after all when its pod pins a generation (`pinned`), or when the
+/// watchers of the replaced files were not told (`told` false).
+pub(crate) fn sort(
+    restarts: BTreeSet<&'static str>,
     reloads: BTreeSet<&'static str>,
     pinned: &[(&'static str, PathBuf)],
-) -> (BTreeSet<&'static str>, BTreeSet<&'static str>) {
-    let mut live = BTreeSet::new();
+    told: bool,
+) -> Sorted {
+    let mut out = Sorted {
+        restart: restarts.iter().copied().collect(),
+        ..Sorted::default()
+    };
     for c in reloads {
-        if pinned.iter().any(|(p, _)| *p == c) {
-            restarts.insert(c);
+        if let Some((_, manifest)) = pinned.iter().find(|(p, _)| *p == c) {
+            out.pinned.push((c, manifest.clone()));
+        } else if !told {
+            out.untold.push(c);
         } else {
-            live.insert(c);
+            out.reload.push(c);
+            continue;
+        }
+        if !out.restart.contains(&c) {
+            out.restart.push(c);
         }
     }
-    (restarts, live)
+    out.restart.sort_unstable();
+    out
 }

@@ -187,6 +187,8 @@ pub struct DataDir {
     lock: DirLock,
     live: Option<u64>,
     options: Options,
+    /// Whether the last [`DataDir::complete`] told the watchers of the previous generation.
+    watchers_told: std::sync::atomic::AtomicBool,
 }
 
 /// `depth` times `..`, then `rest`: the relative target of a link at `link` to `rest` (a path
@@ -236,6 +238,7 @@ impl DataDir {
             lock,
             live: None,
             options,
+            watchers_told: std::sync::atomic::AtomicBool::new(true),
         };
         dir.live = dir.read_live()?;
         Ok(dir)
@@ -471,6 +474,8 @@ impl DataDir {
     pub fn complete(&self, journal: &Journal, entries: &[Entry]) -> Result<Vec<String>> {
         self.ensure_links(entries, journal.adopt)?;
         let mut warnings = Vec::new();
+        self.watchers_told
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // The generation this change replaced: every file of it renamed under a second name
         // (it stays the backup, untouched), so that watchers of the paths consumers open hear
         // of the change. One that is about to be pruned (--backup-keep 0) is not: its removal
@@ -479,6 +484,8 @@ impl DataDir {
             && self.options.backup_keep > 0
             && let Err(e) = self.notify_watchers(from)
         {
+            self.watchers_told
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             warnings.push(format!(
                 "could not tell the watchers of the previous generation {} of the change ({e}): a \
                  component that watches its files sees this change when it restarts",
@@ -495,6 +502,13 @@ impl DataDir {
         self.meta.sync_dir(Path::new("."))?;
         warnings.extend(self.prune());
         Ok(warnings)
+    }
+
+    /// Whether the last [`DataDir::complete`] told the watchers of the previous generation's
+    /// files (false when that failed: a component that reloads by itself must then restart).
+    pub fn watchers_told(&self) -> bool {
+        self.watchers_told
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Tell whatever watches a file of generation `n` (no longer live) that it changed, without
@@ -929,6 +943,37 @@ mod tests {
         let removed = dir.clean(&entries).unwrap();
         assert_eq!(removed.len(), 1, "{removed:?}");
         assert_eq!(meta(&gens.join("2/pki/ca.crt")).nlink(), 1);
+    }
+
+    #[test]
+    fn with_no_backup_kept_the_removal_of_the_previous_generation_tells_the_watchers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Root::create_ambient(tmp.path()).unwrap();
+        let entries = vec![Entry::Dir("pki".into())];
+        let options = Options {
+            backup_keep: 0,
+            ..opts()
+        };
+        let mut dir = DataDir::lock_exclusive(root, options).unwrap();
+        change(&mut dir, &entries, &[("pki/ca.crt", "one")]);
+        let fd = rustix::fs::inotify::init(rustix::fs::inotify::CreateFlags::NONBLOCK).unwrap();
+        rustix::fs::inotify::add_watch(
+            &fd,
+            tmp.path().join("pki/ca.crt"),
+            rustix::fs::inotify::WatchFlags::DELETE_SELF
+                | rustix::fs::inotify::WatchFlags::MOVE_SELF,
+        )
+        .unwrap();
+        assert!(change(&mut dir, &entries, &[("pki/ca.crt", "two")]).is_empty());
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+        let mut reader = rustix::fs::inotify::Reader::new(&fd, &mut buf);
+        let event = reader.next().expect("the watch heard the removal");
+        assert!(
+            event
+                .events()
+                .contains(rustix::fs::inotify::ReadFlags::DELETE_SELF)
+        );
+        assert!(!tmp.path().join(".rotor/generations/1").exists());
     }
 
     #[test]

@@ -48,6 +48,13 @@ fn key_ids(cert: &X509Certificate<'_>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     (ski, aki)
 }
 
+/// Whether `cert_der` is self-signed: it names itself as its issuer and its own key verifies
+/// its signature (stricter than [`is_self_issued`]: an intermediate without an
+/// AuthorityKeyIdentifier, or a root cross-signed by another, is not).
+pub fn is_self_signed(cert_der: &[u8]) -> bool {
+    signed_by(cert_der, cert_der)
+}
+
 /// k3s's notion of a root in a bundle: no AuthorityKeyIdentifier, or AKI equal to SKI.
 pub fn is_self_issued(cert_der: &[u8]) -> bool {
     match X509Certificate::from_der(cert_der) {

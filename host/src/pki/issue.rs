@@ -216,7 +216,7 @@ impl CaSigner {
     pub fn chain_pem(&self) -> Vec<u8> {
         self.bundle_der
             .iter()
-            .filter(|d| !super::is_self_issued(d))
+            .filter(|d| !super::is_self_signed(d))
             .map(|d| super::pem_encode("CERTIFICATE", d))
             .collect::<String>()
             .into_bytes()

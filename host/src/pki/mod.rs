@@ -8,7 +8,7 @@ mod issue;
 mod key;
 mod token;
 
-pub use chain::{ca_hash, is_self_issued, public_key_bits, signed_by, spki_of};
+pub use chain::{ca_hash, is_self_issued, is_self_signed, public_key_bits, signed_by, spki_of};
 pub use issue::{CaSigner, Issued, LeafTemplate, Purpose, Subject, Validity, self_signed_ca};
 pub use key::{KeyType, PrivateKey, pem_encode};
 pub use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};

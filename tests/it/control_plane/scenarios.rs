@@ -315,7 +315,7 @@ fn identities_renewals_and_a_csr(flavor: Flavor) {
     rotor_ok(&c.dir, &["certificate", "rotate-service-key"]);
     let out = rotor_ok(&c.dir, &["start"]);
     // The service-account key is read at start: the apiserver restarts, as rotor says.
-    assert!(out.contains("restart"), "{out}");
+    assert!(out.contains("restart needed for:"), "{out}");
     c.apiserver.restart();
     let (user, _) = whoami_token(&c, &old_token).expect("a token of the previous key");
     assert_eq!(user, "system:serviceaccount:default:probe");
