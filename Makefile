@@ -22,7 +22,9 @@ build-deps:
 	./scripts/install-deps.sh build
 
 # What the tests use besides: openssl, Python's cryptography, flock, mount, chattr, etcd and
-# etcdctl, docker-registry (an OCI registry); installed when missing (apt-get as root).
+# etcdctl, docker-registry (an OCI registry), PostgreSQL, MariaDB; installed when missing
+# (apt-get as root); kine, cosign and the control plane (kube-apiserver, kube-controller-manager,
+# kubectl v1.37.2, scripts/build-control-plane.sh) built with Go into ~/.cache/rotor-tools.
 deps:
 	./scripts/install-deps.sh
 
