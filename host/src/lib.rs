@@ -39,6 +39,7 @@ pub mod cli;
 pub mod clock;
 pub mod cluster;
 pub mod contract;
+pub mod controller;
 pub mod csr;
 pub mod datadir;
 pub mod datastore;

@@ -590,6 +590,82 @@ pub(super) enum CsrCommand {
         rotor csr sign --dir csrs/ --node-evidence nodes.json --out-dir signed/"
     )]
     Sign(Box<CsrArgs>),
+    /// Run as the cluster's CSR approver: watch CertificateSigningRequests through the API,
+    /// decide each pending one of the given signers by policy (the path of `csr review`, with
+    /// the requesting node's Node object as evidence), approve or deny it through /approval,
+    /// and sign approved ones of the signers given with --sign. Replicas elect a leader
+    /// through a Lease.
+    #[command(
+        after_help = "Runs until SIGTERM or SIGINT (then gives the Lease up).\n\n\
+        Examples:\n  rotor csr controller --kubeconfig admin.conf\n  \
+        rotor csr controller --signer kubernetes.io/kubelet-serving --sign example.com/node-serving=server-ca \\\n    \
+        --data-dir /var/lib/rancher/k3s --listen 0.0.0.0:9464\n\n\
+        In a cluster: kubectl apply -f deploy/ (see docs/csr-controller.md)."
+    )]
+    Controller(Box<ControllerArgs>),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ControllerArgs {
+    /// The kubeconfig to reach the API server with [default: KUBECONFIG, ~/.kube/config, else
+    /// the pod's service account].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Decide pending CSRs of this signer (repeatable) [default: kubernetes.io/kubelet-serving].
+    #[arg(long = "signer", value_name = "SIGNER")]
+    pub signers: Vec<String>,
+    /// Also sign approved CSRs of SIGNER with a CA of the data dir: CA names it (server-ca,
+    /// client-ca, ca, ...); without it, the CA the layout uses for SIGNER (repeatable). rotor
+    /// decides this signer's CSRs too.
+    #[arg(long = "sign", value_name = "SIGNER[=CA]")]
+    pub sign: Vec<String>,
+    /// A fixed evidence list instead of the Node objects: a JSON map {"node-name": ["10.0.0.5", ...]}.
+    #[arg(long, value_name = "FILE")]
+    pub node_evidence: Option<PathBuf>,
+    /// The longest lifetime rotor issues when it signs: `[SIGNER=]DURATION` (repeatable)
+    /// [default: 365d for every signer].
+    #[arg(long = "max-lifetime", value_parser = parse_max_lifetime, value_name = "[SIGNER=]DURATION")]
+    pub max_lifetimes: Vec<(Option<String>, u64)>,
+    /// The namespace of the Lease replicas elect a leader with.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "rotor-system")]
+    pub lease_namespace: String,
+    /// The Lease's name.
+    #[arg(long, default_value = "rotor-csr-controller")]
+    pub lease_name: String,
+    /// This replica's name in the Lease [default: POD_NAME, else the host name and process id].
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a standby waits, after the Lease last changed, before taking it.
+    #[arg(long, default_value = "15s", value_parser = parse_interval, value_name = "DURATION")]
+    pub lease_duration: std::time::Duration,
+    /// How long the leader keeps trying to renew the Lease before it steps down.
+    #[arg(long, default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]
+    pub renew_deadline: std::time::Duration,
+    /// How often standbys try to take the Lease and the leader renews it.
+    #[arg(long, default_value = "2s", value_parser = parse_interval, value_name = "DURATION")]
+    pub retry_period: std::time::Duration,
+    /// CSRs handled at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: u32,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// Serve no HTTP endpoint.
+    #[arg(long, conflicts_with = "listen")]
+    pub no_listen: bool,
+    /// A candidate bundle: it decides every CSR alongside the active one and never acts; its
+    /// decisions and disagreements are logged and counted.
+    #[arg(long, value_name = "DIR")]
+    pub shadow_bundle: Option<PathBuf>,
+    /// Write every decision as a JSON line to this file [default: standard output].
+    #[arg(long, value_name = "FILE")]
+    pub decision_log: Option<PathBuf>,
+    /// Rotate the decision log when it would exceed this many bytes.
+    #[arg(long, default_value_t = 16 << 20, value_parser = clap::value_parser!(u64).range(4096..), value_name = "BYTES")]
+    pub decision_log_max_bytes: u64,
+    /// Rotated decision logs to keep.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub decision_log_keep: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

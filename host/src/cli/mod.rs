@@ -7,6 +7,7 @@ mod agent;
 mod args;
 mod cluster;
 mod completion;
+mod controller;
 mod csr;
 mod diff;
 mod node;
@@ -133,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Token(cmd) => rotation::token(&cli.global, cmd),
         Command::Csr(args::CsrCommand::Review(args)) => csr::run(&cli.global, *args, false),
         Command::Csr(args::CsrCommand::Sign(args)) => csr::run(&cli.global, *args, true),
+        Command::Csr(args::CsrCommand::Controller(args)) => controller::run(&cli.global, *args),
         Command::Policy(cmd) => policy::run(&cli.global, cmd),
         Command::Serve(args) => serve::run(&cli.global, *args),
         Command::Node(cmd) => node::run(&cli.global, cmd),

@@ -156,7 +156,7 @@ fn review_and_sign<'ca>(
     signer: &(impl Fn(&str) -> Option<&'ca CaSigner> + Sync),
     how: &Decide<'_>,
 ) -> Outcome {
-    let (input, mut object) = match &item.input {
+    let (input, object) = match &item.input {
         ItemInput::Invalid(e) => return error(&item.name, e.clone()),
         ItemInput::Object(o) => {
             if let Some(why) = &o.decided {
@@ -174,38 +174,11 @@ fn review_and_sign<'ca>(
         }
         ItemInput::Pem(input) => (input, None),
     };
-    let ca = signer(&input.ctx.signer_name);
-    let r = match review(
-        bundle,
-        input,
-        ca.map(|c| c.facts.not_after),
-        how.limits,
-        how.now,
-    ) {
-        Ok(r) => r,
-        Err(e) => return error(&item.name, e.to_string()),
+    let d = match decide(bundle, input, object, signer(&input.ctx.signer_name), how) {
+        Ok(d) => d,
+        Err(e) => return error(&item.name, e),
     };
-    let mut certificate = None;
-    if how.sign_approved && matches!(r.verdict, Verdict::Approve { .. }) {
-        match ca {
-            Some(ca) => match sign(&r, ca) {
-                Ok(pem) => certificate = Some(pem),
-                Err(e) => return error(&item.name, format!("signing: {e}")),
-            },
-            None => {
-                return error(
-                    &item.name,
-                    format!(
-                        "approved, but no CA here signs for '{}'",
-                        input.ctx.signer_name
-                    ),
-                );
-            }
-        }
-    }
-    if let Some(obj) = &mut object {
-        k8s::write_back(obj, &r.verdict, certificate.as_deref(), how.now);
-    }
+    let (r, certificate, object) = (d.review, d.certificate, d.object);
     let codes = match &r.verdict {
         Verdict::Deny { violations } => violations.iter().map(|v| v.code.clone()).collect(),
         _ => Vec::new(),
@@ -219,6 +192,60 @@ fn review_and_sign<'ca>(
         certificate,
         object,
     }
+}
+
+/// One CSR's decision: the review, the certificate when it was signed, and the object (if one
+/// was given) with the decision's condition and certificate written into its status.
+#[derive(Debug)]
+pub(crate) struct Decided {
+    /// The review.
+    pub review: super::Review,
+    /// The certificate (PEM), when approved and signed.
+    pub certificate: Option<String>,
+    /// The object, updated.
+    pub object: Option<Value>,
+}
+
+/// Review one CSR and, with `how.sign_approved`, sign it with `ca` on approval; write the
+/// outcome into `object`. The one decision path of `csr review`, `csr sign` and
+/// `csr controller`.
+///
+/// # Errors
+/// A plugin failure under a bundle whose failure mode is `error`, an approval without a CA to
+/// sign it, or a signing failure: a message.
+pub(crate) fn decide(
+    bundle: &Bundle,
+    input: &CsrInput,
+    mut object: Option<Value>,
+    ca: Option<&CaSigner>,
+    how: &Decide<'_>,
+) -> Result<Decided, String> {
+    let r = review(
+        bundle,
+        input,
+        ca.map(|c| c.facts.not_after),
+        how.limits,
+        how.now,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut certificate = None;
+    if how.sign_approved && matches!(r.verdict, Verdict::Approve { .. }) {
+        let ca = ca.ok_or_else(|| {
+            format!(
+                "approved, but no CA here signs for '{}'",
+                input.ctx.signer_name
+            )
+        })?;
+        certificate = Some(sign(&r, ca).map_err(|e| format!("signing: {e}"))?);
+    }
+    if let Some(obj) = &mut object {
+        k8s::write_back(obj, &r.verdict, certificate.as_deref(), how.now);
+    }
+    Ok(Decided {
+        review: r,
+        certificate,
+        object,
+    })
 }
 
 /// Process `items` on `threads` workers. `progress` counts finished items (for a progress bar).

@@ -140,7 +140,11 @@ pub fn classify(name: &str, bytes: &[u8], pem: &PemContext, evidence: &Evidence)
                     {
                         ctx.usages = usages;
                     }
-                    ItemInput::Pem(CsrInput { der: b.der, ctx })
+                    ItemInput::Pem(CsrInput {
+                        der: b.der,
+                        ctx,
+                        disputed: Vec::new(),
+                    })
                 }
                 (None, _) => ItemInput::Invalid(format!("{name}: no CERTIFICATE REQUEST block")),
                 (_, Err(m)) => ItemInput::Invalid(format!("{name}: {m}")),

@@ -129,6 +129,7 @@ pub fn parse(what: &str, value: Value, node_addresses: &[IpAddr]) -> Result<CsrO
                 expiration_seconds,
                 node_addresses: node_addresses.to_vec(),
             },
+            disputed: Vec::new(),
         },
         decided,
     })

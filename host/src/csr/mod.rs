@@ -369,6 +369,38 @@ pub struct CsrInput {
     pub der: Vec<u8>,
     /// Who asks, for which signer and usages.
     pub ctx: CsrContext,
+    /// Addresses the requesting node claims that another node claims too, each with that other
+    /// node's name (`rotor csr controller`'s evidence from Node objects). A kubelet writes its
+    /// own Node's addresses, so an address two Nodes list proves neither: the host denies a
+    /// request for it, whatever a plugin says.
+    pub disputed: Vec<(IpAddr, String)>,
+}
+
+/// The host's refusal of the disputed addresses a request asks for.
+fn disputed_violations(facts: &CsrFacts, disputed: &[(IpAddr, String)]) -> Vec<Violation> {
+    facts
+        .sans
+        .ip_addresses
+        .iter()
+        .filter_map(|ip| {
+            let others: Vec<&str> = disputed
+                .iter()
+                .filter(|(d, _)| d == ip)
+                .map(|(_, node)| node.as_str())
+                .collect();
+            (!others.is_empty()).then(|| {
+                Violation::new(
+                    "AddressDisputed",
+                    "spec.request",
+                    format!(
+                        "IP {ip} is also listed by Node {}: a kubelet writes its own Node's \
+                         addresses, so an address two Nodes claim proves neither",
+                        others.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 /// Review a CSR. `ca_not_after` is the issuing CA's notAfter and `limits` the host's per-signer
@@ -457,6 +489,7 @@ pub(super) fn review_with(
         &input.ctx.signer_name,
         &input.ctx.usages,
     ));
+    host.extend(disputed_violations(&facts, &input.disputed));
     host.extend(floor::check(
         bundle.floor(),
         &input.ctx,

@@ -100,6 +100,13 @@ pub(crate) struct ActionLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ControllerLabels {
+    /// `approved`, `approved_signed`, `denied`, `abstained`, `no_node`, `signed`, `refused`,
+    /// `conflict`, `error`.
+    pub result: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~3.3 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
@@ -127,6 +134,8 @@ pub(crate) struct Metrics {
     pub lock_wait_seconds: Counter<f64, AtomicU64>,
     pub actions: Family<ActionLabels, Counter>,
     pub supervisor_requests: Family<SupervisorLabels, Counter>,
+    pub controller_results: Family<ControllerLabels, Counter>,
+    pub controller_leader: Gauge,
 }
 
 impl Metrics {
@@ -152,6 +161,8 @@ impl Metrics {
             lock_wait_seconds: Counter::default(),
             actions: Family::default(),
             supervisor_requests: Family::default(),
+            controller_results: Family::default(),
+            controller_leader: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +209,16 @@ impl Metrics {
             "rotor_supervisor_requests",
             "Certificate requests the supervisor API answered, by endpoint and HTTP status",
             m.supervisor_requests.clone(),
+        );
+        registry.register(
+            "rotor_csr_controller_results",
+            "CSRs rotor csr controller handled, by what came of them",
+            m.controller_results.clone(),
+        );
+        registry.register(
+            "rotor_csr_controller_leader",
+            "1 while this rotor csr controller replica holds the Lease",
+            m.controller_leader.clone(),
         );
         registry.register(
             "rotor_shadow_disagreements",

@@ -17,6 +17,8 @@
 mod actions;
 mod bundles;
 pub mod clock;
+mod csr_log;
+pub(crate) use csr_log::CsrRecorder;
 mod http;
 pub(crate) use http::{Probe, spawn as spawn_http};
 pub mod log;
@@ -135,6 +137,8 @@ pub(crate) struct Shared {
     bundle_problem: Mutex<Option<String>>,
     datastore_problem: Mutex<Option<String>>,
     supervisor_problem: Mutex<Option<String>>,
+    /// Why a front without cycles (`rotor csr controller`) cannot work.
+    front_problem: Mutex<Option<String>>,
     cycled: AtomicBool,
     /// Held by a cycle and by the watcher while either opens the data dir: the process never
     /// waits for its own lock.
@@ -174,10 +178,28 @@ impl Shared {
         if let Some(p) = lock(&self.supervisor_problem) {
             why.push(format!("the supervisor API cannot serve: {p}"));
         }
+        if let Some(p) = lock(&self.front_problem) {
+            why.push(p);
+        }
         if why.is_empty() && !self.cycled.load(Ordering::Acquire) {
             why.push("the first cycle has not finished".into());
         }
         (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// Fresh metrics and no problem yet; not ready until the first cycle.
+    fn new(active: Option<Arc<Bundle>>, shadow: Option<Arc<Bundle>>) -> Shared {
+        Shared {
+            metrics: Metrics::new(),
+            active: RwLock::new(active),
+            shadow: RwLock::new(shadow),
+            bundle_problem: Mutex::new(None),
+            datastore_problem: Mutex::new(None),
+            supervisor_problem: Mutex::new(None),
+            front_problem: Mutex::new(None),
+            cycled: AtomicBool::new(false),
+            datadir: Mutex::new(()),
+        }
     }
 
     fn bundle(&self) -> Option<Arc<Bundle>> {
@@ -328,7 +350,6 @@ impl Service {
             )),
             None => None,
         };
-        let metrics = Metrics::new();
         let sink = Sink::open(
             options.decision_log.as_deref(),
             options.decision_log_max_bytes,
@@ -339,16 +360,7 @@ impl Service {
         let (events_tx, events) = channel::<Event>();
         let (reload_tx, reload) = channel::<()>();
         spawn_signals(events_tx.clone(), reload_tx, Arc::clone(&stop))?;
-        let shared = Arc::new(Shared {
-            metrics,
-            active: RwLock::new(None),
-            shadow: RwLock::new(shadow),
-            bundle_problem: Mutex::new(None),
-            datastore_problem: Mutex::new(None),
-            supervisor_problem: Mutex::new(None),
-            cycled: AtomicBool::new(false),
-            datadir: Mutex::new(()),
-        });
+        let shared = Arc::new(Shared::new(None, shadow));
         if let Some(shadow) = shared.shadow() {
             report_load_failures(&shared, &shadow, "shadow");
         }

@@ -7,142 +7,51 @@ use std::sync::Arc;
 
 use std::sync::Mutex;
 
-use super::log::{DecisionRecord, Role, Sink, Subject};
-use super::metrics::{DecisionLabels, PluginLabels, SupervisorLabels};
+use super::csr_log::CsrRecorder;
+use super::log::Sink;
+use super::metrics::SupervisorLabels;
 use super::{ServeError, ServeOptions, Shared};
 use crate::cluster::Cluster;
-use crate::contract::Hook;
-use crate::csr::Review;
 use crate::supervisor::{Authority, Decided, Limits, Nodes, Observer, Supervisor};
 
-/// Counts and logs every answer of the supervisor API in `rotor serve`'s metrics and decision
-/// log, and asks the shadow bundle the same question.
+/// Counts every answer of the supervisor API, and records its reviews as every CSR decision is
+/// ([`CsrRecorder`]).
 struct Metered {
     shared: Arc<Shared>,
-    sink: Arc<Mutex<Sink>>,
-}
-
-impl Metered {
-    fn log(&self, record: &DecisionRecord) {
-        let written = self
-            .sink
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(record);
-        if let Err(e) = written {
-            crate::say!("rotor serve: decision log: {e}");
-        }
-    }
-
-    fn count(&self, review: &Review, role: &str) -> String {
-        let plugin = review
-            .stages
-            .iter()
-            .find(|s| s.stage == "csr-approval")
-            .and_then(|s| s.plugin.clone())
-            .unwrap_or_else(|| "host".into());
-        self.shared
-            .metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                hook: "csr".into(),
-                outcome: review.verdict.kind().into(),
-                plugin: plugin.clone(),
-                role: role.into(),
-            })
-            .inc();
-        plugin
-    }
-}
-
-/// The decision log's record of a supervisor API review.
-fn record(
-    d: &Decided<'_>,
-    review: &Review,
-    bundle: &crate::policy::Bundle,
-    plugin: String,
-    role: Role,
-    disagrees: Option<bool>,
-) -> DecisionRecord {
-    let mut reasons = vec![review.verdict.summary()];
-    reasons.extend(review.notes.iter().cloned());
-    DecisionRecord {
-        time: crate::clock::system_now(),
-        hook: "csr".into(),
-        subject: Subject {
-            certificate: None,
-            serial: None,
-            csr: Some(format!("{} {:?}", d.node, d.endpoint)),
-        },
-        bundle: bundle.name.clone(),
-        digest: bundle.plugin_identity(Hook::Csr).map(|(_, digest)| digest),
-        source: if plugin == "host" {
-            "built_in"
-        } else {
-            "plugin"
-        }
-        .into(),
-        plugin: Some(plugin).filter(|p| p != "host"),
-        decision: review.verdict.kind().into(),
-        reasons,
-        renew_at: None,
-        lifetime_seconds: None,
-        not_after: review.template.as_ref().map(|t| t.not_after),
-        error: None,
-        latency_ms: d.latency.as_secs_f64() * 1000.0,
-        role,
-        disagrees,
-    }
+    recorder: CsrRecorder,
 }
 
 impl Observer for Metered {
     fn decided(&self, d: &Decided<'_>) {
-        let m = &self.shared.metrics;
-        m.supervisor_requests
+        self.shared
+            .metrics
+            .supervisor_requests
             .get_or_create(&SupervisorLabels {
                 endpoint: format!("{:?}", d.endpoint),
                 status: d.status.to_string(),
             })
             .inc();
-        let (Some(review), Some(active)) = (d.review, self.shared.bundle()) else {
+        let Some(review) = d.review else {
             return;
         };
-        let plugin = self.count(review, "acted");
-        self.log(&record(d, review, &active, plugin, Role::Acted, None));
-        // The shadow bundle reviews the same request; it never acts.
-        let (Some(shadow), Some(reviewed)) = (self.shared.shadow(), d.reviewed) else {
-            return;
+        let shadow = |shadow: &crate::policy::Bundle| {
+            let reviewed = d.reviewed?;
+            crate::csr::review_fixed(
+                shadow,
+                &reviewed.input,
+                &reviewed.fixed,
+                Some(reviewed.ca_not_after),
+                &crate::csr::SignerLimits::default(),
+                crate::clock::system_now(),
+            )
+            .ok()
         };
-        let now = crate::clock::system_now();
-        let Ok(answer) = crate::csr::review_fixed(
+        self.recorder.decided(
+            &format!("{} {:?}", d.node, d.endpoint),
+            review,
+            d.latency,
             &shadow,
-            &reviewed.input,
-            &reviewed.fixed,
-            Some(reviewed.ca_not_after),
-            &crate::csr::SignerLimits::default(),
-            now,
-        ) else {
-            return;
-        };
-        let disagrees = answer.verdict.kind() != review.verdict.kind();
-        let plugin = self.count(&answer, "shadow");
-        if disagrees {
-            m.shadow_disagreements
-                .get_or_create(&PluginLabels {
-                    hook: "csr".into(),
-                    plugin: plugin.clone(),
-                    role: Role::Shadow.as_str().into(),
-                })
-                .inc();
-        }
-        self.log(&record(
-            d,
-            &answer,
-            &shadow,
-            plugin,
-            Role::Shadow,
-            Some(disagrees),
-        ));
+        );
     }
 }
 
@@ -189,7 +98,10 @@ pub(super) fn start(
         limits,
         Some(Box::new(Metered {
             shared: Arc::clone(shared),
-            sink,
+            recorder: CsrRecorder {
+                shared: Arc::clone(shared),
+                sink,
+            },
         })),
     ));
     let listener =

@@ -334,7 +334,11 @@ impl Supervisor {
             _ => &authority.client_ca,
         };
         let fixed = endpoint.fixed(authority.program, node, ips);
-        let input = CsrInput { der, ctx };
+        let input = CsrInput {
+            der,
+            ctx,
+            disputed: Vec::new(),
+        };
         let reviewed = Reviewed {
             input,
             fixed,

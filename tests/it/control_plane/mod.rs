@@ -11,6 +11,7 @@
 //! - a CA rotation on a live cluster, and its end: the old CA retired (ca.rs).
 
 mod ca;
+mod controller;
 mod expiry;
 mod scenarios;
 
