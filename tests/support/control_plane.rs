@@ -482,6 +482,17 @@ impl ControllerManager {
         controllers: &str,
         work: &Path,
     ) -> ControllerManager {
+        ControllerManager::start_with(bins, apiserver, controllers, work, &[])
+    }
+
+    /// [`ControllerManager::start`] with `extra` flags (e.g. `--kube-api-qps`).
+    pub(crate) fn start_with(
+        bins: &Binaries,
+        apiserver: &Apiserver,
+        controllers: &str,
+        work: &Path,
+        extra: &[&str],
+    ) -> ControllerManager {
         std::fs::create_dir_all(work).unwrap();
         let log = work.join("kube-controller-manager.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -505,6 +516,7 @@ impl ControllerManager {
             // As kubeadm and k3s run it: each controller acts as its own service account
             // (certificate-controller may write CSR status), tokens from the TokenRequest API.
             .arg("--use-service-account-credentials=true")
+            .args(extra)
             .arg(format!(
                 "--root-ca-file={}",
                 s(&apiserver.file("server-ca"))

@@ -66,11 +66,6 @@ impl NodeIndex {
         }
     }
 
-    /// Forget every Node (the watch starts over).
-    pub(super) fn clear(&mut self) {
-        self.addresses.clear();
-    }
-
     /// The evidence for `username`.
     pub(super) fn evidence(&self, username: &str) -> NodeEvidence {
         let Some(name) = node_name(username) else {

@@ -263,6 +263,7 @@ async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorde
 
     let mut csrs: BTreeMap<String, Csr> = BTreeMap::new();
     let mut nodes = NodeIndex::default();
+    let mut relisted: Option<NodeIndex> = None;
     let (mut csrs_ready, mut nodes_ready) = (false, fixed);
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();
@@ -290,17 +291,23 @@ async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorde
                 None => return,
             },
             event = node_events.next() => match event {
-                Some(Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => {
+                Some(Ok(watcher::Event::Apply(n))) => {
                     if nodes.apply(&n) {
                         dirty.extend(node_csrs(&csrs));
                     }
+                }
+                // A (re)list fills a new index, swapped in whole: a Node not listed yet must
+                // not make another's address look undisputed.
+                Some(Ok(watcher::Event::InitApply(n))) => {
+                    relisted.get_or_insert_with(NodeIndex::default).apply(&n);
                 }
                 Some(Ok(watcher::Event::Delete(n))) => {
                     nodes.delete(&n);
                     dirty.extend(node_csrs(&csrs));
                 }
-                Some(Ok(watcher::Event::Init)) => nodes.clear(),
+                Some(Ok(watcher::Event::Init)) => relisted = Some(NodeIndex::default()),
                 Some(Ok(watcher::Event::InitDone)) => {
+                    nodes = relisted.take().unwrap_or_default();
                     nodes_ready = true;
                     dirty.extend(csrs.keys().cloned());
                 }

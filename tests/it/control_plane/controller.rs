@@ -358,27 +358,28 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
     let decision_log = c.work.join("decisions.jsonl");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let ctl = Controller::start(
-        &c,
-        &admin,
-        "ctl-a",
-        &[
-            "--bundle",
-            &bundle.display().to_string(),
-            "--signer",
-            "kubernetes.io/kubelet-serving",
-            "--signer",
-            "kubernetes.io/kube-apiserver-client-kubelet",
-            "--sign",
-            "example.com/node-serving=ca",
-            "--lease-namespace",
-            "kube-system",
-            "--decision-log",
-            &decision_log.display().to_string(),
-            "--listen",
-            &listen,
-        ],
-    );
+    let shadow = repo_root().join("policies/strict").display().to_string();
+    let ctl_args = [
+        "--bundle",
+        &bundle.display().to_string(),
+        "--shadow-bundle",
+        &shadow,
+        "--signer",
+        "kubernetes.io/kubelet-serving",
+        "--signer",
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        "--sign",
+        "example.com/node-serving=ca",
+        "--lease-namespace",
+        "kube-system",
+        "--decision-log",
+        &decision_log.display().to_string(),
+        "--listen",
+        &listen,
+        "--signer",
+        "example.com/nobody-knows",
+    ];
+    let mut ctl = Controller::start(&c, &admin, "ctl-a", &ctl_args);
     let wait = |name: &str, what: &'static str| {
         wait_csr(&c, name, LIMIT, what, &ctl.log, decided_as(what))
     };
@@ -445,28 +446,7 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
 
     // 3. A Node that does not exist: pending, with an Event saying why; approved once it does.
     serving_csr(&c, &late, "late-serving", "late", "DNS:late,IP:10.0.1.7");
-    let start = Instant::now();
-    loop {
-        let events = c.admin_ok(&[
-            "get",
-            "events.events.k8s.io",
-            "-n",
-            "default",
-            "--field-selector",
-            "regarding.name=late-serving",
-            "-o",
-            "json",
-        ]);
-        if events.contains("NodeNotFound") {
-            break;
-        }
-        assert!(
-            start.elapsed() < LIMIT,
-            "no NodeNotFound event: {events}\n{}",
-            ctl.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_event(&c, "late-serving", "NodeNotFound", &ctl);
     assert!(decisions(&get_csr(&c, "late-serving")).is_empty());
     create_node(&c, "late", &["10.0.1.7"]);
     wait("late-serving", "Approved");
@@ -494,7 +474,27 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sans_of(&cert), "DNS:n1, IP Address:10.0.1.1");
 
-    // The decisions are in the log and the metrics, as rotor serve has them.
+    // 5. A policy that abstains (the default bundle on a signer it has no profile for): the
+    // CSR stays pending and an Event says why.
+    let (_, unknown) = openssl_csr(&c.work, "unknown", "/O=acme/CN=widget", "");
+    create_csr(
+        &c,
+        &[],
+        "unknown",
+        &unknown,
+        "example.com/nobody-knows",
+        &["digital signature", "client auth"],
+    );
+    wait_event(&c, "unknown", "RotorPolicyAbstained", &ctl);
+    assert!(decisions(&get_csr(&c, "unknown")).is_empty());
+
+    // /readyz and /metrics, as rotor serve has them; the decisions in the log, the shadow
+    // bundle's beside them.
+    let ready = Command::new("curl")
+        .args(["-s", &format!("http://{listen}/readyz")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
     let log = std::fs::read_to_string(&decision_log).unwrap();
     assert!(
         log.lines()
@@ -523,6 +523,72 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
         metrics.contains("rotor_policy_decisions_total{hook=\"csr\",outcome=\"approve\""),
         "{metrics}"
     );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("n1-serving") && l.contains("\"role\":\"shadow\"")),
+        "{log}"
+    );
+
+    // 6. Stopped between someone's approval and a signature: the next controller signs what
+    // its review approves, and marks Failed what it does not (another node's address).
+    ctl.kill();
+    for (name, sans) in [
+        ("approved-elsewhere", "DNS:n1,IP:10.0.1.1"),
+        ("approved-badly", "DNS:n1,IP:10.0.1.2"),
+    ] {
+        let (_, csr) = openssl_csr(&c.work, name, "/O=system:nodes/CN=system:node:n1", sans);
+        create_csr(&c, &n1, name, &csr, "example.com/node-serving", SERVING);
+        c.admin_ok(&["certificate", "approve", name]);
+    }
+    let ctl = Controller::start(&c, &admin, "ctl-b", &ctl_args);
+    let csr = wait_csr(&c, "approved-elsewhere", LIMIT, "issued", &ctl.log, issued);
+    let cert = certificate(&c, &csr, "approved-elsewhere");
+    let out = openssl_verify(&c.file("client-ca"), &cert);
+    assert!(out.status.success(), "{}", text(&out));
+    let csr = wait_csr(
+        &c,
+        "approved-badly",
+        LIMIT,
+        "Failed",
+        &ctl.log,
+        decided_as("Failed"),
+    );
+    assert!(!issued(&csr), "{csr:#}");
+    let failed = decisions(&csr)
+        .into_iter()
+        .find(|d| d["type"] == "Failed")
+        .unwrap();
+    assert_eq!(failed["reason"], "RotorPolicyRefusedToSign");
+    assert!(
+        failed["message"].as_str().unwrap().contains("10.0.1.2"),
+        "{csr:#}"
+    );
+}
+
+/// Wait for an Event with `reason` on the CSR `name`.
+fn wait_event(c: &Cluster, name: &str, reason: &str, ctl: &Controller) {
+    let start = Instant::now();
+    loop {
+        let events = c.admin_ok(&[
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("regarding.name={name}"),
+            "-o",
+            "json",
+        ]);
+        if events.contains(reason) {
+            return;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "no {reason} event on {name}: {events}\n{}",
+            ctl.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every CSR whose name starts with `prefix`, by name.
@@ -772,4 +838,46 @@ fn the_controller_needs_nothing_but_the_service_account_and_rbac_of_deploy() {
     ]);
     assert_eq!(lease, "in-rotor-system");
     assert!(!ctl.log().contains("forbidden"), "{}", ctl.log());
+
+    // --node-evidence: a fixed list instead of the Node objects (none exists for n9). The
+    // stopped controller gave the Lease up, so the next one leads at once.
+    drop(ctl);
+    let n9 = node_identity(&c, "n9");
+    let evidence = c.work.join("evidence.json");
+    std::fs::write(&evidence, r#"{"n9": ["10.0.9.9"]}"#).unwrap();
+    let ctl = Controller::start(
+        &c,
+        &kc,
+        "fixed-evidence",
+        &[
+            "--no-listen",
+            "--node-evidence",
+            &evidence.display().to_string(),
+        ],
+    );
+    serving_csr(&c, &n9, "n9-fixed", "n9", "DNS:n9,IP:10.0.9.9");
+    wait_csr(
+        &c,
+        "n9-fixed",
+        LIMIT,
+        "Approved",
+        &ctl.log,
+        decided_as("Approved"),
+    );
+    serving_csr(&c, &n9, "n9-not-listed", "n9", "DNS:n9,IP:10.0.9.8");
+    let csr = wait_csr(
+        &c,
+        "n9-not-listed",
+        LIMIT,
+        "Denied",
+        &ctl.log,
+        decided_as("Denied"),
+    );
+    assert!(
+        decisions(&csr)[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("10.0.9.8"),
+        "{csr:#}"
+    );
 }
