@@ -384,6 +384,19 @@ fn main() {
             .map_or(0.0, |kb| kb / 1024.0)
     };
     let (peak, now_rss) = (rss("VmHWM:"), rss("VmRSS:"));
+    // The controller's CPU time (user + system, clock ticks of 1/100 s), from its start.
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .collect::<Vec<_>>();
+            let ticks = after.get(11)?.parse::<f64>().ok()? + after.get(12)?.parse::<f64>().ok()?;
+            Some(Duration::from_secs_f64(ticks / 100.0))
+        })
+        .unwrap_or_default();
     let _ = controller.kill();
     let _ = controller.wait();
 
@@ -489,6 +502,10 @@ fn main() {
         ms(percentile(&to_certificate, 0.99))
     );
     println!("| controller RSS, peak / at the end | {peak:.0} MiB / {now_rss:.0} MiB |");
+    println!(
+        "| controller CPU time (user + system, from its start) | {} |",
+        ms(cpu)
+    );
     println!(
         "| in-process `csr sign` batch, same {total} requests, 2 threads (median of 5) | {} ({:.0} CSRs/s) |",
         ms(batch50),

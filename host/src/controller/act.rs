@@ -52,11 +52,26 @@ pub(super) enum Done {
     Refused,
     /// The CSR changed meanwhile: the watch brings it back.
     Conflict,
-    /// The API or the decision failed.
+    /// The API or the decision failed: retried later.
     Error(String),
+    /// A retry's timer (no CSR was handled).
+    Retry,
 }
 
 impl Done {
+    /// Every label [`Done::as_str`] gives for a handled CSR.
+    pub(super) const LABELS: [&'static str; 9] = [
+        "approved",
+        "approved_signed",
+        "denied",
+        "abstained",
+        "no_node",
+        "signed",
+        "refused",
+        "conflict",
+        "error",
+    ];
+
     /// A label for metrics and logs.
     pub(super) fn as_str(&self) -> &'static str {
         match self {
@@ -69,6 +84,7 @@ impl Done {
             Done::Refused => "refused",
             Done::Conflict => "conflict",
             Done::Error(_) => "error",
+            Done::Retry => "retry",
         }
     }
 }
@@ -163,9 +179,13 @@ impl Actor {
         let mut object = match k8s::parse(&format!("CSR {name}"), value, &addresses) {
             Ok(o) => o,
             Err(e) => {
-                // A request rotor cannot read is denied with the reason (it never becomes
-                // readable); an object of the API always has the fields parse needs.
-                return self.deny_unreadable(&csr, &e).await;
+                // A request rotor cannot read never becomes readable: denied with the reason,
+                // or, approved already by someone else, marked Failed by its signer.
+                let why = format!("MalformedCsr: {e}");
+                return match work {
+                    Work::Sign => self.fail(&csr, &why).await,
+                    _ => self.deny_unreadable(&csr, &why).await,
+                };
             }
         };
         object.input.disputed = disputed;
@@ -180,28 +200,35 @@ impl Actor {
             now: crate::clock::system_now(),
         };
         let started = Instant::now();
-        let decided = decide(&bundle, &object.input, Some(object.object), ca, &how);
+        // Plugins and signing are CPU work: off the runtime's event loop, as the supervisor
+        // API's decisions are.
+        let decided = tokio::task::block_in_place(|| {
+            decide(&bundle, &object.input, Some(object.object), ca, &how)
+        });
         let latency = started.elapsed();
         let d = match decided {
             Ok(d) => d,
             Err(e) => return Done::Error(format!("{name}: {e}")),
         };
         let input = &object.input;
-        self.log.decided(
-            &format!("{name} ({})", input.ctx.username),
-            &d.review,
-            latency,
-            &|shadow| {
-                crate::csr::review(
-                    shadow,
-                    input,
-                    ca.map(|c| c.facts.not_after),
-                    &self.limits,
-                    how.now,
-                )
-                .ok()
-            },
-        );
+        // The shadow bundle's review is CPU work too.
+        tokio::task::block_in_place(|| {
+            self.log.decided(
+                &format!("{name} ({})", input.ctx.username),
+                &d.review,
+                latency,
+                &|shadow| {
+                    crate::csr::review(
+                        shadow,
+                        input,
+                        ca.map(|c| c.facts.not_after),
+                        &self.limits,
+                        how.now,
+                    )
+                    .ok()
+                },
+            );
+        });
         match (&d.review.verdict, work) {
             (Verdict::Abstain { reason }, _) => {
                 self.say(&csr, "RotorPolicyAbstained", reason.clone()).await;
@@ -316,7 +343,7 @@ impl Actor {
                 type_: "Denied".into(),
                 status: "True".into(),
                 reason: Some("RotorPolicyDenied".into()),
-                message: Some(format!("MalformedCsr: {why}")),
+                message: Some(why.to_string()),
                 last_update_time: Some(now.clone()),
                 last_transition_time: Some(now),
             });
@@ -329,6 +356,15 @@ impl Actor {
             Err(kube::Error::Api(e)) if e.code == 409 => Done::Conflict,
             Err(e) => Done::Error(format!("{name}: /approval: {e}")),
         }
+    }
+
+    /// Forget what was said about a deleted CSR.
+    pub(super) fn forget(&self, csr: &Csr) {
+        let uid = csr.uid().unwrap_or_else(|| csr.name_any());
+        self.said
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
     }
 
     /// An Event on the CSR, once per reason.

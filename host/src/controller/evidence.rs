@@ -52,7 +52,11 @@ impl NodeIndex {
             .map(|list| {
                 list.iter()
                     .filter(|a| matches!(a.type_.as_str(), "InternalIP" | "ExternalIP"))
+                    // `::ffff:10.0.0.9` is 10.0.0.9, as everywhere else in the host (the SANs,
+                    // the plugins' evidence): two Nodes cannot list one address in two
+                    // spellings and both look undisputed.
                     .filter_map(|a| a.address.trim().parse::<IpAddr>().ok())
+                    .map(crate::facts::canonical_ip)
                     .collect()
             })
             .unwrap_or_default();
@@ -141,6 +145,16 @@ mod tests {
             NodeEvidence::Missing("c".into())
         );
         assert_eq!(index.evidence("alice"), NodeEvidence::NotANode);
+        // The same address in its IPv4-mapped IPv6 spelling is the same address.
+        assert!(index.apply(&node("c", &["::ffff:10.0.0.1"])));
+        assert_eq!(
+            index.evidence("system:node:a"),
+            NodeEvidence::Found {
+                addresses: vec![],
+                disputed: vec![(ip("10.0.0.1"), "c".into()), (ip("10.0.0.9"), "b".into())],
+            }
+        );
+        index.delete(&node("c", &[]));
         index.delete(&node("b", &[]));
         assert_eq!(
             index.evidence("system:node:a"),

@@ -46,8 +46,10 @@ impl LeaseTimings {
         if self.renew_deadline.as_secs_f64() <= 1.2 * self.retry_period.as_secs_f64() {
             return Err("--renew-deadline must be longer than 1.2 × --retry-period".into());
         }
-        if self.duration.as_secs() < 1 {
-            return Err("--lease-duration must be at least 1s".into());
+        if self.duration.as_secs() < 1 || self.duration.subsec_nanos() != 0 {
+            return Err(
+                "--lease-duration must be a whole number of seconds (a Lease holds seconds)".into(),
+            );
         }
         Ok(())
     }
@@ -162,7 +164,7 @@ impl Elector {
         let mut spec = current.spec.clone().unwrap_or_default();
         if !held_by_me {
             spec.acquire_time = Some(now.clone());
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
         spec.holder_identity = Some(self.identity.clone());
         spec.lease_duration_seconds = Some(self.seconds());

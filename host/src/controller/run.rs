@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest as Csr;
@@ -15,10 +15,11 @@ use k8s_openapi::api::core::v1::Node;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use super::act::{Actor, Done, Work};
-use super::evidence::{NodeEvidence, NodeIndex, node_name};
+use super::evidence::{NodeIndex, node_name};
 use super::lease::{Elector, LeaseTimings};
 use crate::csr::{Evidence, SignerLimits};
 use crate::pki::CaSigner;
@@ -48,7 +49,7 @@ pub struct ControllerOptions {
     pub limits: SignerLimits,
     /// A fixed evidence list instead of the Node objects.
     pub fixed_evidence: Option<Evidence>,
-    /// The Lease's namespace and name.
+    /// The Lease's namespace.
     pub lease_namespace: String,
     /// The Lease's name.
     pub lease_name: String,
@@ -112,17 +113,7 @@ pub fn run(options: ControllerOptions) -> Result<(), ControllerError> {
         options.decision_log_max_bytes,
         options.decision_log_keep,
     )?;
-    for result in [
-        "approved",
-        "approved_signed",
-        "denied",
-        "abstained",
-        "no_node",
-        "signed",
-        "refused",
-        "conflict",
-        "error",
-    ] {
+    for result in Done::LABELS {
         log.controller_result_zero(result);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -180,23 +171,35 @@ async fn run_async(options: ControllerOptions, log: CsrRecorder) -> Result<(), C
         options.lease_name
     );
     loop {
-        // Stand by: try every retry period until this replica holds the Lease.
+        // Stand by: try every retry period until this replica holds the Lease. An attempt
+        // that outlives the renew deadline is given up: a late "yes" could be for a Lease
+        // that expired meanwhile.
         log.set_problem(None);
         let mut stop_wait = stop.clone();
-        loop {
+        let acquired = loop {
             if *stop.borrow() {
                 return Ok(());
             }
-            match elector.try_acquire_or_renew().await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => crate::say!("rotor csr controller: the Lease: {e}"),
+            let sent = Instant::now();
+            let attempt = tokio::time::timeout(
+                options.timings.renew_deadline,
+                elector.try_acquire_or_renew(),
+            )
+            .await;
+            match attempt {
+                Ok(Ok(true)) => break sent,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => crate::say!("rotor csr controller: the Lease: {e}"),
+                Err(_) => crate::say!(
+                    "rotor csr controller: the Lease: no answer within {:?}",
+                    options.timings.renew_deadline
+                ),
             }
             tokio::select! {
                 _ = tokio::time::sleep(options.timings.retry_period) => {}
                 _ = stop_wait.changed() => {}
             }
-        }
+        };
         log.set_leader(true);
         crate::say!(
             "rotor csr controller: {} leads (Lease {}/{})",
@@ -204,47 +207,73 @@ async fn run_async(options: ControllerOptions, log: CsrRecorder) -> Result<(), C
             options.lease_namespace,
             options.lease_name
         );
+        // Leading ends with the first of: the Lease lost, the watches ended, a stop. Dropping
+        // `lead` aborts its workers (a JoinSet): nothing acts after leadership is lost.
         let mut stop_lead = stop.clone();
-        let outcome = tokio::select! {
-            () = keep_lease(&mut elector) => "lost",
-            () = lead(client.clone(), Arc::clone(&actor), options.workers, log.clone()) => "lost",
-            _ = stop_lead.changed() => "stopped",
+        let ended = tokio::select! {
+            why = keep_lease(&mut elector, acquired) => Ended::Lost(why),
+            () = lead(client.clone(), Arc::clone(&actor), options.workers, log.clone()) => {
+                Ended::Lost("the watches ended".into())
+            }
+            _ = stop_lead.changed() => Ended::Stopped,
         };
         log.set_leader(false);
-        if outcome == "stopped" {
-            elector.release().await;
-            crate::say!("rotor csr controller: stopped; the Lease is given up");
-            return Ok(());
+        match ended {
+            Ended::Stopped => {
+                let _ =
+                    tokio::time::timeout(options.timings.renew_deadline, elector.release()).await;
+                crate::say!("rotor csr controller: stopped; the Lease is given up");
+                return Ok(());
+            }
+            Ended::Lost(why) => crate::say!(
+                "rotor csr controller: {} no longer leads ({why}): standing by",
+                elector.identity()
+            ),
         }
-        crate::say!(
-            "rotor csr controller: {} could not renew the Lease within {:?}: standing by",
-            elector.identity(),
-            elector.timings().renew_deadline
-        );
     }
 }
 
-/// Renew every retry period; return once a renewal has not succeeded within the deadline.
-async fn keep_lease(elector: &mut Elector) {
+/// Why leading ended.
+enum Ended {
+    /// The Lease was lost (why).
+    Lost(String),
+    /// SIGTERM or SIGINT.
+    Stopped,
+}
+
+/// Renew every retry period; return why leading must end: another holder, or no renewal
+/// within the renew deadline of the last one that succeeded (counted from when that request
+/// was sent, so the leader stops acting before any standby may take over).
+async fn keep_lease(elector: &mut Elector, acquired: Instant) -> String {
     let timings = elector.timings();
-    let mut last = Instant::now();
+    let mut last = acquired;
     loop {
         tokio::time::sleep(timings.retry_period).await;
-        let attempt =
-            tokio::time::timeout(timings.renew_deadline, elector.try_acquire_or_renew()).await;
-        match attempt {
-            Ok(Ok(true)) => last = Instant::now(),
-            Ok(Ok(false)) => return,
-            Ok(Err(e)) => crate::say!("rotor csr controller: renewing the Lease: {e}"),
-            Err(_) => {}
+        let deadline = last + timings.renew_deadline;
+        let sent = Instant::now();
+        if sent >= deadline {
+            return format!("not renewed within {:?}", timings.renew_deadline);
         }
-        if last.elapsed() >= timings.renew_deadline {
-            return;
+        let attempt =
+            tokio::time::timeout_at(deadline.into(), elector.try_acquire_or_renew()).await;
+        match attempt {
+            Ok(Ok(true)) => last = sent,
+            Ok(Ok(false)) => return "another replica holds the Lease".into(),
+            Ok(Err(e)) => crate::say!("rotor csr controller: renewing the Lease: {e}"),
+            Err(_) => return format!("not renewed within {:?}", timings.renew_deadline),
         }
     }
 }
 
-/// The leader's work: watch, and hand CSRs to workers. Returns only if the watches end.
+/// How long one CSR's handling (its API writes included) may take before it is given up
+/// and retried.
+const HANDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first retry of a CSR whose handling failed; doubled at each failure up to the max.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// The leader's work: watch, and hand CSRs to workers. Returns only if the watches end; its
+/// workers are aborted when it is dropped.
 async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorder) {
     log.set_problem(Some("listing CertificateSigningRequests and Nodes".into()));
     let mut csrs_events = watcher(Api::<Csr>::all(client.clone()), watcher::Config::default())
@@ -259,30 +288,31 @@ async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorde
             .boxed()
     };
     let slots = Arc::new(Semaphore::new(workers.max(1)));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Done)>();
+    let mut tasks: JoinSet<(String, Done)> = JoinSet::new();
 
     let mut csrs: BTreeMap<String, Csr> = BTreeMap::new();
-    let mut nodes = NodeIndex::default();
+    // The index workers read when they decide (not when they were queued).
+    let nodes = Arc::new(RwLock::new(NodeIndex::default()));
     let mut relisted: Option<NodeIndex> = None;
     let (mut csrs_ready, mut nodes_ready) = (false, fixed);
-    let mut dirty: BTreeSet<String> = BTreeSet::new();
-    let mut in_flight: HashSet<String> = HashSet::new();
-    let mut again: HashSet<String> = HashSet::new();
+    let mut queue = Queue::default();
     loop {
         tokio::select! {
             event = csrs_events.next() => match event {
                 Some(Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c))) => {
                     let name = c.name_any();
-                    dirty.insert(name.clone());
+                    queue.dirty.insert(name.clone());
                     csrs.insert(name, c);
                 }
                 Some(Ok(watcher::Event::Delete(c))) => {
+                    actor.forget(&c);
+                    queue.failures.remove(&c.name_any());
                     csrs.remove(&c.name_any());
                 }
                 Some(Ok(watcher::Event::Init)) => csrs.clear(),
                 Some(Ok(watcher::Event::InitDone)) => {
                     csrs_ready = true;
-                    dirty.extend(csrs.keys().cloned());
+                    queue.dirty.extend(csrs.keys().cloned());
                 }
                 Some(Err(e)) => {
                     log.set_problem(Some(format!("watching CertificateSigningRequests: {e}")));
@@ -292,24 +322,27 @@ async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorde
             },
             event = node_events.next() => match event {
                 Some(Ok(watcher::Event::Apply(n))) => {
-                    if nodes.apply(&n) {
-                        dirty.extend(node_csrs(&csrs));
+                    if write(&nodes).apply(&n) {
+                        queue.dirty.extend(node_csrs(&csrs));
                     }
                 }
+                Some(Ok(watcher::Event::Delete(n))) => {
+                    write(&nodes).delete(&n);
+                    queue.dirty.extend(node_csrs(&csrs));
+                }
                 // A (re)list fills a new index, swapped in whole: a Node not listed yet must
-                // not make another's address look undisputed.
+                // not make another's address look undisputed. Nothing is decided meanwhile.
+                Some(Ok(watcher::Event::Init)) => {
+                    relisted = Some(NodeIndex::default());
+                    nodes_ready = false;
+                }
                 Some(Ok(watcher::Event::InitApply(n))) => {
                     relisted.get_or_insert_with(NodeIndex::default).apply(&n);
                 }
-                Some(Ok(watcher::Event::Delete(n))) => {
-                    nodes.delete(&n);
-                    dirty.extend(node_csrs(&csrs));
-                }
-                Some(Ok(watcher::Event::Init)) => relisted = Some(NodeIndex::default()),
                 Some(Ok(watcher::Event::InitDone)) => {
-                    nodes = relisted.take().unwrap_or_default();
+                    *write(&nodes) = relisted.take().unwrap_or_default();
                     nodes_ready = true;
-                    dirty.extend(csrs.keys().cloned());
+                    queue.dirty.extend(csrs.keys().cloned());
                 }
                 Some(Err(e)) => {
                     log.set_problem(Some(format!("watching Nodes: {e}")));
@@ -317,25 +350,19 @@ async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorde
                 }
                 None => return,
             },
-            Some((name, done)) = done_rx.recv() => {
-                in_flight.remove(&name);
-                log.controller_result(done.as_str());
-                if let Done::Error(e) = &done {
-                    crate::say!("rotor csr controller: {e}");
-                }
-                if again.remove(&name) {
-                    dirty.insert(name);
-                }
+            Some(joined) = tasks.join_next() => {
+                let Ok((name, done)) = joined else { continue };
+                queue.finished(name, done, &mut tasks, &log);
             }
         }
         if !(csrs_ready && nodes_ready) {
             continue;
         }
         log.set_problem(None);
-        for name in std::mem::take(&mut dirty) {
-            if in_flight.contains(&name) {
+        for name in std::mem::take(&mut queue.dirty) {
+            if queue.in_flight.contains(&name) {
                 // Decided on the object as it is after the worker's write, not before.
-                again.insert(name);
+                queue.again.insert(name);
                 continue;
             }
             let Some(csr) = csrs.get(&name) else { continue };
@@ -343,22 +370,87 @@ async fn lead(client: Client, actor: Arc<Actor>, workers: usize, log: CsrRecorde
             if work == Work::Nothing {
                 continue;
             }
-            let evidence: NodeEvidence =
-                actor.evidence(&nodes, &csr.spec.username.clone().unwrap_or_default());
-            in_flight.insert(name.clone());
-            let (actor, csr, done_tx, slots) = (
+            queue.in_flight.insert(name.clone());
+            let (actor, csr, slots, nodes) = (
                 Arc::clone(&actor),
                 csr.clone(),
-                done_tx.clone(),
                 Arc::clone(&slots),
+                Arc::clone(&nodes),
             );
-            tokio::spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                let done = actor.handle(csr, work, evidence).await;
-                let _ = done_tx.send((name, done));
+            tasks.spawn(async move {
+                let Ok(_slot) = slots.acquire_owned().await else {
+                    return (name, Done::Error("stopping".into()));
+                };
+                // The evidence as it is now, not as it was when the CSR was queued.
+                let evidence = {
+                    let index = nodes.read().unwrap_or_else(|e| e.into_inner());
+                    actor.evidence(&index, csr.spec.username.as_deref().unwrap_or(""))
+                };
+                let done = tokio::time::timeout(HANDLE_TIMEOUT, actor.handle(csr, work, evidence))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Done::Error(format!(
+                            "{name}: no answer from the API within {HANDLE_TIMEOUT:?}"
+                        ))
+                    });
+                (name, done)
             });
         }
     }
+}
+
+/// Which CSRs to look at, which are being handled, and the failed ones' backoff.
+#[derive(Default)]
+struct Queue {
+    /// CSRs to look at (changed, or their evidence did).
+    dirty: BTreeSet<String>,
+    /// CSRs a worker handles now.
+    in_flight: HashSet<String>,
+    /// CSRs that changed while a worker handled them: looked at again when it is done.
+    again: HashSet<String>,
+    /// Failures in a row, by CSR.
+    failures: HashMap<String, u32>,
+}
+
+impl Queue {
+    /// A task finished: a worker with what came of its CSR, or a failed CSR's backoff.
+    fn finished(
+        &mut self,
+        name: String,
+        done: Done,
+        tasks: &mut JoinSet<(String, Done)>,
+        log: &CsrRecorder,
+    ) {
+        if done == Done::Retry {
+            self.dirty.insert(name);
+            return;
+        }
+        self.in_flight.remove(&name);
+        log.controller_result(done.as_str());
+        if let Done::Error(e) = &done {
+            // Retried with a backoff of its own; any change of the CSR retries it sooner.
+            let n = self.failures.entry(name.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            let wait = FIRST_RETRY
+                .saturating_mul(1 << (*n - 1).min(16))
+                .min(MAX_RETRY);
+            crate::say!("rotor csr controller: {e} (retrying in {wait:?})");
+            let name = name.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep(wait).await;
+                (name, Done::Retry)
+            });
+        } else {
+            self.failures.remove(&name);
+        }
+        if self.again.remove(&name) {
+            self.dirty.insert(name);
+        }
+    }
+}
+
+fn write(nodes: &RwLock<NodeIndex>) -> std::sync::RwLockWriteGuard<'_, NodeIndex> {
+    nodes.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The names of the CSRs a node made (their evidence changes with the Nodes).

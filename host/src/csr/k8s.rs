@@ -113,7 +113,10 @@ pub fn parse(what: &str, value: Value, node_addresses: &[IpAddr]) -> Result<CsrO
                 .map(|t| format!("already {t}"))
         })
         .or_else(|| {
-            field(&value, &["status", "certificate"]).map(|_| "already issued".to_string())
+            // An empty certificate is none (the API's "not issued yet").
+            field(&value, &["status", "certificate"])
+                .filter(|c| c.as_str().is_none_or(|s| !s.is_empty()))
+                .map(|_| "already issued".to_string())
         });
     Ok(CsrObject {
         name,

@@ -383,9 +383,10 @@ fn disputed_violations(facts: &CsrFacts, disputed: &[(IpAddr, String)]) -> Vec<V
         .ip_addresses
         .iter()
         .filter_map(|ip| {
+            let ip = crate::facts::canonical_ip(*ip);
             let others: Vec<&str> = disputed
                 .iter()
-                .filter(|(d, _)| d == ip)
+                .filter(|(d, _)| crate::facts::canonical_ip(*d) == ip)
                 .map(|(_, node)| node.as_str())
                 .collect();
             (!others.is_empty()).then(|| {
