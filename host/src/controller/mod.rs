@@ -9,7 +9,7 @@
 //! subresource (a condition carrying every reason), leaves an abstention pending with an Event
 //! saying why, and signs approved CSRs of the signers it signs for through `/status`. Every
 //! write is conditional on the object it decided on, so nothing is decided twice. Decisions
-//! are counted and logged as `rotor serve` does ([`crate::serve::CsrRecorder`]), and the shadow
+//! are counted and logged as `rotor serve` does (`serve::CsrRecorder`), and the shadow
 //! bundle sees them too.
 
 mod act;
