@@ -18,6 +18,21 @@ fn signing_cas(
     if sign.is_empty() {
         return Ok(BTreeMap::new());
     }
+    let specs: Vec<(&str, Option<&str>)> = sign
+        .iter()
+        .map(|spec| {
+            let (signer, ca) = match spec.split_once('=') {
+                Some((s, ca)) => (s.trim(), Some(ca.trim())),
+                None => (spec.trim(), None),
+            };
+            if signer.is_empty() || !signer.contains('/') {
+                anyhow::bail!(
+                    "--sign {spec}: a signer name is a domain and a path (example.com/node-serving)"
+                );
+            }
+            Ok((signer, ca))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let options = super::datadir_options(global, "csr controller");
     let cluster = Cluster::open_read(&global.data_dir, &options)
         .map_err(|e| anyhow::anyhow!("--sign needs the data dir's CAs: {e}"))?;
@@ -25,16 +40,7 @@ fn signing_cas(
     let (_, layout) = cluster.release();
     let mut loaded: BTreeMap<&'static str, Arc<CaSigner>> = BTreeMap::new();
     let mut out = BTreeMap::new();
-    for spec in sign {
-        let (signer, ca) = match spec.split_once('=') {
-            Some((s, ca)) => (s.trim(), Some(ca.trim())),
-            None => (spec.trim(), None),
-        };
-        if signer.is_empty() || !signer.contains('/') {
-            anyhow::bail!(
-                "--sign {spec}: a signer name is a domain and a path (example.com/node-serving)"
-            );
-        }
+    for (spec, (signer, ca)) in sign.iter().zip(specs) {
         let name = match ca {
             Some(ca) => layout
                 .cas

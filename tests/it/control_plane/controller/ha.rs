@@ -107,7 +107,15 @@ fn the_controller_needs_nothing_but_the_service_account_and_rbac_of_deploy() {
     };
     let deploy = repo_root().join("deploy");
     let d = deploy.display().to_string();
-    // The namespace first: a server-side dry run of namespaced objects needs it to exist.
+    // What docs/csr-controller.md says: a server-side dry run does not create the namespace, so
+    // before it exists the namespaced objects are refused...
+    let before = c.admin(&["apply", "--dry-run=server", "-f", &d]);
+    assert!(
+        !before.status.success() && text(&before).contains("namespaces \"rotor-system\" not found"),
+        "{}",
+        text(&before)
+    );
+    // ...and pass once it does.
     c.admin_ok(&[
         "apply",
         "-f",
