@@ -236,3 +236,53 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("needs --signer"), "{err}");
 }
+
+#[test]
+fn csr_controller_refuses_bad_settings_before_reaching_any_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("none").display().to_string();
+    let missing = tmp.path().join("no-such-kubeconfig").display().to_string();
+    for (args, says) in [
+        (
+            vec![
+                "csr",
+                "controller",
+                "--sign",
+                "no-slash",
+                "--kubeconfig",
+                &missing,
+            ],
+            "--sign no-slash: a signer name is a domain and a path",
+        ),
+        (
+            vec![
+                "--data-dir",
+                &dir,
+                "csr",
+                "controller",
+                "--sign",
+                "example.com/x",
+            ],
+            "--sign needs the data dir's CAs",
+        ),
+        (
+            vec![
+                "csr",
+                "controller",
+                "--lease-duration",
+                "10s",
+                "--renew-deadline",
+                "10s",
+            ],
+            "--lease-duration must be longer than --renew-deadline",
+        ),
+        (
+            vec!["csr", "controller", "--no-listen", "--kubeconfig", &missing],
+            "no-such-kubeconfig",
+        ),
+    ] {
+        let (code, out, err) = rotor(&args, &shared_cache());
+        assert_eq!(code, 2, "{args:?}: {out}\n{err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
