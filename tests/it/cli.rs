@@ -280,6 +280,39 @@ fn csr_controller_refuses_bad_settings_before_reaching_any_cluster() {
             vec!["csr", "controller", "--no-listen", "--kubeconfig", &missing],
             "no-such-kubeconfig",
         ),
+        (
+            vec![
+                "csr",
+                "controller",
+                "--signer",
+                "bogus",
+                "--kubeconfig",
+                &missing,
+            ],
+            "--signer bogus: a signer name is a domain and a path",
+        ),
+        (
+            vec![
+                "csr",
+                "controller",
+                "--identity",
+                "",
+                "--kubeconfig",
+                &missing,
+            ],
+            "--identity (or POD_NAME) is empty",
+        ),
+        (
+            vec![
+                "csr",
+                "controller",
+                "--max-lifetime",
+                "example.com/x=30d",
+                "--kubeconfig",
+                &missing,
+            ],
+            "rotor signs only for the signers given with --sign",
+        ),
     ] {
         let (code, out, err) = rotor(&args, &shared_cache());
         assert_eq!(code, 2, "{args:?}: {out}\n{err}");

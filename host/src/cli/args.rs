@@ -622,9 +622,9 @@ pub(super) struct ControllerArgs {
     /// A fixed evidence list instead of the Node objects: a JSON map {"node-name": ["10.0.0.5", ...]}.
     #[arg(long, value_name = "FILE")]
     pub node_evidence: Option<PathBuf>,
-    /// The longest lifetime rotor issues when it signs: `[SIGNER=]DURATION` (repeatable)
-    /// [default: 365d for every signer].
-    #[arg(long = "max-lifetime", value_parser = parse_max_lifetime, value_name = "[SIGNER=]DURATION")]
+    /// The longest lifetime rotor issues when it signs: `[SIGNER=]DURATION`, SIGNER one given
+    /// with --sign (repeatable) [default: 365d for every signer].
+    #[arg(long = "max-lifetime", value_parser = parse_any_max_lifetime, value_name = "[SIGNER=]DURATION")]
     pub max_lifetimes: Vec<(Option<String>, u64)>,
     /// The namespace of the Lease replicas elect a leader with.
     #[arg(long, env = "POD_NAMESPACE", default_value = "rotor-system")]
@@ -1204,15 +1204,21 @@ fn parse_usage(s: &str) -> Result<Usage, String> {
 /// `[SIGNER=]DURATION` for `--max-lifetime`: a whole number of seconds, minutes, hours or days,
 /// from the Kubernetes signer's 10-minute floor to 100 years.
 fn parse_max_lifetime(s: &str) -> Result<(Option<String>, u64), String> {
+    if let Some((signer, _)) = s.rsplit_once('=')
+        && crate::csr::required_usage(signer).is_none()
+    {
+        return Err(format!(
+            "'{signer}' is not a signer rotor signs for (kubernetes.io/kubelet-serving, kubernetes.io/kube-apiserver-client-kubelet, kubernetes.io/kube-apiserver-client)"
+        ));
+    }
+    parse_any_max_lifetime(s)
+}
+
+/// `[SIGNER=]DURATION` for `csr controller --max-lifetime`: any signer name (the controller
+/// checks it is one it signs for).
+fn parse_any_max_lifetime(s: &str) -> Result<(Option<String>, u64), String> {
     let (signer, duration) = match s.rsplit_once('=') {
-        Some((signer, d)) if crate::csr::required_usage(signer).is_some() => {
-            (Some(signer.to_string()), d)
-        }
-        Some((signer, _)) => {
-            return Err(format!(
-                "'{signer}' is not a signer rotor signs for (kubernetes.io/kubelet-serving, kubernetes.io/kube-apiserver-client-kubelet, kubernetes.io/kube-apiserver-client)"
-            ));
-        }
+        Some((signer, d)) => (Some(signer.to_string()), d),
         None => (None, s),
     };
     let split = duration

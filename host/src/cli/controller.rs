@@ -25,11 +25,7 @@ fn signing_cas(
                 Some((s, ca)) => (s.trim(), Some(ca.trim())),
                 None => (spec.trim(), None),
             };
-            if signer.is_empty() || !signer.contains('/') {
-                anyhow::bail!(
-                    "--sign {spec}: a signer name is a domain and a path (example.com/node-serving)"
-                );
-            }
+            signer_name("--sign", spec, signer)?;
             Ok((signer, ca))
         })
         .collect::<anyhow::Result<_>>()?;
@@ -80,7 +76,29 @@ fn signing_cas(
     Ok(out)
 }
 
+/// A signer name as the API takes it: a domain, a slash, a path.
+fn signer_name(flag: &str, given: &str, name: &str) -> anyhow::Result<()> {
+    match name.split_once('/') {
+        Some((domain, path)) if domain.contains('.') && !path.is_empty() => Ok(()),
+        _ => anyhow::bail!(
+            "{flag} {given}: a signer name is a domain and a path (example.com/node-serving)"
+        ),
+    }
+}
+
 pub(super) fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<Exit> {
+    for signer in &args.signers {
+        signer_name("--signer", signer, signer)?;
+    }
+    if args
+        .identity
+        .as_deref()
+        .is_some_and(|i| i.trim().is_empty())
+    {
+        anyhow::bail!(
+            "--identity (or POD_NAME) is empty: each replica needs a name of its own in the Lease"
+        );
+    }
     let timings = LeaseTimings {
         duration: args.lease_duration,
         renew_deadline: args.renew_deadline,
@@ -107,11 +125,26 @@ pub(super) fn run(global: &GlobalArgs, args: ControllerArgs) -> anyhow::Result<E
         }
         None => None,
     };
+    let signs = signing_cas(global, &args.sign)?;
     let mut limits = SignerLimits::default();
     for (signer, seconds) in &args.max_lifetimes {
+        if let Some(s) = signer
+            && !signs.contains_key(s)
+        {
+            anyhow::bail!(
+                "--max-lifetime {s}=...: rotor signs only for the signers given with --sign here{}",
+                if signs.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        signs.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                }
+            );
+        }
         limits.set_max_lifetime(signer.as_deref(), *seconds);
     }
-    let signs = signing_cas(global, &args.sign)?;
     let mut decides: BTreeSet<String> = args.signers.iter().cloned().collect();
     if decides.is_empty() {
         decides.insert("kubernetes.io/kubelet-serving".into());

@@ -70,11 +70,12 @@ pub enum ControllerError {
     #[error("the Kubernetes API configuration: {0}")]
     Config(String),
     /// The HTTP endpoint.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
     /// The runtime.
@@ -98,6 +99,10 @@ async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, ControllerError>
             .await
             .map_err(|e| ControllerError::Config(e.to_string()))?,
     };
+    crate::say!(
+        "rotor csr controller: the API server is {}",
+        config.cluster_url
+    );
     Client::try_from(config).map_err(|e| ControllerError::Config(e.to_string()))
 }
 

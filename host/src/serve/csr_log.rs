@@ -36,7 +36,11 @@ impl CsrRecorder {
     ) -> Result<CsrRecorder, ServeError> {
         let sink = Sink::open(log, log_max_bytes, log_keep)
             .map_err(|e| ServeError::Config(format!("the decision log: {e}")))?;
-        let shared = Arc::new(Shared::new(Some(active), shadow));
+        let shared = Arc::new(Shared::new(
+            Some(active),
+            shadow,
+            super::metrics::Metrics::for_controller(),
+        ));
         // No renewal cycles here: ready as soon as the front says it is.
         shared
             .cycled

@@ -140,6 +140,16 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn new() -> Metrics {
+        Metrics::build(false)
+    }
+
+    /// The metrics `rotor csr controller` exports: its decisions, the shadow's, plugin load
+    /// failures and its own; none of the cycles', certificates' or supervisor API's.
+    pub(crate) fn for_controller() -> Metrics {
+        Metrics::build(true)
+    }
+
+    fn build(for_controller: bool) -> Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             expiration: Family::default(),
@@ -165,111 +175,147 @@ impl Metrics {
             controller_leader: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "rotor_certificate_expiration_timestamp_seconds",
-            "notAfter of each certificate of the data dir, as a Unix time",
-            m.expiration.clone(),
-        );
-        registry.register(
-            "rotor_certificate_not_before_timestamp_seconds",
-            "notBefore of each certificate of the data dir, as a Unix time",
-            m.not_before.clone(),
-        );
-        registry.register(
-            "rotor_certificate_renewal_timestamp_seconds",
-            "When the renewal policy will renew each leaf (its renew-at hint), as a Unix time",
-            m.renewal.clone(),
-        );
-        registry.register(
-            "rotor_renewals",
-            "Certificates re-issued (outcome success) or whose renewal failed, by reason",
-            m.renewals.clone(),
-        );
+        if !for_controller {
+            registry.register(
+                "rotor_certificate_expiration_timestamp_seconds",
+                "notAfter of each certificate of the data dir, as a Unix time",
+                m.expiration.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_certificate_not_before_timestamp_seconds",
+                "notBefore of each certificate of the data dir, as a Unix time",
+                m.not_before.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_certificate_renewal_timestamp_seconds",
+                "When the renewal policy will renew each leaf (its renew-at hint), as a Unix time",
+                m.renewal.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_renewals",
+                "Certificates re-issued (outcome success) or whose renewal failed, by reason",
+                m.renewals.clone(),
+            );
+        }
         registry.register(
             "rotor_policy_decisions",
             "Policy decisions by hook, outcome, plugin and role (acted: the active bundle; shadow: the candidate)",
             m.decisions.clone(),
         );
-        registry.register(
-            "rotor_plugin_evaluation_seconds",
-            "Time to evaluate one decision in a fresh plugin instance",
-            m.latency.clone(),
-        );
-        registry.register(
-            "rotor_plugin_errors",
-            "Plugin failures (trap, timeout, memory, invalid answer, ...) by kind",
-            m.plugin_errors.clone(),
-        );
+        if !for_controller {
+            registry.register(
+                "rotor_plugin_evaluation_seconds",
+                "Time to evaluate one decision in a fresh plugin instance",
+                m.latency.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_plugin_errors",
+                "Plugin failures (trap, timeout, memory, invalid answer, ...) by kind",
+                m.plugin_errors.clone(),
+            );
+        }
         registry.register(
             "rotor_plugin_load_failures",
             "Plugins that could not be loaded or configured, at each load of a bundle (role active or shadow): their hook decides by its failure mode",
             m.plugin_load_failures.clone(),
         );
-        registry.register(
-            "rotor_supervisor_requests",
-            "Certificate requests the supervisor API answered, by endpoint and HTTP status",
-            m.supervisor_requests.clone(),
-        );
-        registry.register(
-            "rotor_csr_controller_results",
-            "CSRs rotor csr controller handled, by what came of them",
-            m.controller_results.clone(),
-        );
-        registry.register(
-            "rotor_csr_controller_leader",
-            "1 while this rotor csr controller replica holds the Lease",
-            m.controller_leader.clone(),
-        );
+        if !for_controller {
+            registry.register(
+                "rotor_supervisor_requests",
+                "Certificate requests the supervisor API answered, by endpoint and HTTP status",
+                m.supervisor_requests.clone(),
+            );
+        }
+        if for_controller {
+            registry.register(
+                "rotor_csr_controller_results",
+                "CSRs rotor csr controller handled, by what came of them",
+                m.controller_results.clone(),
+            );
+        }
+        if for_controller {
+            registry.register(
+                "rotor_csr_controller_leader",
+                "1 while this rotor csr controller replica holds the Lease",
+                m.controller_leader.clone(),
+            );
+        }
         registry.register(
             "rotor_shadow_disagreements",
             "Decisions where the shadow bundle disagreed with the active one",
             m.shadow_disagreements.clone(),
         );
-        registry.register(
-            "rotor_policy_plugin_info",
-            "The plugins of the active and shadow bundles, with their sha256 digests and why each is accepted (its pin, or a trusted key's signature) (value 1)",
-            m.bundle_info.clone(),
-        );
-        registry.register(
-            "rotor_policy_bundle_reloads",
-            "Bundle reloads of the active and shadow bundles: accepted, or refused (the old bundle kept deciding)",
-            m.bundle_reloads.clone(),
-        );
-        registry.register(
-            "rotor_policy_bundle_refused",
-            "1 while the bundle's current files were refused and the previous bundle decides",
-            m.bundle_refused.clone(),
-        );
-        registry.register(
-            "rotor_cycles",
-            "Rotation cycles by outcome",
-            m.cycles.clone(),
-        );
-        registry.register(
-            "rotor_last_successful_cycle_timestamp_seconds",
-            "When the last successful cycle ran (the server's clock), as a Unix time",
-            m.last_success.clone(),
-        );
-        registry.register(
-            "rotor_next_cycle_timestamp_seconds",
-            "When the next cycle is due (the server's clock), as a Unix time",
-            m.next_cycle.clone(),
-        );
-        registry.register(
-            "rotor_lock_waits",
-            "Times a cycle waited for the data dir lock held by another writer",
-            m.lock_waits.clone(),
-        );
-        registry.register(
-            "rotor_lock_wait_seconds",
-            "Time cycles spent waiting for the data dir lock",
-            m.lock_wait_seconds.clone(),
-        );
-        registry.register(
-            "rotor_post_renewal_actions",
-            "Post-renewal action runs by action and outcome",
-            m.actions.clone(),
-        );
+        if !for_controller {
+            registry.register(
+                "rotor_policy_plugin_info",
+                "The plugins of the active and shadow bundles, with their sha256 digests and why each is accepted (its pin, or a trusted key's signature) (value 1)",
+                m.bundle_info.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_policy_bundle_reloads",
+                "Bundle reloads of the active and shadow bundles: accepted, or refused (the old bundle kept deciding)",
+                m.bundle_reloads.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_policy_bundle_refused",
+                "1 while the bundle's current files were refused and the previous bundle decides",
+                m.bundle_refused.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_cycles",
+                "Rotation cycles by outcome",
+                m.cycles.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_last_successful_cycle_timestamp_seconds",
+                "When the last successful cycle ran (the server's clock), as a Unix time",
+                m.last_success.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_next_cycle_timestamp_seconds",
+                "When the next cycle is due (the server's clock), as a Unix time",
+                m.next_cycle.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_lock_waits",
+                "Times a cycle waited for the data dir lock held by another writer",
+                m.lock_waits.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_lock_wait_seconds",
+                "Time cycles spent waiting for the data dir lock",
+                m.lock_wait_seconds.clone(),
+            );
+        }
+        if !for_controller {
+            registry.register(
+                "rotor_post_renewal_actions",
+                "Post-renewal action runs by action and outcome",
+                m.actions.clone(),
+            );
+        }
         Metrics { registry, ..m }
     }
 

@@ -188,9 +188,9 @@ impl Shared {
     }
 
     /// Fresh metrics and no problem yet; not ready until the first cycle.
-    fn new(active: Option<Arc<Bundle>>, shadow: Option<Arc<Bundle>>) -> Shared {
+    fn new(active: Option<Arc<Bundle>>, shadow: Option<Arc<Bundle>>, metrics: Metrics) -> Shared {
         Shared {
-            metrics: Metrics::new(),
+            metrics,
             active: RwLock::new(active),
             shadow: RwLock::new(shadow),
             bundle_problem: Mutex::new(None),
@@ -360,7 +360,7 @@ impl Service {
         let (events_tx, events) = channel::<Event>();
         let (reload_tx, reload) = channel::<()>();
         spawn_signals(events_tx.clone(), reload_tx, Arc::clone(&stop))?;
-        let shared = Arc::new(Shared::new(None, shadow));
+        let shared = Arc::new(Shared::new(None, shadow, Metrics::new()));
         if let Some(shadow) = shared.shadow() {
             report_load_failures(&shared, &shadow, "shadow");
         }

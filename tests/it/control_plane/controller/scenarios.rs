@@ -41,6 +41,8 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
         "kubernetes.io/kube-apiserver-client-kubelet",
         "--sign",
         "example.com/node-serving=ca",
+        "--max-lifetime",
+        "example.com/node-serving=30d",
         "--lease-namespace",
         "kube-system",
         "--decision-log",
@@ -144,6 +146,23 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
     let out = openssl_verify(&c.file("client-ca"), &cert);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(sans_of(&cert), "DNS:n1, IP Address:10.0.1.1");
+    // The lifetime the host fixes for this signer (--max-lifetime): 30 days, not the 365 of
+    // the others.
+    let expires_within = |days: u64| {
+        !Command::new("openssl")
+            .args([
+                "x509",
+                "-noout",
+                "-checkend",
+                &(days * 86_400).to_string(),
+                "-in",
+            ])
+            .arg(&cert)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(expires_within(31) && !expires_within(29));
 
     // 5. A policy that abstains (the default bundle on a signer it has no profile for): the
     // CSR stays pending and an Event says why.
@@ -186,6 +205,8 @@ fn the_controller_decides_csrs_with_node_evidence_in_a_real_apiserver() {
         metrics.contains("rotor_csr_controller_leader 1"),
         "{metrics}"
     );
+    // Nothing of rotor serve's cycles, which the controller has not.
+    assert!(!metrics.contains("rotor_cycles"), "{metrics}");
     assert!(
         metrics.contains("rotor_csr_controller_results_total{result=\"denied\"} 5"),
         "{metrics}"
