@@ -303,35 +303,30 @@ impl Actor {
     }
 
     /// An approved CSR of a signer rotor signs for, which rotor's review does not approve: the
-    /// signer's answer is a Failed condition (as the Kubernetes signers give).
+    /// signer's answer is a Failed condition (as the Kubernetes signers give), through /status.
     async fn fail(&self, csr: &Csr, why: &str) -> Done {
-        let name = csr.name_any();
-        let mut csr = csr.clone();
-        let now = Time(k8s_openapi::jiff::Timestamp::now());
-        csr.status
-            .get_or_insert_with(Default::default)
-            .conditions
-            .get_or_insert_with(Vec::new)
-            .push(Condition {
-                type_: "Failed".into(),
-                status: "True".into(),
-                reason: Some("RotorPolicyRefusedToSign".into()),
-                message: Some(why.to_string()),
-                last_update_time: Some(now.clone()),
-                last_transition_time: Some(now),
-            });
-        match self
-            .api
-            .replace_status(&name, &PostParams::default(), &csr)
+        self.add_condition(csr, "status", "Failed", "RotorPolicyRefusedToSign", why)
             .await
-        {
-            Ok(_) => Done::Refused,
-            Err(kube::Error::Api(e)) if e.code == 409 => Done::Conflict,
-            Err(e) => Done::Error(format!("{name}: /status: {e}")),
-        }
+            .unwrap_or(Done::Refused)
     }
 
+    /// A request rotor cannot read, denied with why through /approval.
     async fn deny_unreadable(&self, csr: &Csr, why: &str) -> Done {
+        self.add_condition(csr, "approval", "Denied", "RotorPolicyDenied", why)
+            .await
+            .unwrap_or(Done::Denied)
+    }
+
+    /// Add a condition to `csr` through `subresource`: `None` when written, else what came of
+    /// the write (a conflict, an error).
+    async fn add_condition(
+        &self,
+        csr: &Csr,
+        subresource: &str,
+        type_: &str,
+        reason: &str,
+        why: &str,
+    ) -> Option<Done> {
         let name = csr.name_any();
         let mut csr = csr.clone();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -340,21 +335,21 @@ impl Actor {
             .conditions
             .get_or_insert_with(Vec::new)
             .push(Condition {
-                type_: "Denied".into(),
+                type_: type_.into(),
                 status: "True".into(),
-                reason: Some("RotorPolicyDenied".into()),
+                reason: Some(reason.into()),
                 message: Some(why.to_string()),
                 last_update_time: Some(now.clone()),
                 last_transition_time: Some(now),
             });
         match self
             .api
-            .replace_subresource("approval", &name, &PostParams::default(), &csr)
+            .replace_subresource(subresource, &name, &PostParams::default(), &csr)
             .await
         {
-            Ok(_) => Done::Denied,
-            Err(kube::Error::Api(e)) if e.code == 409 => Done::Conflict,
-            Err(e) => Done::Error(format!("{name}: /approval: {e}")),
+            Ok(_) => None,
+            Err(kube::Error::Api(e)) if e.code == 409 => Some(Done::Conflict),
+            Err(e) => Some(Done::Error(format!("{name}: /{subresource}: {e}"))),
         }
     }
 
